@@ -1,0 +1,140 @@
+//! Client authentication against the keys listed in the policy.
+//!
+//! Keys are held only as SHA-256 digests and compared in constant time, so
+//! neither a memory dump of the key table nor response timing reveals a key.
+//! The caller's *name* (never the key) is what logs and budgets see.
+
+use sha2::{Digest, Sha256};
+
+use crate::openai::error::ApiError;
+use crate::policy::AuthConfig;
+
+#[derive(Debug, Clone)]
+pub struct ClientKeys {
+    entries: Vec<ClientKey>,
+}
+
+#[derive(Debug, Clone)]
+struct ClientKey {
+    name: String,
+    digest: [u8; 32],
+}
+
+/// Who made a request: a named client, or anyone when auth is off.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Anonymous,
+    Client(String),
+}
+
+impl ClientKeys {
+    /// Resolves every key source now, so a missing environment variable stops
+    /// start-up instead of silently locking a client out (or worse, opening up).
+    pub fn from_config(config: &AuthConfig) -> Result<ClientKeys, String> {
+        let mut entries = Vec::with_capacity(config.keys.len());
+        for key in &config.keys {
+            let digest = match (&key.key_env, &key.key_sha256) {
+                (Some(env), _) => match std::env::var(&env.value) {
+                    Ok(secret) if !secret.is_empty() => sha256(secret.as_bytes()),
+                    _ => {
+                        return Err(format!(
+                            "client key {:?}: environment variable {} is not set",
+                            key.name.value, env.value
+                        ));
+                    }
+                },
+                (None, Some(hex)) => parse_hex_digest(&hex.value)
+                    .ok_or_else(|| format!("client key {:?}: key_sha256 is not 64 hex digits", key.name.value))?,
+                (None, None) => return Err(format!("client key {:?} has no source", key.name.value)),
+            };
+            entries.push(ClientKey { name: key.name.value.clone(), digest });
+        }
+        Ok(ClientKeys { entries })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        !self.entries.is_empty()
+    }
+
+    /// Checks an `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<Caller, ApiError> {
+        if self.entries.is_empty() {
+            return Ok(Caller::Anonymous);
+        }
+        let Some(header) = authorization else {
+            return Err(ApiError::Unauthorized(
+                "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
+            ));
+        };
+        let token = header
+            .strip_prefix(b"Bearer ")
+            .or_else(|| header.strip_prefix(b"bearer "))
+            .ok_or(ApiError::Unauthorized(
+                "The Authorization header must be 'Bearer YOUR_KEY'.",
+            ))?;
+        let digest = sha256(token.trim_ascii());
+        // Check every entry, whatever matches, so timing says nothing about which.
+        let mut found = None;
+        for entry in &self.entries {
+            if constant_time_eq(&entry.digest, &digest) {
+                found = Some(entry.name.clone());
+            }
+        }
+        found.map(Caller::Client).ok_or(ApiError::Unauthorized("Incorrect API key provided."))
+    }
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_hex_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys_with(secret: &str) -> ClientKeys {
+        ClientKeys { entries: vec![ClientKey { name: "team-a".into(), digest: sha256(secret.as_bytes()) }] }
+    }
+
+    #[test]
+    fn no_keys_means_auth_is_off() {
+        let keys = ClientKeys { entries: vec![] };
+        assert_eq!(keys.authenticate(None).unwrap(), Caller::Anonymous);
+    }
+
+    #[test]
+    fn the_right_key_names_its_client() {
+        let keys = keys_with("sk-test-123");
+        assert_eq!(keys.authenticate(Some(b"Bearer sk-test-123")).unwrap(), Caller::Client("team-a".into()));
+    }
+
+    #[test]
+    fn missing_wrong_or_malformed_keys_are_401() {
+        let keys = keys_with("sk-test-123");
+        for header in [None, Some(&b"Bearer nope"[..]), Some(&b"sk-test-123"[..]), Some(&b"Basic abc"[..])] {
+            assert_eq!(keys.authenticate(header).unwrap_err().status(), 401);
+        }
+    }
+
+    #[test]
+    fn hex_digests_round_trip() {
+        let hex: String = sha256(b"k").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(parse_hex_digest(&hex), Some(sha256(b"k")));
+        assert_eq!(parse_hex_digest("zz"), None);
+    }
+}

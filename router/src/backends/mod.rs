@@ -1,0 +1,108 @@
+//! Where requests are answered. Each backend kind is one variant of [`Backend`]
+//! (a closed set, dispatched by `match`); the local engine joins as a second
+//! variant. [`Backends`] is the catalogue: it knows which client-facing model
+//! names map to which backend.
+
+pub mod remote;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+
+use crate::openai::Usage;
+use crate::openai::error::ApiError;
+use crate::openai::request::ChatRequest;
+use crate::policy::{AUTO_MODEL, Policy};
+use remote::RemoteBackend;
+
+pub enum Backend {
+    Remote(RemoteBackend),
+}
+
+impl Backend {
+    pub fn name(&self) -> &str {
+        match self {
+            Backend::Remote(remote) => remote.name(),
+        }
+    }
+
+    /// Whether the backend can take requests now, and if not, why.
+    pub fn readiness(&self) -> Result<(), String> {
+        match self {
+            Backend::Remote(remote) => remote.readiness(),
+        }
+    }
+
+    pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
+        match self {
+            Backend::Remote(remote) => remote.chat(request, request_id).await,
+        }
+    }
+}
+
+/// A successful answer, ready to be sent to the client.
+pub enum ChatReply {
+    /// A whole `chat.completion` object.
+    Complete { body: Bytes, usage: Option<Usage>, headers: HeaderMap, status: StatusCode },
+    /// SSE bytes, already framed, ending with `data: [DONE]` or an error event.
+    Stream { events: BoxStream<'static, Bytes>, headers: HeaderMap },
+}
+
+pub struct Backends {
+    all: Vec<Arc<Backend>>,
+    by_model: HashMap<String, usize>,
+}
+
+/// One entry of `GET /v1/models`.
+pub struct ModelEntry<'a> {
+    pub id: &'a str,
+    pub backend: &'a str,
+}
+
+impl Backends {
+    pub fn from_policy(policy: &Policy) -> Backends {
+        let all: Vec<Arc<Backend>> = policy
+            .backends
+            .remote
+            .iter()
+            .map(|config| Arc::new(Backend::Remote(RemoteBackend::new(config))))
+            .collect();
+        let index_of = |name: &str| all.iter().position(|b| b.name() == name);
+        let mut by_model = HashMap::new();
+        // Later entries never override earlier ones: backend names first, then
+        // upstream model names (first backend wins), then `auto`.
+        for (i, backend) in all.iter().enumerate() {
+            by_model.insert(backend.name().to_string(), i);
+        }
+        for (i, config) in policy.backends.remote.iter().enumerate() {
+            by_model.entry(config.model.value.clone()).or_insert(i);
+        }
+        if let Some(default) = index_of(&policy.routing.default_backend.value) {
+            by_model.insert(AUTO_MODEL.to_string(), default);
+        }
+        Backends { all, by_model }
+    }
+
+    /// The backend that serves a client-facing model name.
+    pub fn resolve(&self, model: &str) -> Option<&Arc<Backend>> {
+        self.by_model.get(model).map(|&i| &self.all[i])
+    }
+
+    pub fn all(&self) -> &[Arc<Backend>] {
+        &self.all
+    }
+
+    /// Every model name clients may ask for, sorted, with the backend behind it.
+    pub fn models(&self) -> Vec<ModelEntry<'_>> {
+        let mut models: Vec<ModelEntry<'_>> = self
+            .by_model
+            .iter()
+            .map(|(id, &i)| ModelEntry { id, backend: self.all[i].name() })
+            .collect();
+        models.sort_by(|a, b| a.id.cmp(b.id));
+        models
+    }
+}

@@ -1,0 +1,363 @@
+//! A remote OpenAI-compatible endpoint.
+//!
+//! The request goes upstream as the client sent it, with two changes: `model` is
+//! replaced by the upstream model name, and streamed requests always ask for the
+//! usage chunk (`stream_options.include_usage`) so every call can be priced. When
+//! the client did not ask for usage itself, that chunk and the `"usage": null`
+//! fields OpenAI adds to every chunk are removed again before the client sees
+//! them, so its stream looks exactly as if it had called the provider directly.
+//!
+//! Streams are relayed event by event as they arrive. If the client goes away,
+//! hyper drops the response body, which drops [`RelayState`] and with it the
+//! upstream response: the upstream connection is closed and generation stops.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::ChatReply;
+use crate::openai::Usage;
+use crate::openai::error::{ApiError, UpstreamError};
+use crate::openai::request::ChatRequest;
+use crate::openai::sse::{self, SseDecoder, SseEvent};
+use crate::policy::{Price, RemoteBackendConfig, Timeouts};
+
+/// Largest non-streamed completion we accept from upstream. A chat completion of
+/// 1M tokens is ~4 MiB of JSON; 64 MiB leaves room for logprobs and many choices.
+const MAX_COMPLETION_BYTES: usize = 64 * 1024 * 1024;
+/// Error bodies are short; more than this is not worth relaying.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+pub struct RemoteBackend {
+    name: String,
+    url: String,
+    model: String,
+    api_key: Result<Option<HeaderValue>, String>,
+    price: Price,
+    timeouts: Timeouts,
+    max_output_tokens: Option<u64>,
+    http: reqwest::Client,
+}
+
+impl RemoteBackend {
+    pub fn new(config: &RemoteBackendConfig) -> RemoteBackend {
+        let api_key = match &config.api_key_env {
+            None => Ok(None),
+            Some(env) => match std::env::var(&env.value) {
+                Ok(key) if !key.is_empty() => HeaderValue::from_str(&format!("Bearer {key}"))
+                    .map(|mut value| {
+                        value.set_sensitive(true);
+                        Some(value)
+                    })
+                    .map_err(|_| format!("environment variable {} holds characters not allowed in a header", env.value)),
+                _ => Err(format!("environment variable {} is not set", env.value)),
+            },
+        };
+        // reqwest is built without a default TLS provider (aws-lc needs a C
+        // toolchain and cmake); ring is installed once, here, before first use.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.timeouts.connect())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()
+            .expect("TLS backend initialises");
+        RemoteBackend {
+            name: config.name.value.clone(),
+            url: format!("{}/chat/completions", config.base_url.value.trim_end_matches('/')),
+            model: config.model.value.clone(),
+            api_key,
+            price: config.price,
+            timeouts: config.timeouts.clone(),
+            max_output_tokens: config.max_output_tokens.as_ref().map(|m| m.value),
+            http,
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn readiness(&self) -> Result<(), String> {
+        self.api_key.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
+        let api_key = self
+            .api_key
+            .as_ref()
+            .map_err(|reason| ApiError::BackendUnavailable { backend: self.name.clone(), reason: reason.clone() })?;
+        if let (Some(limit), Some(asked)) = (self.max_output_tokens, request.max_tokens) {
+            if asked > limit {
+                let param = request.max_tokens_param();
+                return Err(ApiError::invalid(
+                    format!("'{param}' is too large: {asked}. This model supports at most {limit} completion tokens."),
+                    param,
+                ));
+            }
+        }
+
+        let strip_usage = request.stream && !request.include_usage;
+        let mut body = request.body;
+        body.insert("model".into(), Value::String(self.model.clone()));
+        if strip_usage {
+            body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
+        }
+        let payload = serde_json::to_vec(&body).expect("a JSON map serialises");
+
+        let started = Instant::now();
+        let deadline = started + self.timeouts.total();
+        let mut upstream = self
+            .http
+            .post(&self.url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-request-id", request_id)
+            .body(payload);
+        if let Some(key) = api_key {
+            upstream = upstream.header(header::AUTHORIZATION, key.clone());
+        }
+        let response = match tokio::time::timeout(self.timeouts.first_byte(), upstream.send()).await {
+            Err(_) => return Err(self.timeout(self.timeouts.first_byte_ms.value)),
+            Ok(Err(err)) if err.is_timeout() => return Err(self.timeout(self.timeouts.connect_ms.value)),
+            Ok(Err(err)) => return Err(self.unreachable(&err)),
+            Ok(Ok(response)) => response,
+        };
+
+        let status = response.status();
+        let headers = relayed_headers(response.headers());
+        if !status.is_success() {
+            let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+            let body = self.read_body(response, deadline, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
+            return Err(ApiError::Upstream(UpstreamError { status, body, retry_after }));
+        }
+
+        if !request.stream {
+            let body = self.read_body(response, deadline, MAX_COMPLETION_BYTES).await?;
+            let parsed: Value = serde_json::from_slice(&body).map_err(|err| ApiError::UpstreamInvalid {
+                backend: self.name.clone(),
+                detail: format!("completion is not JSON ({err})"),
+            })?;
+            let usage = Usage::from_value(&parsed);
+            self.log_usage(request_id, "complete", usage, started);
+            return Ok(ChatReply::Complete { body, usage, headers, status });
+        }
+
+        let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
+            return Err(ApiError::UpstreamInvalid {
+                backend: self.name.clone(),
+                detail: format!("expected an event stream, got content-type {content_type:?}"),
+            });
+        }
+        let relay = RelayState {
+            upstream: Box::pin(response.bytes_stream()),
+            decoder: SseDecoder::default(),
+            pending: VecDeque::new(),
+            finished: false,
+            strip_usage,
+            usage: None,
+            idle: self.timeouts.idle(),
+            deadline,
+            backend: self.name.clone(),
+            request_id: request_id.to_string(),
+            price: self.price,
+            started,
+            outcome: "client_disconnected",
+        };
+        let events = futures_util::stream::unfold(relay, RelayState::next_bytes).boxed();
+        Ok(ChatReply::Stream { events, headers })
+    }
+
+    /// Reads a whole body within the request deadline and a size bound.
+    async fn read_body(&self, response: reqwest::Response, deadline: Instant, limit: usize) -> Result<Bytes, ApiError> {
+        let mut body = Vec::new();
+        let mut chunks = response.bytes_stream();
+        loop {
+            let next = tokio::time::timeout_at(deadline, chunks.next()).await;
+            match next {
+                Err(_) => return Err(self.timeout(self.timeouts.total_ms.value)),
+                Ok(None) => return Ok(Bytes::from(body)),
+                Ok(Some(Err(err))) => return Err(self.unreachable(&err)),
+                Ok(Some(Ok(chunk))) => {
+                    if body.len() + chunk.len() > limit {
+                        return Err(ApiError::UpstreamInvalid {
+                            backend: self.name.clone(),
+                            detail: format!("response is larger than {limit} bytes"),
+                        });
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+
+    fn timeout(&self, timeout_ms: u64) -> ApiError {
+        ApiError::UpstreamTimeout { backend: self.name.clone(), timeout_ms }
+    }
+
+    fn unreachable(&self, err: &reqwest::Error) -> ApiError {
+        ApiError::UpstreamUnreachable { backend: self.name.clone(), detail: error_chain(err) }
+    }
+
+    fn log_usage(&self, request_id: &str, outcome: &str, usage: Option<Usage>, started: Instant) {
+        log_completion(&self.name, request_id, outcome, usage, self.price, started);
+    }
+}
+
+fn log_completion(backend: &str, request_id: &str, outcome: &str, usage: Option<Usage>, price: Price, started: Instant) {
+    let usage = usage.unwrap_or_default();
+    tracing::info!(
+        request_id,
+        backend,
+        outcome,
+        prompt_tokens = usage.prompt_tokens,
+        completion_tokens = usage.completion_tokens,
+        cost_usd = price.cost_usd(usage.prompt_tokens, usage.completion_tokens),
+        upstream_ms = started.elapsed().as_millis() as u64,
+        "upstream call finished"
+    );
+}
+
+/// Upstream headers a client of the provider would act on.
+fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
+    let mut relayed = HeaderMap::new();
+    for (name, value) in upstream {
+        if name.as_str().starts_with("x-ratelimit-") {
+            relayed.insert(name.clone(), value.clone());
+        }
+    }
+    relayed
+}
+
+/// `reqwest::Error`'s own text hides the cause ("error sending request"); the
+/// chain says what happened ("connection refused"). URLs hold no credentials
+/// (the policy check forbids them), so this is safe to show.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let _ = write!(text, ": {cause}");
+        source = cause.source();
+    }
+    text
+}
+
+/// The state of one relayed stream. Dropping it (the client left) closes the upstream.
+struct RelayState {
+    upstream: BoxStream<'static, reqwest::Result<Bytes>>,
+    decoder: SseDecoder,
+    pending: VecDeque<Bytes>,
+    finished: bool,
+    strip_usage: bool,
+    usage: Option<Usage>,
+    idle: Duration,
+    deadline: Instant,
+    backend: String,
+    request_id: String,
+    price: Price,
+    started: Instant,
+    /// How the stream ended, for the log line written on drop.
+    outcome: &'static str,
+}
+
+impl RelayState {
+    async fn next_bytes(mut self) -> Option<(Bytes, RelayState)> {
+        loop {
+            if let Some(bytes) = self.pending.pop_front() {
+                return Some((bytes, self));
+            }
+            if self.finished {
+                return None;
+            }
+            let wait_until = (Instant::now() + self.idle).min(self.deadline);
+            match tokio::time::timeout_at(wait_until, self.upstream.next()).await {
+                Err(_) => {
+                    let ms = if wait_until == self.deadline { "the total timeout" } else { "the idle timeout" };
+                    self.fail("upstream_timeout", format!("the upstream went silent past {ms}"));
+                }
+                Ok(None) => self.fail("upstream_stream_cut", "the upstream closed the stream before it was complete".into()),
+                Ok(Some(Err(err))) => self.fail("upstream_stream_cut", format!("the upstream stream broke: {}", error_chain(&err))),
+                Ok(Some(Ok(chunk))) => {
+                    self.decoder.push(&chunk);
+                    self.drain_events();
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while !self.finished {
+            match self.decoder.next_event() {
+                Ok(None) => return,
+                Ok(Some(SseEvent::Data(data))) => self.relay_data(data),
+                Ok(Some(comment @ SseEvent::Comment(_))) => self.pending.push_back(comment.encode()),
+                Err(err) => self.fail("upstream_invalid_response", format!("the upstream event stream is malformed ({err:?})")),
+            }
+        }
+    }
+
+    fn relay_data(&mut self, data: String) {
+        if data == sse::DONE {
+            self.pending.push_back(sse::encode_data(sse::DONE));
+            self.finish("complete");
+            return;
+        }
+        // Only chunks that mention usage (or an error) are parsed; the rest pass as they came.
+        if !data.contains("\"usage\"") && !data.contains("\"error\"") {
+            self.pending.push_back(sse::encode_data(&data));
+            return;
+        }
+        let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
+            self.pending.push_back(sse::encode_data(&data));
+            return;
+        };
+        if chunk.get("error").is_some_and(Value::is_object) {
+            // The provider reported a failure in-band; relay it and stop, as it does.
+            self.pending.push_back(sse::encode_data(&data));
+            self.finish("upstream_error");
+            return;
+        }
+        if let Some(usage) = Usage::from_value(&chunk) {
+            self.usage = Some(usage);
+        }
+        if !self.strip_usage {
+            self.pending.push_back(sse::encode_data(&data));
+            return;
+        }
+        if let Some(object) = chunk.as_object_mut() {
+            object.remove("usage");
+        }
+        let usage_only = chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+        if !usage_only {
+            self.pending.push_back(sse::encode_data(&chunk.to_string()));
+        }
+    }
+
+    /// Ends the stream with an OpenAI error event; OpenAI SDKs raise it as an APIError.
+    fn fail(&mut self, code: &'static str, message: String) {
+        let error = serde_json::json!({
+            "error": { "message": format!("Backend `{}`: {message}", self.backend), "type": "upstream_error", "param": null, "code": code }
+        });
+        self.pending.push_back(sse::encode_data(&error.to_string()));
+        self.finish(code);
+    }
+
+    fn finish(&mut self, outcome: &'static str) {
+        self.finished = true;
+        self.outcome = outcome;
+    }
+}
+
+impl Drop for RelayState {
+    fn drop(&mut self) {
+        log_completion(&self.backend, &self.request_id, self.outcome, self.usage, self.price, self.started);
+    }
+}
+

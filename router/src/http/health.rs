@@ -1,0 +1,31 @@
+//! Liveness and readiness.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::AppState;
+
+/// Alive: the process answers HTTP.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready: at least one backend can take requests. The body says which can't, and why.
+pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    let backends: Vec<Value> = state
+        .backends
+        .all()
+        .iter()
+        .map(|backend| match backend.readiness() {
+            Ok(()) => json!({ "name": backend.name(), "ready": true }),
+            Err(reason) => json!({ "name": backend.name(), "ready": false, "reason": reason }),
+        })
+        .collect();
+    let any_ready = backends.iter().any(|b| b["ready"] == true);
+    let status = if any_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "status": if any_ready { "ready" } else { "unavailable" }, "backends": backends })))
+}

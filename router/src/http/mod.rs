@@ -1,0 +1,107 @@
+//! The HTTP front: routes, the middleware every response passes through, and
+//! the state handlers share.
+//!
+//! Every response, success or error, carries `x-request-id` (the client's, if it
+//! sent a sane one, else a fresh UUID) and `x-switchyard-backend` (the backend
+//! that answered, or `switchyard` when the proxy answered by itself).
+
+mod chat;
+mod health;
+mod models;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::auth::{Caller, ClientKeys};
+use crate::backends::Backends;
+use crate::openai::error::ApiError;
+
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
+/// Named in `x-switchyard-backend` when no backend was involved.
+pub const SELF_BACKEND: &str = "switchyard";
+
+pub struct AppState {
+    pub backends: Backends,
+    pub keys: ClientKeys,
+    pub max_body_bytes: usize,
+}
+
+/// The request id, available to handlers as an extension.
+#[derive(Clone)]
+pub struct RequestId(pub Arc<str>);
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(models::list))
+        .route("/v1/models/{*model}", get(models::retrieve))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(unknown_endpoint)
+        .method_not_allowed_fallback(unknown_endpoint)
+        .layer(middleware::from_fn(tag_response))
+        .with_state(state)
+}
+
+async fn unknown_endpoint(request: Request) -> ApiError {
+    ApiError::NotFound(format!("{} {}", request.method(), request.uri().path()))
+}
+
+async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    match state.keys.authenticate(authorization) {
+        Ok(caller) => {
+            request.extensions_mut().insert::<Caller>(caller);
+            next.run(request).await
+        }
+        Err(err) => err.into_response(),
+    }
+}
+
+/// Assigns the request id and makes sure both identifying headers are on the response.
+async fn tag_response(mut request: Request, next: Next) -> Response {
+    let request_id: Arc<str> = request
+        .headers()
+        .get(&REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_sane_request_id(id))
+        .map(Arc::from)
+        .unwrap_or_else(|| Arc::from(uuid::Uuid::new_v4().to_string()));
+    request.extensions_mut().insert(RequestId(request_id.clone()));
+    let span = tracing::info_span!("request", request_id = %request_id);
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let mut response = {
+        let _enter = span.enter();
+        next.run(request).await
+    };
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, HeaderValue::from_str(&request_id).expect("checked by is_sane_request_id or a UUID"));
+    headers.entry(BACKEND).or_insert(HeaderValue::from_static(SELF_BACKEND));
+    tracing::info!(
+        parent: &span,
+        %method,
+        path,
+        status = response.status().as_u16(),
+        backend = response.headers().get(BACKEND).and_then(|v| v.to_str().ok()).unwrap_or(SELF_BACKEND),
+        elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+        "request answered"
+    );
+    response
+}
+
+/// Client ids are echoed into headers and logs: keep them short and printable.
+fn is_sane_request_id(id: &str) -> bool {
+    (1..=128).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_graphic())
+}

@@ -1,0 +1,103 @@
+//! The `switchyard` command line.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::policy::{Policy, PolicyError};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "OpenAI-compatible proxy that routes LLM calls to a local model or the cloud")]
+struct Cli {
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve {
+        #[arg(long)]
+        policy: PathBuf,
+        /// Overrides `server.listen` from the policy.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Work with policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate a policy file; print each problem as FILE:LINE:COLUMN: MESSAGE.
+    Check { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_json);
+    match cli.command {
+        Command::Serve { policy, listen } => serve(&policy, listen),
+        Command::Policy { command: PolicyCommand::Check { file } } => check(&file),
+    }
+}
+
+fn serve(path: &PathBuf, listen: Option<SocketAddr>) -> ExitCode {
+    let policy = match Policy::load(path) {
+        Ok(policy) => policy,
+        Err(err) => {
+            report_policy_error(path, &err);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
+    match runtime.block_on(switchyard::server::serve(policy, listen)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> ExitCode {
+    match Policy::load(path) {
+        Ok(_) => {
+            println!("{}: ok", path.display());
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            report_policy_error(path, &err);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report_policy_error(path: &std::path::Path, err: &PolicyError) {
+    match err {
+        PolicyError::Read(io) => eprintln!("{}: cannot read: {io}", path.display()),
+        PolicyError::Invalid(problems) => {
+            for problem in problems {
+                eprintln!("{}:{problem}", path.display());
+            }
+        }
+    }
+}
+
+fn init_logging(json: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,267 @@
+//! A chat request as it arrives, validated before any backend sees it.
+//!
+//! We validate only the fields Switchyard acts on (`model`, `messages`, `stream`,
+//! `stream_options`, `max_tokens`/`max_completion_tokens`), with OpenAI's own
+//! wording where it has one. Everything else (tools, response_format, logprobs,
+//! seed, n, vendor extras, ...) stays in [`ChatRequest::body`] exactly as the client
+//! sent it, in the client's key order, and passes through to a remote backend.
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// No model anywhere accepts more output tokens than this; a larger `max_tokens`
+/// is a client bug, answered here rather than by a paid round trip.
+pub const MAX_TOKENS_CEILING: u64 = 1 << 24;
+
+const ROLES: &[&str] = &["system", "developer", "user", "assistant", "tool", "function"];
+
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The whole request object, unknown fields included.
+    pub body: Map<String, Value>,
+    pub model: String,
+    pub stream: bool,
+    /// `stream_options.include_usage` as the client set it.
+    pub include_usage: bool,
+    /// `max_completion_tokens`, or the older `max_tokens`.
+    pub max_tokens: Option<u64>,
+}
+
+impl ChatRequest {
+    pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::InvalidJson("the body is empty; expected a JSON object".into()));
+        }
+        let value: Value = serde_json::from_slice(bytes).map_err(|err| ApiError::InvalidJson(err.to_string()))?;
+        let Value::Object(body) = value else {
+            return Err(ApiError::InvalidRequest {
+                message: format!("The request body must be a JSON object, not {}.", kind_of(&value)),
+                param: None,
+            });
+        };
+
+        let model = match body.get("model") {
+            Some(Value::String(model)) if !model.is_empty() => model.clone(),
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid("You must provide a model parameter.", "model"));
+            }
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!("Invalid type for 'model': expected a non-empty string, but got {}.", kind_of(other)),
+                    "model",
+                ));
+            }
+        };
+
+        validate_messages(body.get("messages"))?;
+
+        let stream = match body.get("stream") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(stream)) => *stream,
+            Some(other) => return Err(wrong_type("stream", "a boolean", other)),
+        };
+
+        let include_usage = match body.get("stream_options") {
+            None | Some(Value::Null) => false,
+            Some(Value::Object(options)) => {
+                if !stream {
+                    return Err(ApiError::invalid(
+                        "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                        "stream_options",
+                    ));
+                }
+                match options.get("include_usage") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(include)) => *include,
+                    Some(other) => return Err(wrong_type("stream_options.include_usage", "a boolean", other)),
+                }
+            }
+            Some(other) => return Err(wrong_type("stream_options", "an object", other)),
+        };
+
+        let mut max_tokens = None;
+        for field in ["max_tokens", "max_completion_tokens"] {
+            match body.get(field) {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(0) | None => {
+                        return Err(ApiError::invalid(
+                            format!("Invalid '{field}': expected an integer of at least 1, but got {n}."),
+                            field,
+                        ));
+                    }
+                    Some(value) if value > MAX_TOKENS_CEILING => {
+                        return Err(ApiError::invalid(
+                            format!("'{field}' is too large: {value}. No model served here accepts more than {MAX_TOKENS_CEILING}."),
+                            field,
+                        ));
+                    }
+                    Some(value) => {
+                        max_tokens = Some(max_tokens.map_or(value, |prev: u64| prev.min(value)));
+                    }
+                },
+                Some(other) => return Err(wrong_type(field, "an integer", other)),
+            }
+        }
+
+        Ok(ChatRequest { body, model, stream, include_usage, max_tokens })
+    }
+
+    /// The `max_tokens` field name the client used, for error messages.
+    pub fn max_tokens_param(&self) -> &'static str {
+        if self.body.get("max_completion_tokens").is_some_and(|v| !v.is_null()) {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        }
+    }
+}
+
+fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
+    let messages = match messages {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid("Missing required parameter: 'messages'.", "messages"));
+        }
+        Some(Value::Array(messages)) => messages,
+        Some(other) => return Err(wrong_type("messages", "an array", other)),
+    };
+    if messages.is_empty() {
+        return Err(ApiError::invalid(
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            "messages",
+        ));
+    }
+    for (i, message) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let Value::Object(message) = message else {
+            return Err(wrong_type(&param, "an object", message));
+        };
+        match message.get("role") {
+            Some(Value::String(role)) if ROLES.contains(&role.as_str()) => {}
+            Some(Value::String(role)) => {
+                return Err(ApiError::invalid(
+                    format!(
+                        "Invalid value for '{param}.role': {:?}. Supported values are: {}.",
+                        truncate(role),
+                        ROLES.join(", ")
+                    ),
+                    &format!("{param}.role"),
+                ));
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    format!("Missing required parameter: '{param}.role'."),
+                    &format!("{param}.role"),
+                ));
+            }
+            Some(other) => return Err(wrong_type(&format!("{param}.role"), "a string", other)),
+        }
+        match message.get("content") {
+            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+            Some(other) => {
+                return Err(wrong_type(&format!("{param}.content"), "a string or an array of content parts", other));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
+    ApiError::invalid(
+        format!("Invalid type for '{param}': expected {expected}, but got {}.", kind_of(got)),
+        param,
+    )
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn truncate(text: &str) -> &str {
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => &text[..cut],
+        None => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(json.as_bytes())
+    }
+
+    fn param_of(err: ApiError) -> Option<String> {
+        match err {
+            ApiError::InvalidRequest { param, .. } => param,
+            other => panic!("expected InvalidRequest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_in_client_order() {
+        let req = parse(r#"{"zeta":1,"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[],"alpha":{"x":2}}"#).unwrap();
+        let keys: Vec<&str> = req.body.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["zeta", "model", "messages", "tools", "alpha"]);
+    }
+
+    #[test]
+    fn malformed_json_says_where_it_broke() {
+        let err = parse("{\"model\": \"m\",\n \"messages\": [}").unwrap_err();
+        assert!(err.message().contains("line 2 column"), "{}", err.message());
+        assert_eq!(err.status(), 400);
+    }
+
+    #[test]
+    fn missing_messages_names_the_parameter() {
+        assert_eq!(param_of(parse(r#"{"model":"m"}"#).unwrap_err()).as_deref(), Some("messages"));
+    }
+
+    #[test]
+    fn wrong_types_are_rejected_with_their_path() {
+        let cases = [
+            (r#"{"model":1,"messages":[]}"#, "model"),
+            (r#"{"model":"m","messages":"hi"}"#, "messages"),
+            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
+            (r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role"),
+            (r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, "stream"),
+            (r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-3}"#, "max_tokens"),
+            (r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":1.5}"#, "max_tokens"),
+        ];
+        for (json, param) in cases {
+            assert_eq!(param_of(parse(json).unwrap_err()).as_deref(), Some(param), "{json}");
+        }
+    }
+
+    #[test]
+    fn huge_max_tokens_is_refused() {
+        let err = parse(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":100000000000000000000000}"#).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("max_tokens"));
+        let err = parse(r#"{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":99999999999}"#).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("max_completion_tokens"));
+    }
+
+    #[test]
+    fn stream_options_need_stream() {
+        let err = parse(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":true}}"#).unwrap_err();
+        assert_eq!(param_of(err).as_deref(), Some("stream_options"));
+        let ok = parse(r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        assert!(ok.stream && ok.include_usage);
+    }
+
+    #[test]
+    fn invalid_utf8_and_empty_bodies_are_json_errors() {
+        let err = ChatRequest::parse(b"{\"model\":\"m\xff\xfe\"}").unwrap_err();
+        assert_eq!(err.code(), "invalid_json");
+        assert_eq!(ChatRequest::parse(b"  ").unwrap_err().code(), "invalid_json");
+    }
+}

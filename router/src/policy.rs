@@ -1,0 +1,501 @@
+//! The policy file: one YAML document that says where Switchyard listens, who may
+//! call it, and which backends answer.
+//!
+//! Loading is two steps, and every problem from either step carries the
+//! `line:column` it came from:
+//!
+//! 1. **Shape** — serde turns the YAML into the typed structs below. Unknown keys
+//!    are rejected (`deny_unknown_fields` everywhere), so a typo such as
+//!    `api_key_evn` fails loudly instead of silently falling back to a default.
+//! 2. **Meaning** — [`Policy::problems`] checks what types cannot express: unique
+//!    backend names, well-formed URLs, sane timeouts, that `auto` points at a
+//!    backend that exists. It reports *all* problems at once, not just the first,
+//!    so `switchyard policy check` is useful as an editor loop.
+//!
+//! Values that need a location for step 2 are wrapped in [`Spanned`].
+//! The file never holds secrets: upstream keys and client keys are named by the
+//! environment variable that holds them (client keys may also be given as a
+//! SHA-256 digest).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// Default request body limit. OpenAI itself accepts bodies far larger than any
+/// sane chat request; 4 MiB holds ~1M tokens of text, well past any context window
+/// we route to, while bounding what one request can make us buffer.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The model alias that lets Switchyard choose the backend.
+pub const AUTO_MODEL: &str = "auto";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    pub backends: BackendsConfig,
+    pub routing: RoutingConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: Spanned<String>,
+    pub max_body_bytes: Spanned<usize>,
+    /// How long in-flight requests may run after SIGTERM before they are cut.
+    pub shutdown_drain_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: unspanned("127.0.0.1:8080".to_string()),
+            max_body_bytes: unspanned(DEFAULT_MAX_BODY_BYTES),
+            shutdown_drain_ms: 30_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The listen address; [`Policy::problems`] has already checked it parses.
+    pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
+        self.listen.value.parse()
+    }
+}
+
+/// Client authentication. With no keys listed, auth is off: fine on loopback, and
+/// `switchyard serve` warns when it listens elsewhere without keys.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub keys: Vec<ClientKeyConfig>,
+}
+
+/// One client key. `name` identifies the caller in logs (and later in budgets);
+/// the key itself comes from the environment or is given only as its digest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientKeyConfig {
+    pub name: Spanned<String>,
+    /// Environment variable holding the key.
+    pub key_env: Option<Spanned<String>>,
+    /// Lower-case hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
+    pub key_sha256: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsConfig {
+    #[serde(default)]
+    pub remote: Vec<RemoteBackendConfig>,
+}
+
+/// A remote, OpenAI-compatible endpoint (OpenAI, Together, Groq, vLLM, ...).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteBackendConfig {
+    pub name: Spanned<String>,
+    /// Everything before `/chat/completions`, e.g. `https://api.openai.com/v1`.
+    pub base_url: Spanned<String>,
+    /// Environment variable holding the upstream key; absent for endpoints that
+    /// need none (a local vLLM, say).
+    pub api_key_env: Option<Spanned<String>>,
+    /// The model name sent upstream. Clients may ask for it by this name too, so
+    /// code written against the provider works unchanged behind Switchyard.
+    pub model: Spanned<String>,
+    pub price: Price,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Largest `max_tokens` the upstream model accepts; requests above it are
+    /// refused here with a 400 instead of spending a round trip.
+    pub max_output_tokens: Option<Spanned<u64>>,
+}
+
+/// Prices in USD per million tokens, as providers publish them.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok_usd: f64,
+    pub output_per_mtok_usd: f64,
+}
+
+impl Price {
+    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok_usd
+            + completion_tokens as f64 * self.output_per_mtok_usd)
+            / 1e6
+    }
+}
+
+/// Upstream timeouts, in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect_ms: Spanned<u64>,
+    /// From sending the request to the response headers. Reasoning models can
+    /// think for a long time before their first byte, hence the generous default.
+    pub first_byte_ms: Spanned<u64>,
+    /// Longest silence allowed between two pieces of a streamed answer.
+    pub idle_ms: Spanned<u64>,
+    /// Whole request, first byte to last.
+    pub total_ms: Spanned<u64>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: unspanned(5_000),
+            first_byte_ms: unspanned(120_000),
+            idle_ms: unspanned(60_000),
+            total_ms: unspanned(600_000),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms.value)
+    }
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms.value)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.value)
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms.value)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// The backend that answers `model: "auto"`. The routing brain replaces this
+    /// with a per-request decision; until then it is a fixed choice.
+    pub default_backend: Spanned<String>,
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}
+
+/// One thing wrong with a policy file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based; 0 when the location is unknown (a default value, say).
+    pub line: u64,
+    pub column: u64,
+    pub message: String,
+}
+
+impl Problem {
+    fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> Self {
+        Self {
+            line: spanned.referenced.line(),
+            column: spanned.referenced.column(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// Why a policy could not be loaded: the file could not be read, or it has problems.
+#[derive(Debug)]
+pub enum PolicyError {
+    Read(std::io::Error),
+    Invalid(Vec<Problem>),
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PolicyError::Read(err) => write!(f, "cannot read policy file: {err}"),
+            PolicyError::Invalid(problems) => {
+                for (i, problem) in problems.iter().enumerate() {
+                    if i > 0 {
+                        writeln!(f)?;
+                    }
+                    write!(f, "{problem}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl Policy {
+    /// Reads, parses and checks a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(PolicyError::Read)?;
+        Policy::parse(&text)
+    }
+
+    /// Parses and checks policy text.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let policy: Policy =
+            serde_saphyr::from_str(text).map_err(|err| PolicyError::Invalid(vec![shape_problem(&err)]))?;
+        let problems = policy.problems();
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(PolicyError::Invalid(problems))
+        }
+    }
+
+    /// Every problem of meaning in an already well-shaped policy.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let server = &self.server;
+        if server.listen_addr().is_err() {
+            problems.push(Problem::at(
+                &server.listen,
+                format!(
+                    "listen address {:?} is not IP:PORT (for example 127.0.0.1:8080)",
+                    server.listen.value
+                ),
+            ));
+        }
+        if server.max_body_bytes.value == 0 {
+            problems.push(Problem::at(&server.max_body_bytes, "max_body_bytes must be positive"));
+        }
+
+        let mut key_names = HashSet::new();
+        for key in &self.auth.keys {
+            if !key_names.insert(key.name.value.as_str()) {
+                problems.push(Problem::at(&key.name, format!("duplicate client key name {:?}", key.name.value)));
+            }
+            match (&key.key_env, &key.key_sha256) {
+                (Some(_), Some(sha)) => problems.push(Problem::at(sha, "give key_env or key_sha256, not both")),
+                (None, None) => problems.push(Problem::at(&key.name, "client key needs key_env or key_sha256")),
+                (Some(env), None) => check_env_name(env, &mut problems),
+                (None, Some(sha)) => {
+                    let valid = sha.value.len() == 64
+                        && sha.value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                    if !valid {
+                        problems.push(Problem::at(sha, "key_sha256 must be 64 lower-case hex digits"));
+                    }
+                }
+            }
+        }
+
+        let mut backend_names = HashSet::new();
+        for backend in &self.backends.remote {
+            let name = &backend.name;
+            if !is_model_name(&name.value) {
+                problems.push(Problem::at(
+                    name,
+                    "backend name must be 1-64 characters of letters, digits, '-', '_', '.', ':' or '/'",
+                ));
+            }
+            if name.value == AUTO_MODEL {
+                problems.push(Problem::at(name, "\"auto\" is reserved for routing"));
+            }
+            if !backend_names.insert(name.value.as_str()) {
+                problems.push(Problem::at(name, format!("duplicate backend name {:?}", name.value)));
+            }
+            check_base_url(&backend.base_url, &mut problems);
+            if let Some(env) = &backend.api_key_env {
+                check_env_name(env, &mut problems);
+            }
+            if backend.model.value.trim().is_empty() {
+                problems.push(Problem::at(&backend.model, "model must not be empty"));
+            }
+            let price = backend.price;
+            let price_ok = |p: f64| p.is_finite() && p >= 0.0;
+            if !price_ok(price.input_per_mtok_usd) || !price_ok(price.output_per_mtok_usd) {
+                problems.push(Problem::at(name, "prices must be finite and not negative"));
+            }
+            let t = &backend.timeouts;
+            for timeout in [&t.connect_ms, &t.first_byte_ms, &t.idle_ms, &t.total_ms] {
+                if timeout.value == 0 {
+                    problems.push(Problem::at(timeout, "timeouts must be positive"));
+                }
+            }
+            if t.first_byte_ms.value > t.total_ms.value {
+                problems.push(Problem::at(&t.first_byte_ms, "first_byte_ms is longer than total_ms"));
+            }
+            if let Some(max) = &backend.max_output_tokens {
+                if max.value == 0 {
+                    problems.push(Problem::at(max, "max_output_tokens must be positive"));
+                }
+            }
+        }
+        if self.backends.remote.is_empty() {
+            problems.push(Problem {
+                line: self.routing.default_backend.referenced.line(),
+                column: self.routing.default_backend.referenced.column(),
+                message: "no backends are configured".into(),
+            });
+        } else if !backend_names.contains(self.routing.default_backend.value.as_str()) {
+            problems.push(Problem::at(
+                &self.routing.default_backend,
+                format!("default_backend {:?} is not a configured backend", self.routing.default_backend.value),
+            ));
+        }
+        problems
+    }
+}
+
+/// Names a client may send as `model`: what providers use, and nothing that could
+/// smuggle control characters into a header or log line.
+pub fn is_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
+fn check_env_name(env: &Spanned<String>, problems: &mut Vec<Problem>) {
+    let valid = !env.value.is_empty()
+        && !env.value.starts_with(|c: char| c.is_ascii_digit())
+        && env.value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        problems.push(Problem::at(
+            env,
+            format!("{:?} is not an environment variable name", env.value),
+        ));
+    }
+}
+
+fn check_base_url(url: &Spanned<String>, problems: &mut Vec<Problem>) {
+    match reqwest::Url::parse(&url.value) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                problems.push(Problem::at(url, "base_url must not hold credentials; use api_key_env"));
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                problems.push(Problem::at(url, "base_url must not have a query or fragment"));
+            }
+        }
+        Ok(_) => problems.push(Problem::at(url, "base_url must be an http:// or https:// URL with a host")),
+        Err(err) => problems.push(Problem::at(url, format!("base_url is not a URL: {err}"))),
+    }
+}
+
+/// A serde-saphyr error as one located problem. Its `Display` renders a source
+/// snippet; we want the bare `line:column: message` that editors and CI parse.
+fn shape_problem(err: &serde_saphyr::Error) -> Problem {
+    let (line, column) = err
+        .location()
+        .map(|loc| (loc.line(), loc.column()))
+        .unwrap_or((0, 0));
+    Problem { line, column, message: bare_message(err) }
+}
+
+fn bare_message(err: &serde_saphyr::Error) -> String {
+    let rendered = err.to_string();
+    // The first line is the message; the rest is the snippet.
+    let first = rendered.lines().next().unwrap_or("invalid policy").trim();
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    // Drop a leading "line L column C: ": the location is reported separately.
+    match first.split_once(": ") {
+        Some((prefix, rest)) if prefix.starts_with("line ") && prefix.contains(" column ") => rest.to_string(),
+        _ => first.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+backends:
+  remote:
+    - name: cloud
+      base_url: https://api.example.com/v1
+      api_key_env: EXAMPLE_API_KEY
+      model: big-model
+      price: { input_per_mtok_usd: 1.0, output_per_mtok_usd: 2.0 }
+routing:
+  default_backend: cloud
+";
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Policy::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(PolicyError::Invalid(problems)) => problems,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn minimal_policy_loads_with_defaults() {
+        let policy = Policy::parse(MINIMAL).unwrap();
+        assert_eq!(policy.server.listen.value, "127.0.0.1:8080");
+        assert_eq!(policy.server.max_body_bytes.value, DEFAULT_MAX_BODY_BYTES);
+        assert!(policy.auth.keys.is_empty());
+        assert_eq!(policy.backends.remote[0].timeouts.connect_ms.value, 5_000);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_line_and_column() {
+        let text = MINIMAL.replace("api_key_env:", "api_key_evn:");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (5, 7), "{found:?}");
+        assert!(found[0].message.contains("api_key_evn"), "{found:?}");
+    }
+
+    #[test]
+    fn every_problem_of_meaning_is_reported_at_once() {
+        let text = MINIMAL
+            .replace("https://api.example.com/v1", "ftp://x")
+            .replace("default_backend: cloud", "default_backend: nowhere")
+            + "server:\n  listen: localhost\n";
+        let found = problems(&text);
+        let lines: Vec<u64> = found.iter().map(|p| p.line).collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(lines.contains(&4) && lines.contains(&9) && lines.contains(&11), "{found:?}");
+    }
+
+    #[test]
+    fn duplicate_backend_names_are_rejected() {
+        let second = "    - name: cloud\n      base_url: http://127.0.0.1:9/v1\n      model: m\n      price: { input_per_mtok_usd: 0, output_per_mtok_usd: 0 }\n";
+        let text = MINIMAL.replace("routing:", &format!("{second}routing:"));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("duplicate backend name"));
+        assert_eq!(found[0].line, 8);
+    }
+
+    #[test]
+    fn client_keys_need_exactly_one_source() {
+        let text = format!("{MINIMAL}auth:\n  keys:\n    - name: a\n    - name: b\n      key_sha256: XYZ\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn base_url_with_credentials_is_rejected() {
+        let text = MINIMAL.replace("https://api.example.com/v1", "https://user:pw@api.example.com/v1");
+        let found = problems(&text);
+        assert!(found[0].message.contains("credentials"), "{found:?}");
+    }
+
+    #[test]
+    fn cost_is_priced_per_million_tokens() {
+        let price = Price { input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 };
+        assert!((price.cost_usd(1_000_000, 500_000) - 7.5).abs() < 1e-12);
+    }
+}
