@@ -8,6 +8,7 @@ use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::StreamExt;
 
 use super::{AppState, BACKEND, RequestId};
 use crate::backends::ChatReply;
@@ -40,7 +41,7 @@ pub async fn chat_completions(
             response
         }
         Ok(ChatReply::Stream { events, headers }) => {
-            let body = Body::from_stream(futures_util::StreamExt::map(events, Ok::<Bytes, std::convert::Infallible>));
+            let body = Body::from_stream(events.map(Ok::<Bytes, std::convert::Infallible>));
             let mut response = (StatusCode::OK, body).into_response();
             let out = response.headers_mut();
             out.extend(headers);
@@ -56,24 +57,54 @@ pub async fn chat_completions(
     response
 }
 
-/// Reads the body, refusing early on a declared length over the limit and
-/// stopping as soon as a streamed body crosses it.
+/// Reads the body, refusing a declared length over the limit before reading
+/// and a streamed body as soon as it crosses the limit.
+///
+/// A refused body is still read to its end (and thrown away), up to
+/// [`DRAIN_MAX_BYTES`] and [`DRAIN_TIMEOUT`]: HTTP clients that are still
+/// writing when the server closes the connection report a broken pipe instead
+/// of the 413, and the client deserves to see why it was refused.
 async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut stream = body.into_data_stream();
+    let too_large = ApiError::BodyTooLarge { limit_bytes: limit };
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ApiError::BodyTooLarge { limit_bytes: limit });
-    }
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-        while let Some(cause) = source {
-            if cause.is::<http_body_util::LengthLimitError>() {
-                return ApiError::BodyTooLarge { limit_bytes: limit };
-            }
-            source = cause.source();
+        if declared.is_some_and(|len| len <= DRAIN_MAX_BYTES as u64) {
+            drain(&mut stream, DRAIN_MAX_BYTES).await;
         }
-        ApiError::InvalidRequest { message: format!("Could not read the request body: {err}"), param: None }
+        return Err(too_large);
+    }
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|err| ApiError::InvalidRequest {
+            message: format!("Could not read the request body: {err}"),
+            param: None,
+        })?;
+        if bytes.len() + chunk.len() > limit {
+            drain(&mut stream, DRAIN_MAX_BYTES - limit.min(DRAIN_MAX_BYTES)).await;
+            return Err(too_large);
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// How much of a refused body we read and discard so the client sees the 413.
+const DRAIN_MAX_BYTES: usize = 64 * 1024 * 1024;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn drain(stream: &mut axum::body::BodyDataStream, max_bytes: usize) {
+    let mut drained = 0usize;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while let Some(Ok(chunk)) = stream.next().await {
+            drained += chunk.len();
+            if drained > max_bytes {
+                break;
+            }
+        }
     })
+    .await;
 }

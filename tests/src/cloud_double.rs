@@ -1,0 +1,262 @@
+//! A loopback stand-in for a paid cloud LLM provider, speaking OpenAI's wire
+//! format: chat completions, SSE streams with `include_usage` semantics, and the
+//! provider's failures (429 with Retry-After, 500, a non-JSON 502, a slow first
+//! byte, a stream cut mid-way).
+//!
+//! Behaviour is chosen by the upstream `model` name, the way a real provider
+//! serves several models; a policy maps a Switchyard backend to each:
+//!
+//! | model             | behaviour                                                      |
+//! |-------------------|----------------------------------------------------------------|
+//! | `echo` (any other)| answers "Echo: <last user text>", streamed word by word        |
+//! | `rate-limited`    | 429, `Retry-After: 7`, OpenAI error body                       |
+//! | `server-error`    | 500, OpenAI error body                                         |
+//! | `html-error`      | 502 with an HTML body, as a load balancer sends                |
+//! | `slow-first-byte` | waits 3 s before answering                                     |
+//! | `cut-stream`      | two content chunks, then the connection is dropped             |
+//! | `slow-stream`     | one chunk every 100 ms for a minute (for cancellation tests)   |
+//!
+//! Every request is recorded (headers of interest and JSON body), and streams
+//! that end because the other side went away are counted.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+/// What the double saw of one request.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    pub authorization: Option<String>,
+    pub request_id: Option<String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+pub struct DoubleState {
+    pub requests: Mutex<Vec<RecordedRequest>>,
+    /// Streams whose consumer went away before the stream ended.
+    pub streams_abandoned: AtomicUsize,
+}
+
+pub fn router(state: Arc<DoubleState>) -> Router {
+    Router::new().route("/v1/chat/completions", post(chat)).with_state(state)
+}
+
+/// Serves the double on a tokio runtime the caller provides.
+pub async fn serve(listener: tokio::net::TcpListener, state: Arc<DoubleState>) {
+    axum::serve(listener, router(state)).await.expect("cloud double serves");
+}
+
+async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error", None);
+    };
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    state.requests.lock().unwrap().push(RecordedRequest {
+        authorization: text("authorization"),
+        request_id: text("x-request-id"),
+        body: body.clone(),
+    });
+    let model = body["model"].as_str().unwrap_or("echo").to_string();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
+
+    match model.as_str() {
+        "rate-limited" => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests. Please try again in 7s.",
+                "requests",
+                Some("rate_limit_exceeded"),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, "7".parse().unwrap());
+            response.headers_mut().insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+            return response;
+        }
+        "server-error" => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The server had an error while processing your request. Sorry about that!",
+                "server_error",
+                None,
+            );
+        }
+        "html-error" => {
+            return (StatusCode::BAD_GATEWAY, [(header::CONTENT_TYPE, "text/html")], "<html><body>502 Bad Gateway</body></html>").into_response();
+        }
+        "slow-first-byte" => tokio::time::sleep(Duration::from_secs(3)).await,
+        _ => {}
+    }
+
+    let prompt_tokens = count_words(&body["messages"]);
+    let last_user = body["messages"]
+        .as_array()
+        .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+        .and_then(|m| m["content"].as_str())
+        .unwrap_or("")
+        .to_string();
+    let reply = format!("Echo: {last_user}");
+    let completion_tokens = reply.split_whitespace().count() as u64;
+    let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
+
+    if !stream {
+        let completion = json!({
+            "id": "chatcmpl-double-1",
+            "object": "chat.completion",
+            "created": 1_700_000_000,
+            "model": model,
+            "system_fingerprint": "fp_double",
+            "choices": [{
+                "index": 0,
+                "message": { "role": "assistant", "content": reply, "refusal": null },
+                "logprobs": null,
+                "finish_reason": "stop"
+            }],
+            "usage": usage,
+        });
+        if model == "cut-stream" {
+            // Promise more bytes than are sent, then hang up.
+            let text = completion.to_string();
+            let half = Bytes::from(text[..text.len() / 2].to_string());
+            let body = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(half), Err(std::io::Error::other("cut"))]);
+            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response();
+        }
+        return (StatusCode::OK, axum::Json(completion)).into_response();
+    }
+
+    let chunk = |delta: Value, finish: Value| {
+        let mut chunk = json!({
+            "id": "chatcmpl-double-1",
+            "object": "chat.completion.chunk",
+            "created": 1_700_000_000,
+            "model": model,
+            "system_fingerprint": "fp_double",
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }],
+        });
+        if include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        Bytes::from(format!("data: {chunk}\n\n"))
+    };
+    let mut events = vec![chunk(json!({ "role": "assistant", "content": "", "refusal": null }), Value::Null)];
+    let words: Vec<String> = reply.split_inclusive(' ').map(str::to_string).collect();
+    for word in &words {
+        events.push(chunk(json!({ "content": word }), Value::Null));
+    }
+    events.push(chunk(json!({}), json!("stop")));
+    if include_usage {
+        let last = json!({
+            "id": "chatcmpl-double-1", "object": "chat.completion.chunk", "created": 1_700_000_000,
+            "model": model, "system_fingerprint": "fp_double", "choices": [], "usage": usage,
+        });
+        events.push(Bytes::from(format!("data: {last}\n\n")));
+    }
+    events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+
+    let guard = AbandonGuard { state: state.clone(), finished: false };
+    let body: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match model.as_str() {
+        "cut-stream" => futures_util::stream::iter(events.into_iter().take(3).map(Ok))
+            .chain(futures_util::stream::once(async {
+                // Let the first chunks reach the other side, then hang up.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::other("connection reset"))
+            }))
+            .boxed(),
+        "slow-stream" => {
+            let ticks = futures_util::stream::unfold((0u32, guard), |(i, mut guard)| async move {
+                if i >= 600 {
+                    guard.mark_finished();
+                    return None;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let event = format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": null}]}));
+                Some((Ok(Bytes::from(event)), (i + 1, guard)))
+            });
+            ticks.boxed()
+        }
+        _ => {
+            let mut guard = guard;
+            guard.mark_finished();
+            futures_util::stream::iter(events.into_iter().map(Ok)).boxed()
+        }
+    };
+    (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(body)).into_response()
+}
+
+struct AbandonGuard {
+    state: Arc<DoubleState>,
+    finished: bool,
+}
+
+impl AbandonGuard {
+    fn mark_finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.streams_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+fn count_words(messages: &Value) -> u64 {
+    messages
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).map(|c| c.split_whitespace().count() as u64).sum())
+        .unwrap_or(0)
+}
+
+fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
+    (status, axum::Json(json!({ "error": { "message": message, "type": kind, "param": null, "code": code } }))).into_response()
+}
+
+/// A running double on its own thread and runtime, for synchronous test code.
+pub struct CloudDouble {
+    pub addr: SocketAddr,
+    pub state: Arc<DoubleState>,
+}
+
+impl CloudDouble {
+    pub fn start() -> CloudDouble {
+        let state = Arc::new(DoubleState::default());
+        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        std_listener.set_nonblocking(true).unwrap();
+        let addr = std_listener.local_addr().unwrap();
+        let served = state.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+                serve(listener, served).await;
+            });
+        });
+        CloudDouble { addr, state }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn streams_abandoned(&self) -> usize {
+        self.state.streams_abandoned.load(Ordering::SeqCst)
+    }
+}
+

@@ -1,0 +1,132 @@
+//! Starts the real `switchyard` binary on a policy, on a free loopback port, with
+//! its log captured to a file; stops it on drop.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct Daemon {
+    child: Child,
+    pub addr: String,
+    pub dir: PathBuf,
+    log_path: PathBuf,
+}
+
+/// The binary under test: `SWITCHYARD_BIN`, else the workspace's debug build
+/// (which the README's test command builds before running the tests).
+pub fn binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SWITCHYARD_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let bin = target.join("debug/switchyard");
+    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first (tests/run.sh does)", bin.display());
+    bin
+}
+
+/// A fresh directory for one test's files.
+pub fn scratch_dir(label: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "switchyard-e2e-{}-{}-{label}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+impl Daemon {
+    /// Starts the daemon on `policy` (YAML) with extra environment variables.
+    pub fn start(policy: &str, env: &[(&str, &str)]) -> Daemon {
+        let dir = scratch_dir("daemon");
+        let policy_path = dir.join("policy.yaml");
+        std::fs::write(&policy_path, policy).unwrap();
+        let log_path = dir.join("switchyard.log");
+        let log = std::fs::File::create(&log_path).unwrap();
+        let child = Command::new(binary())
+            .args(["serve", "--policy"])
+            .arg(&policy_path)
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .env("SWITCHYARD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("switchyard starts");
+        let mut daemon = Daemon { child, addr: String::new(), dir, log_path };
+        daemon.addr = daemon.wait_for_listen_address();
+        daemon
+    }
+
+    fn wait_for_listen_address(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                panic!("switchyard exited with {status} before listening:\n{}", self.log());
+            }
+            let log = self.log();
+            if let Some(line) = log.lines().find(|l| l.contains("switchyard is serving")) {
+                let addr = line.split("listen=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("listen= in log");
+                return addr.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("switchyard did not start listening within 20 s:\n{}", self.log());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything the daemon has logged so far (ANSI colour codes removed).
+    pub fn log(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        strip_ansi(&raw)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "switchyard did not exit within {within:?} of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
