@@ -45,9 +45,14 @@ impl ClientKeys {
                 },
                 (None, Some(hex)) => parse_hex_digest(&hex.value)
                     .ok_or_else(|| format!("client key {:?}: key_sha256 is not 64 hex digits", key.name.value))?,
-                (None, None) => return Err(format!("client key {:?} has no source", key.name.value)),
+                (None, None) => {
+                    return Err(format!("client key {:?} has no source", key.name.value));
+                }
             };
-            entries.push(ClientKey { name: key.name.value.clone(), digest });
+            entries.push(ClientKey {
+                name: key.name.value.clone(),
+                digest,
+            });
         }
         Ok(ClientKeys { entries })
     }
@@ -80,7 +85,9 @@ impl ClientKeys {
                 found = Some(entry.name.clone());
             }
         }
-        found.map(Caller::Client).ok_or(ApiError::Unauthorized("Incorrect API key provided."))
+        found
+            .map(Caller::Client)
+            .ok_or(ApiError::Unauthorized("Incorrect API key provided."))
     }
 }
 
@@ -108,7 +115,12 @@ mod tests {
     use super::*;
 
     fn keys_with(secret: &str) -> ClientKeys {
-        ClientKeys { entries: vec![ClientKey { name: "team-a".into(), digest: sha256(secret.as_bytes()) }] }
+        ClientKeys {
+            entries: vec![ClientKey {
+                name: "team-a".into(),
+                digest: sha256(secret.as_bytes()),
+            }],
+        }
     }
 
     #[test]
@@ -120,13 +132,21 @@ mod tests {
     #[test]
     fn the_right_key_names_its_client() {
         let keys = keys_with("sk-test-123");
-        assert_eq!(keys.authenticate(Some(b"Bearer sk-test-123")).unwrap(), Caller::Client("team-a".into()));
+        assert_eq!(
+            keys.authenticate(Some(b"Bearer sk-test-123")).unwrap(),
+            Caller::Client("team-a".into())
+        );
     }
 
     #[test]
     fn missing_wrong_or_malformed_keys_are_401() {
         let keys = keys_with("sk-test-123");
-        for header in [None, Some(&b"Bearer nope"[..]), Some(&b"sk-test-123"[..]), Some(&b"Basic abc"[..])] {
+        for header in [
+            None,
+            Some(&b"Bearer nope"[..]),
+            Some(&b"sk-test-123"[..]),
+            Some(&b"Basic abc"[..]),
+        ] {
             assert_eq!(keys.authenticate(header).unwrap_err().status(), 401);
         }
     }

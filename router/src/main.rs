@@ -1,14 +1,18 @@
 //! The `switchyard` command line.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use switchyard::policy::{Policy, PolicyError};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "OpenAI-compatible proxy that routes LLM calls to a local model or the cloud")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "OpenAI-compatible proxy that routes LLM calls to a local model or the cloud"
+)]
 struct Cli {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, global = true)]
@@ -45,11 +49,13 @@ fn main() -> ExitCode {
     init_logging(cli.log_json);
     match cli.command {
         Command::Serve { policy, listen } => serve(&policy, listen),
-        Command::Policy { command: PolicyCommand::Check { file } } => check(&file),
+        Command::Policy {
+            command: PolicyCommand::Check { file },
+        } => check(&file),
     }
 }
 
-fn serve(path: &PathBuf, listen: Option<SocketAddr>) -> ExitCode {
+fn serve(path: &Path, listen: Option<SocketAddr>) -> ExitCode {
     let policy = match Policy::load(path) {
         Ok(policy) => policy,
         Err(err) => {
@@ -57,7 +63,10 @@ fn serve(path: &PathBuf, listen: Option<SocketAddr>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
     match runtime.block_on(switchyard::server::serve(policy, listen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -67,7 +76,7 @@ fn serve(path: &PathBuf, listen: Option<SocketAddr>) -> ExitCode {
     }
 }
 
-fn check(path: &PathBuf) -> ExitCode {
+fn check(path: &Path) -> ExitCode {
     match Policy::load(path) {
         Ok(_) => {
             println!("{}: ok", path.display());
@@ -80,7 +89,7 @@ fn check(path: &PathBuf) -> ExitCode {
     }
 }
 
-fn report_policy_error(path: &std::path::Path, err: &PolicyError) {
+fn report_policy_error(path: &Path, err: &PolicyError) {
     match err {
         PolicyError::Read(io) => eprintln!("{}: cannot read: {io}", path.display()),
         PolicyError::Invalid(problems) => {
@@ -94,7 +103,9 @@ fn report_policy_error(path: &std::path::Path, err: &PolicyError) {
 fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         builder.json().init();
     } else {

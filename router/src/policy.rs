@@ -130,9 +130,7 @@ pub struct Price {
 
 impl Price {
     pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_per_mtok_usd
-            + completion_tokens as f64 * self.output_per_mtok_usd)
-            / 1e6
+        (prompt_tokens as f64 * self.input_per_mtok_usd + completion_tokens as f64 * self.output_per_mtok_usd) / 1e6
     }
 }
 
@@ -186,11 +184,7 @@ pub struct RoutingConfig {
 }
 
 fn unspanned<T>(value: T) -> Spanned<T> {
-    Spanned::new(
-        value,
-        serde_saphyr::Location::UNKNOWN,
-        serde_saphyr::Location::UNKNOWN,
-    )
+    Spanned::new(value, serde_saphyr::Location::UNKNOWN, serde_saphyr::Location::UNKNOWN)
 }
 
 /// One thing wrong with a policy file, with where it is.
@@ -283,7 +277,10 @@ impl Policy {
         let mut key_names = HashSet::new();
         for key in &self.auth.keys {
             if !key_names.insert(key.name.value.as_str()) {
-                problems.push(Problem::at(&key.name, format!("duplicate client key name {:?}", key.name.value)));
+                problems.push(Problem::at(
+                    &key.name,
+                    format!("duplicate client key name {:?}", key.name.value),
+                ));
             }
             match (&key.key_env, &key.key_sha256) {
                 (Some(_), Some(sha)) => problems.push(Problem::at(sha, "give key_env or key_sha256, not both")),
@@ -291,7 +288,10 @@ impl Policy {
                 (Some(env), None) => check_env_name(env, &mut problems),
                 (None, Some(sha)) => {
                     let valid = sha.value.len() == 64
-                        && sha.value.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                        && sha
+                            .value
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
                     if !valid {
                         problems.push(Problem::at(sha, "key_sha256 must be 64 lower-case hex digits"));
                     }
@@ -335,10 +335,10 @@ impl Policy {
             if t.first_byte_ms.value > t.total_ms.value {
                 problems.push(Problem::at(&t.first_byte_ms, "first_byte_ms is longer than total_ms"));
             }
-            if let Some(max) = &backend.max_output_tokens {
-                if max.value == 0 {
-                    problems.push(Problem::at(max, "max_output_tokens must be positive"));
-                }
+            if let Some(max) = &backend.max_output_tokens
+                && max.value == 0
+            {
+                problems.push(Problem::at(max, "max_output_tokens must be positive"));
             }
         }
         if self.backends.remote.is_empty() {
@@ -350,7 +350,10 @@ impl Policy {
         } else if !backend_names.contains(self.routing.default_backend.value.as_str()) {
             problems.push(Problem::at(
                 &self.routing.default_backend,
-                format!("default_backend {:?} is not a configured backend", self.routing.default_backend.value),
+                format!(
+                    "default_backend {:?} is not a configured backend",
+                    self.routing.default_backend.value
+                ),
             ));
         }
         problems
@@ -388,7 +391,10 @@ fn check_base_url(url: &Spanned<String>, problems: &mut Vec<Problem>) {
                 problems.push(Problem::at(url, "base_url must not have a query or fragment"));
             }
         }
-        Ok(_) => problems.push(Problem::at(url, "base_url must be an http:// or https:// URL with a host")),
+        Ok(_) => problems.push(Problem::at(
+            url,
+            "base_url must be an http:// or https:// URL with a host",
+        )),
         Err(err) => problems.push(Problem::at(url, format!("base_url is not a URL: {err}"))),
     }
 }
@@ -396,11 +402,12 @@ fn check_base_url(url: &Spanned<String>, problems: &mut Vec<Problem>) {
 /// A serde-saphyr error as one located problem. Its `Display` renders a source
 /// snippet; we want the bare `line:column: message` that editors and CI parse.
 fn shape_problem(err: &serde_saphyr::Error) -> Problem {
-    let (line, column) = err
-        .location()
-        .map(|loc| (loc.line(), loc.column()))
-        .unwrap_or((0, 0));
-    Problem { line, column, message: bare_message(err) }
+    let (line, column) = err.location().map(|loc| (loc.line(), loc.column())).unwrap_or((0, 0));
+    Problem {
+        line,
+        column,
+        message: bare_message(err),
+    }
 }
 
 fn bare_message(err: &serde_saphyr::Error) -> String {
@@ -466,7 +473,10 @@ routing:
         let found = problems(&text);
         let lines: Vec<u64> = found.iter().map(|p| p.line).collect();
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(lines.contains(&4) && lines.contains(&9) && lines.contains(&11), "{found:?}");
+        assert!(
+            lines.contains(&4) && lines.contains(&9) && lines.contains(&11),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -495,7 +505,10 @@ routing:
 
     #[test]
     fn cost_is_priced_per_million_tokens() {
-        let price = Price { input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 };
+        let price = Price {
+            input_per_mtok_usd: 2.5,
+            output_per_mtok_usd: 10.0,
+        };
         assert!((price.cost_usd(1_000_000, 500_000) - 7.5).abs() < 1e-12);
     }
 }

@@ -14,7 +14,10 @@ use crate::policy::Policy;
 pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Result<(), String> {
     let listen = match listen_override {
         Some(addr) => addr,
-        None => policy.server.listen_addr().map_err(|e| format!("listen address: {e}"))?,
+        None => policy
+            .server
+            .listen_addr()
+            .map_err(|e| format!("listen address: {e}"))?,
     };
     let keys = ClientKeys::from_config(&policy.auth)?;
     if !keys.is_enabled() && !listen.ip().is_loopback() {
@@ -26,10 +29,16 @@ pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Resul
             tracing::warn!(backend = backend.name(), reason, "backend is not ready");
         }
     }
-    let state = Arc::new(AppState { backends, keys, max_body_bytes: policy.server.max_body_bytes.value });
+    let state = Arc::new(AppState {
+        backends,
+        keys,
+        max_body_bytes: policy.server.max_body_bytes.value,
+    });
     let drain = Duration::from_millis(policy.server.shutdown_drain_ms);
 
-    let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(listen = %bound, "switchyard is serving");
 
@@ -44,7 +53,10 @@ pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Resul
         result = &mut server => return result.map_err(|e| e.to_string()),
         _ = stop_rx.wait_for(|stopped| *stopped) => {}
     }
-    tracing::info!(drain_ms = drain.as_millis() as u64, "shutting down: no new connections, finishing in-flight requests");
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: no new connections, finishing in-flight requests"
+    );
     match tokio::time::timeout(drain, server).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => {
@@ -56,7 +68,8 @@ pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Resul
 
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
         _ = ctrl_c => {}
         _ = term.recv() => {}

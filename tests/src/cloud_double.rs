@@ -50,7 +50,9 @@ pub struct DoubleState {
 }
 
 pub fn router(state: Arc<DoubleState>) -> Router {
-    Router::new().route("/v1/chat/completions", post(chat)).with_state(state)
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .with_state(state)
 }
 
 /// Serves the double on a tokio runtime the caller provides.
@@ -60,7 +62,12 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<DoubleState>) {
 
 async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "We could not parse the JSON body of your request.", "invalid_request_error", None);
+        return error(
+            StatusCode::BAD_REQUEST,
+            "We could not parse the JSON body of your request.",
+            "invalid_request_error",
+            None,
+        );
     };
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     state.requests.lock().unwrap().push(RecordedRequest {
@@ -81,7 +88,9 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
                 Some("rate_limit_exceeded"),
             );
             response.headers_mut().insert(header::RETRY_AFTER, "7".parse().unwrap());
-            response.headers_mut().insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
+            response
+                .headers_mut()
+                .insert("x-ratelimit-remaining-requests", "0".parse().unwrap());
             return response;
         }
         "server-error" => {
@@ -93,7 +102,12 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
             );
         }
         "html-error" => {
-            return (StatusCode::BAD_GATEWAY, [(header::CONTENT_TYPE, "text/html")], "<html><body>502 Bad Gateway</body></html>").into_response();
+            return (
+                StatusCode::BAD_GATEWAY,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>502 Bad Gateway</body></html>",
+            )
+                .into_response();
         }
         "slow-first-byte" => tokio::time::sleep(Duration::from_secs(3)).await,
         _ => {}
@@ -129,8 +143,14 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
             // Promise more bytes than are sent, then hang up.
             let text = completion.to_string();
             let half = Bytes::from(text[..text.len() / 2].to_string());
-            let body = futures_util::stream::iter([Ok::<Bytes, std::io::Error>(half), Err(std::io::Error::other("cut"))]);
-            return (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], Body::from_stream(body)).into_response();
+            let body =
+                futures_util::stream::iter([Ok::<Bytes, std::io::Error>(half), Err(std::io::Error::other("cut"))]);
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "application/json")],
+                Body::from_stream(body),
+            )
+                .into_response();
         }
         return (StatusCode::OK, axum::Json(completion)).into_response();
     }
@@ -149,7 +169,10 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
         }
         Bytes::from(format!("data: {chunk}\n\n"))
     };
-    let mut events = vec![chunk(json!({ "role": "assistant", "content": "", "refusal": null }), Value::Null)];
+    let mut events = vec![chunk(
+        json!({ "role": "assistant", "content": "", "refusal": null }),
+        Value::Null,
+    )];
     let words: Vec<String> = reply.split_inclusive(' ').map(str::to_string).collect();
     for word in &words {
         events.push(chunk(json!({ "content": word }), Value::Null));
@@ -164,7 +187,10 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
 
-    let guard = AbandonGuard { state: state.clone(), finished: false };
+    let guard = AbandonGuard {
+        state: state.clone(),
+        finished: false,
+    };
     let body: futures_util::stream::BoxStream<'static, Result<Bytes, std::io::Error>> = match model.as_str() {
         "cut-stream" => futures_util::stream::iter(events.into_iter().take(3).map(Ok))
             .chain(futures_util::stream::once(async {
@@ -180,7 +206,10 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
                     return None;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                let event = format!("data: {}\n\n", json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": null}]}));
+                let event = format!(
+                    "data: {}\n\n",
+                    json!({"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "tick "}, "finish_reason": null}]})
+                );
                 Some((Ok(Bytes::from(event)), (i + 1, guard)))
             });
             ticks.boxed()
@@ -191,7 +220,12 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
             futures_util::stream::iter(events.into_iter().map(Ok)).boxed()
         }
     };
-    (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], Body::from_stream(body)).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(body),
+    )
+        .into_response()
 }
 
 struct AbandonGuard {
@@ -216,12 +250,21 @@ impl Drop for AbandonGuard {
 fn count_words(messages: &Value) -> u64 {
     messages
         .as_array()
-        .map(|ms| ms.iter().filter_map(|m| m["content"].as_str()).map(|c| c.split_whitespace().count() as u64).sum())
+        .map(|ms| {
+            ms.iter()
+                .filter_map(|m| m["content"].as_str())
+                .map(|c| c.split_whitespace().count() as u64)
+                .sum()
+        })
         .unwrap_or(0)
 }
 
 fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
-    (status, axum::Json(json!({ "error": { "message": message, "type": kind, "param": null, "code": code } }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })),
+    )
+        .into_response()
 }
 
 /// A running double on its own thread and runtime, for synchronous test code.
@@ -238,7 +281,11 @@ impl CloudDouble {
         let addr = std_listener.local_addr().unwrap();
         let served = state.clone();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
                 serve(listener, served).await;
@@ -259,4 +306,3 @@ impl CloudDouble {
         self.state.streams_abandoned.load(Ordering::SeqCst)
     }
 }
-

@@ -23,7 +23,11 @@ pub fn binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     let bin = target.join("debug/switchyard");
-    assert!(bin.exists(), "{} is missing: run `cargo build --bins` first (tests/run.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --bins` first (tests/run.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -58,7 +62,12 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("switchyard starts");
-        let mut daemon = Daemon { child, addr: String::new(), dir, log_path };
+        let mut daemon = Daemon {
+            child,
+            addr: String::new(),
+            dir,
+            log_path,
+        };
         daemon.addr = daemon.wait_for_listen_address();
         daemon
     }
@@ -71,7 +80,11 @@ impl Daemon {
             }
             let log = self.log();
             if let Some(line) = log.lines().find(|l| l.contains("switchyard is serving")) {
-                let addr = line.split("listen=").nth(1).and_then(|rest| rest.split_whitespace().next()).expect("listen= in log");
+                let addr = line
+                    .split("listen=")
+                    .nth(1)
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .expect("listen= in log");
                 return addr.to_string();
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -95,13 +108,18 @@ impl Daemon {
 
     /// Sends SIGTERM and waits for the process to exit.
     pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + within;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status;
             }
-            assert!(Instant::now() < deadline, "switchyard did not exit within {within:?} of SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "switchyard did not exit within {within:?} of SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

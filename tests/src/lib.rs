@@ -10,8 +10,17 @@ pub use daemon::Daemon;
 /// A policy with one remote backend per behaviour of the cloud double, named
 /// after the behaviour. `extra` is appended verbatim (for `auth:`, say).
 pub fn policy_for(double_url: &str, extra: &str) -> String {
-    let behaviours = ["echo", "rate-limited", "server-error", "html-error", "slow-first-byte", "cut-stream", "slow-stream"];
-    let mut policy = String::from("server:\n  max_body_bytes: 4194304\n  shutdown_drain_ms: 5000\nbackends:\n  remote:\n");
+    let behaviours = [
+        "echo",
+        "rate-limited",
+        "server-error",
+        "html-error",
+        "slow-first-byte",
+        "cut-stream",
+        "slow-stream",
+    ];
+    let mut policy =
+        String::from("server:\n  max_body_bytes: 4194304\n  shutdown_drain_ms: 5000\nbackends:\n  remote:\n");
     for name in behaviours {
         policy.push_str(&format!(
             "    - name: {name}\n      base_url: {double_url}\n      api_key_env: DOUBLE_API_KEY\n      model: {name}\n      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}\n      max_output_tokens: 4096\n      timeouts: {{ connect_ms: 1000, first_byte_ms: 1000, idle_ms: 2000, total_ms: 120000 }}\n"

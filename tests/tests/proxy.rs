@@ -8,7 +8,10 @@ use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, policy_for};
 
 fn start() -> (CloudDouble, Daemon) {
     let double = CloudDouble::start();
-    let daemon = Daemon::start(&policy_for(&double.base_url(), ""), &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    let daemon = Daemon::start(
+        &policy_for(&double.base_url(), ""),
+        &[("DOUBLE_API_KEY", DOUBLE_API_KEY)],
+    );
     (double, daemon)
 }
 
@@ -18,7 +21,12 @@ fn client() -> reqwest::Client {
 }
 
 async fn post_chat(daemon: &Daemon, body: Value) -> reqwest::Response {
-    client().post(daemon.url("/v1/chat/completions")).json(&body).send().await.unwrap()
+    client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn chat(model: &str, stream: bool) -> Value {
@@ -46,7 +54,12 @@ async fn assert_error_code(response: reqwest::Response, status: u16, code: Value
 fn sse_events(text: &str) -> Vec<String> {
     assert!(text.ends_with("\n\n"), "stream must end on an event boundary: {text:?}");
     text.split_terminator("\n\n")
-        .map(|event| event.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data event: {event:?}")).to_string())
+        .map(|event| {
+            event
+                .strip_prefix("data: ")
+                .unwrap_or_else(|| panic!("not a data event: {event:?}"))
+                .to_string()
+        })
         .collect()
 }
 
@@ -70,8 +83,14 @@ async fn non_streamed_completion_is_relayed_with_the_upstream_key_injected() {
 
     let seen = double.requests();
     assert_eq!(seen.len(), 1);
-    assert_eq!(seen[0].authorization.as_deref(), Some(format!("Bearer {DOUBLE_API_KEY}").as_str()));
-    assert_eq!(seen[0].body["model"], "echo", "`auto` is resolved to the backend's upstream model");
+    assert_eq!(
+        seen[0].authorization.as_deref(),
+        Some(format!("Bearer {DOUBLE_API_KEY}").as_str())
+    );
+    assert_eq!(
+        seen[0].body["model"], "echo",
+        "`auto` is resolved to the backend's upstream model"
+    );
 }
 
 #[tokio::test]
@@ -100,7 +119,12 @@ async fn a_stream_is_relayed_in_openai_framing_without_usage_unless_asked() {
     let (double, daemon) = start();
     let response = post_chat(&daemon, chat("echo", true)).await;
     assert_eq!(response.status(), 200);
-    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream")
+    );
     let text = response.text().await.unwrap();
     let events = sse_events(&text);
     assert_eq!(events.last().unwrap(), "[DONE]");
@@ -109,7 +133,10 @@ async fn a_stream_is_relayed_in_openai_framing_without_usage_unless_asked() {
         let chunk: Value = serde_json::from_str(event).unwrap();
         assert_eq!(chunk["object"], "chat.completion.chunk");
         assert!(chunk.get("usage").is_none(), "client did not ask for usage: {event}");
-        assert!(!chunk["choices"].as_array().unwrap().is_empty(), "no usage-only chunk: {event}");
+        assert!(
+            !chunk["choices"].as_array().unwrap().is_empty(),
+            "no usage-only chunk: {event}"
+        );
         content.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
     }
     assert_eq!(content, "Echo: hello there");
@@ -162,22 +189,41 @@ async fn a_slow_first_byte_times_out_with_504() {
     let (_double, daemon) = start();
     let started = Instant::now();
     let response = post_chat(&daemon, chat("slow-first-byte", true)).await;
-    assert!(started.elapsed() < Duration::from_millis(2900), "gave up at the 1 s first-byte timeout");
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "gave up at the 1 s first-byte timeout"
+    );
     assert_error(response, 504, "upstream_timeout").await;
 }
 
 #[tokio::test]
 async fn an_unreachable_upstream_is_502() {
     let (_double, daemon) = start();
-    let body = assert_error(post_chat(&daemon, chat("unreachable", false)).await, 502, "upstream_unreachable").await;
-    assert!(body["error"]["message"].as_str().unwrap().to_lowercase().contains("refused"), "{body}");
+    let body = assert_error(
+        post_chat(&daemon, chat("unreachable", false)).await,
+        502,
+        "upstream_unreachable",
+    )
+    .await;
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("refused"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn a_stream_cut_mid_way_ends_with_an_error_event_not_a_silent_truncation() {
     let (_double, daemon) = start();
     let response = post_chat(&daemon, chat("cut-stream", true)).await;
-    assert_eq!(response.status(), 200, "headers were already sent when the cut happened");
+    assert_eq!(
+        response.status(),
+        200,
+        "headers were already sent when the cut happened"
+    );
     let text = response.text().await.unwrap();
     let events = sse_events(&text);
     assert!(!events.contains(&"[DONE]".to_string()), "{text}");
@@ -189,7 +235,12 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_not_a_silent_truncation()
 #[tokio::test]
 async fn a_completion_cut_mid_way_is_502() {
     let (_double, daemon) = start();
-    assert_error(post_chat(&daemon, chat("cut-stream", false)).await, 502, "upstream_unreachable").await;
+    assert_error(
+        post_chat(&daemon, chat("cut-stream", false)).await,
+        502,
+        "upstream_unreachable",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -202,7 +253,10 @@ async fn a_client_that_disconnects_cancels_the_upstream_stream() {
     drop(response);
     let deadline = Instant::now() + Duration::from_secs(5);
     while double.streams_abandoned() == 0 {
-        assert!(Instant::now() < deadline, "upstream stream still running 5 s after the client left");
+        assert!(
+            Instant::now() < deadline,
+            "upstream stream still running 5 s after the client left"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let log = daemon.log();
@@ -239,37 +293,93 @@ async fn request_ids_are_kept_forwarded_and_generated() {
 async fn bad_inputs_get_their_documented_status_and_error() {
     let (double, daemon) = start();
     let raw = |body: Vec<u8>| {
-        client().post(daemon.url("/v1/chat/completions")).header("content-type", "application/json").body(body).send()
+        client()
+            .post(daemon.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
     };
-    let body = assert_error(raw(b"{\"model\": \"echo\", \"messages\": [".to_vec()).await.unwrap(), 400, "invalid_json").await;
-    assert!(body["error"]["message"].as_str().unwrap().contains("line 1 column"), "{body}");
+    let body = assert_error(
+        raw(b"{\"model\": \"echo\", \"messages\": [".to_vec()).await.unwrap(),
+        400,
+        "invalid_json",
+    )
+    .await;
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("line 1 column"),
+        "{body}"
+    );
     assert_error(raw(Vec::new()).await.unwrap(), 400, "invalid_json").await;
-    assert_error(raw(b"{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec()).await.unwrap(), 400, "invalid_json").await;
+    assert_error(
+        raw(b"{\"model\":\"echo\",\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}".to_vec())
+            .await
+            .unwrap(),
+        400,
+        "invalid_json",
+    )
+    .await;
     assert_error(raw(b"[1,2]".to_vec()).await.unwrap(), 400, "invalid_request").await;
 
-    let wrong_type = assert_error(post_chat(&daemon, json!({"model": "echo", "messages": "hi"})).await, 400, "invalid_request").await;
+    let wrong_type = assert_error(
+        post_chat(&daemon, json!({"model": "echo", "messages": "hi"})).await,
+        400,
+        "invalid_request",
+    )
+    .await;
     assert_eq!(wrong_type["error"]["param"], "messages");
-    let missing = assert_error(post_chat(&daemon, json!({"model": "echo"})).await, 400, "invalid_request").await;
+    let missing = assert_error(
+        post_chat(&daemon, json!({"model": "echo"})).await,
+        400,
+        "invalid_request",
+    )
+    .await;
     assert_eq!(missing["error"]["param"], "messages");
-    let stream_type = assert_error(post_chat(&daemon, json!({"model": "echo", "messages": [{"role": "user", "content": "x"}], "stream": "yes"})).await, 400, "invalid_request").await;
+    let stream_type = assert_error(
+        post_chat(
+            &daemon,
+            json!({"model": "echo", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
+        )
+        .await,
+        400,
+        "invalid_request",
+    )
+    .await;
     assert_eq!(stream_type["error"]["param"], "stream");
 
     let mut huge = chat("echo", false);
     huge["max_tokens"] = json!(1_000_000_000_000u64);
-    assert_eq!(assert_error(post_chat(&daemon, huge.clone()).await, 400, "invalid_request").await["error"]["param"], "max_tokens");
+    assert_eq!(
+        assert_error(post_chat(&daemon, huge.clone()).await, 400, "invalid_request").await["error"]["param"],
+        "max_tokens"
+    );
     huge["max_tokens"] = json!(5000); // over this backend's max_output_tokens of 4096
     let over = assert_error(post_chat(&daemon, huge).await, 400, "invalid_request").await;
     assert!(over["error"]["message"].as_str().unwrap().contains("4096"), "{over}");
 
-    let unknown = assert_error(post_chat(&daemon, chat("gpt-17-ultra", false)).await, 404, "model_not_found").await;
+    let unknown = assert_error(
+        post_chat(&daemon, chat("gpt-17-ultra", false)).await,
+        404,
+        "model_not_found",
+    )
+    .await;
     assert_eq!(unknown["error"]["param"], "model");
 
     let mut big = chat("echo", false);
     big["messages"][0]["content"] = json!("a".repeat(5 * 1024 * 1024));
     assert_error(post_chat(&daemon, big).await, 413, "request_too_large").await;
 
-    assert_error(client().get(daemon.url("/v1/chat/completions")).send().await.unwrap(), 404, "not_found").await;
-    assert_error(client().get(daemon.url("/v2/nothing")).send().await.unwrap(), 404, "not_found").await;
+    assert_error(
+        client().get(daemon.url("/v1/chat/completions")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        client().get(daemon.url("/v2/nothing")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
 
     assert!(double.requests().is_empty(), "no bad request reached the upstream");
     // The daemon is still serving after all of that.
@@ -293,18 +403,43 @@ async fn a_chunked_body_over_the_limit_is_413_too() {
 #[tokio::test]
 async fn client_keys_are_enforced_when_configured() {
     let double = CloudDouble::start();
-    let policy = policy_for(&double.base_url(), "auth:\n  keys:\n    - name: team-a\n      key_env: TEAM_A_KEY\n");
-    let daemon = Daemon::start(&policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY), ("TEAM_A_KEY", "sk-team-a-secret")]);
+    let policy = policy_for(
+        &double.base_url(),
+        "auth:\n  keys:\n    - name: team-a\n      key_env: TEAM_A_KEY\n",
+    );
+    let daemon = Daemon::start(
+        &policy,
+        &[("DOUBLE_API_KEY", DOUBLE_API_KEY), ("TEAM_A_KEY", "sk-team-a-secret")],
+    );
     assert_error(post_chat(&daemon, chat("echo", false)).await, 401, "invalid_api_key").await;
-    let wrong = client().post(daemon.url("/v1/chat/completions")).bearer_auth("sk-guess").json(&chat("echo", false)).send().await.unwrap();
+    let wrong = client()
+        .post(daemon.url("/v1/chat/completions"))
+        .bearer_auth("sk-guess")
+        .json(&chat("echo", false))
+        .send()
+        .await
+        .unwrap();
     assert_error(wrong, 401, "invalid_api_key").await;
     let models = client().get(daemon.url("/v1/models")).send().await.unwrap();
     assert_error(models, 401, "invalid_api_key").await;
-    let right = client().post(daemon.url("/v1/chat/completions")).bearer_auth("sk-team-a-secret").json(&chat("echo", false)).send().await.unwrap();
+    let right = client()
+        .post(daemon.url("/v1/chat/completions"))
+        .bearer_auth("sk-team-a-secret")
+        .json(&chat("echo", false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(right.status(), 200);
     // The client's key is not forwarded upstream: the proxy's own key is.
-    assert_eq!(double.requests()[0].authorization.as_deref(), Some(format!("Bearer {DOUBLE_API_KEY}").as_str()));
-    assert_eq!(client().get(daemon.url("/healthz")).send().await.unwrap().status(), 200, "probes need no key");
+    assert_eq!(
+        double.requests()[0].authorization.as_deref(),
+        Some(format!("Bearer {DOUBLE_API_KEY}").as_str())
+    );
+    assert_eq!(
+        client().get(daemon.url("/healthz")).send().await.unwrap().status(),
+        200,
+        "probes need no key"
+    );
     assert!(!daemon.log().contains("sk-team-a-secret"));
 }
 
@@ -312,29 +447,63 @@ async fn client_keys_are_enforced_when_configured() {
 async fn no_secret_appears_in_logs_or_responses() {
     let (_double, daemon) = start();
     let mut seen = String::new();
-    for model in ["echo", "rate-limited", "server-error", "html-error", "unreachable", "cut-stream"] {
+    for model in [
+        "echo",
+        "rate-limited",
+        "server-error",
+        "html-error",
+        "unreachable",
+        "cut-stream",
+    ] {
         for stream in [false, true] {
             seen.push_str(&post_chat(&daemon, chat(model, stream)).await.text().await.unwrap());
         }
     }
     assert!(!seen.contains(DOUBLE_API_KEY));
     let log = daemon.log();
-    assert!(log.contains("upstream call finished"), "the log is being written: {log}");
+    assert!(
+        log.contains("upstream call finished"),
+        "the log is being written: {log}"
+    );
     assert!(!log.contains(DOUBLE_API_KEY), "upstream key leaked into the log");
 }
 
 #[tokio::test]
 async fn models_health_and_readiness_describe_the_backends() {
     let (_double, daemon) = start();
-    let models: Value = client().get(daemon.url("/v1/models")).send().await.unwrap().json().await.unwrap();
+    let models: Value = client()
+        .get(daemon.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(models["object"], "list");
-    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     for id in ["auto", "echo", "rate-limited", "unreachable", "nothing"] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
-    let one: Value = client().get(daemon.url("/v1/models/auto")).send().await.unwrap().json().await.unwrap();
+    let one: Value = client()
+        .get(daemon.url("/v1/models/auto"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(one["backend"], "echo");
-    assert_error(client().get(daemon.url("/v1/models/nope")).send().await.unwrap(), 404, "model_not_found").await;
+    assert_error(
+        client().get(daemon.url("/v1/models/nope")).send().await.unwrap(),
+        404,
+        "model_not_found",
+    )
+    .await;
     assert_eq!(client().get(daemon.url("/healthz")).send().await.unwrap().status(), 200);
     let ready = client().get(daemon.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
@@ -344,11 +513,29 @@ async fn models_health_and_readiness_describe_the_backends() {
 async fn a_backend_without_its_key_is_unready_and_says_why() {
     let double = CloudDouble::start();
     let daemon = Daemon::start(&policy_for(&double.base_url(), ""), &[]);
-    let ready: Value = client().get(daemon.url("/readyz")).send().await.unwrap().json().await.unwrap();
-    let echo = ready["backends"].as_array().unwrap().iter().find(|b| b["name"] == "echo").unwrap().clone();
+    let ready: Value = client()
+        .get(daemon.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let echo = ready["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "echo")
+        .unwrap()
+        .clone();
     assert_eq!(echo["ready"], false);
     assert!(echo["reason"].as_str().unwrap().contains("DOUBLE_API_KEY"));
-    let body = assert_error(post_chat(&daemon, chat("echo", false)).await, 503, "backend_unavailable").await;
+    let body = assert_error(
+        post_chat(&daemon, chat("echo", false)).await,
+        503,
+        "backend_unavailable",
+    )
+    .await;
     assert!(body["error"]["message"].as_str().unwrap().contains("DOUBLE_API_KEY"));
     assert!(double.requests().is_empty());
 }

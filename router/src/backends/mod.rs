@@ -46,9 +46,17 @@ impl Backend {
 /// A successful answer, ready to be sent to the client.
 pub enum ChatReply {
     /// A whole `chat.completion` object.
-    Complete { body: Bytes, usage: Option<Usage>, headers: HeaderMap, status: StatusCode },
+    Complete {
+        body: Bytes,
+        usage: Option<Usage>,
+        headers: HeaderMap,
+        status: StatusCode,
+    },
     /// SSE bytes, already framed, ending with `data: [DONE]` or an error event.
-    Stream { events: BoxStream<'static, Bytes>, headers: HeaderMap },
+    Stream {
+        events: BoxStream<'static, Bytes>,
+        headers: HeaderMap,
+    },
 }
 
 pub struct Backends {
@@ -100,7 +108,10 @@ impl Backends {
         let mut models: Vec<ModelEntry<'_>> = self
             .by_model
             .iter()
-            .map(|(id, &i)| ModelEntry { id, backend: self.all[i].name() })
+            .map(|(id, &i)| ModelEntry {
+                id,
+                backend: self.all[i].name(),
+            })
             .collect();
         models.sort_by(|a, b| a.id.cmp(b.id));
         models

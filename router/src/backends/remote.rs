@@ -56,7 +56,12 @@ impl RemoteBackend {
                         value.set_sensitive(true);
                         Some(value)
                     })
-                    .map_err(|_| format!("environment variable {} holds characters not allowed in a header", env.value)),
+                    .map_err(|_| {
+                        format!(
+                            "environment variable {} holds characters not allowed in a header",
+                            env.value
+                        )
+                    }),
                 _ => Err(format!("environment variable {} is not set", env.value)),
             },
         };
@@ -90,18 +95,18 @@ impl RemoteBackend {
     }
 
     pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
-        let api_key = self
-            .api_key
-            .as_ref()
-            .map_err(|reason| ApiError::BackendUnavailable { backend: self.name.clone(), reason: reason.clone() })?;
-        if let (Some(limit), Some(asked)) = (self.max_output_tokens, request.max_tokens) {
-            if asked > limit {
-                let param = request.max_tokens_param();
-                return Err(ApiError::invalid(
-                    format!("'{param}' is too large: {asked}. This model supports at most {limit} completion tokens."),
-                    param,
-                ));
-            }
+        let api_key = self.api_key.as_ref().map_err(|reason| ApiError::BackendUnavailable {
+            backend: self.name.clone(),
+            reason: reason.clone(),
+        })?;
+        if let (Some(limit), Some(asked)) = (self.max_output_tokens, request.max_tokens)
+            && asked > limit
+        {
+            let param = request.max_tokens_param();
+            return Err(ApiError::invalid(
+                format!("'{param}' is too large: {asked}. This model supports at most {limit} completion tokens."),
+                param,
+            ));
         }
 
         let strip_usage = request.stream && !request.include_usage;
@@ -125,7 +130,9 @@ impl RemoteBackend {
         }
         let response = match tokio::time::timeout(self.timeouts.first_byte(), upstream.send()).await {
             Err(_) => return Err(self.timeout(self.timeouts.first_byte_ms.value)),
-            Ok(Err(err)) if err.is_timeout() => return Err(self.timeout(self.timeouts.connect_ms.value)),
+            Ok(Err(err)) if err.is_timeout() => {
+                return Err(self.timeout(self.timeouts.connect_ms.value));
+            }
             Ok(Err(err)) => return Err(self.unreachable(&err)),
             Ok(Ok(response)) => response,
         };
@@ -134,8 +141,15 @@ impl RemoteBackend {
         let headers = relayed_headers(response.headers());
         if !status.is_success() {
             let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-            let body = self.read_body(response, deadline, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
-            return Err(ApiError::Upstream(UpstreamError { status, body, retry_after }));
+            let body = self
+                .read_body(response, deadline, MAX_ERROR_BODY_BYTES)
+                .await
+                .unwrap_or_default();
+            return Err(ApiError::Upstream(UpstreamError {
+                status,
+                body,
+                retry_after,
+            }));
         }
 
         if !request.stream {
@@ -146,10 +160,19 @@ impl RemoteBackend {
             })?;
             let usage = Usage::from_value(&parsed);
             self.log_usage(request_id, "complete", usage, started);
-            return Ok(ChatReply::Complete { body, usage, headers, status });
+            return Ok(ChatReply::Complete {
+                body,
+                usage,
+                headers,
+                status,
+            });
         }
 
-        let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
             return Err(ApiError::UpstreamInvalid {
                 backend: self.name.clone(),
@@ -199,11 +222,17 @@ impl RemoteBackend {
     }
 
     fn timeout(&self, timeout_ms: u64) -> ApiError {
-        ApiError::UpstreamTimeout { backend: self.name.clone(), timeout_ms }
+        ApiError::UpstreamTimeout {
+            backend: self.name.clone(),
+            timeout_ms,
+        }
     }
 
     fn unreachable(&self, err: &reqwest::Error) -> ApiError {
-        ApiError::UpstreamUnreachable { backend: self.name.clone(), detail: error_chain(err) }
+        ApiError::UpstreamUnreachable {
+            backend: self.name.clone(),
+            detail: error_chain(err),
+        }
     }
 
     fn log_usage(&self, request_id: &str, outcome: &str, usage: Option<Usage>, started: Instant) {
@@ -211,7 +240,14 @@ impl RemoteBackend {
     }
 }
 
-fn log_completion(backend: &str, request_id: &str, outcome: &str, usage: Option<Usage>, price: Price, started: Instant) {
+fn log_completion(
+    backend: &str,
+    request_id: &str,
+    outcome: &str,
+    usage: Option<Usage>,
+    price: Price,
+    started: Instant,
+) {
     let usage = usage.unwrap_or_default();
     tracing::info!(
         request_id,
@@ -279,11 +315,21 @@ impl RelayState {
             let wait_until = (Instant::now() + self.idle).min(self.deadline);
             match tokio::time::timeout_at(wait_until, self.upstream.next()).await {
                 Err(_) => {
-                    let ms = if wait_until == self.deadline { "the total timeout" } else { "the idle timeout" };
+                    let ms = if wait_until == self.deadline {
+                        "the total timeout"
+                    } else {
+                        "the idle timeout"
+                    };
                     self.fail("upstream_timeout", format!("the upstream went silent past {ms}"));
                 }
-                Ok(None) => self.fail("upstream_stream_cut", "the upstream closed the stream before it was complete".into()),
-                Ok(Some(Err(err))) => self.fail("upstream_stream_cut", format!("the upstream stream broke: {}", error_chain(&err))),
+                Ok(None) => self.fail(
+                    "upstream_stream_cut",
+                    "the upstream closed the stream before it was complete".into(),
+                ),
+                Ok(Some(Err(err))) => self.fail(
+                    "upstream_stream_cut",
+                    format!("the upstream stream broke: {}", error_chain(&err)),
+                ),
                 Ok(Some(Ok(chunk))) => {
                     self.decoder.push(&chunk);
                     self.drain_events();
@@ -298,7 +344,10 @@ impl RelayState {
                 Ok(None) => return,
                 Ok(Some(SseEvent::Data(data))) => self.relay_data(data),
                 Ok(Some(comment @ SseEvent::Comment(_))) => self.pending.push_back(comment.encode()),
-                Err(err) => self.fail("upstream_invalid_response", format!("the upstream event stream is malformed ({err:?})")),
+                Err(err) => self.fail(
+                    "upstream_invalid_response",
+                    format!("the upstream event stream is malformed ({err:?})"),
+                ),
             }
         }
     }
@@ -334,7 +383,10 @@ impl RelayState {
         if let Some(object) = chunk.as_object_mut() {
             object.remove("usage");
         }
-        let usage_only = chunk.get("choices").and_then(Value::as_array).is_some_and(Vec::is_empty);
+        let usage_only = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .is_some_and(Vec::is_empty);
         if !usage_only {
             self.pending.push_back(sse::encode_data(&chunk.to_string()));
         }
@@ -357,7 +409,13 @@ impl RelayState {
 
 impl Drop for RelayState {
     fn drop(&mut self) {
-        log_completion(&self.backend, &self.request_id, self.outcome, self.usage, self.price, self.started);
+        log_completion(
+            &self.backend,
+            &self.request_id,
+            self.outcome,
+            self.usage,
+            self.price,
+            self.started,
+        );
     }
 }
-

@@ -34,10 +34,14 @@ pub async fn chat_completions(
     };
     let backend_header = HeaderValue::from_str(backend.name()).expect("policy check keeps backend names header-safe");
     let mut response = match backend.chat(request, &request_id).await {
-        Ok(ChatReply::Complete { body, headers, status, .. }) => {
+        Ok(ChatReply::Complete {
+            body, headers, status, ..
+        }) => {
             let mut response = (status, body).into_response();
             response.headers_mut().extend(headers);
-            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             response
         }
         Ok(ChatReply::Stream { events, headers }) => {
@@ -45,7 +49,10 @@ pub async fn chat_completions(
             let mut response = (StatusCode::OK, body).into_response();
             let out = response.headers_mut();
             out.extend(headers);
-            out.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8"));
+            out.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
+            );
             out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             // Tell reverse proxies (nginx) in front of us not to buffer the stream.
             out.insert("x-accel-buffering", HeaderValue::from_static("no"));

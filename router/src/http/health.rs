@@ -26,6 +26,13 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         })
         .collect();
     let any_ready = backends.iter().any(|b| b["ready"] == true);
-    let status = if any_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "status": if any_ready { "ready" } else { "unavailable" }, "backends": backends })))
+    let status = if any_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "status": if any_ready { "ready" } else { "unavailable" }, "backends": backends })),
+    )
 }

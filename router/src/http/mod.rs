@@ -87,7 +87,10 @@ async fn tag_response(mut request: Request, next: Next) -> Response {
         next.run(request).await
     };
     let headers = response.headers_mut();
-    headers.insert(REQUEST_ID, HeaderValue::from_str(&request_id).expect("checked by is_sane_request_id or a UUID"));
+    headers.insert(
+        REQUEST_ID,
+        HeaderValue::from_str(&request_id).expect("checked by is_sane_request_id or a UUID"),
+    );
     headers.entry(BACKEND).or_insert(HeaderValue::from_static(SELF_BACKEND));
     tracing::info!(
         parent: &span,

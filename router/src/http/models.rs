@@ -14,7 +14,12 @@ fn model_object(id: &str, backend: &str) -> Value {
 }
 
 pub async fn list(State(state): State<Arc<AppState>>) -> Json<Value> {
-    let data: Vec<Value> = state.backends.models().iter().map(|m| model_object(m.id, m.backend)).collect();
+    let data: Vec<Value> = state
+        .backends
+        .models()
+        .iter()
+        .map(|m| model_object(m.id, m.backend))
+        .collect();
     Json(json!({ "object": "list", "data": data }))
 }
 

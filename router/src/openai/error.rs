@@ -150,26 +150,27 @@ impl ApiError {
     }
 
     pub fn invalid(message: impl Into<String>, param: &str) -> Self {
-        ApiError::InvalidRequest { message: message.into(), param: Some(param.to_string()) }
+        ApiError::InvalidRequest {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let status = self.status();
-        if let ApiError::Upstream(upstream) = &self {
-            if is_openai_error_body(&upstream.body) {
-                let mut response = (status, upstream.body.clone()).into_response();
-                let headers = response.headers_mut();
-                headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-                if let Some(retry_after) = &upstream.retry_after {
-                    headers.insert(header::RETRY_AFTER, retry_after.clone());
-                }
-                return response;
+        let mut response = match &self {
+            ApiError::Upstream(upstream) if is_openai_error_body(&upstream.body) => {
+                ([(header::CONTENT_TYPE, "application/json")], upstream.body.clone()).into_response()
             }
-        }
-        let mut response = (status, axum::Json(self.to_json())).into_response();
-        if let ApiError::Upstream(UpstreamError { retry_after: Some(retry_after), .. }) = &self {
+            _ => axum::Json(self.to_json()).into_response(),
+        };
+        *response.status_mut() = self.status();
+        if let ApiError::Upstream(UpstreamError {
+            retry_after: Some(retry_after),
+            ..
+        }) = &self
+        {
             response.headers_mut().insert(header::RETRY_AFTER, retry_after.clone());
         }
         response
@@ -200,7 +201,9 @@ mod tests {
 
     #[test]
     fn upstream_openai_error_passes_through_untouched() {
-        let body = Bytes::from_static(br#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#);
+        let body = Bytes::from_static(
+            br#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
         let err = ApiError::Upstream(UpstreamError {
             status: StatusCode::TOO_MANY_REQUESTS,
             body: body.clone(),

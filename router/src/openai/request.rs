@@ -31,7 +31,9 @@ pub struct ChatRequest {
 impl ChatRequest {
     pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::InvalidJson("the body is empty; expected a JSON object".into()));
+            return Err(ApiError::InvalidJson(
+                "the body is empty; expected a JSON object".into(),
+            ));
         }
         let value: Value = serde_json::from_slice(bytes).map_err(|err| ApiError::InvalidJson(err.to_string()))?;
         let Value::Object(body) = value else {
@@ -48,7 +50,10 @@ impl ChatRequest {
             }
             Some(other) => {
                 return Err(ApiError::invalid(
-                    format!("Invalid type for 'model': expected a non-empty string, but got {}.", kind_of(other)),
+                    format!(
+                        "Invalid type for 'model': expected a non-empty string, but got {}.",
+                        kind_of(other)
+                    ),
                     "model",
                 ));
             }
@@ -74,7 +79,9 @@ impl ChatRequest {
                 match options.get("include_usage") {
                     None | Some(Value::Null) => false,
                     Some(Value::Bool(include)) => *include,
-                    Some(other) => return Err(wrong_type("stream_options.include_usage", "a boolean", other)),
+                    Some(other) => {
+                        return Err(wrong_type("stream_options.include_usage", "a boolean", other));
+                    }
                 }
             }
             Some(other) => return Err(wrong_type("stream_options", "an object", other)),
@@ -93,7 +100,9 @@ impl ChatRequest {
                     }
                     Some(value) if value > MAX_TOKENS_CEILING => {
                         return Err(ApiError::invalid(
-                            format!("'{field}' is too large: {value}. No model served here accepts more than {MAX_TOKENS_CEILING}."),
+                            format!(
+                                "'{field}' is too large: {value}. No model served here accepts more than {MAX_TOKENS_CEILING}."
+                            ),
                             field,
                         ));
                     }
@@ -105,7 +114,13 @@ impl ChatRequest {
             }
         }
 
-        Ok(ChatRequest { body, model, stream, include_usage, max_tokens })
+        Ok(ChatRequest {
+            body,
+            model,
+            stream,
+            include_usage,
+            max_tokens,
+        })
     }
 
     /// The `max_tokens` field name the client used, for error messages.
@@ -160,7 +175,11 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
         match message.get("content") {
             None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
             Some(other) => {
-                return Err(wrong_type(&format!("{param}.content"), "a string or an array of content parts", other));
+                return Err(wrong_type(
+                    &format!("{param}.content"),
+                    "a string or an array of content parts",
+                    other,
+                ));
             }
         }
     }
@@ -169,7 +188,10 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
 
 fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid(
-        format!("Invalid type for '{param}': expected {expected}, but got {}.", kind_of(got)),
+        format!(
+            "Invalid type for '{param}': expected {expected}, but got {}.",
+            kind_of(got)
+        ),
         param,
     )
 }
@@ -209,7 +231,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_kept_in_client_order() {
-        let req = parse(r#"{"zeta":1,"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[],"alpha":{"x":2}}"#).unwrap();
+        let req =
+            parse(r#"{"zeta":1,"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[],"alpha":{"x":2}}"#)
+                .unwrap();
         let keys: Vec<&str> = req.body.keys().map(String::as_str).collect();
         assert_eq!(keys, ["zeta", "model", "messages", "tools", "alpha"]);
     }
@@ -223,7 +247,10 @@ mod tests {
 
     #[test]
     fn missing_messages_names_the_parameter() {
-        assert_eq!(param_of(parse(r#"{"model":"m"}"#).unwrap_err()).as_deref(), Some("messages"));
+        assert_eq!(
+            param_of(parse(r#"{"model":"m"}"#).unwrap_err()).as_deref(),
+            Some("messages")
+        );
     }
 
     #[test]
@@ -231,11 +258,23 @@ mod tests {
         let cases = [
             (r#"{"model":1,"messages":[]}"#, "model"),
             (r#"{"model":"m","messages":"hi"}"#, "messages"),
-            (r#"{"model":"m","messages":[{"role":"user","content":5}]}"#, "messages[0].content"),
-            (r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#, "messages[0].role"),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+                "messages[0].content",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
+                "messages[0].role",
+            ),
             (r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, "stream"),
-            (r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-3}"#, "max_tokens"),
-            (r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":1.5}"#, "max_tokens"),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-3}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":1.5}"#,
+                "max_tokens",
+            ),
         ];
         for (json, param) in cases {
             assert_eq!(param_of(parse(json).unwrap_err()).as_deref(), Some(param), "{json}");
@@ -244,17 +283,23 @@ mod tests {
 
     #[test]
     fn huge_max_tokens_is_refused() {
-        let err = parse(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":100000000000000000000000}"#).unwrap_err();
+        let err =
+            parse(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":100000000000000000000000}"#).unwrap_err();
         assert_eq!(param_of(err).as_deref(), Some("max_tokens"));
-        let err = parse(r#"{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":99999999999}"#).unwrap_err();
+        let err =
+            parse(r#"{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":99999999999}"#).unwrap_err();
         assert_eq!(param_of(err).as_deref(), Some("max_completion_tokens"));
     }
 
     #[test]
     fn stream_options_need_stream() {
-        let err = parse(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":true}}"#).unwrap_err();
+        let err =
+            parse(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":true}}"#).unwrap_err();
         assert_eq!(param_of(err).as_deref(), Some("stream_options"));
-        let ok = parse(r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"include_usage":true}}"#).unwrap();
+        let ok = parse(
+            r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap();
         assert!(ok.stream && ok.include_usage);
     }
 

@@ -147,13 +147,19 @@ mod tests {
     #[test]
     fn events_split_across_chunks_are_reassembled() {
         let events = decode_all(&[b"data: {\"a\"", b":1}\n", b"\ndata: [DONE]\n\n"]);
-        assert_eq!(events, [SseEvent::Data("{\"a\":1}".into()), SseEvent::Data(DONE.into())]);
+        assert_eq!(
+            events,
+            [SseEvent::Data("{\"a\":1}".into()), SseEvent::Data(DONE.into())]
+        );
     }
 
     #[test]
     fn crlf_comments_and_multiline_data_are_understood() {
         let events = decode_all(&[b": ping\r\n\r\nevent: x\r\ndata: a\r\ndata: b\r\n\r\n"]);
-        assert_eq!(events, [SseEvent::Comment(" ping".into()), SseEvent::Data("a\nb".into())]);
+        assert_eq!(
+            events,
+            [SseEvent::Comment(" ping".into()), SseEvent::Data("a\nb".into())]
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ fn main() {
             }
         }
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&listen).await.expect("bind");
         eprintln!("cloud-double listening on {}", listener.local_addr().unwrap());

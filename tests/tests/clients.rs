@@ -1,0 +1,114 @@
+//! Real clients against the real daemon: the official `openai` Python SDK, and
+//! the `switchyard` command line itself.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, policy_for};
+
+/// The Python with the `openai` SDK: `SWITCHYARD_TEST_PYTHON`, else the
+/// workspace's `.venv` that tests/run.sh creates.
+fn python() -> PathBuf {
+    let python = std::env::var_os("SWITCHYARD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/run.sh, which creates the venv with the openai SDK",
+        python.display()
+    );
+    python
+}
+
+#[test]
+fn the_openai_python_sdk_works_through_the_proxy() {
+    let double = CloudDouble::start();
+    let policy = policy_for(
+        &double.base_url(),
+        "auth:\n  keys:\n    - name: sdk\n      key_env: SDK_KEY\n",
+    );
+    let daemon = Daemon::start(
+        &policy,
+        &[("DOUBLE_API_KEY", DOUBLE_API_KEY), ("SDK_KEY", "sk-sdk-client")],
+    );
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/openai_sdk_check.py");
+    let output = Command::new(python())
+        .arg(script)
+        .arg(daemon.url("/v1"))
+        .arg("sk-sdk-client")
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "stdout:\n{stdout}\nstderr:\n{stderr}\ndaemon log:\n{}",
+        daemon.log()
+    );
+}
+
+fn policy_check(text: &str) -> (bool, String) {
+    let dir = daemon::scratch_dir("policy-check");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(daemon::binary())
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.success(),
+        text.replace(&path.display().to_string(), "FILE"),
+    )
+}
+
+#[test]
+fn policy_check_accepts_the_shipped_policies() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    for entry in std::fs::read_dir(root).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (ok, text) = policy_check(&std::fs::read_to_string(&path).unwrap());
+            assert!(ok, "{}: {text}", path.display());
+        }
+    }
+}
+
+#[test]
+fn policy_check_prints_every_problem_with_line_and_column() {
+    let double = CloudDouble::start();
+    let good = policy_for(&double.base_url(), "");
+    let bad = good
+        .replacen("api_key_env: DOUBLE_API_KEY", "api_key_env: 9-not-a-var", 1)
+        .replace("default_backend: echo", "default_backend: nowhere");
+    let (ok, text) = policy_check(&bad);
+    assert!(!ok);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].starts_with("FILE:8:20: "), "{text}");
+    assert!(lines[1].contains("nowhere") && lines[1].starts_with("FILE:"), "{text}");
+
+    let typo = good.replacen("max_output_tokens", "max_output_tokenz", 1);
+    let (ok, text) = policy_check(&typo);
+    assert!(!ok);
+    assert!(
+        text.starts_with("FILE:11:7: ") && text.contains("max_output_tokenz"),
+        "{text}"
+    );
+}
+
+#[test]
+fn serve_refuses_an_invalid_policy_with_its_location() {
+    let dir = daemon::scratch_dir("serve-invalid");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, "backends: {}\nrouting: {default_backend: x}\nextra: 1\n").unwrap();
+    let output = Command::new(daemon::binary())
+        .args(["serve", "--policy"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(":3:1: ") && stderr.contains("extra"), "{stderr}");
+}
