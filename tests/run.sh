@@ -11,6 +11,10 @@ if ! .venv/bin/python -c 'import openai' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
+# The embedded default model, for the engine's reference tests and the daemon's
+# local backend (a no-op when it is already there and verified).
+scripts/fetch-default-model.sh >/dev/null
+
 # The end-to-end tests start target/debug/switchyard: build it first, in the
 # same profile as the tests so nothing is compiled twice.
 cargo build --workspace --bins

@@ -16,12 +16,20 @@ fn main() {
     for key in file.metadata_keys() {
         let value = file.metadata(key).unwrap();
         match value {
-            Value::Array(items) if items.len() > 8 => println!("{key} = [{} items, first {:?}]", items.len(), &items[..3]),
+            Value::Array(items) if items.len() > 8 => {
+                println!("{key} = [{} items, first {:?}]", items.len(), &items[..3])
+            }
             Value::String(s) if s.len() > 200 => println!("{key} = {:?}... ({} chars)", &s[..200], s.len()),
             other => println!("{key} = {other:?}"),
         }
     }
     for t in file.tensors() {
-        println!("{:40} {:8} {:?} {} bytes", t.name, t.ggml_type.name(), t.dims, t.size_bytes);
+        println!(
+            "{:40} {:8} {:?} {} bytes",
+            t.name,
+            t.ggml_type.name(),
+            t.dims,
+            t.size_bytes
+        );
     }
 }

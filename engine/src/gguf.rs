@@ -79,7 +79,8 @@ impl GgmlType {
 
     /// `Q4_1`, `F16`, ... or `type 99` for an id GGML does not define.
     pub fn name(self) -> String {
-        self.entry().map_or_else(|| format!("type {}", self.0), |t| t.1.to_string())
+        self.entry()
+            .map_or_else(|| format!("type {}", self.0), |t| t.1.to_string())
     }
 
     /// (elements per block, bytes per block), for types GGML defines.
@@ -191,14 +192,22 @@ impl TensorInfo {
 #[derive(Debug)]
 pub enum GgufError {
     Io(std::io::Error),
-    NotGguf { magic: [u8; 4] },
+    NotGguf {
+        magic: [u8; 4],
+    },
     UnsupportedVersion(u32),
     /// The file ends inside the named structure.
-    Truncated { what: String, offset: u64 },
+    Truncated {
+        what: String,
+        offset: u64,
+    },
     /// A structure has an impossible value.
     Corrupt(String),
     /// A tensor has a type GGML does not define, or a shape its type cannot hold.
-    BadTensor { tensor: String, reason: String },
+    BadTensor {
+        tensor: String,
+        reason: String,
+    },
 }
 
 impl fmt::Display for GgufError {
@@ -323,7 +332,10 @@ impl GgufFile {
             let what = format!("the header of tensor {name:?}");
             let n_dims = r.u32(&what)?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(GgufError::BadTensor { tensor: name, reason: format!("{n_dims} dimensions") });
+                return Err(GgufError::BadTensor {
+                    tensor: name,
+                    reason: format!("{n_dims} dimensions"),
+                });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
@@ -340,7 +352,10 @@ impl GgufFile {
         let mut tensors = Vec::with_capacity(raw_tensors.len());
         let mut tensor_index = HashMap::with_capacity(raw_tensors.len());
         for (name, dims, ggml_type, offset) in raw_tensors {
-            let bad = |reason: String| GgufError::BadTensor { tensor: name.clone(), reason };
+            let bad = |reason: String| GgufError::BadTensor {
+                tensor: name.clone(),
+                reason,
+            };
             let Some((block_elems, block_bytes)) = ggml_type.block_layout() else {
                 return Err(bad(format!("unknown tensor type id {}", ggml_type.0)));
             };
@@ -360,18 +375,38 @@ impl GgufFile {
             if offset % alignment != 0 {
                 return Err(bad(format!("data offset {offset} is not aligned to {alignment}")));
             }
-            let file_offset = data_start.checked_add(offset).ok_or_else(|| bad("offset overflows".into()))?;
-            let end = file_offset.checked_add(size_bytes).ok_or_else(|| bad("offset overflows".into()))?;
+            let file_offset = data_start
+                .checked_add(offset)
+                .ok_or_else(|| bad("offset overflows".into()))?;
+            let end = file_offset
+                .checked_add(size_bytes)
+                .ok_or_else(|| bad("offset overflows".into()))?;
             if end > file_len {
-                return Err(GgufError::Truncated { what: format!("the data of tensor {name:?}"), offset: file_len });
+                return Err(GgufError::Truncated {
+                    what: format!("the data of tensor {name:?}"),
+                    offset: file_len,
+                });
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
                 return Err(bad("appears twice".into()));
             }
-            tensors.push(TensorInfo { name, dims, ggml_type, file_offset, size_bytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ggml_type,
+                file_offset,
+                size_bytes,
+            });
         }
 
-        Ok(GgufFile { bytes, version, metadata, metadata_order, tensors, tensor_index })
+        Ok(GgufFile {
+            bytes,
+            version,
+            metadata,
+            metadata_order,
+            tensors,
+            tensor_index,
+        })
     }
 
     pub fn metadata(&self, key: &str) -> Option<&Value> {
@@ -436,7 +471,10 @@ impl<'a> Reader<'a> {
                 self.pos = end;
                 Ok(bytes)
             }
-            None => Err(GgufError::Truncated { what: what.to_string(), offset: self.data.len() as u64 }),
+            None => Err(GgufError::Truncated {
+                what: what.to_string(),
+                offset: self.data.len() as u64,
+            }),
         }
     }
 
@@ -487,7 +525,10 @@ impl<'a> Reader<'a> {
                 // of the file is corrupt, and must not drive an allocation.
                 let remaining = (self.data.len() - self.pos) as u64;
                 if len > remaining {
-                    return Err(GgufError::Truncated { what, offset: self.data.len() as u64 });
+                    return Err(GgufError::Truncated {
+                        what,
+                        offset: self.data.len() as u64,
+                    });
                 }
                 let mut items = Vec::with_capacity(len as usize);
                 for _ in 0..len {
@@ -498,7 +539,11 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64(&what)?),
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(&what)?)),
-            other => return Err(GgufError::Corrupt(format!("metadata {key:?} has unknown value type {other}"))),
+            other => {
+                return Err(GgufError::Corrupt(format!(
+                    "metadata {key:?} has unknown value type {other}"
+                )));
+            }
         })
     }
 }
@@ -515,7 +560,10 @@ pub(crate) mod writer {
 
     impl GgufWriter {
         pub fn new() -> Self {
-            Self { metadata: Vec::new(), tensors: Vec::new() }
+            Self {
+                metadata: Vec::new(),
+                tensors: Vec::new(),
+            }
         }
 
         pub fn meta(mut self, key: &str, value: Value) -> Self {
@@ -624,8 +672,16 @@ mod tests {
         GgufWriter::new()
             .meta("general.architecture", Value::String("llama".into()))
             .meta("llama.block_count", Value::U32(2))
-            .meta("tokenizer.ggml.tokens", Value::Array(vec![Value::String("a".into()), Value::String("b".into())]))
-            .tensor("w", &[4, 2], 0, (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect())
+            .meta(
+                "tokenizer.ggml.tokens",
+                Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+            )
+            .tensor(
+                "w",
+                &[4, 2],
+                0,
+                (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect(),
+            )
             .tensor("q", &[32, 1], 8, vec![7; 34])
             .build()
     }
@@ -635,9 +691,19 @@ mod tests {
         let file = GgufFile::from_vec(sample()).unwrap();
         assert_eq!(file.get_str("general.architecture"), Some("llama"));
         assert_eq!(file.get_u64("llama.block_count"), Some(2));
-        assert_eq!(file.metadata("tokenizer.ggml.tokens").unwrap().as_array().unwrap().len(), 2);
+        assert_eq!(
+            file.metadata("tokenizer.ggml.tokens")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         let w = file.tensor("w").unwrap();
-        assert_eq!((w.dims.clone(), w.ggml_type.name(), w.size_bytes), (vec![4, 2], "F32".to_string(), 32));
+        assert_eq!(
+            (w.dims.clone(), w.ggml_type.name(), w.size_bytes),
+            (vec![4, 2], "F32".to_string(), 32)
+        );
         assert_eq!(&file.tensor_data(w)[4..8], &1f32.to_le_bytes());
         let q = file.tensor("q").unwrap();
         assert_eq!(q.file_offset % 32, 0);
@@ -648,7 +714,12 @@ mod tests {
     fn a_file_that_is_not_gguf_is_named_as_such() {
         let err = GgufFile::from_vec(b"PK\x03\x04 this is a zip".to_vec()).unwrap_err();
         assert!(matches!(err, GgufError::NotGguf { .. }), "{err}");
-        assert!(GgufFile::from_vec(Vec::new()).unwrap_err().to_string().contains("truncated"));
+        assert!(
+            GgufFile::from_vec(Vec::new())
+                .unwrap_err()
+                .to_string()
+                .contains("truncated")
+        );
     }
 
     #[test]
@@ -656,7 +727,11 @@ mod tests {
         let bytes = sample();
         for len in 0..bytes.len() {
             let result = GgufFile::from_vec(bytes[..len].to_vec());
-            assert!(result.is_err(), "a file cut at {len} of {} bytes was accepted", bytes.len());
+            assert!(
+                result.is_err(),
+                "a file cut at {len} of {} bytes was accepted",
+                bytes.len()
+            );
         }
     }
 

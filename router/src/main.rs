@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod local_cli;
+
 use clap::{Parser, Subcommand};
 use switchyard::policy::{Policy, PolicyError};
 
@@ -36,6 +38,10 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Generate from a raw prompt with a local model (no chat template).
+    Generate(local_cli::GenerateArgs),
+    /// Chat with a local model in the terminal.
+    Chat(local_cli::ChatArgs),
 }
 
 #[derive(Subcommand)]
@@ -52,6 +58,8 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => check(&file),
+        Command::Generate(args) => local_cli::generate(&args),
+        Command::Chat(args) => local_cli::chat(&args),
     }
 }
 

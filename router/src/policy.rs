@@ -43,6 +43,9 @@ pub struct Policy {
     pub auth: AuthConfig,
     pub backends: BackendsConfig,
     pub routing: RoutingConfig,
+    /// The directory of the policy file: relative paths in it are resolved from here.
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +100,35 @@ pub struct ClientKeyConfig {
 pub struct BackendsConfig {
     #[serde(default)]
     pub remote: Vec<RemoteBackendConfig>,
+    #[serde(default)]
+    pub local: Vec<LocalBackendConfig>,
+}
+
+/// A GGUF model run in-process by the engine. Its price is zero.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBackendConfig {
+    pub name: Spanned<String>,
+    /// Path to the GGUF file, relative to the policy file's directory.
+    pub model_path: Spanned<String>,
+    /// Compute threads for this model.
+    #[serde(default = "default_threads")]
+    pub threads: Spanned<usize>,
+    /// Caps the model's own context window (and with it the largest KV cache).
+    pub context_length: Option<Spanned<u64>>,
+    /// Requests that may wait while one generates; more get a 429.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: Spanned<usize>,
+    /// `max_tokens` for requests that give none (default: the rest of the context).
+    pub default_max_tokens: Option<Spanned<u64>>,
+}
+
+fn default_threads() -> Spanned<usize> {
+    unspanned(std::thread::available_parallelism().map_or(2, |n| n.get()).min(8))
+}
+
+fn default_queue_capacity() -> Spanned<usize> {
+    unspanned(8)
 }
 
 /// A remote, OpenAI-compatible endpoint (OpenAI, Together, Groq, vLLM, ...).
@@ -242,7 +274,9 @@ impl Policy {
     /// Reads, parses and checks a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
         let text = std::fs::read_to_string(path).map_err(PolicyError::Read)?;
-        Policy::parse(&text)
+        let mut policy = Policy::parse(&text)?;
+        policy.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(policy)
     }
 
     /// Parses and checks policy text.
@@ -301,19 +335,7 @@ impl Policy {
 
         let mut backend_names = HashSet::new();
         for backend in &self.backends.remote {
-            let name = &backend.name;
-            if !is_model_name(&name.value) {
-                problems.push(Problem::at(
-                    name,
-                    "backend name must be 1-64 characters of letters, digits, '-', '_', '.', ':' or '/'",
-                ));
-            }
-            if name.value == AUTO_MODEL {
-                problems.push(Problem::at(name, "\"auto\" is reserved for routing"));
-            }
-            if !backend_names.insert(name.value.as_str()) {
-                problems.push(Problem::at(name, format!("duplicate backend name {:?}", name.value)));
-            }
+            check_backend_name(&backend.name, &mut backend_names, &mut problems);
             check_base_url(&backend.base_url, &mut problems);
             if let Some(env) = &backend.api_key_env {
                 check_env_name(env, &mut problems);
@@ -324,7 +346,7 @@ impl Policy {
             let price = backend.price;
             let price_ok = |p: f64| p.is_finite() && p >= 0.0;
             if !price_ok(price.input_per_mtok_usd) || !price_ok(price.output_per_mtok_usd) {
-                problems.push(Problem::at(name, "prices must be finite and not negative"));
+                problems.push(Problem::at(&backend.name, "prices must be finite and not negative"));
             }
             let t = &backend.timeouts;
             for timeout in [&t.connect_ms, &t.first_byte_ms, &t.idle_ms, &t.total_ms] {
@@ -341,7 +363,27 @@ impl Policy {
                 problems.push(Problem::at(max, "max_output_tokens must be positive"));
             }
         }
-        if self.backends.remote.is_empty() {
+        for backend in &self.backends.local {
+            check_backend_name(&backend.name, &mut backend_names, &mut problems);
+            if backend.model_path.value.trim().is_empty() {
+                problems.push(Problem::at(&backend.model_path, "model_path must not be empty"));
+            }
+            if !(1..=256).contains(&backend.threads.value) {
+                problems.push(Problem::at(&backend.threads, "threads must be from 1 to 256"));
+            }
+            if backend.queue_capacity.value == 0 {
+                problems.push(Problem::at(&backend.queue_capacity, "queue_capacity must be positive"));
+            }
+            for limit in [&backend.context_length, &backend.default_max_tokens]
+                .into_iter()
+                .flatten()
+            {
+                if limit.value == 0 {
+                    problems.push(Problem::at(limit, "must be positive"));
+                }
+            }
+        }
+        if self.backends.remote.is_empty() && self.backends.local.is_empty() {
             problems.push(Problem {
                 line: self.routing.default_backend.referenced.line(),
                 column: self.routing.default_backend.referenced.column(),
@@ -367,6 +409,21 @@ pub fn is_model_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
+fn check_backend_name<'a>(name: &'a Spanned<String>, seen: &mut HashSet<&'a str>, problems: &mut Vec<Problem>) {
+    if !is_model_name(&name.value) {
+        problems.push(Problem::at(
+            name,
+            "backend name must be 1-64 characters of letters, digits, '-', '_', '.', ':' or '/'",
+        ));
+    }
+    if name.value == AUTO_MODEL {
+        problems.push(Problem::at(name, "\"auto\" is reserved for routing"));
+    }
+    if !seen.insert(name.value.as_str()) {
+        problems.push(Problem::at(name, format!("duplicate backend name {:?}", name.value)));
+    }
 }
 
 fn check_env_name(env: &Spanned<String>, problems: &mut Vec<Problem>) {

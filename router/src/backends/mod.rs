@@ -3,6 +3,7 @@
 //! variant. [`Backends`] is the catalogue: it knows which client-facing model
 //! names map to which backend.
 
+pub mod local;
 pub mod remote;
 
 use std::collections::HashMap;
@@ -16,16 +17,21 @@ use crate::openai::Usage;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::policy::{AUTO_MODEL, Policy};
+use local::LocalBackend;
 use remote::RemoteBackend;
 
+// Built once at start-up and kept behind an Arc: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Backend {
     Remote(RemoteBackend),
+    Local(LocalBackend),
 }
 
 impl Backend {
     pub fn name(&self) -> &str {
         match self {
             Backend::Remote(remote) => remote.name(),
+            Backend::Local(local) => local.name(),
         }
     }
 
@@ -33,12 +39,14 @@ impl Backend {
     pub fn readiness(&self) -> Result<(), String> {
         match self {
             Backend::Remote(remote) => remote.readiness(),
+            Backend::Local(local) => local.readiness(),
         }
     }
 
     pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
         match self {
             Backend::Remote(remote) => remote.chat(request, request_id).await,
+            Backend::Local(local) => local.chat(request, request_id).await,
         }
     }
 }
@@ -71,13 +79,18 @@ pub struct ModelEntry<'a> {
 }
 
 impl Backends {
+    /// Builds every backend of the policy; local models are loaded now, which
+    /// takes a moment.
     pub fn from_policy(policy: &Policy) -> Backends {
-        let all: Vec<Arc<Backend>> = policy
+        let mut all: Vec<Arc<Backend>> = policy
             .backends
             .remote
             .iter()
             .map(|config| Arc::new(Backend::Remote(RemoteBackend::new(config))))
             .collect();
+        for config in &policy.backends.local {
+            all.push(Arc::new(Backend::Local(LocalBackend::load(config, &policy.base_dir))));
+        }
         let index_of = |name: &str| all.iter().position(|b| b.name() == name);
         let mut by_model = HashMap::new();
         // Later entries never override earlier ones: backend names first, then

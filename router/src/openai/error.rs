@@ -36,6 +36,10 @@ pub enum ApiError {
     UpstreamTimeout { backend: String, timeout_ms: u64 },
     /// The upstream answered 2xx with a body that is not what OpenAI's format promises.
     UpstreamInvalid { backend: String, detail: String },
+    /// The prompt does not fit the model's context window.
+    ContextLengthExceeded { message: String },
+    /// The local engine's queue is full.
+    LocalBusy { backend: String, queue_capacity: usize },
 }
 
 /// An upstream's own error response, passed through as it came.
@@ -50,7 +54,10 @@ pub struct UpstreamError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } | ApiError::ContextLengthExceeded { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::LocalBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -75,6 +82,8 @@ impl ApiError {
             ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
             ApiError::UpstreamTimeout { .. } => "upstream_timeout",
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
+            ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
+            ApiError::LocalBusy { .. } => "engine_busy",
         }
     }
 
@@ -84,7 +93,9 @@ impl ApiError {
             | ApiError::InvalidRequest { .. }
             | ApiError::ModelNotFound(_)
             | ApiError::BodyTooLarge { .. }
+            | ApiError::ContextLengthExceeded { .. }
             | ApiError::NotFound(_) => "invalid_request_error",
+            ApiError::LocalBusy { .. } => "rate_limit_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::BackendUnavailable { .. }
             | ApiError::Upstream(_)
@@ -126,6 +137,11 @@ impl ApiError {
             ApiError::UpstreamInvalid { backend, detail } => {
                 format!("Backend `{backend}` sent an invalid response: {detail}")
             }
+            ApiError::ContextLengthExceeded { message } => message.clone(),
+            ApiError::LocalBusy {
+                backend,
+                queue_capacity,
+            } => format!("Backend `{backend}` is busy: {queue_capacity} requests are already waiting. Retry shortly."),
         }
     }
 
@@ -133,6 +149,7 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
             ApiError::ModelNotFound(_) => Some("model"),
+            ApiError::ContextLengthExceeded { .. } => Some("messages"),
             _ => None,
         }
     }

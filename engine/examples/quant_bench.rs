@@ -1,0 +1,170 @@
+//! Times the quantized matmul kernels on SmolLM2-135M's shapes.
+//!
+//! `cargo run --release -p switchyard-engine --example quant_bench [-- --quick]`
+//!
+//! Prints µs per call (median of repeated runs) for GEMV (one token) and a 64-row
+//! prefill, per format and kernel, and then one decode step's worth of SmolLM2-135M
+//! matmuls (30 layers of q, k, v, o, gate, up, down in Q4_1 plus the Q8_0 tied
+//! lm_head), each layer with its own weights, so that the 96 MB do not sit in cache
+//! as a single repeated matrix would. Weights are random but valid blocks.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use switchyard_engine::quant::{Kernel, QuantFormat, QuantMatrix, kernel_name, matmul_with_kernel};
+
+/// A small deterministic generator: enough randomness for weights, no dependency.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+    }
+}
+
+/// Random bytes with every f16 scale field overwritten by a small finite value.
+fn random_weights(rng: &mut XorShift, format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
+    let row_bytes = format.row_bytes(cols).expect("whole blocks");
+    let mut data: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next() as u8).collect();
+    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    let scale_fields: &[usize] = match format {
+        QuantFormat::Q4_0 | QuantFormat::Q8_0 => &[0],
+        QuantFormat::Q4_1 | QuantFormat::Q4_K | QuantFormat::Q5_K => &[0, 2],
+        QuantFormat::Q6_K => &[208],
+        _ => &[],
+    };
+    for block in data.chunks_exact_mut(format.block_bytes()) {
+        for &at in scale_fields {
+            block[at..at + 2].copy_from_slice(&scale);
+        }
+    }
+    if format.block_elems() == 1 {
+        // Float formats: replace the random bit patterns (NaNs) by small values.
+        let values: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
+        data = match format {
+            QuantFormat::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            QuantFormat::F16 => values
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
+                .collect(),
+            _ => values
+                .iter()
+                .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
+                .collect(),
+        };
+    }
+    data
+}
+
+/// Median time of `f` over repeated runs lasting about `budget`.
+fn median_time(budget: Duration, mut f: impl FnMut()) -> Duration {
+    f(); // warm up: page in the weights, wake the thread pool
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while times.len() < 5 || (start.elapsed() < budget && times.len() < 10_000) {
+        let t = Instant::now();
+        f();
+        times.push(t.elapsed());
+    }
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let budget = Duration::from_millis(if quick { 100 } else { 400 });
+    let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.is_available()).collect();
+    println!(
+        "selected kernel: {}, rayon threads: {}",
+        kernel_name(),
+        rayon::current_num_threads()
+    );
+    let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+
+    // (k, n): inputs, outputs. SmolLM2-135M: hidden 576, MLP 1536, vocab 49152.
+    let shapes = [(576, 576), (576, 1536), (1536, 576), (576, 49152)];
+    println!("\nµs per call (median); GEMV is m = 1, prefill m = 64");
+    print!("{:<6} {:>11} {:>4}", "format", "k×n", "m");
+    for kernel in &kernels {
+        print!(" {:>11}", kernel.name());
+    }
+    println!();
+    for format in [QuantFormat::Q4_1, QuantFormat::Q8_0] {
+        for (k, n) in shapes {
+            let data = random_weights(&mut rng, format, n, k);
+            let w = QuantMatrix::new(format, n, k, &data).unwrap();
+            for m in [1, 64] {
+                let x: Vec<f32> = (0..m * k).map(|_| rng.unit()).collect();
+                let mut out = vec![0f32; m * n];
+                print!("{:<6} {:>11} {:>4}", format.name(), format!("{k}×{n}"), m);
+                for &kernel in &kernels {
+                    // The scalar reference on big shapes takes seconds; skip those.
+                    if kernel == Kernel::Scalar && m * n * k > 64 * 576 * 1536 {
+                        print!(" {:>11}", "-");
+                        continue;
+                    }
+                    let t = median_time(budget, || matmul_with_kernel(kernel, black_box(&x), m, &w, &mut out));
+                    print!(" {:>11.1}", t.as_secs_f64() * 1e6);
+                }
+                println!();
+            }
+        }
+    }
+
+    // One decode step of SmolLM2-135M: every matmul of the model once, in order.
+    let layers = 30;
+    let layer_shapes = [
+        (576, 576),
+        (576, 192),
+        (576, 192),
+        (576, 576),
+        (576, 1536),
+        (576, 1536),
+        (1536, 576),
+    ];
+    let layer_weights: Vec<Vec<(usize, usize, Vec<u8>)>> = (0..layers)
+        .map(|_| {
+            layer_shapes
+                .iter()
+                .map(|&(k, n)| (k, n, random_weights(&mut rng, QuantFormat::Q4_1, n, k)))
+                .collect()
+        })
+        .collect();
+    let head = random_weights(&mut rng, QuantFormat::Q8_0, 49152, 576);
+    let total_mb = (layer_weights.iter().flatten().map(|(_, _, d)| d.len()).sum::<usize>() + head.len()) as f64 / 1e6;
+    let x: Vec<f32> = (0..1536).map(|_| rng.unit()).collect();
+    let mut out = vec![0f32; 49152];
+    println!("\none SmolLM2-135M decode step ({total_mb:.1} MB of weights: 210 Q4_1 matmuls + Q8_0 lm_head)");
+    for &kernel in kernels.iter().filter(|k| **k != Kernel::Scalar) {
+        let mut step = || {
+            for layer in &layer_weights {
+                for (k, n, data) in layer {
+                    let w = QuantMatrix::new(QuantFormat::Q4_1, *n, *k, data).unwrap();
+                    matmul_with_kernel(kernel, black_box(&x[..*k]), 1, &w, &mut out[..*n]);
+                }
+            }
+            let w = QuantMatrix::new(QuantFormat::Q8_0, 49152, 576, &head).unwrap();
+            matmul_with_kernel(kernel, black_box(&x[..576]), 1, &w, &mut out);
+        };
+        // A caller outside the rayon pool only parallelises big matmuls; one on a
+        // worker (the forward pass inside `rayon::scope`) splits them all cheaply.
+        let outside = median_time(budget * 3, &mut step);
+        let inside = rayon::scope(|_| median_time(budget * 3, &mut step));
+        for (place, t) in [("outside the pool", outside), ("on a rayon worker", inside)] {
+            let ms = t.as_secs_f64() * 1e3;
+            println!(
+                "{:<11} {place:<17} {ms:>6.2} ms/token  ({:.0} tok/s matmul-only ceiling, {:.1} GB/s)",
+                kernel.name(),
+                1e3 / ms,
+                total_mb / ms
+            );
+        }
+    }
+}

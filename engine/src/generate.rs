@@ -1,0 +1,348 @@
+//! The generation loop: prefill the prompt, then sample one token at a time
+//! until an end-of-turn token, a stop string, `max_tokens`, or cancellation.
+//!
+//! Text is streamed as it becomes final. Two things hold text back: a token
+//! that ends inside a multi-byte UTF-8 character (the [`StreamDecoder`] waits
+//! for the rest), and text that could be the start of a stop string (we wait
+//! until it either completes the stop string, which is then cut, or cannot).
+
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use burn::prelude::*;
+
+use crate::model::Model;
+use crate::sampling::{SampledToken, Sampler, SamplingParams};
+use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+/// The most alternatives OpenAI lets a client ask for per token.
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+#[derive(Debug, Clone)]
+pub struct GenerationRequest {
+    pub prompt_tokens: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Tokens that end generation besides the model's own end-of-turn tokens.
+    pub stop_tokens: Vec<u32>,
+    /// Strings that end generation; the answer is cut before them.
+    pub stop_strings: Vec<String>,
+    /// Alternatives reported per token (0 to [`MAX_TOP_LOGPROBS`]).
+    pub top_logprobs: usize,
+    /// Keep generating through end-of-turn tokens (benchmarks: a fixed token count).
+    pub ignore_eos: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-turn token or a stop string.
+    Stop,
+    /// `max_tokens` or the context window ran out.
+    Length,
+    /// The caller stopped it.
+    Cancelled,
+}
+
+impl FinishReason {
+    /// OpenAI's `finish_reason`.
+    pub fn as_openai(self) -> &'static str {
+        match self {
+            FinishReason::Stop | FinishReason::Cancelled => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// One generated token, handed to the streaming callback.
+#[derive(Debug, Clone)]
+pub struct TokenEvent {
+    pub token: SampledToken,
+    /// Text that became final with this token (may be empty, or span earlier tokens).
+    pub text: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationOutput {
+    pub prompt_tokens: usize,
+    /// Generated tokens, the end-of-turn token excluded.
+    pub tokens: Vec<SampledToken>,
+    pub text: String,
+    pub finish_reason: FinishReason,
+    /// The [`MAX_TOP_LOGPROBS`] most likely tokens after the prompt, most likely
+    /// first, with their log-probs (from prefill).
+    pub first_step_top: Vec<(u32, f32)>,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+}
+
+impl GenerationOutput {
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+
+    /// Decode speed over the tokens after the first (the first comes from prefill).
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        self.tokens.len().saturating_sub(1) as f64 / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GenerateError {
+    EmptyPrompt,
+    /// The prompt does not leave room for one generated token.
+    PromptTooLong {
+        prompt_tokens: usize,
+        context_length: usize,
+    },
+    InvalidRequest(String),
+}
+
+impl std::fmt::Display for GenerateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GenerateError::EmptyPrompt => write!(f, "the prompt is empty"),
+            GenerateError::PromptTooLong {
+                prompt_tokens,
+                context_length,
+            } => write!(
+                f,
+                "the prompt is {prompt_tokens} tokens, which leaves no room for an answer in this model's context of {context_length} tokens"
+            ),
+            GenerateError::InvalidRequest(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for GenerateError {}
+
+/// Generates an answer; `on_token` sees every token as it is sampled and may
+/// stop generation by returning `Break`.
+pub fn generate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    request: &GenerationRequest,
+    context_length: usize,
+    device: &Device,
+    mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+) -> Result<GenerationOutput, GenerateError> {
+    let prompt = &request.prompt_tokens;
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    if prompt.len() >= context_length {
+        return Err(GenerateError::PromptTooLong {
+            prompt_tokens: prompt.len(),
+            context_length,
+        });
+    }
+    if request.top_logprobs > MAX_TOP_LOGPROBS {
+        return Err(GenerateError::InvalidRequest(format!(
+            "top_logprobs must be at most {MAX_TOP_LOGPROBS}"
+        )));
+    }
+    request.sampling.validate().map_err(GenerateError::InvalidRequest)?;
+    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= model.vocab_size()) {
+        return Err(GenerateError::InvalidRequest(format!(
+            "token id {bad} is outside the vocabulary"
+        )));
+    }
+    let max_tokens = request.max_tokens.min(context_length - prompt.len());
+    let mut cache = model.new_cache(prompt.len() + max_tokens, device);
+    let mut sampler = Sampler::new(request.sampling.clone());
+    let mut stops: Vec<u32> = if request.ignore_eos {
+        Vec::new()
+    } else {
+        tokenizer.end_of_turn_ids()
+    };
+    stops.extend(&request.stop_tokens);
+    let mut text = StopStringFilter::new(&request.stop_strings);
+    let mut decoder = StreamDecoder::new(tokenizer);
+
+    let started = Instant::now();
+    let mut logits = model.forward(prompt, &mut cache);
+    let prefill_time = started.elapsed();
+    let log_z = crate::sampling::log_sum_exp(&logits);
+    let first_step_top = crate::sampling::top_k_indices(&logits, MAX_TOP_LOGPROBS)
+        .into_iter()
+        .map(|i| (i as u32, logits[i] - log_z))
+        .collect();
+
+    let decode_started = Instant::now();
+    let mut tokens = Vec::new();
+    let finish_reason = loop {
+        let token = sampler.sample(&logits, request.top_logprobs);
+        if stops.contains(&token.id) {
+            break FinishReason::Stop;
+        }
+        let piece = decoder.push(token.id);
+        let (final_text, hit_stop) = text.push(&piece);
+        let event = TokenEvent {
+            token: token.clone(),
+            text: final_text,
+        };
+        tokens.push(token);
+        let control = on_token(&event);
+        if hit_stop {
+            break FinishReason::Stop;
+        }
+        if control.is_break() {
+            break FinishReason::Cancelled;
+        }
+        if tokens.len() >= max_tokens {
+            break FinishReason::Length;
+        }
+        logits = model.forward(&[tokens.last().expect("just pushed").id], &mut cache);
+    };
+    let decode_time = decode_started.elapsed();
+    if finish_reason != FinishReason::Stop || !text.stopped() {
+        // Whatever the decoder and the stop filter still hold is final now.
+        let rest = decoder.finish();
+        let (mut tail, _) = text.push(&rest);
+        tail.push_str(&text.flush());
+        if !tail.is_empty() {
+            let event = TokenEvent {
+                token: tokens.last().cloned().unwrap_or_else(empty_token),
+                text: tail,
+            };
+            let _ = on_token(&event);
+        }
+    }
+    Ok(GenerationOutput {
+        prompt_tokens: prompt.len(),
+        text: text.into_text(),
+        tokens,
+        finish_reason,
+        first_step_top,
+        prefill_time,
+        decode_time,
+    })
+}
+
+fn empty_token() -> SampledToken {
+    SampledToken {
+        id: 0,
+        logprob: 0.0,
+        top: Vec::new(),
+    }
+}
+
+/// Cuts the text at the first stop string, holding back any tail that may
+/// still grow into one.
+struct StopStringFilter {
+    stops: Vec<String>,
+    /// All final text so far.
+    emitted: String,
+    /// Text not yet known to be final.
+    pending: String,
+    stopped: bool,
+}
+
+impl StopStringFilter {
+    fn new(stops: &[String]) -> Self {
+        Self {
+            stops: stops.iter().filter(|s| !s.is_empty()).cloned().collect(),
+            emitted: String::new(),
+            pending: String::new(),
+            stopped: false,
+        }
+    }
+
+    /// Adds text; returns what became final and whether a stop string was hit.
+    fn push(&mut self, piece: &str) -> (String, bool) {
+        if self.stopped {
+            return (String::new(), true);
+        }
+        self.pending.push_str(piece);
+        if let Some(at) = self.stops.iter().filter_map(|s| self.pending.find(s.as_str())).min() {
+            let out = self.pending[..at].to_string();
+            self.emitted.push_str(&out);
+            self.pending.clear();
+            self.stopped = true;
+            return (out, true);
+        }
+        // Hold back the longest tail that is a proper prefix of a stop string.
+        let hold = self
+            .stops
+            .iter()
+            .flat_map(|stop| {
+                (1..stop.len().min(self.pending.len() + 1))
+                    .rev()
+                    .filter(|&n| stop.is_char_boundary(n))
+                    .find(|&n| self.pending.ends_with(&stop[..n]))
+            })
+            .max()
+            .unwrap_or(0);
+        let cut = self.pending.len() - hold;
+        let out: String = self.pending.drain(..cut).collect();
+        self.emitted.push_str(&out);
+        (out, false)
+    }
+
+    fn flush(&mut self) -> String {
+        let out = std::mem::take(&mut self.pending);
+        self.emitted.push_str(&out);
+        out
+    }
+
+    fn stopped(&self) -> bool {
+        self.stopped
+    }
+
+    fn into_text(self) -> String {
+        self.emitted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StopStringFilter;
+
+    fn run(stops: &[&str], pieces: &[&str]) -> (Vec<String>, bool, String) {
+        let stops: Vec<String> = stops.iter().map(|s| s.to_string()).collect();
+        let mut filter = StopStringFilter::new(&stops);
+        let mut out = Vec::new();
+        let mut hit = false;
+        for piece in pieces {
+            let (text, stop) = filter.push(piece);
+            out.push(text);
+            if stop {
+                hit = true;
+                break;
+            }
+        }
+        if !hit {
+            out.push(filter.flush());
+        }
+        (out, hit, filter.into_text())
+    }
+
+    #[test]
+    fn a_stop_string_split_across_tokens_is_cut_and_never_emitted() {
+        let (out, hit, text) = run(&["\nUser:"], &["Hello", "\nUs", "er:", " more"]);
+        assert!(hit);
+        assert_eq!(text, "Hello");
+        assert!(out.iter().all(|piece| !piece.contains('\n')), "{out:?}");
+    }
+
+    #[test]
+    fn a_false_start_is_released() {
+        let (_, hit, text) = run(&["STOP"], &["ST", "ART", "!"]);
+        assert!(!hit);
+        assert_eq!(text, "START!");
+    }
+
+    #[test]
+    fn without_stops_everything_passes_at_once() {
+        let (out, hit, text) = run(&[], &["a", "b"]);
+        assert!(!hit);
+        assert_eq!(out, ["a", "b", ""]);
+        assert_eq!(text, "ab");
+    }
+
+    #[test]
+    fn the_earliest_of_several_stops_wins() {
+        let (_, hit, text) = run(&["cd", "b"], &["abcd"]);
+        assert!(hit);
+        assert_eq!(text, "a");
+    }
+}

@@ -1,0 +1,148 @@
+//! Model architectures. Each is one module of the same shape: a config read
+//! from GGUF metadata, weights loaded from GGUF tensors, and a forward pass over
+//! a [`KvCache`]. The shared pieces (quantized linear layers, norms, RoPE,
+//! attention) live in [`crate::ops`] and [`weights`].
+
+pub mod llama;
+pub mod weights;
+
+use std::fmt;
+
+use burn::prelude::*;
+
+use crate::gguf::{GgufError, GgufFile};
+
+#[derive(Debug)]
+pub enum ModelError {
+    Gguf(GgufError),
+    /// The file is GGUF but not a model we can run; the message says why.
+    Unsupported(String),
+    /// A required tensor or metadata key is missing or has the wrong shape.
+    Malformed(String),
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelError::Gguf(err) => err.fmt(f),
+            ModelError::Unsupported(why) => write!(f, "unsupported model: {why}"),
+            ModelError::Malformed(why) => write!(f, "malformed model: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+impl From<GgufError> for ModelError {
+    fn from(err: GgufError) -> Self {
+        ModelError::Gguf(err)
+    }
+}
+
+/// A loaded model of any supported architecture.
+pub enum Model {
+    Llama(llama::Llama),
+}
+
+impl Model {
+    /// Builds the model the file's `general.architecture` names.
+    pub fn from_gguf(file: &GgufFile, device: &Device) -> Result<Model, ModelError> {
+        let arch = file
+            .get_str("general.architecture")
+            .ok_or_else(|| ModelError::Malformed("general.architecture is missing".into()))?;
+        match arch {
+            "llama" => Ok(Model::Llama(llama::Llama::from_gguf(file, device)?)),
+            other => Err(ModelError::Unsupported(format!(
+                "architecture {other:?} (supported: llama)"
+            ))),
+        }
+    }
+
+    pub fn context_length(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.config.context_length,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Model::Llama(m) => m.config.vocab_size,
+        }
+    }
+
+    /// An empty cache for up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize, device: &Device) -> KvCache {
+        match self {
+            Model::Llama(m) => KvCache::new(
+                m.config.block_count,
+                m.config.kv_heads,
+                m.config.head_dim,
+                capacity,
+                device,
+            ),
+        }
+    }
+
+    /// Runs `tokens` at the cache's next positions; returns the logits of the last one.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        match self {
+            Model::Llama(m) => m.forward(tokens, cache),
+        }
+    }
+}
+
+/// Keys and values of every layer for the positions run so far, allocated once
+/// for the whole request (prompt plus the longest answer it may get).
+pub struct KvCache {
+    /// Per layer: keys and values, `[kv_heads, capacity, head_dim]`.
+    layers: Vec<(Tensor<3>, Tensor<3>)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize, device: &Device) -> KvCache {
+        let empty = || Tensor::<3>::zeros([kv_heads, capacity, head_dim], device);
+        KvCache {
+            layers: (0..layers).map(|_| (empty(), empty())).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Writes `k` and `v` (`[kv_heads, s, head_dim]`) at positions `len..len + s` of `layer`.
+    fn store(&mut self, layer: usize, k: Tensor<3>, v: Tensor<3>) {
+        let [kv_heads, s, head_dim] = k.dims();
+        let range = self.len..self.len + s;
+        assert!(
+            range.end <= self.capacity,
+            "the cache is sized for the request before it runs"
+        );
+        let (k_cache, v_cache) = &mut self.layers[layer];
+        // slice_assign is in place when the cache tensor is not shared.
+        k_cache.inplace(|c| c.slice_assign([0..kv_heads, range.clone(), 0..head_dim], k));
+        v_cache.inplace(|c| c.slice_assign([0..kv_heads, range, 0..head_dim], v));
+    }
+
+    fn layer(&self, layer: usize) -> (&Tensor<3>, &Tensor<3>) {
+        let (k, v) = &self.layers[layer];
+        (k, v)
+    }
+
+    fn advance(&mut self, positions: usize) {
+        self.len += positions;
+    }
+}

@@ -1,0 +1,263 @@
+//! Our operations, plugged into Burn as backend-extension ops.
+//!
+//! Burn's own quantized tensors are storage-only on CPU backends (every matmul
+//! dequantizes the whole weight first), so the quantized linear layer is ours:
+//! GGUF blocks stay as they are in a `U8` Burn tensor, and [`QLinearOps::q_linear`]
+//! runs the integer kernels of [`crate::quant`] on them. The other ops here are
+//! fusions of what would otherwise be five to ten small Burn ops each, on the
+//! per-token hot path (RMSNorm, RoPE, SwiGLU, embedding lookup).
+//!
+//! Each op is implemented for the Flex backend, where tensor storage is host
+//! memory we can read and write directly.
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, backend_extension};
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn_flex::FlexTensor;
+
+use crate::quant::{QuantFormat, QuantMatrix};
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (x[2i], x[2i+1]): GGUF Llama files, whose q/k weights the
+    /// converter permuted for it.
+    Interleaved,
+    /// Halves (x[i], x[i + d/2]): Qwen and GPT-NeoX.
+    Halves,
+}
+
+#[backend_extension(Flex)]
+pub trait EngineOps: Backend {
+    /// `x[m, k] · Wᵀ` with W `[n, k]` in GGUF block format `format` (a ggml type id).
+    fn q_linear(x: FloatTensor<Self>, w: IntTensor<Self>, format: u32, n: usize, k: usize) -> FloatTensor<Self>;
+    /// Rows `ids` of a `[rows, k]` GGUF-encoded table, dequantized: `[ids.len(), k]`.
+    fn q_embedding(table: IntTensor<Self>, format: u32, rows: usize, k: usize, ids: Vec<u32>) -> FloatTensor<Self>;
+    /// RMSNorm over the last dimension of `x[m, d]`, scaled by `weight[d]`.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
+    /// Rotates `x[s, heads × head_dim]` for positions `start..start + s`.
+    fn rope(
+        x: FloatTensor<Self>,
+        head_dim: usize,
+        rotary_dim: usize,
+        start: usize,
+        theta: f32,
+        halves: bool,
+    ) -> FloatTensor<Self>;
+    /// `silu(gate) × up`, element-wise.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Causal grouped-query attention of `q[s, heads × head_dim]` (rows at positions
+    /// `start..start + s`) over the first `start + s` entries of the caches
+    /// `[kv_heads, capacity, head_dim]`. Query head h reads kv head h / (heads / kv_heads).
+    fn attention(
+        q: FloatTensor<Self>,
+        k_cache: FloatTensor<Self>,
+        v_cache: FloatTensor<Self>,
+        start: usize,
+        heads: usize,
+    ) -> FloatTensor<Self>;
+}
+
+fn format_of(id: u32) -> QuantFormat {
+    QuantFormat::from_ggml_type(id).expect("weights are checked when the model loads")
+}
+
+impl EngineOps for burn::backend::Flex {
+    fn q_linear(x: FlexTensor, w: FlexTensor, format: u32, n: usize, k: usize) -> FlexTensor {
+        let x = x.to_contiguous();
+        let xs: &[f32] = x.storage::<f32>();
+        let m = xs.len() / k;
+        let matrix = QuantMatrix::new(format_of(format), n, k, w.storage::<u8>()).expect("checked at load");
+        let mut out = vec![0f32; m * n];
+        crate::quant::matmul(xs, m, &matrix, &mut out);
+        FlexTensor::from_data(TensorData::new(out, [m, n]))
+    }
+
+    fn q_embedding(table: FlexTensor, format: u32, rows: usize, k: usize, ids: Vec<u32>) -> FlexTensor {
+        let matrix = QuantMatrix::new(format_of(format), rows, k, table.storage::<u8>()).expect("checked at load");
+        let mut out = vec![0f32; ids.len() * k];
+        for (row, &id) in out.chunks_exact_mut(k).zip(&ids) {
+            matrix.dequantize_row(id as usize, row);
+        }
+        FlexTensor::from_data(TensorData::new(out, [ids.len(), k]))
+    }
+
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f32) -> FlexTensor {
+        let x = x.to_contiguous();
+        let weight = weight.to_contiguous();
+        let w: &[f32] = weight.storage::<f32>();
+        let d = w.len();
+        let xs: &[f32] = x.storage::<f32>();
+        let mut out = vec![0f32; xs.len()];
+        for (o, row) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+            let scale = 1.0 / (mean_square + eps).sqrt();
+            for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
+                *o = v * scale * w;
+            }
+        }
+        FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
+    }
+
+    fn rope(x: FlexTensor, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, halves: bool) -> FlexTensor {
+        let x = x.to_contiguous();
+        let shape = x.layout().shape().clone();
+        let mut out: Vec<f32> = x.storage::<f32>().to_vec();
+        let width = shape[shape.num_dims() - 1];
+        let half = rotary_dim / 2;
+        // Frequencies once per call: θ^(-2i/d) for each rotated pair.
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| theta.powf(-2.0 * i as f32 / rotary_dim as f32))
+            .collect();
+        for (s, row) in out.chunks_exact_mut(width).enumerate() {
+            let position = (start + s) as f32;
+            let angles: Vec<(f32, f32)> = inv_freq.iter().map(|f| (position * f).sin_cos()).collect();
+            for head in row.chunks_exact_mut(head_dim) {
+                for (i, &(sin, cos)) in angles.iter().enumerate() {
+                    let (a, b) = if halves { (i, i + half) } else { (2 * i, 2 * i + 1) };
+                    let (x0, x1) = (head[a], head[b]);
+                    head[a] = x0 * cos - x1 * sin;
+                    head[b] = x0 * sin + x1 * cos;
+                }
+            }
+        }
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        let gate = gate.to_contiguous();
+        let up = up.to_contiguous();
+        let out: Vec<f32> = gate
+            .storage::<f32>()
+            .iter()
+            .zip(up.storage::<f32>())
+            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+            .collect();
+        FlexTensor::from_data(TensorData::new(out, gate.layout().shape().clone()))
+    }
+
+    fn attention(q: FlexTensor, k_cache: FlexTensor, v_cache: FlexTensor, start: usize, heads: usize) -> FlexTensor {
+        use rayon::prelude::*;
+        let q = q.to_contiguous();
+        let cache_shape = k_cache.layout().shape().clone();
+        let (kv_heads, capacity, head_dim) = (cache_shape[0], cache_shape[1], cache_shape[2]);
+        let k_cache = k_cache.to_contiguous();
+        let v_cache = v_cache.to_contiguous();
+        let (ks, vs): (&[f32], &[f32]) = (k_cache.storage::<f32>(), v_cache.storage::<f32>());
+        let qs: &[f32] = q.storage::<f32>();
+        let width = heads * head_dim;
+        let rows = qs.len() / width;
+        let group = heads / kv_heads;
+        let mut out = vec![0f32; qs.len()];
+        // One task per (row, head): independent, and enough of them to fill the
+        // cores in prefill; a decode step has `heads` tasks.
+        out.par_chunks_mut(head_dim)
+            .enumerate()
+            .for_each_init(Vec::new, |scores, (task, out)| {
+                let (row, head) = (task / heads, task % heads);
+                let kv = head / group;
+                let keys = start + row + 1;
+                let cache = kv * capacity * head_dim..(kv + 1) * capacity * head_dim;
+                let q = &qs[row * width + head * head_dim..][..head_dim];
+                attend_row(q, &ks[cache.clone()], &vs[cache], keys, out, scores);
+            });
+        FlexTensor::from_data(TensorData::new(out, [rows, width]))
+    }
+}
+
+/// `Σ a[i]·b[i]` with eight independent accumulators, so the compiler vectorises it.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8 * 8;
+    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let tail: f32 = a[chunks..].iter().zip(&b[chunks..]).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// One query row of one head: softmax(q·Kᵀ/√d) · V over `keys` cache rows.
+fn attend_row(q: &[f32], k: &[f32], v: &[f32], keys: usize, out: &mut [f32], scores: &mut Vec<f32>) {
+    let head_dim = q.len();
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    scores.clear();
+    scores.extend(
+        k[..keys * head_dim]
+            .chunks_exact(head_dim)
+            .map(|key| dot(q, key) * scale),
+    );
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut total = 0.0;
+    for s in scores.iter_mut() {
+        *s = (*s - max).exp();
+        total += *s;
+    }
+    out.fill(0.0);
+    for (p, value) in scores.iter().zip(v[..keys * head_dim].chunks_exact(head_dim)) {
+        let weight = p / total;
+        for (o, x) in out.iter_mut().zip(value) {
+            *o += weight * x;
+        }
+    }
+}
+
+type Dispatch = burn::backend::Dispatch;
+
+pub fn q_linear(x: Tensor<2>, w: &Tensor<1, Int>, format: QuantFormat, n: usize, k: usize) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as EngineOps>::q_linear(
+        x.into_dispatch(),
+        w.clone().into_dispatch(),
+        format.ggml_type(),
+        n,
+        k,
+    ))
+}
+
+pub fn q_embedding(table: &Tensor<1, Int>, format: QuantFormat, rows: usize, k: usize, ids: &[u32]) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as EngineOps>::q_embedding(
+        table.clone().into_dispatch(),
+        format.ggml_type(),
+        rows,
+        k,
+        ids.to_vec(),
+    ))
+}
+
+pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as EngineOps>::rms_norm(
+        x.into_dispatch(),
+        weight.clone().into_dispatch(),
+        eps,
+    ))
+}
+
+pub fn rope(x: Tensor<2>, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, style: RopeStyle) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as EngineOps>::rope(
+        x.into_dispatch(),
+        head_dim,
+        rotary_dim,
+        start,
+        theta,
+        style == RopeStyle::Halves,
+    ))
+}
+
+pub fn attention(q: Tensor<2>, k_cache: &Tensor<3>, v_cache: &Tensor<3>, start: usize, heads: usize) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as EngineOps>::attention(
+        q.into_dispatch(),
+        k_cache.clone().into_dispatch(),
+        v_cache.clone().into_dispatch(),
+        start,
+        heads,
+    ))
+}
+
+pub fn swiglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as EngineOps>::swiglu(
+        gate.into_dispatch(),
+        up.into_dispatch(),
+    ))
+}

@@ -1,0 +1,183 @@
+//! Reference dot products: one weight row (GGUF bytes) against one activation row,
+//! in plain Rust, block by block.
+//!
+//! These define the numbers the SIMD kernels must reproduce: the integer part of
+//! every block (or sub-block) exactly, and the float combination `Σ (d_w·d_x)·isum`
+//! (plus the offset terms) up to summation order. They follow the arithmetic of
+//! ggml's `ggml_vec_dot_*_generic` functions.
+
+use crate::quant::activation::{Q8KRow, Q8Row};
+use crate::quant::dequant::q6_k_quant;
+use crate::quant::formats::{
+    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, bf16_to_f32, blocks, f16_to_f32, k_scales_mins,
+};
+
+/// Σ w·x for an F32 weight row.
+pub fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), 4 * x.len());
+    w.chunks_exact(4)
+        .zip(x)
+        .map(|(b, &x)| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) * x)
+        .sum()
+}
+
+/// Σ w·x for an F16 weight row.
+pub fn dot_f16(w: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), 2 * x.len());
+    w.chunks_exact(2)
+        .zip(x)
+        .map(|(b, &x)| f16_to_f32([b[0], b[1]]) * x)
+        .sum()
+}
+
+/// Σ w·x for a BF16 weight row.
+pub fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
+    assert_eq!(w.len(), 2 * x.len());
+    w.chunks_exact(2)
+        .zip(x)
+        .map(|(b, &x)| bf16_to_f32([b[0], b[1]]) * x)
+        .sum()
+}
+
+fn check_q8(w: &[u8], block_bytes: usize, a: &Q8Row) {
+    assert!(a.is_consistent());
+    assert_eq!(
+        w.len(),
+        a.blocks() * block_bytes,
+        "weight row and activation row differ in length"
+    );
+}
+
+/// Σ over blocks of `(d_w·d_x) · Σ (q − 8)·a`.
+pub fn dot_q4_0(w: &[u8], a: &Q8Row) -> f32 {
+    check_q8(w, size_of::<BlockQ4_0>(), a);
+    let mut sum = 0f32;
+    for (b, block) in blocks::<BlockQ4_0>(w).enumerate() {
+        let qa = &a.qs[32 * b..32 * b + 32];
+        let mut isum = 0i32;
+        for (j, &byte) in block.qs.iter().enumerate() {
+            isum += ((byte & 0x0F) as i32 - 8) * qa[j] as i32;
+            isum += ((byte >> 4) as i32 - 8) * qa[j + 16] as i32;
+        }
+        sum += (f16_to_f32(block.d) * a.d[b]) * isum as f32;
+    }
+    sum
+}
+
+/// Σ over blocks of `(d_w·d_x) · Σ q·a + m_w·s_x`, with Q8_1's `s_x = d_x·Σa`.
+pub fn dot_q4_1(w: &[u8], a: &Q8Row) -> f32 {
+    check_q8(w, size_of::<BlockQ4_1>(), a);
+    let mut sum = 0f32;
+    for (b, block) in blocks::<BlockQ4_1>(w).enumerate() {
+        let qa = &a.qs[32 * b..32 * b + 32];
+        let mut isum = 0i32;
+        for (j, &byte) in block.qs.iter().enumerate() {
+            isum += (byte & 0x0F) as i32 * qa[j] as i32;
+            isum += (byte >> 4) as i32 * qa[j + 16] as i32;
+        }
+        sum += (f16_to_f32(block.d) * a.d[b]) * isum as f32 + f16_to_f32(block.m) * a.s[b];
+    }
+    sum
+}
+
+/// Σ over blocks of `(d_w·d_x) · Σ q·a`.
+pub fn dot_q8_0(w: &[u8], a: &Q8Row) -> f32 {
+    check_q8(w, size_of::<BlockQ8_0>(), a);
+    let mut sum = 0f32;
+    for (b, block) in blocks::<BlockQ8_0>(w).enumerate() {
+        let isum: i32 = block
+            .qs
+            .iter()
+            .zip(&a.qs[32 * b..32 * b + 32])
+            .map(|(&q, &x)| q as i32 * x as i32)
+            .sum();
+        sum += (f16_to_f32(block.d) * a.d[b]) * isum as f32;
+    }
+    sum
+}
+
+fn check_q8k(w: &[u8], block_bytes: usize, a: &Q8KRow) {
+    assert!(a.is_consistent());
+    assert_eq!(
+        w.len(),
+        a.blocks() * block_bytes,
+        "weight row and activation row differ in length"
+    );
+}
+
+/// The integer parts of a Q4_K/Q5_K super-block: `Σ_j sc_j·Σ q·a` and `Σ_j m_j·Σ a`.
+fn k_integer_parts(quants: &[u8; 256], scales: &[u8; 12], qa: &[i8], bsums: &[i16]) -> (i32, i32) {
+    let (sc, mins) = k_scales_mins(scales);
+    let mut isum = 0i32;
+    let mut imin = 0i32;
+    for j in 0..8 {
+        let dot: i32 = (32 * j..32 * j + 32).map(|e| quants[e] as i32 * qa[e] as i32).sum();
+        isum += sc[j] as i32 * dot;
+        imin += mins[j] as i32 * (bsums[2 * j] as i32 + bsums[2 * j + 1] as i32);
+    }
+    (isum, imin)
+}
+
+/// Σ over super-blocks of `(d_w·d_x)·Σ_j sc_j·Σ q·a − (dmin_w·d_x)·Σ_j m_j·Σ a`.
+pub fn dot_q4_k(w: &[u8], a: &Q8KRow) -> f32 {
+    check_q8k(w, size_of::<BlockQ4K>(), a);
+    let mut sum = 0f32;
+    for (b, block) in blocks::<BlockQ4K>(w).enumerate() {
+        let mut quants = [0u8; 256];
+        for (c, chunk) in block.qs.chunks_exact(32).enumerate() {
+            for (l, &byte) in chunk.iter().enumerate() {
+                quants[64 * c + l] = byte & 0x0F;
+                quants[64 * c + 32 + l] = byte >> 4;
+            }
+        }
+        let (isum, imin) = k_integer_parts(
+            &quants,
+            &block.scales,
+            &a.qs[256 * b..256 * b + 256],
+            &a.bsums[16 * b..16 * b + 16],
+        );
+        sum += (f16_to_f32(block.d) * a.d[b]) * isum as f32 - (f16_to_f32(block.dmin) * a.d[b]) * imin as f32;
+    }
+    sum
+}
+
+/// As [`dot_q4_k`] with 5-bit quants.
+pub fn dot_q5_k(w: &[u8], a: &Q8KRow) -> f32 {
+    check_q8k(w, size_of::<BlockQ5K>(), a);
+    let mut sum = 0f32;
+    for (b, block) in blocks::<BlockQ5K>(w).enumerate() {
+        let mut quants = [0u8; 256];
+        for (c, chunk) in block.qs.chunks_exact(32).enumerate() {
+            for (l, &byte) in chunk.iter().enumerate() {
+                quants[64 * c + l] = (byte & 0x0F) | (((block.qh[l] >> (2 * c)) & 1) << 4);
+                quants[64 * c + 32 + l] = (byte >> 4) | (((block.qh[l] >> (2 * c + 1)) & 1) << 4);
+            }
+        }
+        let (isum, imin) = k_integer_parts(
+            &quants,
+            &block.scales,
+            &a.qs[256 * b..256 * b + 256],
+            &a.bsums[16 * b..16 * b + 16],
+        );
+        sum += (f16_to_f32(block.d) * a.d[b]) * isum as f32 - (f16_to_f32(block.dmin) * a.d[b]) * imin as f32;
+    }
+    sum
+}
+
+/// Σ over super-blocks of `(d_w·d_x)·Σ_j sc_j·Σ (q − 32)·a`, j over groups of 16.
+pub fn dot_q6_k(w: &[u8], a: &Q8KRow) -> f32 {
+    check_q8k(w, size_of::<BlockQ6K>(), a);
+    let mut sum = 0f32;
+    for (b, block) in blocks::<BlockQ6K>(w).enumerate() {
+        let qa = &a.qs[256 * b..256 * b + 256];
+        let mut isum = 0i32;
+        for j in 0..16 {
+            let dot: i32 = (16 * j..16 * j + 16)
+                .map(|e| (q6_k_quant(&block, e) as i32 - 32) * qa[e] as i32)
+                .sum();
+            isum += block.scales[j] as i32 * dot;
+        }
+        sum += (f16_to_f32(block.d) * a.d[b]) * isum as f32;
+    }
+    sum
+}

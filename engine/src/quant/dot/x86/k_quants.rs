@@ -1,0 +1,238 @@
+//! Q4_K, Q5_K and Q6_K weights against Q8_K activation rows.
+
+use std::arch::x86_64::*;
+use std::mem::offset_of;
+
+use super::{ByteDot, broadcast_f16, finish, load_256};
+use crate::quant::activation::Q8KRow;
+use crate::quant::formats::{BlockQ4K, BlockQ5K, BlockQ6K};
+
+// ---- K-quants against Q8_K rows --------------------------------------------------
+
+#[derive(Clone, Copy)]
+pub(super) struct Q8KPtrs {
+    qs: *const i8,
+    d: *const f32,
+    bsums: *const i16,
+}
+
+impl Q8KPtrs {
+    pub(super) fn of(row: &Q8KRow) -> Q8KPtrs {
+        Q8KPtrs {
+            qs: row.qs.as_ptr(),
+            d: row.d.as_ptr(),
+            bsums: row.bsums.as_ptr(),
+        }
+    }
+}
+
+/// `vpshufb` masks that repeat i16 element j (bytes 2j, 2j + 1) across a register.
+const fn splat_i16_masks() -> [[u8; 32]; 8] {
+    let mut masks = [[0u8; 32]; 8];
+    let mut j = 0;
+    while j < 8 {
+        let mut t = 0;
+        while t < 32 {
+            masks[j][t] = (2 * j + t % 2) as u8;
+            t += 1;
+        }
+        j += 1;
+    }
+    masks
+}
+static SPLAT_I16: [[u8; 32]; 8] = splat_i16_masks();
+
+/// `vpshufb` masks that put i8 element 2m in bytes 0..8 and 2m + 1 in 8..16.
+const fn pair_i8_masks() -> [[u8; 16]; 8] {
+    let mut masks = [[0u8; 16]; 8];
+    let mut m = 0;
+    while m < 8 {
+        let mut t = 0;
+        while t < 16 {
+            masks[m][t] = (2 * m + t / 8) as u8;
+            t += 1;
+        }
+        m += 1;
+    }
+    masks
+}
+static PAIR_I8: [[u8; 16]; 8] = pair_i8_masks();
+
+/// The eight 6-bit scales of a Q4_K/Q5_K super-block as i16 in one register (each
+/// repeated in both 128-bit halves, ready for [`SPLAT_I16`]), and the eight mins as
+/// the 16 i16 `[m0, m0, m1, m1, ...]` that pair with the activation's 16 `bsums`.
+#[inline(always)]
+unsafe fn k_scale_vectors(scales: *const u8) -> (__m256i, __m256i) {
+    let packed = unsafe { scales.cast::<[u8; 12]>().read_unaligned() };
+    let (sc, mins) = crate::quant::formats::k_scales_mins(&packed);
+    unsafe {
+        let sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr().cast()));
+        let m8 = _mm_loadl_epi64(mins.as_ptr().cast());
+        let mins16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+        (_mm256_broadcastsi128_si256(sc16), mins16)
+    }
+}
+
+/// Q4_K / Q5_K × Q8_K (`FIVE_BITS` selects Q5_K's extra `qh` bit).
+///
+/// Per super-block: `isum = Σ_j sc_j·Σ q·a` via `vpmaddubsw` (u8×i8 → i16 pairs)
+/// then a multiply-add of the pairs by the scale, and `imin = Σ_j m_j·Σa` from the
+/// activation's block sums; then `(d_w·d_x)·isum − (dmin_w·d_x)·imin`.
+///
+/// Safety: `w` has `RW` rows of `row_bytes` = `blocks` × 144 (176) bytes; each
+/// activation row has `blocks` blocks; the CPU supports `D`.
+#[inline(always)]
+pub(super) unsafe fn q45_k_body<D: ByteDot, const FIVE_BITS: bool, const RA: usize, const RW: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    blocks: usize,
+    acts: [Q8KPtrs; RA],
+) -> [[f32; RW]; RA] {
+    let (block_bytes, d_at, dmin_at, scales_at, qs_at, qh_at) = if FIVE_BITS {
+        (
+            size_of::<BlockQ5K>(),
+            offset_of!(BlockQ5K, d),
+            offset_of!(BlockQ5K, dmin),
+            offset_of!(BlockQ5K, scales),
+            offset_of!(BlockQ5K, qs),
+            offset_of!(BlockQ5K, qh),
+        )
+    } else {
+        (
+            size_of::<BlockQ4K>(),
+            offset_of!(BlockQ4K, d),
+            offset_of!(BlockQ4K, dmin),
+            offset_of!(BlockQ4K, scales),
+            offset_of!(BlockQ4K, qs),
+            0,
+        )
+    };
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let one = _mm256_set1_epi8(1);
+        let mut acc = [[_mm256_setzero_ps(); RW]; RA];
+        for b in 0..blocks {
+            for r in 0..RW {
+                let block = w.add(r * row_bytes + b * block_bytes);
+                let (sc16, mins16) = k_scale_vectors(block.add(scales_at));
+                let dw = broadcast_f16(block.add(d_at));
+                let dminw = broadcast_f16(block.add(dmin_at));
+                let mut high = if FIVE_BITS {
+                    _mm256_loadu_si256(block.add(qh_at).cast())
+                } else {
+                    one
+                };
+                let mut isum = [_mm256_setzero_si256(); RA];
+                for c in 0..4 {
+                    let raw = _mm256_loadu_si256(block.add(qs_at + 32 * c).cast());
+                    let mut lo = _mm256_and_si256(raw, low4);
+                    let mut hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4);
+                    if FIVE_BITS {
+                        // Bit 2c of qh[l] tops element l of the low half, bit 2c + 1
+                        // of the high half; shift the register down 2 bits per chunk.
+                        let lo_bit = _mm256_and_si256(high, one);
+                        let hi_bit = _mm256_and_si256(_mm256_srli_epi16::<1>(high), one);
+                        lo = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(lo_bit));
+                        hi = _mm256_or_si256(hi, _mm256_slli_epi16::<4>(hi_bit));
+                        high = _mm256_srli_epi16::<2>(high);
+                    }
+                    let sc_lo = _mm256_shuffle_epi8(sc16, _mm256_loadu_si256(SPLAT_I16[2 * c].as_ptr().cast()));
+                    let sc_hi = _mm256_shuffle_epi8(sc16, _mm256_loadu_si256(SPLAT_I16[2 * c + 1].as_ptr().cast()));
+                    for i in 0..RA {
+                        let a_lo = load_256(acts[i].qs.add(256 * b + 64 * c));
+                        let a_hi = load_256(acts[i].qs.add(256 * b + 64 * c + 32));
+                        isum[i] = D::dpwssd(isum[i], _mm256_maddubs_epi16(lo, a_lo), sc_lo);
+                        isum[i] = D::dpwssd(isum[i], _mm256_maddubs_epi16(hi, a_hi), sc_hi);
+                    }
+                }
+                for i in 0..RA {
+                    let bsums = _mm256_loadu_si256(acts[i].bsums.add(16 * b).cast());
+                    let imin = _mm256_madd_epi16(bsums, mins16);
+                    let dx = _mm256_set1_ps(*acts[i].d.add(b));
+                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, dx), acc[i][r]);
+                    acc[i][r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dminw, dx), acc[i][r]);
+                }
+            }
+        }
+        finish(&acc)
+    }
+}
+
+/// Q6_K × Q8_K: `(d_w·d_x)·Σ_j sc_j·Σ (q − 32)·a` over groups j of 16. The −32 is
+/// folded in through the activation's group sums: `Σ_j sc_j·Σ q·a − 32·Σ_j sc_j·bsum_j`.
+///
+/// Safety: as [`q45_k_body`] with 210-byte blocks.
+#[inline(always)]
+pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    blocks: usize,
+    acts: [Q8KPtrs; RA],
+) -> [[f32; RW]; RA] {
+    const QL_AT: usize = offset_of!(BlockQ6K, ql);
+    const QH_AT: usize = offset_of!(BlockQ6K, qh);
+    const SCALES_AT: usize = offset_of!(BlockQ6K, scales);
+    const D_AT: usize = offset_of!(BlockQ6K, d);
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let low2 = _mm256_set1_epi8(0x03);
+        let mut acc = [[_mm256_setzero_ps(); RW]; RA];
+        for b in 0..blocks {
+            for r in 0..RW {
+                let block = w.add(r * row_bytes + b * size_of::<BlockQ6K>());
+                let scales8 = _mm_loadu_si128(block.add(SCALES_AT).cast());
+                // −32·sc_j per group, against the activation's 16 group sums.
+                let offset16 = _mm256_sub_epi16(
+                    _mm256_setzero_si256(),
+                    _mm256_slli_epi16::<5>(_mm256_cvtepi8_epi16(scales8)),
+                );
+                let dw = broadcast_f16(block.add(D_AT));
+                let mut isum = [_mm256_setzero_si256(); RA];
+                for i in 0..RA {
+                    let bsums = _mm256_loadu_si256(acts[i].bsums.add(16 * b).cast());
+                    isum[i] = D::dpwssd(isum[i], bsums, offset16);
+                }
+                for h in 0..2 {
+                    let ql0 = _mm256_loadu_si256(block.add(QL_AT + 64 * h).cast());
+                    let ql1 = _mm256_loadu_si256(block.add(QL_AT + 64 * h + 32).cast());
+                    let qh = _mm256_loadu_si256(block.add(QH_AT + 32 * h).cast());
+                    let quants = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql0, low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(ql1, low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
+                        ),
+                    ];
+                    for (g, &q) in quants.iter().enumerate() {
+                        // Groups of 16: elements 128h + 32g + 0..16 and + 16..32.
+                        let pair = 4 * h + g;
+                        let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
+                            scales8,
+                            _mm_loadu_si128(PAIR_I8[pair].as_ptr().cast()),
+                        ));
+                        for i in 0..RA {
+                            let a = load_256(acts[i].qs.add(256 * b + 128 * h + 32 * g));
+                            isum[i] = D::dpwssd(isum[i], _mm256_maddubs_epi16(q, a), sc);
+                        }
+                    }
+                }
+                for i in 0..RA {
+                    let dx = _mm256_set1_ps(*acts[i].d.add(b));
+                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, dx), acc[i][r]);
+                }
+            }
+        }
+        finish(&acc)
+    }
+}

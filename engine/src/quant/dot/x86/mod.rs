@@ -1,0 +1,371 @@
+//! AVX2 / AVX-VNNI / AVX-512-VNNI dot-product kernels for x86-64.
+//!
+//! Every kernel body computes a *tile*: `RA` activation rows against `RW`
+//! consecutive weight rows. Decode (one activation row) runs tiles of 8 weight
+//! rows, so each activation load serves eight of them; prefill runs 4 activation
+//! rows against one weight row, so each weight block is unpacked once for four.
+//!
+//! The integer core is a u8×i8 dot product of 4-byte groups into i32 lanes
+//! ([`ByteDot`]): `vpdpbusd` where the CPU has VNNI (one instruction), else AVX2's
+//! `vpmaddubsw` + `vpmaddwd` (three). The bodies are generic over it and
+//! `#[inline(always)]`, so each `#[target_feature]` entry point gets its own copy
+//! compiled for its instruction set (256-bit registers throughout; with AVX-512 the
+//! compiler also gets 32 of them).
+//!
+//! - Q4_0, Q4_1, Q8_0: [`grouped_q8_body`], eight blocks per step with one float
+//!   conversion per eight blocks; the per-block bodies handle the last `blocks % 8`.
+//! - Q4_K, Q5_K, Q6_K: one 256-element super-block per step, scales applied to
+//!   i16 pair sums (`vpmaddwd`/`vpdpwssd`), mins and offsets through Q8_K's sums.
+//! - F32, F16, BF16: FMA over f32, 8 elements per step.
+//!
+//! Nothing here is safe to call without its preconditions; [`dot_rows`] at the
+//! bottom checks every length (and that the CPU has the features) first.
+
+// Tile loops index several parallel arrays (accumulators, activations, outputs) by
+// the same row number; iterator chains would hide that.
+#![allow(clippy::needless_range_loop)]
+
+mod blocks32;
+mod floats;
+mod k_quants;
+
+use std::arch::x86_64::*;
+
+use self::blocks32::{Q4_0, Q4_1, Q8_0, Q8Ptrs, grouped_q8_body};
+use self::floats::{FLOAT_BF16, FLOAT_F16, FLOAT_F32, float_body};
+use self::k_quants::{Q8KPtrs, q6_k_body, q45_k_body};
+use super::Kernel;
+use crate::quant::QuantMatrix;
+use crate::quant::activation::{Q8KRow, Q8Row};
+use crate::quant::formats::QuantFormat;
+
+/// Sums u8×i8 products of each 4-byte group into an i32 lane.
+pub(super) trait ByteDot {
+    /// `acc + Σ₄ u·s` per i32 lane. The AVX2 form goes through i16 pair sums, which
+    /// saturate unless `|u₀s₀ + u₁s₁| < 2¹⁵`; every caller keeps `u <= 128` and
+    /// `|s| <= 127`, which bounds it by 32 512.
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    /// `acc + Σ₂ a·b` per i32 lane, over i16 pairs.
+    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
+
+    /// What [`ByteDot::signed_dot`] adds per unit of activation: its lanes hold
+    /// `Σ w·a + SIGNED_BIAS·Σ a`.
+    const SIGNED_BIAS: i32;
+    /// `acc + Σ₄ w·a` (both signed) per i32 lane, plus `SIGNED_BIAS·Σ₄ a`.
+    /// With VNNI, `w ^ 0x80` = w + 128 as an unsigned byte makes it one instruction
+    /// (the bias is removed later with the activation's block sum, once per block
+    /// rather than per product); AVX2's i16 pair sums would overflow on that, so it
+    /// moves w's sign onto a instead.
+    #[inline(always)]
+    unsafe fn signed_dot(acc: __m256i, w: __m256i, a: __m256i) -> __m256i {
+        unsafe {
+            if Self::SIGNED_BIAS == 0 {
+                Self::dpbusd(acc, _mm256_sign_epi8(w, w), _mm256_sign_epi8(a, w))
+            } else {
+                Self::dpbusd(acc, _mm256_xor_si256(w, _mm256_set1_epi8(-128)), a)
+            }
+        }
+    }
+}
+
+struct Avx2Dot;
+struct AvxVnniDot;
+struct Avx512VnniDot;
+
+impl ByteDot for Avx2Dot {
+    const SIGNED_BIAS: i32 = 0;
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe {
+            let pairs = _mm256_maddubs_epi16(u, s);
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+    }
+    #[inline(always)]
+    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)) }
+    }
+}
+
+impl ByteDot for AvxVnniDot {
+    const SIGNED_BIAS: i32 = 128;
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_avx_epi32(acc, u, s) }
+    }
+    #[inline(always)]
+    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_dpwssd_avx_epi32(acc, a, b) }
+    }
+}
+
+impl ByteDot for Avx512VnniDot {
+    const SIGNED_BIAS: i32 = 128;
+    #[inline(always)]
+    unsafe fn dpbusd(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+    }
+    #[inline(always)]
+    unsafe fn dpwssd(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+        unsafe { _mm256_dpwssd_epi32(acc, a, b) }
+    }
+}
+
+// ---- small helpers -------------------------------------------------------------
+
+/// Horizontal sum of 8 floats.
+#[inline(always)]
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+}
+
+/// The f16 at `p`, widened and broadcast to 8 lanes: `vpbroadcastw` + `vcvtph2ps`.
+#[inline(always)]
+pub(super) unsafe fn broadcast_f16(p: *const u8) -> __m256 {
+    unsafe { _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned())) }
+}
+
+/// 16 bytes of packed nibbles at `p` as 32 bytes: low nibbles first (elements
+/// 0..16 of a Q4 block), then high nibbles (elements 16..32).
+#[inline(always)]
+pub(super) unsafe fn nibbles_32(p: *const u8) -> __m256i {
+    unsafe {
+        let packed = _mm_loadu_si128(p.cast());
+        let both = _mm256_set_m128i(_mm_srli_epi16::<4>(packed), packed);
+        _mm256_and_si256(both, _mm256_set1_epi8(0x0F))
+    }
+}
+
+#[inline(always)]
+pub(super) unsafe fn load_256(p: *const i8) -> __m256i {
+    unsafe { _mm256_loadu_si256(p.cast()) }
+}
+
+/// Reduces each tile accumulator to its lane sum.
+#[inline(always)]
+pub(super) unsafe fn finish<const RA: usize, const RW: usize>(acc: &[[__m256; RW]; RA]) -> [[f32; RW]; RA] {
+    let mut out = [[0f32; RW]; RA];
+    for i in 0..RA {
+        for r in 0..RW {
+            out[i][r] = unsafe { hsum(acc[i][r]) };
+        }
+    }
+    out
+}
+
+// ---- entry points ------------------------------------------------------------------
+
+/// A run of weight rows as the entry points read them: `count` rows of `row_bytes`
+/// from `ptr`, each `units` blocks (or elements, for float formats).
+#[derive(Clone, Copy)]
+struct Rows {
+    ptr: *const u8,
+    row_bytes: usize,
+    units: usize,
+    count: usize,
+}
+
+/// Weight rows per decode tile: one pass over an activation row serves this many
+/// weight rows (8 measured ~10% faster than 4; more runs out of registers).
+const DECODE_TILE_ROWS: usize = 8;
+
+/// For each body, one `#[target_feature]` function per instruction set and a
+/// dispatcher over them. Each computes `out[i·stride + r]` for `RA` activation rows
+/// and `rows` weight rows, tiling the weight rows by [`DECODE_TILE_ROWS`] when
+/// `RA` is 1 (decode) and one at a time otherwise (prefill: the `RA` activation
+/// rows already share each weight block). The features listed are exactly what
+/// `Kernel::is_available` checks.
+macro_rules! entry_points {
+    ($dispatch:ident, $ptrs:ty, $body:ident $(, $format:expr)?) => {
+        /// Safety: `w` is valid as described on [`Rows`]; the activation pointers
+        /// cover `w.units` each; `kernel` is available on this CPU. `out` is
+        /// indexed (checked) up to `(RA − 1)·stride + w.count`.
+        unsafe fn $dispatch<const RA: usize>(kernel: Kernel, w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
+            #[inline(always)]
+            unsafe fn run<D: ByteDot, const RA: usize>(w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
+                let mut r = 0;
+                if RA == 1 {
+                    while r + DECODE_TILE_ROWS <= w.count {
+                        let first = unsafe { w.ptr.add(r * w.row_bytes) };
+                        let tile = unsafe { $body::<D, $({ $format },)? RA, DECODE_TILE_ROWS>(first, w.row_bytes, w.units, acts) };
+                        for (i, tile) in tile.iter().enumerate() {
+                            out[i * stride + r..i * stride + r + DECODE_TILE_ROWS].copy_from_slice(tile);
+                        }
+                        r += DECODE_TILE_ROWS;
+                    }
+                }
+                while r < w.count {
+                    let first = unsafe { w.ptr.add(r * w.row_bytes) };
+                    let tile = unsafe { $body::<D, $({ $format },)? RA, 1>(first, w.row_bytes, w.units, acts) };
+                    for (i, tile) in tile.iter().enumerate() {
+                        out[i * stride + r] = tile[0];
+                    }
+                    r += 1;
+                }
+            }
+            #[target_feature(enable = "avx2,fma,f16c")]
+            unsafe fn avx2<const RA: usize>(w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
+                unsafe { run::<Avx2Dot, RA>(w, acts, out, stride) }
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+            unsafe fn avxvnni<const RA: usize>(w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
+                unsafe { run::<AvxVnniDot, RA>(w, acts, out, stride) }
+            }
+            #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+            unsafe fn avx512vnni<const RA: usize>(w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
+                unsafe { run::<Avx512VnniDot, RA>(w, acts, out, stride) }
+            }
+            unsafe {
+                match kernel {
+                    Kernel::Avx2 => avx2::<RA>(w, acts, out, stride),
+                    Kernel::AvxVnni => avxvnni::<RA>(w, acts, out, stride),
+                    Kernel::Avx512Vnni => avx512vnni::<RA>(w, acts, out, stride),
+                    Kernel::Scalar => unreachable!("the scalar kernel has no SIMD entry point"),
+                }
+            }
+        }
+    };
+}
+
+entry_points!(q4_0_rows, Q8Ptrs, grouped_q8_body, Q4_0);
+entry_points!(q4_1_rows, Q8Ptrs, grouped_q8_body, Q4_1);
+entry_points!(q8_0_rows, Q8Ptrs, grouped_q8_body, Q8_0);
+entry_points!(q4_k_rows, Q8KPtrs, q45_k_body, false);
+entry_points!(q5_k_rows, Q8KPtrs, q45_k_body, true);
+entry_points!(q6_k_rows, Q8KPtrs, q6_k_body);
+entry_points!(f32_rows, *const f32, float_body, FLOAT_F32);
+entry_points!(f16_rows, *const f32, float_body, FLOAT_F16);
+entry_points!(bf16_rows, *const f32, float_body, FLOAT_BF16);
+
+// ---- checked public functions ------------------------------------------------------
+
+/// The activation rows of one call, by encoding.
+pub(super) enum ActRows<'a> {
+    F32(&'a [&'a [f32]]),
+    Q8(&'a [Q8Row]),
+    Q8K(&'a [Q8KRow]),
+}
+
+/// An entry point for `RA` activation rows at a time.
+type RowsFn<P, const RA: usize> = unsafe fn(Kernel, Rows, [P; RA], &mut [f32], usize);
+
+/// Runs `run4` on each whole group of 4 activation rows and `run1` on the rest,
+/// each with the output from its first row on.
+fn in_groups_of_4<T, P>(
+    acts: &[T],
+    ptrs: impl Fn(&T) -> P,
+    out: &mut [f32],
+    stride: usize,
+    mut run4: impl FnMut([P; 4], &mut [f32]),
+    mut run1: impl FnMut([P; 1], &mut [f32]),
+) {
+    let whole = acts.len() / 4 * 4;
+    for a in (0..whole).step_by(4) {
+        run4(std::array::from_fn(|i| ptrs(&acts[a + i])), &mut out[a * stride..]);
+    }
+    for (a, act) in acts.iter().enumerate().skip(whole) {
+        run1([ptrs(act)], &mut out[a * stride..]);
+    }
+}
+
+/// `out[a·stride + r]` = dot of row `r` of `w` with activation row `a` of `acts`,
+/// on a SIMD kernel.
+///
+/// Every length is checked here, once per call; the kernels run unchecked.
+pub(super) fn dot_rows(kernel: Kernel, w: &QuantMatrix, acts: ActRows, out: &mut [f32], stride: usize) {
+    assert!(
+        kernel != Kernel::Scalar && kernel.is_available(),
+        "{kernel:?} cannot run on this CPU"
+    );
+    if let Err(why) = w.validate() {
+        panic!("malformed weights: {why}");
+    }
+    let format = w.format;
+    let rows = Rows {
+        ptr: w.data.as_ptr(),
+        row_bytes: w.row_bytes(),
+        units: w.cols / format.block_elems(),
+        count: w.rows,
+    };
+    let act_count = match acts {
+        ActRows::F32(a) => a.len(),
+        ActRows::Q8(a) => a.len(),
+        ActRows::Q8K(a) => a.len(),
+    };
+    if act_count == 0 || w.rows == 0 {
+        return;
+    }
+    assert!(
+        stride >= w.rows && out.len() >= (act_count - 1) * stride + w.rows,
+        "output too small"
+    );
+    let units = rows.units;
+    // Safety of every call below: weights, outputs and kernel checked above, the
+    // activation rows against `units` in each arm.
+    match acts {
+        ActRows::Q8(acts) => {
+            assert!(
+                acts.iter().all(|a| a.is_consistent() && a.blocks() == units),
+                "activations do not match the weights"
+            );
+            let (run4, run1): (RowsFn<Q8Ptrs, 4>, RowsFn<Q8Ptrs, 1>) = match format {
+                QuantFormat::Q4_0 => (q4_0_rows::<4>, q4_0_rows::<1>),
+                QuantFormat::Q4_1 => (q4_1_rows::<4>, q4_1_rows::<1>),
+                QuantFormat::Q8_0 => (q8_0_rows::<4>, q8_0_rows::<1>),
+                other => panic!("{other} does not pair with Q8_0/Q8_1 activations"),
+            };
+            in_groups_of_4(
+                acts,
+                Q8Ptrs::of,
+                out,
+                stride,
+                |p, out| unsafe { run4(kernel, rows, p, out, stride) },
+                |p, out| unsafe { run1(kernel, rows, p, out, stride) },
+            );
+        }
+        ActRows::Q8K(acts) => {
+            assert!(
+                acts.iter().all(|a| a.is_consistent() && a.blocks() == units),
+                "activations do not match the weights"
+            );
+            let (run4, run1): (RowsFn<Q8KPtrs, 4>, RowsFn<Q8KPtrs, 1>) = match format {
+                QuantFormat::Q4_K => (q4_k_rows::<4>, q4_k_rows::<1>),
+                QuantFormat::Q5_K => (q5_k_rows::<4>, q5_k_rows::<1>),
+                QuantFormat::Q6_K => (q6_k_rows::<4>, q6_k_rows::<1>),
+                other => panic!("{other} does not pair with Q8_K activations"),
+            };
+            in_groups_of_4(
+                acts,
+                Q8KPtrs::of,
+                out,
+                stride,
+                |p, out| unsafe { run4(kernel, rows, p, out, stride) },
+                |p, out| unsafe { run1(kernel, rows, p, out, stride) },
+            );
+        }
+        ActRows::F32(acts) => {
+            assert!(
+                acts.iter().all(|a| a.len() == units),
+                "activations do not match the weights"
+            );
+            let (run4, run1): (RowsFn<*const f32, 4>, RowsFn<*const f32, 1>) = match format {
+                QuantFormat::F32 => (f32_rows::<4>, f32_rows::<1>),
+                QuantFormat::F16 => (f16_rows::<4>, f16_rows::<1>),
+                QuantFormat::BF16 => (bf16_rows::<4>, bf16_rows::<1>),
+                other => panic!("{other} is not a float format"),
+            };
+            in_groups_of_4(
+                acts,
+                |a| a.as_ptr(),
+                out,
+                stride,
+                |p, out| unsafe { run4(kernel, rows, p, out, stride) },
+                |p, out| unsafe { run1(kernel, rows, p, out, stride) },
+            );
+        }
+    }
+}

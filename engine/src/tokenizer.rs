@@ -1,0 +1,911 @@
+//! Text ↔ token ids, for byte-level BPE models (GPT-2 style: SmolLM2, Qwen2/3/3.5, Llama 3).
+//!
+//! A GGUF file carries no `tokenizer.json`; it carries the pieces to rebuild one:
+//!
+//! ```text
+//! tokenizer.ggml.model       "gpt2" (byte-level BPE; the only kind accepted here)
+//! tokenizer.ggml.pre         which pre-tokenizer regexes split text into words (see PreTokenizerSpec)
+//! tokenizer.ggml.tokens      id → token, in the GPT-2 byte alphabet ("Ġthe" = " the")
+//! tokenizer.ggml.merges      BPE merges by rank, "Ġ t"
+//! tokenizer.ggml.token_type  1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte
+//! tokenizer.ggml.{bos,eos,eot,eom}_token_id, add_bos_token, add_eos_token
+//! tokenizer.chat_template    the Jinja chat template
+//! ```
+//!
+//! Encoding runs on the `tokenizers` crate (a BPE model, a pre-tokenizer built from the
+//! table below, control and user-defined tokens registered as added tokens so that
+//! `<|im_start|>` is one token and never split into `<`, `|`, ...).
+//!
+//! Decoding does not go through `tokenizers`: every id is mapped to its bytes once, at
+//! load, by the rule of HF's ByteLevel decoder (a token whose characters are all in the
+//! byte alphabet is those bytes; any other token, e.g. an added `<think>` or a raw
+//! user-defined token, is its own UTF-8). [`Tokenizer::decode`] and [`StreamDecoder`]
+//! share that table, which is what makes streamed text identical to decoded text.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use tokenizers::models::bpe::{BPE, Merges, Vocab};
+use tokenizers::normalizers::unicode::NFC;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::gguf::GgufFile;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizerError(pub String);
+
+impl fmt::Display for TokenizerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TokenizerError {}
+
+fn error(message: impl Into<String>) -> TokenizerError {
+    TokenizerError(message.into())
+}
+
+// The pre-tokenizer regexes, as llama.cpp (llama-vocab.cpp) and the models' own
+// tokenizer.json files define them. Each pattern is applied as an isolating split, in
+// order; the pieces are then BPE-encoded independently.
+
+/// GPT-2's word split. The final `\s+` (in HF's, absent from llama.cpp's copy) only
+/// matters for a lone whitespace before a non-space, which both emit as its own piece.
+const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+/// Every digit its own piece (SmolLM/StarCoder), applied before the GPT-2 split.
+const SINGLE_DIGITS_PATTERN: &str = r"\p{N}";
+/// Llama 3: case-insensitive contractions, letters may take one leading non-letter,
+/// numbers in runs of at most three, newlines kept together.
+const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen2/Qwen3: Llama 3's split with single digits.
+const QWEN2_PATTERN: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+/// Qwen3.5: Qwen2's, but letter runs absorb combining marks (`\p{M}`), so "é" written as
+/// e + U+0301 stays in its word instead of becoming a punctuation piece.
+const QWEN35_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// How one family of models splits text before BPE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PreTokenizerSpec {
+    /// Isolating regex splits, applied in order.
+    pub patterns: &'static [&'static str],
+    /// Unicode NFC before splitting. Qwen's tokenizer.json files declare an NFC
+    /// normalizer (llama.cpp skips it); it only changes text that is not already NFC.
+    pub nfc: bool,
+    /// A word that is itself in the vocabulary is that token, merges or not (Llama 3's
+    /// tokenizer.json sets `ignore_merges`; llama.cpp does the same for its pre type).
+    pub ignore_merges: bool,
+    /// Whether a BOS is prepended when the file does not say (`add_bos_token` absent).
+    pub default_add_bos: bool,
+}
+
+impl PreTokenizerSpec {
+    const GPT2: PreTokenizerSpec = PreTokenizerSpec {
+        patterns: &[GPT2_PATTERN],
+        nfc: false,
+        ignore_merges: false,
+        default_add_bos: false,
+    };
+
+    /// The spec for a `tokenizer.ggml.pre` value, or `None` for one this table does not know.
+    pub fn for_gguf_pre(pre: &str) -> Option<PreTokenizerSpec> {
+        let spec = |patterns, nfc, ignore_merges, default_add_bos| PreTokenizerSpec {
+            patterns,
+            nfc,
+            ignore_merges,
+            default_add_bos,
+        };
+        Some(match pre {
+            "default" | "gpt2" | "gpt-2" | "mpt" | "olmo" | "jais" => PreTokenizerSpec::GPT2,
+            "smollm" | "starcoder" | "refact" | "codeshell" | "exaone" | "minerva" => {
+                spec(&[SINGLE_DIGITS_PATTERN, GPT2_PATTERN], false, false, false)
+            }
+            "llama-bpe" | "llama3" | "llama-v3" | "falcon3" => spec(&[LLAMA3_PATTERN], false, true, true),
+            "dbrx" | "smaug-bpe" => spec(&[LLAMA3_PATTERN], false, false, false),
+            "qwen2" | "deepseek-r1-qwen" => spec(&[QWEN2_PATTERN], true, false, false),
+            "qwen35" => spec(&[QWEN35_PATTERN], true, false, false),
+            _ => return None,
+        })
+    }
+
+    fn pre_tokenizer(&self) -> Result<PreTokenizerWrapper, TokenizerError> {
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::with_capacity(self.patterns.len() + 1);
+        for pattern in self.patterns {
+            let split = Split::new(
+                SplitPattern::Regex(pattern.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| error(format!("pre-tokenizer regex {pattern:?} does not compile: {e}")))?;
+            steps.push(split.into());
+        }
+        // The regexes above already split words; ByteLevel only maps bytes to the alphabet.
+        steps.push(ByteLevel::new(false, false, false).into());
+        Ok(Sequence::new(steps).into())
+    }
+}
+
+/// What a token is, from GGUF `token_type` or HF's added-token flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenKind {
+    Normal,
+    /// Control and unknown tokens: parsed from text only when asked, skipped by
+    /// `decode(.., skip_special = true)`.
+    Special,
+    /// User-defined added tokens (Qwen's `<think>`): always parsed as one token, always decoded.
+    UserDefined,
+}
+
+/// Names of tokens that end an assistant turn in the chat formats we know, beyond the
+/// file's own eos/eot/eom ids. Only those present as added tokens count.
+const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|im_end|>",            // ChatML: SmolLM2, Qwen
+    "<|endoftext|>",         // GPT-2 style document end; Qwen's pad/eos
+    "<|eot_id|>",            // Llama 3
+    "<|eom_id|>",            // Llama 3.1 tool call
+    "<|end_of_text|>",       // Llama 3 base
+    "<end_of_turn>",         // Gemma
+    "<|end|>",               // Phi-3
+    "<|return|>",            // gpt-oss
+    "<end_of_utterance>",    // SmolVLM
+    "<｜end▁of▁sentence｜>", // DeepSeek
+];
+
+/// A byte-level BPE tokenizer with the special-token facts the engine needs.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    /// A copy of `inner` that reads special tokens as plain text, for
+    /// `encode(.., parse_special = false)`. `tokenizers` keeps that switch inside the
+    /// tokenizer, and `encode` takes `&self`; the copy (vocab and merges, tens of MB for
+    /// Qwen) is made only if someone asks for it.
+    literal_specials: OnceLock<tokenizers::Tokenizer>,
+    /// id → the bytes it decodes to.
+    token_bytes: Vec<Box<[u8]>>,
+    kinds: Vec<TokenKind>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    /// Further ids that end a turn by the model's own metadata (eot, eom, generation_config eos list).
+    extra_stop_ids: Vec<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    chat_template: Option<String>,
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("add_bos", &self.add_bos)
+            .field("has_chat_template", &self.chat_template.is_some())
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Rebuilds the tokenizer from a GGUF file's `tokenizer.*` metadata.
+    pub fn from_gguf(file: &GgufFile) -> Result<Tokenizer, TokenizerError> {
+        let model = file
+            .get_str("tokenizer.ggml.model")
+            .ok_or_else(|| error("the GGUF file has no tokenizer.ggml.model: it carries no tokenizer"))?;
+        if model != "gpt2" {
+            return Err(error(format!(
+                "tokenizer.ggml.model is {model:?}: only \"gpt2\" (byte-level BPE) tokenizers are supported"
+            )));
+        }
+
+        let tokens = string_array(file, "tokenizer.ggml.tokens")?;
+        if tokens.is_empty() || tokens.len() > u32::MAX as usize {
+            return Err(error(format!("tokenizer.ggml.tokens has {} entries", tokens.len())));
+        }
+        let kinds = match file.metadata("tokenizer.ggml.token_type") {
+            None => vec![TokenKind::Normal; tokens.len()],
+            Some(value) => {
+                let types = value
+                    .as_array()
+                    .ok_or_else(|| error("tokenizer.ggml.token_type is not an array"))?;
+                if types.len() != tokens.len() {
+                    return Err(error(format!(
+                        "tokenizer.ggml.token_type has {} entries for {} tokens",
+                        types.len(),
+                        tokens.len()
+                    )));
+                }
+                types
+                    .iter()
+                    .map(|t| match t.as_i64() {
+                        Some(2 | 3) => Ok(TokenKind::Special),
+                        Some(4) => Ok(TokenKind::UserDefined),
+                        Some(_) => Ok(TokenKind::Normal),
+                        None => Err(error("tokenizer.ggml.token_type holds a non-integer")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+        };
+        let merges = match file.metadata("tokenizer.ggml.merges") {
+            None => Merges::new(),
+            Some(_) => string_array(file, "tokenizer.ggml.merges")?
+                .iter()
+                .map(|merge| {
+                    merge
+                        .split_once(' ')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                        .ok_or_else(|| error(format!("tokenizer.ggml.merges entry {merge:?} is not \"left right\"")))
+                })
+                .collect::<Result<Merges, _>>()?,
+        };
+
+        let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+        let spec = PreTokenizerSpec::for_gguf_pre(pre).unwrap_or_else(|| {
+            // llama.cpp refuses unknown pre types; a gateway would rather serve the model
+            // with the most common split than not at all. Ids can differ from the
+            // model's own tokenizer around digits, contractions and newlines.
+            tracing::warn!(
+                pre,
+                "unknown tokenizer.ggml.pre; falling back to the GPT-2 pre-tokenizer"
+            );
+            PreTokenizerSpec::GPT2
+        });
+
+        // Later duplicates win, as in llama.cpp; duplicates do not occur in converted HF vocabs.
+        let vocab: Vocab = tokens
+            .iter()
+            .enumerate()
+            .map(|(id, t)| (t.to_string(), id as u32))
+            .collect();
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .ignore_merges(spec.ignore_merges)
+            .build()
+            .map_err(|e| error(format!("cannot build the BPE model: {e}")))?;
+        let mut inner = tokenizers::Tokenizer::new(bpe);
+        if spec.nfc {
+            inner.with_normalizer(Some(NFC)).map_err(|e| error(e.to_string()))?;
+        }
+        inner.with_pre_tokenizer(Some(spec.pre_tokenizer()?));
+        let added = tokens.iter().zip(&kinds).filter_map(|(token, kind)| match kind {
+            TokenKind::Normal => None,
+            TokenKind::Special => Some(AddedToken::from(token.to_string(), true).normalized(false)),
+            TokenKind::UserDefined => Some(AddedToken::from(token.to_string(), false).normalized(false)),
+        });
+        inner
+            .add_tokens(added)
+            .map_err(|e| error(format!("cannot register added tokens: {e}")))?;
+
+        let token_id = |key: &str| -> Result<Option<u32>, TokenizerError> {
+            match file.metadata(key) {
+                None => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(id) if id < tokens.len() as u64 => Ok(Some(id as u32)),
+                    _ => Err(error(format!("{key} is {v:?}, not a token id below {}", tokens.len()))),
+                },
+            }
+        };
+        let bos = token_id("tokenizer.ggml.bos_token_id")?;
+        let eos = token_id("tokenizer.ggml.eos_token_id")?;
+        let extra_stop_ids = [
+            token_id("tokenizer.ggml.eot_token_id")?,
+            token_id("tokenizer.ggml.eom_token_id")?,
+        ]
+        .into_iter()
+        .flatten();
+        let add_bos = file
+            .get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(spec.default_add_bos);
+        let add_eos = file.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false);
+        if (add_bos && bos.is_none()) || (add_eos && eos.is_none()) {
+            return Err(error("add_bos_token/add_eos_token is set but the token id is not"));
+        }
+
+        Ok(Tokenizer {
+            inner,
+            literal_specials: OnceLock::new(),
+            token_bytes: tokens.iter().map(|t| token_to_bytes(t)).collect(),
+            kinds,
+            bos,
+            eos,
+            extra_stop_ids: extra_stop_ids.collect(),
+            add_bos,
+            add_eos,
+            chat_template: file.get_str("tokenizer.chat_template").map(str::to_string),
+        })
+    }
+
+    /// Loads a Hugging Face `tokenizer.json` (byte-level BPE only). Files next to it
+    /// fill in what tokenizer.json does not say:
+    /// - `tokenizer_config.json`: `bos_token`, `eos_token`, `add_bos_token`,
+    ///   `add_eos_token`, `chat_template`;
+    /// - `chat_template.jinja`: the chat template, preferred as transformers prefers it;
+    /// - `generation_config.json`: `eos_token_id` (one id or a list), added to the end-of-turn ids.
+    pub fn from_tokenizer_json(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let inner = tokenizers::Tokenizer::from_file(path)
+            .map_err(|e| error(format!("cannot load {}: {e}", path.display())))?;
+        if !matches!(inner.get_model(), ModelWrapper::BPE(_))
+            || !matches!(inner.get_decoder(), Some(DecoderWrapper::ByteLevel(_)))
+        {
+            return Err(error(format!(
+                "{} is not a byte-level BPE tokenizer (BPE model with a ByteLevel decoder); only those are supported",
+                path.display()
+            )));
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
+        let generation_config = read_json_if_present(&dir.join("generation_config.json"))?;
+
+        let vocab = inner.get_vocab(true);
+        let vocab_size = vocab.values().max().map_or(0, |&max| max as usize + 1);
+        let added = inner.get_added_tokens_decoder();
+        let mut token_bytes = Vec::with_capacity(vocab_size);
+        let mut kinds = Vec::with_capacity(vocab_size);
+        for id in 0..vocab_size as u32 {
+            token_bytes.push(
+                inner
+                    .id_to_token(id)
+                    .map_or_else(Default::default, |t| token_to_bytes(&t)),
+            );
+            kinds.push(match added.get(&id) {
+                None => TokenKind::Normal,
+                Some(token) if token.special => TokenKind::Special,
+                Some(_) => TokenKind::UserDefined,
+            });
+        }
+
+        let config_token = |key: &str| -> Option<u32> {
+            let value = config.as_ref()?.get(key)?;
+            let content = value.as_str().or_else(|| value.get("content")?.as_str())?;
+            inner.token_to_id(content)
+        };
+        let bos = config_token("bos_token");
+        let eos = config_token("eos_token");
+        let config_flag = |key: &str| config.as_ref()?.get(key)?.as_bool();
+        // Without an explicit flag, the post-processor decides, as it does in transformers:
+        // encoding nothing with special tokens on shows what it adds.
+        let probe = inner.encode_fast("", true).map_err(|e| error(e.to_string()))?;
+        let probe = probe.get_ids();
+        let add_bos = config_flag("add_bos_token").unwrap_or(bos.is_some() && probe.first() == bos.as_ref());
+        let add_eos = config_flag("add_eos_token").unwrap_or(eos.is_some() && probe.last() == eos.as_ref());
+
+        let extra_stop_ids = match generation_config.as_ref().and_then(|c| c.get("eos_token_id")) {
+            Some(serde_json::Value::Array(ids)) => ids.iter().filter_map(|id| id.as_u64()).collect(),
+            Some(id) => id.as_u64().into_iter().collect(),
+            None => Vec::new(),
+        };
+        let extra_stop_ids = extra_stop_ids
+            .into_iter()
+            .filter(|&id| id < vocab_size as u64)
+            .map(|id| id as u32);
+
+        let template_file = dir.join("chat_template.jinja");
+        let chat_template = if template_file.is_file() {
+            Some(
+                std::fs::read_to_string(&template_file)
+                    .map_err(|e| error(format!("cannot read {}: {e}", template_file.display())))?,
+            )
+        } else {
+            config
+                .as_ref()
+                .and_then(|c| chat_template_from_config(c.get("chat_template")?))
+        };
+
+        Ok(Tokenizer {
+            inner,
+            literal_specials: OnceLock::new(),
+            token_bytes,
+            kinds,
+            bos,
+            eos,
+            extra_stop_ids: extra_stop_ids.collect(),
+            add_bos,
+            add_eos,
+            chat_template,
+        })
+    }
+
+    /// Text → ids. With `parse_special`, special-token text such as `<|im_start|>` becomes
+    /// its token (what a rendered chat prompt needs); without it, it is encoded as the
+    /// plain characters it is (what untrusted user text needs). User-defined tokens are
+    /// always parsed, as llama.cpp and HF do.
+    ///
+    /// BOS is prepended only when the model asks (`add_bos_token`), and not when the text
+    /// already starts with it: chat templates often write `{{ bos_token }}` themselves,
+    /// and a doubled BOS degrades output (llama.cpp strips it; HF skips adding it).
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
+        let tokenizer = if parse_special {
+            &self.inner
+        } else {
+            self.literal_specials.get_or_init(|| {
+                let mut literal = self.inner.clone();
+                literal.set_encode_special_tokens(true);
+                literal
+            })
+        };
+        let encoding = tokenizer
+            .encode_fast(text, false)
+            .map_err(|e| error(format!("cannot encode: {e}")))?;
+        let body = encoding.get_ids();
+        let mut ids = Vec::with_capacity(body.len() + 2);
+        if let Some(bos) = self.bos.filter(|&bos| self.add_bos && body.first() != Some(&bos)) {
+            ids.push(bos);
+        }
+        ids.extend_from_slice(body);
+        if let Some(eos) = self.eos.filter(|&eos| self.add_eos && body.last() != Some(&eos)) {
+            ids.push(eos);
+        }
+        Ok(ids)
+    }
+
+    /// Ids → text. Bytes that are not valid UTF-8 (a multi-byte character cut by the end
+    /// of `ids`) become U+FFFD. With `skip_special`, control tokens (BOS, `<|im_end|>`, ...)
+    /// are left out; user-defined tokens such as `<think>` are kept. Ids outside the
+    /// vocabulary decode to nothing.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
+        let mut bytes = Vec::with_capacity(ids.len() * 4);
+        for &id in ids {
+            bytes.extend_from_slice(self.bytes_for(id, skip_special));
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The bytes of one token (what it contributes to decoded text).
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.token_bytes.get(id as usize).map(|b| &b[..])
+    }
+
+    fn bytes_for(&self, id: u32, skip_special: bool) -> &[u8] {
+        match self.token_bytes.get(id as usize) {
+            Some(_) if skip_special && self.is_special(id) => &[],
+            Some(bytes) => bytes,
+            None => &[],
+        }
+    }
+
+    /// Number of token ids (rows of the embedding), including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.token_bytes.len()
+    }
+
+    /// The id of a token by its vocabulary string: the byte-alphabet form for normal
+    /// tokens (`"Ġthe"`), the literal text for added ones (`"<|im_end|>"`).
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Control (and unknown) tokens: the ones `decode(.., true)` leaves out.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.kinds.get(id as usize) == Some(&TokenKind::Special)
+    }
+
+    pub fn bos_token(&self) -> Option<(u32, String)> {
+        self.bos.map(|id| (id, self.decode(&[id], false)))
+    }
+
+    pub fn eos_token(&self) -> Option<(u32, String)> {
+        self.eos.map(|id| (id, self.decode(&[id], false)))
+    }
+
+    /// Whether `encode` prepends BOS.
+    pub fn add_bos_token(&self) -> bool {
+        self.add_bos
+    }
+
+    /// Tokens that end a turn: eos, the file's eot/eom (and generation_config's eos list),
+    /// and the end-of-turn tokens of the chat formats we know (`<|im_end|>`,
+    /// `<|endoftext|>`, `<|eot_id|>`, `<end_of_turn>`, ...) when the vocabulary has them as
+    /// added tokens. Sorted, without duplicates.
+    pub fn end_of_turn_ids(&self) -> Vec<u32> {
+        let named = END_OF_TURN_TOKENS
+            .iter()
+            .filter_map(|name| self.token_id(name))
+            .filter(|&id| {
+                self.kinds
+                    .get(id as usize)
+                    .is_some_and(|kind| *kind != TokenKind::Normal)
+            });
+        let mut ids: Vec<u32> = self
+            .eos
+            .into_iter()
+            .chain(self.extra_stop_ids.iter().copied())
+            .chain(named)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// The model's Jinja chat template, if the file has one.
+    pub fn chat_template(&self) -> Option<&str> {
+        self.chat_template.as_deref()
+    }
+}
+
+/// Decodes ids pushed one at a time and returns only complete UTF-8 text: a character
+/// whose bytes are spread over several tokens (common for CJK and emoji in byte-level
+/// BPE) is held back until its last byte arrives, so a client never sees U+FFFD for a
+/// character that was merely split. The concatenation of everything returned by
+/// [`push`](Self::push) and [`finish`](Self::finish) equals [`Tokenizer::decode`] of the same ids.
+pub struct StreamDecoder<'a> {
+    tokenizer: &'a Tokenizer,
+    skip_special: bool,
+    /// Bytes of an incomplete character at the end of what was pushed (at most 3).
+    pending: Vec<u8>,
+}
+
+impl<'a> StreamDecoder<'a> {
+    /// A decoder that leaves control tokens out, as a reply to a client should.
+    pub fn new(tokenizer: &'a Tokenizer) -> Self {
+        Self::with_skip_special(tokenizer, true)
+    }
+
+    pub fn with_skip_special(tokenizer: &'a Tokenizer, skip_special: bool) -> Self {
+        StreamDecoder {
+            tokenizer,
+            skip_special,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Adds one token; returns the text it completes (often empty mid-character).
+    pub fn push(&mut self, id: u32) -> String {
+        self.pending
+            .extend_from_slice(self.tokenizer.bytes_for(id, self.skip_special));
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    out.push_str(text);
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    out.push_str(std::str::from_utf8(valid).expect("checked by valid_up_to"));
+                    match e.error_len() {
+                        // Bytes that can never become a character: replaced, as from_utf8_lossy does.
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = &after[bad..];
+                        }
+                        // A character still missing bytes: keep them for the next push.
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        let keep = rest.len();
+        self.pending.drain(..self.pending.len() - keep);
+        out
+    }
+
+    /// Ends the stream: bytes of a character that never completed become one U+FFFD.
+    pub fn finish(&mut self) -> String {
+        let out = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        out
+    }
+}
+
+/// The 68 bytes GPT-2 does not show as themselves, in the order they get the
+/// characters U+0100, U+0101, ...: control bytes and space, DEL through NBSP, soft hyphen.
+const SHIFTED_BYTES: [u8; 68] = {
+    let mut table = [0u8; 68];
+    let mut n = 0;
+    let mut b = 0usize;
+    while b < 256 {
+        if !is_shown_as_itself(b as u8) {
+            table[n] = b as u8;
+            n += 1;
+        }
+        b += 1;
+    }
+    table
+};
+
+/// Printable Latin-1 bytes ('!'..='~', '¡'..='¬', '®'..='ÿ') are their own character in
+/// GPT-2's byte alphabet.
+const fn is_shown_as_itself(b: u8) -> bool {
+    matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// The byte a character of GPT-2's byte alphabet stands for.
+fn alphabet_byte(c: char) -> Option<u8> {
+    let cp = c as u32;
+    if cp < 256 && is_shown_as_itself(cp as u8) {
+        Some(cp as u8)
+    } else {
+        cp.checked_sub(256).and_then(|i| SHIFTED_BYTES.get(i as usize).copied())
+    }
+}
+
+/// HF ByteLevel decoding of one token: its bytes if every character is in the alphabet,
+/// else its own UTF-8 (added tokens are stored as plain text).
+fn token_to_bytes(token: &str) -> Box<[u8]> {
+    token
+        .chars()
+        .map(alphabet_byte)
+        .collect::<Option<Vec<u8>>>()
+        .unwrap_or_else(|| token.as_bytes().to_vec())
+        .into_boxed_slice()
+}
+
+fn string_array<'f>(file: &'f GgufFile, key: &str) -> Result<Vec<&'f str>, TokenizerError> {
+    let items = file
+        .metadata(key)
+        .ok_or_else(|| error(format!("the GGUF file has no {key}")))?
+        .as_array()
+        .ok_or_else(|| error(format!("{key} is not an array")))?;
+    items
+        .iter()
+        .map(|v| v.as_str().ok_or_else(|| error(format!("{key} holds a non-string"))))
+        .collect()
+}
+
+fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>, TokenizerError> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| error(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| error(format!("{} is not JSON: {e}", path.display())))
+}
+
+/// `chat_template` in tokenizer_config.json is a string, or a list of named templates of
+/// which "default" is the chat one.
+fn chat_template_from_config(value: &serde_json::Value) -> Option<String> {
+    match value {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Array(named) => named
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str())
+            .map(str::to_string),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::Value;
+    use crate::gguf::writer::GgufWriter;
+    use tokenizers::{OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer};
+
+    fn text(s: &str) -> Value {
+        Value::String(s.to_string())
+    }
+
+    /// A GGUF whose vocabulary is the 256 byte tokens, a few merges, and ChatML specials.
+    fn tiny_gguf(pre: &str, extra: &[(&str, Value)]) -> GgufFile {
+        let mut tokens: Vec<String> = (0..=255u8).map(byte_char).map(String::from).collect();
+        let mut types = vec![1i32; 256];
+        for (token, kind) in [
+            ("Ġw", 1),
+            ("or", 1),
+            ("Ġwor", 1),
+            ("<|im_start|>", 3),
+            ("<|im_end|>", 3),
+            ("<think>", 4),
+        ] {
+            tokens.push(token.to_string());
+            types.push(kind);
+        }
+        let mut writer = GgufWriter::new()
+            .meta("tokenizer.ggml.model", text("gpt2"))
+            .meta("tokenizer.ggml.pre", text(pre))
+            .meta(
+                "tokenizer.ggml.tokens",
+                Value::Array(tokens.into_iter().map(Value::String).collect()),
+            )
+            .meta(
+                "tokenizer.ggml.token_type",
+                Value::Array(types.into_iter().map(Value::I32).collect()),
+            )
+            .meta(
+                "tokenizer.ggml.merges",
+                Value::Array(vec![text("Ġ w"), text("o r"), text("Ġw or")]),
+            )
+            .meta("tokenizer.ggml.bos_token_id", Value::U32(257 + 2))
+            .meta("tokenizer.ggml.eos_token_id", Value::U32(257 + 3));
+        for (key, value) in extra {
+            writer = writer.meta(key, value.clone());
+        }
+        GgufFile::from_vec(writer.build()).unwrap()
+    }
+
+    fn byte_char(b: u8) -> char {
+        if is_shown_as_itself(b) {
+            b as char
+        } else {
+            let i = SHIFTED_BYTES.iter().position(|&s| s == b).unwrap();
+            char::from_u32(256 + i as u32).unwrap()
+        }
+    }
+
+    /// The pieces a spec's regexes cut `text` into (before byte mapping).
+    fn pieces(spec: PreTokenizerSpec, text: &str) -> Vec<String> {
+        let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+        for pattern in spec.patterns {
+            steps.push(
+                Split::new(
+                    SplitPattern::Regex(pattern.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .unwrap()
+                .into(),
+            );
+        }
+        let mut pre = PreTokenizedString::from(text);
+        Sequence::new(steps).pre_tokenize(&mut pre).unwrap();
+        pre.get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(s, _, _)| s.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_tokenizer_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Tokenizer>();
+    }
+
+    #[test]
+    fn byte_alphabet_covers_every_byte_once() {
+        let chars: std::collections::HashSet<char> = (0..=255u8).map(byte_char).collect();
+        assert_eq!(chars.len(), 256);
+        assert_eq!(byte_char(b' '), 'Ġ');
+        assert_eq!(byte_char(b'\n'), 'Ċ');
+        for b in 0..=255u8 {
+            assert_eq!(alphabet_byte(byte_char(b)), Some(b));
+        }
+    }
+
+    #[test]
+    fn a_non_gpt2_model_is_refused_by_name() {
+        let file = GgufFile::from_vec(GgufWriter::new().meta("tokenizer.ggml.model", text("llama")).build()).unwrap();
+        let err = Tokenizer::from_gguf(&file).unwrap_err();
+        assert!(err.0.contains("\"llama\"") && err.0.contains("gpt2"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_tokenizer_is_refused() {
+        let file = GgufFile::from_vec(GgufWriter::new().build()).unwrap();
+        assert!(
+            Tokenizer::from_gguf(&file)
+                .unwrap_err()
+                .0
+                .contains("tokenizer.ggml.model")
+        );
+    }
+
+    #[test]
+    fn merges_apply_and_specials_are_single_tokens() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("gpt2", &[])).unwrap();
+        assert_eq!(tok.vocab_size(), 262);
+        assert_eq!(tok.encode(" wor", true).unwrap(), vec![258]);
+        assert_eq!(
+            tok.encode("<|im_start|> wor<|im_end|>", true).unwrap(),
+            vec![259, 258, 260]
+        );
+    }
+
+    #[test]
+    fn without_parse_special_special_text_is_plain_characters() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("gpt2", &[])).unwrap();
+        let ids = tok.encode("<|im_end|>", false).unwrap();
+        assert!(ids.len() > 1 && !ids.contains(&260), "{ids:?}");
+        assert_eq!(tok.decode(&ids, true), "<|im_end|>");
+        // User-defined tokens are parsed either way.
+        assert_eq!(tok.encode("<think>", false).unwrap(), vec![261]);
+    }
+
+    #[test]
+    fn bos_is_added_only_when_asked_and_never_twice() {
+        let plain = Tokenizer::from_gguf(&tiny_gguf("gpt2", &[])).unwrap();
+        assert_eq!(plain.encode(" wor", true).unwrap(), vec![258]);
+        let asks = Tokenizer::from_gguf(&tiny_gguf(
+            "gpt2",
+            &[("tokenizer.ggml.add_bos_token", Value::Bool(true))],
+        ))
+        .unwrap();
+        assert_eq!(asks.encode(" wor", true).unwrap(), vec![259, 258]);
+        assert_eq!(asks.encode("<|im_start|> wor", true).unwrap(), vec![259, 258]);
+    }
+
+    #[test]
+    fn llama3_adds_bos_when_the_file_does_not_say() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("llama-bpe", &[])).unwrap();
+        assert_eq!(tok.encode(" wor", true).unwrap(), vec![259, 258]);
+    }
+
+    #[test]
+    fn decode_skips_control_tokens_but_keeps_user_defined_ones() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("gpt2", &[])).unwrap();
+        let ids = [259, 261, 258, 260];
+        assert_eq!(tok.decode(&ids, false), "<|im_start|><think> wor<|im_end|>");
+        assert_eq!(tok.decode(&ids, true), "<think> wor");
+    }
+
+    #[test]
+    fn end_of_turn_ids_include_eos_eot_and_known_names() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("gpt2", &[("tokenizer.ggml.eot_token_id", Value::U32(10))])).unwrap();
+        assert_eq!(tok.end_of_turn_ids(), vec![10, 260]);
+        assert_eq!(tok.eos_token(), Some((260, "<|im_end|>".to_string())));
+    }
+
+    #[test]
+    fn an_unknown_pre_tokenizer_falls_back_to_gpt2() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("some-future-model", &[])).unwrap();
+        assert_eq!(tok.encode(" wor", true).unwrap(), vec![258]);
+    }
+
+    #[test]
+    fn an_out_of_range_special_id_is_an_error() {
+        let err =
+            Tokenizer::from_gguf(&tiny_gguf("gpt2", &[("tokenizer.ggml.eot_token_id", Value::U32(9999))])).unwrap_err();
+        assert!(err.0.contains("eot_token_id"), "{err}");
+    }
+
+    #[test]
+    fn stream_decoder_holds_a_split_character_until_complete() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("gpt2", &[])).unwrap();
+        let ids = tok.encode("é中", true).unwrap(); // no merges: one token per byte
+        assert_eq!(ids.len(), 5);
+        let mut stream = StreamDecoder::new(&tok);
+        let pushed: Vec<String> = ids.iter().map(|&id| stream.push(id)).collect();
+        assert_eq!(pushed, ["", "é", "", "", "中"]);
+        assert_eq!(stream.finish(), "");
+    }
+
+    #[test]
+    fn stream_decoder_replaces_invalid_and_unfinished_bytes_like_decode() {
+        let tok = Tokenizer::from_gguf(&tiny_gguf("gpt2", &[])).unwrap();
+        // 0xFF can never start a character; 0xE4 0xB8 is a character cut short.
+        let ids: Vec<u32> = [b'a', 0xFF, b'b', 0xE4, 0xB8]
+            .iter()
+            .map(|&b| tok.token_id(&byte_char(b).to_string()).unwrap())
+            .collect();
+        let mut stream = StreamDecoder::new(&tok);
+        let mut text: String = ids.iter().map(|&id| stream.push(id)).collect();
+        text.push_str(&stream.finish());
+        assert_eq!(text, tok.decode(&ids, true));
+        assert_eq!(text, "a\u{FFFD}b\u{FFFD}");
+    }
+
+    #[test]
+    fn smollm_splits_every_digit() {
+        let spec = PreTokenizerSpec::for_gguf_pre("smollm").unwrap();
+        assert_eq!(pieces(spec, "in 2024, x"), ["in", " ", "2", "0", "2", "4", ",", " x"]);
+    }
+
+    #[test]
+    fn llama3_groups_digits_by_three_and_contractions_ignore_case() {
+        let spec = PreTokenizerSpec::for_gguf_pre("llama-bpe").unwrap();
+        assert_eq!(pieces(spec, "1234567 I'M"), ["123", "456", "7", " I", "'M"]);
+    }
+
+    #[test]
+    fn qwen2_splits_single_digits_and_keeps_newline_runs() {
+        let spec = PreTokenizerSpec::for_gguf_pre("qwen2").unwrap();
+        assert_eq!(pieces(spec, "ab12\n\n  cd"), ["ab", "1", "2", "\n\n", " ", " cd"]);
+    }
+
+    #[test]
+    fn qwen35_keeps_combining_marks_in_their_word() {
+        let decomposed = "cafe\u{301} ok";
+        let qwen2 = pieces(PreTokenizerSpec::for_gguf_pre("qwen2").unwrap(), decomposed);
+        let qwen35 = pieces(PreTokenizerSpec::for_gguf_pre("qwen35").unwrap(), decomposed);
+        assert_eq!(qwen2, ["cafe", "\u{301}", " ok"]);
+        assert_eq!(qwen35, ["cafe\u{301}", " ok"]);
+    }
+}

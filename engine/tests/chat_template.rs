@@ -1,0 +1,190 @@
+//! Chat templates rendered byte for byte as transformers renders them:
+//! - SmolLM2's template, read from the real GGUF, against the prompts llama.cpp was
+//!   given in fixtures/smollm2_reference.json (they are exactly that template's output);
+//! - Qwen3 and Qwen3.5's templates against transformers 5.23.0's renderings in
+//!   fixtures/qwen/chat_template_cases.json (see the README there).
+//!
+//! The SmolLM2 model comes from `scripts/fetch-default-model.sh` or `SWITCHYARD_TEST_MODEL`;
+//! without it the SmolLM2 tests fail, saying so.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use serde_json::{Map, Value, json};
+use switchyard_engine::chat_template::{ChatTemplate, TemplateError};
+use switchyard_engine::gguf::GgufFile;
+use switchyard_engine::tokenizer::Tokenizer;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+fn smollm2_tokenizer() -> &'static Tokenizer {
+    static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
+    TOKENIZER.get_or_init(load_smollm2_tokenizer)
+}
+
+fn load_smollm2_tokenizer() -> Tokenizer {
+    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        path.is_file(),
+        "the SmolLM2 test model is missing at {}: run scripts/fetch-default-model.sh or set SWITCHYARD_TEST_MODEL",
+        path.display()
+    );
+    Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap()
+}
+
+/// SmolLM2's template and a renderer of messages with its bos/eos strings.
+fn smollm2_render(messages: Value) -> String {
+    let tok = smollm2_tokenizer();
+    let template = ChatTemplate::new(tok.chat_template().expect("SmolLM2 has a chat template")).unwrap();
+    let (_, bos) = tok.bos_token().unwrap();
+    let (_, eos) = tok.eos_token().unwrap();
+    template.render(&messages, true, &bos, &eos, &Map::new()).unwrap()
+}
+
+/// The text between `start` and the next `<|im_end|>`.
+fn turn<'a>(prompt: &'a str, start: &str) -> &'a str {
+    let from = prompt.find(start).unwrap() + start.len();
+    &prompt[from..from + prompt[from..].find("<|im_end|>").unwrap()]
+}
+
+#[test]
+fn smollm2_template_renders_the_reference_prompts() {
+    let cases = read_json(&fixtures().join("smollm2_reference.json"))["cases"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let chat_cases: Vec<&Value> = cases
+        .iter()
+        .filter(|c| c["prompt"].as_str().unwrap().starts_with("<|im_start|>"))
+        .collect();
+    assert!(chat_cases.len() >= 8);
+    for case in chat_cases {
+        let prompt = case["prompt"].as_str().unwrap();
+        let messages = json!([
+            {"role": "system", "content": turn(prompt, "<|im_start|>system\n")},
+            {"role": "user", "content": turn(prompt, "<|im_start|>user\n")},
+        ]);
+        assert_eq!(smollm2_render(messages), prompt, "case {}", case["name"]);
+    }
+}
+
+#[test]
+fn smollm2_template_adds_its_default_system_line() {
+    let rendered = smollm2_render(json!([{"role": "user", "content": "What is the capital of France?"}]));
+    assert_eq!(
+        rendered,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn smollm2_template_accepts_openai_text_parts() {
+    let parts = json!([{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}]);
+    let plain = json!([{"role": "user", "content": "What is the capital of France?"}]);
+    assert_eq!(smollm2_render(parts), smollm2_render(plain));
+}
+
+fn qwen_templates() -> Value {
+    read_json(&fixtures().join("qwen/chat_template_cases.json"))["templates"].clone()
+}
+
+fn render_qwen_case(template: &ChatTemplate, case: &Value) -> Result<String, TemplateError> {
+    let mut extra = Map::new();
+    if !case["tools"].is_null() {
+        extra.insert("tools".into(), case["tools"].clone());
+    }
+    if case["enable_thinking"] != "unset" {
+        extra.insert("enable_thinking".into(), case["enable_thinking"].clone());
+    }
+    template.render(
+        &case["messages"],
+        case["add_generation_prompt"].as_bool().unwrap(),
+        "",
+        "",
+        &extra,
+    )
+}
+
+fn assert_qwen_cases_match(name: &str) {
+    let templates = qwen_templates();
+    let entry = &templates[name];
+    let template = ChatTemplate::new(entry["template"].as_str().unwrap()).unwrap();
+    let cases = entry["cases"].as_array().unwrap();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let label = format!(
+            "{name} {} enable_thinking={}",
+            case["conversation"], case["enable_thinking"]
+        );
+        match (render_qwen_case(&template, case), case["rendered"].as_str()) {
+            (Ok(rendered), Some(expected)) => assert_eq!(rendered, expected, "{label}"),
+            (Err(_), None) => {}
+            (got, _) => panic!("{label}: expected {:?}, got {got:?}", case["error"]),
+        }
+    }
+}
+
+#[test]
+fn qwen3_template_renders_as_transformers_does() {
+    assert_qwen_cases_match("qwen3");
+}
+
+#[test]
+fn qwen3_5_template_renders_as_transformers_does() {
+    assert_qwen_cases_match("qwen3_5");
+}
+
+#[test]
+fn qwen3_5_refuses_a_conversation_without_a_user_turn() {
+    let templates = qwen_templates();
+    let template = ChatTemplate::new(templates["qwen3_5"]["template"].as_str().unwrap()).unwrap();
+    let err = template
+        .render(&json!([{"role": "system", "content": "hi"}]), true, "", "", &Map::new())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        TemplateError::Raised {
+            message: "No user query found in messages.".into()
+        }
+    );
+}
+
+#[test]
+fn a_template_with_a_syntax_error_reports_the_line() {
+    let err = ChatTemplate::new("{% for m in messages %}\n{{ m.content }}\n{% endfor %}\n{% if x %}\n").unwrap_err();
+    match &err {
+        TemplateError::Syntax { line: Some(line), .. } => assert!(*line >= 4, "{err}"),
+        other => panic!("expected a syntax error with a line, got {other:?}"),
+    }
+}
+
+#[test]
+fn raise_exception_in_a_template_surfaces_its_message() {
+    let template = ChatTemplate::new(
+        "{% if messages[0].role != 'user' %}{{ raise_exception('Conversation must start with a user turn') }}{% endif %}",
+    )
+    .unwrap();
+    let err = template
+        .render(
+            &json!([{"role": "assistant", "content": "x"}]),
+            false,
+            "",
+            "",
+            &Map::new(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "chat template rejected the conversation: Conversation must start with a user turn"
+    );
+}

@@ -1,0 +1,221 @@
+//! `switchyard generate` and `switchyard chat`: the local engine from the terminal.
+
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::{Map, Value, json};
+use switchyard_engine::engine::LocalModel;
+use switchyard_engine::generate::GenerationRequest;
+use switchyard_engine::sampling::SamplingParams;
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    /// GGUF model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Prompt text, tokenized as is: special tokens are parsed, no chat template is applied.
+    #[arg(long)]
+    raw_prompt: String,
+    #[arg(long, default_value_t = 64)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Compute threads (default: all cores, at most 8).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of the text.
+    #[arg(long)]
+    json: bool,
+    /// Generate exactly --max-tokens tokens, through end-of-turn tokens (benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    /// GGUF model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// A system message for the conversation.
+    #[arg(long)]
+    system: Option<String>,
+    #[arg(long, default_value_t = 512)]
+    max_tokens: usize,
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f32,
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
+}
+
+fn load(path: &Path, threads: Option<usize>) -> Result<(LocalModel, rayon::ThreadPool), String> {
+    let model = LocalModel::load(path, None).map_err(|err| format!("{}: {err}", path.display()))?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or_else(default_threads).max(1))
+        .build()
+        .map_err(|err| err.to_string())?;
+    Ok((model, pool))
+}
+
+pub fn generate(args: &GenerateArgs) -> ExitCode {
+    let (model, pool) = match load(&args.model, args.threads) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let prompt_tokens = match model.tokenizer.encode(&args.raw_prompt, true) {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            eprintln!("switchyard: cannot tokenize the prompt: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = GenerationRequest {
+        prompt_tokens: prompt_tokens.clone(),
+        max_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..SamplingParams::default()
+        },
+        stop_tokens: Vec::new(),
+        stop_strings: Vec::new(),
+        top_logprobs: 0,
+        ignore_eos: args.ignore_eos,
+    };
+    let stream = !args.json;
+    let result = pool.install(|| {
+        model.generate(&request, |event| {
+            if stream {
+                print!("{}", event.text);
+                let _ = std::io::stdout().flush();
+            }
+            ControlFlow::Continue(())
+        })
+    });
+    let output = match result {
+        Ok(output) => output,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if args.json {
+        let report = json!({
+            "prompt_tokens": prompt_tokens,
+            "tokens": output.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
+            "text": output.text,
+            "first_step_top5": output.first_step_top.iter().take(5).map(|&(id, lp)| json!([id, lp])).collect::<Vec<_>>(),
+            "prefill_tokens_per_s": output.prefill_tokens_per_s(),
+            "decode_tokens_per_s": output.decode_tokens_per_s(),
+        });
+        println!("{report}");
+    } else {
+        println!();
+        eprintln!(
+            "[{} prompt tokens at {:.1} tokens/s, {} generated at {:.1} tokens/s]",
+            output.prompt_tokens,
+            output.prefill_tokens_per_s(),
+            output.tokens.len(),
+            output.decode_tokens_per_s()
+        );
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn chat(args: &ChatArgs) -> ExitCode {
+    let (model, pool) = match load(&args.model, args.threads) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(template) = model.template.clone() else {
+        eprintln!("switchyard: {} has no chat template", args.model.display());
+        return ExitCode::FAILURE;
+    };
+    let token_text = |t: Option<(u32, String)>| t.map(|(_, s)| s).unwrap_or_default();
+    let (bos, eos) = (
+        token_text(model.tokenizer.bos_token()),
+        token_text(model.tokenizer.eos_token()),
+    );
+    let mut messages: Vec<Value> = args
+        .system
+        .iter()
+        .map(|s| json!({"role": "system", "content": s}))
+        .collect();
+    eprintln!(
+        "Chatting with {}. /reset starts over, /exit or Ctrl-D ends.",
+        args.model.display()
+    );
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let Some(Ok(line)) = lines.next() else { break };
+        match line.trim() {
+            "" => continue,
+            "/exit" => break,
+            "/reset" => {
+                messages.retain(|m| m["role"] == "system");
+                continue;
+            }
+            _ => {}
+        }
+        messages.push(json!({"role": "user", "content": line}));
+        let prompt = match template.render(&Value::Array(messages.clone()), true, &bos, &eos, &Map::new()) {
+            Ok(prompt) => prompt,
+            Err(err) => {
+                eprintln!("switchyard: chat template: {err}");
+                messages.pop();
+                continue;
+            }
+        };
+        let prompt_tokens = match model.tokenizer.encode(&prompt, true) {
+            Ok(tokens) => tokens,
+            Err(err) => {
+                eprintln!("switchyard: {err}");
+                messages.pop();
+                continue;
+            }
+        };
+        let request = GenerationRequest {
+            prompt_tokens,
+            max_tokens: args.max_tokens,
+            sampling: SamplingParams {
+                temperature: args.temperature,
+                ..SamplingParams::default()
+            },
+            stop_tokens: Vec::new(),
+            stop_strings: Vec::new(),
+            top_logprobs: 0,
+            ignore_eos: false,
+        };
+        let result = pool.install(|| {
+            model.generate(&request, |event| {
+                print!("{}", event.text);
+                let _ = std::io::stdout().flush();
+                ControlFlow::Continue(())
+            })
+        });
+        println!();
+        match result {
+            Ok(output) => messages.push(json!({"role": "assistant", "content": output.text})),
+            Err(err) => {
+                eprintln!("switchyard: {err}");
+                messages.pop();
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}

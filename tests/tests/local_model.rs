@@ -1,0 +1,300 @@
+//! The daemon answering from the in-process model: through the official openai
+//! SDK (streamed and not), with its limits, and with model files it cannot use.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use switchyard_e2e::{Daemon, daemon};
+
+fn model_path() -> PathBuf {
+    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-default-model.sh (tests/run.sh does)",
+        path.display()
+    );
+    path.canonicalize().unwrap()
+}
+
+fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
+    let mut policy = String::from("backends:\n  local:\n");
+    for (name, path) in backends {
+        policy.push_str(&format!(
+            "    - name: {name}\n      model_path: {path}\n      threads: 2\n      context_length: {context_length}\n      queue_capacity: 4\n"
+        ));
+    }
+    policy.push_str(&format!("routing:\n  default_backend: {}\n", backends[0].0));
+    policy
+}
+
+fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn python() -> PathBuf {
+    std::env::var_os("SWITCHYARD_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
+}
+
+#[test]
+fn the_local_model_answers_the_openai_sdk_streamed_and_not() {
+    let model = model_path();
+    let daemon = Daemon::start(&local_policy(&[("smollm2", model.to_str().unwrap())], 2048), &[]);
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=120)
+messages = [{"role": "user", "content": "What is the capital of France?"}]
+reply = client.chat.completions.create(model="smollm2", messages=messages, max_tokens=24, temperature=0)
+assert reply.choices[0].message.content.strip(), reply
+assert reply.usage.prompt_tokens > 10 and 0 < reply.usage.completion_tokens <= 24, reply.usage
+assert reply.choices[0].finish_reason in ("stop", "length"), reply
+chunks = list(client.chat.completions.create(model="auto", messages=messages, max_tokens=24, temperature=0,
+                                             stream=True, stream_options={"include_usage": True}))
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text == reply.choices[0].message.content, (text, reply.choices[0].message.content)
+assert chunks[-1].usage.completion_tokens == reply.usage.completion_tokens, chunks[-1]
+assert [c for c in chunks if c.choices][-1].choices[0].finish_reason == reply.choices[0].finish_reason
+try:
+    client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": "word " * 3000}])
+except openai.BadRequestError as err:
+    assert err.code == "context_length_exceeded", err
+else:
+    raise AssertionError("an over-long prompt must be refused")
+print("ok")
+"#;
+    let output = Command::new(python())
+        .args(["-c", script, &daemon.url("/v1")])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "stdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn seeds_logprobs_and_stop_strings_work_locally() {
+    let model = model_path();
+    let daemon = Daemon::start(&local_policy(&[("smollm2", model.to_str().unwrap())], 2048), &[]);
+    let ask = |extra: Value| {
+        let mut body = json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": "Write a short poem about the sea."}],
+            "max_tokens": 20,
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let url = daemon.url("/v1/chat/completions");
+        async move {
+            client()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let a = ask(json!({"temperature": 0.9, "seed": 42})).await;
+    let b = ask(json!({"temperature": 0.9, "seed": 42})).await;
+    assert_eq!(
+        a["choices"][0]["message"]["content"], b["choices"][0]["message"]["content"],
+        "same seed, same text"
+    );
+
+    let with_logprobs = ask(json!({"temperature": 0, "logprobs": true, "top_logprobs": 3})).await;
+    let content = with_logprobs["choices"][0]["logprobs"]["content"]
+        .as_array()
+        .expect("logprobs.content");
+    assert!(!content.is_empty());
+    for entry in content {
+        assert!(entry["logprob"].as_f64().unwrap() <= 0.0);
+        let top = entry["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 3);
+        // Greedy: the chosen token is the most likely one.
+        assert_eq!(top[0]["token"], entry["token"], "{entry}");
+    }
+    let text: String = content.iter().map(|e| e["token"].as_str().unwrap()).collect();
+    assert_eq!(
+        text,
+        with_logprobs["choices"][0]["message"]["content"].as_str().unwrap()
+    );
+
+    let full = ask(json!({"temperature": 0})).await["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cut_at = full
+        .char_indices()
+        .nth(full.chars().count() / 2)
+        .map(|(i, _)| i)
+        .unwrap();
+    let stop = full[cut_at..].chars().take(3).collect::<String>();
+    let stopped = ask(json!({"temperature": 0, "stop": [stop.clone()]})).await;
+    let stopped_text = stopped["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(
+        full.starts_with(stopped_text) && !stopped_text.contains(&stop),
+        "{full:?} / {stop:?} / {stopped_text:?}"
+    );
+    assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
+
+    let bad = client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let tools = client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tools.status(), 400);
+    assert_eq!(tools.json::<Value>().await.unwrap()["error"]["param"], "tools");
+}
+
+/// A copy of the model with one tensor's type changed to a GGML type without a kernel here.
+fn with_unsupported_tensor_type(model: &PathBuf, dir: &std::path::Path) -> PathBuf {
+    let mut bytes = std::fs::read(model).unwrap();
+    let name = b"blk.0.attn_q.weight";
+    let at = bytes
+        .windows(name.len())
+        .position(|w| w == name)
+        .expect("tensor name in header")
+        + name.len();
+    let n_dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let type_at = at + 4 + 8 * n_dims;
+    // IQ4_NL (20): blocks of 32 like Q4_1, but smaller, so every offset stays valid.
+    bytes[type_at..type_at + 4].copy_from_slice(&20u32.to_le_bytes());
+    let path = dir.join("unsupported.gguf");
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_serving() {
+    let model = model_path();
+    let dir = daemon::scratch_dir("bad-models");
+    let not_gguf = dir.join("notes.gguf");
+    std::fs::write(&not_gguf, "these are not the weights you are looking for").unwrap();
+    let truncated = dir.join("truncated.gguf");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let unsupported = with_unsupported_tensor_type(&model, &dir);
+    let missing = dir.join("missing.gguf");
+    let backends = [
+        ("good", model.to_str().unwrap()),
+        ("not-gguf", not_gguf.to_str().unwrap()),
+        ("truncated", truncated.to_str().unwrap()),
+        ("unsupported", unsupported.to_str().unwrap()),
+        ("missing", missing.to_str().unwrap()),
+    ];
+    let daemon = Daemon::start(&local_policy(&backends, 512), &[]);
+    let expectations = [
+        ("not-gguf", "not a GGUF file"),
+        ("truncated", "truncated"),
+        ("unsupported", "IQ4_NL"),
+        ("missing", "No such file"),
+    ];
+    for (name, reason) in expectations {
+        let response = client()
+            .post(daemon.url("/v1/chat/completions"))
+            .json(&json!({"model": name, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 503, "{name}");
+        let body: Value = response.json().await.unwrap();
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(reason), "{name}: {message}");
+    }
+    let unsupported_message = {
+        let ready: Value = client()
+            .get(daemon.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ready["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["name"] == "unsupported")
+            .unwrap()["reason"]
+            .clone()
+    };
+    assert!(
+        unsupported_message.as_str().unwrap().contains("blk.0.attn_q.weight"),
+        "{unsupported_message}"
+    );
+
+    // The good model still answers, and a prompt past its 512-token context is a clean 400.
+    let ok = client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&json!({"model": "good", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let long = client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "good", "messages": [{"role": "user", "content": "word ".repeat(1000)}], "stream": true}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(long.status(), 400);
+    assert_eq!(
+        long.json::<Value>().await.unwrap()["error"]["code"],
+        "context_length_exceeded"
+    );
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
+
+#[test]
+fn generate_prints_the_documented_json() {
+    let model = model_path();
+    let output = Command::new(daemon::binary())
+        .args([
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--max-tokens",
+            "8",
+            "--temperature",
+            "0",
+            "--json",
+        ])
+        .args([
+            "--raw-prompt",
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(
+        report["prompt_tokens"][0], 1,
+        "<|im_start|> is parsed as the special token 1"
+    );
+    let tokens = report["tokens"].as_array().unwrap();
+    assert!(!tokens.is_empty() && tokens.len() <= 8);
+    assert!(report["text"].is_string());
+    assert_eq!(report["first_step_top5"].as_array().unwrap().len(), 5);
+    assert!(report["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(report["decode_tokens_per_s"].as_f64().unwrap() >= 0.0);
+}
