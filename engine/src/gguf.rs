@@ -238,14 +238,15 @@ impl From<std::io::Error> for GgufError {
 }
 
 enum Bytes {
-    Mapped(memmap2::Mmap),
+    /// The mapping and the file it maps (for positioned reads of tensor data).
+    Mapped(memmap2::Mmap, std::fs::File),
     Owned(Vec<u8>),
 }
 
 impl Bytes {
     fn as_slice(&self) -> &[u8] {
         match self {
-            Bytes::Mapped(map) => map,
+            Bytes::Mapped(map, _) => map,
             Bytes::Owned(vec) => vec,
         }
     }
@@ -278,7 +279,7 @@ impl GgufFile {
         // SAFETY: the map is read-only. A file truncated by another process while
         // mapped would fault; model files are not rewritten in place while served.
         let map = unsafe { memmap2::Mmap::map(&file)? };
-        GgufFile::parse(Bytes::Mapped(map))
+        GgufFile::parse(Bytes::Mapped(map, file))
     }
 
     /// Parses a GGUF image held in memory (tests, embedded files).
@@ -445,6 +446,21 @@ impl GgufFile {
     /// The raw bytes of a tensor (bounds were checked when the file was opened).
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         &self.bytes.as_slice()[info.file_offset as usize..(info.file_offset + info.size_bytes) as usize]
+    }
+
+    /// A copy of a tensor's bytes, read from the file without going through the
+    /// mapping: a model loaded into its own buffers this way never has the
+    /// mapped pages counted in the process's memory on top of the copies.
+    pub fn read_tensor(&self, info: &TensorInfo) -> std::io::Result<Vec<u8>> {
+        match &self.bytes {
+            Bytes::Mapped(_, file) => {
+                use std::os::unix::fs::FileExt;
+                let mut data = vec![0u8; info.size_bytes as usize];
+                file.read_exact_at(&mut data, info.file_offset)?;
+                Ok(data)
+            }
+            Bytes::Owned(_) => Ok(self.tensor_data(info).to_vec()),
+        }
     }
 
     /// Size of the whole file in bytes.

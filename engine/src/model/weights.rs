@@ -34,7 +34,9 @@ impl QLinear {
                 info.ggml_type
             ))
         })?;
-        let data = file.tensor_data(info).to_vec();
+        let data = file
+            .read_tensor(info)
+            .map_err(|err| ModelError::Malformed(format!("cannot read tensor {name:?}: {err}")))?;
         crate::quant::QuantMatrix::new(format, out_features, in_features, &data)
             .map_err(|why| ModelError::Malformed(format!("{name}: {why}")))?;
         let len = data.len();

@@ -241,7 +241,8 @@ mod tests {
             .collect()
     }
 
-    /// Row length for tests: an odd number of blocks, so no kernel can rely on pairs.
+    /// Row length for tests: 19 blocks of 32 are two groups of eight and three left
+    /// over, an odd count, so no kernel can rely on pairs or whole groups.
     fn test_cols(format: QuantFormat) -> usize {
         match format.block_elems() {
             256 => 3 * 256,
