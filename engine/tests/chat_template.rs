@@ -7,6 +7,8 @@
 //! The SmolLM2 model comes from `scripts/fetch-default-model.sh` or `SWITCHYARD_TEST_MODEL`;
 //! without it the SmolLM2 tests fail, saying so.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -26,19 +28,7 @@ fn read_json(path: &Path) -> Value {
 
 fn smollm2_tokenizer() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
-    TOKENIZER.get_or_init(load_smollm2_tokenizer)
-}
-
-fn load_smollm2_tokenizer() -> Tokenizer {
-    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.is_file(),
-        "the SmolLM2 test model is missing at {}: run scripts/fetch-default-model.sh or set SWITCHYARD_TEST_MODEL",
-        path.display()
-    );
-    Tokenizer::from_gguf(&GgufFile::open(&path).unwrap()).unwrap()
+    TOKENIZER.get_or_init(|| Tokenizer::from_gguf(&GgufFile::open(&common::smollm2_path()).unwrap()).unwrap())
 }
 
 /// SmolLM2's template and a renderer of messages with its bos/eos strings.

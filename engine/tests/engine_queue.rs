@@ -1,26 +1,15 @@
 //! The engine as a service: jobs run one at a time on the engine's threads,
 //! a full queue says so at once, and a job whose caller left is stopped.
 
+mod common;
+
 use std::ops::ControlFlow;
-use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent, LocalModel};
 use switchyard_engine::generate::{FinishReason, GenerationRequest};
 use switchyard_engine::sampling::SamplingParams;
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-default-model.sh (tests/run.sh does)",
-        path.display()
-    );
-    path
-}
 
 fn request(engine: &Engine, max_tokens: usize) -> GenerationRequest {
     let prompt = "<|im_start|>user\nTell me a long story.<|im_end|>\n<|im_start|>assistant\n";
@@ -59,7 +48,7 @@ fn job(request: GenerationRequest, stop_after: Option<usize>, done: mpsc::Sender
 
 #[test]
 fn a_full_queue_refuses_at_once_and_queued_jobs_still_run() {
-    let engine = Engine::start(LocalModel::load(&model_path(), Some(1024)).unwrap(), 2, 1).unwrap();
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), Some(1024)).unwrap(), 2, 1).unwrap();
     let (done, finished) = mpsc::channel();
     // One job runs (long), one waits in the queue of 1, the third is refused.
     engine.submit(job(request(&engine, 200), None, done.clone())).unwrap();
@@ -81,7 +70,7 @@ fn a_full_queue_refuses_at_once_and_queued_jobs_still_run() {
 
 #[test]
 fn a_sink_that_stops_cancels_its_generation() {
-    let engine = Engine::start(LocalModel::load(&model_path(), Some(1024)).unwrap(), 2, 4).unwrap();
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), Some(1024)).unwrap(), 2, 4).unwrap();
     let (done, finished) = mpsc::channel();
     engine.submit(job(request(&engine, 500), Some(3), done)).unwrap();
     assert_eq!(
@@ -92,7 +81,7 @@ fn a_sink_that_stops_cancels_its_generation() {
 
 #[test]
 fn a_prompt_longer_than_the_context_is_an_error_not_a_panic() {
-    let engine = Engine::start(LocalModel::load(&model_path(), Some(64)).unwrap(), 2, 4).unwrap();
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), Some(64)).unwrap(), 2, 4).unwrap();
     let (done, finished) = mpsc::channel();
     let mut long = request(&engine, 8);
     long.prompt_tokens = long.prompt_tokens.repeat(10);

@@ -14,6 +14,8 @@
 //! mis-decoded quant block, a wrong norm) moves log-probs by whole nats and
 //! breaks greedy decoding at once.
 
+mod common;
+
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -29,21 +31,9 @@ const MAX_LOGPROB_DIFF: f32 = 0.45;
 /// The mean of those differences stays near 0.1.
 const MEAN_LOGPROB_DIFF: f32 = 0.12;
 
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-default-model.sh (tests/run.sh does)",
-        path.display()
-    );
-    path
-}
-
 fn model() -> &'static LocalModel {
     static MODEL: OnceLock<LocalModel> = OnceLock::new();
-    MODEL.get_or_init(|| LocalModel::load(&model_path(), None).expect("the model loads"))
+    MODEL.get_or_init(|| LocalModel::load(&common::smollm2_path(), None).expect("the model loads"))
 }
 
 fn cases(file: &str) -> Vec<Value> {

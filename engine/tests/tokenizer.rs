@@ -9,6 +9,8 @@
 //! it into `models/`, or `SWITCHYARD_TEST_MODEL` points at it. Without it these tests
 //! fail, saying so; they never pass by skipping.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -20,22 +22,10 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn smollm2_path() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.is_file(),
-        "the SmolLM2 test model is missing at {}: run scripts/fetch-default-model.sh or set SWITCHYARD_TEST_MODEL",
-        path.display()
-    );
-    path
-}
-
 fn smollm2() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
     TOKENIZER.get_or_init(|| {
-        let file = GgufFile::open(&smollm2_path()).expect("the SmolLM2 GGUF opens");
+        let file = GgufFile::open(&common::smollm2_path()).expect("the SmolLM2 GGUF opens");
         Tokenizer::from_gguf(&file).expect("the SmolLM2 tokenizer builds")
     })
 }

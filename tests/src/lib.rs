@@ -36,3 +36,39 @@ pub fn policy_for(double_url: &str, extra: &str) -> String {
 
 /// The upstream key the tests give the daemon; it must never leak.
 pub const DOUBLE_API_KEY: &str = "sk-double-SECRET-7f3a9c";
+
+/// The embedded default model: `SWITCHYARD_TEST_MODEL`, else the workspace's
+/// `models/` (scripts/fetch-default-model.sh puts it there; tests/run.sh runs it).
+pub fn default_model() -> std::path::PathBuf {
+    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/fetch-default-model.sh (tests/run.sh does)",
+        path.display()
+    );
+    path.canonicalize().expect("the model path resolves")
+}
+
+/// The Python with the `openai` SDK: `SWITCHYARD_TEST_PYTHON`, else the
+/// workspace's `.venv` that tests/run.sh creates.
+pub fn python() -> std::path::PathBuf {
+    let python = std::env::var_os("SWITCHYARD_TEST_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/run.sh, which creates the venv with the openai SDK",
+        python.display()
+    );
+    python
+}
+
+/// An HTTP client for talking to the daemon.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}

@@ -4,21 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, policy_for};
-
-/// The Python with the `openai` SDK: `SWITCHYARD_TEST_PYTHON`, else the
-/// workspace's `.venv` that tests/run.sh creates.
-fn python() -> PathBuf {
-    let python = std::env::var_os("SWITCHYARD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"));
-    assert!(
-        python.exists(),
-        "{} is missing: run tests/run.sh, which creates the venv with the openai SDK",
-        python.display()
-    );
-    python
-}
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, policy_for, python};
 
 #[test]
 fn the_openai_python_sdk_works_through_the_proxy() {

@@ -5,19 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use serde_json::{Value, json};
-use switchyard_e2e::{Daemon, daemon};
-
-fn model_path() -> PathBuf {
-    let path = std::env::var_os("SWITCHYARD_TEST_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/SmolLM2-135M-Instruct.Q4_1.gguf"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-default-model.sh (tests/run.sh does)",
-        path.display()
-    );
-    path.canonicalize().unwrap()
-}
+use switchyard_e2e::{Daemon, daemon, default_model, http_client, python};
 
 fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
     let mut policy = String::from("backends:\n  local:\n");
@@ -30,20 +18,9 @@ fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
     policy
 }
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
-fn python() -> PathBuf {
-    std::env::var_os("SWITCHYARD_TEST_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python"))
-}
-
 #[test]
 fn the_local_model_answers_the_openai_sdk_streamed_and_not() {
-    let model = model_path();
+    let model = default_model();
     let daemon = Daemon::start(&local_policy(&[("smollm2", model.to_str().unwrap())], 2048), &[]);
     let script = r#"
 import sys, openai
@@ -82,7 +59,7 @@ print("ok")
 
 #[tokio::test]
 async fn seeds_logprobs_and_stop_strings_work_locally() {
-    let model = model_path();
+    let model = default_model();
     let daemon = Daemon::start(&local_policy(&[("smollm2", model.to_str().unwrap())], 2048), &[]);
     let ask = |extra: Value| {
         let mut body = json!({
@@ -93,7 +70,7 @@ async fn seeds_logprobs_and_stop_strings_work_locally() {
         body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         let url = daemon.url("/v1/chat/completions");
         async move {
-            client()
+            http_client()
                 .post(url)
                 .json(&body)
                 .send()
@@ -147,14 +124,14 @@ async fn seeds_logprobs_and_stop_strings_work_locally() {
     );
     assert_eq!(stopped["choices"][0]["finish_reason"], "stop");
 
-    let bad = client()
+    let bad = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "temperature": 5}))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let tools = client()
+    let tools = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}]}))
         .send()
@@ -184,7 +161,7 @@ fn with_unsupported_tensor_type(model: &PathBuf, dir: &std::path::Path) -> PathB
 
 #[tokio::test]
 async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_serving() {
-    let model = model_path();
+    let model = default_model();
     let dir = daemon::scratch_dir("bad-models");
     let not_gguf = dir.join("notes.gguf");
     std::fs::write(&not_gguf, "these are not the weights you are looking for").unwrap();
@@ -208,7 +185,7 @@ async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_ser
         ("missing", "No such file"),
     ];
     for (name, reason) in expectations {
-        let response = client()
+        let response = http_client()
             .post(daemon.url("/v1/chat/completions"))
             .json(&json!({"model": name, "messages": [{"role": "user", "content": "hi"}]}))
             .send()
@@ -220,7 +197,7 @@ async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_ser
         assert!(message.contains(reason), "{name}: {message}");
     }
     let unsupported_message = {
-        let ready: Value = client()
+        let ready: Value = http_client()
             .get(daemon.url("/readyz"))
             .send()
             .await
@@ -242,14 +219,14 @@ async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_ser
     );
 
     // The good model still answers, and a prompt past its 512-token context is a clean 400.
-    let ok = client()
+    let ok = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .json(&json!({"model": "good", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 8}))
         .send()
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
-    let long = client()
+    let long = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .json(
             &json!({"model": "good", "messages": [{"role": "user", "content": "word ".repeat(1000)}], "stream": true}),
@@ -267,7 +244,7 @@ async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_ser
 
 #[test]
 fn generate_prints_the_documented_json() {
-    let model = model_path();
+    let model = default_model();
     let output = Command::new(daemon::binary())
         .args([
             "generate",

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, policy_for};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, http_client, policy_for};
 
 fn start() -> (CloudDouble, Daemon) {
     let double = CloudDouble::start();
@@ -15,13 +15,8 @@ fn start() -> (CloudDouble, Daemon) {
     (double, daemon)
 }
 
-fn client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
-}
-
 async fn post_chat(daemon: &Daemon, body: Value) -> reqwest::Response {
-    client()
+    http_client()
         .post(daemon.url("/v1/chat/completions"))
         .json(&body)
         .send()
@@ -66,7 +61,7 @@ fn sse_events(text: &str) -> Vec<String> {
 #[tokio::test]
 async fn non_streamed_completion_is_relayed_with_the_upstream_key_injected() {
     let (double, daemon) = start();
-    let response = client()
+    let response = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .header("authorization", "Bearer client-key-that-must-not-travel")
         .json(&chat("auto", false))
@@ -266,7 +261,7 @@ async fn a_client_that_disconnects_cancels_the_upstream_stream() {
 #[tokio::test]
 async fn request_ids_are_kept_forwarded_and_generated() {
     let (double, daemon) = start();
-    let response = client()
+    let response = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .header("x-request-id", "trace-abc-123")
         .json(&chat("echo", false))
@@ -279,7 +274,7 @@ async fn request_ids_are_kept_forwarded_and_generated() {
     let generated = post_chat(&daemon, chat("echo", false)).await;
     let id = generated.headers()["x-request-id"].to_str().unwrap().to_string();
     assert_eq!(id.len(), 36, "a UUID: {id}");
-    let bad = client()
+    let bad = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .header("x-request-id", "x".repeat(500))
         .json(&chat("echo", false))
@@ -293,7 +288,7 @@ async fn request_ids_are_kept_forwarded_and_generated() {
 async fn bad_inputs_get_their_documented_status_and_error() {
     let (double, daemon) = start();
     let raw = |body: Vec<u8>| {
-        client()
+        http_client()
             .post(daemon.url("/v1/chat/completions"))
             .header("content-type", "application/json")
             .body(body)
@@ -369,13 +364,17 @@ async fn bad_inputs_get_their_documented_status_and_error() {
     assert_error(post_chat(&daemon, big).await, 413, "request_too_large").await;
 
     assert_error(
-        client().get(daemon.url("/v1/chat/completions")).send().await.unwrap(),
+        http_client()
+            .get(daemon.url("/v1/chat/completions"))
+            .send()
+            .await
+            .unwrap(),
         404,
         "not_found",
     )
     .await;
     assert_error(
-        client().get(daemon.url("/v2/nothing")).send().await.unwrap(),
+        http_client().get(daemon.url("/v2/nothing")).send().await.unwrap(),
         404,
         "not_found",
     )
@@ -391,7 +390,7 @@ async fn a_chunked_body_over_the_limit_is_413_too() {
     let (_double, daemon) = start();
     let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
     let chunks = futures_util::stream::iter((0..5).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-    let response = client()
+    let response = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .body(reqwest::Body::wrap_stream(chunks))
         .send()
@@ -412,7 +411,7 @@ async fn client_keys_are_enforced_when_configured() {
         &[("DOUBLE_API_KEY", DOUBLE_API_KEY), ("TEAM_A_KEY", "sk-team-a-secret")],
     );
     assert_error(post_chat(&daemon, chat("echo", false)).await, 401, "invalid_api_key").await;
-    let wrong = client()
+    let wrong = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .bearer_auth("sk-guess")
         .json(&chat("echo", false))
@@ -420,9 +419,9 @@ async fn client_keys_are_enforced_when_configured() {
         .await
         .unwrap();
     assert_error(wrong, 401, "invalid_api_key").await;
-    let models = client().get(daemon.url("/v1/models")).send().await.unwrap();
+    let models = http_client().get(daemon.url("/v1/models")).send().await.unwrap();
     assert_error(models, 401, "invalid_api_key").await;
-    let right = client()
+    let right = http_client()
         .post(daemon.url("/v1/chat/completions"))
         .bearer_auth("sk-team-a-secret")
         .json(&chat("echo", false))
@@ -436,7 +435,7 @@ async fn client_keys_are_enforced_when_configured() {
         Some(format!("Bearer {DOUBLE_API_KEY}").as_str())
     );
     assert_eq!(
-        client().get(daemon.url("/healthz")).send().await.unwrap().status(),
+        http_client().get(daemon.url("/healthz")).send().await.unwrap().status(),
         200,
         "probes need no key"
     );
@@ -471,7 +470,7 @@ async fn no_secret_appears_in_logs_or_responses() {
 #[tokio::test]
 async fn models_health_and_readiness_describe_the_backends() {
     let (_double, daemon) = start();
-    let models: Value = client()
+    let models: Value = http_client()
         .get(daemon.url("/v1/models"))
         .send()
         .await
@@ -489,7 +488,7 @@ async fn models_health_and_readiness_describe_the_backends() {
     for id in ["auto", "echo", "rate-limited", "unreachable", "nothing"] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
-    let one: Value = client()
+    let one: Value = http_client()
         .get(daemon.url("/v1/models/auto"))
         .send()
         .await
@@ -499,13 +498,16 @@ async fn models_health_and_readiness_describe_the_backends() {
         .unwrap();
     assert_eq!(one["backend"], "echo");
     assert_error(
-        client().get(daemon.url("/v1/models/nope")).send().await.unwrap(),
+        http_client().get(daemon.url("/v1/models/nope")).send().await.unwrap(),
         404,
         "model_not_found",
     )
     .await;
-    assert_eq!(client().get(daemon.url("/healthz")).send().await.unwrap().status(), 200);
-    let ready = client().get(daemon.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        http_client().get(daemon.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    let ready = http_client().get(daemon.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
 }
 
@@ -513,7 +515,7 @@ async fn models_health_and_readiness_describe_the_backends() {
 async fn a_backend_without_its_key_is_unready_and_says_why() {
     let double = CloudDouble::start();
     let daemon = Daemon::start(&policy_for(&double.base_url(), ""), &[]);
-    let ready: Value = client()
+    let ready: Value = http_client()
         .get(daemon.url("/readyz"))
         .send()
         .await
