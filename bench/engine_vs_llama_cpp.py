@@ -1,7 +1,7 @@
 """Runs Switchyard's engine and llama.cpp on one GGUF and prints their figures and ratios.
 
 Each measurement is its own process, so peak RSS is that process's alone
-(ru_maxrss of the child). Prefill is timed on a prompt of exactly
+(ru_maxrss from wait4), and the two sides alternate run by run. Prefill is timed on a prompt of exactly
 --prompt-tokens tokens; decode is the greedy generation of --decode-tokens
 tokens after it (end-of-turn ignored on both sides' budgets: the prompt is
 plain text, so the models keep writing). Medians over --runs runs are reported.
@@ -10,7 +10,6 @@ plain text, so the models keep writing). Medians over --runs runs are reported.
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -40,27 +39,25 @@ LLAMA_CPP_RUN = textwrap.dedent(
 )
 
 
-def side(argv_for_run, runs):
-    """Runs one side `runs` times in a fresh interpreter and returns medians and peak RSS (MiB)."""
-    code = textwrap.dedent(
-        f"""
-        import json, resource, subprocess, sys
-        results = []
-        for _ in range({runs}):
-            out = subprocess.run({argv_for_run!r}, check=True, capture_output=True, text=True)
-            results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        print(json.dumps({{"results": results, "peak_rss_kib": peak}}))
-        """
-    )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
-    data = json.loads(out.stdout)
-    results = data["results"]
+def run_once(argv):
+    """Runs one measurement process; returns its JSON report and its own peak RSS in MiB."""
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = child.stdout.read(), child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode != 0:
+        sys.exit(f"{argv[0]} failed ({child.returncode}):\n{stderr}")
+    return json.loads(stdout.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+def summary(runs):
+    results = [r for r, _ in runs]
+    prompt = results[0]["prompt_tokens"]
     return {
-        "prompt_tokens": results[0]["prompt_tokens"] if isinstance(results[0]["prompt_tokens"], int) else len(results[0]["prompt_tokens"]),
+        "prompt_tokens": prompt if isinstance(prompt, int) else len(prompt),
         "prefill": statistics.median(r["prefill_tokens_per_s"] for r in results),
         "decode": statistics.median(r["decode_tokens_per_s"] for r in results),
-        "rss_mib": data["peak_rss_kib"] / 1024,
+        "rss_mib": statistics.median(rss for _, rss in runs),
     }
 
 
@@ -100,15 +97,15 @@ def main():
     args = parser.parse_args()
 
     text, n = prompt_of(args.model, args.prompt_tokens)
-    ours = side(
-        [args.switchyard, "generate", "--model", args.model, "--raw-prompt", text, "--max-tokens",
-         str(args.decode_tokens), "--temperature", "0", "--threads", str(args.threads), "--json", "--ignore-eos"],
-        args.runs,
-    )
-    theirs = side(
-        [sys.executable, "-c", LLAMA_CPP_RUN, args.model, str(args.threads), text, str(args.decode_tokens)],
-        args.runs,
-    )
+    ours_argv = [args.switchyard, "generate", "--model", args.model, "--raw-prompt", text, "--max-tokens",
+                 str(args.decode_tokens), "--temperature", "0", "--threads", str(args.threads), "--json", "--ignore-eos"]
+    theirs_argv = [sys.executable, "-c", LLAMA_CPP_RUN, args.model, str(args.threads), text, str(args.decode_tokens)]
+    # Alternate the two (A B A B ...) so a change in machine load hits both alike.
+    ours_runs, theirs_runs = [], []
+    for _ in range(args.runs):
+        ours_runs.append(run_once(ours_argv))
+        theirs_runs.append(run_once(theirs_argv))
+    ours, theirs = summary(ours_runs), summary(theirs_runs)
     size_mib = os.path.getsize(args.model) / (1 << 20)
     print(f"model {os.path.basename(args.model)} ({size_mib:.1f} MiB), {args.threads} threads, "
           f"prompt {n} tokens, {args.decode_tokens} decoded, median of {args.runs} runs")

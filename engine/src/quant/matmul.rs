@@ -38,7 +38,17 @@ const PARALLEL_MIN_MACS_OFF_WORKER: usize = 8 * 1024 * 1024;
 /// take over work from the others.
 const TASKS_PER_THREAD: usize = 4;
 
-/// `out[m×n] = x[m×k] · Wᵀ` with the best kernel for this CPU.
+/// `out[m×n] = x[m×k] · Wᵀ` (W is n×k): a linear layer `y = x·Wᵀ`, row-major f32,
+/// on the best kernel for this CPU ([`super::kernel_name`]).
+///
+/// Each row of `x` is quantized once to the activation format `W`'s format pairs
+/// with, then every output is an integer dot product per block (float formats
+/// compute in f32). Output columns are split across rayon threads in tasks of at
+/// least 64 weight rows when the matmul is big enough (see the module docs).
+///
+/// # Panics
+/// If `x` is not `m × W.cols`, `out` is not `m × W.rows`, or `W`'s fields
+/// disagree with its data (as [`QuantMatrix::validate`] checks).
 pub fn matmul(x: &[f32], m: usize, w: &QuantMatrix, out: &mut [f32]) {
     run(Kernel::selected(), x, m, w, out);
 }
@@ -223,7 +233,12 @@ mod tests {
     #[test]
     fn matmul_matches_the_reference_for_every_format_and_row_count() {
         for (f, format) in QuantFormat::ALL.into_iter().enumerate() {
-            let k = if format.block_elems() == 256 { 512 } else { 96 };
+            // Ten 32-blocks: one group of eight and a tail; floats not a multiple of 8.
+            let k = match format.block_elems() {
+                256 => 512,
+                32 => 320,
+                _ => 100,
+            };
             for m in [1, 3, 8] {
                 // Odd n: tiles of 4 weight rows leave a tail.
                 check_against_reference(format, 37, k, m, 100 * f as u64 + m as u64);
