@@ -121,6 +121,33 @@ pub struct LocalBackendConfig {
     pub queue_capacity: Spanned<usize>,
     /// `max_tokens` for requests that give none (default: the rest of the context).
     pub default_max_tokens: Option<Spanned<u64>>,
+    /// Sampling for requests that leave a parameter out. OpenAI's own defaults
+    /// (temperature 1, top_p 1) suit large models; small ones do better with the
+    /// values their authors publish.
+    #[serde(default)]
+    pub sampling: SamplingDefaults,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+}
+
+impl Default for SamplingDefaults {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+        }
+    }
 }
 
 fn default_threads() -> Spanned<usize> {

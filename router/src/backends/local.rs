@@ -25,7 +25,7 @@ use crate::openai::Usage;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::openai::sse;
-use crate::policy::LocalBackendConfig;
+use crate::policy::{LocalBackendConfig, SamplingDefaults};
 
 /// Fields a local model cannot honour; a request that needs them must go to a
 /// backend that can (the router will route them; named directly, they are a 400).
@@ -44,6 +44,7 @@ pub struct LocalBackend {
     /// reason, while the rest of the daemon serves on.
     engine: Result<Engine, String>,
     default_max_tokens: Option<u64>,
+    sampling: SamplingDefaults,
 }
 
 /// What the engine thread sends back to the request's task.
@@ -79,6 +80,7 @@ impl LocalBackend {
             name: config.name.value.clone(),
             engine,
             default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
+            sampling: config.sampling,
         }
     }
 
@@ -295,8 +297,9 @@ impl LocalBackend {
                 Some(_) => Err(ApiError::invalid(format!("'{field}' must be a number."), field)),
             }
         };
+        let defaults = self.sampling;
         let top_k = match body.get("top_k") {
-            None | Some(Value::Null) => 0,
+            None | Some(Value::Null) => defaults.top_k,
             Some(v) => v
                 .as_u64()
                 .ok_or_else(|| ApiError::invalid("'top_k' must be a non-negative integer.", "top_k"))?
@@ -311,13 +314,13 @@ impl LocalBackend {
             ),
         };
         let sampling = SamplingParams {
-            temperature: number("temperature", 1.0)?,
-            top_p: number("top_p", 1.0)?,
+            temperature: number("temperature", defaults.temperature)?,
+            top_p: number("top_p", defaults.top_p)?,
             top_k,
-            min_p: number("min_p", 0.0)?,
+            min_p: number("min_p", defaults.min_p)?,
             presence_penalty: number("presence_penalty", 0.0)?,
             frequency_penalty: number("frequency_penalty", 0.0)?,
-            repetition_penalty: number("repetition_penalty", 1.0)?,
+            repetition_penalty: number("repetition_penalty", defaults.repetition_penalty)?,
             seed,
         };
         sampling.validate().map_err(|why| {
