@@ -53,11 +53,13 @@ impl FinishReason {
     }
 }
 
-/// One generated token, handed to the streaming callback.
+/// Progress handed to the streaming callback: a generated token, or (once, at
+/// the end) text that was held back and is final now.
 #[derive(Debug, Clone)]
 pub struct TokenEvent {
-    pub token: SampledToken,
-    /// Text that became final with this token (may be empty, or span earlier tokens).
+    /// `None` for the closing event that only releases held-back text.
+    pub token: Option<SampledToken>,
+    /// Text that became final with this event (may be empty, or span earlier tokens).
     pub text: String,
 }
 
@@ -177,7 +179,7 @@ pub fn generate(
         let piece = decoder.push(token.id);
         let (final_text, hit_stop) = text.push(&piece);
         let event = TokenEvent {
-            token: token.clone(),
+            token: Some(token.clone()),
             text: final_text,
         };
         tokens.push(token);
@@ -201,7 +203,7 @@ pub fn generate(
         tail.push_str(&text.flush());
         if !tail.is_empty() {
             let event = TokenEvent {
-                token: tokens.last().cloned().unwrap_or_else(empty_token),
+                token: None,
                 text: tail,
             };
             let _ = on_token(&event);
@@ -216,14 +218,6 @@ pub fn generate(
         prefill_time,
         decode_time,
     })
-}
-
-fn empty_token() -> SampledToken {
-    SampledToken {
-        id: 0,
-        logprob: 0.0,
-        top: Vec::new(),
-    }
 }
 
 /// Cuts the text at the first stop string, holding back any tail that may

@@ -181,11 +181,13 @@ impl LocalBackend {
                     };
                     let bytes = match update {
                         Some(Update::Token(event)) => {
-                            if event.text.is_empty() && !logprobs {
+                            let lp = match (&event.token, logprobs) {
+                                (Some(token), true) => Some(logprobs_json(&tokenizer, std::slice::from_ref(token))),
+                                _ => None,
+                            };
+                            if event.text.is_empty() && lp.is_none() {
                                 Bytes::new()
                             } else {
-                                let lp =
-                                    logprobs.then(|| logprobs_json(&tokenizer, std::slice::from_ref(&event.token)));
                                 completion.chunk(json!({ "content": event.text }), lp, None)
                             }
                         }
