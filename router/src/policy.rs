@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+use switchyard_engine::sampling::SamplingParams;
 
 /// Default request body limit. OpenAI itself accepts bodies far larger than any
 /// sane chat request; 4 MiB holds ~1M tokens of text, well past any context window
@@ -138,14 +139,30 @@ pub struct SamplingDefaults {
     pub repetition_penalty: f32,
 }
 
+impl SamplingDefaults {
+    /// These defaults as the engine's parameters (no penalties, no seed).
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            ..SamplingParams::default()
+        }
+    }
+}
+
 impl Default for SamplingDefaults {
+    /// The engine's own defaults (OpenAI's).
     fn default() -> Self {
+        let p = SamplingParams::default();
         Self {
-            temperature: 1.0,
-            top_p: 1.0,
-            top_k: 0,
-            min_p: 0.0,
-            repetition_penalty: 1.0,
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
         }
     }
 }
@@ -401,6 +418,9 @@ impl Policy {
             if backend.queue_capacity.value == 0 {
                 problems.push(Problem::at(&backend.queue_capacity, "queue_capacity must be positive"));
             }
+            if let Err(why) = backend.sampling.params().validate() {
+                problems.push(Problem::at(&backend.name, format!("sampling defaults: {why}")));
+            }
             for limit in [&backend.context_length, &backend.default_max_tokens]
                 .into_iter()
                 .flatten()
@@ -585,6 +605,15 @@ routing:
         let text = MINIMAL.replace("https://api.example.com/v1", "https://user:pw@api.example.com/v1");
         let found = problems(&text);
         assert!(found[0].message.contains("credentials"), "{found:?}");
+    }
+
+    #[test]
+    fn sampling_defaults_are_checked_like_request_parameters() {
+        let local = "  local:\n    - name: small\n      model_path: m.gguf\n      sampling: { temperature: 3.0 }\n";
+        let text = MINIMAL.replace("  remote:\n", &format!("{local}  remote:\n"));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("temperature"), "{found:?}");
     }
 
     #[test]
