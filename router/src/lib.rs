@@ -12,6 +12,8 @@
 pub mod auth;
 pub mod backends;
 pub mod http;
+pub mod live;
 pub mod openai;
 pub mod policy;
+pub mod routing;
 pub mod server;

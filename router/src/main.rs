@@ -75,7 +75,7 @@ fn serve(path: &Path, listen: Option<SocketAddr>) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime starts");
-    match runtime.block_on(switchyard::server::serve(policy, listen)) {
+    match runtime.block_on(switchyard::server::serve(policy, path, listen)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("switchyard: {err}");

@@ -44,6 +44,9 @@ pub struct Policy {
     pub auth: AuthConfig,
     pub backends: BackendsConfig,
     pub routing: RoutingConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    pub budgets: Option<BudgetsConfig>,
     /// The directory of the policy file: relative paths in it are resolved from here.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
@@ -251,12 +254,152 @@ impl Timeouts {
     }
 }
 
+/// How `auto` requests are routed: which backends play the local and remote
+/// parts, the score thresholds between tiers, and the aliases clients may ask for.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
-    /// The backend that answers `model: "auto"`. The routing brain replaces this
-    /// with a per-request decision; until then it is a fixed choice.
-    pub default_backend: Spanned<String>,
+    /// The local backend that answers the `local` and `local-reasoning` tiers.
+    pub local_backend: Option<Spanned<String>>,
+    /// Remote backends for the `remote` tier, in order of preference.
+    #[serde(default)]
+    pub remote_backends: Vec<Spanned<String>>,
+    /// The profile of `model: "auto"`.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Spanned<Thresholds>,
+    /// Other profiles clients may name as `model`, e.g. `auto-fast`, `auto-quality`.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, Spanned<Thresholds>>,
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+}
+
+/// Thresholds for the shipped difficulty model: see the README's routing section
+/// for how they trade quality against the share of requests kept local.
+fn default_thresholds() -> Spanned<Thresholds> {
+    unspanned(Thresholds {
+        local_below: 0.35,
+        remote_above: 0.65,
+        ambiguous: AmbiguousChoice::LocalReasoning,
+    })
+}
+
+/// A routing profile: `local` below `local_below`, `remote` from `remote_above`
+/// up, and in between whatever `ambiguous` says.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub local_below: f32,
+    pub remote_above: f32,
+    pub ambiguous: AmbiguousChoice,
+}
+
+/// Where a request whose score falls between the two thresholds goes: the local
+/// model thinking step by step (free, slower) or the remote model (paid, better).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AmbiguousChoice {
+    LocalReasoning,
+    Remote,
+}
+
+/// Sticky sessions: a conversation's tier only goes up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    pub sticky: bool,
+    /// How long a conversation is remembered after its last request.
+    pub ttl_s: Spanned<u64>,
+    /// Conversations remembered at once; the least recently used are forgotten.
+    pub max_entries: Spanned<usize>,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            sticky: true,
+            ttl_s: unspanned(3600),
+            max_entries: unspanned(100_000),
+        }
+    }
+}
+
+/// Privacy rules: a request that matches any of them is never sent to a remote
+/// backend.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Built-in detectors to run.
+    #[serde(default)]
+    pub detectors: Vec<Spanned<Detector>>,
+    /// Custom rules: a name (reported in logs, never the match) and a regex.
+    #[serde(default)]
+    pub patterns: Vec<PatternConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Detector {
+    /// E-mail addresses.
+    Email,
+    /// Phone numbers (international or national formats, 9 to 15 digits).
+    Phone,
+    /// Payment card numbers (13 to 19 digits passing the Luhn check).
+    Card,
+    /// IBANs passing the mod-97 check.
+    Iban,
+    /// API keys, tokens and private keys in well-known formats.
+    Secret,
+}
+
+impl Detector {
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::Card => "card",
+            Detector::Iban => "iban",
+            Detector::Secret => "secret",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    pub name: Spanned<String>,
+    pub regex: Spanned<String>,
+}
+
+/// Spending limits in USD. Remote spend is paced: as a budget fills past
+/// `pacing_from`, the score needed to go remote rises smoothly; at the limit,
+/// only requests that cannot be answered locally may still go remote, and they
+/// are refused instead.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    /// Where spend is kept across restarts, relative to the policy file.
+    pub state_file: Spanned<String>,
+    /// The fraction of a budget from which pacing starts.
+    #[serde(default = "default_pacing_from")]
+    pub pacing_from: Spanned<f64>,
+    /// Limits on all spend together.
+    #[serde(default)]
+    pub global: Limits,
+    /// Limits for each client key (by its name in `auth.keys`).
+    #[serde(default)]
+    pub per_key: Limits,
+}
+
+fn default_pacing_from() -> Spanned<f64> {
+    unspanned(0.5)
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
 }
 
 fn unspanned<T>(value: T) -> Spanned<T> {
@@ -432,20 +575,121 @@ impl Policy {
         }
         if self.backends.remote.is_empty() && self.backends.local.is_empty() {
             problems.push(Problem {
-                line: self.routing.default_backend.referenced.line(),
-                column: self.routing.default_backend.referenced.column(),
+                line: 0,
+                column: 0,
                 message: "no backends are configured".into(),
             });
-        } else if !backend_names.contains(self.routing.default_backend.value.as_str()) {
-            problems.push(Problem::at(
-                &self.routing.default_backend,
-                format!(
-                    "default_backend {:?} is not a configured backend",
-                    self.routing.default_backend.value
-                ),
-            ));
+        }
+        self.routing_problems(&backend_names, &mut problems);
+        self.privacy_problems(&mut problems);
+        if let Some(budgets) = &self.budgets {
+            budget_problems(budgets, &mut problems);
         }
         problems
+    }
+}
+
+impl Policy {
+    fn routing_problems(&self, backend_names: &HashSet<&str>, problems: &mut Vec<Problem>) {
+        let routing = &self.routing;
+        let is_local = |name: &str| self.backends.local.iter().any(|b| b.name.value == name);
+        let is_remote = |name: &str| self.backends.remote.iter().any(|b| b.name.value == name);
+        if let Some(local) = &routing.local_backend
+            && !is_local(&local.value)
+        {
+            problems.push(Problem::at(
+                local,
+                format!("local_backend {:?} is not a configured local backend", local.value),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for remote in &routing.remote_backends {
+            if !is_remote(&remote.value) {
+                problems.push(Problem::at(
+                    remote,
+                    format!("{:?} is not a configured remote backend", remote.value),
+                ));
+            }
+            if !seen.insert(remote.value.as_str()) {
+                problems.push(Problem::at(remote, format!("{:?} is listed twice", remote.value)));
+            }
+        }
+        if routing.local_backend.is_none() && routing.remote_backends.is_empty() {
+            problems.push(Problem {
+                line: 0,
+                column: 0,
+                message: "routing needs a local_backend or at least one of remote_backends".into(),
+            });
+        }
+        check_thresholds(&routing.thresholds, problems);
+        for (alias, thresholds) in &routing.aliases {
+            if !is_model_name(alias) || alias == AUTO_MODEL || backend_names.contains(alias.as_str()) {
+                problems.push(Problem::at(
+                    thresholds,
+                    format!("alias {alias:?} must be a model name that is neither \"auto\" nor a backend's name"),
+                ));
+            }
+            check_thresholds(thresholds, problems);
+        }
+        let sessions = &routing.sessions;
+        if sessions.ttl_s.value == 0 {
+            problems.push(Problem::at(&sessions.ttl_s, "ttl_s must be positive"));
+        }
+        if sessions.max_entries.value == 0 {
+            problems.push(Problem::at(&sessions.max_entries, "max_entries must be positive"));
+        }
+    }
+
+    fn privacy_problems(&self, problems: &mut Vec<Problem>) {
+        let mut names = HashSet::new();
+        for pattern in &self.privacy.patterns {
+            if !is_model_name(&pattern.name.value) {
+                problems.push(Problem::at(
+                    &pattern.name,
+                    "pattern name must be 1-64 characters of letters, digits, '-', '_', '.', ':' or '/'",
+                ));
+            }
+            if !names.insert(pattern.name.value.as_str()) {
+                problems.push(Problem::at(&pattern.name, "duplicate pattern name"));
+            }
+            if let Err(err) = regex::Regex::new(&pattern.regex.value) {
+                let first = err.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                problems.push(Problem::at(&pattern.regex, format!("invalid regex: {first}")));
+            }
+        }
+    }
+}
+
+fn check_thresholds(t: &Spanned<Thresholds>, problems: &mut Vec<Problem>) {
+    let Thresholds {
+        local_below,
+        remote_above,
+        ..
+    } = t.value;
+    if !((0.0..=1.0).contains(&local_below) && (0.0..=1.0).contains(&remote_above) && local_below <= remote_above) {
+        problems.push(Problem::at(t, "thresholds need 0 <= local_below <= remote_above <= 1"));
+    }
+}
+
+fn budget_problems(budgets: &BudgetsConfig, problems: &mut Vec<Problem>) {
+    if budgets.state_file.value.trim().is_empty() {
+        problems.push(Problem::at(&budgets.state_file, "state_file must not be empty"));
+    }
+    if !(0.0..1.0).contains(&budgets.pacing_from.value) {
+        problems.push(Problem::at(
+            &budgets.pacing_from,
+            "pacing_from must be at least 0 and below 1",
+        ));
+    }
+    for (scope, limits) in [("global", budgets.global), ("per_key", budgets.per_key)] {
+        for limit in [limits.daily_usd, limits.monthly_usd].into_iter().flatten() {
+            if !(limit.is_finite() && limit > 0.0) {
+                problems.push(Problem::at(
+                    &budgets.state_file,
+                    format!("budgets.{scope}: limits must be positive numbers of USD"),
+                ));
+            }
+        }
     }
 }
 
@@ -539,7 +783,8 @@ backends:
       model: big-model
       price: { input_per_mtok_usd: 1.0, output_per_mtok_usd: 2.0 }
 routing:
-  default_backend: cloud
+  remote_backends: [cloud]
+  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }
 ";
 
     fn problems(text: &str) -> Vec<Problem> {
@@ -572,13 +817,13 @@ routing:
     fn every_problem_of_meaning_is_reported_at_once() {
         let text = MINIMAL
             .replace("https://api.example.com/v1", "ftp://x")
-            .replace("default_backend: cloud", "default_backend: nowhere")
+            .replace("remote_backends: [cloud]", "remote_backends: [nowhere]")
             + "server:\n  listen: localhost\n";
         let found = problems(&text);
         let lines: Vec<u64> = found.iter().map(|p| p.line).collect();
         assert_eq!(found.len(), 3, "{found:?}");
         assert!(
-            lines.contains(&4) && lines.contains(&9) && lines.contains(&11),
+            lines.contains(&4) && lines.contains(&9) && lines.contains(&12),
             "{found:?}"
         );
     }
@@ -614,6 +859,38 @@ routing:
         let found = problems(&text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].message.contains("temperature"), "{found:?}");
+    }
+
+    #[test]
+    fn routing_privacy_and_budget_problems_are_located() {
+        let text = MINIMAL.replace(
+            "  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }\n",
+            "  thresholds: { local_below: 0.8, remote_above: 0.7, ambiguous: remote }\n  aliases:\n    cloud: { local_below: 0.1, remote_above: 0.2, ambiguous: remote }\n",
+        ) + "privacy:\n  detectors: [card]\n  patterns:\n    - name: bad\n      regex: '(unclosed'\nbudgets:\n  state_file: s.json\n  pacing_from: 1.5\n";
+        let found = problems(&text);
+        let at: Vec<(u64, &str)> = found.iter().map(|p| (p.line, p.message.as_str())).collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            at[0].0 == 10 && at[0].1.contains("local_below <= remote_above"),
+            "{at:?}"
+        );
+        assert!(at[1].0 == 12 && at[1].1.contains("alias \"cloud\""), "{at:?}");
+        assert!(at[2].0 == 17 && at[2].1.starts_with("invalid regex"), "{at:?}");
+        assert!(at[3].0 == 20 && at[3].1.contains("pacing_from"), "{at:?}");
+    }
+
+    #[test]
+    fn routing_must_name_backends_of_the_right_kind() {
+        let text = MINIMAL.replace("  remote_backends: [cloud]\n", "  local_backend: cloud\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("not a configured local backend"), "{found:?}");
+        let neither = MINIMAL.replace("  remote_backends: [cloud]\n", "");
+        let found = problems(&neither);
+        assert!(found[0].message.contains("needs a local_backend"), "{found:?}");
+        let unknown_detector = format!("{MINIMAL}privacy:\n  detectors: [passport]\n");
+        let found = problems(&unknown_detector);
+        assert_eq!((found.len(), found[0].line), (1, 12), "{found:?}");
     }
 
     #[test]

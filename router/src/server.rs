@@ -1,17 +1,21 @@
 //! Runs the daemon: bind, serve until SIGTERM/SIGINT, then drain.
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::ClientKeys;
-use crate::backends::Backends;
 use crate::http::{self, AppState};
+use crate::live::{Live, LivePolicy};
 use crate::policy::Policy;
+use crate::routing::sessions::Sessions;
 
-pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Result<(), String> {
+/// How often the budget ledger is written to disk when spend changed.
+const LEDGER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<SocketAddr>) -> Result<(), String> {
     let listen = match listen_override {
         Some(addr) => addr,
         None => policy
@@ -19,21 +23,22 @@ pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Resul
             .listen_addr()
             .map_err(|e| format!("listen address: {e}"))?,
     };
-    let keys = ClientKeys::from_config(&policy.auth)?;
-    if !keys.is_enabled() && !listen.ip().is_loopback() {
+    let live = Live::build(&policy, None)?;
+    if !live.keys.is_enabled() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "no client keys are configured: anyone who can reach this address can spend your upstream budget");
     }
-    let backends = Backends::from_policy(&policy);
-    for backend in backends.all() {
+    for backend in live.backends.all() {
         if let Err(reason) = backend.readiness() {
             tracing::warn!(backend = backend.name(), reason, "backend is not ready");
         }
     }
+    let sessions = &policy.routing.sessions;
     let state = Arc::new(AppState {
-        backends,
-        keys,
-        max_body_bytes: policy.server.max_body_bytes.value,
+        policy: Arc::new(LivePolicy::new(policy_path, live)),
+        sessions: Sessions::new(Duration::from_secs(sessions.ttl_s.value), sessions.max_entries.value),
     });
+    tokio::spawn(state.policy.clone().watch(|_| {}));
+    tokio::spawn(flush_ledger_periodically(state.clone()));
     let drain = Duration::from_millis(policy.server.shutdown_drain_ms);
 
     let listener = TcpListener::bind(listen)
@@ -43,7 +48,7 @@ pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Resul
     tracing::info!(listen = %bound, "switchyard is serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, http::router(state)).with_graceful_shutdown(async move {
+    let server = axum::serve(listener, http::router(state.clone())).with_graceful_shutdown(async move {
         shutdown_signal().await;
         let _ = stop_tx.send(true);
     });
@@ -57,12 +62,31 @@ pub async fn serve(policy: Policy, listen_override: Option<SocketAddr>) -> Resul
         drain_ms = drain.as_millis() as u64,
         "shutting down: no new connections, finishing in-flight requests"
     );
-    match tokio::time::timeout(drain, server).await {
+    let result = match tokio::time::timeout(drain, server).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => {
             tracing::warn!("drain timeout reached; cutting remaining requests");
             Ok(())
         }
+    };
+    flush_ledger(&state);
+    result
+}
+
+fn flush_ledger(state: &AppState) {
+    if let Some(ledger) = &state.policy.current().ledger
+        && let Err(err) = ledger.flush()
+    {
+        tracing::error!(path = %ledger.path().display(), "cannot write budget state: {err}");
+    }
+}
+
+async fn flush_ledger_periodically(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(LEDGER_FLUSH_INTERVAL);
+    loop {
+        tick.tick().await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || flush_ledger(&state)).await;
     }
 }
 

@@ -46,7 +46,12 @@ pub fn scratch_dir(label: &str) -> PathBuf {
 impl Daemon {
     /// Starts the daemon on `policy` (YAML) with extra environment variables.
     pub fn start(policy: &str, env: &[(&str, &str)]) -> Daemon {
-        let dir = scratch_dir("daemon");
+        Daemon::start_in(scratch_dir("daemon"), policy, env)
+    }
+
+    /// Starts the daemon in a given directory (the policy file and the log are
+    /// written there), e.g. the directory of a previous run, to restart it.
+    pub fn start_in(dir: PathBuf, policy: &str, env: &[(&str, &str)]) -> Daemon {
         let policy_path = dir.join("policy.yaml");
         std::fs::write(&policy_path, policy).unwrap();
         let log_path = dir.join("switchyard.log");
@@ -100,6 +105,16 @@ impl Daemon {
     pub fn log(&self) -> String {
         let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
         strip_ansi(&raw)
+    }
+
+    /// The directory holding the policy file and the log.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The policy file the daemon serves (and watches).
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.yaml")
     }
 
     pub fn pid(&self) -> u32 {

@@ -29,7 +29,9 @@ pub fn policy_for(double_url: &str, extra: &str) -> String {
     policy.push_str(
         "    - name: unreachable\n      base_url: http://127.0.0.1:9/v1\n      model: nothing\n      price: { input_per_mtok_usd: 1, output_per_mtok_usd: 1 }\n",
     );
-    policy.push_str("routing:\n  default_backend: echo\n");
+    policy.push_str(
+        "routing:\n  remote_backends: [echo]\n  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }\n",
+    );
     policy.push_str(extra);
     policy
 }

@@ -67,7 +67,7 @@ fn policy_check_prints_every_problem_with_line_and_column() {
     let good = policy_for(&double.base_url(), "");
     let bad = good
         .replacen("api_key_env: DOUBLE_API_KEY", "api_key_env: 9-not-a-var", 1)
-        .replace("default_backend: echo", "default_backend: nowhere");
+        .replace("remote_backends: [echo]", "remote_backends: [nowhere]");
     let (ok, text) = policy_check(&bad);
     assert!(!ok);
     let lines: Vec<&str> = text.lines().collect();
@@ -88,7 +88,7 @@ fn policy_check_prints_every_problem_with_line_and_column() {
 fn serve_refuses_an_invalid_policy_with_its_location() {
     let dir = daemon::scratch_dir("serve-invalid");
     let path = dir.join("policy.yaml");
-    std::fs::write(&path, "backends: {}\nrouting: {default_backend: x}\nextra: 1\n").unwrap();
+    std::fs::write(&path, "backends: {}\nrouting: {remote_backends: [x]}\nextra: 1\n").unwrap();
     let output = Command::new(daemon::binary())
         .args(["serve", "--policy"])
         .arg(&path)

@@ -14,7 +14,11 @@ fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
             "    - name: {name}\n      model_path: {path}\n      threads: 2\n      context_length: {context_length}\n      queue_capacity: 4\n"
         ));
     }
-    policy.push_str(&format!("routing:\n  default_backend: {}\n", backends[0].0));
+    // Everything `auto` stays on the local model without reasoning.
+    policy.push_str(&format!(
+        "routing:\n  local_backend: {}\n  thresholds: {{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }}\n",
+        backends[0].0
+    ));
     policy
 }
 

@@ -496,7 +496,10 @@ async fn models_health_and_readiness_describe_the_backends() {
         .json()
         .await
         .unwrap();
-    assert_eq!(one["backend"], "echo");
+    assert_eq!(
+        one["backend"], "switchyard",
+        "the router picks auto's backend per request"
+    );
     assert_error(
         http_client().get(daemon.url("/v1/models/nope")).send().await.unwrap(),
         404,

@@ -38,6 +38,23 @@ const UNSUPPORTED_FIELDS: &[&str] = &[
     "prediction",
 ];
 
+/// Why a local model cannot take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ineligible {
+    /// Tools or function calling.
+    Tools,
+    /// Images, audio or other non-text content.
+    Images,
+    /// `response_format` (JSON mode or a schema).
+    JsonMode,
+    /// Other fields a local model cannot honour (`logit_bias`, `n` > 1, ...).
+    Fields,
+    /// The prompt (estimated) and `max_tokens` do not fit the context window.
+    Context,
+    /// The model is not loaded.
+    Unavailable,
+}
+
 pub struct LocalBackend {
     name: String,
     /// A model that failed to load leaves its backend unavailable, with the
@@ -45,6 +62,9 @@ pub struct LocalBackend {
     engine: Result<Engine, String>,
     default_max_tokens: Option<u64>,
     sampling: SamplingDefaults,
+    /// Everything of the configuration that the loaded engine depends on: a
+    /// reloaded policy with the same identity keeps this backend (and its model).
+    identity: String,
 }
 
 /// What the engine thread sends back to the request's task.
@@ -81,7 +101,26 @@ impl LocalBackend {
             engine,
             default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
             sampling: config.sampling,
+            identity: Self::identity_of(config, policy_dir),
         }
+    }
+
+    /// See [`LocalBackend::identity`].
+    pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
+        format!(
+            "{}|{}|{}|{:?}|{}|{:?}|{:?}",
+            config.name.value,
+            policy_dir.join(&config.model_path.value).display(),
+            config.threads.value,
+            config.context_length.as_ref().map(|c| c.value),
+            config.queue_capacity.value,
+            config.default_max_tokens.as_ref().map(|m| m.value),
+            config.sampling,
+        )
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     fn engine(&self) -> Result<&Engine, ApiError> {
@@ -97,6 +136,40 @@ impl LocalBackend {
 
     pub fn readiness(&self) -> Result<(), String> {
         self.engine.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// Whether this model can answer a request, judged before any tokenization
+    /// from the request's fields and an estimate of its prompt length.
+    pub fn eligibility(&self, request: &ChatRequest, prompt_tokens_estimate: u64) -> Result<(), Ineligible> {
+        let engine = self.engine.as_ref().map_err(|_| Ineligible::Unavailable)?;
+        let body = &request.body;
+        let present = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
+        if present("tools") || present("functions") {
+            return Err(Ineligible::Tools);
+        }
+        if present("response_format") {
+            return Err(Ineligible::JsonMode);
+        }
+        if UNSUPPORTED_FIELDS.iter().any(|f| present(f))
+            || body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1)
+        {
+            return Err(Ineligible::Fields);
+        }
+        let has_non_text_part = body["messages"].as_array().into_iter().flatten().any(|message| {
+            message["content"].as_array().is_some_and(|parts| {
+                parts
+                    .iter()
+                    .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
+            })
+        });
+        if has_non_text_part {
+            return Err(Ineligible::Images);
+        }
+        let needed = prompt_tokens_estimate + request.max_tokens.unwrap_or(0);
+        if needed >= engine.context_length() as u64 {
+            return Err(Ineligible::Context);
+        }
+        Ok(())
     }
 
     pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {

@@ -16,7 +16,7 @@ use futures_util::stream::BoxStream;
 use crate::openai::Usage;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::policy::{AUTO_MODEL, Policy};
+use crate::policy::Policy;
 use local::LocalBackend;
 use remote::RemoteBackend;
 
@@ -80,8 +80,9 @@ pub struct ModelEntry<'a> {
 
 impl Backends {
     /// Builds every backend of the policy; local models are loaded now, which
-    /// takes a moment.
-    pub fn from_policy(policy: &Policy) -> Backends {
+    /// takes a moment, except those `previous` already has with the same
+    /// configuration, which are shared (a policy reload keeps loaded models).
+    pub fn from_policy(policy: &Policy, previous: Option<&Backends>) -> Backends {
         let mut all: Vec<Arc<Backend>> = policy
             .backends
             .remote
@@ -89,20 +90,25 @@ impl Backends {
             .map(|config| Arc::new(Backend::Remote(RemoteBackend::new(config))))
             .collect();
         for config in &policy.backends.local {
-            all.push(Arc::new(Backend::Local(LocalBackend::load(config, &policy.base_dir))));
+            let identity = LocalBackend::identity_of(config, &policy.base_dir);
+            let loaded = previous.into_iter().flat_map(|p| &p.all).find(|b| match b.as_ref() {
+                Backend::Local(local) => local.identity() == identity,
+                Backend::Remote(_) => false,
+            });
+            all.push(match loaded {
+                Some(backend) => backend.clone(),
+                None => Arc::new(Backend::Local(LocalBackend::load(config, &policy.base_dir))),
+            });
         }
-        let index_of = |name: &str| all.iter().position(|b| b.name() == name);
         let mut by_model = HashMap::new();
         // Later entries never override earlier ones: backend names first, then
-        // upstream model names (first backend wins), then `auto`.
+        // upstream model names (first backend wins). Routing profiles (`auto`
+        // and its aliases) are the routing's, not a backend's.
         for (i, backend) in all.iter().enumerate() {
             by_model.insert(backend.name().to_string(), i);
         }
         for (i, config) in policy.backends.remote.iter().enumerate() {
             by_model.entry(config.model.value.clone()).or_insert(i);
-        }
-        if let Some(default) = index_of(&policy.routing.default_backend.value) {
-            by_model.insert(AUTO_MODEL.to_string(), default);
         }
         Backends { all, by_model }
     }

@@ -86,6 +86,10 @@ impl RemoteBackend {
         }
     }
 
+    pub fn price(&self) -> Price {
+        self.price
+    }
+
     pub fn name(&self) -> &str {
         &self.name
     }

@@ -11,37 +11,59 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::{AppState, BACKEND, RequestId};
-use crate::backends::ChatReply;
+use crate::auth::Caller;
+use crate::backends::{Backend, ChatReply};
+use crate::live::Live;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::routing::{self, COST, Decision, Hints, REASON, ROUTE, Reason, RequestFacts, SCORE, Tier};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let bytes = match read_body(&headers, body, state.max_body_bytes).await {
+    let caller = caller.map_or(Caller::Anonymous, |Extension(caller)| caller);
+    // The policy in force when the request arrived serves it to the end.
+    let live = state.policy.current();
+    let bytes = match read_body(&headers, body, live.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
     };
-    let request = match ChatRequest::parse(&bytes) {
+    let mut request = match ChatRequest::parse(&bytes) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
-    let Some(backend) = state.backends.resolve(&request.model) else {
-        return ApiError::ModelNotFound(request.model).into_response();
+    let decision = match decide(&state, &live, &request, &caller, &headers) {
+        Ok(decision) => decision,
+        Err(err) => return err.into_response(),
     };
-    let backend_header = HeaderValue::from_str(backend.name()).expect("policy check keeps backend names header-safe");
+    if decision.reason != Reason::ModelPinned {
+        routing::prepare_for_tier(&mut request, decision.tier);
+    }
+    let backend = decision.backend.clone();
+    let price = routing::price_of(&backend);
     let mut response = match backend.chat(request, &request_id).await {
         Ok(ChatReply::Complete {
-            body, headers, status, ..
+            body,
+            headers,
+            status,
+            usage,
         }) => {
             let mut response = (status, body).into_response();
             response.headers_mut().extend(headers);
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            let cost = usage.map(|u| price.cost_usd(u.prompt_tokens, u.completion_tokens));
+            if let Some(cost) = cost {
+                if let Some(ledger) = &live.ledger {
+                    ledger.record(routing::caller_name(&caller), cost);
+                }
+                response.headers_mut().insert(COST, cost_header(cost));
+            }
             response
         }
         Ok(ChatReply::Stream { events, headers }) => {
@@ -56,12 +78,71 @@ pub async fn chat_completions(
             out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             // Tell reverse proxies (nginx) in front of us not to buffer the stream.
             out.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            // A local answer's price is known before it starts; a remote one's
+            // only at its end (it is in the usage chunk, logs and metrics).
+            if price.input_per_mtok_usd == 0.0 && price.output_per_mtok_usd == 0.0 {
+                out.insert(COST, cost_header(0.0));
+            }
             response
         }
         Err(err) => err.into_response(),
     };
-    response.headers_mut().insert(BACKEND, backend_header);
+    let out = response.headers_mut();
+    out.insert(BACKEND, header_value(backend.name()));
+    out.insert(ROUTE, HeaderValue::from_static(decision.tier.as_str()));
+    out.insert(REASON, HeaderValue::from_static(decision.reason.as_str()));
+    if let Some(score) = decision.score {
+        out.insert(SCORE, header_value(&format!("{score:.4}")));
+    }
     response
+}
+
+/// Where the request goes: the router decides for `auto` and its aliases; a
+/// backend's own name (or its upstream model's) pins it there.
+fn decide(
+    state: &AppState,
+    live: &Live,
+    request: &ChatRequest,
+    caller: &Caller,
+    headers: &HeaderMap,
+) -> Result<Decision, ApiError> {
+    let hints = Hints::from_headers(headers)?;
+    if live.routing.is_profile(&request.model) {
+        let (score, prompt_tokens_estimate) = score_request(request);
+        let facts = RequestFacts {
+            caller,
+            hints: &hints,
+            score,
+            prompt_tokens_estimate,
+        };
+        return live
+            .routing
+            .route(request, &facts, live.ledger.as_deref(), &state.sessions);
+    }
+    let backend = live
+        .backends
+        .resolve(&request.model)
+        .ok_or_else(|| ApiError::ModelNotFound(request.model.clone()))?;
+    live.routing
+        .check_pinned(request, backend, caller, live.ledger.as_deref())?;
+    Ok(Decision {
+        tier: match backend.as_ref() {
+            Backend::Local(_) => Tier::Local,
+            Backend::Remote(_) => Tier::Remote,
+        },
+        reason: Reason::ModelPinned,
+        score: None,
+        backend: backend.clone(),
+        pacing: 0.0,
+    })
+}
+
+fn cost_header(cost_usd: f64) -> HeaderValue {
+    header_value(&format!("{cost_usd:.8}"))
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).expect("backend names and numbers are header-safe")
 }
 
 /// Reads the body, refusing a declared length over the limit before reading
@@ -114,4 +195,13 @@ async fn drain(stream: &mut axum::body::BodyDataStream, max_bytes: usize) {
         }
     })
     .await;
+}
+
+/// Interim difficulty score (prompt length) and prompt-size estimate (4 bytes
+/// a token); replaced by the learned model in the next change.
+fn score_request(request: &ChatRequest) -> (f32, u64) {
+    let text = routing::message_text(request);
+    let estimate = (text.len() as u64).div_ceil(4);
+    let score = (text.len() as f32 / 2000.0).min(1.0);
+    (score, estimate)
 }

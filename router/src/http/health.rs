@@ -16,7 +16,8 @@ pub async fn healthz() -> Json<Value> {
 
 /// Ready: at least one backend can take requests. The body says which can't, and why.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let backends: Vec<Value> = state
+    let live = state.policy.current();
+    let backends: Vec<Value> = live
         .backends
         .all()
         .iter()

@@ -18,9 +18,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-use crate::auth::{Caller, ClientKeys};
-use crate::backends::Backends;
+use crate::auth::Caller;
+use crate::live::LivePolicy;
 use crate::openai::error::ApiError;
+use crate::routing::sessions::Sessions;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
@@ -28,9 +29,10 @@ pub const BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");
 pub const SELF_BACKEND: &str = "switchyard";
 
 pub struct AppState {
-    pub backends: Backends,
-    pub keys: ClientKeys,
-    pub max_body_bytes: usize,
+    /// The policy in force (swapped on reload).
+    pub policy: Arc<LivePolicy>,
+    /// Sticky conversations, kept across reloads.
+    pub sessions: Sessions,
 }
 
 /// The request id, available to handlers as an extension.
@@ -59,7 +61,7 @@ async fn unknown_endpoint(request: Request) -> ApiError {
 
 async fn authenticate(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
     let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-    match state.keys.authenticate(authorization) {
+    match state.policy.current().keys.authenticate(authorization) {
         Ok(caller) => {
             request.extensions_mut().insert::<Caller>(caller);
             next.run(request).await

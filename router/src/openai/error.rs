@@ -12,6 +12,12 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::json;
 
+use crate::routing::RouteError;
+
+/// When no backend can take a request, clients are told to come back after this
+/// many seconds: long enough for a breaker to close or a model to load.
+const NO_BACKEND_RETRY_AFTER_S: &str = "5";
+
 #[derive(Debug, Clone)]
 pub enum ApiError {
     /// The body is not JSON; the message says where it broke.
@@ -40,6 +46,8 @@ pub enum ApiError {
     ContextLengthExceeded { message: String },
     /// The local engine's queue is full.
     LocalBusy { backend: String, queue_capacity: usize },
+    /// The policy leaves no tier that can take the request.
+    Route(RouteError),
 }
 
 /// An upstream's own error response, passed through as it came.
@@ -65,6 +73,7 @@ impl ApiError {
             ApiError::Upstream(e) => e.status,
             ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::Route(e) => e.status(),
         }
     }
 
@@ -84,6 +93,7 @@ impl ApiError {
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::LocalBusy { .. } => "engine_busy",
+            ApiError::Route(e) => e.code(),
         }
     }
 
@@ -102,6 +112,7 @@ impl ApiError {
             | ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamTimeout { .. }
             | ApiError::UpstreamInvalid { .. } => "upstream_error",
+            ApiError::Route(e) => e.error_type(),
         }
     }
 
@@ -142,6 +153,7 @@ impl ApiError {
                 backend,
                 queue_capacity,
             } => format!("Backend `{backend}` is busy: {queue_capacity} requests are already waiting. Retry shortly."),
+            ApiError::Route(e) => e.message(),
         }
     }
 
@@ -189,6 +201,11 @@ impl IntoResponse for ApiError {
         }) = &self
         {
             response.headers_mut().insert(header::RETRY_AFTER, retry_after.clone());
+        }
+        if let ApiError::Route(RouteError::NoBackend { .. }) = &self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static(NO_BACKEND_RETRY_AFTER_S));
         }
         response
     }

@@ -1,0 +1,179 @@
+//! The policy in force, and its hot reload.
+//!
+//! Everything built from the policy file lives in one [`Live`] value behind an
+//! `Arc`: a request takes the current one when it starts and keeps it to the
+//! end, so a reload never changes the rules under a request in flight. A reload
+//! (the file changed, or SIGHUP) builds a whole new `Live` off the async
+//! threads and swaps it in; a file with problems is rejected, each problem
+//! logged with its line and column, and the previous policy keeps serving.
+//! Loaded local models whose configuration did not change are carried over.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::auth::ClientKeys;
+use crate::backends::Backends;
+use crate::policy::{Policy, PolicyError};
+use crate::routing::Routing;
+use crate::routing::budget::Ledger;
+
+/// How often the policy file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+pub struct Live {
+    pub backends: Backends,
+    pub routing: Routing,
+    pub keys: ClientKeys,
+    pub max_body_bytes: usize,
+    /// Remote spend, when the policy sets budgets.
+    pub ledger: Option<Arc<Ledger>>,
+}
+
+impl Live {
+    /// Builds what a checked policy describes, sharing what `previous` already
+    /// has: loaded local models, and the spend ledger when its file is the same.
+    pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, String> {
+        let keys = ClientKeys::from_config(&policy.auth)?;
+        let ledger = match &policy.budgets {
+            None => None,
+            Some(budgets) => {
+                let path = policy.base_dir.join(&budgets.state_file.value);
+                match previous.and_then(|p| p.ledger.as_ref()).filter(|l| l.path() == path) {
+                    Some(ledger) => Some(ledger.clone()),
+                    None => Some(Arc::new(Ledger::open(&path)?)),
+                }
+            }
+        };
+        let backends = Backends::from_policy(policy, previous.map(|p| &p.backends));
+        let routing = Routing::new(policy, &backends)?;
+        Ok(Live {
+            backends,
+            routing,
+            keys,
+            max_body_bytes: policy.server.max_body_bytes.value,
+            ledger,
+        })
+    }
+}
+
+/// The current [`Live`], swappable.
+pub struct LivePolicy {
+    path: PathBuf,
+    current: RwLock<Arc<Live>>,
+}
+
+/// What a reload attempt came to (also a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Applied,
+    Rejected,
+}
+
+impl ReloadOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReloadOutcome::Applied => "applied",
+            ReloadOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+impl LivePolicy {
+    pub fn new(path: &Path, live: Live) -> LivePolicy {
+        LivePolicy {
+            path: path.to_path_buf(),
+            current: RwLock::new(Arc::new(live)),
+        }
+    }
+
+    pub fn current(&self) -> Arc<Live> {
+        self.current.read().expect("live policy lock").clone()
+    }
+
+    /// Reads the policy file again and swaps it in if it is good. Blocking:
+    /// loading a new local model takes a while.
+    pub fn reload(&self, trigger: &str) -> ReloadOutcome {
+        let path = self.path.display();
+        let policy = match Policy::load(&self.path) {
+            Ok(policy) => policy,
+            Err(PolicyError::Invalid(problems)) => {
+                for problem in &problems {
+                    tracing::error!(
+                        trigger,
+                        policy = %path,
+                        line = problem.line,
+                        column = problem.column,
+                        "{path}:{problem}"
+                    );
+                }
+                tracing::error!(trigger, policy = %path, "policy reload rejected; the previous policy keeps serving");
+                return ReloadOutcome::Rejected;
+            }
+            Err(err @ PolicyError::Read(_)) => {
+                tracing::error!(trigger, policy = %path, "policy reload rejected: {err}");
+                return ReloadOutcome::Rejected;
+            }
+        };
+        let previous = self.current();
+        match Live::build(&policy, Some(&previous)) {
+            Ok(live) => {
+                if let Some(old) = previous.ledger.as_ref()
+                    && let Err(err) = old.flush()
+                {
+                    tracing::error!(path = %old.path().display(), "cannot write budget state: {err}");
+                }
+                *self.current.write().expect("live policy lock") = Arc::new(live);
+                tracing::info!(trigger, policy = %path, "policy reloaded");
+                ReloadOutcome::Applied
+            }
+            Err(err) => {
+                tracing::error!(trigger, policy = %path, "policy reload rejected: {err}; the previous policy keeps serving");
+                ReloadOutcome::Rejected
+            }
+        }
+    }
+
+    /// Reloads on SIGHUP and whenever the file's content changes, until the
+    /// process ends. `on_reload` sees every outcome.
+    pub async fn watch(self: Arc<Self>, on_reload: impl Fn(ReloadOutcome) + Send + 'static) {
+        let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(signal) => Some(signal),
+            Err(err) => {
+                tracing::warn!("cannot listen for SIGHUP ({err}); the policy file is still watched");
+                None
+            }
+        };
+        let mut seen = fingerprint(&self.path);
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let trigger = tokio::select! {
+                Some(()) = async { hangup.as_mut()?.recv().await } => "sighup",
+                _ = tick.tick() => {
+                    let now = fingerprint(&self.path);
+                    // A missing file is an editor mid-save: wait for it to come back.
+                    if now.is_none() || now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    "file-change"
+                }
+            };
+            let this = self.clone();
+            let outcome = tokio::task::spawn_blocking(move || this.reload(trigger))
+                .await
+                .unwrap_or(ReloadOutcome::Rejected);
+            on_reload(outcome);
+        }
+    }
+}
+
+/// A hash of the file's content, or `None` when it cannot be read.
+fn fingerprint(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut hasher = std::hash::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    Some(hasher.finish())
+}

@@ -1,0 +1,523 @@
+//! The routing brain: for each `auto` request, which tier answers it (the local
+//! model, the local model reasoning step by step, or a remote model) and why.
+//!
+//! - [`decide`]: the decision as a pure function of what is known.
+//! - [`privacy`]: detectors and patterns that keep a request local.
+//! - [`budget`]: remote spend, kept across restarts, and budget pacing.
+//! - [`sessions`]: sticky conversations, whose tier only goes up.
+//!
+//! [`Routing`] is what one policy generation knows (profiles, rules, backends);
+//! [`Ledger`](budget::Ledger) and [`Sessions`](sessions::Sessions) outlive
+//! reloads. Every decision carries a stable [`Reason`] code, sent to clients in
+//! `x-switchyard-reason` and used as a metric label.
+
+pub mod budget;
+pub mod decide;
+pub mod privacy;
+pub mod sessions;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, StatusCode};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::auth::Caller;
+use crate::backends::{Backend, Backends};
+use crate::openai::error::ApiError;
+use crate::openai::request::ChatRequest;
+use crate::policy::{AUTO_MODEL, Policy, Price, Thresholds};
+use budget::{BudgetLimits, Ledger, Pacing};
+use decide::{Situation, Verdict};
+use privacy::PrivacyRules;
+use sessions::{SessionKeys, Sessions};
+
+pub const ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
+pub const SCORE: HeaderName = HeaderName::from_static("x-switchyard-score");
+pub const REASON: HeaderName = HeaderName::from_static("x-switchyard-reason");
+pub const COST: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
+pub const TIER_OVERRIDE: HeaderName = HeaderName::from_static("x-switchyard-tier");
+pub const MAX_COST: HeaderName = HeaderName::from_static("x-switchyard-max-cost-usd");
+pub const SESSION: HeaderName = HeaderName::from_static("x-switchyard-session");
+
+/// Output tokens assumed when pricing a remote call for a request that sets no
+/// `max_tokens` (for `x-switchyard-max-cost-usd`).
+pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = 1_000;
+
+/// Where a request is answered. Ordered: a conversation only moves up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tier {
+    Local,
+    LocalReasoning,
+    Remote,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 3] = [Tier::Local, Tier::LocalReasoning, Tier::Remote];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Local => "local",
+            Tier::LocalReasoning => "local-reasoning",
+            Tier::Remote => "remote",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+}
+
+/// Why a request went where it went: short, stable codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The client named a backend; no routing.
+    ModelPinned,
+    ScoreLow,
+    ScoreAmbiguous,
+    ScoreHigh,
+    TierOverride,
+    StickySession,
+    PrivacyRule,
+    IneligibleTools,
+    IneligibleImages,
+    IneligibleJson,
+    IneligibleFields,
+    IneligibleContext,
+    LocalUnavailable,
+    RemoteUnavailable,
+    BudgetPaced,
+    BudgetExhausted,
+    MaxCost,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 17] = [
+        Reason::ModelPinned,
+        Reason::ScoreLow,
+        Reason::ScoreAmbiguous,
+        Reason::ScoreHigh,
+        Reason::TierOverride,
+        Reason::StickySession,
+        Reason::PrivacyRule,
+        Reason::IneligibleTools,
+        Reason::IneligibleImages,
+        Reason::IneligibleJson,
+        Reason::IneligibleFields,
+        Reason::IneligibleContext,
+        Reason::LocalUnavailable,
+        Reason::RemoteUnavailable,
+        Reason::BudgetPaced,
+        Reason::BudgetExhausted,
+        Reason::MaxCost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ModelPinned => "model-pinned",
+            Reason::ScoreLow => "score-low",
+            Reason::ScoreAmbiguous => "score-ambiguous",
+            Reason::ScoreHigh => "score-high",
+            Reason::TierOverride => "tier-override",
+            Reason::StickySession => "sticky-session",
+            Reason::PrivacyRule => "privacy-rule",
+            Reason::IneligibleTools => "ineligible-tools",
+            Reason::IneligibleImages => "ineligible-images",
+            Reason::IneligibleJson => "ineligible-json",
+            Reason::IneligibleFields => "ineligible-fields",
+            Reason::IneligibleContext => "ineligible-context",
+            Reason::LocalUnavailable => "local-unavailable",
+            Reason::RemoteUnavailable => "remote-unavailable",
+            Reason::BudgetPaced => "budget-paced",
+            Reason::BudgetExhausted => "budget-exhausted",
+            Reason::MaxCost => "max-cost",
+        }
+    }
+}
+
+/// A request that no tier can take under the policy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteError {
+    /// A privacy rule keeps it local, and the local model cannot serve it.
+    PrivacyUnservable { rule: String, why: Reason },
+    /// The budget is spent, and the local model cannot serve it.
+    BudgetExhausted { why: Reason },
+    /// The remote call would cost more than the client allows, and the local
+    /// model cannot serve it.
+    MaxCostExceeded { estimate_usd: f64, why: Reason },
+    /// Neither tier is available.
+    NoBackend { why: Reason },
+}
+
+impl RouteError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            RouteError::PrivacyUnservable { .. } => StatusCode::BAD_REQUEST,
+            RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+            RouteError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            RouteError::PrivacyUnservable { .. } => "privacy_local_only",
+            RouteError::BudgetExhausted { .. } => "budget_exhausted",
+            RouteError::MaxCostExceeded { .. } => "max_cost_exceeded",
+            RouteError::NoBackend { .. } => "no_backend_available",
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            RouteError::PrivacyUnservable { .. } => "invalid_request_error",
+            RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => "insufficient_quota",
+            RouteError::NoBackend { .. } => "upstream_error",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        let local_cannot = |why: &Reason| match why {
+            Reason::ModelPinned => "the request names a remote model".to_string(),
+            _ => format!("the local model cannot serve it ({})", why.as_str()),
+        };
+        match self {
+            RouteError::PrivacyUnservable { rule, why } => format!(
+                "Privacy rule `{rule}` keeps this request on the local model, but {}.",
+                local_cannot(why)
+            ),
+            RouteError::BudgetExhausted { why } => format!(
+                "The remote budget is spent and {}. Retry when the budget resets.",
+                local_cannot(why)
+            ),
+            RouteError::MaxCostExceeded { estimate_usd, why } => format!(
+                "A remote answer may cost up to ${estimate_usd:.6}, over x-switchyard-max-cost-usd, and {}.",
+                local_cannot(why)
+            ),
+            RouteError::NoBackend { why } => format!("No remote backend is available and {}.", local_cannot(why)),
+        }
+    }
+}
+
+/// What a client asked of the routing through headers.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Hints {
+    pub tier: Option<Tier>,
+    pub max_cost_usd: Option<f64>,
+    pub session: Option<String>,
+}
+
+impl Hints {
+    pub fn from_headers(headers: &HeaderMap) -> Result<Hints, ApiError> {
+        let text = |name: &HeaderName| -> Result<Option<&str>, ApiError> {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map(str::trim)
+                        .map_err(|_| ApiError::invalid(format!("Header {name} must be ASCII."), name.as_str()))
+                })
+                .transpose()
+        };
+        let tier = text(&TIER_OVERRIDE)?
+            .map(|t| {
+                Tier::parse(t).ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("Header {TIER_OVERRIDE} must be local, local-reasoning or remote."),
+                        TIER_OVERRIDE.as_str(),
+                    )
+                })
+            })
+            .transpose()?;
+        let max_cost_usd = text(&MAX_COST)?
+            .map(|t| {
+                t.parse::<f64>()
+                    .ok()
+                    .filter(|v| v.is_finite() && *v >= 0.0)
+                    .ok_or_else(|| {
+                        ApiError::invalid(
+                            format!("Header {MAX_COST} must be a non-negative number of USD."),
+                            MAX_COST.as_str(),
+                        )
+                    })
+            })
+            .transpose()?;
+        let session = text(&SESSION)?
+            .map(|s| {
+                if (1..=256).contains(&s.len()) {
+                    Ok(s.to_string())
+                } else {
+                    Err(ApiError::invalid(
+                        format!("Header {SESSION} must be 1 to 256 characters."),
+                        SESSION.as_str(),
+                    ))
+                }
+            })
+            .transpose()?;
+        Ok(Hints {
+            tier,
+            max_cost_usd,
+            session,
+        })
+    }
+}
+
+/// The outcome of routing one request.
+#[derive(Clone)]
+pub struct Decision {
+    pub tier: Tier,
+    pub reason: Reason,
+    /// The difficulty score, when the request was scored.
+    pub score: Option<f32>,
+    pub backend: Arc<Backend>,
+    /// Budget pacing level at decision time.
+    pub pacing: f64,
+}
+
+/// The routing part of one policy generation.
+pub struct Routing {
+    profiles: HashMap<String, Thresholds>,
+    local: Option<Arc<Backend>>,
+    remotes: Vec<Arc<Backend>>,
+    privacy: PrivacyRules,
+    budgets: Option<BudgetLimits>,
+    sticky: bool,
+}
+
+/// What the routing needs to know of a request besides its body.
+pub struct RequestFacts<'a> {
+    pub caller: &'a Caller,
+    pub hints: &'a Hints,
+    /// Difficulty in [0, 1]: the chance the local answer falls short.
+    pub score: f32,
+    pub prompt_tokens_estimate: u64,
+}
+
+impl Routing {
+    /// Builds the routing of a checked policy over its backends.
+    pub fn new(policy: &Policy, backends: &Backends) -> Result<Routing, String> {
+        let routing = &policy.routing;
+        let mut profiles = HashMap::new();
+        profiles.insert(AUTO_MODEL.to_string(), routing.thresholds.value);
+        for (alias, thresholds) in &routing.aliases {
+            profiles.insert(alias.clone(), thresholds.value);
+        }
+        let by_name = |name: &str| backends.all().iter().find(|b| b.name() == name).cloned();
+        Ok(Routing {
+            profiles,
+            local: routing.local_backend.as_ref().and_then(|n| by_name(&n.value)),
+            remotes: routing
+                .remote_backends
+                .iter()
+                .filter_map(|n| by_name(&n.value))
+                .collect(),
+            privacy: PrivacyRules::from_config(&policy.privacy).map_err(|e| format!("privacy rules: {e}"))?,
+            budgets: policy.budgets.as_ref().map(BudgetLimits::from_config),
+            sticky: routing.sessions.sticky,
+        })
+    }
+
+    /// Whether `model` names a routing profile (`auto` or an alias).
+    pub fn is_profile(&self, model: &str) -> bool {
+        self.profiles.contains_key(model)
+    }
+
+    pub fn profile_names(&self) -> impl Iterator<Item = &str> {
+        self.profiles.keys().map(String::as_str)
+    }
+
+    pub fn budgets(&self) -> Option<&BudgetLimits> {
+        self.budgets.as_ref()
+    }
+
+    fn remote(&self) -> Option<&Arc<Backend>> {
+        self.remotes.iter().find(|b| b.readiness().is_ok())
+    }
+
+    /// A request that names a backend skips scoring and tiers, but not the
+    /// privacy rules nor a spent budget: neither can be bypassed by naming a
+    /// remote model.
+    pub fn check_pinned(
+        &self,
+        request: &ChatRequest,
+        backend: &Backend,
+        caller: &Caller,
+        ledger: Option<&Ledger>,
+    ) -> Result<(), ApiError> {
+        if let Backend::Local(_) = backend {
+            return Ok(());
+        }
+        if !self.privacy.is_empty()
+            && let Some(rule) = self.privacy.first_match(&message_text(request))
+        {
+            return Err(ApiError::Route(RouteError::PrivacyUnservable {
+                rule: rule.to_string(),
+                why: Reason::ModelPinned,
+            }));
+        }
+        if let (Some(ledger), Some(limits)) = (ledger, &self.budgets)
+            && ledger.pacing(limits, caller_name(caller)).exhausted()
+        {
+            return Err(ApiError::Route(RouteError::BudgetExhausted {
+                why: Reason::ModelPinned,
+            }));
+        }
+        Ok(())
+    }
+
+    /// Routes a request that asked for a profile.
+    pub fn route(
+        &self,
+        request: &ChatRequest,
+        facts: &RequestFacts<'_>,
+        ledger: Option<&Ledger>,
+        sessions: &Sessions,
+    ) -> Result<Decision, ApiError> {
+        let thresholds = *self
+            .profiles
+            .get(&request.model)
+            .ok_or_else(|| ApiError::ModelNotFound(request.model.clone()))?;
+        let caller_name = caller_name(facts.caller);
+        let pacing = match (ledger, &self.budgets) {
+            (Some(ledger), Some(limits)) => ledger.pacing(limits, caller_name),
+            _ => Pacing::OFF,
+        };
+        let local = match &self.local {
+            Some(backend) => match backend.as_ref() {
+                Backend::Local(local) => local.eligibility(request, facts.prompt_tokens_estimate),
+                Backend::Remote(_) => Err(crate::backends::local::Ineligible::Unavailable),
+            },
+            None => Err(crate::backends::local::Ineligible::Unavailable),
+        };
+        let remote = self.remote();
+        let remote_cost_estimate_usd = remote.map_or(0.0, |backend| {
+            price_of(backend).cost_usd(
+                facts.prompt_tokens_estimate,
+                request.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
+            )
+        });
+        let session_keys = self.sticky.then(|| match &facts.hints.session {
+            Some(session) => SessionKeys::named(caller_name.unwrap_or(""), session),
+            None => SessionKeys::from_messages(
+                caller_name.unwrap_or(""),
+                request.body["messages"].as_array().map_or(&[][..], Vec::as_slice),
+            ),
+        });
+        let situation = Situation {
+            score: facts.score,
+            thresholds,
+            local,
+            remote_available: remote.is_some(),
+            privacy_rule: if self.privacy.is_empty() {
+                None
+            } else {
+                self.privacy.first_match(&message_text(request)).map(str::to_string)
+            },
+            tier_override: facts.hints.tier,
+            session_floor: session_keys.and_then(|keys| sessions.floor(keys)),
+            pacing: pacing.level,
+            remote_cost_estimate_usd,
+            max_cost_usd: facts.hints.max_cost_usd,
+        };
+        let Verdict { tier, reason } = decide::decide(&situation).map_err(ApiError::Route)?;
+        if let Some(keys) = session_keys {
+            sessions.remember(keys, tier);
+        }
+        let backend = match tier {
+            Tier::Remote => remote.cloned(),
+            Tier::Local | Tier::LocalReasoning => self.local.clone(),
+        }
+        .expect("decide only picks a tier whose backend is available");
+        Ok(Decision {
+            tier,
+            reason,
+            score: Some(facts.score),
+            backend,
+            pacing: pacing.level,
+        })
+    }
+}
+
+pub fn caller_name(caller: &Caller) -> Option<&str> {
+    match caller {
+        Caller::Client(name) => Some(name),
+        Caller::Anonymous => None,
+    }
+}
+
+/// What a backend charges; local models are free.
+pub fn price_of(backend: &Backend) -> Price {
+    match backend {
+        Backend::Remote(remote) => remote.price(),
+        Backend::Local(_) => Price {
+            input_per_mtok_usd: 0.0,
+            output_per_mtok_usd: 0.0,
+        },
+    }
+}
+
+/// Every piece of text in the messages (system prompts and tool results too),
+/// for the privacy rules.
+pub fn message_text(request: &ChatRequest) -> String {
+    let mut text = String::new();
+    for message in request.body["messages"].as_array().into_iter().flatten() {
+        match &message["content"] {
+            Value::String(content) => text.push_str(content),
+            Value::Array(parts) => {
+                for part in parts {
+                    if let Some(t) = part.get("text").and_then(Value::as_str) {
+                        text.push_str(t);
+                        text.push('\n');
+                    }
+                }
+            }
+            _ => {}
+        }
+        text.push('\n');
+    }
+    text
+}
+
+/// The instruction that turns a model without native thinking into a
+/// step-by-step reasoner for the `local-reasoning` tier.
+pub const REASONING_INSTRUCTION: &str =
+    "Think through the problem step by step, checking each step, then state the final answer clearly.";
+
+/// Shapes a request for the tier it was routed to. For the local tiers the
+/// template's `enable_thinking` switch (Qwen3's native thinking) is set unless
+/// the client set it; models without native thinking get the step-by-step
+/// instruction in their system prompt when reasoning.
+pub fn prepare_for_tier(request: &mut ChatRequest, tier: Tier) {
+    if tier == Tier::Remote {
+        return;
+    }
+    let reasoning = tier == Tier::LocalReasoning;
+    let kwargs = request
+        .body
+        .entry("chat_template_kwargs")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if let Value::Object(kwargs) = kwargs {
+        kwargs.entry("enable_thinking").or_insert(Value::Bool(reasoning));
+    }
+    if !reasoning {
+        return;
+    }
+    let Some(messages) = request.body.get_mut("messages").and_then(Value::as_array_mut) else {
+        return;
+    };
+    match messages.first_mut() {
+        Some(first) if first["role"] == "system" || first["role"] == "developer" => {
+            if let Some(text) = first["content"].as_str() {
+                first["content"] = Value::String(format!("{text}\n\n{REASONING_INSTRUCTION}"));
+            } else if let Some(parts) = first["content"].as_array_mut() {
+                parts.push(serde_json::json!({"type": "text", "text": format!("\n\n{REASONING_INSTRUCTION}")}));
+            }
+        }
+        _ => messages.insert(
+            0,
+            serde_json::json!({"role": "system", "content": REASONING_INSTRUCTION}),
+        ),
+    }
+}

@@ -1,0 +1,463 @@
+//! The routing brain through the real daemon: tiers, aliases, overrides, privacy
+//! rules, eligibility, budgets (pacing, exhaustion, surviving a restart), sticky
+//! sessions and hot reload. The local tier is the embedded SmolLM2 model; the
+//! remote tier is the loopback cloud double.
+//!
+//! Thresholds at the ends of [0, 1] pin the tier whatever a prompt scores, so
+//! each test exercises one rule and does not depend on the learned model.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client};
+
+const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
+const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
+const ALL_AMBIGUOUS: &str = "{ local_below: 0.0, remote_above: 1.0, ambiguous: local-reasoning }";
+
+/// A policy with the local model and the double's `echo` backend, `auto` on
+/// `thresholds`, and `extra` appended (privacy, budgets, auth, ...).
+fn policy(double: &CloudDouble, thresholds: &str, extra: &str) -> String {
+    format!(
+        "\
+backends:
+  local:
+    - name: smollm2
+      model_path: {model}
+      threads: 2
+      context_length: 1024
+      queue_capacity: 8
+      default_max_tokens: 8
+  remote:
+    - name: echo
+      base_url: {url}
+      api_key_env: DOUBLE_API_KEY
+      model: echo
+      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
+routing:
+  local_backend: smollm2
+  remote_backends: [echo]
+  thresholds: {thresholds}
+  aliases:
+    auto-quality: {ALL_REMOTE}
+    auto-fast: {ALL_LOCAL}
+{extra}",
+        model = default_model().display(),
+        url = double.base_url(),
+    )
+}
+
+fn start(policy: &str) -> Daemon {
+    Daemon::start(policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)])
+}
+
+fn ask(content: &str) -> Value {
+    json!({ "model": "auto", "max_tokens": 4, "temperature": 0, "messages": [{ "role": "user", "content": content }] })
+}
+
+struct Routed {
+    status: u16,
+    route: String,
+    reason: String,
+    backend: String,
+    score: Option<f64>,
+    cost: Option<f64>,
+    body: Value,
+}
+
+async fn send(daemon: &Daemon, body: &Value, headers: &[(&str, &str)]) -> Routed {
+    let mut request = http_client().post(daemon.url("/v1/chat/completions")).json(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.unwrap();
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
+    let routed = Routed {
+        status: response.status().as_u16(),
+        route: header("x-switchyard-route").unwrap_or_default(),
+        reason: header("x-switchyard-reason").unwrap_or_default(),
+        backend: header("x-switchyard-backend").unwrap_or_default(),
+        score: header("x-switchyard-score").map(|s| s.parse().unwrap()),
+        cost: header("x-switchyard-cost-usd").map(|s| s.parse().unwrap()),
+        body: Value::Null,
+    };
+    Routed {
+        body: response.json().await.unwrap(),
+        ..routed
+    }
+}
+
+#[tokio::test]
+async fn thresholds_pick_the_tier_and_every_answer_says_why() {
+    let double = CloudDouble::start();
+    let local = start(&policy(&double, ALL_LOCAL, ""));
+    let r = send(&local, &ask("What is the capital of France?"), &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.backend.as_str()),
+        (200, "local", "smollm2"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.reason, "score-low");
+    let score = r.score.expect("x-switchyard-score");
+    assert!((0.0..=1.0).contains(&score), "{score}");
+    assert_eq!(r.cost, Some(0.0));
+    assert_eq!(r.body["model"], "smollm2");
+
+    let remote = start(&policy(&double, ALL_REMOTE, ""));
+    let r = send(&remote, &ask("What is the capital of France?"), &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.backend.as_str()),
+        (200, "remote", "echo"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.reason, "score-high");
+    let usage = &r.body["usage"];
+    let expected =
+        (usage["prompt_tokens"].as_f64().unwrap() * 2.5 + usage["completion_tokens"].as_f64().unwrap() * 10.0) / 1e6;
+    assert!((r.cost.unwrap() - expected).abs() < 1e-9, "{:?} vs {expected}", r.cost);
+
+    let ambiguous = start(&policy(&double, ALL_AMBIGUOUS, ""));
+    let r = send(&ambiguous, &ask("Is 91 a prime number?"), &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.backend.as_str()),
+        (200, "local-reasoning", "smollm2"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.reason, "score-ambiguous");
+    // The reasoning instruction made it into the prompt: more prompt tokens
+    // than the same request answered without reasoning.
+    let plain = send(&local, &ask("Is 91 a prime number?"), &[]).await;
+    assert!(
+        r.body["usage"]["prompt_tokens"].as_u64() > plain.body["usage"]["prompt_tokens"].as_u64(),
+        "{} vs {}",
+        r.body["usage"],
+        plain.body["usage"]
+    );
+}
+
+#[tokio::test]
+async fn aliases_choose_a_profile_and_backend_names_bypass_routing() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(&double, ALL_AMBIGUOUS, ""));
+    let mut body = ask("hello");
+    body["model"] = json!("auto-quality");
+    assert_eq!(send(&daemon, &body, &[]).await.route, "remote");
+    body["model"] = json!("auto-fast");
+    assert_eq!(send(&daemon, &body, &[]).await.route, "local");
+    body["model"] = json!("echo");
+    let r = send(&daemon, &body, &[]).await;
+    assert_eq!(
+        (r.route.as_str(), r.reason.as_str(), r.score),
+        ("remote", "model-pinned", None)
+    );
+    body["model"] = json!("auto-cheap");
+    let r = send(&daemon, &body, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+
+    let models: Value = http_client()
+        .get(daemon.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    for id in ["auto", "auto-fast", "auto-quality", "echo", "smollm2"] {
+        assert!(ids.contains(&id), "{id} in {ids:?}");
+    }
+}
+
+#[tokio::test]
+async fn headers_override_the_tier_and_cap_the_cost() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(&double, ALL_LOCAL, ""));
+    let r = send(&daemon, &ask("hello"), &[("x-switchyard-tier", "remote")]).await;
+    assert_eq!((r.route.as_str(), r.reason.as_str()), ("remote", "tier-override"));
+
+    let remote = start(&policy(&double, ALL_REMOTE, ""));
+    let r = send(&remote, &ask("hello"), &[("x-switchyard-max-cost-usd", "0")]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.reason.as_str()),
+        (200, "local-reasoning", "max-cost")
+    );
+    let r = send(&remote, &ask("hello"), &[("x-switchyard-max-cost-usd", "1.0")]).await;
+    assert_eq!(r.route, "remote");
+    // What only remote can serve, over the cap: a clear 402.
+    let mut tools = ask("what's the weather?");
+    tools["tools"] = json!([{ "type": "function", "function": { "name": "weather", "parameters": {} } }]);
+    let r = send(&remote, &tools, &[("x-switchyard-max-cost-usd", "0")]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (402, Some("max_cost_exceeded")),
+        "{}",
+        r.body
+    );
+
+    for (name, value) in [
+        ("x-switchyard-tier", "cloud"),
+        ("x-switchyard-max-cost-usd", "-1"),
+        ("x-switchyard-max-cost-usd", "cheap"),
+    ] {
+        let r = send(&daemon, &ask("hello"), &[(name, value)]).await;
+        assert_eq!(
+            (r.status, r.body["error"]["param"].as_str()),
+            (400, Some(name)),
+            "{}",
+            r.body
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_privacy_rule_keeps_a_card_number_local_even_when_the_score_says_remote() {
+    let double = CloudDouble::start();
+    let privacy = "privacy:\n  detectors: [card, email]\n  patterns:\n    - name: codename\n      regex: '(?i)project bluebird'\n";
+    let daemon = start(&policy(&double, ALL_REMOTE, privacy));
+    for prompt in [
+        "Charge my card 4111 1111 1111 1111 for the order",
+        "Forward this to jane.doe@example.com please",
+        "What is the status of Project Bluebird?",
+    ] {
+        let r = send(&daemon, &ask(prompt), &[("x-switchyard-tier", "remote")]).await;
+        assert_eq!(
+            (r.status, r.route.as_str(), r.reason.as_str(), r.backend.as_str()),
+            (200, "local-reasoning", "privacy-rule", "smollm2"),
+            "{prompt}: {}",
+            r.body
+        );
+    }
+    // A look-alike that fails the Luhn check is not a card.
+    let r = send(&daemon, &ask("Order 4111 1111 1111 1112 shipped"), &[]).await;
+    assert_eq!(r.route, "remote");
+    // Private and only servable remotely: refused, never sent.
+    let mut tools = ask("Charge 4111 1111 1111 1111");
+    tools["tools"] = json!([{ "type": "function", "function": { "name": "charge", "parameters": {} } }]);
+    let r = send(&daemon, &tools, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("privacy_local_only")),
+        "{}",
+        r.body
+    );
+    // Naming the remote backend does not get around the rule.
+    let mut pinned = ask("Charge 4111 1111 1111 1111");
+    pinned["model"] = json!("echo");
+    let r = send(&daemon, &pinned, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("privacy_local_only")),
+        "{}",
+        r.body
+    );
+    assert!(!daemon.log().contains("4111 1111"), "the matched text is never logged");
+}
+
+#[tokio::test]
+async fn what_the_local_model_cannot_serve_goes_remote() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(&double, ALL_LOCAL, ""));
+    let mut tools = ask("what's the weather?");
+    tools["tools"] = json!([{ "type": "function", "function": { "name": "weather", "parameters": {} } }]);
+    let mut json_mode = ask("list three colours as JSON");
+    json_mode["response_format"] = json!({ "type": "json_object" });
+    let mut image = ask("");
+    image["messages"][0]["content"] = json!([{ "type": "text", "text": "what is this?" }, { "type": "image_url", "image_url": { "url": "data:image/png;base64,AAAA" } }]);
+    let long = ask(&"lorem ipsum dolor sit amet ".repeat(400));
+    for (body, reason) in [
+        (tools, "ineligible-tools"),
+        (json_mode, "ineligible-json"),
+        (image, "ineligible-images"),
+        (long, "ineligible-context"),
+    ] {
+        let r = send(&daemon, &body, &[]).await;
+        assert_eq!(
+            (r.status, r.route.as_str(), r.reason.as_str()),
+            (200, "remote", reason),
+            "{}",
+            r.body
+        );
+    }
+}
+
+/// Today's spend in the budget file, and the file itself.
+fn spend_file(daemon: &Daemon) -> (std::path::PathBuf, Value) {
+    let path = daemon.dir().join("spend.json");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            return (path, serde_json::from_str(&text).unwrap());
+        }
+        assert!(Instant::now() < deadline, "the budget file was not written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test]
+async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
+    let double = CloudDouble::start();
+    let budgets = "budgets:\n  state_file: spend.json\n  pacing_from: 0.5\n  global: { daily_usd: 0.001 }\n";
+    let text = policy(&double, ALL_REMOTE, budgets);
+    let mut daemon = start(&text);
+    let r = send(&daemon, &ask("hello"), &[]).await;
+    assert_eq!((r.route.as_str(), r.reason.as_str()), ("remote", "score-high"));
+    let (path, mut state) = spend_file(&daemon);
+    assert!(
+        (state["global"]["daily_usd"].as_f64().unwrap() - r.cost.unwrap()).abs() < 1e-12,
+        "{state}"
+    );
+
+    // Restart with 99% of the day's budget spent: pacing raises the bar to go
+    // remote above what this prompt scores.
+    daemon.terminate(Duration::from_secs(10));
+    state["global"]["daily_usd"] = json!(0.00099);
+    std::fs::write(&path, state.to_string()).unwrap();
+    let mut daemon = Daemon::start_in(daemon.dir().to_path_buf(), &text, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    let r = send(&daemon, &ask("hello"), &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.reason.as_str()),
+        (200, "local-reasoning", "budget-paced"),
+        "{}",
+        r.body
+    );
+    // An override still goes remote while money is left, and spends the rest.
+    let r = send(
+        &daemon,
+        &ask("hello there, how are you?"),
+        &[("x-switchyard-tier", "remote")],
+    )
+    .await;
+    assert_eq!(r.route, "remote");
+
+    // Spent: remote is off, and what only remote could serve is refused.
+    let r = send(&daemon, &ask("hello"), &[("x-switchyard-tier", "remote")]).await;
+    assert_eq!(
+        (r.route.as_str(), r.reason.as_str()),
+        ("local-reasoning", "budget-exhausted")
+    );
+    let mut tools = ask("what's the weather?");
+    tools["tools"] = json!([{ "type": "function", "function": { "name": "weather", "parameters": {} } }]);
+    let r = send(&daemon, &tools, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (402, Some("budget_exhausted")),
+        "{}",
+        r.body
+    );
+
+    // And it stays spent across a restart.
+    daemon.terminate(Duration::from_secs(10));
+    let daemon = Daemon::start_in(daemon.dir().to_path_buf(), &text, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    let r = send(&daemon, &tools, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (402, Some("budget_exhausted")),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn a_conversation_only_moves_up() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(&double, ALL_LOCAL, ""));
+    let first = ask("Prove that there are infinitely many primes.");
+    let r = send(&daemon, &first, &[("x-switchyard-tier", "remote")]).await;
+    assert_eq!(r.route, "remote");
+    let answer = r.body["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let follow_up = json!({ "model": "auto", "max_tokens": 4, "messages": [
+        { "role": "user", "content": "Prove that there are infinitely many primes." },
+        { "role": "assistant", "content": answer },
+        { "role": "user", "content": "thanks!" },
+    ]});
+    let r = send(&daemon, &follow_up, &[]).await;
+    assert_eq!((r.route.as_str(), r.reason.as_str()), ("remote", "sticky-session"));
+    // A different conversation is not affected.
+    let r = send(&daemon, &ask("thanks!"), &[]).await;
+    assert_eq!(r.route, "local");
+
+    // Client-named sessions.
+    let session = [("x-switchyard-session", "support-ticket-42")];
+    let r = send(
+        &daemon,
+        &ask("hi"),
+        &[session[0], ("x-switchyard-tier", "local-reasoning")],
+    )
+    .await;
+    assert_eq!(r.route, "local-reasoning");
+    let r = send(&daemon, &ask("something else entirely"), &session).await;
+    assert_eq!(
+        (r.route.as_str(), r.reason.as_str()),
+        ("local-reasoning", "sticky-session")
+    );
+}
+
+async fn wait_for_route(daemon: &Daemon, route: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if send(daemon, &ask("hello"), &[]).await.route == route {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn the_policy_reloads_when_edited_and_a_bad_edit_keeps_the_old_one() {
+    let double = CloudDouble::start();
+    let local = policy(&double, ALL_LOCAL, "");
+    let daemon = start(&local);
+    assert_eq!(send(&daemon, &ask("hello"), &[]).await.route, "local");
+
+    std::fs::write(daemon.policy_path(), policy(&double, ALL_REMOTE, "")).unwrap();
+    assert!(wait_for_route(&daemon, "remote").await, "{}", daemon.log());
+    assert!(daemon.log().contains("policy reloaded"), "{}", daemon.log());
+    // The model was kept, not loaded again.
+    assert_eq!(
+        daemon.log().matches("local model loaded").count(),
+        1,
+        "{}",
+        daemon.log()
+    );
+
+    // A typo: rejected with its line and column, and the last good policy serves on.
+    let bad = policy(&double, ALL_LOCAL, "").replace("remote_backends:", "remote_backendz:");
+    std::fs::write(daemon.policy_path(), &bad).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("policy reload rejected") {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let line = bad.lines().position(|l| l.contains("remote_backendz")).unwrap() + 1;
+    assert!(
+        daemon.log().contains(&format!("policy.yaml:{line}:3: ")),
+        "line {line}:\n{}",
+        daemon.log()
+    );
+    assert_eq!(send(&daemon, &ask("hello"), &[]).await.route, "remote");
+
+    // SIGHUP reloads too (here after a good edit).
+    std::fs::write(daemon.policy_path(), &local).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &daemon.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(wait_for_route(&daemon, "local").await, "{}", daemon.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("sighup") {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
