@@ -12,6 +12,7 @@
 pub mod auth;
 pub mod backends;
 pub mod http;
+pub mod ladder;
 pub mod live;
 pub mod openai;
 pub mod policy;

@@ -27,6 +27,8 @@ pub struct Live {
     pub routing: Routing,
     pub keys: ClientKeys,
     pub max_body_bytes: usize,
+    /// One request's deadline across upstream attempts and fallbacks.
+    pub request_deadline: Duration,
     /// Remote spend, when the policy sets budgets.
     pub ledger: Option<Arc<Ledger>>,
 }
@@ -53,6 +55,7 @@ impl Live {
             routing,
             keys,
             max_body_bytes: policy.server.max_body_bytes.value,
+            request_deadline: Duration::from_millis(policy.server.request_deadline_ms.value),
             ledger,
         })
     }

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub max_body_bytes: Spanned<usize>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_drain_ms: u64,
+    /// One request's deadline across all its upstream attempts and fallbacks,
+    /// until its answer starts.
+    pub request_deadline_ms: Spanned<u64>,
 }
 
 impl Default for ServerConfig {
@@ -67,6 +70,7 @@ impl Default for ServerConfig {
             listen: unspanned("127.0.0.1:8080".to_string()),
             max_body_bytes: unspanned(DEFAULT_MAX_BODY_BYTES),
             shutdown_drain_ms: 30_000,
+            request_deadline_ms: unspanned(180_000),
         }
     }
 }
@@ -197,6 +201,53 @@ pub struct RemoteBackendConfig {
     /// Largest `max_tokens` the upstream model accepts; requests above it are
     /// refused here with a 400 instead of spending a round trip.
     pub max_output_tokens: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// Retries of failed upstream calls (connect errors, timeouts, 429, 500, 502,
+/// 503, 504), never after the client has received response bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (1 = no retries).
+    pub max_attempts: Spanned<u32>,
+    /// The delay before the first retry; it doubles each time, with full jitter.
+    pub base_delay_ms: Spanned<u64>,
+    /// The longest delay; a `Retry-After` longer than this moves on to the next
+    /// backend instead of waiting.
+    pub max_delay_ms: Spanned<u64>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: unspanned(3),
+            base_delay_ms: unspanned(200),
+            max_delay_ms: unspanned(5_000),
+        }
+    }
+}
+
+/// The circuit breaker: after `failure_threshold` failed calls in a row the
+/// backend is skipped for `cooldown_ms`; then one probe call decides whether it
+/// is back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub failure_threshold: Spanned<u32>,
+    pub cooldown_ms: Spanned<u64>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: unspanned(5),
+            cooldown_ms: unspanned(30_000),
+        }
+    }
 }
 
 /// Prices in USD per million tokens, as providers publish them.
@@ -494,6 +545,12 @@ impl Policy {
         if server.max_body_bytes.value == 0 {
             problems.push(Problem::at(&server.max_body_bytes, "max_body_bytes must be positive"));
         }
+        if server.request_deadline_ms.value == 0 {
+            problems.push(Problem::at(
+                &server.request_deadline_ms,
+                "request_deadline_ms must be positive",
+            ));
+        }
 
         let mut key_names = HashSet::new();
         for key in &self.auth.keys {
@@ -548,6 +605,22 @@ impl Policy {
                 && max.value == 0
             {
                 problems.push(Problem::at(max, "max_output_tokens must be positive"));
+            }
+            let retry = &backend.retry;
+            if !(1..=10).contains(&retry.max_attempts.value) {
+                problems.push(Problem::at(&retry.max_attempts, "max_attempts must be from 1 to 10"));
+            }
+            if retry.base_delay_ms.value > retry.max_delay_ms.value {
+                problems.push(Problem::at(
+                    &retry.base_delay_ms,
+                    "base_delay_ms is longer than max_delay_ms",
+                ));
+            }
+            if backend.breaker.failure_threshold.value == 0 {
+                problems.push(Problem::at(
+                    &backend.breaker.failure_threshold,
+                    "failure_threshold must be positive",
+                ));
             }
         }
         for backend in &self.backends.local {

@@ -15,6 +15,10 @@
 //! | `slow-first-byte` | waits 3 s before answering                                     |
 //! | `cut-stream`      | two content chunks, then the connection is dropped             |
 //! | `slow-stream`     | one chunk every 100 ms for a minute (for cancellation tests)   |
+//! | `fail-N-then-echo`| 500 for its first N calls, then as `echo`                      |
+//! | `busy-N-then-echo`| 429 with `Retry-After: 1` for its first N calls, then `echo`   |
+//! | `flaky-P`         | every (100/P)th call 503s (P% of calls), the others as `echo`  |
+//! | `switchable`      | 503 while [`CloudDouble::set_outage`] is on, else as `echo`     |
 //!
 //! Every request is recorded (headers of interest and JSON body), and streams
 //! that end because the other side went away are counted.
@@ -47,6 +51,10 @@ pub struct DoubleState {
     pub requests: Mutex<Vec<RecordedRequest>>,
     /// Streams whose consumer went away before the stream ended.
     pub streams_abandoned: AtomicUsize,
+    /// Calls per upstream model name.
+    pub calls: Mutex<std::collections::HashMap<String, usize>>,
+    /// `switchable` fails while this is on.
+    pub outage: std::sync::atomic::AtomicBool,
 }
 
 pub fn router(state: Arc<DoubleState>) -> Router {
@@ -76,7 +84,51 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
         body: body.clone(),
     });
     let model = body["model"].as_str().unwrap_or("echo").to_string();
+    let call = {
+        let mut calls = state.calls.lock().unwrap();
+        let count = calls.entry(model.clone()).or_default();
+        *count += 1;
+        *count
+    };
     let stream = body["stream"].as_bool().unwrap_or(false);
+    let numbered = |prefix: &str, suffix: &str| {
+        model
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_suffix(suffix))
+            .and_then(|n| n.parse::<usize>().ok())
+    };
+    let unavailable = || {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The engine is currently overloaded, please try again later.",
+            "server_error",
+            None,
+        )
+    };
+    if numbered("fail-", "-then-echo").is_some_and(|n| call <= n) {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request. Sorry about that!",
+            "server_error",
+            None,
+        );
+    }
+    if numbered("busy-", "-then-echo").is_some_and(|n| call <= n) {
+        let mut response = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Rate limit reached for requests. Please try again in 1s.",
+            "requests",
+            Some("rate_limit_exceeded"),
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, "1".parse().unwrap());
+        return response;
+    }
+    if numbered("flaky-", "").is_some_and(|p| p > 0 && call % (100 / p).max(1) == 0) {
+        return unavailable();
+    }
+    if model == "switchable" && state.outage.load(Ordering::SeqCst) {
+        return unavailable();
+    }
     let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
 
     match model.as_str() {
@@ -304,5 +356,15 @@ impl CloudDouble {
 
     pub fn streams_abandoned(&self) -> usize {
         self.state.streams_abandoned.load(Ordering::SeqCst)
+    }
+
+    /// How many calls an upstream model name has had.
+    pub fn calls(&self, model: &str) -> usize {
+        self.state.calls.lock().unwrap().get(model).copied().unwrap_or(0)
+    }
+
+    /// Turns the `switchable` model's outage on or off.
+    pub fn set_outage(&self, on: bool) {
+        self.state.outage.store(on, Ordering::SeqCst);
     }
 }

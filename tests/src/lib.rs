@@ -3,12 +3,14 @@
 
 pub mod cloud_double;
 pub mod daemon;
+pub mod routed;
 
 pub use cloud_double::CloudDouble;
 pub use daemon::Daemon;
 
 /// A policy with one remote backend per behaviour of the cloud double, named
-/// after the behaviour. `extra` is appended verbatim (for `auth:`, say).
+/// after the behaviour, each called once (no retries: these policies test how
+/// one upstream answer is relayed). `extra` is appended verbatim (for `auth:`, say).
 pub fn policy_for(double_url: &str, extra: &str) -> String {
     let behaviours = [
         "echo",
@@ -23,11 +25,11 @@ pub fn policy_for(double_url: &str, extra: &str) -> String {
         String::from("server:\n  max_body_bytes: 4194304\n  shutdown_drain_ms: 5000\nbackends:\n  remote:\n");
     for name in behaviours {
         policy.push_str(&format!(
-            "    - name: {name}\n      base_url: {double_url}\n      api_key_env: DOUBLE_API_KEY\n      model: {name}\n      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}\n      max_output_tokens: 4096\n      timeouts: {{ connect_ms: 1000, first_byte_ms: 1000, idle_ms: 2000, total_ms: 120000 }}\n"
+            "    - name: {name}\n      base_url: {double_url}\n      api_key_env: DOUBLE_API_KEY\n      model: {name}\n      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}\n      max_output_tokens: 4096\n      timeouts: {{ connect_ms: 1000, first_byte_ms: 1000, idle_ms: 2000, total_ms: 120000 }}\n      retry: {{ max_attempts: 1 }}\n"
         ));
     }
     policy.push_str(
-        "    - name: unreachable\n      base_url: http://127.0.0.1:9/v1\n      model: nothing\n      price: { input_per_mtok_usd: 1, output_per_mtok_usd: 1 }\n",
+        "    - name: unreachable\n      base_url: http://127.0.0.1:9/v1\n      model: nothing\n      price: { input_per_mtok_usd: 1, output_per_mtok_usd: 1 }\n      retry: { max_attempts: 1 }\n",
     );
     policy.push_str(
         "routing:\n  remote_backends: [echo]\n  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }\n",

@@ -9,6 +9,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use switchyard_e2e::routed::send;
 use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client};
 
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
@@ -53,38 +54,6 @@ fn start(policy: &str) -> Daemon {
 
 fn ask(content: &str) -> Value {
     json!({ "model": "auto", "max_tokens": 4, "temperature": 0, "messages": [{ "role": "user", "content": content }] })
-}
-
-struct Routed {
-    status: u16,
-    route: String,
-    reason: String,
-    backend: String,
-    score: Option<f64>,
-    cost: Option<f64>,
-    body: Value,
-}
-
-async fn send(daemon: &Daemon, body: &Value, headers: &[(&str, &str)]) -> Routed {
-    let mut request = http_client().post(daemon.url("/v1/chat/completions")).json(body);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.unwrap();
-    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_string());
-    let routed = Routed {
-        status: response.status().as_u16(),
-        route: header("x-switchyard-route").unwrap_or_default(),
-        reason: header("x-switchyard-reason").unwrap_or_default(),
-        backend: header("x-switchyard-backend").unwrap_or_default(),
-        score: header("x-switchyard-score").map(|s| s.parse().unwrap()),
-        cost: header("x-switchyard-cost-usd").map(|s| s.parse().unwrap()),
-        body: Value::Null,
-    };
-    Routed {
-        body: response.json().await.unwrap(),
-        ..routed
-    }
 }
 
 #[tokio::test]

@@ -172,9 +172,9 @@ impl LocalBackend {
         Ok(())
     }
 
-    pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
+    pub async fn chat(&self, request: &ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
         let engine = self.engine()?;
-        let generation = self.prepare(engine, &request)?;
+        let generation = self.prepare(engine, request)?;
         let prompt_tokens = generation.prompt_tokens.len();
         let logprobs = request.body.get("logprobs").and_then(Value::as_bool).unwrap_or(false);
         let (sender, mut updates) = mpsc::unbounded_channel();

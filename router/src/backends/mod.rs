@@ -3,6 +3,7 @@
 //! variant. [`Backends`] is the catalogue: it knows which client-facing model
 //! names map to which backend.
 
+pub mod breaker;
 pub mod local;
 pub mod remote;
 
@@ -43,9 +44,16 @@ impl Backend {
         }
     }
 
-    pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
+    /// Answers the request. Remote calls are retried within `deadline`; the
+    /// local engine has no deadline (its queue bounds the wait).
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        request_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<ChatReply, ApiError> {
         match self {
-            Backend::Remote(remote) => remote.chat(request, request_id).await,
+            Backend::Remote(remote) => remote.chat(request, request_id, deadline).await,
             Backend::Local(local) => local.chat(request, request_id).await,
         }
     }
@@ -87,7 +95,16 @@ impl Backends {
             .backends
             .remote
             .iter()
-            .map(|config| Arc::new(Backend::Remote(RemoteBackend::new(config))))
+            .map(|config| {
+                let breaker = previous
+                    .into_iter()
+                    .flat_map(|p| &p.all)
+                    .find_map(|b| match b.as_ref() {
+                        Backend::Remote(remote) if remote.name() == config.name.value => Some(remote.breaker_handle()),
+                        _ => None,
+                    });
+                Arc::new(Backend::Remote(RemoteBackend::new(config, breaker)))
+            })
             .collect();
         for config in &policy.backends.local {
             let identity = LocalBackend::identity_of(config, &policy.base_dir);

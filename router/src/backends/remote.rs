@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -23,11 +24,12 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::ChatReply;
+use super::breaker::Breaker;
 use crate::openai::Usage;
 use crate::openai::error::{ApiError, UpstreamError};
 use crate::openai::request::ChatRequest;
 use crate::openai::sse::{self, SseDecoder, SseEvent};
-use crate::policy::{Price, RemoteBackendConfig, Timeouts};
+use crate::policy::{Price, RemoteBackendConfig, RetryConfig, Timeouts};
 
 /// Largest non-streamed completion we accept from upstream. A chat completion of
 /// 1M tokens is ~4 MiB of JSON; 64 MiB leaves room for logprobs and many choices.
@@ -43,11 +45,15 @@ pub struct RemoteBackend {
     price: Price,
     timeouts: Timeouts,
     max_output_tokens: Option<u64>,
+    retry: RetryConfig,
+    /// Shared with the backend of the same name in the next policy generation,
+    /// so a reload neither forgets nor resets a failing upstream.
+    breaker: Arc<Breaker>,
     http: reqwest::Client,
 }
 
 impl RemoteBackend {
-    pub fn new(config: &RemoteBackendConfig) -> RemoteBackend {
+    pub fn new(config: &RemoteBackendConfig, breaker: Option<Arc<Breaker>>) -> RemoteBackend {
         let api_key = match &config.api_key_env {
             None => Ok(None),
             Some(env) => match std::env::var(&env.value) {
@@ -82,6 +88,8 @@ impl RemoteBackend {
             price: config.price,
             timeouts: config.timeouts.clone(),
             max_output_tokens: config.max_output_tokens.as_ref().map(|m| m.value),
+            retry: config.retry.clone(),
+            breaker: breaker.unwrap_or_else(|| Arc::new(Breaker::new(&config.breaker))),
             http,
         }
     }
@@ -98,7 +106,87 @@ impl RemoteBackend {
         self.api_key.as_ref().map(|_| ()).map_err(Clone::clone)
     }
 
-    pub async fn chat(&self, request: ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
+    /// One call, retried on failures that a later attempt may not meet
+    /// (connect errors, timeouts, 429, 500, 502, 503, 504, invalid answers),
+    /// with exponential backoff and full jitter, waiting at least what a 429's
+    /// `Retry-After` asks, within `deadline` and behind the circuit breaker.
+    /// Nothing has reached the client before this returns, so every retry is safe.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        request_id: &str,
+        deadline: Instant,
+    ) -> Result<ChatReply, ApiError> {
+        let mut attempt = 1;
+        loop {
+            if !self.breaker.admit() {
+                return Err(ApiError::BackendUnavailable {
+                    backend: self.name.clone(),
+                    reason: "its circuit breaker is open after repeated failures".into(),
+                });
+            }
+            let result = match tokio::time::timeout_at(deadline, self.call(request, request_id)).await {
+                Ok(result) => result,
+                Err(_) => Err(ApiError::UpstreamTimeout {
+                    backend: self.name.clone(),
+                    timeout_ms: self.timeouts.total_ms.value,
+                }),
+            };
+            let failed = result.as_ref().err().is_some_and(is_transient);
+            if let Some(state) = self.breaker.record(!failed) {
+                tracing::warn!(
+                    backend = self.name,
+                    breaker = state.as_str(),
+                    "circuit breaker changed state"
+                );
+            }
+            let err = match result {
+                Err(err) if failed && attempt < self.retry.max_attempts.value => err,
+                other => return other,
+            };
+            let backoff = self.backoff(attempt);
+            let delay = match retry_after(&err) {
+                Some(asked) if asked > Duration::from_millis(self.retry.max_delay_ms.value) => return Err(err),
+                Some(asked) => asked.max(backoff),
+                None => backoff,
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(err);
+            }
+            tracing::info!(
+                backend = self.name,
+                attempt,
+                error = err.code(),
+                delay_ms = delay.as_millis() as u64,
+                "retrying upstream call"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// Exponential backoff with full jitter: uniform in [0, min(max, base * 2^(n-1))].
+    fn backoff(&self, attempt: u32) -> Duration {
+        use std::hash::{BuildHasher, Hasher};
+        let ceiling = self
+            .retry
+            .base_delay_ms
+            .value
+            .saturating_mul(1 << (attempt - 1).min(20))
+            .min(self.retry.max_delay_ms.value);
+        let random = std::hash::RandomState::new().build_hasher().finish();
+        Duration::from_millis(random % (ceiling + 1))
+    }
+
+    pub fn breaker(&self) -> &Breaker {
+        &self.breaker
+    }
+
+    pub fn breaker_handle(&self) -> Arc<Breaker> {
+        self.breaker.clone()
+    }
+
+    async fn call(&self, request: &ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
         let api_key = self.api_key.as_ref().map_err(|reason| ApiError::BackendUnavailable {
             backend: self.name.clone(),
             reason: reason.clone(),
@@ -114,7 +202,7 @@ impl RemoteBackend {
         }
 
         let strip_usage = request.stream && !request.include_usage;
-        let mut body = request.body;
+        let mut body = request.body.clone();
         body.insert("model".into(), Value::String(self.model.clone()));
         if strip_usage {
             body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
@@ -266,6 +354,32 @@ fn log_completion(
 }
 
 /// Upstream headers a client of the provider would act on.
+/// Failures of the upstream, not of the request: worth a retry or a fallback,
+/// and counted by the circuit breaker.
+pub fn is_transient(err: &ApiError) -> bool {
+    match err {
+        ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamTimeout { .. } | ApiError::UpstreamInvalid { .. } => {
+            true
+        }
+        ApiError::Upstream(e) => matches!(e.status.as_u16(), 429 | 500 | 502 | 503 | 504),
+        _ => false,
+    }
+}
+
+/// A 429's or 503's `Retry-After` in seconds (HTTP dates are not worth the
+/// parsing: backoff covers them).
+fn retry_after(err: &ApiError) -> Option<Duration> {
+    let ApiError::Upstream(UpstreamError {
+        retry_after: Some(value),
+        ..
+    }) = err
+    else {
+        return None;
+    };
+    let seconds: f64 = value.to_str().ok()?.trim().parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(86_400.0)))
+}
+
 fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut relayed = HeaderMap::new();
     for (name, value) in upstream {

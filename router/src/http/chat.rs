@@ -13,10 +13,11 @@ use futures_util::StreamExt;
 use super::{AppState, BACKEND, RequestId};
 use crate::auth::Caller;
 use crate::backends::{Backend, ChatReply};
+use crate::ladder::{self, Answer, Degraded};
 use crate::live::Live;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::routing::{self, COST, Decision, Hints, REASON, ROUTE, Reason, RequestFacts, SCORE, Tier};
+use crate::routing::{self, COST, DEGRADED, Decision, Hints, REASON, ROUTE, Reason, RequestFacts, SCORE, Tier};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -32,7 +33,7 @@ pub async fn chat_completions(
         Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
     };
-    let mut request = match ChatRequest::parse(&bytes) {
+    let request = match ChatRequest::parse(&bytes) {
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
@@ -40,33 +41,57 @@ pub async fn chat_completions(
         Ok(decision) => decision,
         Err(err) => return err.into_response(),
     };
-    if decision.reason != Reason::ModelPinned {
-        routing::prepare_for_tier(&mut request, decision.tier);
+    let deadline = tokio::time::Instant::now() + live.request_deadline;
+    let (mut response, backend, tier, degraded) = match ladder::answer(&decision, &request, &request_id, deadline).await
+    {
+        Ok(Answer {
+            reply,
+            backend,
+            tier,
+            degraded,
+        }) => (respond(reply, &backend, &live, &caller), backend, tier, degraded),
+        Err(err) => (err.into_response(), decision.backend.clone(), decision.tier, None),
+    };
+    let degraded = degraded.or((decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable));
+    let out = response.headers_mut();
+    out.insert(BACKEND, header_value(backend.name()));
+    out.insert(ROUTE, HeaderValue::from_static(tier.as_str()));
+    out.insert(REASON, HeaderValue::from_static(decision.reason.as_str()));
+    if let Some(score) = decision.score {
+        out.insert(SCORE, header_value(&format!("{score:.4}")));
     }
-    let backend = decision.backend.clone();
-    let price = routing::price_of(&backend);
-    let mut response = match backend.chat(request, &request_id).await {
-        Ok(ChatReply::Complete {
+    if let Some(degraded) = degraded {
+        out.insert(DEGRADED, HeaderValue::from_static(degraded.as_str()));
+    }
+    response
+}
+
+/// The HTTP response for a backend's reply, with its cost (recorded against
+/// the budget when known).
+fn respond(reply: ChatReply, backend: &Backend, live: &Live, caller: &Caller) -> Response {
+    let price = routing::price_of(backend);
+    match reply {
+        ChatReply::Complete {
             body,
             headers,
             status,
             usage,
-        }) => {
+        } => {
             let mut response = (status, body).into_response();
             response.headers_mut().extend(headers);
             response
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            let cost = usage.map(|u| price.cost_usd(u.prompt_tokens, u.completion_tokens));
-            if let Some(cost) = cost {
+            if let Some(usage) = usage {
+                let cost = price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
                 if let Some(ledger) = &live.ledger {
-                    ledger.record(routing::caller_name(&caller), cost);
+                    ledger.record(routing::caller_name(caller), cost);
                 }
                 response.headers_mut().insert(COST, cost_header(cost));
             }
             response
         }
-        Ok(ChatReply::Stream { events, headers }) => {
+        ChatReply::Stream { events, headers } => {
             let body = Body::from_stream(events.map(Ok::<Bytes, std::convert::Infallible>));
             let mut response = (StatusCode::OK, body).into_response();
             let out = response.headers_mut();
@@ -85,16 +110,7 @@ pub async fn chat_completions(
             }
             response
         }
-        Err(err) => err.into_response(),
-    };
-    let out = response.headers_mut();
-    out.insert(BACKEND, header_value(backend.name()));
-    out.insert(ROUTE, HeaderValue::from_static(decision.tier.as_str()));
-    out.insert(REASON, HeaderValue::from_static(decision.reason.as_str()));
-    if let Some(score) = decision.score {
-        out.insert(SCORE, header_value(&format!("{score:.4}")));
     }
-    response
 }
 
 /// Where the request goes: the router decides for `auto` and its aliases; a
@@ -134,6 +150,7 @@ fn decide(
         score: None,
         backend: backend.clone(),
         pacing: 0.0,
+        fallbacks: routing::Fallbacks::default(),
     })
 }
 

@@ -17,6 +17,8 @@ use crate::routing::RouteError;
 /// When no backend can take a request, clients are told to come back after this
 /// many seconds: long enough for a breaker to close or a model to load.
 const NO_BACKEND_RETRY_AFTER_S: &str = "5";
+/// A full local queue drains in seconds (one generation at a time).
+const LOCAL_BUSY_RETRY_AFTER_S: &str = "1";
 
 #[derive(Debug, Clone)]
 pub enum ApiError {
@@ -202,10 +204,18 @@ impl IntoResponse for ApiError {
         {
             response.headers_mut().insert(header::RETRY_AFTER, retry_after.clone());
         }
-        if let ApiError::Route(RouteError::NoBackend { .. }) = &self {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static(NO_BACKEND_RETRY_AFTER_S));
+        match &self {
+            ApiError::Route(RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. }) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(NO_BACKEND_RETRY_AFTER_S));
+            }
+            ApiError::LocalBusy { .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static(LOCAL_BUSY_RETRY_AFTER_S));
+            }
+            _ => {}
         }
         response
     }

@@ -37,6 +37,7 @@ pub const ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
 pub const SCORE: HeaderName = HeaderName::from_static("x-switchyard-score");
 pub const REASON: HeaderName = HeaderName::from_static("x-switchyard-reason");
 pub const COST: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
+pub const DEGRADED: HeaderName = HeaderName::from_static("x-switchyard-degraded");
 pub const TIER_OVERRIDE: HeaderName = HeaderName::from_static("x-switchyard-tier");
 pub const MAX_COST: HeaderName = HeaderName::from_static("x-switchyard-max-cost-usd");
 pub const SESSION: HeaderName = HeaderName::from_static("x-switchyard-session");
@@ -150,6 +151,8 @@ pub enum RouteError {
     MaxCostExceeded { estimate_usd: f64, why: Reason },
     /// Neither tier is available.
     NoBackend { why: Reason },
+    /// Every remote backend failed and the local model cannot serve the request.
+    RemoteFailed { last: &'static str },
 }
 
 impl RouteError {
@@ -157,7 +160,7 @@ impl RouteError {
         match self {
             RouteError::PrivacyUnservable { .. } => StatusCode::BAD_REQUEST,
             RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
-            RouteError::NoBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -166,7 +169,7 @@ impl RouteError {
             RouteError::PrivacyUnservable { .. } => "privacy_local_only",
             RouteError::BudgetExhausted { .. } => "budget_exhausted",
             RouteError::MaxCostExceeded { .. } => "max_cost_exceeded",
-            RouteError::NoBackend { .. } => "no_backend_available",
+            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "no_backend_available",
         }
     }
 
@@ -174,7 +177,7 @@ impl RouteError {
         match self {
             RouteError::PrivacyUnservable { .. } => "invalid_request_error",
             RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => "insufficient_quota",
-            RouteError::NoBackend { .. } => "upstream_error",
+            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "upstream_error",
         }
     }
 
@@ -197,6 +200,9 @@ impl RouteError {
                 local_cannot(why)
             ),
             RouteError::NoBackend { why } => format!("No remote backend is available and {}.", local_cannot(why)),
+            RouteError::RemoteFailed { last } => format!(
+                "Every remote backend failed (last error: {last}) and the local model cannot serve this request. Retry shortly."
+            ),
         }
     }
 }
@@ -274,6 +280,17 @@ pub struct Decision {
     pub backend: Arc<Backend>,
     /// Budget pacing level at decision time.
     pub pacing: f64,
+    /// Where the request may go if its backend fails or is full.
+    pub fallbacks: Fallbacks,
+}
+
+/// The other backends a routed request may be answered by: the local model
+/// when it can serve the request, and the remote backends, in order, when the
+/// policy lets the request leave the machine. Pinned requests have none.
+#[derive(Clone, Default)]
+pub struct Fallbacks {
+    pub local: Option<Arc<Backend>>,
+    pub remotes: Vec<Arc<Backend>>,
 }
 
 /// The routing part of one policy generation.
@@ -332,8 +349,12 @@ impl Routing {
         self.budgets.as_ref()
     }
 
-    fn remote(&self) -> Option<&Arc<Backend>> {
-        self.remotes.iter().find(|b| b.readiness().is_ok())
+    /// The remote backends that can take a call now, in order of preference.
+    fn ready_remotes(&self) -> impl Iterator<Item = &Arc<Backend>> {
+        self.remotes.iter().filter(|b| match b.as_ref() {
+            Backend::Remote(remote) => remote.readiness().is_ok() && !remote.breaker().is_open(),
+            Backend::Local(_) => false,
+        })
     }
 
     /// A request that names a backend skips scoring and tiers, but not the
@@ -391,7 +412,7 @@ impl Routing {
             },
             None => Err(crate::backends::local::Ineligible::Unavailable),
         };
-        let remote = self.remote();
+        let remote = self.ready_remotes().next();
         let remote_cost_estimate_usd = remote.map_or(0.0, |backend| {
             price_of(backend).cost_usd(
                 facts.prompt_tokens_estimate,
@@ -430,12 +451,27 @@ impl Routing {
             Tier::Local | Tier::LocalReasoning => self.local.clone(),
         }
         .expect("decide only picks a tier whose backend is available");
+        let remote_permitted = situation.privacy_rule.is_none()
+            && pacing.level < 1.0
+            && facts
+                .hints
+                .max_cost_usd
+                .is_none_or(|max| remote_cost_estimate_usd <= max);
+        let fallbacks = Fallbacks {
+            local: self.local.clone().filter(|_| situation.local.is_ok()),
+            remotes: if remote_permitted {
+                self.ready_remotes().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        };
         Ok(Decision {
             tier,
             reason,
             score: Some(facts.score),
             backend,
             pacing: pacing.level,
+            fallbacks,
         })
     }
 }

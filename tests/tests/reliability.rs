@@ -1,0 +1,340 @@
+//! Fault injection through the real daemon: the cloud double refuses
+//! connections, fails, rate-limits, stalls and cuts streams; the local engine
+//! fills up; the daemon is stopped mid-stream. Every request must end in a
+//! complete answer or one clean error: none hang, none are lost.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use switchyard_e2e::routed::send;
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client};
+
+const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
+const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
+
+/// One remote backend per upstream model name (the backend is named after it),
+/// `remote_backends` in the given order, the local model, and `extra` settings
+/// for every remote backend.
+fn policy(double: &CloudDouble, models: &[&str], order: &[&str], thresholds: &str, remote_extra: &str) -> String {
+    let mut text = format!(
+        "server:\n  request_deadline_ms: 20000\n  shutdown_drain_ms: 20000\nbackends:\n  local:\n    - name: smollm2\n      model_path: {}\n      threads: 2\n      context_length: 1024\n      queue_capacity: 1\n      default_max_tokens: 8\n  remote:\n",
+        default_model().display()
+    );
+    for model in models {
+        let url = if *model == "unreachable" {
+            "http://127.0.0.1:9/v1".to_string()
+        } else {
+            double.base_url()
+        };
+        text.push_str(&format!(
+            "    - name: {model}\n      base_url: {url}\n      api_key_env: DOUBLE_API_KEY\n      model: {model}\n      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}\n      timeouts: {{ connect_ms: 500, first_byte_ms: 1000, idle_ms: 2000, total_ms: 30000 }}\n{remote_extra}"
+        ));
+    }
+    text.push_str(&format!(
+        "routing:\n  local_backend: smollm2\n  remote_backends: [{}]\n  thresholds: {thresholds}\n  sessions: {{ sticky: false }}\n",
+        order.join(", ")
+    ));
+    text
+}
+
+fn start(policy: &str) -> Daemon {
+    Daemon::start(policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)])
+}
+
+fn ask(model: &str, content: &str) -> Value {
+    json!({ "model": model, "max_tokens": 8, "temperature": 0, "messages": [{ "role": "user", "content": content }] })
+}
+
+fn with_tools(mut body: Value) -> Value {
+    body["tools"] = json!([{ "type": "function", "function": { "name": "lookup", "parameters": {} } }]);
+    body
+}
+
+const FAST_RETRIES: &str = "      retry: { max_attempts: 3, base_delay_ms: 10, max_delay_ms: 2000 }\n";
+
+#[tokio::test]
+async fn refused_connections_fall_back_to_the_next_backend_then_to_the_local_model() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(
+        &double,
+        &["unreachable", "echo"],
+        &["unreachable", "echo"],
+        ALL_REMOTE,
+        FAST_RETRIES,
+    ));
+    let r = send(&daemon, &ask("auto", "hello"), &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.backend.as_str()),
+        (200, "remote", "echo"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.degraded, None);
+
+    let daemon = start(&policy(
+        &double,
+        &["unreachable"],
+        &["unreachable"],
+        ALL_REMOTE,
+        FAST_RETRIES,
+    ));
+    // Named directly, the upstream's own error comes back as it was (after
+    // three attempts, which count towards the breaker).
+    let r = send(&daemon, &ask("unreachable", "hello"), &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (502, Some("upstream_unreachable")),
+        "{}",
+        r.body
+    );
+    // Routed: the remote tier fails, the local model answers.
+    let r = send(&daemon, &ask("auto", "hello"), &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.backend.as_str(), r.degraded.as_deref()),
+        (200, "local-reasoning", "smollm2", Some("remote-unavailable")),
+        "{}",
+        r.body
+    );
+    // Not servable locally: one clean 503 that says when to come back.
+    let r = send(&daemon, &with_tools(ask("auto", "hello")), &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (503, Some("no_backend_available")),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.retry_after.as_deref(), Some("5"));
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_until_one_succeeds() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(
+        &double,
+        &["fail-2-then-echo"],
+        &["fail-2-then-echo"],
+        ALL_REMOTE,
+        FAST_RETRIES,
+    ));
+    for stream in [false, true] {
+        let mut body = ask("fail-2-then-echo", "hello");
+        body["stream"] = json!(stream);
+        let response = http_client()
+            .post(daemon.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(text.contains("Echo: hello") || text.contains("Echo:"), "{text}");
+    }
+    assert_eq!(double.calls("fail-2-then-echo"), 4, "two failures, then two answers");
+}
+
+#[tokio::test]
+async fn a_429_is_retried_after_its_retry_after_and_a_long_one_moves_on() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(
+        &double,
+        &["busy-1-then-echo", "rate-limited", "echo"],
+        &["rate-limited", "echo"],
+        ALL_REMOTE,
+        FAST_RETRIES,
+    ));
+    let started = Instant::now();
+    let r = send(&daemon, &ask("busy-1-then-echo", "hello"), &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited the 1 s Retry-After"
+    );
+    assert_eq!(double.calls("busy-1-then-echo"), 2);
+
+    // `rate-limited` asks for 7 s, over max_delay_ms: no waiting, the next
+    // backend answers at once.
+    let started = Instant::now();
+    let r = send(&daemon, &ask("auto", "hello"), &[]).await;
+    assert_eq!((r.status, r.backend.as_str()), (200, "echo"), "{}", r.body);
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(double.calls("rate-limited"), 1);
+}
+
+#[tokio::test]
+async fn a_slow_first_byte_times_out_per_attempt_and_the_request_moves_on() {
+    let double = CloudDouble::start();
+    let retries = "      retry: { max_attempts: 2, base_delay_ms: 10, max_delay_ms: 100 }\n";
+    let daemon = start(&policy(
+        &double,
+        &["slow-first-byte", "echo"],
+        &["slow-first-byte", "echo"],
+        ALL_REMOTE,
+        retries,
+    ));
+    let r = send(&daemon, &ask("slow-first-byte", "hello"), &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (504, Some("upstream_timeout")),
+        "{}",
+        r.body
+    );
+    assert_eq!(double.calls("slow-first-byte"), 2);
+    let r = send(&daemon, &ask("auto", "hello"), &[]).await;
+    assert_eq!((r.status, r.backend.as_str()), (200, "echo"), "{}", r.body);
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_way_ends_with_an_error_event_and_is_not_retried() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(
+        &double,
+        &["cut-stream", "echo"],
+        &["cut-stream", "echo"],
+        ALL_REMOTE,
+        FAST_RETRIES,
+    ));
+    let mut body = ask("auto", "hello there");
+    body["stream"] = json!(true);
+    let response = http_client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-backend"], "cut-stream");
+    let text = response.text().await.unwrap();
+    assert!(text.contains("\"content\""), "the first chunks arrived: {text}");
+    assert!(text.contains("\"error\""), "then one error event: {text}");
+    assert_eq!(double.calls("cut-stream"), 1, "bytes reached the client: no retry");
+    assert_eq!(double.calls("echo"), 0, "and no fallback");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_after_failures_and_closes_after_a_good_probe() {
+    let double = CloudDouble::start();
+    let extra = "      retry: { max_attempts: 1 }\n      breaker: { failure_threshold: 2, cooldown_ms: 500 }\n";
+    let daemon = start(&policy(
+        &double,
+        &["switchable", "echo"],
+        &["switchable", "echo"],
+        ALL_REMOTE,
+        extra,
+    ));
+    double.set_outage(true);
+    for _ in 0..2 {
+        let r = send(&daemon, &ask("switchable", "hello"), &[]).await;
+        assert_eq!(r.status, 503, "{}", r.body);
+    }
+    // Open: refused without calling upstream; routed requests skip it.
+    let r = send(&daemon, &ask("switchable", "hello"), &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (503, Some("backend_unavailable")),
+        "{}",
+        r.body
+    );
+    assert_eq!(double.calls("switchable"), 2);
+    let r = send(&daemon, &ask("auto", "hello"), &[]).await;
+    assert_eq!((r.status, r.backend.as_str()), (200, "echo"));
+    assert_eq!(double.calls("switchable"), 2);
+    assert!(
+        daemon.log().contains("breaker=\"open\"") || daemon.log().contains("breaker=open"),
+        "{}",
+        daemon.log()
+    );
+
+    // After the cooldown one probe goes through; the upstream is back, so it closes.
+    double.set_outage(false);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = send(&daemon, &ask("auto", "hello"), &[]).await;
+    assert_eq!((r.status, r.backend.as_str()), (200, "switchable"), "{}", r.body);
+    let r = send(&daemon, &ask("switchable", "hello"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(double.calls("switchable"), 4);
+}
+
+/// Sends `n` local requests at once and returns their outcomes.
+async fn flood(daemon: &Daemon, n: usize, body: &Value) -> Vec<switchyard_e2e::routed::Routed> {
+    let requests = (0..n).map(|_| send(daemon, body, &[]));
+    futures_util::future::join_all(requests).await
+}
+
+#[tokio::test]
+async fn a_full_local_queue_goes_remote_when_allowed_else_429() {
+    let double = CloudDouble::start();
+    let daemon = start(&policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES));
+    let mut body = ask("auto", "Write a long story about a dragon.");
+    body["max_tokens"] = json!(48);
+    let outcomes = flood(&daemon, 6, &body).await;
+    assert!(outcomes.iter().all(|r| r.status == 200), "all answered");
+    let local = outcomes.iter().filter(|r| r.backend == "smollm2").count();
+    let spilled: Vec<_> = outcomes.iter().filter(|r| r.backend == "echo").collect();
+    assert!(
+        local >= 1 && !spilled.is_empty(),
+        "local {local}, spilled {}",
+        spilled.len()
+    );
+    assert!(
+        spilled
+            .iter()
+            .all(|r| r.degraded.as_deref() == Some("local-busy") && r.route == "remote")
+    );
+
+    // A request that may not leave the machine waits for nobody: 429, Retry-After.
+    let mut private = body.clone();
+    private["messages"][0]["content"] = json!("Summarise the account of jane.doe@example.com in a long story.");
+    let text = policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES) + "privacy:\n  detectors: [email]\n";
+    let daemon = start(&text);
+    let outcomes = flood(&daemon, 6, &private).await;
+    let busy: Vec<_> = outcomes.iter().filter(|r| r.status == 429).collect();
+    assert!(
+        !busy.is_empty(),
+        "{:?}",
+        outcomes.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        busy.iter()
+            .all(|r| r.body["error"]["code"] == "engine_busy" && r.retry_after.as_deref() == Some("1"))
+    );
+    assert!(outcomes.iter().all(|r| r.status == 200 || r.status == 429));
+    assert_eq!(double.calls("echo"), spilled.len(), "nothing private went out");
+}
+
+#[tokio::test]
+async fn sigterm_lets_streams_in_flight_finish_and_refuses_new_ones() {
+    let double = CloudDouble::start();
+    let mut daemon = start(&policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES));
+    let mut streams = Vec::new();
+    for i in 0..3 {
+        let mut body = ask(if i == 0 { "echo" } else { "auto" }, "Tell me about the sea.");
+        body["stream"] = json!(true);
+        body["max_tokens"] = json!(24);
+        let response = http_client()
+            .post(daemon.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        streams.push(response.bytes_stream());
+    }
+    let url = daemon.url("/v1/chat/completions");
+    let pid = daemon.pid();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // New connections are refused once shutdown began.
+    assert!(http_client().post(&url).json(&ask("auto", "hi")).send().await.is_err());
+    for mut stream in streams {
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            text.push_str(&String::from_utf8_lossy(&chunk.expect("the stream is not cut")));
+        }
+        assert!(text.trim_end().ends_with("data: [DONE]"), "complete: {text}");
+    }
+    assert!(daemon.terminate(Duration::from_secs(20)).success());
+}
