@@ -129,6 +129,10 @@ pub struct LocalBackendConfig {
     pub queue_capacity: Spanned<usize>,
     /// `max_tokens` for requests that give none (default: the rest of the context).
     pub default_max_tokens: Option<Spanned<u64>>,
+    /// Token budget of the reasoning pass (`local-reasoning`, or a client's
+    /// `reasoning_effort`), on top of the answer's own `max_tokens`.
+    #[serde(default = "default_reasoning_max_tokens")]
+    pub reasoning_max_tokens: Spanned<u64>,
     /// Sampling for requests that leave a parameter out. OpenAI's own defaults
     /// (temperature 1, top_p 1) suit large models; small ones do better with the
     /// values their authors publish.
@@ -176,6 +180,10 @@ impl Default for SamplingDefaults {
 
 fn default_threads() -> Spanned<usize> {
     unspanned(std::thread::available_parallelism().map_or(2, |n| n.get()).min(8))
+}
+
+fn default_reasoning_max_tokens() -> Spanned<u64> {
+    unspanned(256)
 }
 
 fn default_queue_capacity() -> Spanned<usize> {
@@ -640,6 +648,7 @@ impl Policy {
             for limit in [&backend.context_length, &backend.default_max_tokens]
                 .into_iter()
                 .flatten()
+                .chain([&backend.reasoning_max_tokens])
             {
                 if limit.value == 0 {
                     problems.push(Problem::at(limit, "must be positive"));

@@ -18,7 +18,7 @@ const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local
 /// for every remote backend.
 fn policy(double: &CloudDouble, models: &[&str], order: &[&str], thresholds: &str, remote_extra: &str) -> String {
     let mut text = format!(
-        "server:\n  request_deadline_ms: 20000\n  shutdown_drain_ms: 20000\nbackends:\n  local:\n    - name: smollm2\n      model_path: {}\n      threads: 2\n      context_length: 1024\n      queue_capacity: 1\n      default_max_tokens: 8\n  remote:\n",
+        "server:\n  request_deadline_ms: 20000\n  shutdown_drain_ms: 20000\nbackends:\n  local:\n    - name: smollm2\n      model_path: {}\n      threads: 2\n      context_length: 1024\n      queue_capacity: 1\n      default_max_tokens: 8\n      reasoning_max_tokens: 16\n  remote:\n",
         default_model().display()
     );
     for model in models {

@@ -29,6 +29,7 @@ backends:
       context_length: 1024
       queue_capacity: 8
       default_max_tokens: 8
+      reasoning_max_tokens: 16
   remote:
     - name: echo
       base_url: {url}
@@ -96,15 +97,53 @@ async fn thresholds_pick_the_tier_and_every_answer_says_why() {
         r.body
     );
     assert_eq!(r.reason, "score-ambiguous");
-    // The reasoning instruction made it into the prompt: more prompt tokens
-    // than the same request answered without reasoning.
-    let plain = send(&local, &ask("Is 91 a prime number?"), &[]).await;
+    // The reasoning comes back apart from the answer, and is counted.
+    let message = &r.body["choices"][0]["message"];
+    let reasoning = message["reasoning_content"].as_str().expect("reasoning_content");
     assert!(
-        r.body["usage"]["prompt_tokens"].as_u64() > plain.body["usage"]["prompt_tokens"].as_u64(),
-        "{} vs {}",
-        r.body["usage"],
+        !reasoning.is_empty() && !message["content"].as_str().unwrap().contains(reasoning),
+        "{message}"
+    );
+    let usage = &r.body["usage"];
+    let reasoning_tokens = usage["completion_tokens_details"]["reasoning_tokens"].as_u64().unwrap();
+    assert!(
+        reasoning_tokens > 0 && reasoning_tokens < usage["completion_tokens"].as_u64().unwrap(),
+        "{usage}"
+    );
+    let plain = send(&local, &ask("Is 91 a prime number?"), &[]).await;
+    assert!(plain.body["choices"][0]["message"].get("reasoning_content").is_none());
+    assert!(
+        usage["prompt_tokens"].as_u64() > plain.body["usage"]["prompt_tokens"].as_u64(),
+        "two passes read more prompt: {usage} vs {}",
         plain.body["usage"]
     );
+
+    // Streamed, the reasoning arrives as reasoning_content deltas before the content.
+    let mut streamed = ask("Is 91 a prime number?");
+    streamed["stream"] = json!(true);
+    let text = http_client()
+        .post(ambiguous.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let deltas: Vec<Value> = text
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter_map(|chunk| chunk["choices"][0].get("delta").cloned())
+        .collect();
+    let position = |field: &str| {
+        deltas
+            .iter()
+            .position(|d| d[field].as_str().is_some_and(|t| !t.is_empty()))
+    };
+    let first_reasoning = position("reasoning_content").expect("reasoning deltas");
+    assert!(position("content").is_none_or(|c| first_reasoning < c), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
 }
 
 #[tokio::test]

@@ -8,14 +8,15 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value, json};
 use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent, LocalModel};
-use switchyard_engine::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
+use switchyard_engine::generate::{FinishReason, GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
 use switchyard_engine::sampling::{SampledToken, SamplingParams};
 use switchyard_engine::tokenizer::Tokenizer;
 use tokio::sync::mpsc;
@@ -59,7 +60,9 @@ pub struct LocalBackend {
     name: String,
     /// A model that failed to load leaves its backend unavailable, with the
     /// reason, while the rest of the daemon serves on.
-    engine: Result<Engine, String>,
+    engine: Result<Arc<Engine>, String>,
+    /// Token budget of the reasoning pass.
+    reasoning_max_tokens: u64,
     default_max_tokens: Option<u64>,
     sampling: SamplingDefaults,
     /// Everything of the configuration that the loaded engine depends on: a
@@ -73,6 +76,298 @@ enum Update {
     Done(Result<GenerationOutput, GenerateError>),
 }
 
+/// Queues one generation; its events arrive on the returned channel. When the
+/// receiver is dropped the engine stops the generation at its next token.
+fn submit(
+    engine: &Engine,
+    generation: GenerationRequest,
+    backend: &str,
+) -> Result<mpsc::UnboundedReceiver<Update>, ApiError> {
+    let (sender, updates) = mpsc::unbounded_channel();
+    let job = Job {
+        request: generation,
+        sink: Box::new(move |event| {
+            let update = match event {
+                JobEvent::Token(token) => Update::Token(token.clone()),
+                JobEvent::Done(result) => Update::Done(result),
+            };
+            match sender.send(update) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
+        }),
+    };
+    engine.submit(job).map_err(|EngineBusy| ApiError::LocalBusy {
+        backend: backend.to_string(),
+        queue_capacity: engine.queue_capacity(),
+    })?;
+    Ok(updates)
+}
+
+/// A piece of a local answer, in order: reasoning (if any), content, then one
+/// `Finished` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Reasoning { text: String, token: Option<SampledToken> },
+    Content { text: String, token: Option<SampledToken> },
+    Finished(Finished),
+    Failed(ApiError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub reasoning_tokens: u64,
+    /// The answer stopped at the client's own `max_tokens`.
+    pub client_limited: bool,
+}
+
+/// Runs the passes of one answer on the engine and turns their events into pieces.
+struct Driver {
+    engine: Arc<Engine>,
+    name: String,
+    request_id: String,
+    sender: mpsc::UnboundedSender<Piece>,
+    plan: Plan,
+}
+
+/// How long the answer pass of a reasoning answer may wait for a queue slot.
+const ANSWER_PASS_QUEUE_WAIT: Duration = Duration::from_secs(30);
+
+impl Driver {
+    async fn run(self, head: Update, mut updates: mpsc::UnboundedReceiver<Update>, reasoning: bool) {
+        let mut usage = Usage::default();
+        let mut reasoning_tokens = 0;
+        let mut next = Some(head);
+        let mut reasoning_text = String::new();
+        if reasoning {
+            let Some(output) = self.forward(&mut next, &mut updates, true, &mut reasoning_text).await else {
+                return;
+            };
+            usage.prompt_tokens += output.prompt_tokens as u64;
+            usage.completion_tokens += output.tokens.len() as u64;
+            reasoning_tokens = output.tokens.len() as u64;
+            let answer = match self.plan.answer_pass(&self.engine, reasoning_text.trim()) {
+                Ok(answer) => answer,
+                Err(err) => return self.fail(err),
+            };
+            let waited_until = Instant::now() + ANSWER_PASS_QUEUE_WAIT;
+            updates = loop {
+                match submit(&self.engine, answer.clone(), &self.name) {
+                    Ok(updates) => break updates,
+                    Err(err @ ApiError::LocalBusy { .. }) if Instant::now() >= waited_until => return self.fail(err),
+                    Err(ApiError::LocalBusy { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+                    Err(err) => return self.fail(err),
+                }
+            };
+        }
+        let mut content = String::new();
+        let Some(output) = self.forward(&mut next, &mut updates, false, &mut content).await else {
+            return;
+        };
+        usage.prompt_tokens += output.prompt_tokens as u64;
+        usage.completion_tokens += output.tokens.len() as u64;
+        let finished = Finished {
+            finish_reason: output.finish_reason,
+            usage,
+            reasoning_tokens,
+            client_limited: self.plan.client_limited && output.tokens.len() >= self.plan.generation.max_tokens,
+        };
+        log_finished(&self.request_id, &self.name, finished.finish_reason.as_openai(), usage);
+        let _ = self.sender.send(Piece::Finished(finished));
+    }
+
+    /// Relays one pass's tokens as pieces until it ends; `None` when it failed
+    /// or the receiver went away.
+    async fn forward(
+        &self,
+        next: &mut Option<Update>,
+        updates: &mut mpsc::UnboundedReceiver<Update>,
+        reasoning: bool,
+        text: &mut String,
+    ) -> Option<GenerationOutput> {
+        loop {
+            let update = match next.take() {
+                Some(update) => Some(update),
+                None => updates.recv().await,
+            };
+            match update {
+                Some(Update::Token(event)) => {
+                    text.push_str(&event.text);
+                    let piece = if reasoning {
+                        Piece::Reasoning {
+                            text: event.text,
+                            token: event.token,
+                        }
+                    } else {
+                        Piece::Content {
+                            text: event.text,
+                            token: event.token,
+                        }
+                    };
+                    // The client is gone: dropping `updates` stops the engine.
+                    self.sender.send(piece).ok()?;
+                }
+                Some(Update::Done(Ok(output))) => return Some(output),
+                Some(Update::Done(Err(err))) => {
+                    self.fail(generation_error(&self.name, err));
+                    return None;
+                }
+                None => {
+                    self.fail(engine_stopped(&self.name));
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, err: ApiError) {
+        let _ = self.sender.send(Piece::Failed(err));
+    }
+}
+
+/// A local answer being generated.
+pub struct Generation {
+    pub pieces: mpsc::UnboundedReceiver<Piece>,
+    completion: Completion,
+    tokenizer: Arc<Tokenizer>,
+    stream: bool,
+    include_usage: bool,
+    logprobs: bool,
+    top_logprobs: usize,
+}
+
+impl Generation {
+    /// The answer as the client asked for it: `held` (pieces already taken from
+    /// `pieces`, e.g. during a pre-commit window) first, then the rest as it comes.
+    pub async fn into_reply(self, held: Vec<Piece>) -> Result<ChatReply, ApiError> {
+        if self.stream {
+            Ok(self.into_stream(held))
+        } else {
+            self.into_whole(held).await
+        }
+    }
+
+    /// Collects every piece and renders the whole `chat.completion`.
+    pub async fn into_whole(mut self, held: Vec<Piece>) -> Result<ChatReply, ApiError> {
+        let mut pieces = held;
+        while !matches!(pieces.last(), Some(Piece::Finished(_) | Piece::Failed(_))) {
+            match self.pieces.recv().await {
+                Some(piece) => pieces.push(piece),
+                None => return Err(engine_stopped(&self.completion.model)),
+            }
+        }
+        let mut reasoning = String::new();
+        let mut content = String::new();
+        let mut tokens = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Reasoning { text, .. } => reasoning.push_str(&text),
+                Piece::Content { text, token } => {
+                    content.push_str(&text);
+                    tokens.extend(token);
+                }
+                Piece::Failed(err) => return Err(err),
+                Piece::Finished(finished) => {
+                    let logprobs = self
+                        .logprobs
+                        .then(|| logprobs_json(&self.tokenizer, &tokens, self.top_logprobs));
+                    let mut message = json!({ "role": "assistant", "content": content, "refusal": null });
+                    if finished.reasoning_tokens > 0 {
+                        message["reasoning_content"] = Value::String(reasoning.trim().to_string());
+                    }
+                    let body = json!({
+                        "id": self.completion.id,
+                        "object": "chat.completion",
+                        "created": self.completion.created,
+                        "model": self.completion.model,
+                        "choices": [{
+                            "index": 0,
+                            "message": message,
+                            "logprobs": logprobs,
+                            "finish_reason": finished.finish_reason.as_openai(),
+                        }],
+                        "usage": usage_json(finished.usage, finished.reasoning_tokens),
+                    });
+                    return Ok(ChatReply::Complete {
+                        body: Bytes::from(body.to_string()),
+                        usage: Some(finished.usage),
+                        headers: HeaderMap::new(),
+                        status: StatusCode::OK,
+                    });
+                }
+            }
+        }
+        unreachable!("the loop above ends on Finished or Failed")
+    }
+
+    fn into_stream(self, held: Vec<Piece>) -> ChatReply {
+        let Generation {
+            pieces,
+            completion,
+            tokenizer,
+            include_usage,
+            logprobs,
+            top_logprobs,
+            ..
+        } = self;
+        let role = completion.chunk(json!({ "role": "assistant", "content": "" }), None, None);
+        let rest = futures_util::stream::unfold(pieces, |mut pieces| async move {
+            pieces.recv().await.map(|piece| (piece, pieces))
+        });
+        let events = futures_util::stream::iter(held)
+            .chain(rest)
+            .scan(false, move |done, piece| {
+                if *done {
+                    return std::future::ready(None);
+                }
+                let bytes = match piece {
+                    Piece::Reasoning { text, .. } if !text.is_empty() => {
+                        completion.chunk(json!({ "reasoning_content": text }), None, None)
+                    }
+                    Piece::Reasoning { .. } => Bytes::new(),
+                    Piece::Content { text, token } => {
+                        let lp = match (&token, logprobs) {
+                            (Some(token), true) => {
+                                Some(logprobs_json(&tokenizer, std::slice::from_ref(token), top_logprobs))
+                            }
+                            _ => None,
+                        };
+                        if text.is_empty() && lp.is_none() {
+                            Bytes::new()
+                        } else {
+                            completion.chunk(json!({ "content": text }), lp, None)
+                        }
+                    }
+                    Piece::Finished(finished) => {
+                        *done = true;
+                        let mut out = completion
+                            .chunk(json!({}), None, Some(finished.finish_reason.as_openai()))
+                            .to_vec();
+                        if include_usage {
+                            out.extend_from_slice(&completion.usage_chunk(finished.usage, finished.reasoning_tokens));
+                        }
+                        out.extend_from_slice(&sse::encode_data(sse::DONE));
+                        Bytes::from(out)
+                    }
+                    Piece::Failed(err) => {
+                        *done = true;
+                        sse::encode_data(&err.to_json().to_string())
+                    }
+                };
+                std::future::ready(Some(bytes))
+            })
+            .filter(|bytes| std::future::ready(!bytes.is_empty()));
+        ChatReply::Stream {
+            events: futures_util::stream::once(std::future::ready(role))
+                .chain(events)
+                .boxed(),
+            headers: HeaderMap::new(),
+        }
+    }
+}
+
 impl LocalBackend {
     /// Loads the model and starts its engine. A model that cannot be used is
     /// logged and leaves the backend unavailable; it does not stop the daemon.
@@ -83,6 +378,7 @@ impl LocalBackend {
             .map_err(|err| format!("cannot load {}: {err}", path.display()))
             .and_then(|model| {
                 Engine::start(model, config.threads.value, config.queue_capacity.value)
+                    .map(Arc::new)
                     .map_err(|err| format!("cannot start the engine: {err}"))
             });
         match &engine {
@@ -101,6 +397,7 @@ impl LocalBackend {
             engine,
             default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
             sampling: config.sampling,
+            reasoning_max_tokens: config.reasoning_max_tokens.value,
             identity: Self::identity_of(config, policy_dir),
         }
     }
@@ -108,7 +405,7 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{:?}|{}|{:?}|{:?}",
+            "{}|{}|{}|{:?}|{}|{:?}|{:?}|{}",
             config.name.value,
             policy_dir.join(&config.model_path.value).display(),
             config.threads.value,
@@ -116,6 +413,7 @@ impl LocalBackend {
             config.queue_capacity.value,
             config.default_max_tokens.as_ref().map(|m| m.value),
             config.sampling,
+            config.reasoning_max_tokens.value,
         )
     }
 
@@ -123,7 +421,7 @@ impl LocalBackend {
         &self.identity
     }
 
-    fn engine(&self) -> Result<&Engine, ApiError> {
+    fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
         self.engine.as_ref().map_err(|reason| ApiError::BackendUnavailable {
             backend: self.name.clone(),
             reason: reason.clone(),
@@ -173,138 +471,59 @@ impl LocalBackend {
     }
 
     pub async fn chat(&self, request: &ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
-        let engine = self.engine()?;
-        let generation = self.prepare(engine, request)?;
-        let prompt_tokens = generation.prompt_tokens.len();
-        let logprobs = request.body.get("logprobs").and_then(Value::as_bool).unwrap_or(false);
-        let (sender, mut updates) = mpsc::unbounded_channel();
-        let job = Job {
-            request: generation,
-            sink: Box::new(move |event| {
-                let update = match event {
-                    JobEvent::Token(token) => Update::Token(token.clone()),
-                    JobEvent::Done(result) => Update::Done(result),
-                };
-                // The receiver is gone when the client disconnected: stop generating.
-                match sender.send(update) {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(_) => ControlFlow::Break(()),
-                }
-            }),
-        };
-        engine.submit(job).map_err(|EngineBusy| ApiError::LocalBusy {
-            backend: self.name.clone(),
-            queue_capacity: engine.queue_capacity(),
-        })?;
+        self.generate(request, request_id).await?.into_reply(Vec::new()).await
+    }
 
-        let completion = Completion {
-            id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            model: self.name.clone(),
+    /// Starts generating an answer and returns its pieces as they come. The
+    /// request is refused here (not in the pieces) when it is invalid, does not
+    /// fit, or the queue is full. With `request.reasoning` the model first
+    /// reasons (prompted step by step, within `reasoning_max_tokens`), then
+    /// answers with its reasoning in view; the reasoning comes back as
+    /// `reasoning_content`, never in `content`.
+    pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, ApiError> {
+        let engine = self.engine()?.clone();
+        let plan = self.prepare(&engine, request)?;
+        let (sender, pieces) = mpsc::unbounded_channel();
+        let reasoning = request
+            .reasoning
+            .then(|| plan.reasoning_pass(&engine, self.reasoning_max_tokens));
+        let first_pass = match &reasoning {
+            Some(pass) => pass.clone()?,
+            None => plan.generation.clone(),
         };
-        let tokenizer = engine.tokenizer().clone();
-        if !request.stream {
-            let output = loop {
-                match updates.recv().await {
-                    Some(Update::Token(_)) => {}
-                    Some(Update::Done(result)) => break result.map_err(|err| generation_error(&self.name, err))?,
-                    None => return Err(engine_stopped(&self.name)),
-                }
-            };
-            let usage = Usage {
-                prompt_tokens: prompt_tokens as u64,
-                completion_tokens: output.tokens.len() as u64,
-            };
-            let logprobs = logprobs.then(|| logprobs_json(&tokenizer, &output.tokens));
-            let body = completion.whole(&output, logprobs, usage);
-            log_finished(request_id, &self.name, output.finish_reason.as_openai(), usage);
-            return Ok(ChatReply::Complete {
-                body: Bytes::from(body.to_string()),
-                usage: Some(usage),
-                headers: HeaderMap::new(),
-                status: StatusCode::OK,
-            });
-        }
-
-        // Wait for the first event before answering 200, so that a request the
-        // engine refuses (too long, bad parameters) still gets a proper status.
-        let first = match updates.recv().await {
+        let mut first = submit(&engine, first_pass, &self.name)?;
+        // Wait for the first event before answering, so that a request the
+        // engine refuses still gets a proper status instead of a broken stream.
+        let head = match first.recv().await {
             Some(Update::Done(Err(err))) => return Err(generation_error(&self.name, err)),
             Some(update) => update,
             None => return Err(engine_stopped(&self.name)),
         };
-        let include_usage = request.include_usage;
-        let name = self.name.clone();
-        let request_id = request_id.to_string();
-        let role = completion.chunk(json!({ "role": "assistant", "content": "" }), None, None);
-        let stream = futures_util::stream::unfold(
-            (Some(first), updates, false),
-            move |(mut next, mut updates, mut done)| {
-                let completion = completion.clone();
-                let tokenizer = tokenizer.clone();
-                let name = name.clone();
-                let request_id = request_id.clone();
-                async move {
-                    if done {
-                        return None;
-                    }
-                    let update = match next.take() {
-                        Some(update) => Some(update),
-                        None => updates.recv().await,
-                    };
-                    let bytes = match update {
-                        Some(Update::Token(event)) => {
-                            let lp = match (&event.token, logprobs) {
-                                (Some(token), true) => Some(logprobs_json(&tokenizer, std::slice::from_ref(token))),
-                                _ => None,
-                            };
-                            if event.text.is_empty() && lp.is_none() {
-                                Bytes::new()
-                            } else {
-                                completion.chunk(json!({ "content": event.text }), lp, None)
-                            }
-                        }
-                        Some(Update::Done(Ok(output))) => {
-                            done = true;
-                            let usage = Usage {
-                                prompt_tokens: prompt_tokens as u64,
-                                completion_tokens: output.tokens.len() as u64,
-                            };
-                            log_finished(&request_id, &name, output.finish_reason.as_openai(), usage);
-                            let mut out = completion
-                                .chunk(json!({}), None, Some(output.finish_reason.as_openai()))
-                                .to_vec();
-                            if include_usage {
-                                out.extend_from_slice(&completion.usage_chunk(usage));
-                            }
-                            out.extend_from_slice(&sse::encode_data(sse::DONE));
-                            Bytes::from(out)
-                        }
-                        Some(Update::Done(Err(err))) => {
-                            done = true;
-                            sse::encode_data(&generation_error(&name, err).to_json().to_string())
-                        }
-                        None => {
-                            done = true;
-                            sse::encode_data(&engine_stopped(&name).to_json().to_string())
-                        }
-                    };
-                    Some((bytes, (None, updates, done)))
-                }
+        let driver = Driver {
+            engine,
+            name: self.name.clone(),
+            request_id: request_id.to_string(),
+            sender,
+            plan,
+        };
+        tokio::spawn(driver.run(head, first, reasoning.is_some()));
+        Ok(Generation {
+            pieces,
+            completion: Completion {
+                id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
+                created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                model: self.name.clone(),
             },
-        )
-        .filter(|bytes| std::future::ready(!bytes.is_empty()));
-        let events = futures_util::stream::once(std::future::ready(role))
-            .chain(stream)
-            .boxed();
-        Ok(ChatReply::Stream {
-            events,
-            headers: HeaderMap::new(),
+            tokenizer: self.engine()?.tokenizer().clone(),
+            stream: request.stream,
+            include_usage: request.include_usage,
+            logprobs: request.body.get("logprobs").and_then(Value::as_bool).unwrap_or(false),
+            top_logprobs: request.body.get("top_logprobs").and_then(Value::as_u64).unwrap_or(0) as usize,
         })
     }
 
     /// Turns the request into the engine's terms: prompt tokens, sampling, limits.
-    fn prepare(&self, engine: &Engine, request: &ChatRequest) -> Result<GenerationRequest, ApiError> {
+    fn prepare(&self, engine: &Engine, request: &ChatRequest) -> Result<Plan, ApiError> {
         let body = &request.body;
         if let Some(field) = UNSUPPORTED_FIELDS
             .iter()
@@ -335,34 +554,8 @@ impl LocalBackend {
                 ));
             }
         };
-        let tokenizer = engine.tokenizer();
-        let template = engine.template().ok_or_else(|| ApiError::BackendUnavailable {
-            backend: self.name.clone(),
-            reason: "the model has no chat template".into(),
-        })?;
-        let token_text = |t: Option<(u32, String)>| t.map(|(_, text)| text).unwrap_or_default();
-        let prompt = template
-            .render(
-                &messages,
-                true,
-                &token_text(tokenizer.bos_token()),
-                &token_text(tokenizer.eos_token()),
-                &extra,
-            )
-            .map_err(|err| ApiError::invalid(format!("The chat template refused the messages: {err}"), "messages"))?;
-        let prompt_tokens = tokenizer
-            .encode(&prompt, true)
-            .map_err(|err| ApiError::invalid(format!("Cannot tokenize the prompt: {err}"), "messages"))?;
-        let context = engine.context_length();
-        if prompt_tokens.len() >= context {
-            return Err(ApiError::ContextLengthExceeded {
-                message: format!(
-                    "This model's maximum context length is {context} tokens. However, your messages resulted in {} tokens.",
-                    prompt_tokens.len()
-                ),
-            });
-        }
-        let room = (context - prompt_tokens.len()) as u64;
+        let prompt_tokens = encode(engine, &messages, &extra, &self.name)?;
+        let room = (engine.context_length() - prompt_tokens.len()) as u64;
         let max_tokens = request.max_tokens.or(self.default_max_tokens).unwrap_or(room).min(room) as usize;
 
         let number = |field: &str, default: f32| -> Result<f32, ApiError> {
@@ -427,14 +620,109 @@ impl LocalBackend {
                 }
             },
         };
+        Ok(Plan {
+            generation: GenerationRequest {
+                prompt_tokens,
+                max_tokens,
+                sampling,
+                stop_tokens: Vec::new(),
+                stop_strings,
+                // At least two alternatives: the ladder reads the top-1/top-2 margin.
+                top_logprobs: top_logprobs.max(2),
+                ignore_eos: false,
+            },
+            messages,
+            extra,
+            client_limited: request.max_tokens.is_some_and(|m| m as usize == max_tokens),
+        })
+    }
+}
+
+/// Renders messages with the model's chat template and tokenizes them,
+/// refusing a prompt that leaves no room in the context window.
+fn encode(engine: &Engine, messages: &Value, extra: &Map<String, Value>, backend: &str) -> Result<Vec<u32>, ApiError> {
+    let tokenizer = engine.tokenizer();
+    let template = engine.template().ok_or_else(|| ApiError::BackendUnavailable {
+        backend: backend.to_string(),
+        reason: "the model has no chat template".into(),
+    })?;
+    let token_text = |t: Option<(u32, String)>| t.map(|(_, text)| text).unwrap_or_default();
+    let prompt = template
+        .render(
+            messages,
+            true,
+            &token_text(tokenizer.bos_token()),
+            &token_text(tokenizer.eos_token()),
+            extra,
+        )
+        .map_err(|err| ApiError::invalid(format!("The chat template refused the messages: {err}"), "messages"))?;
+    let prompt_tokens = tokenizer
+        .encode(&prompt, true)
+        .map_err(|err| ApiError::invalid(format!("Cannot tokenize the prompt: {err}"), "messages"))?;
+    let context = engine.context_length();
+    if prompt_tokens.len() >= context {
+        return Err(ApiError::ContextLengthExceeded {
+            message: format!(
+                "This model's maximum context length is {context} tokens. However, your messages resulted in {} tokens.",
+                prompt_tokens.len()
+            ),
+        });
+    }
+    Ok(prompt_tokens)
+}
+
+/// Asks a model without native thinking to reason before it answers.
+pub const REASONING_INSTRUCTION: &str =
+    "Think through the problem step by step, checking each step. Do not give the final answer yet.";
+/// Asks for the answer once the reasoning is in view.
+pub const ANSWER_INSTRUCTION: &str = "Using the reasoning above, give your final answer.";
+
+/// A request in the engine's terms, and what is needed to derive the passes of
+/// a reasoning answer from it.
+struct Plan {
+    /// The answer pass (the only pass without reasoning).
+    generation: GenerationRequest,
+    messages: Value,
+    extra: Map<String, Value>,
+    /// Whether `max_tokens` is the client's own limit (an answer cut there is
+    /// what the client asked for, not a weakness of the model).
+    client_limited: bool,
+}
+
+impl Plan {
+    /// The reasoning pass: the messages with the step-by-step instruction,
+    /// within the reasoning budget, greedy-ish sampling as the answer's.
+    fn reasoning_pass(&self, engine: &Engine, budget: u64) -> Result<GenerationRequest, ApiError> {
+        let mut messages = self.messages.as_array().cloned().unwrap_or_default();
+        match messages.first_mut() {
+            Some(first) if first["role"] == "system" || first["role"] == "developer" => {
+                let text = first["content"].as_str().unwrap_or("");
+                first["content"] = Value::String(format!("{text}\n\n{REASONING_INSTRUCTION}"));
+            }
+            _ => messages.insert(0, json!({ "role": "system", "content": REASONING_INSTRUCTION })),
+        }
+        let prompt_tokens = encode(engine, &Value::Array(messages), &self.extra, "local")?;
+        let room = (engine.context_length() - prompt_tokens.len()) as u64;
         Ok(GenerationRequest {
             prompt_tokens,
-            max_tokens,
-            sampling,
-            stop_tokens: Vec::new(),
-            stop_strings,
-            top_logprobs,
-            ignore_eos: false,
+            max_tokens: budget.min(room) as usize,
+            stop_strings: Vec::new(),
+            ..self.generation.clone()
+        })
+    }
+
+    /// The answer pass after reasoning: the conversation, the reasoning as the
+    /// model's own turn, and the request for the final answer.
+    fn answer_pass(&self, engine: &Engine, reasoning: &str) -> Result<GenerationRequest, ApiError> {
+        let mut messages = self.messages.as_array().cloned().unwrap_or_default();
+        messages.push(json!({ "role": "assistant", "content": reasoning }));
+        messages.push(json!({ "role": "user", "content": ANSWER_INSTRUCTION }));
+        let prompt_tokens = encode(engine, &Value::Array(messages), &self.extra, "local")?;
+        let room = engine.context_length() - prompt_tokens.len();
+        Ok(GenerationRequest {
+            prompt_tokens,
+            max_tokens: self.generation.max_tokens.min(room),
+            ..self.generation.clone()
         })
     }
 }
@@ -479,22 +767,6 @@ struct Completion {
 }
 
 impl Completion {
-    fn whole(&self, output: &GenerationOutput, logprobs: Option<Value>, usage: Usage) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "message": { "role": "assistant", "content": output.text, "refusal": null },
-                "logprobs": logprobs,
-                "finish_reason": output.finish_reason.as_openai(),
-            }],
-            "usage": usage_json(usage),
-        })
-    }
-
     fn chunk(&self, delta: Value, logprobs: Option<Value>, finish_reason: Option<&str>) -> Bytes {
         let chunk = json!({
             "id": self.id,
@@ -506,29 +778,30 @@ impl Completion {
         sse::encode_data(&chunk.to_string())
     }
 
-    fn usage_chunk(&self, usage: Usage) -> Bytes {
+    fn usage_chunk(&self, usage: Usage, reasoning_tokens: u64) -> Bytes {
         let chunk = json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": self.created,
             "model": self.model,
             "choices": [],
-            "usage": usage_json(usage),
+            "usage": usage_json(usage, reasoning_tokens),
         });
         sse::encode_data(&chunk.to_string())
     }
 }
 
-fn usage_json(usage: Usage) -> Value {
+fn usage_json(usage: Usage, reasoning_tokens: u64) -> Value {
     json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+        "completion_tokens_details": { "reasoning_tokens": reasoning_tokens },
     })
 }
 
 /// OpenAI's `logprobs` object for some tokens.
-fn logprobs_json(tokenizer: &Tokenizer, tokens: &[SampledToken]) -> Value {
+fn logprobs_json(tokenizer: &Tokenizer, tokens: &[SampledToken], top_logprobs: usize) -> Value {
     // A token may hold part of a UTF-8 character; `bytes` carries it exactly,
     // `token` shows it as text (with U+FFFD where it is partial), as OpenAI does.
     let entry = |id: u32, logprob: f32| {
@@ -539,7 +812,7 @@ fn logprobs_json(tokenizer: &Tokenizer, tokens: &[SampledToken]) -> Value {
         .iter()
         .map(|t| {
             let mut e = entry(t.id, t.logprob);
-            e["top_logprobs"] = Value::Array(t.top.iter().map(|&(id, lp)| entry(id, lp)).collect());
+            e["top_logprobs"] = Value::Array(t.top.iter().take(top_logprobs).map(|&(id, lp)| entry(id, lp)).collect());
             e
         })
         .collect();

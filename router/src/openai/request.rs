@@ -26,6 +26,11 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// `max_completion_tokens`, or the older `max_tokens`.
     pub max_tokens: Option<u64>,
+    /// Whether a local model should reason before answering: asked by the
+    /// client with `reasoning_effort` (anything but `none`/`minimal`), or set by
+    /// the router for the `local-reasoning` tier. Remote backends get the
+    /// client's `reasoning_effort` as sent.
+    pub reasoning: bool,
 }
 
 impl ChatRequest {
@@ -114,12 +119,19 @@ impl ChatRequest {
             }
         }
 
+        let reasoning = match body.get("reasoning_effort") {
+            None | Some(Value::Null) => false,
+            Some(Value::String(effort)) => !matches!(effort.as_str(), "none" | "minimal"),
+            Some(other) => return Err(wrong_type("reasoning_effort", "a string", other)),
+        };
+
         Ok(ChatRequest {
             body,
             model,
             stream,
             include_usage,
             max_tokens,
+            reasoning,
         })
     }
 

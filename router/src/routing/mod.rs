@@ -516,44 +516,22 @@ pub fn message_text(request: &ChatRequest) -> String {
     text
 }
 
-/// The instruction that turns a model without native thinking into a
-/// step-by-step reasoner for the `local-reasoning` tier.
-pub const REASONING_INSTRUCTION: &str =
-    "Think through the problem step by step, checking each step, then state the final answer clearly.";
-
-/// Shapes a request for the tier it was routed to. For the local tiers the
-/// template's `enable_thinking` switch (Qwen3's native thinking) is set unless
-/// the client set it; models without native thinking get the step-by-step
-/// instruction in their system prompt when reasoning.
+/// Shapes a request for the local tier it was routed to: reasoning on or off
+/// (the router's choice overrides the client's `reasoning_effort`), and the
+/// chat template's `enable_thinking` switch (Qwen3's native thinking) set to
+/// match unless the client set it.
 pub fn prepare_for_tier(request: &mut ChatRequest, tier: Tier) {
     if tier == Tier::Remote {
         return;
     }
-    let reasoning = tier == Tier::LocalReasoning;
-    let kwargs = request
+    request.reasoning = tier == Tier::LocalReasoning;
+    if let Value::Object(kwargs) = request
         .body
         .entry("chat_template_kwargs")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if let Value::Object(kwargs) = kwargs {
-        kwargs.entry("enable_thinking").or_insert(Value::Bool(reasoning));
-    }
-    if !reasoning {
-        return;
-    }
-    let Some(messages) = request.body.get_mut("messages").and_then(Value::as_array_mut) else {
-        return;
-    };
-    match messages.first_mut() {
-        Some(first) if first["role"] == "system" || first["role"] == "developer" => {
-            if let Some(text) = first["content"].as_str() {
-                first["content"] = Value::String(format!("{text}\n\n{REASONING_INSTRUCTION}"));
-            } else if let Some(parts) = first["content"].as_array_mut() {
-                parts.push(serde_json::json!({"type": "text", "text": format!("\n\n{REASONING_INSTRUCTION}")}));
-            }
-        }
-        _ => messages.insert(
-            0,
-            serde_json::json!({"role": "system", "content": REASONING_INSTRUCTION}),
-        ),
+        .or_insert_with(|| Value::Object(Default::default()))
+    {
+        kwargs
+            .entry("enable_thinking")
+            .or_insert(Value::Bool(request.reasoning));
     }
 }
