@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::auth::ClientKeys;
 use crate::backends::Backends;
-use crate::policy::{Policy, PolicyError};
+use crate::policy::{LadderConfig, Policy, PolicyError};
 use crate::routing::Routing;
 use crate::routing::budget::Ledger;
 
@@ -31,6 +31,7 @@ pub struct Live {
     pub request_deadline: Duration,
     /// Remote spend, when the policy sets budgets.
     pub ledger: Option<Arc<Ledger>>,
+    pub ladder: LadderConfig,
 }
 
 impl Live {
@@ -57,6 +58,7 @@ impl Live {
             max_body_bytes: policy.server.max_body_bytes.value,
             request_deadline: Duration::from_millis(policy.server.request_deadline_ms.value),
             ledger,
+            ladder: policy.ladder.clone(),
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct Policy {
     #[serde(default)]
     pub privacy: PrivacyConfig,
     pub budgets: Option<BudgetsConfig>,
+    #[serde(default)]
+    pub ladder: LadderConfig,
     /// The directory of the policy file: relative paths in it are resolved from here.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
@@ -383,6 +385,37 @@ impl Default for SessionsConfig {
     }
 }
 
+/// The escalation ladder: a local answer that looks weak climbs to the next
+/// tier (local -> local-reasoning -> remote) before the client sees it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LadderConfig {
+    pub enabled: bool,
+    /// Streamed local answers are held back for this many tokens...
+    pub precommit_tokens: Spanned<u32>,
+    /// ...or this long, whichever comes first; then the choice is final.
+    pub precommit_ms: Spanned<u64>,
+    /// An answer whose mean token log-probability is below this is weak.
+    pub min_mean_logprob: Spanned<f64>,
+    /// Confidence is judged from this many tokens on.
+    pub min_tokens: Spanned<u32>,
+}
+
+impl Default for LadderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            precommit_tokens: unspanned(16),
+            precommit_ms: unspanned(1500),
+            min_mean_logprob: unspanned(DEFAULT_MIN_MEAN_LOGPROB),
+            min_tokens: unspanned(4),
+        }
+    }
+}
+
+/// See the README's ladder section for how this was calibrated.
+pub const DEFAULT_MIN_MEAN_LOGPROB: f64 = -2.0;
+
 /// Privacy rules: a request that matches any of them is never sent to a remote
 /// backend.
 #[derive(Debug, Default, Deserialize)]
@@ -663,6 +696,19 @@ impl Policy {
             });
         }
         self.routing_problems(&backend_names, &mut problems);
+        let ladder = &self.ladder;
+        if ladder.precommit_ms.value == 0 && ladder.precommit_tokens.value == 0 {
+            problems.push(Problem::at(
+                &ladder.precommit_ms,
+                "give a pre-commit window in tokens or ms",
+            ));
+        }
+        if !(ladder.min_mean_logprob.value.is_finite() && ladder.min_mean_logprob.value <= 0.0) {
+            problems.push(Problem::at(
+                &ladder.min_mean_logprob,
+                "min_mean_logprob must be a log-probability (<= 0)",
+            ));
+        }
         self.privacy_problems(&mut problems);
         if let Some(budgets) = &self.budgets {
             budget_problems(budgets, &mut problems);

@@ -15,6 +15,7 @@ pub struct Routed {
     pub body: Value,
     pub degraded: Option<String>,
     pub retry_after: Option<String>,
+    pub escalated_from: Option<String>,
 }
 
 pub async fn send(daemon: &Daemon, body: &Value, headers: &[(&str, &str)]) -> Routed {
@@ -33,6 +34,7 @@ pub async fn send(daemon: &Daemon, body: &Value, headers: &[(&str, &str)]) -> Ro
         cost: header("x-switchyard-cost-usd").map(|s| s.parse().unwrap()),
         degraded: header("x-switchyard-degraded"),
         retry_after: header("retry-after"),
+        escalated_from: header("x-switchyard-escalated-from"),
         body: Value::Null,
     };
     Routed {

@@ -338,3 +338,86 @@ async fn sigterm_lets_streams_in_flight_finish_and_refuses_new_ones() {
     }
     assert!(daemon.terminate(Duration::from_secs(20)).success());
 }
+
+/// A policy whose local answers are cut by our own limit (2 tokens) when the
+/// client sets none: provably weak answers. The pre-commit window (64 tokens)
+/// covers a whole reasoning answer (16 + 2 tokens), so streams climb too.
+fn truncating_policy(double: &CloudDouble, extra: &str) -> String {
+    policy(double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES)
+        .replace("default_max_tokens: 8", "default_max_tokens: 2")
+        + "ladder: { precommit_tokens: 64, precommit_ms: 10000 }\n"
+        + extra
+}
+
+#[tokio::test]
+async fn a_weak_local_answer_climbs_the_ladder_streamed_and_not() {
+    let double = CloudDouble::start();
+    let daemon = start(&truncating_policy(&double, ""));
+    let question = json!({ "model": "auto", "messages": [{ "role": "user", "content": "Explain photosynthesis." }] });
+    let r = send(&daemon, &question, &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.backend.as_str(), r.reason.as_str()),
+        (200, "remote", "echo", "weak-truncated"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.escalated_from.as_deref(), Some("local"));
+    assert!(
+        r.body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("Echo:")
+    );
+
+    let mut streamed = question.clone();
+    streamed["stream"] = json!(true);
+    let response = http_client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    assert_eq!(headers["x-switchyard-route"], "remote");
+    assert_eq!(headers["x-switchyard-escalated-from"], "local");
+    assert_eq!(headers["x-switchyard-reason"], "weak-truncated");
+    assert!(
+        text.contains("Echo:") && !text.contains("\"model\":\"smollm2\""),
+        "no local byte leaked: {text}"
+    );
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // Cut where the client asked is what the client wanted: kept local.
+    let mut short = question.clone();
+    short["max_tokens"] = json!(2);
+    let r = send(&daemon, &short, &[]).await;
+    assert_eq!(
+        (r.route.as_str(), r.reason.as_str(), r.escalated_from),
+        ("local", "score-low", None)
+    );
+}
+
+#[tokio::test]
+async fn the_ladder_stops_below_remote_when_the_request_may_not_leave() {
+    let double = CloudDouble::start();
+    let daemon = start(&truncating_policy(&double, "privacy:\n  detectors: [email]\n"));
+    let question = json!({ "model": "auto", "messages": [{ "role": "user", "content": "Write to jane.doe@example.com about the meeting." }] });
+    let r = send(&daemon, &question, &[]).await;
+    assert_eq!(
+        (
+            r.status,
+            r.route.as_str(),
+            r.backend.as_str(),
+            r.escalated_from.as_deref()
+        ),
+        (200, "local-reasoning", "smollm2", Some("local")),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["choices"][0]["finish_reason"], "length",
+        "the last rung's answer, cut as it is"
+    );
+    assert_eq!(double.calls("echo"), 0);
+}

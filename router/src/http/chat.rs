@@ -17,7 +17,9 @@ use crate::ladder::{self, Answer, Degraded};
 use crate::live::Live;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::routing::{self, COST, DEGRADED, Decision, Hints, REASON, ROUTE, Reason, RequestFacts, SCORE, Tier};
+use crate::routing::{
+    self, COST, DEGRADED, Decision, ESCALATED_FROM, Hints, REASON, ROUTE, Reason, RequestFacts, SCORE, Tier,
+};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -42,26 +44,37 @@ pub async fn chat_completions(
         Err(err) => return err.into_response(),
     };
     let deadline = tokio::time::Instant::now() + live.request_deadline;
-    let (mut response, backend, tier, degraded) = match ladder::answer(&decision, &request, &request_id, deadline).await
-    {
-        Ok(Answer {
-            reply,
-            backend,
-            tier,
-            degraded,
-        }) => (respond(reply, &backend, &live, &caller), backend, tier, degraded),
-        Err(err) => (err.into_response(), decision.backend.clone(), decision.tier, None),
-    };
+    let (mut response, backend, tier, degraded, escalated) =
+        match ladder::answer(&decision, &request, &request_id, deadline, &live.ladder).await {
+            Ok(Answer {
+                reply,
+                backend,
+                tier,
+                degraded,
+                escalated,
+            }) => (
+                respond(reply, &backend, &live, &caller),
+                backend,
+                tier,
+                degraded,
+                escalated,
+            ),
+            Err(err) => (err.into_response(), decision.backend.clone(), decision.tier, None, None),
+        };
     let degraded = degraded.or((decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable));
+    let reason = escalated.map_or(decision.reason, |(_, weakness)| weakness.reason());
     let out = response.headers_mut();
     out.insert(BACKEND, header_value(backend.name()));
     out.insert(ROUTE, HeaderValue::from_static(tier.as_str()));
-    out.insert(REASON, HeaderValue::from_static(decision.reason.as_str()));
+    out.insert(REASON, HeaderValue::from_static(reason.as_str()));
     if let Some(score) = decision.score {
         out.insert(SCORE, header_value(&format!("{score:.4}")));
     }
     if let Some(degraded) = degraded {
         out.insert(DEGRADED, HeaderValue::from_static(degraded.as_str()));
+    }
+    if let Some((from, _)) = escalated {
+        out.insert(ESCALATED_FROM, HeaderValue::from_static(from.as_str()));
     }
     response
 }

@@ -38,6 +38,7 @@ pub const SCORE: HeaderName = HeaderName::from_static("x-switchyard-score");
 pub const REASON: HeaderName = HeaderName::from_static("x-switchyard-reason");
 pub const COST: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
 pub const DEGRADED: HeaderName = HeaderName::from_static("x-switchyard-degraded");
+pub const ESCALATED_FROM: HeaderName = HeaderName::from_static("x-switchyard-escalated-from");
 pub const TIER_OVERRIDE: HeaderName = HeaderName::from_static("x-switchyard-tier");
 pub const MAX_COST: HeaderName = HeaderName::from_static("x-switchyard-max-cost-usd");
 pub const SESSION: HeaderName = HeaderName::from_static("x-switchyard-session");
@@ -93,10 +94,20 @@ pub enum Reason {
     BudgetPaced,
     BudgetExhausted,
     MaxCost,
+    /// Escalated by the ladder: the local answer was empty...
+    WeakEmpty,
+    /// ...cut by our own token limit...
+    WeakTruncated,
+    /// ...looping...
+    WeakRepetition,
+    /// ...refusing the task...
+    WeakRefusal,
+    /// ...or the model was unsure of its tokens.
+    WeakConfidence,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 22] = [
         Reason::ModelPinned,
         Reason::ScoreLow,
         Reason::ScoreAmbiguous,
@@ -114,6 +125,11 @@ impl Reason {
         Reason::BudgetPaced,
         Reason::BudgetExhausted,
         Reason::MaxCost,
+        Reason::WeakEmpty,
+        Reason::WeakTruncated,
+        Reason::WeakRepetition,
+        Reason::WeakRefusal,
+        Reason::WeakConfidence,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -135,6 +151,11 @@ impl Reason {
             Reason::BudgetPaced => "budget-paced",
             Reason::BudgetExhausted => "budget-exhausted",
             Reason::MaxCost => "max-cost",
+            Reason::WeakEmpty => "weak-empty",
+            Reason::WeakTruncated => "weak-truncated",
+            Reason::WeakRepetition => "weak-repetition",
+            Reason::WeakRefusal => "weak-refusal",
+            Reason::WeakConfidence => "weak-confidence",
         }
     }
 }

@@ -11,19 +11,32 @@
 //!   the machine (`x-switchyard-degraded: local-busy`), else a 429 with
 //!   `Retry-After`.
 //!
+//! - The ladder: a local answer that looks weak (see [`confidence`]) climbs one
+//!   rung, local -> local-reasoning -> remote (remote only when the policy lets
+//!   the request leave the machine). Non-streamed answers are judged whole;
+//!   streamed ones are held back for the pre-commit window (`ladder.precommit_*`)
+//!   and judged on what came so far; after the window the choice is final.
+//!
 //! Nothing here runs after response bytes reached the client: every switch
 //! happens before the answer starts.
 //!
 //! [`RemoteBackend::chat`]: crate::backends::remote::RemoteBackend::chat
 
+pub mod confidence;
+
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
+use confidence::{Signals, Weakness};
+
+use crate::backends::local::{Generation, Piece};
 use crate::backends::remote::is_transient;
 use crate::backends::{Backend, ChatReply};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::policy::LadderConfig;
 use crate::routing::{self, Decision, Reason, RouteError, Tier};
 
 /// Why an answer did not come from where the decision sent it.
@@ -47,6 +60,20 @@ pub struct Answer {
     pub backend: Arc<Backend>,
     pub tier: Tier,
     pub degraded: Option<Degraded>,
+    /// The tier the request started at, when the ladder moved it up, and why.
+    pub escalated: Option<(Tier, Weakness)>,
+}
+
+impl Weakness {
+    pub fn reason(self) -> Reason {
+        match self {
+            Weakness::Empty => Reason::WeakEmpty,
+            Weakness::Truncated => Reason::WeakTruncated,
+            Weakness::Repetition => Reason::WeakRepetition,
+            Weakness::Refusal => Reason::WeakRefusal,
+            Weakness::LowConfidence => Reason::WeakConfidence,
+        }
+    }
 }
 
 /// Answers a decided request, falling back as described above.
@@ -55,6 +82,7 @@ pub async fn answer(
     request: &ChatRequest,
     request_id: &str,
     deadline: Instant,
+    ladder: &LadderConfig,
 ) -> Result<Answer, ApiError> {
     let pinned = decision.reason == Reason::ModelPinned;
     match decision.tier {
@@ -84,6 +112,7 @@ pub async fn answer(
                         backend: local.clone(),
                         tier: Tier::LocalReasoning,
                         degraded: Some(Degraded::RemoteUnavailable),
+                        escalated: None,
                     })
                 }
                 _ if pinned || !is_unavailable(&failure) => Err(failure),
@@ -91,22 +120,122 @@ pub async fn answer(
             }
         }
         tier @ (Tier::Local | Tier::LocalReasoning) => {
-            match local_call(&decision.backend, request, request_id, tier, pinned).await {
-                Err(ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
-                    tracing::info!("local engine is full; answering remotely");
+            if pinned || !ladder.enabled {
+                return match local_call(&decision.backend, request, request_id, tier, pinned).await {
+                    Err(ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
+                        spill(decision, request, request_id, deadline).await
+                    }
+                    result => Ok(Answer {
+                        reply: result?,
+                        backend: decision.backend.clone(),
+                        tier,
+                        degraded: None,
+                        escalated: None,
+                    }),
+                };
+            }
+            climb(decision, request, request_id, deadline, ladder, tier).await
+        }
+    }
+}
+
+/// The local engine is full: the answer comes from the remote backends.
+async fn spill(
+    decision: &Decision,
+    request: &ChatRequest,
+    request_id: &str,
+    deadline: Instant,
+) -> Result<Answer, ApiError> {
+    tracing::info!("local engine is full; answering remotely");
+    let mut answer = remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await?;
+    answer.degraded = Some(Degraded::LocalBusy);
+    Ok(answer)
+}
+
+/// Runs the ladder from `start`: each local rung's answer is judged, and a weak
+/// one is dropped (which stops its generation) for the next rung.
+async fn climb(
+    decision: &Decision,
+    request: &ChatRequest,
+    request_id: &str,
+    deadline: Instant,
+    ladder: &LadderConfig,
+    start: Tier,
+) -> Result<Answer, ApiError> {
+    let Backend::Local(local) = decision.backend.as_ref() else {
+        unreachable!("local tiers are served by the local backend")
+    };
+    let can_go_remote = !decision.fallbacks.remotes.is_empty();
+    let mut tier = start;
+    let mut escalated = None;
+    loop {
+        let mut shaped = request.clone();
+        routing::prepare_for_tier(&mut shaped, tier);
+        let mut generation = match local.generate(&shaped, request_id).await {
+            Ok(generation) => generation,
+            Err(ApiError::LocalBusy { .. }) if can_go_remote => {
+                let mut answer = spill(decision, request, request_id, deadline).await?;
+                answer.escalated = escalated;
+                return Ok(answer);
+            }
+            Err(err) => return Err(err),
+        };
+        let (held, weakness) = hold(&mut generation, request.stream, ladder).await;
+        let next = match tier {
+            Tier::Local => Some(Tier::LocalReasoning),
+            Tier::LocalReasoning if can_go_remote => Some(Tier::Remote),
+            _ => None,
+        };
+        match (weakness, next) {
+            (Some(weakness), Some(next)) => {
+                tracing::info!(from = tier.as_str(), to = next.as_str(), weakness = ?weakness, "escalating a weak local answer");
+                escalated.get_or_insert((start, weakness)).1 = weakness;
+                drop(generation);
+                if next == Tier::Remote {
                     let mut answer = remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await?;
-                    answer.degraded = Some(Degraded::LocalBusy);
-                    Ok(answer)
+                    answer.escalated = escalated;
+                    return Ok(answer);
                 }
-                result => Ok(Answer {
-                    reply: result?,
+                tier = next;
+            }
+            _ => {
+                return Ok(Answer {
+                    reply: generation.into_reply(held).await?,
                     backend: decision.backend.clone(),
                     tier,
                     degraded: None,
-                }),
+                    escalated,
+                });
             }
         }
     }
+}
+
+/// Takes pieces of a local answer until it can be judged: all of it when not
+/// streamed, else the pre-commit window (tokens or time, whichever first).
+async fn hold(generation: &mut Generation, stream: bool, ladder: &LadderConfig) -> (Vec<Piece>, Option<Weakness>) {
+    let mut signals = Signals::default();
+    let mut held = Vec::new();
+    let window_end = Instant::now() + Duration::from_millis(ladder.precommit_ms.value);
+    loop {
+        let next = if stream {
+            match tokio::time::timeout_at(window_end, generation.pieces.recv()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            }
+        } else {
+            generation.pieces.recv().await
+        };
+        let Some(piece) = next else { break };
+        signals.observe(&piece);
+        let failed = matches!(piece, Piece::Failed(_));
+        held.push(piece);
+        if failed || signals.is_finished() || (stream && signals.tokens >= ladder.precommit_tokens.value) {
+            break;
+        }
+    }
+    let weakness = signals.judge(ladder);
+    (held, weakness)
 }
 
 /// Tries each remote backend in turn while the failures are the backend's.
@@ -125,6 +254,7 @@ async fn remote_chain(
                     backend: backend.clone(),
                     tier: Tier::Remote,
                     degraded: None,
+                    escalated: None,
                 });
             }
             Err(err) if is_unavailable(&err) && Instant::now() < deadline => {
