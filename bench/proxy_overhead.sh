@@ -38,7 +38,7 @@ backends:
       model: echo
       price: { input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }
 routing:
-  default_backend: echo
+  remote_backends: [echo]
 YAML
 SWITCHYARD_LOG=warn target/release/switchyard serve --policy "$work/policy.yaml" --listen "$PROXY" 2>"$work/proxy.log" &
 pids+=($!)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Load test: concurrent streaming clients for a fixed time against Switchyard
+# serving the local model and a remote upstream that fails 20% of its calls.
+#
+# Every request must end as a complete answer or one clean error (none lost,
+# none hanging), the daemon must not panic, and its RSS must stay flat after
+# warm-up. Loopback only; bounded in time.
+#
+# Usage: bench/load_test.sh [CLIENTS] [SECONDS]   (defaults: 64, 60)
+# PROFILE=debug uses the test build instead of a release build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CLIENTS=${1:-64}
+SECONDS_TOTAL=${2:-60}
+WARMUP_S=${WARMUP_S:-20}
+PROFILE=${PROFILE:-release}
+UPSTREAM=127.0.0.1:${UPSTREAM_PORT:-19111}
+PROXY=127.0.0.1:${PROXY_PORT:-19112}
+
+scripts/fetch-default-model.sh >/dev/null
+if [ "$PROFILE" = release ]; then
+  cargo build --release --quiet -p switchyard -p switchyard-e2e --bins
+else
+  cargo build --quiet -p switchyard -p switchyard-e2e --bins
+fi
+bin=target/$PROFILE
+
+work=$(mktemp -d)
+pids=()
+cleanup() { kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$bin/cloud-double" --listen "$UPSTREAM" 2>"$work/double.log" &
+pids+=($!)
+cat >"$work/policy.yaml" <<YAML
+server:
+  request_deadline_ms: 60000
+backends:
+  local:
+    - name: smollm2
+      model_path: $PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf
+      threads: 2
+      queue_capacity: 8
+      default_max_tokens: 16
+  remote:
+    - name: flaky
+      base_url: http://$UPSTREAM/v1
+      model: flaky-20
+      price: { input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }
+      retry: { max_attempts: 3, base_delay_ms: 50, max_delay_ms: 1000 }
+      breaker: { failure_threshold: 50, cooldown_ms: 2000 }
+routing:
+  local_backend: smollm2
+  remote_backends: [flaky]
+YAML
+SWITCHYARD_LOG=warn "$bin/switchyard" serve --policy "$work/policy.yaml" --listen "$PROXY" 2>"$work/proxy.log" &
+proxy=$!
+pids+=($proxy)
+for _ in $(seq 200); do curl -s -o /dev/null "http://$PROXY/healthz" && break; sleep 0.1; done
+
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$proxy/status"; }
+( start=$(date +%s)
+  while kill -0 "$proxy" 2>/dev/null; do
+    echo "$(( $(date +%s) - start )) $(rss_kib)"
+    sleep 2
+  done ) >"$work/rss.txt" &
+pids+=($!)
+
+echo "$CLIENTS streaming clients for ${SECONDS_TOTAL}s (half local, half remote; the remote fails 20% of calls)" >&2
+"$bin/load" --url "http://$PROXY" --clients "$CLIENTS" --seconds "$SECONDS_TOTAL" --timeout-s 120 >"$work/report.json"
+alive=yes
+kill -0 "$proxy" 2>/dev/null || alive=no
+
+python3 - "$work/report.json" "$work/rss.txt" "$work/proxy.log" "$WARMUP_S" "$alive" <<'PY'
+import json, sys
+report = json.load(open(sys.argv[1]))
+samples = [tuple(map(int, l.split())) for l in open(sys.argv[2]) if len(l.split()) == 2]
+log = open(sys.argv[3], errors="replace").read()
+warmup = int(sys.argv[4])
+after = [kib for t, kib in samples if t >= warmup]
+panics = log.count("panicked")
+print(f"requests {report['requests']}: complete {report['complete']}, clean errors {report['clean_errors']}, lost {report['lost']}")
+print(f"by status: {report['by_status']}")
+print(f"latency ms: p50 {report['latency_ms']['p50']:.0f}, p99 {report['latency_ms']['p99']:.0f}, max {report['latency_ms']['max']:.0f}")
+if report["lost_examples"]:
+    print("lost examples:", *report["lost_examples"], sep="\n  ")
+if after:
+    lo, hi = min(after), max(after)
+    print(f"RSS after {warmup}s warm-up: min {lo/1024:.1f} MiB, max {hi/1024:.1f} MiB, spread {100*(hi-lo)/lo:.1f}%")
+print(f"panics in the daemon's log: {panics}; daemon alive at the end: {sys.argv[5]}")
+ok = report["lost"] == 0 and panics == 0 and sys.argv[5] == "yes" and (not after or max(after) <= 1.10 * min(after))
+print("PASS" if ok else "FAIL")
+sys.exit(0 if ok else 1)
+PY
