@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod ladder_cli;
 mod local_cli;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,17 @@ enum Command {
     Generate(local_cli::GenerateArgs),
     /// Chat with a local model in the terminal.
     Chat(local_cli::ChatArgs),
+    /// The escalation ladder.
+    Ladder {
+        #[command(subcommand)]
+        command: LadderCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LadderCommand {
+    /// Compare routing alone with routing plus the ladder on labelled data.
+    Eval(ladder_cli::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -60,6 +72,9 @@ fn main() -> ExitCode {
         } => check(&file),
         Command::Generate(args) => local_cli::generate(&args),
         Command::Chat(args) => local_cli::chat(&args),
+        Command::Ladder {
+            command: LadderCommand::Eval(args),
+        } => ladder_cli::eval(&args),
     }
 }
 

@@ -23,6 +23,7 @@
 //! [`RemoteBackend::chat`]: crate::backends::remote::RemoteBackend::chat
 
 pub mod confidence;
+pub mod eval;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -213,7 +214,11 @@ async fn climb(
 
 /// Takes pieces of a local answer until it can be judged: all of it when not
 /// streamed, else the pre-commit window (tokens or time, whichever first).
-async fn hold(generation: &mut Generation, stream: bool, ladder: &LadderConfig) -> (Vec<Piece>, Option<Weakness>) {
+pub(crate) async fn hold(
+    generation: &mut Generation,
+    stream: bool,
+    ladder: &LadderConfig,
+) -> (Vec<Piece>, Option<Weakness>) {
     let mut signals = Signals::default();
     let mut held = Vec::new();
     let window_end = Instant::now() + Duration::from_millis(ladder.precommit_ms.value);
