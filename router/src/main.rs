@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 mod ladder_cli;
 mod local_cli;
+mod route_cli;
 
 use clap::{Parser, Subcommand};
 use switchyard::policy::{Policy, PolicyError};
@@ -43,6 +44,11 @@ enum Command {
     Generate(local_cli::GenerateArgs),
     /// Chat with a local model in the terminal.
     Chat(local_cli::ChatArgs),
+    /// The routing brain: score, evaluate, train, explain, time.
+    Route {
+        #[command(subcommand)]
+        command: route_cli::RouteCommand,
+    },
     /// The escalation ladder.
     Ladder {
         #[command(subcommand)]
@@ -75,6 +81,7 @@ fn main() -> ExitCode {
         Command::Ladder {
             command: LadderCommand::Eval(args),
         } => ladder_cli::eval(&args),
+        Command::Route { command } => route_cli::run(&command),
     }
 }
 

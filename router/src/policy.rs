@@ -339,8 +339,8 @@ pub struct RoutingConfig {
 /// for how they trade quality against the share of requests kept local.
 fn default_thresholds() -> Spanned<Thresholds> {
     unspanned(Thresholds {
-        local_below: 0.35,
-        remote_above: 0.65,
+        local_below: 0.15,
+        remote_above: 0.24,
         ambiguous: AmbiguousChoice::LocalReasoning,
     })
 }

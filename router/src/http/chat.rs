@@ -17,6 +17,8 @@ use crate::ladder::{self, Answer, Degraded};
 use crate::live::Live;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::routing::difficulty::DifficultyModel;
+use crate::routing::features::{Features, text_for_scoring};
 use crate::routing::{
     self, COST, DEGRADED, Decision, ESCALATED_FROM, Hints, REASON, ROUTE, Reason, RequestFacts, SCORE, Tier,
 };
@@ -137,12 +139,13 @@ fn decide(
 ) -> Result<Decision, ApiError> {
     let hints = Hints::from_headers(headers)?;
     if live.routing.is_profile(&request.model) {
-        let (score, prompt_tokens_estimate) = score_request(request);
+        let text = text_for_scoring(request);
+        let features = Features::extract(request, &text);
         let facts = RequestFacts {
             caller,
             hints: &hints,
-            score,
-            prompt_tokens_estimate,
+            score: DifficultyModel::embedded().score(&features, &text),
+            prompt_tokens_estimate: features.prompt_tokens_estimate,
         };
         return live
             .routing
@@ -225,13 +228,4 @@ async fn drain(stream: &mut axum::body::BodyDataStream, max_bytes: usize) {
         }
     })
     .await;
-}
-
-/// Interim difficulty score (prompt length) and prompt-size estimate (4 bytes
-/// a token); replaced by the learned model in the next change.
-fn score_request(request: &ChatRequest) -> (f32, u64) {
-    let text = routing::message_text(request);
-    let estimate = (text.len() as u64).div_ceil(4);
-    let score = (text.len() as f32 / 2000.0).min(1.0);
-    (score, estimate)
 }

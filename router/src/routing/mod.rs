@@ -13,6 +13,8 @@
 
 pub mod budget;
 pub mod decide;
+pub mod difficulty;
+pub mod features;
 pub mod privacy;
 pub mod sessions;
 

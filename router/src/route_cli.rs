@@ -1,0 +1,382 @@
+//! `switchyard route ...`: score prompts, evaluate and train the difficulty
+//! model, explain one decision, and time decisions.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use switchyard::auth::Caller;
+use switchyard::live::Live;
+use switchyard::openai::request::ChatRequest;
+use switchyard::policy::Policy;
+use switchyard::routing::difficulty::data::{self, Example, question_key};
+use switchyard::routing::difficulty::eval::{Quality, Scored, evaluate, oracle, random};
+use switchyard::routing::difficulty::train::{Settings, train as train_model};
+use switchyard::routing::difficulty::{DifficultyModel, Kind};
+use switchyard::routing::features::{Features, text_for_scoring};
+use switchyard::routing::sessions::Sessions;
+use switchyard::routing::{Hints, RequestFacts};
+
+#[derive(clap::Subcommand)]
+pub enum RouteCommand {
+    /// Score prompts: rows with `id` and `prompt` (or `messages`) in, `{"id", "score"}` out.
+    Score {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// A difficulty model file instead of the shipped one.
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// APGR and CPT of the shipped router on labelled rows, beside the TF-IDF
+    /// baseline, random and oracle routing.
+    Eval {
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Train the difficulty model and the baseline from the labelled data.
+    Train {
+        /// The labelled data (`shared/data/routing` format).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Where `difficulty.bin` and `baseline.bin` are written.
+        #[arg(long, default_value = "router/assets")]
+        out_dir: PathBuf,
+        #[arg(long, default_value_t = 17)]
+        seed: u64,
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long)]
+        learning_rate: Option<f64>,
+        #[arg(long)]
+        weight_decay: Option<f64>,
+        /// Leave each source out in turn, train on the rest, evaluate on it;
+        /// prints the table and writes no artifact.
+        #[arg(long)]
+        loso: bool,
+    },
+    /// Explain the decision for one prompt under a policy.
+    Explain {
+        #[arg(long)]
+        policy: PathBuf,
+        prompt: String,
+    },
+    /// Time decisions (features + model + policy) for prompts of 100 to 2,000 tokens.
+    Bench {
+        #[arg(long)]
+        policy: PathBuf,
+        #[arg(long, default_value_t = 2000)]
+        iterations: usize,
+    },
+}
+
+pub fn run(command: &RouteCommand) -> ExitCode {
+    let result = match command {
+        RouteCommand::Score { input, output, model } => score(input, output, model.as_deref()),
+        RouteCommand::Eval { input, model } => eval(input, model.as_deref()),
+        RouteCommand::Train {
+            data_dir,
+            out_dir,
+            seed,
+            epochs,
+            learning_rate,
+            weight_decay,
+            loso,
+        } => {
+            let defaults = Settings::default();
+            let settings = Settings {
+                seed: *seed,
+                epochs: epochs.unwrap_or(defaults.epochs),
+                learning_rate: learning_rate.unwrap_or(defaults.learning_rate),
+                weight_decay: weight_decay.unwrap_or(defaults.weight_decay),
+                ..defaults
+            };
+            if *loso {
+                leave_one_source_out(data_dir, &settings)
+            } else {
+                train(data_dir, out_dir, &settings)
+            }
+        }
+        RouteCommand::Explain { policy, prompt } => explain(policy, prompt),
+        RouteCommand::Bench { policy, iterations } => bench(policy, *iterations),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("switchyard route: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn model_or_shipped(path: Option<&Path>) -> Result<&'static DifficultyModel, String> {
+    match path {
+        None => Ok(DifficultyModel::embedded()),
+        Some(path) => Ok(Box::leak(Box::new(DifficultyModel::load(path)?))),
+    }
+}
+
+/// The text a row asks about: its `prompt`, or its user messages.
+fn row_text(row: &Value) -> Option<String> {
+    if let Some(prompt) = row["prompt"].as_str() {
+        return Some(prompt.to_string());
+    }
+    let body = json!({ "model": "auto", "messages": row.get("messages")? });
+    let request = ChatRequest::parse(body.to_string().as_bytes()).ok()?;
+    Some(text_for_scoring(&request))
+}
+
+fn score(input: &Path, output: &Path, model: Option<&Path>) -> Result<(), String> {
+    let model = model_or_shipped(model)?;
+    let rows = data::read_jsonl(input)?;
+    let mut out =
+        std::io::BufWriter::new(std::fs::File::create(output).map_err(|e| format!("{}: {e}", output.display()))?);
+    for (i, row) in rows.iter().enumerate() {
+        let id = row
+            .get("id")
+            .cloned()
+            .ok_or_else(|| format!("{}: row {} has no id", input.display(), i + 1))?;
+        let text =
+            row_text(row).ok_or_else(|| format!("{}: row {} has no prompt or messages", input.display(), i + 1))?;
+        let score = model.score(&Features::from_text(&text), &text);
+        writeln!(out, "{}", json!({ "id": id, "score": score })).map_err(|e| e.to_string())?;
+    }
+    out.flush().map_err(|e| e.to_string())
+}
+
+fn scored(model: &DifficultyModel, examples: &[Example]) -> Vec<Scored> {
+    examples
+        .iter()
+        .map(|e| Scored {
+            score: model.score(&Features::from_text(&e.prompt), &e.prompt),
+            strong: e.strong,
+            weak: e.weak,
+        })
+        .collect()
+}
+
+fn print_table(rows: &[(&str, Quality)]) {
+    println!("| router | APGR | CPT(50%) | CPT(80%) | strong calls at 95% of strong quality |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, q) in rows {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.1}% |",
+            q.apgr,
+            q.cpt50,
+            q.cpt80,
+            100.0 * q.cpt_95_quality
+        );
+    }
+}
+
+fn eval(input: &Path, model: Option<&Path>) -> Result<(), String> {
+    let model = model_or_shipped(model)?;
+    let examples: Vec<Example> = data::read_jsonl(input)?.iter().filter_map(data::example).collect();
+    if examples.len() < 2 {
+        return Err("fewer than two labelled rows with a strong/weak pair".into());
+    }
+    let ours = scored(model, &examples);
+    let q_weak = ours.iter().map(|s| s.weak).sum::<f64>() / ours.len() as f64;
+    let q_strong = ours.iter().map(|s| s.strong).sum::<f64>() / ours.len() as f64;
+    println!(
+        "{} rows; quality all weak {q_weak:.3}, all strong {q_strong:.3}",
+        examples.len()
+    );
+    print_table(&[
+        ("switchyard (shipped)", evaluate(&ours)),
+        (
+            "TF-IDF + LR baseline",
+            evaluate(&scored(DifficultyModel::baseline(), &examples)),
+        ),
+        ("random (200 shuffles)", random(&ours, 200, 1)),
+        ("oracle", oracle(&ours)),
+    ]);
+    Ok(())
+}
+
+fn train(data_dir: &Path, out_dir: &Path, settings: &Settings) -> Result<(), String> {
+    let started = Instant::now();
+    let files = data::load_dir(data_dir)?;
+    let split = data::split(&files);
+    eprintln!(
+        "training on {} rows ({} dropped as repeats of held-out questions); held-out MMLU quarter: {} rows",
+        split.train.len(),
+        split.dropped_as_leaks,
+        split.heldout.len()
+    );
+    let settings = Settings {
+        verbose: true,
+        ..settings.clone()
+    };
+    let ours = train_model(&split.train, &settings)?;
+    let baseline = train_model(
+        &split.train,
+        &Settings {
+            kind: Kind::TfIdf,
+            ..settings.clone()
+        },
+    )?;
+    std::fs::create_dir_all(out_dir).map_err(|e| e.to_string())?;
+    for (name, model) in [("difficulty.bin", &ours), ("baseline.bin", &baseline)] {
+        let path = out_dir.join(name);
+        std::fs::write(&path, model.to_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let held = scored(&ours, &split.heldout);
+    println!("held-out quarter of routellm_mmlu ({} rows):", split.heldout.len());
+    print_table(&[
+        ("switchyard", evaluate(&held)),
+        ("TF-IDF + LR baseline", evaluate(&scored(&baseline, &split.heldout))),
+        ("random (200 shuffles)", random(&held, 200, 1)),
+        ("oracle", oracle(&held)),
+    ]);
+    eprintln!("trained in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn leave_one_source_out(data_dir: &Path, settings: &Settings) -> Result<(), String> {
+    let files = data::load_dir(data_dir)?;
+    let mut sources: BTreeMap<String, Vec<Example>> = BTreeMap::new();
+    for (stem, rows) in &files {
+        sources
+            .entry(data::source_name(stem))
+            .or_default()
+            .extend(rows.iter().cloned());
+    }
+    println!(
+        "| left-out source | rows | switchyard APGR / CPT(80%) | TF-IDF + LR APGR / CPT(80%) | random APGR / CPT(80%) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let mut means = [0.0f64; 6];
+    for (source, evaluation) in &sources {
+        let keys: std::collections::HashSet<String> = evaluation.iter().map(|e| question_key(&e.prompt)).collect();
+        let training: Vec<Example> = files
+            .iter()
+            .filter(|(stem, _)| !stem.contains("_test") && data::source_name(stem) != *source)
+            .flat_map(|(_, rows)| {
+                rows.iter()
+                    .filter(|r| !keys.contains(&question_key(&r.prompt)))
+                    .cloned()
+            })
+            .collect();
+        let ours = train_model(&training, settings)?;
+        let baseline = train_model(
+            &training,
+            &Settings {
+                kind: Kind::TfIdf,
+                ..settings.clone()
+            },
+        )?;
+        let ours = evaluate(&scored(&ours, evaluation));
+        let base = evaluate(&scored(&baseline, evaluation));
+        let rand = random(&scored(DifficultyModel::embedded(), evaluation), 200, 1);
+        println!(
+            "| {source} | {} | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |",
+            evaluation.len(),
+            ours.apgr,
+            ours.cpt80,
+            base.apgr,
+            base.cpt80,
+            rand.apgr,
+            rand.cpt80
+        );
+        for (m, v) in means
+            .iter_mut()
+            .zip([ours.apgr, ours.cpt80, base.apgr, base.cpt80, rand.apgr, rand.cpt80])
+        {
+            *m += v / sources.len() as f64;
+        }
+    }
+    println!(
+        "| **mean** | | {:.3} / {:.3} | {:.3} / {:.3} | {:.3} / {:.3} |",
+        means[0], means[1], means[2], means[3], means[4], means[5]
+    );
+    Ok(())
+}
+
+fn request_for(prompt: &str) -> Result<ChatRequest, String> {
+    let body = json!({ "model": "auto", "messages": [{ "role": "user", "content": prompt }] });
+    ChatRequest::parse(body.to_string().as_bytes()).map_err(|e| e.message())
+}
+
+fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
+    let policy = Policy::load(policy_path).map_err(|e| e.to_string())?;
+    let live = Live::build(&policy, None)?;
+    let request = request_for(prompt)?;
+    let text = text_for_scoring(&request);
+    let features = Features::extract(&request, &text);
+    let score = DifficultyModel::embedded().score(&features, &text);
+    let sessions = Sessions::new(std::time::Duration::from_secs(1), 1);
+    let facts = RequestFacts {
+        caller: &Caller::Anonymous,
+        hints: &Hints::default(),
+        score,
+        prompt_tokens_estimate: features.prompt_tokens_estimate,
+    };
+    let explanation = match live.routing.route(&request, &facts, live.ledger.as_deref(), &sessions) {
+        Ok(decision) => json!({
+            "route": decision.tier.as_str(),
+            "backend": decision.backend.name(),
+            "reason": decision.reason.as_str(),
+            "pacing": decision.pacing,
+        }),
+        Err(err) => json!({ "refused": err.to_json()["error"] }),
+    };
+    let out = json!({ "features": features, "score": score, "decision": explanation });
+    println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+    Ok(())
+}
+
+fn bench(policy_path: &Path, iterations: usize) -> Result<(), String> {
+    let policy = Policy::load(policy_path).map_err(|e| e.to_string())?;
+    let live = Live::build(&policy, None)?;
+    let sessions = Sessions::new(std::time::Duration::from_secs(60), 100_000);
+    let paragraph = "The committee reviewed the quarterly figures, compared them with the forecast, and asked \
+        whether the 12% rise in costs (mostly cloud inference at $0.60 per million tokens) could be cut by \
+        routing simple questions to a local model. Explain the trade-offs step by step. ";
+    println!("| prompt tokens (est.) | p50 µs | p99 µs | max µs |");
+    println!("|---:|---:|---:|---:|");
+    for target in [100u64, 500, 2000] {
+        let mut prompt = String::new();
+        while Features::from_text(&prompt).prompt_tokens_estimate < target {
+            prompt.push_str(paragraph);
+        }
+        let body = json!({ "model": "auto", "messages": [{ "role": "user", "content": prompt }] });
+        let bytes = body.to_string();
+        let mut times = Vec::with_capacity(iterations);
+        for i in 0..iterations + iterations / 10 {
+            let request = ChatRequest::parse(bytes.as_bytes()).map_err(|e| e.message())?;
+            let started = Instant::now();
+            let text = text_for_scoring(&request);
+            let features = Features::extract(&request, &text);
+            let score = DifficultyModel::embedded().score(&features, &text);
+            let facts = RequestFacts {
+                caller: &Caller::Anonymous,
+                hints: &Hints::default(),
+                score,
+                prompt_tokens_estimate: features.prompt_tokens_estimate,
+            };
+            let decision = live.routing.route(&request, &facts, live.ledger.as_deref(), &sessions);
+            let elapsed = started.elapsed();
+            std::hint::black_box(decision.is_ok());
+            if i >= iterations / 10 {
+                times.push(elapsed.as_secs_f64() * 1e6);
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let at = |p: f64| times[((times.len() - 1) as f64 * p).round() as usize];
+        println!(
+            "| {} | {:.1} | {:.1} | {:.1} |",
+            Features::from_text(&prompt).prompt_tokens_estimate,
+            at(0.5),
+            at(0.99),
+            times[times.len() - 1]
+        );
+    }
+    Ok(())
+}

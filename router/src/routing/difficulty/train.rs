@@ -1,0 +1,272 @@
+//! Training the difficulty model with Burn's autodiff (Flex CPU backend).
+//!
+//! The model is logistic regression over the hashed text features and the
+//! structural features: an embedding table of one weight per bucket, summed
+//! over a prompt's features (the sparse dot product), plus a linear layer over
+//! the structural vector. Binary cross-entropy on soft targets, Adam, a fixed
+//! seed: the same data gives the same artifact.
+//!
+//! The number of epochs is chosen on a validation tenth of the training rows
+//! (by id hash, never the test split): training stops at the epoch with the best
+//! validation APGR, and that model is kept.
+
+use burn::module::Module;
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::data::Example;
+use super::eval::{Scored, evaluate};
+use super::{BUCKETS, DifficultyModel, Kind, binary_features, tfidf_features};
+use crate::routing::features::{Features, STRUCTURAL_FEATURES};
+
+#[derive(Module, Debug)]
+struct Net {
+    text: Embedding,
+    structural: Linear,
+}
+
+/// Training settings; the defaults reproduce the shipped artifact.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub kind: Kind,
+    pub epochs: usize,
+    pub batch: usize,
+    pub learning_rate: f64,
+    /// L2 penalty on every weight (Adam's coupled weight decay).
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Print progress to stderr.
+    pub verbose: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            kind: Kind::Hashed,
+            epochs: 12,
+            batch: 256,
+            learning_rate: 0.005,
+            weight_decay: 1e-4,
+            seed: 17,
+            verbose: false,
+        }
+    }
+}
+
+struct Prepared {
+    text: Vec<(u32, f32)>,
+    structural: [f32; STRUCTURAL_FEATURES],
+    target: f32,
+}
+
+/// Inverse document frequencies of the hashed n-grams, smoothed: ln((1+n)/(1+df)) + 1.
+fn idf(examples: &[Example]) -> Vec<f32> {
+    let mut df = vec![0u32; BUCKETS as usize];
+    for e in examples {
+        for (id, _) in binary_features(&e.prompt) {
+            df[id as usize] += 1;
+        }
+    }
+    let n = examples.len() as f32;
+    df.iter().map(|&d| ((1.0 + n) / (1.0 + d as f32)).ln() + 1.0).collect()
+}
+
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+fn is_validation(id: &str) -> bool {
+    let h = id.bytes().fold(0x8422_2325_cbf2_9ce4u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    h % 10 == 3
+}
+
+/// Trains a model on `examples`.
+pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyModel, String> {
+    if examples.is_empty() {
+        return Err("no training examples".into());
+    }
+    let idf = match settings.kind {
+        Kind::TfIdf => idf(examples),
+        Kind::Hashed => Vec::new(),
+    };
+    let prepare = |e: &Example| Prepared {
+        text: match settings.kind {
+            Kind::Hashed => binary_features(&e.prompt),
+            Kind::TfIdf => tfidf_features(&e.prompt, &idf),
+        },
+        structural: match settings.kind {
+            Kind::Hashed => Features::from_text(&e.prompt).vector(),
+            Kind::TfIdf => [0.0; STRUCTURAL_FEATURES],
+        },
+        target: e.target,
+    };
+    let (validation, training): (Vec<&Example>, Vec<&Example>) = examples.iter().partition(|e| is_validation(&e.id));
+    let training: Vec<Prepared> = training.iter().map(|e| prepare(e)).collect();
+    let validation_rows: Vec<(Prepared, &Example)> = validation.iter().map(|e| (prepare(e), *e)).collect();
+
+    let device = Device::flex().autodiff();
+    let mut net = Net {
+        text: EmbeddingConfig::new(BUCKETS as usize, 1)
+            .with_initializer(Initializer::Zeros)
+            .init(&device),
+        structural: LinearConfig::new(STRUCTURAL_FEATURES, 1)
+            .with_initializer(Initializer::Zeros)
+            .init(&device),
+    };
+    let mut optimizer = AdamConfig::new()
+        .with_weight_decay((settings.weight_decay > 0.0).then(|| WeightDecayConfig::new(settings.weight_decay as f32)))
+        .init();
+    let mut rng = settings.seed;
+    let mut order: Vec<usize> = (0..training.len()).collect();
+    let mut best: Option<(f64, DifficultyModel)> = None;
+    for epoch in 1..=settings.epochs {
+        for i in (1..order.len()).rev() {
+            order.swap(i, (splitmix(&mut rng) % (i as u64 + 1)) as usize);
+        }
+        let mut loss_sum = 0.0;
+        let mut batches = 0;
+        for batch in order.chunks(settings.batch) {
+            let rows: Vec<&Prepared> = batch.iter().map(|&i| &training[i]).collect();
+            let (logits, targets) = forward(&net, &rows, &device);
+            // Binary cross-entropy with logits, stable for soft targets:
+            // max(z, 0) - z*y + ln(1 + e^-|z|).
+            let loss =
+                (logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p()).mean();
+            loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            batches += 1;
+            let grads = GradientsParams::from_grads(loss.backward(), &net);
+            net = optimizer.step(settings.learning_rate, net, grads);
+        }
+        let model = export(&net, settings.kind, idf.clone());
+        let validation_apgr = validation_quality(&model, &validation_rows);
+        if settings.verbose {
+            eprintln!(
+                "epoch {epoch}: training loss {:.4}, validation APGR {validation_apgr:.3}",
+                loss_sum / f64::from(batches)
+            );
+        }
+        if best.as_ref().is_none_or(|(apgr, _)| validation_apgr > *apgr) {
+            best = Some((validation_apgr, model));
+        }
+    }
+    Ok(best.expect("at least one epoch").1)
+}
+
+/// Validation APGR of each source's validation rows, averaged with the
+/// sources' row counts as weights.
+fn validation_quality(model: &DifficultyModel, rows: &[(Prepared, &Example)]) -> f64 {
+    let mut by_source: std::collections::BTreeMap<&str, Vec<Scored>> = Default::default();
+    for (prepared, example) in rows {
+        let mut z = model.bias;
+        for &(id, v) in &prepared.text {
+            z += model.weights[id as usize] * v;
+        }
+        for (w, x) in model.structural.iter().zip(prepared.structural) {
+            z += w * x;
+        }
+        by_source.entry(&example.source).or_default().push(Scored {
+            score: z,
+            strong: example.strong,
+            weak: example.weak,
+        });
+    }
+    let (mut sum, mut weight) = (0.0, 0.0);
+    for rows in by_source.values().filter(|rows| rows.len() >= 20) {
+        let apgr = evaluate(rows).apgr;
+        if apgr.is_finite() {
+            sum += apgr * rows.len() as f64;
+            weight += rows.len() as f64;
+        }
+    }
+    sum / weight.max(1.0)
+}
+
+fn forward(net: &Net, rows: &[&Prepared], device: &Device) -> (Tensor<2>, Tensor<2>) {
+    let b = rows.len();
+    let width = rows.iter().map(|r| r.text.len()).max().unwrap_or(1).max(1);
+    let mut ids = vec![0i64; b * width];
+    let mut values = vec![0f32; b * width];
+    let mut structural = Vec::with_capacity(b * STRUCTURAL_FEATURES);
+    let mut targets = Vec::with_capacity(b);
+    for (r, row) in rows.iter().enumerate() {
+        for (j, &(id, v)) in row.text.iter().enumerate() {
+            ids[r * width + j] = i64::from(id);
+            values[r * width + j] = v;
+        }
+        structural.extend_from_slice(&row.structural);
+        targets.push(row.target);
+    }
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, width]), device);
+    let values = Tensor::<3>::from_data(TensorData::new(values, [b, width, 1]), device);
+    let structural = Tensor::<2>::from_data(TensorData::new(structural, [b, STRUCTURAL_FEATURES]), device);
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, 1]), device);
+    let text = (net.text.forward(ids) * values).sum_dim(1).reshape([b, 1]);
+    (text + net.structural.forward(structural), targets)
+}
+
+fn export(net: &Net, kind: Kind, idf: Vec<f32>) -> DifficultyModel {
+    let floats = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().expect("f32 weights");
+    let weights = floats(net.text.weight.val());
+    let structural = floats(net.structural.weight.val());
+    let bias = net
+        .structural
+        .bias
+        .as_ref()
+        .map_or(0.0, |b| b.val().into_data().try_to_vec::<f32>().expect("f32 bias")[0]);
+    let structural = match kind {
+        Kind::Hashed => structural,
+        Kind::TfIdf => Vec::new(),
+    };
+    DifficultyModel::from_parts(kind, bias, structural, weights, idf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::difficulty::data::{example, read_jsonl};
+
+    fn sample() -> Vec<Example> {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/routing/routellm_mmlu_train_sample.jsonl"
+        );
+        read_jsonl(std::path::Path::new(path))
+            .unwrap()
+            .iter()
+            .filter_map(example)
+            .collect()
+    }
+
+    #[test]
+    fn training_is_deterministic_and_learns_something() {
+        let examples = sample();
+        assert!(examples.len() > 1000);
+        let settings = Settings {
+            epochs: 3,
+            ..Settings::default()
+        };
+        let a = train(&examples, &settings).unwrap();
+        let b = train(&examples, &settings).unwrap();
+        assert_eq!(a.to_bytes(), b.to_bytes(), "same data and seed, same artifact");
+        let other_seed = train(&examples, &Settings { seed: 5, ..settings }).unwrap();
+        assert_ne!(a.to_bytes(), other_seed.to_bytes());
+        // On its own training rows the model must rank far better than chance.
+        let rows: Vec<Scored> = examples
+            .iter()
+            .map(|e| Scored {
+                score: a.score(&Features::from_text(&e.prompt), &e.prompt),
+                strong: e.strong,
+                weak: e.weak,
+            })
+            .collect();
+        assert!(evaluate(&rows).apgr > 0.6, "{:?}", evaluate(&rows));
+    }
+}

@@ -1,0 +1,302 @@
+//! Cheap signals about a request, computed once, in one pass over its text:
+//! size, structure (turns, code, math, multiple-choice options), question type,
+//! script, and what it asks of the backend (tools, images, JSON mode).
+//!
+//! The prompt-size estimate needs no tokenizer: about 4 bytes a token for
+//! Latin-script text (BPE tokenizers of the Llama/Qwen families average 3.5 to
+//! 4.5 on English prose and code) and one token a character for CJK scripts.
+//! It errs high on purpose on text full of digits and symbols (each counts a
+//! token), so an eligibility check against a context window stays on the safe side.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::openai::request::ChatRequest;
+
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Features {
+    pub prompt_tokens_estimate: u64,
+    pub chars: u64,
+    pub turns: u32,
+    pub has_tools: bool,
+    pub has_images: bool,
+    pub json_mode: bool,
+    /// Fenced code blocks (```).
+    pub code_blocks: u32,
+    /// Lines that look like code (braces, semicolons, `def`/`fn`/`function`, indentation).
+    pub code_like: u32,
+    /// Math notation: LaTeX commands, operators between numbers, `x^2`, ...
+    pub math_like: u32,
+    pub numbers: u32,
+    /// Multiple-choice options (`A.`, `(b)`, ... at line starts).
+    pub options: u32,
+    pub question_type: &'static str,
+    pub language: &'static str,
+}
+
+/// The text the difficulty model reads: the user's turns, the last one last.
+pub fn text_for_scoring(request: &ChatRequest) -> String {
+    let mut text = String::new();
+    for message in request.body["messages"].as_array().into_iter().flatten() {
+        if !matches!(message["role"].as_str(), Some("user")) {
+            continue;
+        }
+        push_content(&mut text, &message["content"]);
+        text.push('\n');
+    }
+    text
+}
+
+fn push_content(text: &mut String, content: &Value) {
+    match content {
+        Value::String(s) => text.push_str(s),
+        Value::Array(parts) => {
+            for part in parts {
+                if let Some(t) = part.get("text").and_then(Value::as_str) {
+                    text.push_str(t);
+                    text.push('\n');
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Features {
+    /// The features of a chat request (its scored text plus what it asks of the backend).
+    pub fn extract(request: &ChatRequest, scored_text: &str) -> Features {
+        let body = &request.body;
+        let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
+        let present = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
+        let mut all_text = String::new();
+        for message in messages {
+            push_content(&mut all_text, &message["content"]);
+        }
+        let mut features = Features::from_text(scored_text);
+        // The context the backend must hold is every message, not just the user's.
+        features.prompt_tokens_estimate = estimate_tokens(&all_text) + 4 * messages.len() as u64;
+        features.turns = messages.iter().filter(|m| m["role"] == "user").count() as u32;
+        features.has_tools = present("tools") || present("functions");
+        features.json_mode = present("response_format");
+        features.has_images = messages.iter().any(|m| {
+            m["content"].as_array().is_some_and(|parts| {
+                parts
+                    .iter()
+                    .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
+            })
+        });
+        features
+    }
+
+    /// The features of plain prompt text.
+    pub fn from_text(text: &str) -> Features {
+        let mut f = Features {
+            prompt_tokens_estimate: estimate_tokens(text),
+            chars: text.chars().count() as u64,
+            turns: 1,
+            ..Features::default()
+        };
+        let mut in_fence = false;
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with("```") {
+                if !in_fence {
+                    f.code_blocks += 1;
+                }
+                in_fence = !in_fence;
+                continue;
+            }
+            if in_fence || looks_like_code(line) {
+                f.code_like += 1;
+            }
+            if is_option(trimmed) {
+                f.options += 1;
+            }
+        }
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i].is_ascii_digit() {
+                f.numbers += 1;
+                while i < bytes.len() && (bytes[i].is_ascii_digit() || bytes[i] == b'.') {
+                    i += 1;
+                }
+                continue;
+            }
+            i += 1;
+        }
+        f.math_like = count_math(text);
+        f.question_type = question_type(text, f.options);
+        f.language = script(text);
+        f
+    }
+
+    /// Numeric features for the difficulty model, each squashed to a small range.
+    pub fn vector(&self) -> [f32; STRUCTURAL_FEATURES] {
+        let log = |x: f64| (1.0 + x).ln() as f32;
+        let qt = |name: &str| f32::from(u8::from(self.question_type == name));
+        let lang = |name: &str| f32::from(u8::from(self.language == name));
+        [
+            log(self.prompt_tokens_estimate as f64) / 8.0,
+            log(f64::from(self.turns)),
+            log(f64::from(self.code_blocks)),
+            log(f64::from(self.code_like)) / 3.0,
+            log(f64::from(self.math_like)) / 3.0,
+            log(f64::from(self.numbers)) / 3.0,
+            log(f64::from(self.options)) / 2.0,
+            qt("multiple-choice"),
+            qt("code"),
+            qt("math"),
+            qt("explain"),
+            qt("write"),
+            qt("factual"),
+            lang("cjk"),
+            lang("cyrillic"),
+            lang("other"),
+        ]
+    }
+}
+
+pub const STRUCTURAL_FEATURES: usize = 16;
+
+/// See the module comment.
+pub fn estimate_tokens(text: &str) -> u64 {
+    let mut bytes = 0u64;
+    let mut wide = 0u64;
+    let mut symbols = 0u64;
+    for c in text.chars() {
+        if is_cjk_char(c) {
+            wide += 1;
+        } else if c.is_ascii_punctuation() || c.is_ascii_digit() {
+            symbols += 1;
+        } else {
+            bytes += c.len_utf8() as u64;
+        }
+    }
+    bytes.div_ceil(4) + wide + symbols
+}
+
+/// Han, kana and Hangul characters.
+pub fn is_cjk_char(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30ff | 0x3400..=0x4dbf | 0x4e00..=0x9fff | 0xac00..=0xd7af | 0xf900..=0xfaff)
+}
+
+fn looks_like_code(line: &str) -> bool {
+    let t = line.trim();
+    t.ends_with('{')
+        || t.ends_with(';')
+        || t == "}"
+        || t.starts_with("def ")
+        || t.starts_with("fn ")
+        || t.starts_with("function ")
+        || t.starts_with("import ")
+        || t.starts_with("#include")
+        || t.starts_with("return ")
+        || t.starts_with(">>>")
+        || (line.starts_with("    ") && t.contains(['(', '=']))
+}
+
+fn is_option(line: &str) -> bool {
+    let mut chars = line.chars();
+    let first = chars.next();
+    let (letter, rest) = match first {
+        Some('(') => (chars.next(), chars.next()),
+        other => (other, chars.next()),
+    };
+    matches!(letter, Some('A'..='H' | 'a'..='h')) && matches!(rest, Some('.' | ')' | ':'))
+}
+
+fn count_math(text: &str) -> u32 {
+    let latex = text.matches('\\').count() + text.matches('$').count();
+    let bytes = text.as_bytes();
+    let operators = bytes
+        .windows(3)
+        .filter(|w| {
+            (w[0].is_ascii_digit() || w[0] == b' ')
+                && matches!(w[1], b'+' | b'*' | b'/' | b'^' | b'=' | b'<' | b'>')
+                && (w[2].is_ascii_alphanumeric() || w[2] == b' ')
+        })
+        .count();
+    (latex + operators) as u32
+}
+
+fn question_type(text: &str, options: u32) -> &'static str {
+    if options >= 2 {
+        return "multiple-choice";
+    }
+    let lower: String = text.chars().take(400).collect::<String>().to_lowercase();
+    let has = |words: &[&str]| words.iter().any(|w| lower.contains(w));
+    if has(&["write a function", "implement", "code", "program", "def ", "function "]) {
+        "code"
+    } else if has(&[
+        "solve",
+        "calculate",
+        "compute",
+        "prove",
+        "equation",
+        "how many",
+        "integral",
+    ]) {
+        "math"
+    } else if has(&["explain", "why ", "how does", "describe", "compare"]) {
+        "explain"
+    } else if has(&["write ", "draft", "compose", "story", "poem", "essay", "summar"]) {
+        "write"
+    } else if has(&["what ", "who ", "when ", "where ", "which "]) {
+        "factual"
+    } else {
+        "other"
+    }
+}
+
+fn script(text: &str) -> &'static str {
+    let (mut latin, mut cjk, mut cyrillic, mut other) = (0, 0, 0, 0);
+    for c in text.chars().filter(|c| c.is_alphabetic()).take(2000) {
+        match c as u32 {
+            _ if c.is_ascii_alphabetic() => latin += 1,
+            0x00c0..=0x024f => latin += 1,
+            0x0400..=0x04ff => cyrillic += 1,
+            _ if is_cjk_char(c) => cjk += 1,
+            _ => other += 1,
+        }
+    }
+    let max = latin.max(cjk).max(cyrillic).max(other);
+    if max == 0 || max == latin {
+        "latin"
+    } else if max == cjk {
+        "cjk"
+    } else if max == cyrillic {
+        "cyrillic"
+    } else {
+        "other"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structure_is_recognised() {
+        let mc = Features::from_text("Which planet is largest?\nA. Mars\nB. Jupiter\nC. Venus\nD. Earth\nAnswer:");
+        assert_eq!(
+            (mc.options, mc.question_type, mc.language),
+            (4, "multiple-choice", "latin")
+        );
+        let code = Features::from_text("Write a function:\n```python\ndef f(x):\n    return x + 1\n```\n");
+        assert_eq!((code.code_blocks, code.question_type), (1, "code"));
+        assert!(code.code_like >= 2, "{code:?}");
+        let zh = Features::from_text("请解释一下光合作用的原理。");
+        assert_eq!(zh.language, "cjk");
+        assert!(zh.prompt_tokens_estimate >= 12);
+        let math = Features::from_text("Solve $x^2 + 3x = 4$ for x.");
+        assert!(math.math_like >= 3 && math.question_type == "math", "{math:?}");
+    }
+
+    #[test]
+    fn the_estimate_is_about_four_bytes_a_token_for_prose() {
+        let prose = "The quick brown fox jumps over the lazy dog and keeps running far away.";
+        let estimate = estimate_tokens(prose);
+        assert!((15..=22).contains(&estimate), "{estimate}");
+    }
+}

@@ -1,0 +1,128 @@
+//! The routing brain's command line: `route eval` on the held-out quarter of
+//! routellm_mmlu keeps the figures the README reports, `route score` follows
+//! its contract, `route explain` shows its working.
+
+use std::process::Command;
+
+use serde_json::Value;
+use switchyard_e2e::{CloudDouble, daemon, policy_for};
+
+fn switchyard(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(daemon::binary()).args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+fn data(name: &str) -> String {
+    format!("{}/../router/data/routing/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// APGR and CPT(80%) of a row of `route eval`'s table.
+fn figures(table: &str, router: &str) -> (f64, f64) {
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&format!("| {router}")))
+        .unwrap_or_else(|| panic!("no {router} row in:\n{table}"));
+    let cells: Vec<f64> = line
+        .split('|')
+        .filter_map(|c| c.trim().trim_end_matches('%').parse().ok())
+        .collect();
+    (cells[0], cells[2])
+}
+
+#[test]
+fn route_eval_on_the_held_out_quarter_keeps_the_reported_figures() {
+    let (ok, out, err) = switchyard(&["route", "eval", "--input", &data("routellm_mmlu_heldout.jsonl")]);
+    assert!(ok, "{err}");
+    let (ours, ours_cpt80) = figures(&out, "switchyard");
+    let (baseline, _) = figures(&out, "TF-IDF");
+    let (random, random_cpt80) = figures(&out, "random");
+    let (oracle, _) = figures(&out, "oracle");
+    // Measured: 0.637 / 0.649 (README). A regressed artifact fails here.
+    assert!(ours >= 0.63 && ours_cpt80 <= 0.66, "{out}");
+    assert!(ours > baseline + 0.02 && baseline > random, "{out}");
+    assert!(
+        (random - 0.5).abs() < 0.02 && (random_cpt80 - 0.8).abs() < 0.03,
+        "{out}"
+    );
+    assert!(oracle > 1.0, "{out}");
+}
+
+#[test]
+fn route_score_writes_one_score_per_row_for_prompts_and_messages() {
+    let dir = daemon::scratch_dir("route-score");
+    let input = dir.join("in.jsonl");
+    let output = dir.join("out.jsonl");
+    std::fs::write(
+        &input,
+        concat!(
+            "{\"id\": \"a\", \"prompt\": \"What is 2 + 2?\"}\n",
+            "{\"id\": 7, \"messages\": [{\"role\": \"user\", \"content\": \"Prove Fermat's last theorem for n = 4.\"}]}\n",
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = switchyard(&[
+        "route",
+        "score",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(
+        (rows[0]["id"].clone(), rows[1]["id"].clone()),
+        (Value::from("a"), Value::from(7))
+    );
+    for row in &rows {
+        let score = row["score"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&score), "{row}");
+        assert_eq!(row.as_object().unwrap().len(), 2, "{row}");
+    }
+    std::fs::write(&input, "{\"prompt\": \"no id\"}\n").unwrap();
+    let (ok, _, err) = switchyard(&[
+        "route",
+        "score",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("has no id"), "{err}");
+}
+
+#[test]
+fn route_explain_prints_features_score_and_decision() {
+    let double = CloudDouble::start();
+    let dir = daemon::scratch_dir("route-explain");
+    let policy = dir.join("policy.yaml");
+    std::fs::write(&policy, policy_for(&double.base_url(), "")).unwrap();
+    let output = Command::new(daemon::binary())
+        .args([
+            "route",
+            "explain",
+            "--policy",
+            policy.to_str().unwrap(),
+            "Which is larger?\nA. 2\nB. 3",
+        ])
+        .env("DOUBLE_API_KEY", "x")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let explained: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(explained["features"]["question_type"], "multiple-choice");
+    assert_eq!(explained["features"]["options"], 2);
+    let score = explained["score"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&score));
+    assert_eq!(explained["decision"]["route"], "remote", "{explained}");
+    assert!(explained["decision"]["reason"].is_string());
+}
