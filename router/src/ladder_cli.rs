@@ -110,5 +110,16 @@ fn run(args: &EvalArgs) -> Result<(), String> {
     let mut escalations: Vec<_> = report.escalations.iter().collect();
     escalations.sort();
     println!("escalations: {escalations:?}");
+    println!("\ncalibration of ladder.min_mean_logprob (escalating the least confident local answers):");
+    println!("| min_mean_logprob | kept local | ladder PGR | routing alone PGR, same share |\n|---:|---:|---:|---:|");
+    for p in &report.sweep {
+        println!(
+            "| {:.3} | {:.1}% | {:.3} | {:.3} |",
+            p.min_mean_logprob,
+            100.0 * p.local_share,
+            p.ladder_pgr,
+            p.routing_alone_pgr
+        );
+    }
     Ok(())
 }

@@ -9,11 +9,13 @@
 //! - [`auth`]: client keys.
 //! - [`server`]: bind, serve, graceful shutdown.
 
+pub mod accounting;
 pub mod auth;
 pub mod backends;
 pub mod http;
 pub mod ladder;
 pub mod live;
+pub mod metrics;
 pub mod openai;
 pub mod policy;
 pub mod routing;

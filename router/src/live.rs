@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::auth::ClientKeys;
 use crate::backends::Backends;
-use crate::policy::{LadderConfig, Policy, PolicyError};
+use crate::policy::{LadderConfig, Policy, PolicyError, Price};
 use crate::routing::Routing;
 use crate::routing::budget::Ledger;
 
@@ -32,6 +32,10 @@ pub struct Live {
     /// Remote spend, when the policy sets budgets.
     pub ledger: Option<Arc<Ledger>>,
     pub ladder: LadderConfig,
+    /// The all-cloud baseline's backend and prices.
+    pub baseline: Option<(String, Price)>,
+    /// `server.metrics`: serve `/metrics` and keep the counters.
+    pub metrics_enabled: bool,
 }
 
 impl Live {
@@ -59,6 +63,8 @@ impl Live {
             request_deadline: Duration::from_millis(policy.server.request_deadline_ms.value),
             ledger,
             ladder: policy.ladder.clone(),
+            baseline: policy.baseline().map(|(name, price)| (name.to_string(), price)),
+            metrics_enabled: policy.server.metrics,
         })
     }
 }

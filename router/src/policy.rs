@@ -64,6 +64,9 @@ pub struct ServerConfig {
     /// One request's deadline across all its upstream attempts and fallbacks,
     /// until its answer starts.
     pub request_deadline_ms: Spanned<u64>,
+    /// Serve `/metrics` and keep the Prometheus counters (off only to measure
+    /// what they cost).
+    pub metrics: bool,
 }
 
 impl Default for ServerConfig {
@@ -73,6 +76,7 @@ impl Default for ServerConfig {
             max_body_bytes: unspanned(DEFAULT_MAX_BODY_BYTES),
             shutdown_drain_ms: 30_000,
             request_deadline_ms: unspanned(180_000),
+            metrics: true,
         }
     }
 }
@@ -261,7 +265,7 @@ impl Default for BreakerConfig {
 }
 
 /// Prices in USD per million tokens, as providers publish them.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     pub input_per_mtok_usd: f64,
@@ -269,6 +273,12 @@ pub struct Price {
 }
 
 impl Price {
+    /// A local model's price.
+    pub const FREE: Price = Price {
+        input_per_mtok_usd: 0.0,
+        output_per_mtok_usd: 0.0,
+    };
+
     pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
         (prompt_tokens as f64 * self.input_per_mtok_usd + completion_tokens as f64 * self.output_per_mtok_usd) / 1e6
     }
@@ -325,6 +335,10 @@ pub struct RoutingConfig {
     /// Remote backends for the `remote` tier, in order of preference.
     #[serde(default)]
     pub remote_backends: Vec<Spanned<String>>,
+    /// The remote backend whose prices make the all-cloud baseline that
+    /// savings are measured against (default: the first of `remote_backends`,
+    /// else the first remote backend).
+    pub baseline_backend: Option<Spanned<String>>,
     /// The profile of `model: "auto"`.
     #[serde(default = "default_thresholds")]
     pub thresholds: Spanned<Thresholds>,
@@ -718,6 +732,19 @@ impl Policy {
 }
 
 impl Policy {
+    /// The all-cloud baseline: the backend named by `routing.baseline_backend`,
+    /// else the first of `routing.remote_backends`, else the first remote backend.
+    pub fn baseline(&self) -> Option<(&str, Price)> {
+        let by_name = |name: &str| self.backends.remote.iter().find(|b| b.name.value == name);
+        self.routing
+            .baseline_backend
+            .as_ref()
+            .or(self.routing.remote_backends.first())
+            .and_then(|n| by_name(&n.value))
+            .or(self.backends.remote.first())
+            .map(|b| (b.name.value.as_str(), b.price))
+    }
+
     fn routing_problems(&self, backend_names: &HashSet<&str>, problems: &mut Vec<Problem>) {
         let routing = &self.routing;
         let is_local = |name: &str| self.backends.local.iter().any(|b| b.name.value == name);
@@ -741,6 +768,17 @@ impl Policy {
             if !seen.insert(remote.value.as_str()) {
                 problems.push(Problem::at(remote, format!("{:?} is listed twice", remote.value)));
             }
+        }
+        if let Some(baseline) = &routing.baseline_backend
+            && !is_remote(&baseline.value)
+        {
+            problems.push(Problem::at(
+                baseline,
+                format!(
+                    "baseline_backend {:?} is not a configured remote backend",
+                    baseline.value
+                ),
+            ));
         }
         if routing.local_backend.is_none() && routing.remote_backends.is_empty() {
             problems.push(Problem {

@@ -37,7 +37,12 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
         policy: Arc::new(LivePolicy::new(policy_path, live)),
         sessions: Sessions::new(Duration::from_secs(sessions.ttl_s.value), sessions.max_entries.value),
     });
-    tokio::spawn(state.policy.clone().watch(|_| {}));
+    tokio::spawn(state.policy.clone().watch(|outcome| {
+        crate::metrics::metrics()
+            .policy_reloads
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }));
     tokio::spawn(flush_ledger_periodically(state.clone()));
     let drain = Duration::from_millis(policy.server.shutdown_drain_ms);
 

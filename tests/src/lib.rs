@@ -76,3 +76,14 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// A system tool the tests need (promtool, prometheus, chromium), from PATH;
+/// a clear failure when it is missing (`.ci/run` installs them).
+pub fn tool(name: &str) -> std::path::PathBuf {
+    let found = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file());
+    found.unwrap_or_else(|| panic!("{name} is not installed: apt-get install prometheus chromium (.ci/run does)"))
+}

@@ -63,6 +63,9 @@ pub struct LocalBackend {
     engine: Result<Arc<Engine>, String>,
     /// Token budget of the reasoning pass.
     reasoning_max_tokens: u64,
+    /// Answers being generated or waiting (for metrics).
+    in_flight: Arc<std::sync::atomic::AtomicI64>,
+    model_bytes: u64,
     default_max_tokens: Option<u64>,
     sampling: SamplingDefaults,
     /// Everything of the configuration that the loaded engine depends on: a
@@ -126,10 +129,26 @@ pub struct Finished {
 /// Runs the passes of one answer on the engine and turns their events into pieces.
 struct Driver {
     engine: Arc<Engine>,
+    in_flight: InFlight,
     name: String,
-    request_id: String,
     sender: mpsc::UnboundedSender<Piece>,
     plan: Plan,
+}
+
+/// Counts an answer as in flight while it lives.
+struct InFlight(Arc<std::sync::atomic::AtomicI64>);
+
+impl InFlight {
+    fn enter(counter: &Arc<std::sync::atomic::AtomicI64>) -> InFlight {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How long the answer pass of a reasoning answer may wait for a queue slot.
@@ -168,13 +187,22 @@ impl Driver {
         };
         usage.prompt_tokens += output.prompt_tokens as u64;
         usage.completion_tokens += output.tokens.len() as u64;
+        let speed = &crate::metrics::metrics().local_tokens_per_second;
+        speed
+            .with_label_values(&[self.name.as_str(), "prefill"])
+            .set(output.prefill_tokens_per_s());
+        if !output.tokens.is_empty() {
+            speed
+                .with_label_values(&[self.name.as_str(), "decode"])
+                .set(output.decode_tokens_per_s());
+        }
+        let _ = &self.in_flight;
         let finished = Finished {
             finish_reason: output.finish_reason,
             usage,
             reasoning_tokens,
             client_limited: self.plan.client_limited && output.tokens.len() >= self.plan.generation.max_tokens,
         };
-        log_finished(&self.request_id, &self.name, finished.finish_reason.as_openai(), usage);
         let _ = self.sender.send(Piece::Finished(finished));
     }
 
@@ -312,6 +340,8 @@ impl Generation {
             top_logprobs,
             ..
         } = self;
+        let usage_cell = super::UsageCell::default();
+        let filled = usage_cell.clone();
         let role = completion.chunk(json!({ "role": "assistant", "content": "" }), None, None);
         let rest = futures_util::stream::unfold(pieces, |mut pieces| async move {
             pieces.recv().await.map(|piece| (piece, pieces))
@@ -342,6 +372,7 @@ impl Generation {
                     }
                     Piece::Finished(finished) => {
                         *done = true;
+                        *filled.lock().expect("usage cell") = Some(finished.usage);
                         let mut out = completion
                             .chunk(json!({}), None, Some(finished.finish_reason.as_openai()))
                             .to_vec();
@@ -364,6 +395,7 @@ impl Generation {
                 .chain(events)
                 .boxed(),
             headers: HeaderMap::new(),
+            usage: usage_cell,
         }
     }
 }
@@ -398,6 +430,8 @@ impl LocalBackend {
             default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
             sampling: config.sampling,
             reasoning_max_tokens: config.reasoning_max_tokens.value,
+            in_flight: Arc::default(),
+            model_bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
             identity: Self::identity_of(config, policy_dir),
         }
     }
@@ -415,6 +449,16 @@ impl LocalBackend {
             config.sampling,
             config.reasoning_max_tokens.value,
         )
+    }
+
+    /// Queue depth, answers in flight, model file size: for metrics.
+    pub fn load_figures(&self) -> Option<(usize, i64, u64)> {
+        let engine = self.engine.as_ref().ok()?;
+        Some((
+            engine.queue_depth(),
+            self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            self.model_bytes,
+        ))
     }
 
     pub fn identity(&self) -> &str {
@@ -491,7 +535,14 @@ impl LocalBackend {
             Some(pass) => pass.clone()?,
             None => plan.generation.clone(),
         };
+        let prompt_tokens = first_pass.prompt_tokens.len();
         let mut first = submit(&engine, first_pass, &self.name)?;
+        tracing::debug!(
+            request_id,
+            backend = self.name,
+            prompt_tokens,
+            "local generation queued"
+        );
         // Wait for the first event before answering, so that a request the
         // engine refuses still gets a proper status instead of a broken stream.
         let head = match first.recv().await {
@@ -501,8 +552,8 @@ impl LocalBackend {
         };
         let driver = Driver {
             engine,
+            in_flight: InFlight::enter(&self.in_flight),
             name: self.name.clone(),
-            request_id: request_id.to_string(),
             sender,
             plan,
         };
@@ -836,16 +887,4 @@ fn engine_stopped(backend: &str) -> ApiError {
         backend: backend.to_string(),
         reason: "the engine stopped".into(),
     }
-}
-
-fn log_finished(request_id: &str, backend: &str, finish_reason: &str, usage: Usage) {
-    tracing::info!(
-        request_id,
-        backend,
-        finish_reason,
-        prompt_tokens = usage.prompt_tokens,
-        completion_tokens = usage.completion_tokens,
-        cost_usd = 0.0,
-        "local generation finished"
-    );
 }

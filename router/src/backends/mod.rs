@@ -72,8 +72,14 @@ pub enum ChatReply {
     Stream {
         events: BoxStream<'static, Bytes>,
         headers: HeaderMap,
+        /// Filled with the answer's usage when the backend learns it (by the
+        /// stream's end), whether or not the client asked to see it.
+        usage: UsageCell,
     },
 }
+
+/// Where a streamed answer's usage is left for the request's record.
+pub type UsageCell = Arc<std::sync::Mutex<Option<Usage>>>;
 
 pub struct Backends {
     all: Vec<Arc<Backend>>,

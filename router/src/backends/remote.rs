@@ -153,6 +153,10 @@ impl RemoteBackend {
             if Instant::now() + delay >= deadline {
                 return Err(err);
             }
+            crate::metrics::metrics()
+                .retries
+                .with_label_values(&[self.name.as_str(), err.code()])
+                .inc();
             tracing::info!(
                 backend = self.name,
                 attempt,
@@ -271,6 +275,7 @@ impl RemoteBackend {
                 detail: format!("expected an event stream, got content-type {content_type:?}"),
             });
         }
+        let usage_cell = super::UsageCell::default();
         let relay = RelayState {
             upstream: Box::pin(response.bytes_stream()),
             decoder: SseDecoder::default(),
@@ -278,6 +283,7 @@ impl RemoteBackend {
             finished: false,
             strip_usage,
             usage: None,
+            usage_cell: usage_cell.clone(),
             idle: self.timeouts.idle(),
             deadline,
             backend: self.name.clone(),
@@ -287,7 +293,11 @@ impl RemoteBackend {
             outcome: "client_disconnected",
         };
         let events = futures_util::stream::unfold(relay, RelayState::next_bytes).boxed();
-        Ok(ChatReply::Stream { events, headers })
+        Ok(ChatReply::Stream {
+            events,
+            headers,
+            usage: usage_cell,
+        })
     }
 
     /// Reads a whole body within the request deadline and a size bound.
@@ -341,7 +351,7 @@ fn log_completion(
     started: Instant,
 ) {
     let usage = usage.unwrap_or_default();
-    tracing::info!(
+    tracing::debug!(
         request_id,
         backend,
         outcome,
@@ -411,6 +421,7 @@ struct RelayState {
     finished: bool,
     strip_usage: bool,
     usage: Option<Usage>,
+    usage_cell: super::UsageCell,
     idle: Duration,
     deadline: Instant,
     backend: String,
@@ -493,6 +504,7 @@ impl RelayState {
         }
         if let Some(usage) = Usage::from_value(&chunk) {
             self.usage = Some(usage);
+            *self.usage_cell.lock().expect("usage cell") = Some(usage);
         }
         if !self.strip_usage {
             self.pending.push_back(sse::encode_data(&data));

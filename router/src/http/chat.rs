@@ -10,13 +10,18 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 
-use super::{AppState, BACKEND, RequestId};
+use std::time::Instant;
+
+use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
+use crate::accounting::{Recorded, RequestRecord};
 use crate::auth::Caller;
 use crate::backends::{Backend, ChatReply};
-use crate::ladder::{self, Answer, Degraded};
+use crate::ladder::{self, Degraded};
 use crate::live::Live;
+use crate::metrics::metrics;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::policy::Price;
 use crate::routing::difficulty::DifficultyModel;
 use crate::routing::features::{Features, text_for_scoring};
 use crate::routing::{
@@ -30,41 +35,72 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let started = Instant::now();
     let caller = caller.map_or(Caller::Anonymous, |Extension(caller)| caller);
     // The policy in force when the request arrived serves it to the end.
     let live = state.policy.current();
+    let mut record = RequestRecord {
+        request_id: request_id.clone(),
+        started,
+        backend_started: None,
+        decision_seconds: None,
+        route: "none",
+        backend: SELF_BACKEND.to_string(),
+        reason: "refused",
+        score: None,
+        escalated_from: None,
+        status: 0,
+        price: Price::FREE,
+        baseline: live.baseline.clone(),
+        caller: routing::caller_name(&caller).map(str::to_string),
+        ledger: live.ledger.clone(),
+        metrics: live.metrics_enabled,
+    };
+    let refused = |record: RequestRecord, err: ApiError| {
+        let response = err.into_response();
+        RequestRecord {
+            status: response.status().as_u16(),
+            ..record
+        }
+        .finish(None, None);
+        response
+    };
     let bytes = match read_body(&headers, body, live.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(record, err),
     };
     let request = match ChatRequest::parse(&bytes) {
         Ok(request) => request,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(record, err),
     };
+    let deciding = Instant::now();
     let decision = match decide(&state, &live, &request, &caller, &headers) {
         Ok(decision) => decision,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(record, err),
     };
+    record.decision_seconds = Some(deciding.elapsed().as_secs_f64());
+    record.score = decision.score;
+    if live.metrics_enabled {
+        metrics().pacing_level.set(decision.pacing);
+    }
+    record.backend_started = Some(Instant::now());
     let deadline = tokio::time::Instant::now() + live.request_deadline;
-    let (mut response, backend, tier, degraded, escalated) =
-        match ladder::answer(&decision, &request, &request_id, deadline, &live.ladder).await {
-            Ok(Answer {
-                reply,
-                backend,
-                tier,
-                degraded,
-                escalated,
-            }) => (
-                respond(reply, &backend, &live, &caller),
-                backend,
-                tier,
-                degraded,
-                escalated,
-            ),
-            Err(err) => (err.into_response(), decision.backend.clone(), decision.tier, None, None),
-        };
+    let answer = ladder::answer(&decision, &request, &request_id, deadline, &live.ladder).await;
+    let (backend, tier, degraded, escalated) = match &answer {
+        Ok(a) => (a.backend.clone(), a.tier, a.degraded, a.escalated),
+        Err(_) => (decision.backend.clone(), decision.tier, None, None),
+    };
     let degraded = degraded.or((decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable));
     let reason = escalated.map_or(decision.reason, |(_, weakness)| weakness.reason());
+    record.route = tier.as_str();
+    record.backend = backend.name().to_string();
+    record.reason = reason.as_str();
+    record.escalated_from = escalated.map(|(from, _)| from.as_str());
+    record.price = routing::price_of(&backend);
+    let mut response = match answer {
+        Ok(answer) => respond(answer.reply, record),
+        Err(err) => refused(record, err),
+    };
     let out = response.headers_mut();
     out.insert(BACKEND, header_value(backend.name()));
     out.insert(ROUTE, HeaderValue::from_static(tier.as_str()));
@@ -81,10 +117,10 @@ pub async fn chat_completions(
     response
 }
 
-/// The HTTP response for a backend's reply, with its cost (recorded against
-/// the budget when known).
-fn respond(reply: ChatReply, backend: &Backend, live: &Live, caller: &Caller) -> Response {
-    let price = routing::price_of(backend);
+/// The HTTP response for a backend's reply, with its cost when known; the
+/// request is recorded now (whole answers) or when its stream ends.
+fn respond(reply: ChatReply, mut record: RequestRecord) -> Response {
+    let price = record.price;
     match reply {
         ChatReply::Complete {
             body,
@@ -99,15 +135,15 @@ fn respond(reply: ChatReply, backend: &Backend, live: &Live, caller: &Caller) ->
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(usage) = usage {
                 let cost = price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
-                if let Some(ledger) = &live.ledger {
-                    ledger.record(routing::caller_name(caller), cost);
-                }
                 response.headers_mut().insert(COST, cost_header(cost));
             }
+            record.status = status.as_u16();
+            record.finish(usage, None);
             response
         }
-        ChatReply::Stream { events, headers } => {
-            let body = Body::from_stream(events.map(Ok::<Bytes, std::convert::Infallible>));
+        ChatReply::Stream { events, headers, usage } => {
+            record.status = 200;
+            let body = Body::from_stream(Recorded::new(events, record, usage));
             let mut response = (StatusCode::OK, body).into_response();
             let out = response.headers_mut();
             out.extend(headers);
@@ -120,7 +156,7 @@ fn respond(reply: ChatReply, backend: &Backend, live: &Live, caller: &Caller) ->
             out.insert("x-accel-buffering", HeaderValue::from_static("no"));
             // A local answer's price is known before it starts; a remote one's
             // only at its end (it is in the usage chunk, logs and metrics).
-            if price.input_per_mtok_usd == 0.0 && price.output_per_mtok_usd == 0.0 {
+            if price == Price::FREE {
                 out.insert(COST, cost_header(0.0));
             }
             response

@@ -8,6 +8,7 @@
 mod chat;
 mod health;
 mod models;
+mod observe;
 
 use std::sync::Arc;
 
@@ -49,6 +50,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(observe::prometheus))
+        .route("/", get(observe::status_page))
+        .route("/status.json", get(observe::status_json))
         .fallback(unknown_endpoint)
         .method_not_allowed_fallback(unknown_endpoint)
         .layer(middleware::from_fn(tag_response))

@@ -66,6 +66,17 @@ pub struct Report {
     pub strategies: Vec<Strategy>,
     /// How often each weakness escalated a row.
     pub escalations: HashMap<String, usize>,
+    /// The calibration sweep: for each candidate `min_mean_logprob`, the
+    /// ladder against routing alone at the same local share.
+    pub sweep: Vec<SweepPoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SweepPoint {
+    pub min_mean_logprob: f64,
+    pub local_share: f64,
+    pub ladder_pgr: f64,
+    pub routing_alone_pgr: f64,
 }
 
 /// Runs the local model on every row below `cut` and compares the strategies.
@@ -98,6 +109,8 @@ pub async fn evaluate(
     let routed: Vec<bool> = rows.iter().map(|r| r.score < cut).collect();
     let mut laddered = routed.clone();
     let mut escalations: HashMap<String, usize> = HashMap::new();
+    // Mean token log-probability of each local answer judged only on confidence.
+    let mut confidence: Vec<Option<f32>> = vec![None; rows.len()];
     for (i, row) in rows.iter().enumerate().filter(|(i, _)| routed[*i]) {
         let body = json!({
             "model": "local",
@@ -116,21 +129,50 @@ pub async fn evaluate(
             }
             Err(err) => return Err(err.message()),
         };
-        let (_, weakness) = hold(&mut generation, false, ladder).await;
+        let (held, weakness) = hold(&mut generation, false, ladder).await;
+        let mut signals = super::confidence::Signals::default();
+        held.iter().for_each(|p| signals.observe(p));
+        if weakness.is_none() || weakness == Some(super::confidence::Weakness::LowConfidence) {
+            confidence[i] = Some(signals.mean_logprob);
+        }
         if let Some(weakness) = weakness {
             laddered[i] = false;
             *escalations.entry(weakness.reason().as_str().into()).or_default() += 1;
         }
     }
 
-    let ladder_share = laddered.iter().filter(|&&l| l).count();
     // Routing alone at equal cost: the same number of rows kept local, the
     // lowest-scoring ones.
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].score.total_cmp(&rows[b].score));
-    let mut matched = vec![false; rows.len()];
-    for &i in order.iter().take(ladder_share) {
-        matched[i] = true;
+    let matched_to = |kept: &[bool]| {
+        let share = kept.iter().filter(|&&l| l).count();
+        let mut matched = vec![false; rows.len()];
+        for &i in order.iter().take(share) {
+            matched[i] = true;
+        }
+        matched
+    };
+    let matched = matched_to(&laddered);
+    // The sweep: escalate the rows whose confidence is below each candidate.
+    let mut values: Vec<f32> = confidence.iter().flatten().copied().collect();
+    values.sort_by(f32::total_cmp);
+    let mut sweep = Vec::new();
+    for q in [0.05, 0.1, 0.2, 0.3, 0.4, 0.5] {
+        let Some(&threshold) = values.get((values.len() as f64 * q) as usize) else {
+            continue;
+        };
+        let kept: Vec<bool> = (0..rows.len())
+            .map(|i| laddered[i] && confidence[i].is_none_or(|c| c >= threshold))
+            .collect();
+        let ladder = strategy(String::new(), &kept);
+        let alone = strategy(String::new(), &matched_to(&kept));
+        sweep.push(SweepPoint {
+            min_mean_logprob: f64::from(threshold),
+            local_share: ladder.local_share,
+            ladder_pgr: ladder.pgr,
+            routing_alone_pgr: alone.pgr,
+        });
     }
     let strategies = vec![
         strategy(format!("routing alone, cut {cut}"), &routed),
@@ -144,5 +186,6 @@ pub async fn evaluate(
         all_strong,
         strategies,
         escalations,
+        sweep,
     })
 }

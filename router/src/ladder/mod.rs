@@ -107,6 +107,7 @@ pub async fn answer(
                         error = failure.code(),
                         "every remote backend failed; answering locally, reasoning"
                     );
+                    fallback(Degraded::RemoteUnavailable.as_str());
                     let reply = local_call(local, request, request_id, Tier::LocalReasoning, pinned).await?;
                     Ok(Answer {
                         reply,
@@ -148,6 +149,7 @@ async fn spill(
     deadline: Instant,
 ) -> Result<Answer, ApiError> {
     tracing::info!("local engine is full; answering remotely");
+    fallback(Degraded::LocalBusy.as_str());
     let mut answer = remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await?;
     answer.degraded = Some(Degraded::LocalBusy);
     Ok(answer)
@@ -293,6 +295,10 @@ async fn local_call(
     let mut shaped = request.clone();
     routing::prepare_for_tier(&mut shaped, tier);
     backend.chat(&shaped, request_id, Instant::now()).await
+}
+
+fn fallback(kind: &str) {
+    crate::metrics::metrics().fallbacks.with_label_values(&[kind]).inc();
 }
 
 /// Failures that another backend may not have: the upstream's, or a backend

@@ -510,10 +510,7 @@ pub fn caller_name(caller: &Caller) -> Option<&str> {
 pub fn price_of(backend: &Backend) -> Price {
     match backend {
         Backend::Remote(remote) => remote.price(),
-        Backend::Local(_) => Price {
-            input_per_mtok_usd: 0.0,
-            output_per_mtok_usd: 0.0,
-        },
+        Backend::Local(_) => Price::FREE,
     }
 }
 

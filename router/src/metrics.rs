@@ -1,0 +1,270 @@
+//! Prometheus metrics and the per-request record behind them.
+//!
+//! Every request ends in exactly one [`RequestRecord`], recorded when its
+//! answer is complete (for streams: when the stream ends or the client goes
+//! away). The record feeds the metrics, the status page's recent decisions,
+//! the budget ledger, and one log line. Labels are low-cardinality by
+//! construction: tiers, backend names from the policy, status classes and the
+//! fixed reason codes; never prompts, keys or caller names.
+//!
+//! Names follow Prometheus conventions: `_total` counters, `_seconds`
+//! histograms, `_usd` money.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Buckets from sub-millisecond decisions to minutes-long generations.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const FAST_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+];
+const PER_TOKEN_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub ttft: HistogramVec,
+    pub time_per_output_token: HistogramVec,
+    pub overhead: HistogramVec,
+    pub decision: HistogramVec,
+    pub tokens: IntCounterVec,
+    pub cost: CounterVec,
+    pub baseline_cost: CounterVec,
+    pub savings: Gauge,
+    pub escalations: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub fallbacks: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub budget_spent: GaugeVec,
+    pub budget_limit: GaugeVec,
+    pub budget_remaining: GaugeVec,
+    pub pacing_level: Gauge,
+    pub local_tokens_per_second: GaugeVec,
+    pub local_queue_depth: IntGaugeVec,
+    pub local_in_flight: IntGaugeVec,
+    pub local_model_bytes: IntGaugeVec,
+    pub policy_reloads: IntCounterVec,
+    pub build_info: IntGaugeVec,
+    pub up_since: IntGauge,
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid histogram")
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter")
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let m = Metrics {
+            registry: Registry::new(),
+            requests: counter(
+                "switchyard_requests_total",
+                "Chat requests answered, by route, backend, outcome (status class) and reason code.",
+                &["route", "backend", "outcome", "reason"],
+            ),
+            duration: histogram(
+                "switchyard_request_duration_seconds",
+                "End-to-end request latency, to the last byte of the answer.",
+                &["route"],
+                LATENCY_BUCKETS,
+            ),
+            ttft: histogram(
+                "switchyard_time_to_first_token_seconds",
+                "Time to the first byte of the answer (streams) or to the whole answer.",
+                &["route"],
+                LATENCY_BUCKETS,
+            ),
+            time_per_output_token: histogram(
+                "switchyard_time_per_output_token_seconds",
+                "Generation time divided by output tokens.",
+                &["route"],
+                PER_TOKEN_BUCKETS,
+            ),
+            overhead: histogram(
+                "switchyard_router_overhead_seconds",
+                "Time spent in Switchyard itself before the backend was called (parse, decide).",
+                &["route"],
+                FAST_BUCKETS,
+            ),
+            decision: histogram(
+                "switchyard_decision_duration_seconds",
+                "Routing decision time: features, difficulty model and policy.",
+                &["route"],
+                FAST_BUCKETS,
+            ),
+            tokens: counter(
+                "switchyard_tokens_total",
+                "Tokens by backend and direction (in = prompt, out = completion).",
+                &["backend", "direction"],
+            ),
+            cost: CounterVec::new(
+                Opts::new(
+                    "switchyard_cost_usd_total",
+                    "What the answers cost, in USD, by backend.",
+                ),
+                &["backend"],
+            )
+            .expect("valid counter"),
+            baseline_cost: CounterVec::new(
+                Opts::new(
+                    "switchyard_baseline_cost_usd_total",
+                    "What the same tokens would have cost on the policy's baseline remote model, in USD.",
+                ),
+                &["baseline"],
+            )
+            .expect("valid counter"),
+            savings: Gauge::new(
+                "switchyard_savings_usd",
+                "Baseline cost minus actual cost since start, in USD.",
+            )
+            .expect("valid gauge"),
+            escalations: counter(
+                "switchyard_escalations_total",
+                "Answers moved up the ladder, by the tier they left, the tier that answered and why.",
+                &["from", "to", "reason"],
+            ),
+            retries: counter(
+                "switchyard_upstream_retries_total",
+                "Upstream calls retried, by backend and the error that caused it.",
+                &["backend", "error"],
+            ),
+            fallbacks: counter(
+                "switchyard_fallbacks_total",
+                "Requests answered elsewhere than their decision said, by kind.",
+                &["kind"],
+            ),
+            breaker_state: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_breaker_state",
+                    "Circuit breaker state per remote backend: 0 closed, 1 half-open, 2 open.",
+                ),
+                &["backend"],
+            )
+            .expect("valid gauge"),
+            budget_spent: GaugeVec::new(
+                Opts::new("switchyard_budget_spent_usd", "Remote spend in the current period."),
+                &["scope", "period"],
+            )
+            .expect("valid gauge"),
+            budget_limit: GaugeVec::new(
+                Opts::new("switchyard_budget_limit_usd", "The budget of the period."),
+                &["scope", "period"],
+            )
+            .expect("valid gauge"),
+            budget_remaining: GaugeVec::new(
+                Opts::new("switchyard_budget_remaining_usd", "Budget left in the current period."),
+                &["scope", "period"],
+            )
+            .expect("valid gauge"),
+            pacing_level: Gauge::new(
+                "switchyard_budget_pacing_level",
+                "Budget pacing level of the last routed request (0 = none, 1 = budget spent).",
+            )
+            .expect("valid gauge"),
+            local_tokens_per_second: GaugeVec::new(
+                Opts::new(
+                    "switchyard_local_tokens_per_second",
+                    "Local engine speed of the last generation, by phase (prefill, decode).",
+                ),
+                &["backend", "phase"],
+            )
+            .expect("valid gauge"),
+            local_queue_depth: IntGaugeVec::new(
+                Opts::new("switchyard_local_queue_depth", "Requests waiting for the local engine."),
+                &["backend"],
+            )
+            .expect("valid gauge"),
+            local_in_flight: IntGaugeVec::new(
+                Opts::new("switchyard_local_in_flight", "Local generations running or queued."),
+                &["backend"],
+            )
+            .expect("valid gauge"),
+            local_model_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_local_model_bytes",
+                    "Size of the local model file (weights kept as quantized blocks).",
+                ),
+                &["backend"],
+            )
+            .expect("valid gauge"),
+            policy_reloads: counter(
+                "switchyard_policy_reloads_total",
+                "Policy reloads, by result (applied, rejected).",
+                &["result"],
+            ),
+            build_info: IntGaugeVec::new(
+                Opts::new("switchyard_build_info", "Always 1; the version is a label."),
+                &["version"],
+            )
+            .expect("valid gauge"),
+            up_since: IntGauge::new(
+                "switchyard_start_time_seconds",
+                "Start time of the process, in seconds since the epoch.",
+            )
+            .expect("valid gauge"),
+        };
+        let r = &m.registry;
+        let register = |c: Box<dyn prometheus::core::Collector>| r.register(c).expect("unique metric names");
+        register(Box::new(m.requests.clone()));
+        register(Box::new(m.duration.clone()));
+        register(Box::new(m.ttft.clone()));
+        register(Box::new(m.time_per_output_token.clone()));
+        register(Box::new(m.overhead.clone()));
+        register(Box::new(m.decision.clone()));
+        register(Box::new(m.tokens.clone()));
+        register(Box::new(m.cost.clone()));
+        register(Box::new(m.baseline_cost.clone()));
+        register(Box::new(m.savings.clone()));
+        register(Box::new(m.escalations.clone()));
+        register(Box::new(m.retries.clone()));
+        register(Box::new(m.fallbacks.clone()));
+        register(Box::new(m.breaker_state.clone()));
+        register(Box::new(m.budget_spent.clone()));
+        register(Box::new(m.budget_limit.clone()));
+        register(Box::new(m.budget_remaining.clone()));
+        register(Box::new(m.pacing_level.clone()));
+        register(Box::new(m.local_tokens_per_second.clone()));
+        register(Box::new(m.local_queue_depth.clone()));
+        register(Box::new(m.local_in_flight.clone()));
+        register(Box::new(m.local_model_bytes.clone()));
+        register(Box::new(m.policy_reloads.clone()));
+        register(Box::new(m.build_info.clone()));
+        register(Box::new(m.up_since.clone()));
+        m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        m.up_since.set(now as i64);
+        m
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding never fails");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+pub fn seconds(d: Duration) -> f64 {
+    d.as_secs_f64()
+}

@@ -1,0 +1,291 @@
+//! Observability through the real daemon: `/metrics` passes `promtool check
+//! metrics` and counts what was sent, a real Prometheus scrapes it and agrees,
+//! and the status page renders live numbers in headless Chromium.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, tool};
+
+const REMOTE_PRICE: (f64, f64) = (2.5, 10.0);
+
+fn policy(double: &CloudDouble) -> String {
+    format!(
+        "backends:\n  local:\n    - name: smollm2\n      model_path: {}\n      threads: 2\n      context_length: 1024\n      default_max_tokens: 8\n  remote:\n    - name: echo\n      base_url: {}\n      api_key_env: DOUBLE_API_KEY\n      model: echo\n      price: {{ input_per_mtok_usd: {}, output_per_mtok_usd: {} }}\nrouting:\n  local_backend: smollm2\n  remote_backends: [echo]\n",
+        default_model().display(),
+        double.base_url(),
+        REMOTE_PRICE.0,
+        REMOTE_PRICE.1
+    )
+}
+
+/// What was sent and what it should have cost.
+#[derive(Default, Debug)]
+struct Sent {
+    local: u64,
+    remote: u64,
+    cost: f64,
+    baseline: f64,
+}
+
+fn price(usage: &Value) -> f64 {
+    (usage["prompt_tokens"].as_f64().unwrap() * REMOTE_PRICE.0
+        + usage["completion_tokens"].as_f64().unwrap() * REMOTE_PRICE.1)
+        / 1e6
+}
+
+/// Local and remote requests, streamed and not; returns what they should add up to.
+async fn traffic(daemon: &Daemon) -> Sent {
+    let mut sent = Sent::default();
+    for (model, stream) in [
+        ("echo", false),
+        ("echo", true),
+        ("echo", false),
+        ("smollm2", false),
+        ("smollm2", true),
+    ] {
+        let mut body = json!({ "model": model, "max_tokens": 6, "temperature": 0,
+            "messages": [{ "role": "user", "content": "Say hello to the metrics." }] });
+        if stream {
+            body["stream"] = json!(true);
+            body["stream_options"] = json!({ "include_usage": true });
+        }
+        let response = http_client()
+            .post(daemon.url("/v1/chat/completions"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let usage = if stream {
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                .find_map(|c| c.get("usage").filter(|u| u.is_object()).cloned())
+                .expect("usage chunk")
+        } else {
+            serde_json::from_str::<Value>(&text).unwrap()["usage"].clone()
+        };
+        sent.baseline += price(&usage);
+        if model == "echo" {
+            sent.remote += 1;
+            sent.cost += price(&usage);
+        } else {
+            sent.local += 1;
+        }
+    }
+    sent
+}
+
+/// The value of one series in Prometheus text output (labels as written).
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn start(double: &CloudDouble) -> Daemon {
+    Daemon::start(&policy(double), &[("DOUBLE_API_KEY", DOUBLE_API_KEY)])
+}
+
+#[tokio::test]
+async fn metrics_pass_promtool_and_count_what_was_sent() {
+    let double = CloudDouble::start();
+    let daemon = start(&double);
+    let sent = traffic(&daemon).await;
+    // Streams are recorded when they end; give the last one a moment.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let response = http_client().get(daemon.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = response.text().await.unwrap();
+
+    let mut check = Command::new(tool("promtool"))
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = check.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let requests = |route: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("switchyard_requests_total{") && l.contains(&format!("route=\"{route}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    assert_eq!(requests("remote"), sent.remote as f64, "{text}");
+    assert_eq!(requests("local"), sent.local as f64, "{text}");
+    let cost = sample(&text, "switchyard_cost_usd_total");
+    let baseline = sample(&text, "switchyard_baseline_cost_usd_total");
+    let savings = sample(&text, "switchyard_savings_usd");
+    assert!((cost - sent.cost).abs() < 1e-9, "cost {cost} vs {sent:?}");
+    assert!(
+        (baseline - sent.baseline).abs() < 1e-9,
+        "baseline {baseline} vs {sent:?}"
+    );
+    assert!(
+        (savings - (sent.baseline - sent.cost)).abs() < 1e-9 && savings > 0.0,
+        "savings {savings} vs {sent:?}"
+    );
+    for family in [
+        "switchyard_request_duration_seconds_bucket",
+        "switchyard_time_to_first_token_seconds_bucket",
+        "switchyard_decision_duration_seconds_bucket",
+        "switchyard_router_overhead_seconds_bucket",
+        "switchyard_local_tokens_per_second",
+        "switchyard_local_model_bytes",
+        "switchyard_breaker_state",
+        "switchyard_build_info",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+    assert!(
+        !text.contains(DOUBLE_API_KEY) && !text.contains("Say hello"),
+        "no secret or prompt in metrics"
+    );
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn prometheus_scrapes_the_daemon_and_agrees_with_what_was_sent() {
+    let double = CloudDouble::start();
+    let daemon = start(&double);
+    let sent = traffic(&daemon).await;
+    let target = daemon.url("").trim_start_matches("http://").to_string();
+    let dir = daemon::scratch_dir("prometheus");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: [\"{target}\"]\n"),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut prometheus = Command::new(tool("prometheus"))
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let query = |q: &str| {
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        let q = q.to_string();
+        async move {
+            let encoded: String = q
+                .bytes()
+                .map(|b| match b {
+                    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
+                    _ => format!("%{b:02X}"),
+                })
+                .collect();
+            let response = http_client().get(format!("{url}?query={encoded}")).send().await.ok()?;
+            let body: Value = response.json().await.ok()?;
+            body["data"]["result"][0]["value"][1].as_str()?.parse::<f64>().ok()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut total = None;
+    while Instant::now() < deadline {
+        total = query("sum(switchyard_requests_total)").await;
+        if total == Some((sent.local + sent.remote) as f64) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    let remote = query("sum(switchyard_requests_total{route=\"remote\"})").await;
+    let cost = query("sum(switchyard_cost_usd_total)").await;
+    let savings = query("switchyard_savings_usd").await;
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert_eq!(total, Some((sent.local + sent.remote) as f64), "prometheus log:\n{log}");
+    assert_eq!(remote, Some(sent.remote as f64));
+    assert!((cost.unwrap() - sent.cost).abs() < 1e-9, "{cost:?} vs {sent:?}");
+    assert!(
+        (savings.unwrap() - (sent.baseline - sent.cost)).abs() < 1e-9,
+        "{savings:?} vs {sent:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_status_page_renders_live_numbers_in_chromium() {
+    let double = CloudDouble::start();
+    let daemon = start(&double);
+    let sent = traffic(&daemon).await;
+    let dir = daemon::scratch_dir("chromium");
+    let chromium = |extra: &[String]| {
+        Command::new(tool("chromium"))
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--window-size=1400,1150",
+                "--virtual-time-budget=5000",
+            ])
+            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+            .args(extra)
+            .arg(daemon.url("/"))
+            .output()
+            .unwrap()
+    };
+    let dom = chromium(&["--dump-dom".to_string()]);
+    let html = String::from_utf8_lossy(&dom.stdout).to_string();
+    assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
+    let requests = format!("id=\"requests\">{}<", sent.local + sent.remote);
+    assert!(html.contains(&requests), "request count rendered: {html}");
+    assert!(
+        html.contains("data-route=\"remote\" data-count=\"3\""),
+        "route mix drawn: {html}"
+    );
+    assert!(
+        html.contains("data-route=\"local\" data-count=\"2\""),
+        "route mix drawn: {html}"
+    );
+    assert_eq!(
+        html.matches("class=\"badge\" style=\"background:var(").count(),
+        5,
+        "the last decisions are listed"
+    );
+    let savings = format!("${:.6}", sent.baseline - sent.cost);
+    assert!(html.contains(&savings), "savings {savings} shown: {html}");
+
+    let screenshot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
+    let shot = chromium(&[format!("--screenshot={}", screenshot.display())]);
+    assert!(shot.status.success(), "{}", String::from_utf8_lossy(&shot.stderr));
+    let png = std::fs::read(&screenshot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot");
+    println!("status page screenshot: {}", screenshot.display());
+}
