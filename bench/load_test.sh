@@ -84,9 +84,13 @@ print(f"by status: {report['by_status']}")
 print(f"latency ms: p50 {report['latency_ms']['p50']:.0f}, p99 {report['latency_ms']['p99']:.0f}, max {report['latency_ms']['max']:.0f}")
 if report["lost_examples"]:
     print("lost examples:", *report["lost_examples"], sep="\n  ")
+print("RSS MiB every 2 s:", " ".join(f"{kib/1024:.0f}" for t, kib in samples))
 if after:
     lo, hi = min(after), max(after)
-    print(f"RSS after {warmup}s warm-up: min {lo/1024:.1f} MiB, max {hi/1024:.1f} MiB, spread {100*(hi-lo)/lo:.1f}%")
+    third = max(1, len(after) // 3)
+    first, last = sum(after[:third]) / third, sum(after[-third:]) / third
+    print(f"RSS after {warmup}s warm-up: min {lo/1024:.1f} MiB, max {hi/1024:.1f} MiB, spread {100*(hi-lo)/lo:.1f}%; "
+          f"trend (mean of the last third vs the first) {100*(last-first)/first:+.1f}%")
 print(f"panics in the daemon's log: {panics}; daemon alive at the end: {sys.argv[5]}")
 ok = report["lost"] == 0 and panics == 0 and sys.argv[5] == "yes" and (not after or max(after) <= 1.10 * min(after))
 print("PASS" if ok else "FAIL")

@@ -16,6 +16,7 @@ SECONDS_PER_RUN=${2:-20}
 CONNECTIONS=${CONNECTIONS:-32}
 UPSTREAM=127.0.0.1:${UPSTREAM_PORT:-19101}
 PROXY=127.0.0.1:${PROXY_PORT:-19102}
+PROXY_NOMETRICS=127.0.0.1:${PROXY_NOMETRICS_PORT:-19103}
 
 if ! command -v oha >/dev/null; then
   echo "installing oha (load generator) with cargo" >&2
@@ -42,7 +43,11 @@ routing:
 YAML
 SWITCHYARD_LOG=warn target/release/switchyard serve --policy "$work/policy.yaml" --listen "$PROXY" 2>"$work/proxy.log" &
 pids+=($!)
-for addr in "$UPSTREAM" "$PROXY"; do
+# The same proxy with metrics off, to measure what the metrics path costs.
+{ echo "server:"; echo "  metrics: false"; cat "$work/policy.yaml"; } >"$work/policy-nometrics.yaml"
+SWITCHYARD_LOG=warn target/release/switchyard serve --policy "$work/policy-nometrics.yaml" --listen "$PROXY_NOMETRICS" 2>"$work/proxy-nometrics.log" &
+pids+=($!)
+for addr in "$UPSTREAM" "$PROXY" "$PROXY_NOMETRICS"; do
   for _ in $(seq 100); do curl -s -o /dev/null "http://$addr/" && break; sleep 0.1; done
 done
 
@@ -57,6 +62,11 @@ load "http://$UPSTREAM/v1/chat/completions" "$work/direct.json" -z "${SECONDS_PE
 load "http://$PROXY/v1/chat/completions" "$work/proxy.json" -z "${SECONDS_PER_RUN}s" -q "$RATE" -c "$CONNECTIONS" --latency-correction
 echo "unbounded rate for 10s, 64 connections, through the proxy" >&2
 load "http://$PROXY/v1/chat/completions" "$work/max.json" -z 10s -c 64
+echo "metrics on vs off: unbounded rate, 64 connections, alternating 4 x 10s" >&2
+for i in 1 2; do
+  load "http://$PROXY/v1/chat/completions" "$work/on$i.json" -z 10s -c 64
+  load "http://$PROXY_NOMETRICS/v1/chat/completions" "$work/off$i.json" -z 10s -c 64
+done
 
 python3 - "$work" "$RATE" <<'PY'
 import json, sys
@@ -79,4 +89,9 @@ print(f"{'overhead':22}{pct(proxy,50)-pct(direct,50):10.3f}{pct(proxy,90)-pct(di
 share, total = ok_share(peak)
 print(f"max sustained through switchyard: {peak['summary']['requestsPerSec']:.0f} req/s "
       f"(64 connections, p99 {pct(peak,99):.2f} ms, {share:.1%} of {total} answered 200)")
+on = [read(f"on{i}")["summary"]["requestsPerSec"] for i in (1, 2)]
+off = [read(f"off{i}")["summary"]["requestsPerSec"] for i in (1, 2)]
+ratio = sum(on) / sum(off)
+print(f"metrics on: {sum(on)/2:.0f} req/s, off: {sum(off)/2:.0f} req/s; on/off = {ratio:.3f} "
+      f"(metrics cost {100*(1-ratio):.1f}% of throughput)")
 PY

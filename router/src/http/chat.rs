@@ -12,6 +12,8 @@ use futures_util::StreamExt;
 
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
 use crate::accounting::{Recorded, RequestRecord};
 use crate::auth::Caller;
@@ -69,12 +71,12 @@ pub async fn chat_completions(
         Ok(bytes) => bytes,
         Err(err) => return refused(record, err),
     };
-    let request = match ChatRequest::parse(&bytes) {
+    let request = match tracing::debug_span!("parse").in_scope(|| ChatRequest::parse(&bytes)) {
         Ok(request) => request,
         Err(err) => return refused(record, err),
     };
     let deciding = Instant::now();
-    let decision = match decide(&state, &live, &request, &caller, &headers) {
+    let decision = match tracing::debug_span!("decide").in_scope(|| decide(&state, &live, &request, &caller, &headers)) {
         Ok(decision) => decision,
         Err(err) => return refused(record, err),
     };
@@ -85,7 +87,9 @@ pub async fn chat_completions(
     }
     record.backend_started = Some(Instant::now());
     let deadline = tokio::time::Instant::now() + live.request_deadline;
-    let answer = ladder::answer(&decision, &request, &request_id, deadline, &live.ladder).await;
+    let answer = ladder::answer(&decision, &request, &request_id, deadline, &live.ladder)
+        .instrument(tracing::info_span!("answer", route = decision.tier.as_str(), backend = decision.backend.name()))
+        .await;
     let (backend, tier, degraded, escalated) = match &answer {
         Ok(a) => (a.backend.clone(), a.tier, a.degraded, a.escalated),
         Err(_) => (decision.backend.clone(), decision.tier, None, None),
