@@ -76,7 +76,8 @@ pub async fn chat_completions(
         Err(err) => return refused(record, err),
     };
     let deciding = Instant::now();
-    let decision = match tracing::debug_span!("decide").in_scope(|| decide(&state, &live, &request, &caller, &headers)) {
+    let decision = match tracing::debug_span!("decide").in_scope(|| decide(&state, &live, &request, &caller, &headers))
+    {
         Ok(decision) => decision,
         Err(err) => return refused(record, err),
     };
@@ -88,7 +89,11 @@ pub async fn chat_completions(
     record.backend_started = Some(Instant::now());
     let deadline = tokio::time::Instant::now() + live.request_deadline;
     let answer = ladder::answer(&decision, &request, &request_id, deadline, &live.ladder)
-        .instrument(tracing::info_span!("answer", route = decision.tier.as_str(), backend = decision.backend.name()))
+        .instrument(tracing::info_span!(
+            "answer",
+            route = decision.tier.as_str(),
+            backend = decision.backend.name()
+        ))
         .await;
     let (backend, tier, degraded, escalated) = match &answer {
         Ok(a) => (a.backend.clone(), a.tier, a.degraded, a.escalated),

@@ -47,7 +47,8 @@ pub fn text_for_scoring(request: &ChatRequest) -> String {
     text
 }
 
-fn push_content(text: &mut String, content: &Value) {
+/// Appends a message's text: a string, or the text of its content parts.
+pub(crate) fn push_content(text: &mut String, content: &Value) {
     match content {
         Value::String(s) => text.push_str(s),
         Value::Array(parts) => {
@@ -68,10 +69,7 @@ impl Features {
         let body = &request.body;
         let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
         let present = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
-        let mut all_text = String::new();
-        for message in messages {
-            push_content(&mut all_text, &message["content"]);
-        }
+        let all_text = super::message_text(request);
         let mut features = Features::from_text(scored_text);
         // The context the backend must hold is every message, not just the user's.
         features.prompt_tokens_estimate = estimate_tokens(&all_text) + 4 * messages.len() as u64;

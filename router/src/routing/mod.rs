@@ -519,18 +519,7 @@ pub fn price_of(backend: &Backend) -> Price {
 pub fn message_text(request: &ChatRequest) -> String {
     let mut text = String::new();
     for message in request.body["messages"].as_array().into_iter().flatten() {
-        match &message["content"] {
-            Value::String(content) => text.push_str(content),
-            Value::Array(parts) => {
-                for part in parts {
-                    if let Some(t) = part.get("text").and_then(Value::as_str) {
-                        text.push_str(t);
-                        text.push('\n');
-                    }
-                }
-            }
-            _ => {}
-        }
+        features::push_content(&mut text, &message["content"]);
         text.push('\n');
     }
     text
