@@ -67,7 +67,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$proxy/status"; }
 pids+=($!)
 
 echo "$CLIENTS streaming clients for ${SECONDS_TOTAL}s (half local, half remote; the remote fails 20% of calls)" >&2
-"$bin/load" --url "http://$PROXY" --clients "$CLIENTS" --seconds "$SECONDS_TOTAL" --timeout-s 120 >"$work/report.json"
+"$bin/load" --url "http://$PROXY" --clients "$CLIENTS" --seconds "$SECONDS_TOTAL" --timeout-s 120 --tiers "${TIERS:-local,remote}" >"$work/report.json"
 alive=yes
 kill -0 "$proxy" 2>/dev/null || alive=no
 

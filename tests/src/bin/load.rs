@@ -8,8 +8,8 @@
 //!   event, a malformed answer, or no end within the per-request timeout.
 //!
 //! Usage: `load --url http://127.0.0.1:8080 [--clients 64] [--seconds 60]
-//! [--timeout-s 120]`. Clients alternate `x-switchyard-tier: local` and
-//! `remote` requests. Prints one JSON object with the counts and latencies.
+//! [--timeout-s 120] [--tiers local,remote]`. Clients take turns through the
+//! tiers given (sent as `x-switchyard-tier`). Prints one JSON object with the counts and latencies.
 
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,7 @@ fn main() {
     let mut clients = 64usize;
     let mut seconds = 60u64;
     let mut timeout_s = 120u64;
+    let mut tiers = vec!["local".to_string(), "remote".to_string()];
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -103,6 +104,7 @@ fn main() {
             "--clients" => clients = value().parse().expect("--clients N"),
             "--seconds" => seconds = value().parse().expect("--seconds N"),
             "--timeout-s" => timeout_s = value().parse().expect("--timeout-s N"),
+            "--tiers" => tiers = value().split(',').map(str::to_string).collect(),
             other => {
                 eprintln!("usage: load --url URL [--clients N] [--seconds N] [--timeout-s N] (unknown {other:?})");
                 std::process::exit(2);
@@ -120,13 +122,14 @@ fn main() {
         let stop = Instant::now() + Duration::from_secs(seconds);
         let timeout = Duration::from_secs(timeout_s);
         let workers = (0..clients).map(|i| {
+            let tiers = tiers.clone();
             let client = client.clone();
             let endpoint = endpoint.clone();
             tokio::spawn(async move {
                 let mut tally = Tally::default();
                 let mut n = i;
                 while Instant::now() < stop {
-                    let tier = if n % 2 == 0 { "local" } else { "remote" };
+                    let tier = tiers[n % tiers.len()].as_str();
                     n += 1;
                     let started = Instant::now();
                     let (status, outcome) = one(&client, &endpoint, tier, timeout).await;
