@@ -10,19 +10,24 @@
 //! Results go back through the job's own callback, which may stop the job
 //! (the client went away) by returning `Break`; the engine does not care what
 //! runtime, if any, sits on the other side.
+//!
+//! A job that continues an answer already under way (the answer pass after a
+//! reasoning pass) is submitted with [`Engine::submit_continuation`]: it goes
+//! ahead of the queue and is never refused, so an answer that has started is
+//! never starved by answers that have not.
 
+use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
 
 use burn::prelude::*;
 
 use crate::chat_template::ChatTemplate;
 use crate::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent, generate};
 use crate::gguf::GgufFile;
-use crate::model::{Model, ModelError};
+use crate::model::{KvSlot, Model, ModelError};
 use crate::tokenizer::Tokenizer;
 
 /// A model with everything needed to talk to it.
@@ -78,9 +83,19 @@ impl LocalModel {
         })
     }
 
-    /// Runs one generation on the calling thread.
+    /// Runs one generation on the calling thread, with a KV cache of its own.
     pub fn generate(
         &self,
+        request: &GenerationRequest,
+        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    ) -> Result<GenerationOutput, GenerateError> {
+        self.generate_in(&mut KvSlot::default(), request, on_token)
+    }
+
+    /// Runs one generation on the calling thread, reusing `slot`'s KV cache.
+    pub fn generate_in(
+        &self,
+        slot: &mut KvSlot,
         request: &GenerationRequest,
         on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
@@ -90,6 +105,7 @@ impl LocalModel {
             request,
             self.context_length,
             &self.device,
+            slot,
             on_token,
         )
     }
@@ -115,8 +131,8 @@ pub struct Job {
 pub struct EngineBusy;
 
 pub struct Engine {
-    queue: SyncSender<Job>,
-    queued: Arc<AtomicUsize>,
+    queue: Arc<Queue>,
+    kv_cache_bytes: Arc<AtomicUsize>,
     tokenizer: Arc<Tokenizer>,
     template: Option<Arc<ChatTemplate>>,
     context_length: usize,
@@ -126,45 +142,64 @@ pub struct Engine {
 impl Engine {
     /// Starts the worker. `queue_capacity` jobs may wait behind the running one.
     pub fn start(model: LocalModel, threads: usize, queue_capacity: usize) -> std::io::Result<Engine> {
-        let (queue, jobs) = std::sync::mpsc::sync_channel::<Job>(queue_capacity);
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queue = Arc::new(Queue::default());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
             .thread_name(|i| format!("engine-compute-{i}"))
             .build()
             .map_err(std::io::Error::other)?;
+        let kv_cache_bytes = Arc::new(AtomicUsize::new(0));
         let engine = Engine {
-            queue,
-            queued: queued.clone(),
+            queue: queue.clone(),
+            kv_cache_bytes: kv_cache_bytes.clone(),
             tokenizer: model.tokenizer.clone(),
             template: model.template.clone(),
             context_length: model.context_length,
             queue_capacity,
         };
         std::thread::Builder::new().name("engine".into()).spawn(move || {
-            for mut job in jobs {
-                queued.fetch_sub(1, Ordering::SeqCst);
-                let result = pool.install(|| model.generate(&job.request, |event| (job.sink)(JobEvent::Token(event))));
+            // One job runs at a time, so one KV cache serves them all.
+            let mut slot = KvSlot::default();
+            while let Some(mut job) = queue.next() {
+                let result = pool
+                    .install(|| model.generate_in(&mut slot, &job.request, |event| (job.sink)(JobEvent::Token(event))));
+                kv_cache_bytes.store(slot.bytes(), Ordering::Relaxed);
                 let _ = (job.sink)(JobEvent::Done(result));
             }
         })?;
         Ok(engine)
     }
 
+    /// Queues a job, or refuses it at once when `queue_capacity` jobs already wait.
     pub fn submit(&self, job: Job) -> Result<(), EngineBusy> {
-        self.queued.fetch_add(1, Ordering::SeqCst);
-        match self.queue.try_send(job) {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued.fetch_sub(1, Ordering::SeqCst);
-                Err(EngineBusy)
-            }
+        let mut state = self.queue.state.lock().expect("engine queue");
+        if state.waiting.len() >= self.queue_capacity {
+            return Err(EngineBusy);
         }
+        state.waiting.push_back(job);
+        self.queue.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues a job that continues an answer already under way: it runs before
+    /// every waiting job and is never refused (there is at most one per answer
+    /// in flight, and those were admitted by [`Engine::submit`]).
+    pub fn submit_continuation(&self, job: Job) {
+        let mut state = self.queue.state.lock().expect("engine queue");
+        state.continuations.push_back(job);
+        self.queue.ready.notify_one();
     }
 
     /// Jobs waiting (not counting the one running).
     pub fn queue_depth(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        let state = self.queue.state.lock().expect("engine queue");
+        state.waiting.len() + state.continuations.len()
+    }
+
+    /// Memory held by the worker's KV cache (it grows to the largest request
+    /// served, see [`KvSlot`]).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.kv_cache_bytes.load(Ordering::Relaxed)
     }
 
     pub fn queue_capacity(&self) -> usize {
@@ -181,5 +216,47 @@ impl Engine {
 
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+}
+
+impl Drop for Engine {
+    /// The worker finishes what is queued, then exits.
+    fn drop(&mut self) {
+        self.queue.state.lock().expect("engine queue").closed = true;
+        self.queue.ready.notify_all();
+    }
+}
+
+/// Jobs waiting for the worker: continuations first, then the rest in order.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    continuations: VecDeque<Job>,
+    waiting: VecDeque<Job>,
+    closed: bool,
+}
+
+impl Queue {
+    /// The next job to run; `None` once the engine is dropped and nothing is left.
+    fn next(&self) -> Option<Job> {
+        let mut state = self.queue_lock();
+        loop {
+            if let Some(job) = state.continuations.pop_front().or_else(|| state.waiting.pop_front()) {
+                return Some(job);
+            }
+            if state.closed {
+                return None;
+            }
+            state = self.ready.wait(state).expect("engine queue");
+        }
+    }
+
+    fn queue_lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().expect("engine queue")
     }
 }

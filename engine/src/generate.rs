@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
-use crate::model::Model;
+use crate::model::{KvSlot, Model};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
@@ -118,13 +118,14 @@ impl std::fmt::Display for GenerateError {
 impl std::error::Error for GenerateError {}
 
 /// Generates an answer; `on_token` sees every token as it is sampled and may
-/// stop generation by returning `Break`.
+/// stop generation by returning `Break`. The KV cache comes from `slot`.
 pub fn generate(
     model: &Model,
     tokenizer: &Tokenizer,
     request: &GenerationRequest,
     context_length: usize,
     device: &Device,
+    slot: &mut KvSlot,
     mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
 ) -> Result<GenerationOutput, GenerateError> {
     let prompt = &request.prompt_tokens;
@@ -149,7 +150,7 @@ pub fn generate(
         )));
     }
     let max_tokens = request.max_tokens.min(context_length - prompt.len());
-    let mut cache = model.new_cache(prompt.len() + max_tokens, device);
+    let cache = slot.prepare(model, prompt.len() + max_tokens, context_length, device);
     let mut sampler = Sampler::new(request.sampling.clone());
     let mut stops: Vec<u32> = if request.ignore_eos {
         Vec::new()
@@ -161,7 +162,7 @@ pub fn generate(
     let mut decoder = StreamDecoder::new(tokenizer);
 
     let started = Instant::now();
-    let mut logits = model.forward(prompt, &mut cache);
+    let mut logits = model.forward(prompt, cache);
     let prefill_time = started.elapsed();
     let log_z = crate::sampling::log_sum_exp(&logits);
     let first_step_top = crate::sampling::top_k_indices(&logits, MAX_TOP_LOGPROBS)
@@ -193,7 +194,7 @@ pub fn generate(
         if tokens.len() >= max_tokens {
             break FinishReason::Length;
         }
-        logits = model.forward(&[tokens.last().expect("just pushed").id], &mut cache);
+        logits = model.forward(&[tokens.last().expect("just pushed").id], cache);
     };
     let decode_time = decode_started.elapsed();
     if finish_reason != FinishReason::Stop || !text.stopped() {

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub local_queue_depth: IntGaugeVec,
     pub local_in_flight: IntGaugeVec,
     pub local_model_bytes: IntGaugeVec,
+    pub local_kv_cache_bytes: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
     pub build_info: IntGaugeVec,
     pub up_since: IntGauge,
@@ -198,6 +199,14 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid gauge"),
+            local_kv_cache_bytes: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_local_kv_cache_bytes",
+                    "Memory held by the local engine's KV cache (kept between requests, grown to the largest served).",
+                ),
+                &["backend"],
+            )
+            .expect("valid gauge"),
             policy_reloads: counter(
                 "switchyard_policy_reloads_total",
                 "Policy reloads, by result (applied, rejected).",
@@ -238,6 +247,7 @@ impl Metrics {
         register(Box::new(m.local_queue_depth.clone()));
         register(Box::new(m.local_in_flight.clone()));
         register(Box::new(m.local_model_bytes.clone()));
+        register(Box::new(m.local_kv_cache_bytes.clone()));
         register(Box::new(m.policy_reloads.clone()));
         register(Box::new(m.build_info.clone()));
         register(Box::new(m.up_since.clone()));

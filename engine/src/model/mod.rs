@@ -91,8 +91,9 @@ impl Model {
     }
 }
 
-/// Keys and values of every layer for the positions run so far, allocated once
-/// for the whole request (prompt plus the longest answer it may get).
+/// Keys and values of every layer for the positions run so far. It is sized
+/// before a request runs (prompt plus the longest answer it may get) and never
+/// grows during it; [`KvSlot`] keeps one from request to request.
 pub struct KvCache {
     /// Per layer: keys and values, `[kv_heads, capacity, head_dim]`.
     layers: Vec<(Tensor<3>, Tensor<3>)>,
@@ -123,6 +124,19 @@ impl KvCache {
         self.capacity
     }
 
+    /// Memory held by the keys and values (f32), whatever is filled.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| (k.shape().num_elements() + v.shape().num_elements()) * std::mem::size_of::<f32>())
+            .sum()
+    }
+
+    /// Forgets every position; the memory stays for the next request.
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
     /// Writes `k` and `v` (`[kv_heads, s, head_dim]`) at positions `len..len + s` of `layer`.
     fn store(&mut self, layer: usize, k: Tensor<3>, v: Tensor<3>) {
         let [kv_heads, s, head_dim] = k.dims();
@@ -144,5 +158,45 @@ impl KvCache {
 
     fn advance(&mut self, positions: usize) {
         self.len += positions;
+    }
+}
+
+/// A KV cache kept from one generation to the next, as a serving engine keeps
+/// its cache for the life of the process: allocating a fresh one per request
+/// made the process's memory swing with the size of whatever request happened
+/// to be running. The slot grows to the largest request it has served (in
+/// steps of [`KvSlot::STEP`] positions, never past the context window) and
+/// stays there, so memory is flat once the traffic's largest request has run.
+///
+/// Stale keys and values past the filled positions are never read: attention
+/// only looks at positions before the one it computes.
+#[derive(Default)]
+pub struct KvSlot {
+    cache: Option<KvCache>,
+}
+
+impl KvSlot {
+    /// Positions are allocated in multiples of this.
+    pub const STEP: usize = 256;
+
+    /// An empty cache with room for `positions`, reusing the slot's memory when
+    /// it is large enough.
+    pub fn prepare(&mut self, model: &Model, positions: usize, context_length: usize, device: &Device) -> &mut KvCache {
+        let fits = self.cache.as_ref().is_some_and(|c| c.capacity() >= positions);
+        if !fits {
+            // Free the old cache before allocating the larger one.
+            self.cache = None;
+            let capacity = positions.div_ceil(Self::STEP) * Self::STEP;
+            let capacity = capacity.min(context_length.max(positions));
+            self.cache = Some(model.new_cache(capacity, device));
+        }
+        let cache = self.cache.as_mut().expect("allocated above");
+        cache.clear();
+        cache
+    }
+
+    /// Memory the slot holds.
+    pub fn bytes(&self) -> usize {
+        self.cache.as_ref().map_or(0, KvCache::bytes)
     }
 }

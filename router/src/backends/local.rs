@@ -9,7 +9,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -56,6 +56,19 @@ pub enum Ineligible {
     Unavailable,
 }
 
+/// What the local engine is doing and holding, read for `/metrics` and the status page.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadFigures {
+    /// Jobs waiting for the engine.
+    pub queued: usize,
+    /// Answers being produced (queued or running, including a reasoning answer's two passes).
+    pub in_flight: i64,
+    /// Size of the model file (the weights stay as quantized blocks).
+    pub model_bytes: u64,
+    /// Memory held by the engine's KV cache.
+    pub kv_cache_bytes: u64,
+}
+
 pub struct LocalBackend {
     name: String,
     /// A model that failed to load leaves its backend unavailable, with the
@@ -79,13 +92,9 @@ enum Update {
     Done(Result<GenerationOutput, GenerateError>),
 }
 
-/// Queues one generation; its events arrive on the returned channel. When the
-/// receiver is dropped the engine stops the generation at its next token.
-fn submit(
-    engine: &Engine,
-    generation: GenerationRequest,
-    backend: &str,
-) -> Result<mpsc::UnboundedReceiver<Update>, ApiError> {
+/// A job for one generation; its events arrive on the returned channel. When
+/// the receiver is dropped the engine stops the generation at its next token.
+fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceiver<Update>) {
     let (sender, updates) = mpsc::unbounded_channel();
     let job = Job {
         request: generation,
@@ -100,6 +109,16 @@ fn submit(
             }
         }),
     };
+    (job, updates)
+}
+
+/// Queues one generation, or says the engine is busy.
+fn submit(
+    engine: &Engine,
+    generation: GenerationRequest,
+    backend: &str,
+) -> Result<mpsc::UnboundedReceiver<Update>, ApiError> {
+    let (job, updates) = job(generation);
     engine.submit(job).map_err(|EngineBusy| ApiError::LocalBusy {
         backend: backend.to_string(),
         queue_capacity: engine.queue_capacity(),
@@ -151,9 +170,6 @@ impl Drop for InFlight {
     }
 }
 
-/// How long the answer pass of a reasoning answer may wait for a queue slot.
-const ANSWER_PASS_QUEUE_WAIT: Duration = Duration::from_secs(30);
-
 impl Driver {
     async fn run(self, head: Update, mut updates: mpsc::UnboundedReceiver<Update>, reasoning: bool) {
         let mut usage = Usage::default();
@@ -171,15 +187,11 @@ impl Driver {
                 Ok(answer) => answer,
                 Err(err) => return self.fail(err),
             };
-            let waited_until = Instant::now() + ANSWER_PASS_QUEUE_WAIT;
-            updates = loop {
-                match submit(&self.engine, answer.clone(), &self.name) {
-                    Ok(updates) => break updates,
-                    Err(err @ ApiError::LocalBusy { .. }) if Instant::now() >= waited_until => return self.fail(err),
-                    Err(ApiError::LocalBusy { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
-                    Err(err) => return self.fail(err),
-                }
-            };
+            // The answer pass continues an answer under way: it goes ahead of
+            // answers that have not started.
+            let (job, answer_updates) = job(answer);
+            self.engine.submit_continuation(job);
+            updates = answer_updates;
         }
         let mut content = String::new();
         let Some(output) = self.forward(&mut next, &mut updates, false, &mut content).await else {
@@ -451,14 +463,15 @@ impl LocalBackend {
         )
     }
 
-    /// Queue depth, answers in flight, model file size: for metrics.
-    pub fn load_figures(&self) -> Option<(usize, i64, u64)> {
+    /// The engine's load and memory, for metrics; `None` when the model did not load.
+    pub fn load_figures(&self) -> Option<LoadFigures> {
         let engine = self.engine.as_ref().ok()?;
-        Some((
-            engine.queue_depth(),
-            self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-            self.model_bytes,
-        ))
+        Some(LoadFigures {
+            queued: engine.queue_depth(),
+            in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            model_bytes: self.model_bytes,
+            kv_cache_bytes: engine.kv_cache_bytes() as u64,
+        })
     }
 
     pub fn identity(&self) -> &str {

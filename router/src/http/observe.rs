@@ -35,14 +35,16 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
                 m.breaker_state.with_label_values(&[remote.name()]).set(state);
             }
             Backend::Local(local) => {
-                if let Some((queued, in_flight, model_bytes)) = local.load_figures() {
-                    m.local_queue_depth
-                        .with_label_values(&[local.name()])
-                        .set(queued as i64);
-                    m.local_in_flight.with_label_values(&[local.name()]).set(in_flight);
+                if let Some(figures) = local.load_figures() {
+                    let name = [local.name()];
+                    m.local_queue_depth.with_label_values(&name).set(figures.queued as i64);
+                    m.local_in_flight.with_label_values(&name).set(figures.in_flight);
                     m.local_model_bytes
-                        .with_label_values(&[local.name()])
-                        .set(model_bytes as i64);
+                        .with_label_values(&name)
+                        .set(figures.model_bytes as i64);
+                    m.local_kv_cache_bytes
+                        .with_label_values(&name)
+                        .set(figures.kv_cache_bytes as i64);
                 }
             }
         }
@@ -102,7 +104,7 @@ pub async fn status_json(State(state): State<Arc<AppState>>) -> Json<Value> {
                 "backend": local.name(),
                 "decode_tokens_per_s": speed.with_label_values(&[local.name(), "decode"]).get(),
                 "prefill_tokens_per_s": speed.with_label_values(&[local.name(), "prefill"]).get(),
-                "queue_depth": local.load_figures().map_or(0, |f| f.0),
+                "queue_depth": local.load_figures().map_or(0, |f| f.queued),
             })),
             Backend::Remote(_) => None,
         })
