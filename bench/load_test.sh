@@ -81,7 +81,8 @@ after = [kib for t, kib in samples if t >= warmup]
 panics = log.count("panicked")
 print(f"requests {report['requests']}: complete {report['complete']}, clean errors {report['clean_errors']}, lost {report['lost']}")
 print(f"by status: {report['by_status']}")
-print(f"latency ms: p50 {report['latency_ms']['p50']:.0f}, p99 {report['latency_ms']['p99']:.0f}, max {report['latency_ms']['max']:.0f}")
+for tier, l in [("all", report["latency_ms"]), *report["latency_ms_by_tier"].items()]:
+    print(f"latency ms ({tier}): p50 {l['p50']:.0f}, p99 {l['p99']:.0f}, max {l['max']:.0f}")
 if report["lost_examples"]:
     print("lost examples:", *report["lost_examples"], sep="\n  ")
 print("RSS MiB every 2 s:", " ".join(f"{kib/1024:.0f}" for t, kib in samples))

@@ -22,7 +22,8 @@ struct Tally {
     clean_errors: u64,
     lost: u64,
     by_status: std::collections::BTreeMap<u16, u64>,
-    latencies_ms: Vec<f64>,
+    /// Per tier asked for.
+    latencies_ms: std::collections::BTreeMap<String, Vec<f64>>,
     lost_examples: Vec<String>,
 }
 
@@ -133,7 +134,11 @@ fn main() {
                     n += 1;
                     let started = Instant::now();
                     let (status, outcome) = one(&client, &endpoint, tier, timeout).await;
-                    tally.latencies_ms.push(started.elapsed().as_secs_f64() * 1e3);
+                    tally
+                        .latencies_ms
+                        .entry(tier.to_string())
+                        .or_default()
+                        .push(started.elapsed().as_secs_f64() * 1e3);
                     *tally.by_status.entry(status).or_default() += 1;
                     match outcome {
                         Outcome::Complete => tally.complete += 1,
@@ -158,13 +163,22 @@ fn main() {
             for (status, n) in t.by_status {
                 *total.by_status.entry(status).or_default() += n;
             }
-            total.latencies_ms.extend(t.latencies_ms);
+            for (tier, latencies) in t.latencies_ms {
+                total.latencies_ms.entry(tier).or_default().extend(latencies);
+            }
             total.lost_examples.extend(t.lost_examples);
         }
         total
     });
-    let mut latencies = tally.latencies_ms.clone();
-    latencies.sort_by(f64::total_cmp);
+    let summary = |mut latencies: Vec<f64>| {
+        latencies.sort_by(f64::total_cmp);
+        json!({ "p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": latencies.last() })
+    };
+    let by_tier: serde_json::Map<String, serde_json::Value> = tally
+        .latencies_ms
+        .iter()
+        .map(|(tier, latencies)| (tier.clone(), summary(latencies.clone())))
+        .collect();
     let report = json!({
         "clients": clients,
         "seconds": seconds,
@@ -173,7 +187,8 @@ fn main() {
         "clean_errors": tally.clean_errors,
         "lost": tally.lost,
         "by_status": tally.by_status,
-        "latency_ms": { "p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": latencies.last() },
+        "latency_ms": summary(tally.latencies_ms.values().flatten().copied().collect()),
+        "latency_ms_by_tier": by_tier,
         "lost_examples": tally.lost_examples,
     });
     println!("{report}");
