@@ -202,15 +202,21 @@ pub struct Recorded {
     record: Option<RequestRecord>,
     usage: UsageCell,
     first_byte: Option<Instant>,
+    /// The streaming stage, a child of the request's span (so its log lines
+    /// carry the request id); it closes when the body is dropped.
+    span: tracing::Span,
 }
 
 impl Recorded {
+    /// Call within the request's span.
     pub fn new(inner: BoxStream<'static, Bytes>, record: RequestRecord, usage: UsageCell) -> Recorded {
+        let span = tracing::info_span!("stream", route = record.route, backend = %record.backend);
         Recorded {
             inner,
             record: Some(record),
             usage,
             first_byte: None,
+            span,
         }
     }
 
@@ -232,6 +238,8 @@ impl Stream for Recorded {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Self::Item>> {
+        let span = self.span.clone();
+        let _stage = span.enter();
         match self.inner.as_mut().poll_next(cx) {
             std::task::Poll::Ready(Some(bytes)) => {
                 self.first_byte.get_or_insert_with(Instant::now);
@@ -248,6 +256,8 @@ impl Stream for Recorded {
 
 impl Drop for Recorded {
     fn drop(&mut self) {
+        let span = self.span.clone();
+        let _stage = span.enter();
         self.finish(false);
     }
 }

@@ -20,3 +20,4 @@ pub mod openai;
 pub mod policy;
 pub mod routing;
 pub mod server;
+pub mod telemetry;

@@ -70,7 +70,7 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_json);
+    let _telemetry = switchyard::telemetry::init(cli.log_json);
     match cli.command {
         Command::Serve { policy, listen } => serve(&policy, listen),
         Command::Policy {
@@ -127,18 +127,5 @@ fn report_policy_error(path: &Path, err: &PolicyError) {
                 eprintln!("{}:{problem}", path.display());
             }
         }
-    }
-}
-
-fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

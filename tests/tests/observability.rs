@@ -294,3 +294,154 @@ async fn the_status_page_renders_live_numbers_in_chromium() {
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot");
     println!("status page screenshot: {}", screenshot.display());
 }
+
+/// An OTLP/HTTP collector on loopback that keeps every JSON export it receives.
+async fn otlp_collector() -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use axum::routing::post;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                match serde_json::from_slice::<Value>(&body) {
+                    Ok(export) => {
+                        store.lock().unwrap().push(export);
+                        (axum::http::StatusCode::OK, axum::Json(json!({})))
+                    }
+                    Err(err) => (
+                        axum::http::StatusCode::BAD_REQUEST,
+                        axum::Json(json!({ "error": err.to_string() })),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, received)
+}
+
+/// One exported span, flattened.
+#[derive(Debug, Clone)]
+struct Span {
+    name: String,
+    trace: String,
+    id: String,
+    parent: String,
+    attributes: Value,
+    service: String,
+}
+
+fn spans(exports: &[Value]) -> Vec<Span> {
+    let attr = |attrs: &Value, key: &str| -> Option<Value> {
+        attrs
+            .as_array()?
+            .iter()
+            .find(|a| a["key"] == key)
+            .map(|a| a["value"].clone())
+    };
+    let mut out = Vec::new();
+    for export in exports {
+        for resource in export["resourceSpans"].as_array().into_iter().flatten() {
+            let service = attr(&resource["resource"]["attributes"], "service.name")
+                .and_then(|v| v["stringValue"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            for scope in resource["scopeSpans"].as_array().into_iter().flatten() {
+                for span in scope["spans"].as_array().into_iter().flatten() {
+                    out.push(Span {
+                        name: span["name"].as_str().unwrap_or_default().to_string(),
+                        trace: span["traceId"].as_str().unwrap_or_default().to_string(),
+                        id: span["spanId"].as_str().unwrap_or_default().to_string(),
+                        parent: span["parentSpanId"].as_str().unwrap_or_default().to_string(),
+                        attributes: span["attributes"].clone(),
+                        service: service.clone(),
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn request_stages_are_exported_as_opentelemetry_traces() {
+    let (collector, received) = otlp_collector().await;
+    let double = CloudDouble::start();
+    let daemon = Daemon::start(
+        &policy(&double),
+        &[
+            ("DOUBLE_API_KEY", DOUBLE_API_KEY),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &collector),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("SWITCHYARD_LOG", "info,switchyard=debug"),
+        ],
+    );
+    let prompt = "Say hello to the tracer.";
+    for (id, model, stream) in [("traced-local", "smollm2", true), ("traced-remote", "echo", false)] {
+        let response = http_client()
+            .post(daemon.url("/v1/chat/completions"))
+            .header("x-request-id", id)
+            .json(&json!({ "model": model, "max_tokens": 4, "stream": stream,
+                "messages": [{ "role": "user", "content": prompt }] }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap();
+    }
+
+    // The request span carries the request id; its trace holds every stage.
+    let trace_of = |spans: &[Span], id: &str| -> Option<Vec<Span>> {
+        let root = spans
+            .iter()
+            .find(|s| s.name == "request" && s.attributes.to_string().contains(&format!("\"stringValue\":\"{id}\"")))?;
+        Some(spans.iter().filter(|s| s.trace == root.trace).cloned().collect())
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (local, remote) = loop {
+        let all = spans(&received.lock().unwrap());
+        let names =
+            |trace: &Option<Vec<Span>>| -> Vec<String> { trace.iter().flatten().map(|s| s.name.clone()).collect() };
+        let (local, remote) = (trace_of(&all, "traced-local"), trace_of(&all, "traced-remote"));
+        let complete =
+            |trace: &Option<Vec<Span>>, stages: &[&str]| stages.iter().all(|s| names(trace).contains(&s.to_string()));
+        if complete(&local, &["request", "parse", "decide", "answer", "stream"])
+            && complete(&remote, &["request", "parse", "decide", "answer"])
+        {
+            break (local.unwrap(), remote.unwrap());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "traces incomplete after 20 s: local {:?}, remote {:?}\nlog:\n{}",
+            names(&local),
+            names(&remote),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for trace in [&local, &remote] {
+        let root = trace.iter().find(|s| s.name == "request").unwrap();
+        assert_eq!(root.service, "switchyard");
+        assert!(root.parent.is_empty(), "the request span is the root: {root:?}");
+        for stage in trace
+            .iter()
+            .filter(|s| ["parse", "decide", "answer", "stream"].contains(&s.name.as_str()))
+        {
+            assert_eq!(stage.parent, root.id, "{} is a child of the request span", stage.name);
+        }
+    }
+    let answer = local.iter().find(|s| s.name == "answer").unwrap();
+    assert!(
+        answer.attributes.to_string().contains("\"stringValue\":\"local\""),
+        "{answer:?}"
+    );
+    let exported = serde_json::to_string(&*received.lock().unwrap()).unwrap();
+    assert!(
+        !exported.contains("tracer") && !exported.contains(DOUBLE_API_KEY),
+        "no prompt text or secret in traces"
+    );
+}

@@ -11,6 +11,7 @@ mod models;
 mod observe;
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use axum::Router;
 use axum::extract::{Request, State};
@@ -88,10 +89,7 @@ async fn tag_response(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let started = std::time::Instant::now();
-    let mut response = {
-        let _enter = span.enter();
-        next.run(request).await
-    };
+    let mut response = next.run(request).instrument(span.clone()).await;
     let headers = response.headers_mut();
     headers.insert(
         REQUEST_ID,
