@@ -94,17 +94,22 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--decode-tokens", type=int, default=128)
+    parser.add_argument("--ndarray", action="store_true",
+                        help="also run Switchyard on Burn's NdArray backend (a build with the ndarray feature)")
     args = parser.parse_args()
 
     text, n = prompt_of(args.model, args.prompt_tokens)
     ours_argv = [args.switchyard, "generate", "--model", args.model, "--raw-prompt", text, "--max-tokens",
                  str(args.decode_tokens), "--temperature", "0", "--threads", str(args.threads), "--json", "--ignore-eos"]
     theirs_argv = [sys.executable, "-c", LLAMA_CPP_RUN, args.model, str(args.threads), text, str(args.decode_tokens)]
-    # Alternate the two (A B A B ...) so a change in machine load hits both alike.
-    ours_runs, theirs_runs = [], []
+    ndarray_argv = ours_argv + ["--backend", "ndarray"]
+    # Alternate the sides (A B A B ...) so a change in machine load hits all alike.
+    ours_runs, theirs_runs, ndarray_runs = [], [], []
     for _ in range(args.runs):
         ours_runs.append(run_once(ours_argv))
         theirs_runs.append(run_once(theirs_argv))
+        if args.ndarray:
+            ndarray_runs.append(run_once(ndarray_argv))
     ours, theirs = summary(ours_runs), summary(theirs_runs)
     size_mib = os.path.getsize(args.model) / (1 << 20)
     print(f"model {os.path.basename(args.model)} ({size_mib:.1f} MiB), {args.threads} threads, "
@@ -112,7 +117,12 @@ def main():
     print(f"{'':14}{'prefill tok/s':>15}{'decode tok/s':>14}{'peak RSS MiB':>14}")
     print(f"{'switchyard':14}{ours['prefill']:15.1f}{ours['decode']:14.1f}{ours['rss_mib']:14.1f}")
     print(f"{'llama.cpp':14}{theirs['prefill']:15.1f}{theirs['decode']:14.1f}{theirs['rss_mib']:14.1f}")
-    print(f"{'ratio':14}{ours['prefill'] / theirs['prefill']:14.2f}x{ours['decode'] / theirs['decode']:13.2f}x"
+    if args.ndarray:
+        nd = summary(ndarray_runs)
+        print(f"{'sy on ndarray':14}{nd['prefill']:15.1f}{nd['decode']:14.1f}{nd['rss_mib']:14.1f}")
+        print(f"{'flex/ndarray':14}{ours['prefill'] / nd['prefill']:14.2f}x{ours['decode'] / nd['decode']:13.2f}x"
+              f"{ours['rss_mib'] / nd['rss_mib']:13.2f}x")
+    print(f"{'vs llama.cpp':14}{ours['prefill'] / theirs['prefill']:14.2f}x{ours['decode'] / theirs['decode']:13.2f}x"
           f"{ours['rss_mib'] / theirs['rss_mib']:13.2f}x")
     print(f"switchyard peak RSS / file size: {ours['rss_mib'] / size_mib:.2f}x")
 

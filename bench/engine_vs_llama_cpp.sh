@@ -6,6 +6,7 @@
 # (GGML_NATIVE=ON), in bench/.venv-llama (the first run builds it: ~12 min).
 #
 # Usage: bench/engine_vs_llama_cpp.sh [MODEL.gguf] [THREADS] [RUNS]
+# NDARRAY=1 adds Switchyard on Burn's NdArray backend to each round, for comparison.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${1:-$(scripts/fetch-default-model.sh)}
@@ -19,6 +20,12 @@ if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
   CMAKE_ARGS="-DGGML_NATIVE=ON" "$venv/bin/pip" install --quiet --no-binary llama-cpp-python \
     'llama-cpp-python==0.3.36' >&2
 fi
-cargo build --release --quiet -p switchyard
+extra=()
+if [ "${NDARRAY:-0}" = 1 ]; then
+  cargo build --release --quiet -p switchyard --features ndarray
+  extra=(--ndarray)
+else
+  cargo build --release --quiet -p switchyard
+fi
 exec "$venv/bin/python" bench/engine_vs_llama_cpp.py --model "$MODEL" --threads "$THREADS" --runs "$RUNS" \
-  --switchyard target/release/switchyard
+  --switchyard target/release/switchyard "${extra[@]}"

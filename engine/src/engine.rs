@@ -39,11 +39,61 @@ pub struct LocalModel {
     pub device: Device,
 }
 
+/// The Burn backend a model computes on. Both run the same ops
+/// ([`crate::ops`]); Flex is the default, NdArray (deprecated upstream) is there
+/// to compare against and needs the `ndarray` feature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ComputeBackend {
+    #[default]
+    Flex,
+    NdArray,
+}
+
+impl ComputeBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeBackend::Flex => "flex",
+            ComputeBackend::NdArray => "ndarray",
+        }
+    }
+
+    fn device(self) -> Result<Device, LoadError> {
+        match self {
+            ComputeBackend::Flex => Ok(Device::flex()),
+            #[cfg(feature = "ndarray")]
+            #[allow(deprecated)] // kept for comparison only, see the type's comment
+            ComputeBackend::NdArray => Ok(Device::ndarray()),
+            #[cfg(not(feature = "ndarray"))]
+            ComputeBackend::NdArray => Err(LoadError::BackendMissing(self)),
+        }
+    }
+}
+
+impl std::str::FromStr for ComputeBackend {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, String> {
+        match name {
+            "flex" => Ok(ComputeBackend::Flex),
+            "ndarray" => Ok(ComputeBackend::NdArray),
+            other => Err(format!("unknown compute backend {other:?} (flex or ndarray)")),
+        }
+    }
+}
+
+impl std::fmt::Display for ComputeBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 #[derive(Debug)]
 pub enum LoadError {
     Model(ModelError),
     Tokenizer(String),
     Template(String),
+    /// The backend was not compiled into this build.
+    BackendMissing(ComputeBackend),
 }
 
 impl std::fmt::Display for LoadError {
@@ -52,6 +102,10 @@ impl std::fmt::Display for LoadError {
             LoadError::Model(err) => err.fmt(f),
             LoadError::Tokenizer(why) => write!(f, "cannot build the tokenizer: {why}"),
             LoadError::Template(why) => write!(f, "cannot parse the chat template: {why}"),
+            LoadError::BackendMissing(backend) => write!(
+                f,
+                "this build has no {backend} backend (build with the `ndarray` feature)"
+            ),
         }
     }
 }
@@ -59,11 +113,21 @@ impl std::fmt::Display for LoadError {
 impl std::error::Error for LoadError {}
 
 impl LocalModel {
-    /// Loads a GGUF model. `context_length` caps the model's own context window
-    /// (a smaller window bounds the KV cache a request can ask for).
+    /// Loads a GGUF model onto the default backend. `context_length` caps the
+    /// model's own context window (a smaller window bounds the KV cache a
+    /// request can ask for).
     pub fn load(path: &Path, context_length: Option<usize>) -> Result<LocalModel, LoadError> {
+        LocalModel::load_on(path, context_length, ComputeBackend::default())
+    }
+
+    /// Loads a GGUF model onto `backend`.
+    pub fn load_on(
+        path: &Path,
+        context_length: Option<usize>,
+        backend: ComputeBackend,
+    ) -> Result<LocalModel, LoadError> {
+        let device = backend.device()?;
         let file = GgufFile::open(path).map_err(|e| LoadError::Model(e.into()))?;
-        let device = Device::flex();
         let model = Model::from_gguf(&file, &device).map_err(LoadError::Model)?;
         let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| LoadError::Tokenizer(e.to_string()))?;
         let template = match tokenizer.chat_template() {

@@ -2,23 +2,28 @@
 //!
 //! Burn's own quantized tensors are storage-only on CPU backends (every matmul
 //! dequantizes the whole weight first), so the quantized linear layer is ours:
-//! GGUF blocks stay as they are in a `U8` Burn tensor, and [`QLinearOps::q_linear`]
+//! GGUF blocks stay as they are in a `U8` Burn tensor, and [`EngineOps::q_linear`]
 //! runs the integer kernels of [`crate::quant`] on them. The other ops here are
 //! fusions of what would otherwise be five to ten small Burn ops each, on the
-//! per-token hot path (RMSNorm, RoPE, SwiGLU, embedding lookup).
+//! per-token hot path (RMSNorm, RoPE, SwiGLU, embedding lookup, attention).
 //!
-//! Each op is implemented for the Flex backend, where tensor storage is host
-//! memory we can read and write directly.
+//! Every op is written once, in [`host`], over plain slices of host memory.
+//! A CPU backend takes part by saying how its tensor primitive lends those
+//! slices and is built from a result ([`HostTensor`]): Flex (the default) and,
+//! with the `ndarray` feature, NdArray, which is kept for comparison only
+//! (deprecated upstream and slower on these shapes, see the README).
+
+// Naming NdArray's types is what the `ndarray` feature is for.
+#![cfg_attr(feature = "ndarray", allow(deprecated))]
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
-use burn::backend::{Backend, backend_extension};
+use burn::backend::{Backend, TensorMetadata, backend_extension};
 use burn::prelude::*;
-use burn::tensor::TensorData;
+use burn::tensor::{Shape, TensorData};
 use burn_flex::FlexTensor;
 
 use crate::quant::{QuantFormat, QuantMatrix};
 
-/// How RoPE pairs the dimensions of a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
     /// Adjacent pairs (x[2i], x[2i+1]): GGUF Llama files, whose q/k weights the
@@ -28,7 +33,7 @@ pub enum RopeStyle {
     Halves,
 }
 
-#[backend_extension(Flex)]
+#[backend_extension(Flex, NdArray: cfg(feature = "ndarray"))]
 pub trait EngineOps: Backend {
     /// `x[m, k] · Wᵀ` with W `[n, k]` in GGUF block format `format` (a ggml type id).
     fn q_linear(x: FloatTensor<Self>, w: IntTensor<Self>, format: u32, n: usize, k: usize) -> FloatTensor<Self>;
@@ -63,47 +68,133 @@ fn format_of(id: u32) -> QuantFormat {
     QuantFormat::from_ggml_type(id).expect("weights are checked when the model loads")
 }
 
-impl EngineOps for burn::backend::Flex {
-    fn q_linear(x: FlexTensor, w: FlexTensor, format: u32, n: usize, k: usize) -> FlexTensor {
-        let x = x.to_contiguous();
-        let xs: &[f32] = x.storage::<f32>();
-        let m = xs.len() / k;
-        let matrix = QuantMatrix::new(format_of(format), n, k, w.storage::<u8>()).expect("checked at load");
-        let mut out = vec![0f32; m * n];
-        crate::quant::matmul(xs, m, &matrix, &mut out);
-        FlexTensor::from_data(TensorData::new(out, [m, n]))
-    }
+/// A CPU backend's tensor primitive seen as host memory: what [`host`] reads
+/// and what it builds its results into.
+pub trait HostTensor: TensorMetadata + Sized {
+    /// Calls `f` with the f32 values in row-major order (borrowed when the
+    /// tensor is laid out contiguously, else copied once).
+    fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R;
+    /// Calls `f` with the bytes of a `U8` tensor (GGUF blocks) in order.
+    fn with_u8<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
+    fn from_f32(values: Vec<f32>, shape: impl Into<Shape>) -> Self;
+}
 
-    fn q_embedding(table: FlexTensor, format: u32, rows: usize, k: usize, ids: Vec<u32>) -> FlexTensor {
-        let matrix = QuantMatrix::new(format_of(format), rows, k, table.storage::<u8>()).expect("checked at load");
-        let mut out = vec![0f32; ids.len() * k];
-        for (row, &id) in out.chunks_exact_mut(k).zip(&ids) {
-            matrix.dequantize_row(id as usize, row);
+impl HostTensor for FlexTensor {
+    fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        match self.layout().contiguous_offsets() {
+            Some((start, end)) => f(&self.storage::<f32>()[start..end]),
+            None => f(self.to_contiguous().storage::<f32>()),
         }
-        FlexTensor::from_data(TensorData::new(out, [ids.len(), k]))
     }
 
-    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f32) -> FlexTensor {
-        let x = x.to_contiguous();
-        let weight = weight.to_contiguous();
-        let w: &[f32] = weight.storage::<f32>();
-        let d = w.len();
-        let xs: &[f32] = x.storage::<f32>();
-        let mut out = vec![0f32; xs.len()];
-        for (o, row) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
-            let mean_square = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
-            let scale = 1.0 / (mean_square + eps).sqrt();
-            for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
-                *o = v * scale * w;
+    fn with_u8<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        match self.layout().contiguous_offsets() {
+            Some((start, end)) => f(&self.storage::<u8>()[start..end]),
+            None => f(self.to_contiguous().storage::<u8>()),
+        }
+    }
+
+    fn from_f32(values: Vec<f32>, shape: impl Into<Shape>) -> Self {
+        FlexTensor::from_data(TensorData::new(values, shape.into()))
+    }
+}
+
+#[cfg(feature = "ndarray")]
+mod ndarray_host {
+    use burn::backend::ndarray::NdArrayTensor;
+    use burn::tensor::{Shape, TensorData};
+
+    use super::HostTensor;
+
+    /// Calls `$f` with the elements of an ndarray storage in row-major order,
+    /// borrowed when they already are.
+    macro_rules! with_slice {
+        ($storage:expr, $f:expr) => {{
+            let view = $storage.view();
+            match view.as_slice() {
+                Some(values) => $f(values),
+                None => $f(&view.iter().copied().collect::<Vec<_>>()),
+            }
+        }};
+    }
+
+    impl HostTensor for NdArrayTensor {
+        fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+            match self {
+                NdArrayTensor::F32(storage) => with_slice!(storage, f),
+                other => panic!(
+                    "expected an f32 tensor, got {:?}",
+                    burn::backend::TensorMetadata::dtype(other)
+                ),
             }
         }
-        FlexTensor::from_data(TensorData::new(out, x.layout().shape().clone()))
+
+        fn with_u8<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+            match self {
+                NdArrayTensor::U8(storage) => with_slice!(storage, f),
+                other => panic!(
+                    "expected a u8 tensor, got {:?}",
+                    burn::backend::TensorMetadata::dtype(other)
+                ),
+            }
+        }
+
+        fn from_f32(values: Vec<f32>, shape: impl Into<Shape>) -> Self {
+            NdArrayTensor::from_data(TensorData::new(values, shape.into()))
+        }
+    }
+}
+
+/// The ops on host memory, for any [`HostTensor`].
+mod host {
+    use super::{HostTensor, QuantMatrix, format_of};
+
+    pub fn q_linear<T: HostTensor>(x: T, w: T, format: u32, n: usize, k: usize) -> T {
+        let (out, m) = x.with_f32(|xs| {
+            w.with_u8(|blocks| {
+                let m = xs.len() / k;
+                let matrix = QuantMatrix::new(format_of(format), n, k, blocks).expect("checked at load");
+                let mut out = vec![0f32; m * n];
+                crate::quant::matmul(xs, m, &matrix, &mut out);
+                (out, m)
+            })
+        });
+        T::from_f32(out, [m, n])
     }
 
-    fn rope(x: FlexTensor, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, halves: bool) -> FlexTensor {
-        let x = x.to_contiguous();
-        let shape = x.layout().shape().clone();
-        let mut out: Vec<f32> = x.storage::<f32>().to_vec();
+    pub fn q_embedding<T: HostTensor>(table: T, format: u32, rows: usize, k: usize, ids: Vec<u32>) -> T {
+        let out = table.with_u8(|blocks| {
+            let matrix = QuantMatrix::new(format_of(format), rows, k, blocks).expect("checked at load");
+            let mut out = vec![0f32; ids.len() * k];
+            for (row, &id) in out.chunks_exact_mut(k).zip(&ids) {
+                matrix.dequantize_row(id as usize, row);
+            }
+            out
+        });
+        T::from_f32(out, [ids.len(), k])
+    }
+
+    pub fn rms_norm<T: HostTensor>(x: T, weight: T, eps: f32) -> T {
+        let out = x.with_f32(|xs| {
+            weight.with_f32(|w| {
+                let d = w.len();
+                let mut out = vec![0f32; xs.len()];
+                for (o, row) in out.chunks_exact_mut(d).zip(xs.chunks_exact(d)) {
+                    let mean_square = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                    let scale = 1.0 / (mean_square + eps).sqrt();
+                    for ((o, v), w) in o.iter_mut().zip(row).zip(w) {
+                        *o = v * scale * w;
+                    }
+                }
+                out
+            })
+        });
+        T::from_f32(out, x.shape())
+    }
+
+    pub fn rope<T: HostTensor>(x: T, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, halves: bool) -> T {
+        let shape = x.shape();
+        let mut out: Vec<f32> = x.with_f32(<[f32]>::to_vec);
         let width = shape[shape.num_dims() - 1];
         let half = rotary_dim / 2;
         // Frequencies once per call: θ^(-2i/d) for each rotated pair.
@@ -122,49 +213,86 @@ impl EngineOps for burn::backend::Flex {
                 }
             }
         }
-        FlexTensor::from_data(TensorData::new(out, shape))
+        T::from_f32(out, shape)
     }
 
-    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
-        let gate = gate.to_contiguous();
-        let up = up.to_contiguous();
-        let out: Vec<f32> = gate
-            .storage::<f32>()
-            .iter()
-            .zip(up.storage::<f32>())
-            .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
-            .collect();
-        FlexTensor::from_data(TensorData::new(out, gate.layout().shape().clone()))
+    pub fn swiglu<T: HostTensor>(gate: T, up: T) -> T {
+        let out = gate.with_f32(|g| {
+            up.with_f32(|u| {
+                g.iter()
+                    .zip(u)
+                    .map(|(&g, &u)| g / (1.0 + (-g).exp()) * u)
+                    .collect::<Vec<f32>>()
+            })
+        });
+        T::from_f32(out, gate.shape())
     }
 
-    fn attention(q: FlexTensor, k_cache: FlexTensor, v_cache: FlexTensor, start: usize, heads: usize) -> FlexTensor {
+    pub fn attention<T: HostTensor>(q: T, k_cache: T, v_cache: T, start: usize, heads: usize) -> T {
         use rayon::prelude::*;
-        let q = q.to_contiguous();
-        let cache_shape = k_cache.layout().shape().clone();
+        let cache_shape = k_cache.shape();
         let (kv_heads, capacity, head_dim) = (cache_shape[0], cache_shape[1], cache_shape[2]);
-        let k_cache = k_cache.to_contiguous();
-        let v_cache = v_cache.to_contiguous();
-        let (ks, vs): (&[f32], &[f32]) = (k_cache.storage::<f32>(), v_cache.storage::<f32>());
-        let qs: &[f32] = q.storage::<f32>();
         let width = heads * head_dim;
-        let rows = qs.len() / width;
         let group = heads / kv_heads;
-        let mut out = vec![0f32; qs.len()];
-        // One task per (row, head): independent, and enough of them to fill the
-        // cores in prefill; a decode step has `heads` tasks.
-        out.par_chunks_mut(head_dim)
-            .enumerate()
-            .for_each_init(Vec::new, |scores, (task, out)| {
-                let (row, head) = (task / heads, task % heads);
-                let kv = head / group;
-                let keys = start + row + 1;
-                let cache = kv * capacity * head_dim..(kv + 1) * capacity * head_dim;
-                let q = &qs[row * width + head * head_dim..][..head_dim];
-                attend_row(q, &ks[cache.clone()], &vs[cache], keys, out, scores);
-            });
-        FlexTensor::from_data(TensorData::new(out, [rows, width]))
+        let (out, rows) = q.with_f32(|qs| {
+            k_cache.with_f32(|ks| {
+                v_cache.with_f32(|vs| {
+                    let rows = qs.len() / width;
+                    let mut out = vec![0f32; qs.len()];
+                    // One task per (row, head): independent, and enough of them to fill the
+                    // cores in prefill; a decode step has `heads` tasks.
+                    out.par_chunks_mut(head_dim)
+                        .enumerate()
+                        .for_each_init(Vec::new, |scores, (task, out)| {
+                            let (row, head) = (task / heads, task % heads);
+                            let kv = head / group;
+                            let keys = start + row + 1;
+                            let cache = kv * capacity * head_dim..(kv + 1) * capacity * head_dim;
+                            let q = &qs[row * width + head * head_dim..][..head_dim];
+                            super::attend_row(q, &ks[cache.clone()], &vs[cache], keys, out, scores);
+                        });
+                    (out, rows)
+                })
+            })
+        });
+        T::from_f32(out, [rows, width])
     }
 }
+
+/// Implements [`EngineOps`] for a CPU backend whose primitive is a [`HostTensor`].
+macro_rules! host_engine_ops {
+    ($backend:ty, $tensor:ty) => {
+        impl EngineOps for $backend {
+            fn q_linear(x: $tensor, w: $tensor, format: u32, n: usize, k: usize) -> $tensor {
+                host::q_linear(x, w, format, n, k)
+            }
+
+            fn q_embedding(table: $tensor, format: u32, rows: usize, k: usize, ids: Vec<u32>) -> $tensor {
+                host::q_embedding(table, format, rows, k, ids)
+            }
+
+            fn rms_norm(x: $tensor, weight: $tensor, eps: f32) -> $tensor {
+                host::rms_norm(x, weight, eps)
+            }
+
+            fn rope(x: $tensor, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, halves: bool) -> $tensor {
+                host::rope(x, head_dim, rotary_dim, start, theta, halves)
+            }
+
+            fn swiglu(gate: $tensor, up: $tensor) -> $tensor {
+                host::swiglu(gate, up)
+            }
+
+            fn attention(q: $tensor, k_cache: $tensor, v_cache: $tensor, start: usize, heads: usize) -> $tensor {
+                host::attention(q, k_cache, v_cache, start, heads)
+            }
+        }
+    };
+}
+
+host_engine_ops!(burn::backend::Flex, FlexTensor);
+#[cfg(feature = "ndarray")]
+host_engine_ops!(burn::backend::NdArray, burn::backend::ndarray::NdArrayTensor);
 
 /// `Σ a[i]·b[i]` with eight independent accumulators, so the compiler vectorises it.
 fn dot(a: &[f32], b: &[f32]) -> f32 {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::{Map, Value, json};
-use switchyard_engine::engine::LocalModel;
+use switchyard_engine::engine::{ComputeBackend, LocalModel};
 use switchyard_engine::generate::GenerationRequest;
 use switchyard_engine::sampling::SamplingParams;
 
@@ -27,6 +27,9 @@ pub struct GenerateArgs {
     /// Compute threads (default: all cores, at most 8).
     #[arg(long)]
     threads: Option<usize>,
+    /// Burn backend to compute on: flex, or ndarray (for comparison; builds with the `ndarray` feature).
+    #[arg(long, default_value_t = ComputeBackend::Flex)]
+    backend: ComputeBackend,
     /// Print one JSON object instead of the text.
     #[arg(long)]
     json: bool,
@@ -49,14 +52,21 @@ pub struct ChatArgs {
     temperature: f32,
     #[arg(long)]
     threads: Option<usize>,
+    /// Burn backend to compute on: flex, or ndarray (for comparison; builds with the `ndarray` feature).
+    #[arg(long, default_value_t = ComputeBackend::Flex)]
+    backend: ComputeBackend,
 }
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
 }
 
-fn load(path: &Path, threads: Option<usize>) -> Result<(LocalModel, rayon::ThreadPool), String> {
-    let model = LocalModel::load(path, None).map_err(|err| format!("{}: {err}", path.display()))?;
+fn load(
+    path: &Path,
+    threads: Option<usize>,
+    backend: ComputeBackend,
+) -> Result<(LocalModel, rayon::ThreadPool), String> {
+    let model = LocalModel::load_on(path, None, backend).map_err(|err| format!("{}: {err}", path.display()))?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.unwrap_or_else(default_threads).max(1))
         .build()
@@ -65,7 +75,7 @@ fn load(path: &Path, threads: Option<usize>) -> Result<(LocalModel, rayon::Threa
 }
 
 pub fn generate(args: &GenerateArgs) -> ExitCode {
-    let (model, pool) = match load(&args.model, args.threads) {
+    let (model, pool) = match load(&args.model, args.threads, args.backend) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("switchyard: {err}");
@@ -133,7 +143,7 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
 }
 
 pub fn chat(args: &ChatArgs) -> ExitCode {
-    let (model, pool) = match load(&args.model, args.threads) {
+    let (model, pool) = match load(&args.model, args.threads, args.backend) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("switchyard: {err}");
