@@ -342,8 +342,8 @@ async fn sigterm_lets_streams_in_flight_finish_and_refuses_new_ones() {
 /// A policy whose local answers are cut by our own limit (2 tokens) when the
 /// client sets none: provably weak answers. The pre-commit window (64 tokens)
 /// covers a whole reasoning answer (16 + 2 tokens), so streams climb too.
-fn truncating_policy(double: &CloudDouble, extra: &str) -> String {
-    policy(double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES)
+fn truncating_policy(double: &CloudDouble, remote: &str, extra: &str) -> String {
+    policy(double, &[remote], &[remote], ALL_LOCAL, FAST_RETRIES)
         .replace("default_max_tokens: 8", "default_max_tokens: 2")
         + "ladder: { precommit_tokens: 64, precommit_ms: 10000 }\n"
         + extra
@@ -352,7 +352,7 @@ fn truncating_policy(double: &CloudDouble, extra: &str) -> String {
 #[tokio::test]
 async fn a_weak_local_answer_climbs_the_ladder_streamed_and_not() {
     let double = CloudDouble::start();
-    let daemon = start(&truncating_policy(&double, ""));
+    let daemon = start(&truncating_policy(&double, "echo", ""));
     let question = json!({ "model": "auto", "messages": [{ "role": "user", "content": "Explain photosynthesis." }] });
     let r = send(&daemon, &question, &[]).await;
     assert_eq!(
@@ -399,9 +399,66 @@ async fn a_weak_local_answer_climbs_the_ladder_streamed_and_not() {
 }
 
 #[tokio::test]
+async fn a_weak_local_answer_is_served_when_the_remote_rung_fails_streamed_and_not() {
+    let double = CloudDouble::start();
+    let daemon = start(&truncating_policy(&double, "server-error", ""));
+    let question = json!({ "model": "auto", "messages": [{ "role": "user", "content": "Explain photosynthesis." }] });
+    let r = send(&daemon, &question, &[]).await;
+    assert_eq!(
+        (
+            r.status,
+            r.route.as_str(),
+            r.backend.as_str(),
+            r.degraded.as_deref(),
+            r.escalated_from.as_deref()
+        ),
+        (
+            200,
+            "local-reasoning",
+            "smollm2",
+            Some("remote-unavailable"),
+            Some("local")
+        ),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        r.body["choices"][0]["finish_reason"], "length",
+        "the last local rung's answer"
+    );
+    let remote_calls = double.requests().len();
+    assert_eq!(
+        remote_calls, 3,
+        "every retry was spent before settling for the local answer"
+    );
+
+    let mut streamed = question.clone();
+    streamed["stream"] = json!(true);
+    let response = http_client()
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    assert_eq!(headers["x-switchyard-route"], "local-reasoning");
+    assert_eq!(headers["x-switchyard-degraded"], "remote-unavailable");
+    assert!(
+        text.contains("\"reasoning_content\"") || text.contains("\"content\""),
+        "{text}"
+    );
+    assert!(!text.contains("\"error\""), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // The breaker (5 failures in a row) may open during these attempts; the
+    // remote rung was tried all the same.
+    assert!(double.requests().len() > remote_calls, "the remote rung was tried");
+}
+
+#[tokio::test]
 async fn the_ladder_stops_below_remote_when_the_request_may_not_leave() {
     let double = CloudDouble::start();
-    let daemon = start(&truncating_policy(&double, "privacy:\n  detectors: [email]\n"));
+    let daemon = start(&truncating_policy(&double, "echo", "privacy:\n  detectors: [email]\n"));
     let question = json!({ "model": "auto", "messages": [{ "role": "user", "content": "Write to jane.doe@example.com about the meeting." }] });
     let r = send(&daemon, &question, &[]).await;
     assert_eq!(

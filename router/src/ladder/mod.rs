@@ -190,15 +190,37 @@ async fn climb(
             _ => None,
         };
         match (weakness, next) {
+            (Some(weakness), Some(Tier::Remote)) => {
+                tracing::info!(from = tier.as_str(), to = "remote", weakness = ?weakness, "escalating a weak local answer");
+                // The weak answer is kept (and, streamed, goes on being
+                // generated) until a remote answer is in hand: when every
+                // remote backend fails, a weak answer beats an error.
+                match remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await {
+                    Ok(mut answer) => {
+                        drop(generation);
+                        answer.escalated = Some((escalated.map_or(start, |(from, _)| from), weakness));
+                        return Ok(answer);
+                    }
+                    Err(err) => {
+                        tracing::warn!(
+                            error = err.code(),
+                            "every remote backend failed; serving the weak local answer"
+                        );
+                        fallback(Degraded::RemoteUnavailable.as_str());
+                        return Ok(Answer {
+                            reply: generation.into_reply(held).await?,
+                            backend: decision.backend.clone(),
+                            tier,
+                            degraded: Some(Degraded::RemoteUnavailable),
+                            escalated,
+                        });
+                    }
+                }
+            }
             (Some(weakness), Some(next)) => {
                 tracing::info!(from = tier.as_str(), to = next.as_str(), weakness = ?weakness, "escalating a weak local answer");
                 escalated.get_or_insert((start, weakness)).1 = weakness;
                 drop(generation);
-                if next == Tier::Remote {
-                    let mut answer = remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await?;
-                    answer.escalated = escalated;
-                    return Ok(answer);
-                }
                 tier = next;
             }
             _ => {
