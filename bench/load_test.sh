@@ -82,7 +82,8 @@ panics = log.count("panicked")
 print(f"requests {report['requests']}: complete {report['complete']}, clean errors {report['clean_errors']}, lost {report['lost']}")
 print(f"by status: {report['by_status']}")
 for tier, l in [("all", report["latency_ms"]), *report["latency_ms_by_tier"].items()]:
-    print(f"latency ms ({tier}): p50 {l['p50']:.0f}, p99 {l['p99']:.0f}, max {l['max']:.0f}")
+    print(f"latency ms ({tier}): p50 {l['p50']:.0f}, p99 {l['p99']:.0f}, p99.9 {l['p999']:.0f}, max {l['max']:.0f}; "
+          f"{l['over_1s']} over 1 s")
 if report["lost_examples"]:
     print("lost examples:", *report["lost_examples"], sep="\n  ")
 print("RSS MiB every 2 s:", " ".join(f"{kib/1024:.0f}" for t, kib in samples))

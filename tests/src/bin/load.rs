@@ -172,7 +172,13 @@ fn main() {
     });
     let summary = |mut latencies: Vec<f64>| {
         latencies.sort_by(f64::total_cmp);
-        json!({ "p50": percentile(&latencies, 0.5), "p99": percentile(&latencies, 0.99), "max": latencies.last() })
+        json!({
+            "p50": percentile(&latencies, 0.5),
+            "p99": percentile(&latencies, 0.99),
+            "p999": percentile(&latencies, 0.999),
+            "max": latencies.last(),
+            "over_1s": latencies.iter().filter(|&&ms| ms > 1000.0).count(),
+        })
     };
     let by_tier: serde_json::Map<String, serde_json::Value> = tally
         .latencies_ms
