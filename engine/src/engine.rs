@@ -153,7 +153,7 @@ impl LocalModel {
         request: &GenerationRequest,
         on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
-        self.generate_in(&mut KvSlot::default(), request, on_token)
+        self.generate_in(&mut KvSlot::exact(), request, on_token)
     }
 
     /// Runs one generation on the calling thread, reusing `slot`'s KV cache.
@@ -223,7 +223,7 @@ impl Engine {
         };
         std::thread::Builder::new().name("engine".into()).spawn(move || {
             // One job runs at a time, so one KV cache serves them all.
-            let mut slot = KvSlot::default();
+            let mut slot = KvSlot::growing();
             while let Some(mut job) = queue.next() {
                 let result = pool
                     .install(|| model.generate_in(&mut slot, &job.request, |event| (job.sink)(JobEvent::Token(event))));

@@ -164,20 +164,37 @@ impl KvCache {
 /// A KV cache kept from one generation to the next, as a serving engine keeps
 /// its cache for the life of the process: allocating a fresh one per request
 /// made the process's memory swing with the size of whatever request happened
-/// to be running. The slot grows to the largest request it has served (in
-/// steps of [`KvSlot::STEP`] positions, never past the context window) and
-/// stays there, so memory is flat once the traffic's largest request has run.
+/// to be running. A [`KvSlot::growing`] slot grows to the largest request it
+/// has served (in steps of [`KvSlot::STEP`] positions, never past the context
+/// window) and stays there, so memory is flat once the traffic's largest
+/// request has run; a [`KvSlot::exact`] one, for a single generation, holds
+/// just what that generation needs.
 ///
 /// Stale keys and values past the filled positions are never read: attention
 /// only looks at positions before the one it computes.
-#[derive(Default)]
 pub struct KvSlot {
     cache: Option<KvCache>,
+    /// Capacity is allocated in multiples of this many positions.
+    step: usize,
 }
 
 impl KvSlot {
-    /// Positions are allocated in multiples of this.
+    /// The growth step of a [`KvSlot::growing`] slot: a request slightly
+    /// longer than the largest so far does not reallocate.
     pub const STEP: usize = 256;
+
+    /// For a worker serving one request after another.
+    pub fn growing() -> KvSlot {
+        KvSlot {
+            cache: None,
+            step: Self::STEP,
+        }
+    }
+
+    /// For one generation: sized to the request exactly.
+    pub fn exact() -> KvSlot {
+        KvSlot { cache: None, step: 1 }
+    }
 
     /// An empty cache with room for `positions`, reusing the slot's memory when
     /// it is large enough.
@@ -186,7 +203,7 @@ impl KvSlot {
         if !fits {
             // Free the old cache before allocating the larger one.
             self.cache = None;
-            let capacity = positions.div_ceil(Self::STEP) * Self::STEP;
+            let capacity = positions.div_ceil(self.step) * self.step;
             let capacity = capacity.min(context_length.max(positions));
             self.cache = Some(model.new_cache(capacity, device));
         }
