@@ -49,8 +49,9 @@ fn otlp_requested() -> bool {
 pub fn init(json: bool) -> Telemetry {
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))] // the exporter's layer joins with `otel`
     let mut layers: Vec<BoxedLayer> = vec![if json { fmt.json().boxed() } else { fmt.boxed() }];
-    #[allow(unused_mut)] // set only with the `otel` feature
+    #[cfg_attr(not(feature = "otel"), allow(unused_mut))] // set only with `otel`
     let mut telemetry = Telemetry {
         #[cfg(feature = "otel")]
         provider: None,
