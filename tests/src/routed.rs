@@ -12,7 +12,10 @@ pub struct Routed {
     pub backend: String,
     pub score: Option<f64>,
     pub cost: Option<f64>,
+    /// The JSON body; `Null` when the body is not JSON (a stream: see `text`).
     pub body: Value,
+    /// The body as sent: the SSE events of a streamed answer.
+    pub text: String,
     pub degraded: Option<String>,
     pub retry_after: Option<String>,
     pub escalated_from: Option<String>,
@@ -36,9 +39,12 @@ pub async fn send(daemon: &Daemon, body: &Value, headers: &[(&str, &str)]) -> Ro
         retry_after: header("retry-after"),
         escalated_from: header("x-switchyard-escalated-from"),
         body: Value::Null,
+        text: String::new(),
     };
+    let text = response.text().await.unwrap();
     Routed {
-        body: response.json().await.unwrap(),
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
         ..routed
     }
 }

@@ -371,17 +371,12 @@ async fn a_weak_local_answer_climbs_the_ladder_streamed_and_not() {
 
     let mut streamed = question.clone();
     streamed["stream"] = json!(true);
-    let response = http_client()
-        .post(daemon.url("/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    assert_eq!(headers["x-switchyard-route"], "remote");
-    assert_eq!(headers["x-switchyard-escalated-from"], "local");
-    assert_eq!(headers["x-switchyard-reason"], "weak-truncated");
+    let r = send(&daemon, &streamed, &[]).await;
+    assert_eq!(
+        (r.route.as_str(), r.escalated_from.as_deref(), r.reason.as_str()),
+        ("remote", Some("local"), "weak-truncated")
+    );
+    let text = r.text;
     assert!(
         text.contains("Echo:") && !text.contains("\"model\":\"smollm2\""),
         "no local byte leaked: {text}"
@@ -434,16 +429,12 @@ async fn a_weak_local_answer_is_served_when_the_remote_rung_fails_streamed_and_n
 
     let mut streamed = question.clone();
     streamed["stream"] = json!(true);
-    let response = http_client()
-        .post(daemon.url("/v1/chat/completions"))
-        .json(&streamed)
-        .send()
-        .await
-        .unwrap();
-    let headers = response.headers().clone();
-    let text = response.text().await.unwrap();
-    assert_eq!(headers["x-switchyard-route"], "local-reasoning");
-    assert_eq!(headers["x-switchyard-degraded"], "remote-unavailable");
+    let r = send(&daemon, &streamed, &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.degraded.as_deref()),
+        (200, "local-reasoning", Some("remote-unavailable"))
+    );
+    let text = r.text;
     assert!(
         text.contains("\"reasoning_content\"") || text.contains("\"content\""),
         "{text}"
