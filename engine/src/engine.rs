@@ -175,8 +175,11 @@ impl LocalModel {
     }
 }
 
-/// What a job reports, in order: tokens as they come, then one `Done`.
+/// What a job reports, in order: `Started` when the worker takes it up, tokens
+/// as they come, then one `Done`.
 pub enum JobEvent<'a> {
+    /// The job leaves the queue. The time it waited ends here.
+    Started,
     Token(&'a TokenEvent),
     Done(Result<GenerationOutput, GenerateError>),
 }
@@ -225,6 +228,11 @@ impl Engine {
             // One job runs at a time, so one KV cache serves them all.
             let mut slot = KvSlot::growing();
             while let Some(mut job) = queue.next() {
+                // Nobody waits for it any more (the client left, or stopped
+                // waiting for a turn): its prefill would be wasted.
+                if (job.sink)(JobEvent::Started).is_break() {
+                    continue;
+                }
                 let result = pool
                     .install(|| model.generate_in(&mut slot, &job.request, |event| (job.sink)(JobEvent::Token(event))));
                 kv_cache_bytes.store(slot.bytes(), Ordering::Relaxed);

@@ -25,6 +25,7 @@ fn job(request: GenerationRequest, stop_after: Option<usize>, done: mpsc::Sender
     Job {
         request,
         sink: Box::new(move |event| match event {
+            JobEvent::Started => ControlFlow::Continue(()),
             JobEvent::Token(_) => {
                 seen += 1;
                 if stop_after.is_some_and(|n| seen >= n) {
@@ -124,6 +125,35 @@ fn tokens_job(request: GenerationRequest, done: mpsc::Sender<Vec<u32>>) -> Job {
             ControlFlow::Continue(())
         }),
     }
+}
+
+#[test]
+fn a_job_nobody_waits_for_any_more_is_dropped_before_it_runs() {
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), Some(1024)).unwrap(), 2, 4).unwrap();
+    let (done, finished) = mpsc::channel();
+    engine.submit(tokens_job(request(&engine, 60), done.clone())).unwrap();
+    // Its requester answers `Break` when the worker takes it up: it must not
+    // run a single token, and the job behind it must.
+    let (events, seen) = mpsc::channel();
+    engine
+        .submit(Job {
+            request: request(&engine, 60),
+            sink: Box::new(move |event| {
+                let _ = events.send(match event {
+                    JobEvent::Started => "started",
+                    JobEvent::Token(_) => "token",
+                    JobEvent::Done(_) => "done",
+                });
+                ControlFlow::Break(())
+            }),
+        })
+        .unwrap();
+    engine.submit(tokens_job(request(&engine, 3), done)).unwrap();
+    let lengths: Vec<usize> = (0..2)
+        .map(|_| finished.recv_timeout(Duration::from_secs(60)).unwrap().len())
+        .collect();
+    assert_eq!(lengths, [60, 3]);
+    assert_eq!(seen.try_iter().collect::<Vec<_>>(), ["started"]);
 }
 
 #[test]

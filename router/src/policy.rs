@@ -133,6 +133,10 @@ pub struct LocalBackendConfig {
     /// Requests that may wait while one generates; more get a 429.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: Spanned<usize>,
+    /// How long a request may wait for the engine to take it up; past that it
+    /// is treated like a full queue (answered remotely when the policy allows,
+    /// else a 429). Unset: as long as the request's deadline allows.
+    pub max_queue_wait_ms: Option<Spanned<u64>>,
     /// `max_tokens` for requests that give none (default: the rest of the context).
     pub default_max_tokens: Option<Spanned<u64>>,
     /// Token budget of the reasoning pass (`local-reasoning`, or a client's
@@ -689,6 +693,14 @@ impl Policy {
             if backend.queue_capacity.value == 0 {
                 problems.push(Problem::at(&backend.queue_capacity, "queue_capacity must be positive"));
             }
+            if let Some(wait) = &backend.max_queue_wait_ms
+                && wait.value == 0
+            {
+                problems.push(Problem::at(
+                    wait,
+                    "max_queue_wait_ms must be positive (leave it out for no limit)",
+                ));
+            }
             if let Err(why) = backend.sampling.params().validate() {
                 problems.push(Problem::at(&backend.name, format!("sampling defaults: {why}")));
             }
@@ -1025,6 +1037,18 @@ routing:
         let found = problems(&text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].message.contains("temperature"), "{found:?}");
+    }
+
+    #[test]
+    fn a_zero_queue_wait_is_a_located_problem() {
+        let local = "  local:\n    - name: small\n      model_path: m.gguf\n      max_queue_wait_ms: 0\n";
+        let text = MINIMAL.replace("  remote:\n", &format!("{local}  remote:\n"));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("max_queue_wait_ms"), "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (5, 26), "{found:?}");
+        let fine = MINIMAL.replace("  remote:\n", &format!("{}  remote:\n", local.replace(": 0", ": 2000")));
+        assert_eq!(problems(&fine), Vec::new());
     }
 
     #[test]

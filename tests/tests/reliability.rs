@@ -303,6 +303,41 @@ async fn a_full_local_queue_goes_remote_when_allowed_else_429() {
 }
 
 #[tokio::test]
+async fn a_request_that_finds_no_turn_in_time_goes_remote_when_allowed_else_429() {
+    let double = CloudDouble::start();
+    let text = policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES).replace(
+        "queue_capacity: 1\n",
+        "queue_capacity: 8\n      max_queue_wait_ms: 300\n",
+    ) + "privacy:\n  detectors: [email]\n";
+    let daemon = start(&text);
+    // A long answer holds the engine; the queue has room, so only the wait bounds the others.
+    let mut long = ask("smollm2", "Write a long story about a dragon.");
+    long["max_tokens"] = json!(300);
+    let long = tokio::spawn({
+        let url = daemon.url("/v1/chat/completions");
+        async move { http_client().post(url).json(&long).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let r = send(&daemon, &ask("auto", "Say hello."), &[]).await;
+    assert_eq!(
+        (r.status, r.backend.as_str(), r.degraded.as_deref()),
+        (200, "echo", Some("local-busy")),
+        "{}",
+        r.body
+    );
+    let private = ask("auto", "Write to jane.doe@example.com about the meeting.");
+    let r = send(&daemon, &private, &[]).await;
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.body["error"]["code"], "engine_busy");
+    let message = r.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("no turn within 300 ms"), "{message}");
+    assert!(!long.is_finished(), "neither waited for the long answer");
+    assert_eq!(long.await.unwrap(), 200);
+    assert_eq!(double.calls("echo"), 1, "nothing private went out");
+}
+
+#[tokio::test]
 async fn sigterm_lets_streams_in_flight_finish_and_refuses_new_ones() {
     let double = CloudDouble::start();
     let mut daemon = start(&policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES));

@@ -9,7 +9,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -19,7 +19,7 @@ use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent, LocalModel};
 use switchyard_engine::generate::{FinishReason, GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
 use switchyard_engine::sampling::{SampledToken, SamplingParams};
 use switchyard_engine::tokenizer::Tokenizer;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::ChatReply;
 use crate::openai::Usage;
@@ -76,6 +76,8 @@ pub struct LocalBackend {
     engine: Result<Arc<Engine>, String>,
     /// Token budget of the reasoning pass.
     reasoning_max_tokens: u64,
+    /// How long a request may wait for its turn before it counts as busy.
+    max_queue_wait: Option<Duration>,
     /// Answers being generated or waiting (for metrics).
     in_flight: Arc<std::sync::atomic::AtomicI64>,
     model_bytes: u64,
@@ -92,14 +94,28 @@ enum Update {
     Done(Result<GenerationOutput, GenerateError>),
 }
 
-/// A job for one generation; its events arrive on the returned channel. When
-/// the receiver is dropped the engine stops the generation at its next token.
-fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceiver<Update>) {
+/// A job for one generation; its events arrive on the returned channel, and
+/// the oneshot fires when the engine takes the job up. When the receiver is
+/// dropped the engine stops the generation at its next token, or skips it if
+/// it has not started.
+fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceiver<Update>, oneshot::Receiver<()>) {
     let (sender, updates) = mpsc::unbounded_channel();
+    let (started_tx, started) = oneshot::channel();
+    let mut started_tx = Some(started_tx);
     let job = Job {
         request: generation,
         sink: Box::new(move |event| {
             let update = match event {
+                JobEvent::Started => {
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    return if sender.is_closed() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    };
+                }
                 JobEvent::Token(token) => Update::Token(token.clone()),
                 JobEvent::Done(result) => Update::Done(result),
             };
@@ -109,7 +125,14 @@ fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceiver<Update>) 
             }
         }),
     };
-    (job, updates)
+    (job, updates, started)
+}
+
+fn busy(backend: &str, detail: String) -> ApiError {
+    ApiError::LocalBusy {
+        backend: backend.to_string(),
+        detail,
+    }
 }
 
 /// Queues one generation, or says the engine is busy.
@@ -117,13 +140,15 @@ fn submit(
     engine: &Engine,
     generation: GenerationRequest,
     backend: &str,
-) -> Result<mpsc::UnboundedReceiver<Update>, ApiError> {
-    let (job, updates) = job(generation);
-    engine.submit(job).map_err(|EngineBusy| ApiError::LocalBusy {
-        backend: backend.to_string(),
-        queue_capacity: engine.queue_capacity(),
+) -> Result<(mpsc::UnboundedReceiver<Update>, oneshot::Receiver<()>), ApiError> {
+    let (job, updates, started) = job(generation);
+    engine.submit(job).map_err(|EngineBusy| {
+        busy(
+            backend,
+            format!("{} requests are already waiting", engine.queue_capacity()),
+        )
     })?;
-    Ok(updates)
+    Ok((updates, started))
 }
 
 /// A piece of a local answer, in order: reasoning (if any), content, then one
@@ -189,7 +214,7 @@ impl Driver {
             };
             // The answer pass continues an answer under way: it goes ahead of
             // answers that have not started.
-            let (job, answer_updates) = job(answer);
+            let (job, answer_updates, _started) = job(answer);
             self.engine.submit_continuation(job);
             updates = answer_updates;
         }
@@ -442,6 +467,10 @@ impl LocalBackend {
             default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
             sampling: config.sampling,
             reasoning_max_tokens: config.reasoning_max_tokens.value,
+            max_queue_wait: config
+                .max_queue_wait_ms
+                .as_ref()
+                .map(|ms| Duration::from_millis(ms.value)),
             in_flight: Arc::default(),
             model_bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
             identity: Self::identity_of(config, policy_dir),
@@ -451,12 +480,13 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{:?}|{}|{:?}|{:?}|{}",
+            "{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}",
             config.name.value,
             policy_dir.join(&config.model_path.value).display(),
             config.threads.value,
             config.context_length.as_ref().map(|c| c.value),
             config.queue_capacity.value,
+            config.max_queue_wait_ms.as_ref().map(|m| m.value),
             config.default_max_tokens.as_ref().map(|m| m.value),
             config.sampling,
             config.reasoning_max_tokens.value,
@@ -549,13 +579,19 @@ impl LocalBackend {
             None => plan.generation.clone(),
         };
         let prompt_tokens = first_pass.prompt_tokens.len();
-        let mut first = submit(&engine, first_pass, &self.name)?;
+        let (mut first, started) = submit(&engine, first_pass, &self.name)?;
         tracing::debug!(
             request_id,
             backend = self.name,
             prompt_tokens,
             "local generation queued"
         );
+        if let Some(limit) = self.max_queue_wait
+            && tokio::time::timeout(limit, started).await.is_err()
+        {
+            // Dropping `first` makes the engine skip the job when its turn comes.
+            return Err(busy(&self.name, format!("no turn within {} ms", limit.as_millis())));
+        }
         // Wait for the first event before answering, so that a request the
         // engine refuses still gets a proper status instead of a broken stream.
         let head = match first.recv().await {

@@ -46,8 +46,9 @@ pub enum ApiError {
     UpstreamInvalid { backend: String, detail: String },
     /// The prompt does not fit the model's context window.
     ContextLengthExceeded { message: String },
-    /// The local engine's queue is full.
-    LocalBusy { backend: String, queue_capacity: usize },
+    /// The local engine cannot take the request now: its queue is full, or
+    /// the request found no turn within the backend's `max_queue_wait_ms`.
+    LocalBusy { backend: String, detail: String },
     /// The policy leaves no tier that can take the request.
     Route(RouteError),
 }
@@ -151,10 +152,7 @@ impl ApiError {
                 format!("Backend `{backend}` sent an invalid response: {detail}")
             }
             ApiError::ContextLengthExceeded { message } => message.clone(),
-            ApiError::LocalBusy {
-                backend,
-                queue_capacity,
-            } => format!("Backend `{backend}` is busy: {queue_capacity} requests are already waiting. Retry shortly."),
+            ApiError::LocalBusy { backend, detail } => format!("Backend `{backend}` is busy: {detail}. Retry shortly."),
             ApiError::Route(e) => e.message(),
         }
     }
