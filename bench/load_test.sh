@@ -7,7 +7,8 @@
 # warm-up. Loopback only; bounded in time.
 #
 # Usage: bench/load_test.sh [CLIENTS] [SECONDS]   (defaults: 64, 60)
-# PROFILE=debug uses the test build instead of a release build.
+# PROFILE=debug uses the test build instead of a release build; MAX_QUEUE_WAIT_MS
+# sets the local backend's max_queue_wait_ms (default 2000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-64}
@@ -41,6 +42,7 @@ backends:
       model_path: $PWD/models/SmolLM2-135M-Instruct.Q4_1.gguf
       threads: 2
       queue_capacity: 8
+      max_queue_wait_ms: ${MAX_QUEUE_WAIT_MS:-2000}
       default_max_tokens: 16
   remote:
     - name: flaky
