@@ -112,35 +112,33 @@ impl RequestRecord {
         }
         if self.metrics {
             let m = metrics();
-            m.requests
-                .with_label_values(&[route, &self.backend, status_class(self.status), self.reason])
-                .inc();
-            m.duration.with_label_values(&[route]).observe(seconds(total));
-            if self.status < 400 {
-                let ttft = first_byte.map_or(total, |t| t.duration_since(self.started));
-                m.ttft.with_label_values(&[route]).observe(seconds(ttft));
-            }
-            if let Some(backend_started) = self.backend_started {
-                m.overhead
-                    .with_label_values(&[route])
-                    .observe(seconds(backend_started.duration_since(self.started)));
-                if usage.completion_tokens > 0 {
-                    m.time_per_output_token
-                        .with_label_values(&[route])
-                        .observe(seconds(backend_started.elapsed()) / usage.completion_tokens as f64);
+            m.count_request(route, &self.backend, status_class(self.status), self.reason);
+            m.for_route(route, |children| {
+                children.duration.observe(seconds(total));
+                if self.status < 400 {
+                    let ttft = first_byte.map_or(total, |t| t.duration_since(self.started));
+                    children.ttft.observe(seconds(ttft));
                 }
-            }
-            if let Some(decision) = self.decision_seconds {
-                m.decision.with_label_values(&[route]).observe(decision);
-            }
+                if let Some(backend_started) = self.backend_started {
+                    children
+                        .overhead
+                        .observe(seconds(backend_started.duration_since(self.started)));
+                    if usage.completion_tokens > 0 {
+                        children
+                            .time_per_output_token
+                            .observe(seconds(backend_started.elapsed()) / usage.completion_tokens as f64);
+                    }
+                }
+                if let Some(decision) = self.decision_seconds {
+                    children.decision.observe(decision);
+                }
+            });
             if usage.prompt_tokens + usage.completion_tokens > 0 {
-                m.tokens
-                    .with_label_values(&[&self.backend, "in"])
-                    .inc_by(usage.prompt_tokens);
-                m.tokens
-                    .with_label_values(&[&self.backend, "out"])
-                    .inc_by(usage.completion_tokens);
-                m.cost.with_label_values(&[&self.backend]).inc_by(cost);
+                m.for_backend(&self.backend, |children| {
+                    children.tokens_in.inc_by(usage.prompt_tokens);
+                    children.tokens_out.inc_by(usage.completion_tokens);
+                    children.cost.inc_by(cost);
+                });
                 if let Some((name, baseline)) = baseline {
                     m.baseline_cost.with_label_values(&[name]).inc_by(baseline);
                     m.savings.add(saved);

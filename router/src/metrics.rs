@@ -10,12 +10,13 @@
 //! Names follow Prometheus conventions: `_total` counters, `_seconds`
 //! histograms, `_usd` money.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use prometheus::{
-    CounterVec, Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Counter, CounterVec, Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets from sub-millisecond decisions to minutes-long generations.
@@ -273,6 +274,109 @@ impl Metrics {
 pub fn metrics() -> &'static Metrics {
     static METRICS: OnceLock<Metrics> = OnceLock::new();
     METRICS.get_or_init(Metrics::new)
+}
+
+/// The children of the per-route histograms every request observes.
+pub struct RouteChildren {
+    pub duration: Histogram,
+    pub ttft: Histogram,
+    pub overhead: Histogram,
+    pub time_per_output_token: Histogram,
+    pub decision: Histogram,
+}
+
+/// The children of the per-backend counters every answered request adds to.
+pub struct BackendChildren {
+    pub tokens_in: IntCounter,
+    pub tokens_out: IntCounter,
+    pub cost: Counter,
+}
+
+/// Children resolved once per thread and label set, for the record every
+/// request makes. `with_label_values` hashes its labels, takes the family's
+/// lock and clones an `Arc` on every call: about ten times a request, atomics
+/// the cores would contend for. Label sets are few (routes, backends, status
+/// classes, reason codes) and never removed, so the caches stay small and
+/// valid.
+struct Cache<K, V>(RefCell<Vec<(K, V)>>);
+
+impl<K, V> Cache<K, V> {
+    const fn new() -> Self {
+        Cache(RefCell::new(Vec::new()))
+    }
+
+    fn with<R>(&self, matches: impl Fn(&K) -> bool, make: impl FnOnce() -> (K, V), f: impl FnOnce(&V) -> R) -> R {
+        let mut entries = self.0.borrow_mut();
+        let at = match entries.iter().position(|(key, _)| matches(key)) {
+            Some(at) => at,
+            None => {
+                entries.push(make());
+                entries.len() - 1
+            }
+        };
+        f(&entries[at].1)
+    }
+}
+
+thread_local! {
+    static ROUTES: Cache<&'static str, RouteChildren> = const { Cache::new() };
+    static BACKENDS: Cache<String, BackendChildren> = const { Cache::new() };
+    static REQUESTS: Cache<(&'static str, String, &'static str, &'static str), IntCounter> = const { Cache::new() };
+}
+
+impl Metrics {
+    /// Calls `f` with the per-route histograms of `route`.
+    pub fn for_route<R>(&self, route: &'static str, f: impl FnOnce(&RouteChildren) -> R) -> R {
+        ROUTES.with(|cache| {
+            cache.with(
+                |key| *key == route,
+                || {
+                    let labels = [route];
+                    let children = RouteChildren {
+                        duration: self.duration.with_label_values(&labels),
+                        ttft: self.ttft.with_label_values(&labels),
+                        overhead: self.overhead.with_label_values(&labels),
+                        time_per_output_token: self.time_per_output_token.with_label_values(&labels),
+                        decision: self.decision.with_label_values(&labels),
+                    };
+                    (route, children)
+                },
+                f,
+            )
+        })
+    }
+
+    /// Calls `f` with the per-backend token and cost counters of `backend`.
+    pub fn for_backend<R>(&self, backend: &str, f: impl FnOnce(&BackendChildren) -> R) -> R {
+        BACKENDS.with(|cache| {
+            cache.with(
+                |key| key == backend,
+                || {
+                    let children = BackendChildren {
+                        tokens_in: self.tokens.with_label_values(&[backend, "in"]),
+                        tokens_out: self.tokens.with_label_values(&[backend, "out"]),
+                        cost: self.cost.with_label_values(&[backend]),
+                    };
+                    (backend.to_string(), children)
+                },
+                f,
+            )
+        })
+    }
+
+    /// Counts one request by route, backend, status class and reason.
+    pub fn count_request(&self, route: &'static str, backend: &str, status_class: &'static str, reason: &'static str) {
+        REQUESTS.with(|cache| {
+            cache.with(
+                |(r, b, s, why)| *r == route && b == backend && *s == status_class && *why == reason,
+                || {
+                    let counter = self.requests.with_label_values(&[route, backend, status_class, reason]);
+                    ((route, backend.to_string(), status_class, reason), counter)
+                },
+                IntCounter::inc,
+            )
+        })
+    }
 }
 
 pub fn seconds(d: Duration) -> f64 {
