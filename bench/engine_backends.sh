@@ -24,17 +24,19 @@ words = (base * 200).split(" ")
 
 
 def run(text, backend, max_tokens):
-    """One generation; its JSON report."""
+    """One generation, its own process: its JSON report and its peak RSS in MiB (from wait4)."""
     argv = [binary, "generate", "--model", model, "--raw-prompt", text, "--max-tokens", str(max_tokens),
             "--temperature", "0", "--threads", threads, "--json", "--ignore-eos", "--backend", backend]
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        sys.exit(f"{backend} run failed ({done.returncode}):\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = child.stdout.read(), child.stderr.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"{backend} run failed:\n{err}")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
 
 
 def prompt_tokens(text):
-    return len(run(text, "flex", 1)["prompt_tokens"])
+    return len(run(text, "flex", 1)[0]["prompt_tokens"])
 
 
 # The longest prefix of the text that is at most `want` tokens (our tokenizer).
@@ -49,22 +51,10 @@ text = " ".join(words[:lo])
 n = prompt_tokens(text)
 
 
-def measured(backend):
-    """One measured run, its own process: its JSON report and its peak RSS in MiB (from wait4)."""
-    argv = [binary, "generate", "--model", model, "--raw-prompt", text, "--max-tokens", "128",
-            "--temperature", "0", "--threads", threads, "--json", "--ignore-eos", "--backend", backend]
-    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = child.stdout.read(), child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"{backend} run failed:\n{err}")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
-
-
 results = {"flex": [], "ndarray": []}
 for _ in range(runs):
     for backend in results:
-        results[backend].append(measured(backend))
+        results[backend].append(run(text, backend, 128))
 size_mib = os.path.getsize(model) / (1 << 20)
 print(f"model {os.path.basename(model)} ({size_mib:.1f} MiB), {threads} threads, prompt {n} tokens, "
       f"128 decoded, median of {runs} alternating runs")
