@@ -3,6 +3,13 @@
 //!
 //! Where to find things:
 //! - [`gguf`]: the GGUF file format: a bounds-checked reader over mmap.
+//! - [`quant`]: GGUF block formats, dequantization, the SIMD dot kernels, matmul.
+//! - [`ops`]: our Burn backend-extension ops (quantized linear, norms, RoPE, KV store, attention).
+//! - [`attention`]: attention over the f16 KV cache, reference and vector paths.
+//! - [`model`]: architectures, their weights, the KV cache.
+//! - [`tokenizer`], [`chat_template`], [`sampling`], [`generate`]: text in, tokens out.
+//! - [`engine`]: a loaded model on its own threads behind a bounded queue.
+pub mod attention;
 pub mod chat_template;
 pub mod engine;
 pub mod generate;

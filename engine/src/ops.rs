@@ -52,13 +52,18 @@ pub trait EngineOps: Backend {
     ) -> FloatTensor<Self>;
     /// `silu(gate) × up`, element-wise.
     fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Writes `rows[s, kv_heads × head_dim]` into `cache` (a `U16` tensor of f16 bits,
+    /// `[kv_heads, capacity, head_dim]`) at positions `start..start + s`, in place when
+    /// the cache is not shared.
+    fn kv_store(cache: IntTensor<Self>, rows: FloatTensor<Self>, start: usize) -> IntTensor<Self>;
     /// Causal grouped-query attention of `q[s, heads × head_dim]` (rows at positions
-    /// `start..start + s`) over the first `start + s` entries of the caches
-    /// `[kv_heads, capacity, head_dim]`. Query head h reads kv head h / (heads / kv_heads).
+    /// `start..start + s`) over the first `start + s` entries of the f16 caches
+    /// `[kv_heads, capacity, head_dim]` (see [`EngineOps::kv_store`]). Query head h
+    /// reads kv head h / (heads / kv_heads).
     fn attention(
         q: FloatTensor<Self>,
-        k_cache: FloatTensor<Self>,
-        v_cache: FloatTensor<Self>,
+        k_cache: IntTensor<Self>,
+        v_cache: IntTensor<Self>,
         start: usize,
         heads: usize,
     ) -> FloatTensor<Self>;
@@ -76,6 +81,11 @@ pub trait HostTensor: TensorMetadata + Sized {
     fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R;
     /// Calls `f` with the bytes of a `U8` tensor (GGUF blocks) in order.
     fn with_u8<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R;
+    /// Calls `f` with the values of a `U16` tensor (f16 bits) in order.
+    fn with_u16<R>(&self, f: impl FnOnce(&[u16]) -> R) -> R;
+    /// Lets `f` change the values of a `U16` tensor in place (copied first only
+    /// if the storage is shared or not laid out contiguously).
+    fn update_u16(self, f: impl FnOnce(&mut [u16])) -> Self;
     fn from_f32(values: Vec<f32>, shape: impl Into<Shape>) -> Self;
 }
 
@@ -92,6 +102,23 @@ impl HostTensor for FlexTensor {
             Some((start, end)) => f(&self.storage::<u8>()[start..end]),
             None => f(self.to_contiguous().storage::<u8>()),
         }
+    }
+
+    fn with_u16<R>(&self, f: impl FnOnce(&[u16]) -> R) -> R {
+        match self.layout().contiguous_offsets() {
+            Some((start, end)) => f(&self.storage::<u16>()[start..end]),
+            None => f(self.to_contiguous().storage::<u16>()),
+        }
+    }
+
+    fn update_u16(self, f: impl FnOnce(&mut [u16])) -> Self {
+        let mut tensor = match self.layout().contiguous_offsets() {
+            Some(_) => self,
+            None => self.to_contiguous(),
+        };
+        let (start, end) = tensor.layout().contiguous_offsets().expect("made contiguous above");
+        f(&mut tensor.storage_mut::<u16>()[start..end]);
+        tensor
     }
 
     fn from_f32(values: Vec<f32>, shape: impl Into<Shape>) -> Self {
@@ -135,6 +162,33 @@ mod ndarray_host {
                 other => panic!(
                     "expected a u8 tensor, got {:?}",
                     burn::backend::TensorMetadata::dtype(other)
+                ),
+            }
+        }
+
+        fn with_u16<R>(&self, f: impl FnOnce(&[u16]) -> R) -> R {
+            match self {
+                NdArrayTensor::U16(storage) => with_slice!(storage, f),
+                other => panic!(
+                    "expected a u16 tensor, got {:?}",
+                    burn::backend::TensorMetadata::dtype(other)
+                ),
+            }
+        }
+
+        fn update_u16(self, f: impl FnOnce(&mut [u16])) -> Self {
+            match self {
+                NdArrayTensor::U16(mut storage) => {
+                    let array = storage.ensure_owned();
+                    if !array.is_standard_layout() {
+                        *array = array.as_standard_layout().into_owned().into_shared();
+                    }
+                    f(array.as_slice_mut().expect("standard layout"));
+                    NdArrayTensor::U16(storage)
+                }
+                other => panic!(
+                    "expected a u16 tensor, got {:?}",
+                    burn::backend::TensorMetadata::dtype(&other)
                 ),
             }
         }
@@ -228,6 +282,27 @@ mod host {
         T::from_f32(out, gate.shape())
     }
 
+    pub fn kv_store<T: HostTensor>(cache: T, rows: T, start: usize) -> T {
+        let shape = cache.shape();
+        let (kv_heads, capacity, head_dim) = (shape[0], shape[1], shape[2]);
+        rows.with_f32(|values| {
+            let width = kv_heads * head_dim;
+            let s = values.len() / width;
+            assert!(
+                start + s <= capacity,
+                "the cache is sized for the request before it runs"
+            );
+            cache.update_u16(|cache| {
+                for (position, row) in (start..).zip(values.chunks_exact(width)) {
+                    for (head, part) in row.chunks_exact(head_dim).enumerate() {
+                        let at = (head * capacity + position) * head_dim;
+                        crate::attention::store_f16(part, &mut cache[at..at + head_dim]);
+                    }
+                }
+            })
+        })
+    }
+
     pub fn attention<T: HostTensor>(q: T, k_cache: T, v_cache: T, start: usize, heads: usize) -> T {
         use rayon::prelude::*;
         let cache_shape = k_cache.shape();
@@ -235,8 +310,8 @@ mod host {
         let width = heads * head_dim;
         let group = heads / kv_heads;
         let (out, rows) = q.with_f32(|qs| {
-            k_cache.with_f32(|ks| {
-                v_cache.with_f32(|vs| {
+            k_cache.with_u16(|ks| {
+                v_cache.with_u16(|vs| {
                     let rows = qs.len() / width;
                     let mut out = vec![0f32; qs.len()];
                     // One task per (row, head): independent, and enough of them to fill the
@@ -249,7 +324,7 @@ mod host {
                             let keys = start + row + 1;
                             let cache = kv * capacity * head_dim..(kv + 1) * capacity * head_dim;
                             let q = &qs[row * width + head * head_dim..][..head_dim];
-                            super::attend_row(q, &ks[cache.clone()], &vs[cache], keys, out, scores);
+                            crate::attention::attend_row(q, &ks[cache.clone()], &vs[cache], keys, out, scores);
                         });
                     (out, rows)
                 })
@@ -283,6 +358,10 @@ macro_rules! host_engine_ops {
                 host::swiglu(gate, up)
             }
 
+            fn kv_store(cache: $tensor, rows: $tensor, start: usize) -> $tensor {
+                host::kv_store(cache, rows, start)
+            }
+
             fn attention(q: $tensor, k_cache: $tensor, v_cache: $tensor, start: usize, heads: usize) -> $tensor {
                 host::attention(q, k_cache, v_cache, start, heads)
             }
@@ -293,44 +372,6 @@ macro_rules! host_engine_ops {
 host_engine_ops!(burn::backend::Flex, FlexTensor);
 #[cfg(feature = "ndarray")]
 host_engine_ops!(burn::backend::NdArray, burn::backend::ndarray::NdArrayTensor);
-
-/// `Σ a[i]·b[i]` with eight independent accumulators, so the compiler vectorises it.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let chunks = a.len() / 8 * 8;
-    for (ca, cb) in a[..chunks].chunks_exact(8).zip(b[..chunks].chunks_exact(8)) {
-        for i in 0..8 {
-            acc[i] += ca[i] * cb[i];
-        }
-    }
-    let tail: f32 = a[chunks..].iter().zip(&b[chunks..]).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// One query row of one head: softmax(q·Kᵀ/√d) · V over `keys` cache rows.
-fn attend_row(q: &[f32], k: &[f32], v: &[f32], keys: usize, out: &mut [f32], scores: &mut Vec<f32>) {
-    let head_dim = q.len();
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    scores.clear();
-    scores.extend(
-        k[..keys * head_dim]
-            .chunks_exact(head_dim)
-            .map(|key| dot(q, key) * scale),
-    );
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut total = 0.0;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        total += *s;
-    }
-    out.fill(0.0);
-    for (p, value) in scores.iter().zip(v[..keys * head_dim].chunks_exact(head_dim)) {
-        let weight = p / total;
-        for (o, x) in out.iter_mut().zip(value) {
-            *o += weight * x;
-        }
-    }
-}
 
 type Dispatch = burn::backend::Dispatch;
 
@@ -373,7 +414,24 @@ pub fn rope(x: Tensor<2>, head_dim: usize, rotary_dim: usize, start: usize, thet
     ))
 }
 
-pub fn attention(q: Tensor<2>, k_cache: &Tensor<3>, v_cache: &Tensor<3>, start: usize, heads: usize) -> Tensor<2> {
+/// See [`EngineOps::kv_store`].
+pub fn kv_store(cache: &mut Tensor<3, Int>, rows: Tensor<2>, start: usize) {
+    cache.inplace(|c| {
+        Tensor::from_dispatch(<Dispatch as EngineOps>::kv_store(
+            c.into_dispatch(),
+            rows.into_dispatch(),
+            start,
+        ))
+    });
+}
+
+pub fn attention(
+    q: Tensor<2>,
+    k_cache: &Tensor<3, Int>,
+    v_cache: &Tensor<3, Int>,
+    start: usize,
+    heads: usize,
+) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as EngineOps>::attention(
         q.into_dispatch(),
         k_cache.clone().into_dispatch(),

@@ -180,10 +180,10 @@ fn the_kv_cache_is_kept_between_jobs_and_answers_do_not_change() {
     assert_eq!(wait(), long_alone);
     assert_eq!(wait(), short_alone);
     assert_eq!(wait(), long_alone);
-    // SmolLM2: 30 layers, keys and values of 3 heads × 64 dims in f32, for the
+    // SmolLM2: 30 layers, keys and values of 3 heads × 64 dims in f16, for the
     // long request's positions rounded up to the slot's step.
     let positions = (long.prompt_tokens.len() + 300).div_ceil(256) * 256;
-    assert_eq!(engine.kv_cache_bytes(), positions * 30 * 2 * 3 * 64 * 4);
+    assert_eq!(engine.kv_cache_bytes(), positions * 30 * 2 * 3 * 64 * 2);
 }
 
 fn request_for(model: &LocalModel, question: &str, max_tokens: usize) -> GenerationRequest {

@@ -159,9 +159,9 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
     // Local answers ran, so the engine holds a KV cache: 30 layers of keys and
-    // values, 3 heads x 64 dims in f32, for a whole number of 256-position steps.
+    // values, 3 heads x 64 dims in f16, for a whole number of 256-position steps.
     let kv = sample(&text, "switchyard_local_kv_cache_bytes");
-    let per_step = (256 * 30 * 2 * 3 * 64 * 4) as f64;
+    let per_step = (256 * 30 * 2 * 3 * 64 * 2) as f64;
     assert!(kv >= per_step && kv % per_step == 0.0, "KV cache bytes {kv}");
     assert!(
         !text.contains(DOUBLE_API_KEY) && !text.contains("Say hello"),

@@ -171,8 +171,7 @@ impl Llama {
             let v = layer.wv.forward(h);
             let q = ops::rope(q, c.head_dim, c.rotary_dim, start, c.rope_theta, RopeStyle::Interleaved);
             let k = ops::rope(k, c.head_dim, c.rotary_dim, start, c.rope_theta, RopeStyle::Interleaved);
-            let to_heads = |t: Tensor<2>| t.reshape([s, c.kv_heads, c.head_dim]).swap_dims(0, 1); // [kv_heads, s, hd]
-            cache.store(i, to_heads(k), to_heads(v));
+            cache.store(i, k, v);
             let (k_cache, v_cache) = cache.layer(i);
             let attended = ops::attention(q, k_cache, v_cache, start, c.heads); // [s, heads·hd]
             x = x + layer.wo.forward(attended);

@@ -84,26 +84,44 @@ impl Model {
     }
 
     /// Runs `tokens` at the cache's next positions; returns the logits of the last one.
+    ///
+    /// A long prompt runs in chunks of at most [`Model::PREFILL_CHUNK`] positions:
+    /// the activations of a chunk (about 30 KiB per position for SmolLM2, 15 MiB
+    /// for a 512-token prompt at once) are what a prefill holds on top of the
+    /// weights and the cache, and the matmuls are as fast on a chunk.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
-        match self {
-            Model::Llama(m) => m.forward(tokens, cache),
+        let mut logits = Vec::new();
+        for part in tokens.chunks(Self::PREFILL_CHUNK) {
+            logits = match self {
+                Model::Llama(m) => m.forward(part, cache),
+            };
         }
+        logits
     }
+
+    /// Positions a forward pass runs at once.
+    pub const PREFILL_CHUNK: usize = 128;
 }
 
-/// Keys and values of every layer for the positions run so far. It is sized
-/// before a request runs (prompt plus the longest answer it may get) and never
-/// grows during it; [`KvSlot`] keeps one from request to request.
+/// Keys and values of every layer for the positions run so far, in half
+/// precision (see [`crate::attention`]). It is sized before a request runs
+/// (prompt plus the longest answer it may get) and never grows during it;
+/// [`KvSlot`] keeps one from request to request.
 pub struct KvCache {
-    /// Per layer: keys and values, `[kv_heads, capacity, head_dim]`.
-    layers: Vec<(Tensor<3>, Tensor<3>)>,
+    /// Per layer: keys and values, `[kv_heads, capacity, head_dim]`, f16 bits in `U16` tensors.
+    layers: Vec<(Tensor<3, Int>, Tensor<3, Int>)>,
     len: usize,
     capacity: usize,
 }
 
 impl KvCache {
     fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize, device: &Device) -> KvCache {
-        let empty = || Tensor::<3>::zeros([kv_heads, capacity, head_dim], device);
+        let empty = || {
+            Tensor::<3, Int>::zeros(
+                [kv_heads, capacity, head_dim],
+                burn::tensor::TensorCreationOptions::new(device.clone()).with_dtype(burn::tensor::DType::U16),
+            )
+        };
         KvCache {
             layers: (0..layers).map(|_| (empty(), empty())).collect(),
             len: 0,
@@ -124,11 +142,11 @@ impl KvCache {
         self.capacity
     }
 
-    /// Memory held by the keys and values (f32), whatever is filled.
+    /// Memory held by the keys and values (two bytes each), whatever is filled.
     pub fn bytes(&self) -> usize {
         self.layers
             .iter()
-            .map(|(k, v)| (k.shape().num_elements() + v.shape().num_elements()) * std::mem::size_of::<f32>())
+            .map(|(k, v)| (k.shape().num_elements() + v.shape().num_elements()) * std::mem::size_of::<u16>())
             .sum()
     }
 
@@ -137,21 +155,19 @@ impl KvCache {
         self.len = 0;
     }
 
-    /// Writes `k` and `v` (`[kv_heads, s, head_dim]`) at positions `len..len + s` of `layer`.
-    fn store(&mut self, layer: usize, k: Tensor<3>, v: Tensor<3>) {
-        let [kv_heads, s, head_dim] = k.dims();
-        let range = self.len..self.len + s;
+    /// Writes `k` and `v` (`[s, kv_heads × head_dim]`) at positions `len..len + s` of `layer`.
+    fn store(&mut self, layer: usize, k: Tensor<2>, v: Tensor<2>) {
+        let [s, _] = k.dims();
         assert!(
-            range.end <= self.capacity,
+            self.len + s <= self.capacity,
             "the cache is sized for the request before it runs"
         );
         let (k_cache, v_cache) = &mut self.layers[layer];
-        // slice_assign is in place when the cache tensor is not shared.
-        k_cache.inplace(|c| c.slice_assign([0..kv_heads, range.clone(), 0..head_dim], k));
-        v_cache.inplace(|c| c.slice_assign([0..kv_heads, range, 0..head_dim], v));
+        crate::ops::kv_store(k_cache, k, self.len);
+        crate::ops::kv_store(v_cache, v, self.len);
     }
 
-    fn layer(&self, layer: usize) -> (&Tensor<3>, &Tensor<3>) {
+    fn layer(&self, layer: usize) -> (&Tensor<3, Int>, &Tensor<3, Int>) {
         let (k, v) = &self.layers[layer];
         (k, v)
     }

@@ -74,7 +74,12 @@ pub fn load_vector(file: &GgufFile, name: &str, len: usize, device: &Device) -> 
     }
     let format = QuantFormat::from_ggml_type(info.ggml_type.0)
         .ok_or_else(|| ModelError::Unsupported(format!("tensor {name:?} is {}", info.ggml_type)))?;
-    let matrix = crate::quant::QuantMatrix::new(format, 1, len, file.tensor_data(info))
+    // Read, not mapped: touching the mapping would fault in the pages around each
+    // small vector too, and keep them counted until the file is closed.
+    let data = file
+        .read_tensor(info)
+        .map_err(|err| ModelError::Malformed(format!("cannot read tensor {name:?}: {err}")))?;
+    let matrix = crate::quant::QuantMatrix::new(format, 1, len, &data)
         .map_err(|why| ModelError::Malformed(format!("{name}: {why}")))?;
     let mut values = vec![0f32; len];
     matrix.dequantize_row(0, &mut values);
