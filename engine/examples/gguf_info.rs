@@ -19,6 +19,10 @@ fn main() {
             Value::Array(items) if items.len() > 8 => {
                 println!("{key} = [{} items, first {:?}]", items.len(), &items[..3])
             }
+            Value::Strings(strings) if strings.len() > 8 => {
+                let first: Vec<&str> = strings.iter().take(3).collect();
+                println!("{key} = [{} strings, first {first:?}]", strings.len())
+            }
             Value::String(s) if s.len() > 200 => println!("{key} = {:?}... ({} chars)", &s[..200], s.len()),
             other => println!("{key} = {other:?}"),
         }

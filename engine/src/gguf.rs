@@ -110,7 +110,55 @@ pub enum Value {
     F64(f64),
     Bool(bool),
     String(String),
+    /// An array of anything but strings (arrays of arrays included).
     Array(Vec<Value>),
+    /// An array of strings, kept in one buffer: vocabularies and merge lists run to
+    /// hundreds of thousands of entries, which as separate `String`s would cost
+    /// several times their bytes.
+    Strings(Strings),
+}
+
+/// The strings of a GGUF string array, in order, in one buffer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Strings {
+    text: String,
+    /// `ends[i]`: where string `i` ends in `text` (it starts where `i - 1` ends).
+    ends: Vec<usize>,
+}
+
+impl Strings {
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        Some(&self.text[start..end])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        (0..self.len()).map(|i| self.get(i).expect("in range"))
+    }
+
+    pub fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+}
+
+impl<'a> FromIterator<&'a str> for Strings {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(items: I) -> Self {
+        let mut strings = Strings::default();
+        for s in items {
+            strings.push(s);
+        }
+        strings
+    }
 }
 
 impl Value {
@@ -163,9 +211,26 @@ impl Value {
         }
     }
 
+    /// The items of an array that is not of strings (see [`Value::as_strings`]).
     pub fn as_array(&self) -> Option<&[Value]> {
         match self {
             Value::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_strings(&self) -> Option<&Strings> {
+        match self {
+            Value::Strings(strings) => Some(strings),
+            _ => None,
+        }
+    }
+
+    /// The number of items of an array of any kind.
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            Value::Array(items) => Some(items.len()),
+            Value::Strings(strings) => Some(strings.len()),
             _ => None,
         }
     }
@@ -507,12 +572,16 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
+        self.str(what).map(std::borrow::Cow::into_owned)
+    }
+
+    fn str(&mut self, what: &str) -> Result<std::borrow::Cow<'a, str>, GgufError> {
         let len = self.u64(what)?;
         let len = usize::try_from(len).map_err(|_| GgufError::Corrupt(format!("{what}: length {len}")))?;
         let bytes = self.take(len, what)?;
         // Token strings of some converters hold invalid UTF-8 fragments; keep them
         // readable rather than refusing the whole model.
-        Ok(String::from_utf8_lossy(bytes).into_owned())
+        Ok(String::from_utf8_lossy(bytes))
     }
 
     fn value(&mut self, value_type: u32, key: &str, depth: usize) -> Result<Value, GgufError> {
@@ -546,11 +615,20 @@ impl<'a> Reader<'a> {
                         offset: self.data.len() as u64,
                     });
                 }
-                let mut items = Vec::with_capacity(len as usize);
-                for _ in 0..len {
-                    items.push(self.value(element_type, key, depth + 1)?);
+                if element_type == 8 {
+                    let mut strings = Strings::default();
+                    for _ in 0..len {
+                        strings.push(&self.str(&what)?);
+                    }
+                    strings.text.shrink_to_fit();
+                    Value::Strings(strings)
+                } else {
+                    let mut items = Vec::with_capacity(len as usize);
+                    for _ in 0..len {
+                        items.push(self.value(element_type, key, depth + 1)?);
+                    }
+                    Value::Array(items)
                 }
-                Value::Array(items)
             }
             10 => Value::U64(self.u64(&what)?),
             11 => Value::I64(i64::from_le_bytes(self.array(&what)?)),
@@ -643,7 +721,7 @@ pub(crate) mod writer {
             Value::F32(_) => 6,
             Value::Bool(_) => 7,
             Value::String(_) => 8,
-            Value::Array(_) => 9,
+            Value::Array(_) | Value::Strings(_) => 9,
             Value::U64(_) => 10,
             Value::I64(_) => 11,
             Value::F64(_) => 12,
@@ -667,6 +745,13 @@ pub(crate) mod writer {
             Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
             Value::Bool(v) => out.push(u8::from(*v)),
             Value::String(s) => write_string(out, s),
+            Value::Strings(strings) => {
+                out.extend_from_slice(&8u32.to_le_bytes());
+                out.extend_from_slice(&(strings.len() as u64).to_le_bytes());
+                for s in strings.iter() {
+                    write_string(out, s);
+                }
+            }
             Value::Array(items) => {
                 let element_type = items.first().map_or(8, type_id);
                 out.extend_from_slice(&element_type.to_le_bytes());
@@ -707,14 +792,10 @@ mod tests {
         let file = GgufFile::from_vec(sample()).unwrap();
         assert_eq!(file.get_str("general.architecture"), Some("llama"));
         assert_eq!(file.get_u64("llama.block_count"), Some(2));
-        assert_eq!(
-            file.metadata("tokenizer.ggml.tokens")
-                .unwrap()
-                .as_array()
-                .unwrap()
-                .len(),
-            2
-        );
+        let tokens = file.metadata("tokenizer.ggml.tokens").unwrap();
+        assert_eq!(tokens.array_len(), Some(2));
+        let strings: Vec<&str> = tokens.as_strings().unwrap().iter().collect();
+        assert_eq!(strings, ["a", "b"]);
         let w = file.tensor("w").unwrap();
         assert_eq!(
             (w.dims.clone(), w.ggml_type.name(), w.size_bytes),

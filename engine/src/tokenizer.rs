@@ -165,7 +165,7 @@ pub struct Tokenizer {
     /// Qwen) is made only if someone asks for it.
     literal_specials: OnceLock<tokenizers::Tokenizer>,
     /// id → the bytes it decodes to.
-    token_bytes: Vec<Box<[u8]>>,
+    token_bytes: TokenBytes,
     kinds: Vec<TokenKind>,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -341,20 +341,20 @@ impl Tokenizer {
         let vocab = inner.get_vocab(true);
         let vocab_size = vocab.values().max().map_or(0, |&max| max as usize + 1);
         let added = inner.get_added_tokens_decoder();
-        let mut token_bytes = Vec::with_capacity(vocab_size);
-        let mut kinds = Vec::with_capacity(vocab_size);
-        for id in 0..vocab_size as u32 {
-            token_bytes.push(
+        let token_bytes: TokenBytes = (0..vocab_size as u32)
+            .map(|id| {
                 inner
                     .id_to_token(id)
-                    .map_or_else(Default::default, |t| token_to_bytes(&t)),
-            );
-            kinds.push(match added.get(&id) {
+                    .map_or_else(Default::default, |t| token_to_bytes(&t))
+            })
+            .collect();
+        let kinds = (0..vocab_size as u32)
+            .map(|id| match added.get(&id) {
                 None => TokenKind::Normal,
                 Some(token) if token.special => TokenKind::Special,
                 Some(_) => TokenKind::UserDefined,
-            });
-        }
+            })
+            .collect();
 
         let config_token = |key: &str| -> Option<u32> {
             let value = config.as_ref()?.get(key)?;
@@ -454,11 +454,11 @@ impl Tokenizer {
 
     /// The bytes of one token (what it contributes to decoded text).
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
-        self.token_bytes.get(id as usize).map(|b| &b[..])
+        self.token_bytes.get(id)
     }
 
     fn bytes_for(&self, id: u32, skip_special: bool) -> &[u8] {
-        match self.token_bytes.get(id as usize) {
+        match self.token_bytes.get(id) {
             Some(_) if skip_special && self.is_special(id) => &[],
             Some(bytes) => bytes,
             None => &[],
@@ -638,15 +638,12 @@ fn token_to_bytes(token: &str) -> Box<[u8]> {
 }
 
 fn string_array<'f>(file: &'f GgufFile, key: &str) -> Result<Vec<&'f str>, TokenizerError> {
-    let items = file
+    let strings = file
         .metadata(key)
         .ok_or_else(|| error(format!("the GGUF file has no {key}")))?
-        .as_array()
-        .ok_or_else(|| error(format!("{key} is not an array")))?;
-    items
-        .iter()
-        .map(|v| v.as_str().ok_or_else(|| error(format!("{key} holds a non-string"))))
-        .collect()
+        .as_strings()
+        .ok_or_else(|| error(format!("{key} is not an array of strings")))?;
+    Ok(strings.iter().collect())
 }
 
 fn read_json_if_present(path: &Path) -> Result<Option<serde_json::Value>, TokenizerError> {
@@ -670,6 +667,45 @@ fn chat_template_from_config(value: &serde_json::Value) -> Option<String> {
             .and_then(|t| t.get("template")?.as_str())
             .map(str::to_string),
         _ => None,
+    }
+}
+
+/// Every token's bytes in one buffer: a vocabulary of 150,000 small allocations
+/// would cost several times the bytes themselves in allocator overhead.
+#[derive(Debug, Clone, Default)]
+struct TokenBytes {
+    bytes: Vec<u8>,
+    /// `ends[id]`: where token `id`'s bytes end in `bytes` (they start where `id - 1`'s end).
+    ends: Vec<u32>,
+}
+
+impl TokenBytes {
+    fn push(&mut self, token: impl AsRef<[u8]>) {
+        self.bytes.extend_from_slice(token.as_ref());
+        self.ends
+            .push(u32::try_from(self.bytes.len()).expect("a vocabulary under 4 GiB"));
+    }
+
+    fn get(&self, id: u32) -> Option<&[u8]> {
+        let id = id as usize;
+        let end = *self.ends.get(id)? as usize;
+        let start = if id == 0 { 0 } else { self.ends[id - 1] as usize };
+        Some(&self.bytes[start..end])
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+impl<T: AsRef<[u8]>> FromIterator<T> for TokenBytes {
+    fn from_iter<I: IntoIterator<Item = T>>(tokens: I) -> Self {
+        let mut table = TokenBytes::default();
+        for token in tokens {
+            table.push(token);
+        }
+        table.bytes.shrink_to_fit();
+        table
     }
 }
 

@@ -73,8 +73,7 @@ impl LlamaConfig {
         }
         let vocab_size = file
             .metadata("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map(<[_]>::len)
+            .and_then(|v| v.array_len())
             .or_else(|| file.get_u64(&key("vocab_size")).map(|v| v as usize))
             .ok_or_else(|| ModelError::Malformed("the vocabulary size is unknown".into()))?;
         Ok(LlamaConfig {
