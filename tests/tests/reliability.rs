@@ -385,6 +385,57 @@ fn truncating_policy(double: &CloudDouble, remote: &str, extra: &str) -> String 
 }
 
 #[tokio::test]
+async fn the_rungs_of_a_climb_share_one_wait_for_a_turn() {
+    let double = CloudDouble::start();
+    let wait = Duration::from_millis(3000);
+    let text = truncating_policy(&double, "echo", "privacy:\n  detectors: [email]\n").replace(
+        "queue_capacity: 1\n",
+        &format!("queue_capacity: 8\n      max_queue_wait_ms: {}\n", wait.as_millis()),
+    );
+    let daemon = start(&text);
+    let long = |max_tokens: u64| {
+        let mut body = ask("smollm2", "Write a long story about a dragon.");
+        body["max_tokens"] = json!(max_tokens);
+        let url = daemon.url("/v1/chat/completions");
+        tokio::spawn(async move { http_client().post(url).json(&body).send().await.unwrap().status() })
+    };
+    // The first long answer holds the engine while the private request waits
+    // for its first rung; the second is queued behind it, so the private
+    // request's second rung (its answer, cut at 2 tokens, is weak) waits again.
+    let first = long(200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut private = ask("auto", "Write to jane.doe@example.com about the meeting.");
+    // No client limit: the policy's 2 tokens cut the answer, which makes it weak.
+    private.as_object_mut().unwrap().remove("max_tokens");
+    let asked = Instant::now();
+    let climb = tokio::spawn({
+        let daemon_url = daemon.url("/v1/chat/completions");
+        async move {
+            let response = http_client().post(daemon_url).json(&private).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = long(400);
+    let (status, body) = climb.await.unwrap();
+    let took = asked.elapsed();
+    assert_eq!(status, 429, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("counting the"),
+        "the second rung had what the first left: {message}"
+    );
+    // Both waits together stay within one bound (plus a 2-token answer); one
+    // bound per rung would add the first rung's wait, over a second here.
+    assert!(took < wait + Duration::from_millis(1000), "took {took:?}");
+    assert_eq!(
+        (first.await.unwrap().as_u16(), second.await.unwrap().as_u16()),
+        (200, 200)
+    );
+    assert_eq!(double.calls("echo"), 0, "nothing private went out");
+}
+
+#[tokio::test]
 async fn a_weak_local_answer_climbs_the_ladder_streamed_and_not() {
     let double = CloudDouble::start();
     let daemon = start(&truncating_policy(&double, "echo", ""));

@@ -128,6 +128,40 @@ fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceiver<Update>, 
     (job, updates, started)
 }
 
+/// What a request may still wait for a turn: the backend's `max_queue_wait_ms`,
+/// or what is left of it when the rungs of one request's ladder share it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueWait {
+    pub bound: Duration,
+    pub left: Duration,
+}
+
+impl QueueWait {
+    pub fn whole(bound: Duration) -> QueueWait {
+        QueueWait { bound, left: bound }
+    }
+
+    /// After waiting `waited` of it.
+    pub fn spend(self, waited: Duration) -> QueueWait {
+        QueueWait {
+            left: self.left.saturating_sub(waited),
+            ..self
+        }
+    }
+
+    fn describe(self) -> String {
+        if self.left == self.bound {
+            format!("no turn within {} ms", self.bound.as_millis())
+        } else {
+            format!(
+                "no turn within {} ms, counting the {} ms this request already waited for an earlier answer",
+                self.bound.as_millis(),
+                (self.bound - self.left).as_millis()
+            )
+        }
+    }
+}
+
 fn busy(backend: &str, detail: String) -> ApiError {
     ApiError::LocalBusy {
         backend: backend.to_string(),
@@ -295,6 +329,9 @@ impl Driver {
 /// A local answer being generated.
 pub struct Generation {
     pub pieces: mpsc::UnboundedReceiver<Piece>,
+    /// How long the request waited in the queue for its turn (measured when the
+    /// wait is bounded; zero otherwise).
+    pub queued: Duration,
     completion: Completion,
     tokenizer: Arc<Tokenizer>,
     stream: bool,
@@ -568,6 +605,23 @@ impl LocalBackend {
     /// answers with its reasoning in view; the reasoning comes back as
     /// `reasoning_content`, never in `content`.
     pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, ApiError> {
+        self.generate_within(request, request_id, self.max_queue_wait.map(QueueWait::whole))
+            .await
+    }
+
+    /// The backend's `max_queue_wait_ms`, if it has one.
+    pub fn max_queue_wait(&self) -> Option<Duration> {
+        self.max_queue_wait
+    }
+
+    /// As [`LocalBackend::generate`], waiting for a turn at most `wait` (what is
+    /// left of a budget several calls share) instead of the backend's own bound.
+    pub async fn generate_within(
+        &self,
+        request: &ChatRequest,
+        request_id: &str,
+        wait: Option<QueueWait>,
+    ) -> Result<Generation, ApiError> {
         let engine = self.engine()?.clone();
         let plan = self.prepare(&engine, request)?;
         let (sender, pieces) = mpsc::unbounded_channel();
@@ -586,12 +640,14 @@ impl LocalBackend {
             prompt_tokens,
             "local generation queued"
         );
-        if let Some(limit) = self.max_queue_wait
-            && tokio::time::timeout(limit, started).await.is_err()
+        let queued_at = Instant::now();
+        if let Some(wait) = wait
+            && tokio::time::timeout(wait.left, started).await.is_err()
         {
             // Dropping `first` makes the engine skip the job when its turn comes.
-            return Err(busy(&self.name, format!("no turn within {} ms", limit.as_millis())));
+            return Err(busy(&self.name, wait.describe()));
         }
+        let queued = queued_at.elapsed();
         // Wait for the first event before answering, so that a request the
         // engine refuses still gets a proper status instead of a broken stream.
         let head = match first.recv().await {
@@ -609,6 +665,7 @@ impl LocalBackend {
         tokio::spawn(driver.run(head, first, reasoning.is_some()));
         Ok(Generation {
             pieces,
+            queued,
             completion: Completion {
                 id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
                 created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),

@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use confidence::{Signals, Weakness};
 
-use crate::backends::local::{Generation, Piece};
+use crate::backends::local::{Generation, Piece, QueueWait};
 use crate::backends::remote::is_transient;
 use crate::backends::{Backend, ChatReply};
 use crate::openai::error::ApiError;
@@ -171,11 +171,17 @@ async fn climb(
     let can_go_remote = !decision.fallbacks.remotes.is_empty();
     let mut tier = start;
     let mut escalated = None;
+    // One wait for a turn for the whole climb: each rung queues again, and
+    // a request must not wait `max_queue_wait_ms` once per rung.
+    let mut wait = local.max_queue_wait().map(QueueWait::whole);
     loop {
         let mut shaped = request.clone();
         routing::prepare_for_tier(&mut shaped, tier);
-        let mut generation = match local.generate(&shaped, request_id).await {
-            Ok(generation) => generation,
+        let mut generation = match local.generate_within(&shaped, request_id, wait).await {
+            Ok(generation) => {
+                wait = wait.map(|w| w.spend(generation.queued));
+                generation
+            }
             Err(ApiError::LocalBusy { .. }) if can_go_remote => {
                 let mut answer = spill(decision, request, request_id, deadline).await?;
                 answer.escalated = escalated;
