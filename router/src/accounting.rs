@@ -183,7 +183,11 @@ impl RequestRecord {
             backend = self.backend,
             reason = self.reason,
             status = self.status,
-            outcome = if self.status == CLIENT_CLOSED { "client_disconnected" } else { "answered" },
+            outcome = match self.status {
+                CLIENT_CLOSED => "client_disconnected",
+                status if status >= 400 => "error",
+                _ => "answered",
+            },
             prompt_tokens = usage.prompt_tokens,
             completion_tokens = usage.completion_tokens,
             cost_usd = cost,

@@ -236,6 +236,16 @@ async fn a_completion_cut_mid_way_is_502() {
         "upstream_unreachable",
     )
     .await;
+    // Logged as an error, not as an answer.
+    let log = daemon.log();
+    let finished = log
+        .lines()
+        .find(|l| l.contains("request finished"))
+        .expect("a finished line");
+    assert!(
+        finished.contains("status=502") && finished.contains("outcome=\"error\""),
+        "{finished}"
+    );
 }
 
 #[tokio::test]
