@@ -25,10 +25,50 @@ pub fn binary() -> PathBuf {
     let bin = target.join("debug/switchyard");
     assert!(
         bin.exists(),
-        "{} is missing: run `cargo build --bins` first (tests/run.sh does)",
+        "{} is missing: run `cargo build --workspace --bins` first (tests/run.sh does)",
         bin.display()
     );
+    // `cargo test` builds the tests, not the daemon: a binary older than the
+    // code it is built from would test yesterday's daemon.
+    static STALE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let stale = STALE.get_or_init(|| {
+        let built = std::fs::metadata(&bin).and_then(|m| m.modified()).ok()?;
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        // What cargo rebuilds the binary for: sources, manifests, the embedded assets.
+        [
+            "router/src",
+            "router/assets",
+            "router/Cargo.toml",
+            "engine/src",
+            "engine/Cargo.toml",
+        ]
+        .iter()
+        .flat_map(|part| newer_than(&root.join(part), built))
+        .next()
+    });
+    if let Some(source) = stale {
+        panic!(
+            "{} is older than {}: run `cargo build --workspace --bins` first (tests/run.sh does)",
+            bin.display(),
+            source.display()
+        );
+    }
     bin
+}
+
+/// `path`, or the files under it, if changed after `time`.
+fn newer_than(path: &std::path::Path, time: std::time::SystemTime) -> Vec<PathBuf> {
+    match std::fs::read_dir(path) {
+        Ok(entries) => entries.flatten().flat_map(|e| newer_than(&e.path(), time)).collect(),
+        Err(_)
+            if std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m > time) =>
+        {
+            vec![path.to_path_buf()]
+        }
+        Err(_) => Vec::new(),
+    }
 }
 
 /// A fresh directory for one test's files.
