@@ -22,6 +22,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
+use crate::packed::Packed;
+
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Far above any real model (Llama-405B has ~1.1k tensors); bounds a corrupt count.
@@ -120,44 +122,28 @@ pub enum Value {
 
 /// The strings of a GGUF string array, in order, in one buffer.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Strings {
-    text: String,
-    /// `ends[i]`: where string `i` ends in `text` (it starts where `i - 1` ends).
-    ends: Vec<usize>,
-}
+pub struct Strings(Packed);
 
 impl Strings {
     pub fn len(&self) -> usize {
-        self.ends.len()
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.0.is_empty()
     }
 
     pub fn get(&self, i: usize) -> Option<&str> {
-        let end = *self.ends.get(i)?;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        Some(&self.text[start..end])
+        let bytes = self.0.get(i)?;
+        Some(std::str::from_utf8(bytes).expect("only strings are pushed"))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         (0..self.len()).map(|i| self.get(i).expect("in range"))
     }
 
-    pub fn push(&mut self, s: &str) {
-        self.text.push_str(s);
-        self.ends.push(self.text.len());
-    }
-}
-
-impl<'a> FromIterator<&'a str> for Strings {
-    fn from_iter<I: IntoIterator<Item = &'a str>>(items: I) -> Self {
-        let mut strings = Strings::default();
-        for s in items {
-            strings.push(s);
-        }
-        strings
+    fn push(&mut self, s: &str) {
+        self.0.push(s.as_bytes());
     }
 }
 
@@ -620,7 +606,7 @@ impl<'a> Reader<'a> {
                     for _ in 0..len {
                         strings.push(&self.str(&what)?);
                     }
-                    strings.text.shrink_to_fit();
+                    strings.0.shrink_to_fit();
                     Value::Strings(strings)
                 } else {
                     let mut items = Vec::with_capacity(len as usize);

@@ -8,6 +8,7 @@
 //! - [`attention`]: attention over the f16 KV cache, reference and vector paths.
 //! - [`model`]: architectures, their weights, the KV cache.
 //! - [`tokenizer`], [`chat_template`], [`sampling`], [`generate`]: text in, tokens out.
+//! - [`packed`]: many short byte strings in one buffer (vocabularies, merge lists).
 //! - [`engine`]: a loaded model on its own threads behind a bounded queue.
 pub mod attention;
 pub mod chat_template;
@@ -16,6 +17,7 @@ pub mod generate;
 pub mod gguf;
 pub mod model;
 pub mod ops;
+pub mod packed;
 pub mod quant;
 pub mod sampling;
 pub mod tokenizer;

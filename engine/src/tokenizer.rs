@@ -34,6 +34,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::gguf::GgufFile;
+use crate::packed::Packed;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizerError(pub String);
@@ -165,7 +166,7 @@ pub struct Tokenizer {
     /// Qwen) is made only if someone asks for it.
     literal_specials: OnceLock<tokenizers::Tokenizer>,
     /// id → the bytes it decodes to.
-    token_bytes: TokenBytes,
+    token_bytes: Packed,
     kinds: Vec<TokenKind>,
     bos: Option<u32>,
     eos: Option<u32>,
@@ -341,7 +342,7 @@ impl Tokenizer {
         let vocab = inner.get_vocab(true);
         let vocab_size = vocab.values().max().map_or(0, |&max| max as usize + 1);
         let added = inner.get_added_tokens_decoder();
-        let token_bytes: TokenBytes = (0..vocab_size as u32)
+        let token_bytes: Packed = (0..vocab_size as u32)
             .map(|id| {
                 inner
                     .id_to_token(id)
@@ -454,11 +455,11 @@ impl Tokenizer {
 
     /// The bytes of one token (what it contributes to decoded text).
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
-        self.token_bytes.get(id)
+        self.token_bytes.get(id as usize)
     }
 
     fn bytes_for(&self, id: u32, skip_special: bool) -> &[u8] {
-        match self.token_bytes.get(id) {
+        match self.token_bytes.get(id as usize) {
             Some(_) if skip_special && self.is_special(id) => &[],
             Some(bytes) => bytes,
             None => &[],
@@ -667,45 +668,6 @@ fn chat_template_from_config(value: &serde_json::Value) -> Option<String> {
             .and_then(|t| t.get("template")?.as_str())
             .map(str::to_string),
         _ => None,
-    }
-}
-
-/// Every token's bytes in one buffer: a vocabulary of 150,000 small allocations
-/// would cost several times the bytes themselves in allocator overhead.
-#[derive(Debug, Clone, Default)]
-struct TokenBytes {
-    bytes: Vec<u8>,
-    /// `ends[id]`: where token `id`'s bytes end in `bytes` (they start where `id - 1`'s end).
-    ends: Vec<u32>,
-}
-
-impl TokenBytes {
-    fn push(&mut self, token: impl AsRef<[u8]>) {
-        self.bytes.extend_from_slice(token.as_ref());
-        self.ends
-            .push(u32::try_from(self.bytes.len()).expect("a vocabulary under 4 GiB"));
-    }
-
-    fn get(&self, id: u32) -> Option<&[u8]> {
-        let id = id as usize;
-        let end = *self.ends.get(id)? as usize;
-        let start = if id == 0 { 0 } else { self.ends[id - 1] as usize };
-        Some(&self.bytes[start..end])
-    }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
-}
-
-impl<T: AsRef<[u8]>> FromIterator<T> for TokenBytes {
-    fn from_iter<I: IntoIterator<Item = T>>(tokens: I) -> Self {
-        let mut table = TokenBytes::default();
-        for token in tokens {
-            table.push(token);
-        }
-        table.bytes.shrink_to_fit();
-        table
     }
 }
 
