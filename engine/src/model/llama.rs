@@ -157,8 +157,9 @@ impl Llama {
         })
     }
 
-    /// Runs `tokens` at positions `cache.len()..`; returns the last position's logits.
-    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+    /// Runs `tokens` at positions `cache.len()..`; returns the last position's
+    /// hidden state `[1, d]` (see [`Llama::logits`]).
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
         let c = &self.config;
         let start = cache.len();
         let s = tokens.len();
@@ -180,8 +181,12 @@ impl Llama {
             x = x + layer.down.forward(gated);
         }
         cache.advance(s);
-        let last = x.slice([s - 1..s, 0..c.embedding_length]);
-        let h = ops::rms_norm(last, &self.output_norm, c.rms_eps);
+        x.slice([s - 1..s, 0..c.embedding_length])
+    }
+
+    /// The next-token logits of a hidden state [`Llama::forward`] returned.
+    pub fn logits(&self, hidden: Tensor<2>) -> Vec<f32> {
+        let h = ops::rms_norm(hidden, &self.output_norm, self.config.rms_eps);
         let logits = self.output.as_ref().unwrap_or(&self.embedding).forward(h);
         logits.into_data().try_into_vec::<f32>().expect("logits are f32")
     }

@@ -88,15 +88,19 @@ impl Model {
     /// A long prompt runs in chunks of at most [`Model::PREFILL_CHUNK`] positions:
     /// the activations of a chunk (about 30 KiB per position for SmolLM2, 15 MiB
     /// for a 512-token prompt at once) are what a prefill holds on top of the
-    /// weights and the cache, and the matmuls are as fast on a chunk.
+    /// weights and the cache, and the matmuls are as fast on a chunk. The output
+    /// head runs once, on the last chunk's last position.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
-        let mut logits = Vec::new();
-        for part in tokens.chunks(Self::PREFILL_CHUNK) {
-            logits = match self {
-                Model::Llama(m) => m.forward(part, cache),
-            };
+        assert!(!tokens.is_empty(), "a forward pass runs at least one token");
+        match self {
+            Model::Llama(m) => {
+                let mut last = None;
+                for part in tokens.chunks(Self::PREFILL_CHUNK) {
+                    last = Some(m.forward(part, cache));
+                }
+                m.logits(last.expect("at least one chunk"))
+            }
         }
-        logits
     }
 
     /// Positions a forward pass runs at once.
@@ -157,11 +161,7 @@ impl KvCache {
 
     /// Writes `k` and `v` (`[s, kv_heads × head_dim]`) at positions `len..len + s` of `layer`.
     fn store(&mut self, layer: usize, k: Tensor<2>, v: Tensor<2>) {
-        let [s, _] = k.dims();
-        assert!(
-            self.len + s <= self.capacity,
-            "the cache is sized for the request before it runs"
-        );
+        // `kv_store` checks that the rows fit.
         let (k_cache, v_cache) = &mut self.layers[layer];
         crate::ops::kv_store(k_cache, k, self.len);
         crate::ops::kv_store(v_cache, v, self.len);
