@@ -89,26 +89,28 @@ pub trait HostTensor: TensorMetadata + Sized {
     fn from_f32(values: Vec<f32>, shape: impl Into<Shape>) -> Self;
 }
 
+/// Calls `$f` with the `$elem` values of a Flex tensor in row-major order,
+/// borrowed when they are laid out contiguously, else copied once.
+macro_rules! flex_slice {
+    ($tensor:expr, $elem:ty, $f:expr) => {
+        match $tensor.layout().contiguous_offsets() {
+            Some((start, end)) => $f(&$tensor.storage::<$elem>()[start..end]),
+            None => $f($tensor.to_contiguous().storage::<$elem>()),
+        }
+    };
+}
+
 impl HostTensor for FlexTensor {
     fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
-        match self.layout().contiguous_offsets() {
-            Some((start, end)) => f(&self.storage::<f32>()[start..end]),
-            None => f(self.to_contiguous().storage::<f32>()),
-        }
+        flex_slice!(self, f32, f)
     }
 
     fn with_u8<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
-        match self.layout().contiguous_offsets() {
-            Some((start, end)) => f(&self.storage::<u8>()[start..end]),
-            None => f(self.to_contiguous().storage::<u8>()),
-        }
+        flex_slice!(self, u8, f)
     }
 
     fn with_u16<R>(&self, f: impl FnOnce(&[u16]) -> R) -> R {
-        match self.layout().contiguous_offsets() {
-            Some((start, end)) => f(&self.storage::<u16>()[start..end]),
-            None => f(self.to_contiguous().storage::<u16>()),
-        }
+        flex_slice!(self, u16, f)
     }
 
     fn update_u16(self, f: impl FnOnce(&mut [u16])) -> Self {
@@ -145,34 +147,33 @@ mod ndarray_host {
         }};
     }
 
+    /// Our ops are only ever given tensors of the dtypes they are written for.
+    fn wrong_dtype(expected: &str, tensor: &NdArrayTensor) -> ! {
+        panic!(
+            "expected {expected} tensor, got {:?}",
+            burn::backend::TensorMetadata::dtype(tensor)
+        )
+    }
+
     impl HostTensor for NdArrayTensor {
         fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
             match self {
                 NdArrayTensor::F32(storage) => with_slice!(storage, f),
-                other => panic!(
-                    "expected an f32 tensor, got {:?}",
-                    burn::backend::TensorMetadata::dtype(other)
-                ),
+                other => wrong_dtype("an f32", other),
             }
         }
 
         fn with_u8<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
             match self {
                 NdArrayTensor::U8(storage) => with_slice!(storage, f),
-                other => panic!(
-                    "expected a u8 tensor, got {:?}",
-                    burn::backend::TensorMetadata::dtype(other)
-                ),
+                other => wrong_dtype("a u8", other),
             }
         }
 
         fn with_u16<R>(&self, f: impl FnOnce(&[u16]) -> R) -> R {
             match self {
                 NdArrayTensor::U16(storage) => with_slice!(storage, f),
-                other => panic!(
-                    "expected a u16 tensor, got {:?}",
-                    burn::backend::TensorMetadata::dtype(other)
-                ),
+                other => wrong_dtype("a u16", other),
             }
         }
 
@@ -186,10 +187,7 @@ mod ndarray_host {
                     f(array.as_slice_mut().expect("standard layout"));
                     NdArrayTensor::U16(storage)
                 }
-                other => panic!(
-                    "expected a u16 tensor, got {:?}",
-                    burn::backend::TensorMetadata::dtype(&other)
-                ),
+                other => wrong_dtype("a u16", &other),
             }
         }
 
