@@ -1030,25 +1030,26 @@ routing:
         assert!(found[0].message.contains("credentials"), "{found:?}");
     }
 
+    /// MINIMAL with a local backend `small` whose last line is `setting`.
+    fn with_local(setting: &str) -> String {
+        let local = format!("  local:\n    - name: small\n      model_path: m.gguf\n      {setting}\n");
+        MINIMAL.replace("  remote:\n", &format!("{local}  remote:\n"))
+    }
+
     #[test]
     fn sampling_defaults_are_checked_like_request_parameters() {
-        let local = "  local:\n    - name: small\n      model_path: m.gguf\n      sampling: { temperature: 3.0 }\n";
-        let text = MINIMAL.replace("  remote:\n", &format!("{local}  remote:\n"));
-        let found = problems(&text);
+        let found = problems(&with_local("sampling: { temperature: 3.0 }"));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].message.contains("temperature"), "{found:?}");
     }
 
     #[test]
     fn a_zero_queue_wait_is_a_located_problem() {
-        let local = "  local:\n    - name: small\n      model_path: m.gguf\n      max_queue_wait_ms: 0\n";
-        let text = MINIMAL.replace("  remote:\n", &format!("{local}  remote:\n"));
-        let found = problems(&text);
+        let found = problems(&with_local("max_queue_wait_ms: 0"));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].message.contains("max_queue_wait_ms"), "{found:?}");
         assert_eq!((found[0].line, found[0].column), (5, 26), "{found:?}");
-        let fine = MINIMAL.replace("  remote:\n", &format!("{}  remote:\n", local.replace(": 0", ": 2000")));
-        assert_eq!(problems(&fine), Vec::new());
+        assert_eq!(problems(&with_local("max_queue_wait_ms: 2000")), Vec::new());
     }
 
     #[test]
