@@ -46,6 +46,29 @@ fn ask(model: &str, content: &str) -> Value {
     json!({ "model": model, "max_tokens": 8, "temperature": 0, "messages": [{ "role": "user", "content": content }] })
 }
 
+/// A long streamed answer from the local model, asked for by name (not
+/// routed), in the background: it holds the engine, from its turn until the
+/// returned sender fires or is dropped, when its client leaves (which ends the
+/// generation at the next token). The task gives its status.
+fn hold_engine(daemon: &Daemon) -> (tokio::task::JoinHandle<u16>, tokio::sync::oneshot::Sender<()>) {
+    let mut body = ask("smollm2", "Write a long story about a dragon.");
+    body["max_tokens"] = json!(900);
+    body["stream"] = json!(true);
+    let url = daemon.url("/v1/chat/completions");
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let response = http_client().post(url).json(&body).send().await.unwrap();
+        let status = response.status().as_u16();
+        let mut stream = response.bytes_stream();
+        tokio::select! {
+            _ = released => {}
+            _ = async { while stream.next().await.is_some() {} } => {}
+        }
+        status
+    });
+    (task, release)
+}
+
 fn with_tools(mut body: Value) -> Value {
     body["tools"] = json!([{ "type": "function", "function": { "name": "lookup", "parameters": {} } }]);
     body
@@ -311,12 +334,7 @@ async fn a_request_that_finds_no_turn_in_time_goes_remote_when_allowed_else_429(
     ) + "privacy:\n  detectors: [email]\n";
     let daemon = start(&text);
     // A long answer holds the engine; the queue has room, so only the wait bounds the others.
-    let mut long = ask("smollm2", "Write a long story about a dragon.");
-    long["max_tokens"] = json!(300);
-    let long = tokio::spawn({
-        let url = daemon.url("/v1/chat/completions");
-        async move { http_client().post(url).json(&long).send().await.unwrap().status() }
-    });
+    let (long, release) = hold_engine(&daemon);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let r = send(&daemon, &ask("auto", "Say hello."), &[]).await;
@@ -333,6 +351,7 @@ async fn a_request_that_finds_no_turn_in_time_goes_remote_when_allowed_else_429(
     let message = r.body["error"]["message"].as_str().unwrap();
     assert!(message.contains("no turn within 300 ms"), "{message}");
     assert!(!long.is_finished(), "neither waited for the long answer");
+    drop(release);
     assert_eq!(long.await.unwrap(), 200);
     assert_eq!(double.calls("echo"), 1, "nothing private went out");
 }
@@ -393,45 +412,39 @@ async fn the_rungs_of_a_climb_share_one_wait_for_a_turn() {
         &format!("queue_capacity: 8\n      max_queue_wait_ms: {}\n", wait.as_millis()),
     );
     let daemon = start(&text);
-    let long = |max_tokens: u64| {
-        let mut body = ask("smollm2", "Write a long story about a dragon.");
-        body["max_tokens"] = json!(max_tokens);
-        let url = daemon.url("/v1/chat/completions");
-        tokio::spawn(async move { http_client().post(url).json(&body).send().await.unwrap().status() })
-    };
     // The first long answer holds the engine while the private request waits
-    // for its first rung; the second is queued behind it, so the private
+    // for its first rung, until its client leaves 1.5 s in; the second, queued
+    // behind the private request, then holds the engine while the private
     // request's second rung (its answer, cut at 2 tokens, is weak) waits again.
-    let first = long(200);
+    let (first, release_first) = hold_engine(&daemon);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut private = ask("auto", "Write to jane.doe@example.com about the meeting.");
     // No client limit: the policy's 2 tokens cut the answer, which makes it weak.
     private.as_object_mut().unwrap().remove("max_tokens");
     let asked = Instant::now();
-    let climb = tokio::spawn({
-        let daemon_url = daemon.url("/v1/chat/completions");
-        async move {
-            let response = http_client().post(daemon_url).json(&private).send().await.unwrap();
-            (response.status().as_u16(), response.json::<Value>().await.unwrap())
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let second = long(400);
-    let (status, body) = climb.await.unwrap();
-    let took = asked.elapsed();
-    assert_eq!(status, 429, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
+    let climb = async {
+        let r = send(&daemon, &private, &[]).await;
+        (r, asked.elapsed())
+    };
+    let others = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = hold_engine(&daemon);
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        release_first.send(()).unwrap();
+        second
+    };
+    let ((r, took), (second, release_second)) = tokio::join!(climb, others);
+    assert_eq!(r.status, 429, "{}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap();
     assert!(
         message.contains("counting the"),
         "the second rung had what the first left: {message}"
     );
     // Both waits together stay within one bound (plus a 2-token answer); one
-    // bound per rung would add the first rung's wait, over a second here.
+    // bound per rung would add the first rung's 1.5 s.
     assert!(took < wait + Duration::from_millis(1000), "took {took:?}");
-    assert_eq!(
-        (first.await.unwrap().as_u16(), second.await.unwrap().as_u16()),
-        (200, 200)
-    );
+    drop(release_second);
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (200, 200));
     assert_eq!(double.calls("echo"), 0, "nothing private went out");
 }
 
