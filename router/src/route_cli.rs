@@ -310,7 +310,14 @@ fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
     let request = request_for(prompt)?;
     let text = text_for_scoring(&request);
     let features = Features::extract(&request, &text);
-    let score = DifficultyModel::embedded().score(&features, &text);
+    let model = DifficultyModel::embedded();
+    let heads = model.heads(&features, &text);
+    let score = model.score_of(&heads);
+    // The score's two halves: the calibrated chances that each model answers well.
+    let (strong, weak) = match model.kind() {
+        Kind::Paired => model.calibrated(heads[0], heads[1]),
+        Kind::TfIdf => (f32::NAN, f32::NAN),
+    };
     let sessions = Sessions::new(std::time::Duration::from_secs(1), 1);
     let facts = RequestFacts {
         caller: &Caller::Anonymous,
@@ -327,7 +334,13 @@ fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
         }),
         Err(err) => json!({ "refused": err.to_json()["error"] }),
     };
-    let out = json!({ "features": features, "score": score, "decision": explanation });
+    let out = json!({
+        "features": features,
+        "chance_strong_answers_well": strong,
+        "chance_weak_answers_well": weak,
+        "score": score,
+        "decision": explanation,
+    });
     println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
     Ok(())
 }

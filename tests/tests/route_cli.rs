@@ -41,8 +41,8 @@ fn route_eval_on_the_held_out_quarter_keeps_the_reported_figures() {
     let (baseline, _) = figures(&out, "TF-IDF");
     let (random, random_cpt80) = figures(&out, "random");
     let (oracle, _) = figures(&out, "oracle");
-    // Measured: 0.637 / 0.649 (README). A regressed artifact fails here.
-    assert!(ours >= 0.63 && ours_cpt80 <= 0.66, "{out}");
+    // Measured: 0.664 / 0.582 (README). A regressed artifact fails here.
+    assert!(ours >= 0.655 && ours_cpt80 <= 0.60, "{out}");
     assert!(ours > baseline + 0.02 && baseline > random, "{out}");
     assert!(
         (random - 0.5).abs() < 0.02 && (random_cpt80 - 0.8).abs() < 0.03,

@@ -27,6 +27,10 @@ pub struct Example {
     /// The strong and the weak model's labels, for APGR/CPT.
     pub strong: f64,
     pub weak: f64,
+    /// Whether the strong label is a remote-class model's (a row's own named
+    /// pair, GPT-4 in RouterBench); RouterDC's pairs are two 7B-8B models,
+    /// whose stronger one says little about a frontier model.
+    pub frontier: bool,
 }
 
 /// The held-out part of `routellm_mmlu`: a quarter, by prompt hash.
@@ -47,22 +51,28 @@ pub fn question_key(prompt: &str) -> String {
         .collect()
 }
 
-/// The strong and weak models compared for a row: its own `strong`/`weak`,
-/// or the pair chosen for its source (RouterBench: GPT-4 vs Mixtral, as
-/// RouteLLM; RouterDC: the best vs the weakest of its 7B-8B models).
-fn pair(row: &Value) -> Option<(f64, f64)> {
+/// The strong and weak models compared for a row, and whether the strong one
+/// is a frontier model: the row's own `strong`/`weak`, or the pair chosen for
+/// its source (RouterBench: GPT-4 vs Mixtral, as RouteLLM; RouterDC: the best
+/// vs the weakest of its 7B-8B models).
+fn pair(row: &Value) -> Option<(f64, f64, bool)> {
     let labels = &row["labels"];
     let label = |model: &str| labels[model].as_f64().filter(|v| v.is_finite());
     if let (Some(strong), Some(weak)) = (row["strong"].as_str(), row["weak"].as_str()) {
-        return Some((label(strong)?, label(weak)?));
+        return Some((label(strong)?, label(weak)?, true));
     }
     let source = row["source"].as_str()?;
     if source.starts_with("routerbench") {
-        Some((label("gpt-4-1106-preview")?, label("mistralai/mixtral-8x7b-chat")?))
+        Some((
+            label("gpt-4-1106-preview")?,
+            label("mistralai/mixtral-8x7b-chat")?,
+            true,
+        ))
     } else if source.starts_with("routerdc7") {
         Some((
             label("cognitivecomputations/dolphin-2.9-llama3-8b")?,
             label("mistralai/Mistral-7B-v0.1")?,
+            false,
         ))
     } else {
         None
@@ -71,7 +81,7 @@ fn pair(row: &Value) -> Option<(f64, f64)> {
 
 /// One row as an example, or `None` when its labels are missing.
 pub fn example(row: &Value) -> Option<Example> {
-    let (strong, weak) = pair(row)?;
+    let (strong, weak, frontier) = pair(row)?;
     let source = row["source"].as_str()?;
     // Correctness pairs: "strong right where weak is wrong". Graded scores of
     // weak-vs-weak pairs carry little of that; "the weak model falls short"
@@ -88,6 +98,7 @@ pub fn example(row: &Value) -> Option<Example> {
         target,
         strong,
         weak,
+        frontier,
     })
 }
 

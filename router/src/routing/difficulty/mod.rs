@@ -1,17 +1,24 @@
-//! The learned difficulty score: the probability that the weak (local) model's
-//! answer falls short where the strong (remote) one's would not.
+//! The learned difficulty score: how much the request needs the strong
+//! (remote) model rather than the weak (local) one.
 //!
 //! The model is deliberately small and fast: the prompt's words, word pairs
-//! and (for CJK) characters are hashed into [`BUCKETS`] buckets, each with a
-//! learned weight, and the structural [`Features`] add a weight each; a logistic
-//! function turns the sum into a score. Scoring a 2k-token prompt is one pass
-//! over its text and a few thousand additions (see `bench/route_decision.sh`).
+//! and (for CJK) characters are hashed into [`BUCKETS`] buckets, and the
+//! structural [`Features`] are added to them. Two logistic heads read the same
+//! features: the chance that the strong model answers well, and the chance
+//! that the weak one does. A calibration layer, fitted on rows the heads never
+//! trained on, turns the pair into calibrated chances `s` and `w`, and the
+//! score is `(1 + s - w) / 2`: the expected gain of asking the strong model,
+//! mapped to [0, 1] (0.5 = no gain either way). Ranking by the gain, not by
+//! "the weak model fails", keeps questions both models fail (or both answer)
+//! away from the paid model. Scoring a 2k-token prompt is one pass over its text
+//! and a few thousand additions (see `bench/route_decision.sh`).
 //!
 //! Training (with Burn's autodiff, [`train`]) and evaluation (APGR/CPT as in the
 //! RouteLLM paper, [`eval`]) live beside it; the shipped artifact is
 //! `router/assets/difficulty.bin`, reproduced by `switchyard route train`.
 //! The same file format holds the TF-IDF + logistic-regression baseline
-//! (`router/assets/baseline.bin`) that `switchyard route eval` reports beside it.
+//! (`router/assets/baseline.bin`, one head scoring "the weak model falls
+//! short") that `switchyard route eval` reports beside it.
 
 pub mod data;
 pub mod eval;
@@ -24,29 +31,69 @@ use super::features::{Features, STRUCTURAL_FEATURES};
 /// Hash buckets of the text features (bucket 0 is padding, never a feature).
 pub const BUCKETS: u32 = 1 << 18;
 
-const MAGIC: &[u8; 8] = b"SYDIFF01";
+const MAGIC: &[u8; 8] = b"SYDIFF02";
 
-/// How the text features are weighted.
+/// What a model reads and how it scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// Binary hashed features, L2-normalised, plus the structural features.
-    Hashed = 0,
-    /// TF-IDF weighted hashed features, L2-normalised, no structural features
-    /// (the baseline).
+    /// Binary hashed features, L2-normalised, plus the structural features;
+    /// two heads (strong answers well, weak answers well) and a calibration.
+    Paired = 0,
+    /// TF-IDF weighted hashed features, L2-normalised, no structural features,
+    /// one head (the baseline).
     TfIdf = 1,
 }
 
+impl Kind {
+    /// Logistic heads of this kind.
+    pub fn heads(self) -> usize {
+        match self {
+            Kind::Paired => 2,
+            Kind::TfIdf => 1,
+        }
+    }
+
+    fn structural(self) -> usize {
+        match self {
+            Kind::Paired => STRUCTURAL_FEATURES,
+            Kind::TfIdf => 0,
+        }
+    }
+
+    fn idf(self) -> usize {
+        match self {
+            Kind::Paired => 0,
+            Kind::TfIdf => BUCKETS as usize,
+        }
+    }
+}
+
+/// Calibration of a paired model's heads: `s = σ(a·(p_s, p_w) + b)` and
+/// `w = σ(c·(p_s, p_w) + d)`, as `[a0, a1, b, c0, c1, d]`.
+pub type Calibration = [f32; 6];
+
+/// The identity-like calibration a paired model starts from.
+pub const UNCALIBRATED: Calibration = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0];
+
 pub struct DifficultyModel {
     kind: Kind,
-    pub(crate) bias: f32,
+    /// One bias per head.
+    pub(crate) bias: Vec<f32>,
+    /// `[feature][head]`.
     pub(crate) structural: Vec<f32>,
+    /// `[bucket][head]`: a bucket's weights for every head side by side.
     pub(crate) weights: Vec<f32>,
+    pub(crate) calibration: Calibration,
     /// Inverse document frequency per bucket (TF-IDF only).
     idf: Vec<f32>,
 }
 
 static EMBEDDED: OnceLock<DifficultyModel> = OnceLock::new();
 static BASELINE: OnceLock<DifficultyModel> = OnceLock::new();
+
+fn sigmoid(z: f32) -> f32 {
+    1.0 / (1.0 + (-z).exp())
+}
 
 impl DifficultyModel {
     /// The shipped model, decoded once.
@@ -76,36 +123,73 @@ impl DifficultyModel {
 
     /// The score of a request: in [0, 1], higher = more need of the strong model.
     pub fn score(&self, features: &Features, text: &str) -> f32 {
-        let mut z = self.bias;
-        for (index, value) in self.text_features(text) {
-            z += self.weights[index as usize] * value;
-        }
-        if self.kind == Kind::Hashed {
-            for (w, x) in self.structural.iter().zip(features.vector()) {
-                z += w * x;
+        self.score_of(&self.heads(features, text))
+    }
+
+    /// Each head's probability, before calibration.
+    pub fn heads(&self, features: &Features, text: &str) -> Vec<f32> {
+        self.heads_of(&self.text_features(text), &features.vector())
+    }
+
+    /// Each head's probability from already extracted features.
+    pub(crate) fn heads_of(&self, text: &[(u32, f32)], structural: &[f32; STRUCTURAL_FEATURES]) -> Vec<f32> {
+        let n = self.kind.heads();
+        let mut z = self.bias.clone();
+        for &(index, value) in text {
+            let row = &self.weights[index as usize * n..][..n];
+            for (z, w) in z.iter_mut().zip(row) {
+                *z += w * value;
             }
         }
-        1.0 / (1.0 + (-z).exp())
+        for (row, x) in self.structural.chunks_exact(n).zip(structural) {
+            for (z, w) in z.iter_mut().zip(row) {
+                *z += w * x;
+            }
+        }
+        z.into_iter().map(sigmoid).collect()
+    }
+
+    /// The score from the heads' probabilities.
+    pub fn score_of(&self, heads: &[f32]) -> f32 {
+        match self.kind {
+            Kind::TfIdf => heads[0],
+            Kind::Paired => {
+                let (s, w) = self.calibrated(heads[0], heads[1]);
+                (1.0 + s - w) / 2.0
+            }
+        }
+    }
+
+    /// A paired model's calibrated chances that the strong and the weak model
+    /// answer well, from its heads' probabilities.
+    pub fn calibrated(&self, p_strong: f32, p_weak: f32) -> (f32, f32) {
+        let c = &self.calibration;
+        (
+            sigmoid(c[0] * p_strong + c[1] * p_weak + c[2]),
+            sigmoid(c[3] * p_strong + c[4] * p_weak + c[5]),
+        )
     }
 
     /// The weighted text features of this model's kind.
     pub fn text_features(&self, text: &str) -> Vec<(u32, f32)> {
         match self.kind {
-            Kind::Hashed => binary_features(text),
+            Kind::Paired => binary_features(text),
             Kind::TfIdf => tfidf_features(text, &self.idf),
         }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(16 + 4 * (self.weights.len() + self.idf.len() + 32));
+        let floats = self.bias.len() + self.structural.len() + self.weights.len() + 6 + self.idf.len();
+        let mut out = Vec::with_capacity(32 + 4 * floats);
         out.extend_from_slice(MAGIC);
         out.push(self.kind as u8);
-        out.extend_from_slice(&(self.weights.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.structural.len() as u32).to_le_bytes());
-        out.extend_from_slice(&(self.idf.len() as u32).to_le_bytes());
-        for v in std::iter::once(&self.bias)
+        out.extend_from_slice(&BUCKETS.to_le_bytes());
+        for v in self
+            .bias
+            .iter()
             .chain(&self.structural)
             .chain(&self.weights)
+            .chain(&self.calibration)
             .chain(&self.idf)
         {
             out.extend_from_slice(&v.to_le_bytes());
@@ -116,9 +200,9 @@ impl DifficultyModel {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<DifficultyModel, String> {
-        let header = MAGIC.len() + 1 + 12;
-        if bytes.len() < header + 12 || &bytes[..MAGIC.len()] != MAGIC {
-            return Err("not a Switchyard difficulty model (bad magic or too short)".into());
+        let header = MAGIC.len() + 1 + 4;
+        if bytes.len() < header + 8 || &bytes[..MAGIC.len()] != MAGIC {
+            return Err("not a Switchyard difficulty model of this version (bad magic or too short)".into());
         }
         let (body, tail) = bytes.split_at(bytes.len() - 8);
         let checksum = u64::from_le_bytes(tail.try_into().expect("8 bytes"));
@@ -126,41 +210,55 @@ impl DifficultyModel {
             return Err("difficulty model checksum mismatch (corrupt file)".into());
         }
         let kind = match body[MAGIC.len()] {
-            0 => Kind::Hashed,
+            0 => Kind::Paired,
             1 => Kind::TfIdf,
             other => return Err(format!("unknown difficulty model kind {other}")),
         };
-        let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let (buckets, structural, idf) = (u32_at(9), u32_at(13), u32_at(17));
-        let expected_structural = if kind == Kind::Hashed { STRUCTURAL_FEATURES } else { 0 };
-        let expected_idf = if kind == Kind::TfIdf { BUCKETS as usize } else { 0 };
-        if buckets != BUCKETS as usize || structural != expected_structural || idf != expected_idf {
+        let buckets = u32::from_le_bytes(body[MAGIC.len() + 1..header].try_into().expect("4 bytes"));
+        if buckets != BUCKETS {
             return Err(format!(
-                "difficulty model shape {buckets}/{structural}/{idf} does not match this build ({BUCKETS}/{expected_structural}/{expected_idf})"
+                "difficulty model has {buckets} hash buckets; this build uses {BUCKETS}"
             ));
         }
-        let floats: Vec<f32> = body[header..]
+        let mut floats = body[header..]
             .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        if floats.len() != 1 + structural + buckets + idf || floats.iter().any(|v| !v.is_finite()) {
-            return Err("difficulty model has the wrong length or non-finite weights".into());
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
+        let n = kind.heads();
+        let sizes = [n, kind.structural() * n, BUCKETS as usize * n, 6, kind.idf()];
+        if body.len() - header != 4 * sizes.iter().sum::<usize>() {
+            return Err("difficulty model has the wrong length for its kind".into());
         }
-        Ok(DifficultyModel {
+        let mut take = |len: usize| -> Vec<f32> { floats.by_ref().take(len).collect() };
+        let [bias, structural, weights, calibration, idf] = sizes.map(&mut take);
+        let model = DifficultyModel {
             kind,
-            bias: floats[0],
-            structural: floats[1..1 + structural].to_vec(),
-            weights: floats[1 + structural..1 + structural + buckets].to_vec(),
-            idf: floats[1 + structural + buckets..].to_vec(),
-        })
+            bias,
+            structural,
+            weights,
+            calibration: calibration.try_into().expect("6 floats"),
+            idf,
+        };
+        let all = model.bias.iter().chain(&model.structural).chain(&model.weights);
+        if all.chain(&model.calibration).chain(&model.idf).any(|v| !v.is_finite()) {
+            return Err("difficulty model has non-finite weights".into());
+        }
+        Ok(model)
     }
 
-    pub(crate) fn from_parts(kind: Kind, bias: f32, structural: Vec<f32>, weights: Vec<f32>, idf: Vec<f32>) -> Self {
+    pub(crate) fn from_parts(
+        kind: Kind,
+        bias: Vec<f32>,
+        structural: Vec<f32>,
+        weights: Vec<f32>,
+        calibration: Calibration,
+        idf: Vec<f32>,
+    ) -> Self {
         DifficultyModel {
             kind,
             bias,
             structural,
             weights,
+            calibration,
             idf,
         }
     }
@@ -298,6 +396,42 @@ mod tests {
     }
 
     #[test]
+    fn a_paired_score_is_the_expected_gain_of_the_strong_model() {
+        let text = "prove the conjecture";
+        let features = binary_features(text);
+        let model = |strong: f32, weak: f32| {
+            let mut weights = vec![0.0; 2 * BUCKETS as usize];
+            for &(id, _) in &features {
+                weights[2 * id as usize] = strong;
+                weights[2 * id as usize + 1] = weak;
+            }
+            let structural = vec![0.0; 2 * STRUCTURAL_FEATURES];
+            DifficultyModel::from_parts(
+                Kind::Paired,
+                vec![0.0; 2],
+                structural,
+                weights,
+                UNCALIBRATED,
+                Vec::new(),
+            )
+        };
+        let f = Features::from_text(text);
+        // Both heads alike: no gain either way.
+        assert!((model(1.0, 1.0).score(&f, text) - 0.5).abs() < 1e-6);
+        // The strong model likely right, the weak one likely wrong: a high score.
+        let hard = model(4.0, -4.0);
+        let heads = hard.heads(&f, text);
+        assert!(heads[0] > 0.8 && heads[1] < 0.2, "{heads:?}");
+        assert!(hard.score(&f, text) > 0.6);
+        assert!(model(-4.0, 4.0).score(&f, text) < 0.4);
+        // The file keeps every part.
+        let bytes = hard.to_bytes();
+        let back = DifficultyModel::from_bytes(&bytes).unwrap();
+        assert_eq!(back.to_bytes(), bytes);
+        assert_eq!(back.score(&f, text), hard.score(&f, text));
+    }
+
+    #[test]
     fn a_corrupt_artifact_is_refused() {
         let mut bytes = DifficultyModel::embedded().to_bytes();
         assert!(DifficultyModel::from_bytes(&bytes).is_ok());
@@ -310,6 +444,13 @@ mod tests {
                 .contains("checksum")
         );
         assert!(DifficultyModel::from_bytes(b"GGUF....").is_err());
+        // A checksummed file one weight short.
+        let mut short = DifficultyModel::embedded().to_bytes();
+        short.truncate(short.len() - 12);
+        let checksum = fnv1a(&short);
+        short.extend_from_slice(&checksum.to_le_bytes());
+        let err = DifficultyModel::from_bytes(&short).err().expect("refused");
+        assert!(err.contains("wrong length"), "{err}");
     }
 
     #[test]

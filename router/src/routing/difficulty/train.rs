@@ -1,14 +1,15 @@
 //! Training the difficulty model with Burn's autodiff (Flex CPU backend).
 //!
-//! The model is logistic regression over the hashed text features and the
-//! structural features: an embedding table of one weight per bucket, summed
-//! over a prompt's features (the sparse dot product), plus a linear layer over
-//! the structural vector. Binary cross-entropy on soft targets, Adam, a fixed
-//! seed: the same data gives the same artifact.
+//! Each head is logistic regression over the hashed text features and the
+//! structural features: an embedding table of one weight per bucket and head,
+//! summed over a prompt's features (the sparse dot product), plus a linear
+//! layer over the structural vector. Binary cross-entropy on soft targets,
+//! Adam, a fixed seed: the same data gives the same artifact. A paired model's
+//! calibration is fitted after each epoch on the validation rows.
 //!
 //! The number of epochs is chosen on a validation tenth of the training rows
 //! (by id hash, never the test split): training stops at the epoch with the best
-//! validation APGR, and that model is kept.
+//! validation APGR, and that model (with that epoch's calibration) is kept.
 
 use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
@@ -18,7 +19,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::data::Example;
 use super::eval::{Scored, evaluate};
-use super::{BUCKETS, DifficultyModel, Kind, binary_features, tfidf_features};
+use super::{BUCKETS, Calibration, DifficultyModel, Kind, UNCALIBRATED, binary_features, tfidf_features};
 use crate::routing::features::{Features, STRUCTURAL_FEATURES};
 
 #[derive(Module, Debug)]
@@ -44,7 +45,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            kind: Kind::Hashed,
+            kind: Kind::Paired,
             epochs: 12,
             batch: 256,
             learning_rate: 0.005,
@@ -58,7 +59,12 @@ impl Default for Settings {
 struct Prepared {
     text: Vec<(u32, f32)>,
     structural: [f32; STRUCTURAL_FEATURES],
-    target: f32,
+    /// One target per head: (strong answers well, weak answers well) for a
+    /// paired model, the example's target for a one-head model.
+    targets: Vec<f32>,
+    /// Which targets count: a paired model's strong head learns only from
+    /// rows whose strong model is remote-class.
+    mask: Vec<f32>,
 }
 
 /// Inverse document frequencies of the hashed n-grams, smoothed: ln((1+n)/(1+df)) + 1.
@@ -88,25 +94,46 @@ fn is_validation(id: &str) -> bool {
     h % 10 == 3
 }
 
+/// Binary cross-entropy with logits, stable for soft targets:
+/// max(z, 0) - z*y + ln(1 + e^-|z|), averaged over the targets that count.
+fn cross_entropy(logits: Tensor<2>, targets: Tensor<2>, mask: Tensor<2>) -> Tensor<1> {
+    let loss = logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p();
+    (loss * mask.clone()).sum() / mask.sum().clamp_min(1.0)
+}
+
+/// A paired model's targets and which of them count.
+fn paired_targets(e: &Example) -> ([f32; 2], [f32; 2]) {
+    ([e.strong as f32, e.weak as f32], [f32::from(u8::from(e.frontier)), 1.0])
+}
+
 /// Trains a model on `examples`.
 pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyModel, String> {
     if examples.is_empty() {
         return Err("no training examples".into());
     }
-    let idf = match settings.kind {
+    let kind = settings.kind;
+    let heads = kind.heads();
+    let idf = match kind {
         Kind::TfIdf => idf(examples),
-        Kind::Hashed => Vec::new(),
+        Kind::Paired => Vec::new(),
     };
     let prepare = |e: &Example| Prepared {
-        text: match settings.kind {
-            Kind::Hashed => binary_features(&e.prompt),
+        text: match kind {
+            Kind::Paired => binary_features(&e.prompt),
             Kind::TfIdf => tfidf_features(&e.prompt, &idf),
         },
-        structural: match settings.kind {
-            Kind::Hashed => Features::from_text(&e.prompt).vector(),
+        structural: match kind {
+            Kind::Paired => Features::from_text(&e.prompt).vector(),
             Kind::TfIdf => [0.0; STRUCTURAL_FEATURES],
         },
-        target: e.target,
+        targets: match kind {
+            Kind::Paired => paired_targets(e).0.to_vec(),
+            Kind::TfIdf => vec![e.target],
+        },
+        mask: match kind {
+            Kind::Paired => paired_targets(e).1.to_vec(),
+            Kind::TfIdf => vec![1.0],
+        },
     };
     let (validation, training): (Vec<&Example>, Vec<&Example>) = examples.iter().partition(|e| is_validation(&e.id));
     let training: Vec<Prepared> = training.iter().map(|e| prepare(e)).collect();
@@ -114,10 +141,10 @@ pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyMode
 
     let device = Device::flex().autodiff();
     let mut net = Net {
-        text: EmbeddingConfig::new(BUCKETS as usize, 1)
+        text: EmbeddingConfig::new(BUCKETS as usize, heads)
             .with_initializer(Initializer::Zeros)
             .init(&device),
-        structural: LinearConfig::new(STRUCTURAL_FEATURES, 1)
+        structural: LinearConfig::new(STRUCTURAL_FEATURES, heads)
             .with_initializer(Initializer::Zeros)
             .init(&device),
     };
@@ -135,18 +162,22 @@ pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyMode
         let mut batches = 0;
         for batch in order.chunks(settings.batch) {
             let rows: Vec<&Prepared> = batch.iter().map(|&i| &training[i]).collect();
-            let (logits, targets) = forward(&net, &rows, &device);
-            // Binary cross-entropy with logits, stable for soft targets:
-            // max(z, 0) - z*y + ln(1 + e^-|z|).
-            let loss =
-                (logits.clone().clamp_min(0.0) - logits.clone() * targets + logits.abs().neg().exp().log1p()).mean();
+            let (logits, targets, mask) = forward(&net, &rows, heads, &device);
+            let loss = cross_entropy(logits, targets, mask);
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
             batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &net);
             net = optimizer.step(settings.learning_rate, net, grads);
         }
-        let model = export(&net, settings.kind, idf.clone());
-        let validation_apgr = validation_quality(&model, &validation_rows);
+        let mut model = export(&net, kind, idf.clone());
+        let validation_heads: Vec<(Vec<f32>, &Example)> = validation_rows
+            .iter()
+            .map(|(p, e)| (model.heads_of(&p.text, &p.structural), *e))
+            .collect();
+        if kind == Kind::Paired {
+            model.calibration = calibrate(&validation_heads, &device);
+        }
+        let validation_apgr = validation_quality(&model, &validation_heads);
         if settings.verbose {
             eprintln!(
                 "epoch {epoch}: training loss {:.4}, validation APGR {validation_apgr:.3}",
@@ -160,20 +191,44 @@ pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyMode
     Ok(best.expect("at least one epoch").1)
 }
 
+/// Fits a paired model's calibration on rows its heads never trained on: two
+/// logistic regressions from the heads' probabilities to whether the strong
+/// and the weak model answered well.
+fn calibrate(rows: &[(Vec<f32>, &Example)], device: &Device) -> Calibration {
+    if rows.len() < 20 {
+        return UNCALIBRATED;
+    }
+    let n = rows.len();
+    let inputs: Vec<f32> = rows.iter().flat_map(|(h, _)| [h[0], h[1]]).collect();
+    let targets: Vec<f32> = rows.iter().flat_map(|(_, e)| paired_targets(e).0).collect();
+    let mask: Vec<f32> = rows.iter().flat_map(|(_, e)| paired_targets(e).1).collect();
+    let inputs = Tensor::<2>::from_data(TensorData::new(inputs, [n, 2]), device);
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, 2]), device);
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [n, 2]), device);
+    let mut layer = LinearConfig::new(2, 2)
+        .with_initializer(Initializer::Zeros)
+        .init(device);
+    let mut optimizer = AdamConfig::new().init();
+    for _ in 0..400 {
+        let loss = cross_entropy(layer.forward(inputs.clone()), targets.clone(), mask.clone());
+        let grads = GradientsParams::from_grads(loss.backward(), &layer);
+        layer = optimizer.step(0.05, layer, grads);
+    }
+    // Burn's weight is [input][output]: output j = Σ_i x_i · W[i][j] + b_j.
+    let w = layer.weight.val().into_data().try_to_vec::<f32>().expect("f32 weights");
+    let b = layer.bias.as_ref().map_or(vec![0.0; 2], |b| {
+        b.val().into_data().try_to_vec::<f32>().expect("f32 bias")
+    });
+    [w[0], w[2], b[0], w[1], w[3], b[1]]
+}
+
 /// Validation APGR of each source's validation rows, averaged with the
 /// sources' row counts as weights.
-fn validation_quality(model: &DifficultyModel, rows: &[(Prepared, &Example)]) -> f64 {
+fn validation_quality(model: &DifficultyModel, rows: &[(Vec<f32>, &Example)]) -> f64 {
     let mut by_source: std::collections::BTreeMap<&str, Vec<Scored>> = Default::default();
-    for (prepared, example) in rows {
-        let mut z = model.bias;
-        for &(id, v) in &prepared.text {
-            z += model.weights[id as usize] * v;
-        }
-        for (w, x) in model.structural.iter().zip(prepared.structural) {
-            z += w * x;
-        }
+    for (heads, example) in rows {
         by_source.entry(&example.source).or_default().push(Scored {
-            score: z,
+            score: model.score_of(heads),
             strong: example.strong,
             weak: example.weak,
         });
@@ -189,43 +244,43 @@ fn validation_quality(model: &DifficultyModel, rows: &[(Prepared, &Example)]) ->
     sum / weight.max(1.0)
 }
 
-fn forward(net: &Net, rows: &[&Prepared], device: &Device) -> (Tensor<2>, Tensor<2>) {
+fn forward(net: &Net, rows: &[&Prepared], heads: usize, device: &Device) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
     let b = rows.len();
     let width = rows.iter().map(|r| r.text.len()).max().unwrap_or(1).max(1);
     let mut ids = vec![0i64; b * width];
     let mut values = vec![0f32; b * width];
     let mut structural = Vec::with_capacity(b * STRUCTURAL_FEATURES);
-    let mut targets = Vec::with_capacity(b);
+    let mut targets = Vec::with_capacity(b * heads);
+    let mut mask = Vec::with_capacity(b * heads);
     for (r, row) in rows.iter().enumerate() {
         for (j, &(id, v)) in row.text.iter().enumerate() {
             ids[r * width + j] = i64::from(id);
             values[r * width + j] = v;
         }
         structural.extend_from_slice(&row.structural);
-        targets.push(row.target);
+        targets.extend_from_slice(&row.targets);
+        mask.extend_from_slice(&row.mask);
     }
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, width]), device);
     let values = Tensor::<3>::from_data(TensorData::new(values, [b, width, 1]), device);
     let structural = Tensor::<2>::from_data(TensorData::new(structural, [b, STRUCTURAL_FEATURES]), device);
-    let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, 1]), device);
-    let text = (net.text.forward(ids) * values).sum_dim(1).reshape([b, 1]);
-    (text + net.structural.forward(structural), targets)
+    let targets = Tensor::<2>::from_data(TensorData::new(targets, [b, heads]), device);
+    let mask = Tensor::<2>::from_data(TensorData::new(mask, [b, heads]), device);
+    let text = (net.text.forward(ids) * values).sum_dim(1).reshape([b, heads]);
+    (text + net.structural.forward(structural), targets, mask)
 }
 
 fn export(net: &Net, kind: Kind, idf: Vec<f32>) -> DifficultyModel {
     let floats = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().expect("f32 weights");
     let weights = floats(net.text.weight.val());
-    let structural = floats(net.structural.weight.val());
-    let bias = net
-        .structural
-        .bias
-        .as_ref()
-        .map_or(0.0, |b| b.val().into_data().try_to_vec::<f32>().expect("f32 bias")[0]);
     let structural = match kind {
-        Kind::Hashed => structural,
+        Kind::Paired => floats(net.structural.weight.val()),
         Kind::TfIdf => Vec::new(),
     };
-    DifficultyModel::from_parts(kind, bias, structural, weights, idf)
+    let bias = net.structural.bias.as_ref().map_or(vec![0.0; kind.heads()], |b| {
+        b.val().into_data().try_to_vec::<f32>().expect("f32 bias")
+    });
+    DifficultyModel::from_parts(kind, bias, structural, weights, UNCALIBRATED, idf)
 }
 
 #[cfg(test)]
