@@ -123,6 +123,14 @@ fn route_explain_prints_features_score_and_decision() {
     assert_eq!(explained["features"]["options"], 2);
     let score = explained["score"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&score));
+    // The score is the expected gain of the strong model: (1 + s - w) / 2.
+    let strong = explained["chance_strong_answers_well"].as_f64().unwrap();
+    let weak = explained["chance_weak_answers_well"].as_f64().unwrap();
+    assert!(
+        (0.0..=1.0).contains(&strong) && (0.0..=1.0).contains(&weak),
+        "{explained}"
+    );
+    assert!((score - (1.0 + strong - weak) / 2.0).abs() < 1e-6, "{explained}");
     assert_eq!(explained["decision"]["route"], "remote", "{explained}");
     assert!(explained["decision"]["reason"].is_string());
 }

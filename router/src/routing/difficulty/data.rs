@@ -198,11 +198,14 @@ mod tests {
     fn targets_follow_the_label_kind() {
         let pair = json!({"id": "x/1", "source": "routellm_mmlu", "prompt": "q", "label_kind": "correct_0_1",
             "labels": {"s": 1.0, "w": 0.0}, "strong": "s", "weak": "w"});
-        assert_eq!(example(&pair).unwrap().target, 1.0);
+        let e = example(&pair).unwrap();
+        assert_eq!((e.target, e.strong, e.weak, e.frontier), (1.0, 1.0, 0.0, true));
         let graded = json!({"id": "y/1", "source": "routerdc7_mmlu_train", "prompt": "q", "label_kind": "score_0_1",
             "labels": {"cognitivecomputations/dolphin-2.9-llama3-8b": 1.0, "mistralai/Mistral-7B-v0.1": 0.25}});
         let e = example(&graded).unwrap();
         assert_eq!((e.target, e.source.as_str()), (0.75, "routerdc7_mmlu"));
+        // RouterDC's stronger model is another 8B model: not a remote-class label.
+        assert!(!e.frontier);
         let nan = json!({"id": "z", "source": "routerbench_mbpp_train", "prompt": "q", "label_kind": "correct_0_1",
             "labels": {"gpt-4-1106-preview": f64::NAN, "mistralai/mixtral-8x7b-chat": 1.0}});
         assert!(example(&nan).is_none());
