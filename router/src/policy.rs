@@ -353,12 +353,13 @@ pub struct RoutingConfig {
     pub sessions: SessionsConfig,
 }
 
-/// Thresholds for the shipped difficulty model: see the README's routing section
-/// for how they trade quality against the share of requests kept local.
+/// Thresholds for the shipped difficulty model, the same as the default
+/// policy's: the quartiles of its score on held-out MMLU (README, "The routing
+/// brain"). A quarter of such prompts stay local, a quarter go remote.
 fn default_thresholds() -> Spanned<Thresholds> {
     unspanned(Thresholds {
-        local_below: 0.15,
-        remote_above: 0.24,
+        local_below: 0.54,
+        remote_above: 0.585,
         ambiguous: AmbiguousChoice::LocalReasoning,
     })
 }
@@ -971,6 +972,24 @@ routing:
             Err(PolicyError::Invalid(problems)) => problems,
             Err(other) => panic!("unexpected {other}"),
         }
+    }
+
+    #[test]
+    fn built_in_thresholds_are_the_default_policys() {
+        // A policy without `thresholds` must route like the shipped default
+        // policy: both follow the shipped difficulty model's score.
+        let minimal = MINIMAL.replace(
+            "  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }\n",
+            "",
+        );
+        assert_ne!(minimal, MINIMAL);
+        let built_in = Policy::parse(&minimal).unwrap().routing.thresholds.value;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/default.yaml");
+        let shipped = Policy::load(Path::new(path)).unwrap().routing.thresholds.value;
+        assert_eq!(
+            (built_in.local_below, built_in.remote_above),
+            (shipped.local_below, shipped.remote_above)
+        );
     }
 
     #[test]
