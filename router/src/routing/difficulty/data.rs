@@ -22,7 +22,8 @@ pub struct Example {
     /// The file's source, without `_train`/`_test`.
     pub source: String,
     pub prompt: String,
-    /// Training target in [0, 1].
+    /// The one-head baseline's training target in [0, 1] (a paired model
+    /// learns `strong` and `weak` instead).
     pub target: f32,
     /// The strong and the weak model's labels, for APGR/CPT.
     pub strong: f64,

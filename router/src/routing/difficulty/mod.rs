@@ -17,8 +17,8 @@
 //! RouteLLM paper, [`eval`]) live beside it; the shipped artifact is
 //! `router/assets/difficulty.bin`, reproduced by `switchyard route train`.
 //! The same file format holds the TF-IDF + logistic-regression baseline
-//! (`router/assets/baseline.bin`, one head scoring "the weak model falls
-//! short") that `switchyard route eval` reports beside it.
+//! (`router/assets/baseline.bin`, one head scoring "the strong model is right
+//! where the weak one is wrong") that `switchyard route eval` reports beside it.
 
 pub mod data;
 pub mod eval;

@@ -117,22 +117,21 @@ pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyMode
         Kind::TfIdf => idf(examples),
         Kind::Paired => Vec::new(),
     };
-    let prepare = |e: &Example| Prepared {
-        text: match kind {
-            Kind::Paired => binary_features(&e.prompt),
-            Kind::TfIdf => tfidf_features(&e.prompt, &idf),
-        },
-        structural: match kind {
-            Kind::Paired => Features::from_text(&e.prompt).vector(),
-            Kind::TfIdf => [0.0; STRUCTURAL_FEATURES],
-        },
-        targets: match kind {
-            Kind::Paired => paired_targets(e).0.to_vec(),
-            Kind::TfIdf => vec![e.target],
-        },
-        mask: match kind {
-            Kind::Paired => paired_targets(e).1.to_vec(),
-            Kind::TfIdf => vec![1.0],
+    let prepare = |e: &Example| match kind {
+        Kind::Paired => {
+            let (targets, mask) = paired_targets(e);
+            Prepared {
+                text: binary_features(&e.prompt),
+                structural: Features::from_text(&e.prompt).vector(),
+                targets: targets.to_vec(),
+                mask: mask.to_vec(),
+            }
+        }
+        Kind::TfIdf => Prepared {
+            text: tfidf_features(&e.prompt, &idf),
+            structural: [0.0; STRUCTURAL_FEATURES],
+            targets: vec![e.target],
+            mask: vec![1.0],
         },
     };
     let (validation, training): (Vec<&Example>, Vec<&Example>) = examples.iter().partition(|e| is_validation(&e.id));
