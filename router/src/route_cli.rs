@@ -42,9 +42,10 @@ pub enum RouteCommand {
     },
     /// Train the difficulty model and the baseline from the labelled data.
     Train {
-        /// The labelled data (`shared/data/routing` format).
-        #[arg(long)]
-        data_dir: PathBuf,
+        /// A directory of labelled data (`shared/data/routing` format); give
+        /// it once per directory. `*_test*` files in any of them never train.
+        #[arg(long, required = true)]
+        data_dir: Vec<PathBuf>,
         /// Where `difficulty.bin` and `baseline.bin` are written.
         #[arg(long, default_value = "router/assets")]
         out_dir: PathBuf,
@@ -200,9 +201,9 @@ fn eval(input: &Path, model: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
-fn train(data_dir: &Path, out_dir: &Path, settings: &Settings) -> Result<(), String> {
+fn train(data_dirs: &[PathBuf], out_dir: &Path, settings: &Settings) -> Result<(), String> {
     let started = Instant::now();
-    let files = data::load_dir(data_dir)?;
+    let files = data::load_dirs(data_dirs)?;
     let split = data::split(&files);
     eprintln!(
         "training on {} rows ({} dropped as repeats of held-out questions); held-out MMLU quarter: {} rows",
@@ -227,20 +228,35 @@ fn train(data_dir: &Path, out_dir: &Path, settings: &Settings) -> Result<(), Str
         let path = out_dir.join(name);
         std::fs::write(&path, model.to_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    let held = scored(&ours, &split.heldout);
-    println!("held-out quarter of routellm_mmlu ({} rows):", split.heldout.len());
-    print_table(&[
-        ("switchyard", evaluate(&held)),
-        ("TF-IDF + LR baseline", evaluate(&scored(&baseline, &split.heldout))),
-        ("random (200 shuffles)", random(&held, 200, 1)),
-        ("oracle", oracle(&held)),
-    ]);
+    if !split.heldout.is_empty() {
+        let held = scored(&ours, &split.heldout);
+        println!("held-out quarter of routellm_mmlu ({} rows):", split.heldout.len());
+        print_table(&[
+            ("switchyard", evaluate(&held)),
+            ("TF-IDF + LR baseline", evaluate(&scored(&baseline, &split.heldout))),
+            ("random (200 shuffles)", random(&held, 200, 1)),
+            ("oracle", oracle(&held)),
+        ]);
+    }
+    for (stem, rows) in files
+        .iter()
+        .filter(|(stem, rows)| stem.contains("_test") && rows.len() > 1)
+    {
+        let held = scored(&ours, rows);
+        println!("\n{stem} ({} rows, never trained on):", rows.len());
+        print_table(&[
+            ("switchyard", evaluate(&held)),
+            ("TF-IDF + LR baseline", evaluate(&scored(&baseline, rows))),
+            ("random (200 shuffles)", random(&held, 200, 1)),
+            ("oracle", oracle(&held)),
+        ]);
+    }
     eprintln!("trained in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
-fn leave_one_source_out(data_dir: &Path, settings: &Settings) -> Result<(), String> {
-    let files = data::load_dir(data_dir)?;
+fn leave_one_source_out(data_dirs: &[PathBuf], settings: &Settings) -> Result<(), String> {
+    let files = data::load_dirs(data_dirs)?;
     let mut sources: BTreeMap<String, Vec<Example>> = BTreeMap::new();
     for (stem, rows) in &files {
         sources

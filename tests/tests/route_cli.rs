@@ -134,3 +134,84 @@ fn route_explain_prints_features_score_and_decision() {
     assert_eq!(explained["decision"]["route"], "remote", "{explained}");
     assert!(explained["decision"]["reason"].is_string());
 }
+
+#[test]
+fn route_train_reads_every_data_dir_and_never_trains_on_test_files() {
+    let dir = daemon::scratch_dir("route-train");
+    let first = dir.join("first");
+    std::fs::create_dir_all(&first).unwrap();
+    // 300 MMLU rows as a training file of a first directory.
+    let sample = std::fs::read_to_string(data("routellm_mmlu_train_sample.jsonl")).unwrap();
+    let rows: Vec<&str> = sample.lines().take(300).collect();
+    std::fs::write(first.join("mmlu_sample_train.jsonl"), rows.join("\n")).unwrap();
+    let second = data("routellm");
+    let count = |name: &str| {
+        std::fs::read_to_string(format!("{second}/{name}"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    let out_dir = dir.join("out");
+    let (ok, out, err) = switchyard(&[
+        "route",
+        "train",
+        "--data-dir",
+        first.to_str().unwrap(),
+        "--data-dir",
+        &second,
+        "--epochs",
+        "1",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let trained = 300 + count("routellm_gsm8k_train.jsonl") + count("routellm_mt_bench_train.jsonl");
+    assert!(err.contains(&format!("training on {trained} rows")), "{err}");
+    // Each test file is reported, as never trained on.
+    for name in ["routellm_gsm8k_test", "routellm_mt_bench_test"] {
+        let rows = count(&format!("{name}.jsonl"));
+        assert!(
+            out.contains(&format!("{name} ({rows} rows, never trained on)")),
+            "{out}"
+        );
+    }
+    assert!(!out.contains("NaN"), "no table for an empty held-out set:\n{out}");
+    // The artifact it wrote loads and scores.
+    let (ok, out, err) = switchyard(&[
+        "route",
+        "eval",
+        "--input",
+        &data("routellm/routellm_gsm8k_test.jsonl"),
+        "--model",
+        out_dir.join("difficulty.bin").to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let (apgr, _) = figures(&out, "switchyard");
+    assert!(apgr.is_finite(), "{out}");
+}
+
+#[test]
+fn route_eval_reads_graded_multi_turn_chat_rows() {
+    // MT-Bench: judge scores in [0, 1], second turns as conversations.
+    let (ok, out, err) = switchyard(&[
+        "route",
+        "eval",
+        "--input",
+        &data("routellm/routellm_mt_bench_test.jsonl"),
+    ]);
+    assert!(ok, "{err}");
+    let rows = std::fs::read_to_string(data("routellm/routellm_mt_bench_test.jsonl")).unwrap();
+    let rows: Vec<Value> = rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let mean = |model: &str| rows.iter().map(|r| r["labels"][model].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
+    let header = format!(
+        "{} rows; quality all weak {:.3}, all strong {:.3}",
+        rows.len(),
+        mean("mixtral-8x7b-instruct"),
+        mean("gpt-4-1106-preview")
+    );
+    assert!(out.starts_with(&header), "{header}\n{out}");
+    assert!(rows.iter().any(|r| r["turn"] == 2));
+    let (oracle, _) = figures(&out, "oracle");
+    assert!(oracle > 1.0, "{out}");
+}

@@ -124,6 +124,15 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<Value>, String> {
     Ok(rows)
 }
 
+/// Every labelled file of several data directories, each in name order.
+pub fn load_dirs(dirs: &[std::path::PathBuf]) -> Result<Vec<(String, Vec<Example>)>, String> {
+    let mut files = Vec::new();
+    for dir in dirs {
+        files.extend(load_dir(dir)?);
+    }
+    Ok(files)
+}
+
 /// Every labelled file of a data directory: (file stem, examples).
 pub fn load_dir(dir: &Path) -> Result<Vec<(String, Vec<Example>)>, String> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
