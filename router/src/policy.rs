@@ -359,7 +359,7 @@ pub struct RoutingConfig {
 fn default_thresholds() -> Spanned<Thresholds> {
     unspanned(Thresholds {
         local_below: 0.54,
-        remote_above: 0.585,
+        remote_above: 0.59,
         ambiguous: AmbiguousChoice::LocalReasoning,
     })
 }

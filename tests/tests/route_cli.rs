@@ -41,14 +41,26 @@ fn route_eval_on_the_held_out_quarter_keeps_the_reported_figures() {
     let (baseline, _) = figures(&out, "TF-IDF");
     let (random, random_cpt80) = figures(&out, "random");
     let (oracle, _) = figures(&out, "oracle");
-    // Measured: 0.664 / 0.582 (README). A regressed artifact fails here.
-    assert!(ours >= 0.655 && ours_cpt80 <= 0.60, "{out}");
+    // Measured: 0.640 / 0.625 (README). A regressed artifact fails here.
+    assert!(ours >= 0.632 && ours_cpt80 <= 0.64, "{out}");
     assert!(ours > baseline + 0.02 && baseline > random, "{out}");
     assert!(
         (random - 0.5).abs() < 0.02 && (random_cpt80 - 0.8).abs() < 0.03,
         "{out}"
     );
     assert!(oracle > 1.0, "{out}");
+}
+
+#[test]
+fn route_eval_on_unseen_math_word_problems_beats_random() {
+    // GSM8K was never trained on. Structure learned on multiple-choice exams,
+    // applied to open math, had ranked it at random (0.494 on this quarter).
+    let (ok, out, err) = switchyard(&["route", "eval", "--input", &data("routellm/routellm_gsm8k_test.jsonl")]);
+    assert!(ok, "{err}");
+    let (ours, _) = figures(&out, "switchyard");
+    let (random, _) = figures(&out, "random");
+    // Measured: 0.583 against random 0.501 (README).
+    assert!(ours >= 0.56 && ours > random + 0.05, "{out}");
 }
 
 #[test]
