@@ -97,17 +97,30 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     let double = CloudDouble::start();
     let daemon = start(&double);
     let sent = traffic(&daemon).await;
-    // Streams are recorded when they end; give the last one a moment.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let response = http_client().get(daemon.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    assert!(
-        response.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain; version=0.0.4")
-    );
-    let text = response.text().await.unwrap();
+    // Streams are recorded when they end, just after their last byte: scrape
+    // until every request sent is counted (a loaded machine can lag).
+    let counted = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("switchyard_requests_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let response = http_client().get(daemon.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(
+            response.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/plain; version=0.0.4")
+        );
+        let text = response.text().await.unwrap();
+        if counted(&text) >= (sent.local + sent.remote) as f64 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
 
     let mut check = Command::new(tool("promtool"))
         .args(["check", "metrics"])

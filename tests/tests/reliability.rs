@@ -69,6 +69,37 @@ fn hold_engine(daemon: &Daemon) -> (tokio::task::JoinHandle<u16>, tokio::sync::o
     (task, release)
 }
 
+/// Waits until the local engine runs `running` generations with `queued`
+/// requests waiting, as its gauges say. On a loaded machine, arrival order is
+/// not a matter of sleeping long enough between requests.
+async fn until_engine(daemon: &Daemon, running: i64, queued: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = http_client()
+            .get(daemon.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let gauge = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{name}{{")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+        };
+        if gauge("switchyard_local_in_flight") == Some(running) && gauge("switchyard_local_queue_depth") == Some(queued)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the engine never ran {running} with {queued} waiting:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn with_tools(mut body: Value) -> Value {
     body["tools"] = json!([{ "type": "function", "function": { "name": "lookup", "parameters": {} } }]);
     body
@@ -335,7 +366,7 @@ async fn a_request_that_finds_no_turn_in_time_goes_remote_when_allowed_else_429(
     let daemon = start(&text);
     // A long answer holds the engine; the queue has room, so only the wait bounds the others.
     let (long, release) = hold_engine(&daemon);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_engine(&daemon, 1, 0).await;
 
     let r = send(&daemon, &ask("auto", "Say hello."), &[]).await;
     assert_eq!(
@@ -380,9 +411,16 @@ async fn sigterm_lets_streams_in_flight_finish_and_refuses_new_ones() {
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    // New connections are refused once shutdown began.
-    assert!(http_client().post(&url).json(&ask("auto", "hi")).send().await.is_err());
+    // New connections are refused once shutdown began (the signal may take a
+    // moment to land on a loaded machine).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_client().post(&url).json(&ask("auto", "hi")).send().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "new connections still accepted after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     for mut stream in streams {
         let mut text = String::new();
         while let Some(chunk) = stream.next().await {
@@ -417,7 +455,7 @@ async fn the_rungs_of_a_climb_share_one_wait_for_a_turn() {
     // behind the private request, then holds the engine while the private
     // request's second rung (its answer, cut at 2 tokens, is weak) waits again.
     let (first, release_first) = hold_engine(&daemon);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until_engine(&daemon, 1, 0).await;
     let mut private = ask("auto", "Write to jane.doe@example.com about the meeting.");
     // No client limit: the policy's 2 tokens cut the answer, which makes it weak.
     private.as_object_mut().unwrap().remove("max_tokens");
@@ -427,9 +465,10 @@ async fn the_rungs_of_a_climb_share_one_wait_for_a_turn() {
         (r, asked.elapsed())
     };
     let others = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        until_engine(&daemon, 1, 1).await;
         let second = hold_engine(&daemon);
-        tokio::time::sleep(Duration::from_millis(1400)).await;
+        until_engine(&daemon, 1, 2).await;
+        tokio::time::sleep_until((asked + Duration::from_millis(1500)).into()).await;
         release_first.send(()).unwrap();
         second
     };
