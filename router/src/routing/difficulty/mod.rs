@@ -3,7 +3,8 @@
 //!
 //! The model is deliberately small and fast: the prompt's words, word pairs
 //! and (for CJK) characters are hashed into [`BUCKETS`] buckets, and the
-//! structural [`Features`] are added to them. Two logistic heads read the same
+//! structural [`Features`] are added to them (for multiple-choice questions
+//! only, see [`Features::vector`]). Two logistic heads read the same
 //! features: the chance that the strong model answers well, and the chance
 //! that the weak one does. A calibration layer, fitted on rows the heads never
 //! trained on, turns the pair into calibrated chances `s` and `w`, and the
