@@ -35,8 +35,9 @@ pub enum RouteCommand {
     /// APGR and CPT of the shipped router on labelled rows, beside the TF-IDF
     /// baseline, random and oracle routing.
     Eval {
-        #[arg(long)]
-        input: PathBuf,
+        /// Labelled rows; give it once per file to evaluate them together.
+        #[arg(long, required = true)]
+        input: Vec<PathBuf>,
         #[arg(long)]
         model: Option<PathBuf>,
     },
@@ -176,9 +177,12 @@ fn print_table(rows: &[(&str, Quality)]) {
     }
 }
 
-fn eval(input: &Path, model: Option<&Path>) -> Result<(), String> {
+fn eval(inputs: &[PathBuf], model: Option<&Path>) -> Result<(), String> {
     let model = model_or_shipped(model)?;
-    let examples: Vec<Example> = data::read_jsonl(input)?.iter().filter_map(data::example).collect();
+    let mut examples: Vec<Example> = Vec::new();
+    for input in inputs {
+        examples.extend(data::read_jsonl(input)?.iter().filter_map(data::example));
+    }
     if examples.len() < 2 {
         return Err("fewer than two labelled rows with a strong/weak pair".into());
     }

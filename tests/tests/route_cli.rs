@@ -205,16 +205,24 @@ fn route_train_reads_every_data_dir_and_never_trains_on_test_files() {
 
 #[test]
 fn route_eval_reads_graded_multi_turn_chat_rows() {
-    // MT-Bench: judge scores in [0, 1], second turns as conversations.
-    let (ok, out, err) = switchyard(&[
-        "route",
-        "eval",
-        "--input",
-        &data("routellm/routellm_mt_bench_test.jsonl"),
-    ]);
+    // MT-Bench: judge scores in [0, 1], second turns as conversations; both
+    // quarters at once, one --input per file.
+    let files = [
+        data("routellm/routellm_mt_bench_train.jsonl"),
+        data("routellm/routellm_mt_bench_test.jsonl"),
+    ];
+    let (ok, out, err) = switchyard(&["route", "eval", "--input", &files[0], "--input", &files[1]]);
     assert!(ok, "{err}");
-    let rows = std::fs::read_to_string(data("routellm/routellm_mt_bench_test.jsonl")).unwrap();
-    let rows: Vec<Value> = rows.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<Value> = files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect();
     let mean = |model: &str| rows.iter().map(|r| r["labels"][model].as_f64().unwrap()).sum::<f64>() / rows.len() as f64;
     let header = format!(
         "{} rows; quality all weak {:.3}, all strong {:.3}",
