@@ -77,6 +77,16 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// The value of a Prometheus series in exposition text, summed over its label
+/// sets (0 when absent).
+pub fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 /// A system tool the tests need (promtool, prometheus, chromium), from PATH;
 /// a clear failure when it is missing (`.ci/run` installs them).
 pub fn tool(name: &str) -> std::path::PathBuf {

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, tool};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, sample, tool};
 
 const REMOTE_PRICE: (f64, f64) = (2.5, 10.0);
 
@@ -79,15 +79,6 @@ async fn traffic(daemon: &Daemon) -> Sent {
     sent
 }
 
-/// The value of one series in Prometheus text output (labels as written).
-fn sample(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 fn start(double: &CloudDouble) -> Daemon {
     Daemon::start(&policy(double), &[("DOUBLE_API_KEY", DOUBLE_API_KEY)])
 }
@@ -99,12 +90,6 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     let sent = traffic(&daemon).await;
     // Streams are recorded when they end, just after their last byte: scrape
     // until every request sent is counted (a loaded machine can lag).
-    let counted = |text: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("switchyard_requests_total{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
     let deadline = Instant::now() + Duration::from_secs(10);
     let text = loop {
         let response = http_client().get(daemon.url("/metrics")).send().await.unwrap();
@@ -116,7 +101,8 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
                 .starts_with("text/plain; version=0.0.4")
         );
         let text = response.text().await.unwrap();
-        if counted(&text) >= (sent.local + sent.remote) as f64 || Instant::now() > deadline {
+        if sample(&text, "switchyard_requests_total") >= (sent.local + sent.remote) as f64 || Instant::now() > deadline
+        {
             break text;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

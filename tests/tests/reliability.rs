@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, sample};
 
 const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
@@ -83,12 +83,8 @@ async fn until_engine(daemon: &Daemon, running: i64, queued: i64) {
             .text()
             .await
             .unwrap();
-        let gauge = |name: &str| {
-            text.lines()
-                .find(|l| l.starts_with(&format!("{name}{{")))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-        };
-        if gauge("switchyard_local_in_flight") == Some(running) && gauge("switchyard_local_queue_depth") == Some(queued)
+        if sample(&text, "switchyard_local_in_flight") == running as f64
+            && sample(&text, "switchyard_local_queue_depth") == queued as f64
         {
             return;
         }
