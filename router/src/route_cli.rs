@@ -177,6 +177,17 @@ fn print_table(rows: &[(&str, Quality)]) {
     }
 }
 
+/// The table of a router's rows beside the baseline's, random and oracle
+/// routing of the same rows.
+fn print_comparison(label: &str, ours: &[Scored], baseline: &[Scored]) {
+    print_table(&[
+        (label, evaluate(ours)),
+        ("TF-IDF + LR baseline", evaluate(baseline)),
+        ("random (200 shuffles)", random(ours, 200, 1)),
+        ("oracle", oracle(ours)),
+    ]);
+}
+
 fn eval(inputs: &[PathBuf], model: Option<&Path>) -> Result<(), String> {
     let model = model_or_shipped(model)?;
     let mut examples: Vec<Example> = Vec::new();
@@ -193,15 +204,11 @@ fn eval(inputs: &[PathBuf], model: Option<&Path>) -> Result<(), String> {
         "{} rows; quality all weak {q_weak:.3}, all strong {q_strong:.3}",
         examples.len()
     );
-    print_table(&[
-        ("switchyard (shipped)", evaluate(&ours)),
-        (
-            "TF-IDF + LR baseline",
-            evaluate(&scored(DifficultyModel::baseline(), &examples)),
-        ),
-        ("random (200 shuffles)", random(&ours, 200, 1)),
-        ("oracle", oracle(&ours)),
-    ]);
+    print_comparison(
+        "switchyard (shipped)",
+        &ours,
+        &scored(DifficultyModel::baseline(), &examples),
+    );
     Ok(())
 }
 
@@ -233,27 +240,19 @@ fn train(data_dirs: &[PathBuf], out_dir: &Path, settings: &Settings) -> Result<(
         std::fs::write(&path, model.to_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if !split.heldout.is_empty() {
-        let held = scored(&ours, &split.heldout);
         println!("held-out quarter of routellm_mmlu ({} rows):", split.heldout.len());
-        print_table(&[
-            ("switchyard", evaluate(&held)),
-            ("TF-IDF + LR baseline", evaluate(&scored(&baseline, &split.heldout))),
-            ("random (200 shuffles)", random(&held, 200, 1)),
-            ("oracle", oracle(&held)),
-        ]);
+        print_comparison(
+            "switchyard",
+            &scored(&ours, &split.heldout),
+            &scored(&baseline, &split.heldout),
+        );
     }
     for (stem, rows) in files
         .iter()
         .filter(|(stem, rows)| stem.contains("_test") && rows.len() > 1)
     {
-        let held = scored(&ours, rows);
         println!("\n{stem} ({} rows, never trained on):", rows.len());
-        print_table(&[
-            ("switchyard", evaluate(&held)),
-            ("TF-IDF + LR baseline", evaluate(&scored(&baseline, rows))),
-            ("random (200 shuffles)", random(&held, 200, 1)),
-            ("oracle", oracle(&held)),
-        ]);
+        print_comparison("switchyard", &scored(&ours, rows), &scored(&baseline, rows));
     }
     eprintln!("trained in {:.0} s", started.elapsed().as_secs_f64());
     Ok(())

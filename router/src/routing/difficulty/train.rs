@@ -199,8 +199,8 @@ fn calibrate(rows: &[(Vec<f32>, &Example)], device: &Device) -> Calibration {
     }
     let n = rows.len();
     let inputs: Vec<f32> = rows.iter().flat_map(|(h, _)| [h[0], h[1]]).collect();
-    let targets: Vec<f32> = rows.iter().flat_map(|(_, e)| paired_targets(e).0).collect();
-    let mask: Vec<f32> = rows.iter().flat_map(|(_, e)| paired_targets(e).1).collect();
+    let (targets, mask): (Vec<[f32; 2]>, Vec<[f32; 2]>) = rows.iter().map(|(_, e)| paired_targets(e)).unzip();
+    let (targets, mask) = (targets.concat(), mask.concat());
     let inputs = Tensor::<2>::from_data(TensorData::new(inputs, [n, 2]), device);
     let targets = Tensor::<2>::from_data(TensorData::new(targets, [n, 2]), device);
     let mask = Tensor::<2>::from_data(TensorData::new(mask, [n, 2]), device);
