@@ -358,8 +358,8 @@ pub struct RoutingConfig {
 /// brain"). A quarter of such prompts stay local, a quarter go remote.
 fn default_thresholds() -> Spanned<Thresholds> {
     unspanned(Thresholds {
-        local_below: 0.54,
-        remote_above: 0.59,
+        local_below: 0.537,
+        remote_above: 0.578,
         ambiguous: AmbiguousChoice::LocalReasoning,
     })
 }

@@ -222,6 +222,10 @@ fn train(data_dirs: &[PathBuf], out_dir: &Path, settings: &Settings) -> Result<(
         split.dropped_as_leaks,
         split.heldout.len()
     );
+    eprintln!(
+        "the difficulty model learns from the {} of them with a remote-class pair; the baseline from all",
+        split.train.iter().filter(|e| e.frontier).count()
+    );
     let settings = Settings {
         verbose: true,
         ..settings.clone()

@@ -41,8 +41,9 @@ fn route_eval_on_the_held_out_quarter_keeps_the_reported_figures() {
     let (baseline, _) = figures(&out, "TF-IDF");
     let (random, random_cpt80) = figures(&out, "random");
     let (oracle, _) = figures(&out, "oracle");
-    // Measured: 0.640 / 0.625 (README). A regressed artifact fails here.
-    assert!(ours >= 0.632 && ours_cpt80 <= 0.64, "{out}");
+    // Measured: 0.670 / 0.596 (README). A regressed artifact fails here: the
+    // one whose weak head also learned from RouterDC's 7B pairs gave 0.640 / 0.625.
+    assert!(ours >= 0.66 && ours_cpt80 <= 0.61, "{out}");
     assert!(ours > baseline + 0.02 && baseline > random, "{out}");
     assert!(
         (random - 0.5).abs() < 0.02 && (random_cpt80 - 0.8).abs() < 0.03,
@@ -59,7 +60,7 @@ fn route_eval_on_unseen_math_word_problems_beats_random() {
     assert!(ok, "{err}");
     let (ours, _) = figures(&out, "switchyard");
     let (random, _) = figures(&out, "random");
-    // Measured: 0.583 against random 0.501 (README).
+    // Measured: 0.585 against random 0.501 (README).
     assert!(ours >= 0.56 && ours > random + 0.05, "{out}");
 }
 

@@ -30,7 +30,8 @@ pub struct Example {
     pub weak: f64,
     /// Whether the strong label is a remote-class model's (a row's own named
     /// pair, GPT-4 in RouterBench); RouterDC's pairs are two 7B-8B models,
-    /// whose stronger one says little about a frontier model.
+    /// whose stronger one says little about a frontier model. Only such rows
+    /// train a paired model (see [`super::train`]).
     pub frontier: bool,
 }
 
