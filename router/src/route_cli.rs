@@ -59,7 +59,9 @@ pub enum RouteCommand {
         #[arg(long)]
         weight_decay: Option<f64>,
         /// Leave each source out in turn, train on the rest, evaluate on it;
-        /// prints the table and writes no artifact.
+        /// prints the table and writes no artifact. RouterDC's sources never
+        /// train the difficulty model (only the baseline), so their rows
+        /// measure it on pairs of 7-8B models it never learned from.
         #[arg(long)]
         loso: bool,
     },
@@ -287,7 +289,7 @@ fn leave_one_source_out(data_dirs: &[PathBuf], settings: &Settings) -> Result<()
                     .cloned()
             })
             .collect();
-        let ours = train_model(&training, settings)?;
+        let ours = train_model(&training, settings).map_err(|e| format!("leaving out {source}: {e}"))?;
         let baseline = train_model(
             &training,
             &Settings {

@@ -41,8 +41,9 @@ fn route_eval_on_the_held_out_quarter_keeps_the_reported_figures() {
     let (baseline, _) = figures(&out, "TF-IDF");
     let (random, random_cpt80) = figures(&out, "random");
     let (oracle, _) = figures(&out, "oracle");
-    // Measured: 0.670 / 0.596 (README). A regressed artifact fails here: the
-    // one whose weak head also learned from RouterDC's 7B pairs gave 0.640 / 0.625.
+    // Measured: 0.670 / 0.596 (README). A regressed artifact fails here: with
+    // the weak head also learning from RouterDC's 7B pairs it gave 0.659 / 0.595
+    // without weight decay and 0.640 / 0.625 with it.
     assert!(ours >= 0.66 && ours_cpt80 <= 0.61, "{out}");
     assert!(ours > baseline + 0.02 && baseline > random, "{out}");
     assert!(
@@ -157,6 +158,16 @@ fn route_train_reads_every_data_dir_and_never_trains_on_test_files() {
     let sample = std::fs::read_to_string(data("routellm_mmlu_train_sample.jsonl")).unwrap();
     let rows: Vec<&str> = sample.lines().take(300).collect();
     std::fs::write(first.join("mmlu_sample_train.jsonl"), rows.join("\n")).unwrap();
+    // Five rows of a pair of 7-8B models (RouterDC's format): the baseline
+    // learns from them, the difficulty model does not.
+    let sevens: Vec<String> = (0..5)
+        .map(|i| {
+            format!(
+                "{{\"id\": \"routerdc7_tiny/{i}\", \"source\": \"routerdc7_tiny\", \"prompt\": \"Question {i}: which is larger?\", \"label_kind\": \"correct_0_1\", \"labels\": {{\"cognitivecomputations/dolphin-2.9-llama3-8b\": 1.0, \"mistralai/Mistral-7B-v0.1\": 0.0}}}}"
+            )
+        })
+        .collect();
+    std::fs::write(first.join("routerdc7_tiny_train.jsonl"), sevens.join("\n")).unwrap();
     let second = data("routellm");
     let count = |name: &str| {
         std::fs::read_to_string(format!("{second}/{name}"))
@@ -180,7 +191,11 @@ fn route_train_reads_every_data_dir_and_never_trains_on_test_files() {
     ]);
     assert!(ok, "{err}");
     let trained = 300 + count("routellm_gsm8k_train.jsonl") + count("routellm_mt_bench_train.jsonl");
-    assert!(err.contains(&format!("training on {trained} rows")), "{err}");
+    assert!(err.contains(&format!("training on {} rows", trained + 5)), "{err}");
+    assert!(
+        err.contains(&format!("learns from the {trained} of them with a remote-class pair")),
+        "{err}"
+    );
     // Each test file is reported, as never trained on.
     for name in ["routellm_gsm8k_test", "routellm_mt_bench_test"] {
         let rows = count(&format!("{name}.jsonl"));

@@ -137,7 +137,8 @@ impl Features {
     /// on MMLU, more numbers and math mean a *smaller* gain from GPT-4 (both
     /// models miss them), while on open math (GSM8K, MT-Bench) they mean the
     /// largest gain. Used on open requests, these weights ranked MT-Bench's
-    /// chat worse than random (APGR 0.38 on its train quarter, 0.72 scoped).
+    /// chat worse than random (APGR 0.38 on its train quarter, 0.72 scoped,
+    /// measured with the training recipe of the time).
     /// Open prompts are scored on their text alone.
     pub fn vector(&self) -> [f32; STRUCTURAL_FEATURES] {
         let log = |x: f64| (1.0 + x).ln() as f32;
