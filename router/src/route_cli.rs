@@ -14,7 +14,7 @@ use switchyard::openai::request::ChatRequest;
 use switchyard::policy::Policy;
 use switchyard::routing::difficulty::data::{self, Example, question_key};
 use switchyard::routing::difficulty::eval::{Quality, Scored, evaluate, oracle, random};
-use switchyard::routing::difficulty::train::{Settings, train as train_model};
+use switchyard::routing::difficulty::train::{Settings, learns_from, train as train_model};
 use switchyard::routing::difficulty::{DifficultyModel, Kind};
 use switchyard::routing::features::{Features, text_for_scoring};
 use switchyard::routing::sessions::Sessions;
@@ -226,7 +226,7 @@ fn train(data_dirs: &[PathBuf], out_dir: &Path, settings: &Settings) -> Result<(
     );
     eprintln!(
         "the difficulty model learns from the {} of them with a remote-class pair; the baseline from all",
-        split.train.iter().filter(|e| e.frontier).count()
+        split.train.iter().filter(|e| learns_from(Kind::Paired, e)).count()
     );
     let settings = Settings {
         verbose: true,

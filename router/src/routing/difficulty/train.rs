@@ -115,11 +115,16 @@ fn paired_targets(e: &Example) -> [f32; 2] {
     [e.strong as f32, e.weak as f32]
 }
 
-/// Trains a model on `examples` (a paired model on those of them with a
-/// remote-class pair, see the module comment).
+/// Whether a model of `kind` learns from `example`: a paired model only from
+/// rows with a remote-class pair (see the module comment), the baseline from all.
+pub fn learns_from(kind: Kind, example: &Example) -> bool {
+    kind == Kind::TfIdf || example.frontier
+}
+
+/// Trains a model on those of `examples` it [`learns_from`].
 pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyModel, String> {
     let kind = settings.kind;
-    let examples: Vec<&Example> = examples.iter().filter(|e| kind == Kind::TfIdf || e.frontier).collect();
+    let examples: Vec<&Example> = examples.iter().filter(|e| learns_from(kind, e)).collect();
     if examples.is_empty() {
         return Err(match kind {
             Kind::Paired => "no training examples with a remote-class strong model".into(),
