@@ -46,6 +46,10 @@ pub struct Ledger {
     path: PathBuf,
     state: Mutex<SpendState>,
     dirty: AtomicBool,
+    /// Held for a whole flush. A flush that finds another one writing waits for
+    /// it, so it never returns (and lets the process exit) before the file holds
+    /// the spend it saw; and two writers never share the temporary file.
+    writing: Mutex<()>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -120,6 +124,7 @@ impl Ledger {
             path: path.to_path_buf(),
             state: Mutex::new(state),
             dirty: AtomicBool::new(false),
+            writing: Mutex::new(()),
         })
     }
 
@@ -198,6 +203,7 @@ impl Ledger {
     /// Writes the spend file if anything changed since the last write: to a
     /// temporary file first, then renamed over, so a crash never leaves half a file.
     pub fn flush(&self) -> std::io::Result<()> {
+        let _writing = self.writing.lock().expect("ledger write lock");
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
@@ -314,6 +320,32 @@ mod tests {
         );
         std::fs::write(&path, b"{not json").unwrap();
         assert!(Ledger::open(&path).unwrap_err().contains("not valid"));
+        std::fs::remove_file(&path).unwrap();
+    }
+    #[test]
+    fn a_flush_returns_only_once_the_file_holds_what_it_saw() {
+        // Another flush (the periodic one) may be writing when the shutdown
+        // flush runs; the latter must not return before the file is complete.
+        let path = temp_path("concurrent");
+        let _ = std::fs::remove_file(&path);
+        let ledger = std::sync::Arc::new(Ledger::open(&path).unwrap());
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let background = {
+            let (ledger, stop) = (ledger.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    ledger.flush().unwrap();
+                }
+            })
+        };
+        for n in 1..=500 {
+            ledger.record_on("2026-11-24", None, 1.0);
+            ledger.flush().unwrap();
+            let on_disk: SpendState = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(on_disk.global.daily_usd, f64::from(n), "after {n} records");
+        }
+        stop.store(true, Ordering::Relaxed);
+        background.join().unwrap();
         std::fs::remove_file(&path).unwrap();
     }
 }
