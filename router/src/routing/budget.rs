@@ -223,6 +223,17 @@ impl Ledger {
     }
 }
 
+/// Spend recorded after the last flush (by requests cut at the end of the
+/// shutdown drain, or still in flight into a ledger a reload replaced) is
+/// written when the last holder lets go of the ledger.
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        if let Err(err) = self.flush() {
+            tracing::error!(path = %self.path.display(), "cannot write budget state: {err}");
+        }
+    }
+}
+
 /// The largest spent fraction of the limits that are set.
 fn fullest(spend: Spend, limits: Limits) -> f64 {
     [
@@ -278,6 +289,7 @@ mod tests {
     #[test]
     fn pacing_rises_smoothly_from_pacing_from_to_the_limit() {
         let config = config("state_file: x\npacing_from: 0.5\nglobal: { daily_usd: 10 }\n");
+        let _ = std::fs::remove_file(temp_path("pacing"));
         let ledger = Ledger::open(&temp_path("pacing")).unwrap();
         let level = |ledger: &Ledger| ledger.pacing_on("2026-11-24", &config, None).level;
         assert_eq!(level(&ledger), 0.0);
@@ -289,11 +301,17 @@ mod tests {
         assert!(ledger.pacing_on("2026-11-24", &config, None).exhausted());
         // A new day starts with a fresh daily budget.
         assert_eq!(ledger.pacing_on("2026-11-25", &config, None).level, 0.0);
+        // Unflushed spend is written when the ledger goes.
+        drop(ledger);
+        let on_disk: SpendState = serde_json::from_slice(&std::fs::read(temp_path("pacing")).unwrap()).unwrap();
+        assert_eq!(on_disk.global.monthly_usd, 10.0);
+        std::fs::remove_file(temp_path("pacing")).unwrap();
     }
 
     #[test]
     fn a_key_is_paced_by_the_tighter_of_its_own_and_the_global_budget() {
         let config = config("state_file: x\npacing_from: 0\nglobal: { monthly_usd: 100 }\nper_key: { daily_usd: 1 }\n");
+        let _ = std::fs::remove_file(temp_path("keys"));
         let ledger = Ledger::open(&temp_path("keys")).unwrap();
         ledger.record_on("2026-11-24", Some("team-a"), 0.5);
         let a = ledger.pacing_on("2026-11-24", &config, Some("team-a")).level;
@@ -303,6 +321,8 @@ mod tests {
         // The month carries over a day change; the day does not.
         let next_day = ledger.pacing_on("2026-11-25", &config, Some("team-a")).level;
         assert!((next_day - 0.005).abs() < 1e-12, "{next_day}");
+        drop(ledger);
+        std::fs::remove_file(temp_path("keys")).unwrap();
     }
 
     #[test]
