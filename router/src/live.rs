@@ -146,8 +146,8 @@ impl LivePolicy {
         }
     }
 
-    /// Reloads on SIGHUP and whenever the file's content changes, until the
-    /// process ends. `on_reload` sees every outcome.
+    /// Reloads on SIGHUP and whenever the file's content changes (and then
+    /// stays the same for a tick), until the process ends. `on_reload` sees every outcome.
     pub async fn watch(self: Arc<Self>, on_reload: impl Fn(ReloadOutcome) + Send + 'static) {
         let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(signal) => Some(signal),
@@ -157,6 +157,10 @@ impl LivePolicy {
             }
         };
         let mut seen = fingerprint(&self.path);
+        // A changed file is read again once it has stayed the same for a
+        // tick: an editor or a tool that rewrites it in place is not caught
+        // half-way (a spurious rejection in the log and the metrics).
+        let mut settling = None;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -166,12 +170,21 @@ impl LivePolicy {
                     let now = fingerprint(&self.path);
                     // A missing file is an editor mid-save: wait for it to come back.
                     if now.is_none() || now == seen {
+                        settling = None;
+                        continue;
+                    }
+                    if now != settling {
+                        settling = now;
                         continue;
                     }
                     seen = now;
                     "file-change"
                 }
             };
+            if trigger == "sighup" {
+                seen = fingerprint(&self.path);
+                settling = None;
+            }
             let this = self.clone();
             let outcome = tokio::task::spawn_blocking(move || this.reload(trigger))
                 .await

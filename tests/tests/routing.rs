@@ -431,7 +431,11 @@ async fn the_policy_reloads_when_edited_and_a_bad_edit_keeps_the_old_one() {
 
     std::fs::write(daemon.policy_path(), policy(&double, ALL_REMOTE, "")).unwrap();
     assert!(wait_for_route(&daemon, "remote").await, "{}", daemon.log());
-    assert!(daemon.log().contains("policy reloaded"), "{}", daemon.log());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !daemon.log().contains("policy reloaded") {
+        assert!(Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // The model was kept, not loaded again.
     assert_eq!(
         daemon.log().matches("local model loaded").count(),
@@ -443,17 +447,17 @@ async fn the_policy_reloads_when_edited_and_a_bad_edit_keeps_the_old_one() {
     // A typo: rejected with its line and column, and the last good policy serves on.
     let bad = policy(&double, ALL_LOCAL, "").replace("remote_backends:", "remote_backendz:");
     std::fs::write(daemon.policy_path(), &bad).unwrap();
+    let line = bad.lines().position(|l| l.contains("remote_backendz")).unwrap() + 1;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.log().contains("policy reload rejected") {
-        assert!(Instant::now() < deadline, "{}", daemon.log());
+    while !daemon.log().contains(&format!("policy.yaml:{line}:3: ")) {
+        assert!(
+            Instant::now() < deadline,
+            "no rejection at line {line}:\n{}",
+            daemon.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let line = bad.lines().position(|l| l.contains("remote_backendz")).unwrap() + 1;
-    assert!(
-        daemon.log().contains(&format!("policy.yaml:{line}:3: ")),
-        "line {line}:\n{}",
-        daemon.log()
-    );
+    assert!(daemon.log().contains("policy reload rejected"), "{}", daemon.log());
     assert_eq!(send(&daemon, &ask("hello"), &[]).await.route, "remote");
 
     // SIGHUP reloads too (here after a good edit).
