@@ -42,13 +42,22 @@ fn job(request: GenerationRequest, stop_after: Option<usize>, done: mpsc::Sender
     }
 }
 
+/// Waits until the worker has taken every queued job.
+fn until_taken(engine: &Engine) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while engine.queue_depth() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the engine took no job");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn a_full_queue_refuses_at_once_and_queued_jobs_still_run() {
     let engine = Engine::start(LocalModel::load(&common::smollm2_path(), Some(1024)).unwrap(), 2, 1).unwrap();
     let (done, finished) = mpsc::channel();
     // One job runs (long), one waits in the queue of 1, the third is refused.
     engine.submit(job(request(&engine, 200), None, done.clone())).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    until_taken(&engine);
     engine.submit(job(request(&engine, 4), None, done.clone())).unwrap();
     assert_eq!(engine.queue_depth(), 1);
     assert_eq!(
@@ -71,7 +80,7 @@ fn a_continuation_is_never_refused_and_runs_before_waiting_jobs() {
     // One job runs (long) and one waits, so the queue of 1 is full; a
     // continuation is still taken, and it runs next.
     engine.submit(tokens_job(request(&engine, 120), done.clone())).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    until_taken(&engine);
     engine.submit(tokens_job(request(&engine, 3), done.clone())).unwrap();
     assert_eq!(
         engine

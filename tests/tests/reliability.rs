@@ -264,7 +264,7 @@ async fn a_stream_cut_mid_way_ends_with_an_error_event_and_is_not_retried() {
 #[tokio::test]
 async fn the_breaker_opens_after_failures_and_closes_after_a_good_probe() {
     let double = CloudDouble::start();
-    let extra = "      retry: { max_attempts: 1 }\n      breaker: { failure_threshold: 2, cooldown_ms: 500 }\n";
+    let extra = "      retry: { max_attempts: 1 }\n      breaker: { failure_threshold: 2, cooldown_ms: 3000 }\n";
     let daemon = start(&policy(
         &double,
         &["switchable", "echo"],
@@ -297,7 +297,7 @@ async fn the_breaker_opens_after_failures_and_closes_after_a_good_probe() {
 
     // After the cooldown one probe goes through; the upstream is back, so it closes.
     double.set_outage(false);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = send(&daemon, &ask("auto", "hello"), &[]).await;
     assert_eq!((r.status, r.backend.as_str()), (200, "switchable"), "{}", r.body);
     let r = send(&daemon, &ask("switchable", "hello"), &[]).await;
@@ -440,14 +440,14 @@ fn truncating_policy(double: &CloudDouble, remote: &str, extra: &str) -> String 
 #[tokio::test]
 async fn the_rungs_of_a_climb_share_one_wait_for_a_turn() {
     let double = CloudDouble::start();
-    let wait = Duration::from_millis(3000);
+    let wait = Duration::from_millis(6000);
     let text = truncating_policy(&double, "echo", "privacy:\n  detectors: [email]\n").replace(
         "queue_capacity: 1\n",
         &format!("queue_capacity: 8\n      max_queue_wait_ms: {}\n", wait.as_millis()),
     );
     let daemon = start(&text);
     // The first long answer holds the engine while the private request waits
-    // for its first rung, until its client leaves 1.5 s in; the second, queued
+    // for its first rung, until its client leaves 3 s in; the second, queued
     // behind the private request, then holds the engine while the private
     // request's second rung (its answer, cut at 2 tokens, is weak) waits again.
     let (first, release_first) = hold_engine(&daemon);
@@ -464,7 +464,7 @@ async fn the_rungs_of_a_climb_share_one_wait_for_a_turn() {
         until_engine(&daemon, 1, 1).await;
         let second = hold_engine(&daemon);
         until_engine(&daemon, 1, 2).await;
-        tokio::time::sleep_until((asked + Duration::from_millis(1500)).into()).await;
+        tokio::time::sleep_until((asked + wait / 2).into()).await;
         release_first.send(()).unwrap();
         second
     };
@@ -476,8 +476,8 @@ async fn the_rungs_of_a_climb_share_one_wait_for_a_turn() {
         "the second rung had what the first left: {message}"
     );
     // Both waits together stay within one bound (plus a 2-token answer); one
-    // bound per rung would add the first rung's 1.5 s.
-    assert!(took < wait + Duration::from_millis(1000), "took {took:?}");
+    // bound per rung would add the first rung's 3 s.
+    assert!(took < wait + Duration::from_millis(2000), "took {took:?}");
     drop(release_second);
     assert_eq!((first.await.unwrap(), second.await.unwrap()), (200, 200));
     assert_eq!(double.calls("echo"), 0, "nothing private went out");
