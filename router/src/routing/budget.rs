@@ -342,6 +342,7 @@ mod tests {
         assert!(Ledger::open(&path).unwrap_err().contains("not valid"));
         std::fs::remove_file(&path).unwrap();
     }
+
     #[test]
     fn a_flush_returns_only_once_the_file_holds_what_it_saw() {
         // Another flush (the periodic one) may be writing when the shutdown
