@@ -8,7 +8,12 @@ prints how many each answers right and the mean time per request:
 - 20 everyday factual questions; right when the answer contains the expected
   word.
 
-    cargo run --release -p switchyard -- serve --policy policies/default.yaml &
+The default policy turns the embedded model's reasoning tier off (this script
+is why); to measure it, serve a copy with it on, beside the original (its paths
+are relative to its own directory):
+
+    sed 's/reasoning: false/reasoning: true/' policies/default.yaml > policies/reasoning-on.yaml
+    cargo run --release -p switchyard -- serve --policy policies/reasoning-on.yaml &
     python3 bench/local_reasoning.py --url http://127.0.0.1:8080
 """
 
@@ -70,7 +75,7 @@ def ask(url, model, prompt, tier):
         route = response.headers.get("x-switchyard-route")
         reply = json.load(response)
     if route != tier:
-        raise SystemExit(f"asked for {tier}, the daemon answered {route}")
+        raise SystemExit(f"asked for {tier}, the daemon answered {route} (a local backend with `reasoning: false`?)")
     return reply["choices"][0]["message"]["content"], time.perf_counter() - start
 
 

@@ -143,6 +143,12 @@ pub struct LocalBackendConfig {
     /// `reasoning_effort`), on top of the answer's own `max_tokens`.
     #[serde(default = "default_reasoning_max_tokens")]
     pub reasoning_max_tokens: Spanned<u64>,
+    /// Whether this model serves the `local-reasoning` tier. `false` for a
+    /// model whose reasoning pass does not help (measure it with
+    /// `bench/local_reasoning.py`): what would be answered reasoning is answered
+    /// plainly, tier `local`, and a weak local answer climbs straight to remote.
+    #[serde(default = "default_reasoning")]
+    pub reasoning: bool,
     /// Sampling for requests that leave a parameter out. OpenAI's own defaults
     /// (temperature 1, top_p 1) suit large models; small ones do better with the
     /// values their authors publish.
@@ -190,6 +196,10 @@ impl Default for SamplingDefaults {
 
 fn default_threads() -> Spanned<usize> {
     unspanned(std::thread::available_parallelism().map_or(2, |n| n.get()).min(8))
+}
+
+fn default_reasoning() -> bool {
+    true
 }
 
 fn default_reasoning_max_tokens() -> Spanned<u64> {

@@ -528,6 +528,35 @@ async fn a_weak_local_answer_climbs_the_ladder_streamed_and_not() {
 }
 
 #[tokio::test]
+async fn a_weak_answer_of_a_model_that_does_not_reason_climbs_straight_to_remote() {
+    let double = CloudDouble::start();
+    let question = json!({ "model": "auto", "messages": [{ "role": "user", "content": "Explain photosynthesis." }] });
+    let escalations = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("escalating a weak local answer"))
+            .map(|l| l.contains("to=\"local-reasoning\""))
+            .collect::<Vec<bool>>()
+    };
+    // With reasoning, the climb has a reasoning rung ...
+    let daemon = start(&truncating_policy(&double, "echo", ""));
+    assert_eq!(send(&daemon, &question, &[]).await.route, "remote");
+    assert_eq!(escalations(&daemon.log()), [true, false], "{}", daemon.log());
+    // ... without, it goes from the plain answer to remote.
+    let text = truncating_policy(&double, "echo", "").replace(
+        "reasoning_max_tokens: 16\n",
+        "reasoning_max_tokens: 16\n      reasoning: false\n",
+    );
+    assert!(text.contains("reasoning: false"), "{text}");
+    let daemon = start(&text);
+    let r = send(&daemon, &question, &[]).await;
+    assert_eq!(
+        (r.route.as_str(), r.reason.as_str(), r.escalated_from.as_deref()),
+        ("remote", "weak-truncated", Some("local"))
+    );
+    assert_eq!(escalations(&daemon.log()), [false], "{}", daemon.log());
+}
+
+#[tokio::test]
 async fn a_weak_local_answer_is_served_when_the_remote_rung_fails_streamed_and_not() {
     let double = CloudDouble::start();
     let daemon = start(&truncating_policy(&double, "server-error", ""));

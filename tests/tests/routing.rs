@@ -147,6 +147,39 @@ async fn thresholds_pick_the_tier_and_every_answer_says_why() {
 }
 
 #[tokio::test]
+async fn a_local_model_that_does_not_reason_answers_that_tier_plainly() {
+    let double = CloudDouble::start();
+    let text = policy(&double, ALL_AMBIGUOUS, "").replace(
+        "reasoning_max_tokens: 16\n",
+        "reasoning_max_tokens: 16\n      reasoning: false\n",
+    );
+    let daemon = start(&text);
+    let question = ask("Is 91 a prime number?");
+    let r = send(&daemon, &question, &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.reason.as_str()),
+        (200, "local", "score-ambiguous"),
+        "{}",
+        r.body
+    );
+    let plain = r.body["choices"][0]["message"].clone();
+    assert!(plain.get("reasoning_content").is_none(), "{plain}");
+    assert_eq!(r.body["usage"]["completion_tokens_details"]["reasoning_tokens"], 0);
+    // Asked for by header: still the plain answer.
+    let r = send(&daemon, &question, &[("x-switchyard-tier", "local-reasoning")]).await;
+    assert_eq!((r.route.as_str(), r.reason.as_str()), ("local", "tier-override"));
+    assert_eq!(r.body["choices"][0]["message"], plain);
+    // A client's reasoning_effort on the model's own name is ignored too.
+    let mut pinned = question.clone();
+    pinned["model"] = json!("smollm2");
+    pinned["reasoning_effort"] = json!("high");
+    let r = send(&daemon, &pinned, &[]).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["choices"][0]["message"], plain);
+    assert_eq!(double.calls("echo"), 0);
+}
+
+#[tokio::test]
 async fn aliases_choose_a_profile_and_backend_names_bypass_routing() {
     let double = CloudDouble::start();
     let daemon = start(&policy(&double, ALL_AMBIGUOUS, ""));

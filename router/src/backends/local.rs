@@ -76,6 +76,9 @@ pub struct LocalBackend {
     engine: Result<Arc<Engine>, String>,
     /// Token budget of the reasoning pass.
     reasoning_max_tokens: u64,
+    /// Whether the model serves the `local-reasoning` tier (a client's
+    /// `reasoning_effort` is ignored when it does not).
+    reasons: bool,
     /// How long a request may wait for its turn before it counts as busy.
     max_queue_wait: Option<Duration>,
     /// Answers being generated or waiting (for metrics).
@@ -504,6 +507,7 @@ impl LocalBackend {
             default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
             sampling: config.sampling,
             reasoning_max_tokens: config.reasoning_max_tokens.value,
+            reasons: config.reasoning,
             max_queue_wait: config
                 .max_queue_wait_ms
                 .as_ref()
@@ -517,7 +521,7 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}",
+            "{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}",
             config.name.value,
             policy_dir.join(&config.model_path.value).display(),
             config.threads.value,
@@ -527,7 +531,13 @@ impl LocalBackend {
             config.default_max_tokens.as_ref().map(|m| m.value),
             config.sampling,
             config.reasoning_max_tokens.value,
+            config.reasoning,
         )
+    }
+
+    /// Whether this model serves the `local-reasoning` tier.
+    pub fn reasons(&self) -> bool {
+        self.reasons
     }
 
     /// The engine's load and memory, for metrics; `None` when the model did not load.
@@ -625,9 +635,8 @@ impl LocalBackend {
         let engine = self.engine()?.clone();
         let plan = self.prepare(&engine, request)?;
         let (sender, pieces) = mpsc::unbounded_channel();
-        let reasoning = request
-            .reasoning
-            .then(|| plan.reasoning_pass(&engine, self.reasoning_max_tokens));
+        let reasoning =
+            (request.reasoning && self.reasons).then(|| plan.reasoning_pass(&engine, self.reasoning_max_tokens));
         let first_pass = match &reasoning {
             Some(pass) => pass.clone()?,
             None => plan.generation.clone(),

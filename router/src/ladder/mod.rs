@@ -103,16 +103,22 @@ pub async fn answer(
             };
             match (&decision.fallbacks.local, pinned) {
                 (Some(local), false) => {
+                    let tier = if routing::local_reasons(local) {
+                        Tier::LocalReasoning
+                    } else {
+                        Tier::Local
+                    };
                     tracing::warn!(
                         error = failure.code(),
-                        "every remote backend failed; answering locally, reasoning"
+                        tier = tier.as_str(),
+                        "every remote backend failed; answering locally"
                     );
                     fallback(Degraded::RemoteUnavailable.as_str());
-                    let reply = local_call(local, request, request_id, Tier::LocalReasoning, pinned).await?;
+                    let reply = local_call(local, request, request_id, tier, pinned).await?;
                     Ok(Answer {
                         reply,
                         backend: local.clone(),
-                        tier: Tier::LocalReasoning,
+                        tier,
                         degraded: Some(Degraded::RemoteUnavailable),
                         escalated: None,
                     })
@@ -191,8 +197,8 @@ async fn climb(
         };
         let (held, weakness) = hold(&mut generation, request.stream, ladder).await;
         let next = match tier {
-            Tier::Local => Some(Tier::LocalReasoning),
-            Tier::LocalReasoning if can_go_remote => Some(Tier::Remote),
+            Tier::Local if local.reasons() => Some(Tier::LocalReasoning),
+            Tier::Local | Tier::LocalReasoning if can_go_remote => Some(Tier::Remote),
             _ => None,
         };
         match (weakness, next) {

@@ -37,6 +37,9 @@ pub struct Situation {
     /// `Ok` when the local backend can serve the request (`Unavailable` when
     /// there is none).
     pub local: Result<(), Ineligible>,
+    /// Whether the local backend serves the `local-reasoning` tier; when it
+    /// does not, that tier is answered as `local`.
+    pub local_reasons: bool,
     pub remote_available: bool,
     /// The privacy rule the request matched.
     pub privacy_rule: Option<String>,
@@ -105,6 +108,17 @@ impl Situation {
 }
 
 pub fn decide(s: &Situation) -> Result<Verdict, RouteError> {
+    let verdict = wanted(s)?;
+    Ok(match verdict.tier {
+        Tier::LocalReasoning if !s.local_reasons => Verdict {
+            tier: Tier::Local,
+            ..verdict
+        },
+        _ => verdict,
+    })
+}
+
+fn wanted(s: &Situation) -> Result<Verdict, RouteError> {
     // 1. Privacy: local or nothing.
     if let Some(rule) = &s.privacy_rule {
         return match s.local {
@@ -197,6 +211,7 @@ mod tests {
                 ambiguous: AmbiguousChoice::LocalReasoning,
             },
             local: Ok(()),
+            local_reasons: true,
             remote_available: true,
             privacy_rule: None,
             tier_override: None,
@@ -220,6 +235,21 @@ mod tests {
         let mut remote_when_unsure = situation(0.5);
         remote_when_unsure.thresholds.ambiguous = AmbiguousChoice::Remote;
         assert_eq!(verdict(&remote_when_unsure), (Tier::Remote, Reason::ScoreAmbiguous));
+    }
+
+    #[test]
+    fn a_local_model_that_does_not_reason_answers_that_tier_plainly() {
+        let mut s = situation(0.5);
+        s.local_reasons = false;
+        assert_eq!(verdict(&s), (Tier::Local, Reason::ScoreAmbiguous));
+        s.score = 0.9;
+        s.remote_available = false;
+        assert_eq!(verdict(&s), (Tier::Local, Reason::RemoteUnavailable));
+        s.tier_override = Some(Tier::LocalReasoning);
+        assert_eq!(verdict(&s), (Tier::Local, Reason::TierOverride));
+        s.tier_override = Some(Tier::Remote);
+        s.remote_available = true;
+        assert_eq!(verdict(&s), (Tier::Remote, Reason::TierOverride));
     }
 
     #[test]

@@ -435,6 +435,7 @@ impl Routing {
             },
             None => Err(crate::backends::local::Ineligible::Unavailable),
         };
+        let local_reasons = self.local.as_deref().is_some_and(local_reasons);
         let remote = self.ready_remotes().next();
         let remote_cost_estimate_usd = remote.map_or(0.0, |backend| {
             price_of(backend).cost_usd(
@@ -453,6 +454,7 @@ impl Routing {
             score: facts.score,
             thresholds,
             local,
+            local_reasons,
             remote_available: remote.is_some(),
             privacy_rule: if self.privacy.is_empty() {
                 None
@@ -503,6 +505,14 @@ pub fn caller_name(caller: &Caller) -> Option<&str> {
     match caller {
         Caller::Client(name) => Some(name),
         Caller::Anonymous => None,
+    }
+}
+
+/// Whether a backend serves the `local-reasoning` tier (remote ones never do).
+pub fn local_reasons(backend: &Backend) -> bool {
+    match backend {
+        Backend::Local(local) => local.reasons(),
+        Backend::Remote(_) => false,
     }
 }
 
