@@ -146,6 +146,21 @@ async fn refused_connections_fall_back_to_the_next_backend_then_to_the_local_mod
         "{}",
         r.body
     );
+    // A local model that does not reason answers plainly.
+    let plain = start(
+        &policy(&double, &["unreachable"], &["unreachable"], ALL_REMOTE, FAST_RETRIES).replace(
+            "reasoning_max_tokens: 16\n",
+            "reasoning_max_tokens: 16\n      reasoning: false\n",
+        ),
+    );
+    let r = send(&plain, &ask("auto", "hello"), &[]).await;
+    assert_eq!(
+        (r.status, r.route.as_str(), r.backend.as_str(), r.degraded.as_deref()),
+        (200, "local", "smollm2", Some("remote-unavailable")),
+        "{}",
+        r.body
+    );
+    assert!(r.body["choices"][0]["message"].get("reasoning_content").is_none());
     // Not servable locally: one clean 503 that says when to come back.
     let r = send(&daemon, &with_tools(ask("auto", "hello")), &[]).await;
     assert_eq!(

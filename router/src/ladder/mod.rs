@@ -3,8 +3,8 @@
 //!
 //! - A remote call is retried by its backend ([`RemoteBackend::chat`]); when it
 //!   still fails (or its breaker is open), the next remote backend in the
-//!   policy's order is tried; when all fail, the local model answers, reasoning,
-//!   marked `x-switchyard-degraded: remote-unavailable`; when the local model
+//!   policy's order is tried; when all fail, the local model answers, reasoning
+//!   unless its backend has `reasoning: false`, marked `x-switchyard-degraded: remote-unavailable`; when the local model
 //!   cannot serve the request either, the client gets one clean 503 with
 //!   `Retry-After`.
 //! - A full local queue sends the request remote when the policy lets it leave
@@ -13,7 +13,8 @@
 //!
 //! - The ladder: a local answer that looks weak (see [`confidence`]) climbs one
 //!   rung, local -> local-reasoning -> remote (remote only when the policy lets
-//!   the request leave the machine). Non-streamed answers are judged whole;
+//!   the request leave the machine; no reasoning rung for a backend with
+//!   `reasoning: false`). Non-streamed answers are judged whole;
 //!   streamed ones are held back for the pre-commit window (`ladder.precommit_*`)
 //!   and judged on what came so far; after the window the choice is final.
 //!

@@ -28,8 +28,9 @@ pub struct ChatRequest {
     pub max_tokens: Option<u64>,
     /// Whether a local model should reason before answering: asked by the
     /// client with `reasoning_effort` (anything but `none`/`minimal`), or set by
-    /// the router for the `local-reasoning` tier. Remote backends get the
-    /// client's `reasoning_effort` as sent.
+    /// the router for the `local-reasoning` tier; ignored by a local backend
+    /// with `reasoning: false`. Remote backends get the client's
+    /// `reasoning_effort` as sent.
     pub reasoning: bool,
 }
 

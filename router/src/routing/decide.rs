@@ -148,7 +148,13 @@ fn wanted(s: &Situation) -> Result<Verdict, RouteError> {
         },
         None => s.by_score(),
     };
-    if let Some(floor) = s.session_floor
+    // A floor reached when the backend still reasoned (before a reload) is
+    // `local` now: it must not claim to raise a plain local answer.
+    let floor = match s.session_floor {
+        Some(Tier::LocalReasoning) if !s.local_reasons => Some(Tier::Local),
+        floor => floor,
+    };
+    if let Some(floor) = floor
         && floor > verdict.tier
     {
         verdict = Verdict {
@@ -250,6 +256,12 @@ mod tests {
         s.tier_override = Some(Tier::Remote);
         s.remote_available = true;
         assert_eq!(verdict(&s), (Tier::Remote, Reason::TierOverride));
+        // A conversation that reached local-reasoning before the backend
+        // stopped reasoning does not claim to raise a plain answer.
+        let mut s = situation(0.1);
+        s.local_reasons = false;
+        s.session_floor = Some(Tier::LocalReasoning);
+        assert_eq!(verdict(&s), (Tier::Local, Reason::ScoreLow));
     }
 
     #[test]
