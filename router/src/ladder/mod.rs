@@ -104,11 +104,7 @@ pub async fn answer(
             };
             match (&decision.fallbacks.local, pinned) {
                 (Some(local), false) => {
-                    let tier = if routing::local_reasons(local) {
-                        Tier::LocalReasoning
-                    } else {
-                        Tier::Local
-                    };
+                    let tier = Tier::LocalReasoning.served(routing::local_reasons(local));
                     tracing::warn!(
                         error = failure.code(),
                         tier = tier.as_str(),

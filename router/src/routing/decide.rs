@@ -109,12 +109,9 @@ impl Situation {
 
 pub fn decide(s: &Situation) -> Result<Verdict, RouteError> {
     let verdict = wanted(s)?;
-    Ok(match verdict.tier {
-        Tier::LocalReasoning if !s.local_reasons => Verdict {
-            tier: Tier::Local,
-            ..verdict
-        },
-        _ => verdict,
+    Ok(Verdict {
+        tier: verdict.tier.served(s.local_reasons),
+        ..verdict
     })
 }
 
@@ -150,11 +147,7 @@ fn wanted(s: &Situation) -> Result<Verdict, RouteError> {
     };
     // A floor reached when the backend still reasoned (before a reload) is
     // `local` now: it must not claim to raise a plain local answer.
-    let floor = match s.session_floor {
-        Some(Tier::LocalReasoning) if !s.local_reasons => Some(Tier::Local),
-        floor => floor,
-    };
-    if let Some(floor) = floor
+    if let Some(floor) = s.session_floor.map(|floor| floor.served(s.local_reasons))
         && floor > verdict.tier
     {
         verdict = Verdict {

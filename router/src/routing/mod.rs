@@ -72,6 +72,15 @@ impl Tier {
     pub fn parse(text: &str) -> Option<Tier> {
         Tier::ALL.into_iter().find(|t| t.as_str() == text)
     }
+
+    /// This tier as a local backend serves it: `local-reasoning` is `local`
+    /// on one that does not reason (`reasoning: false`).
+    pub fn served(self, local_reasons: bool) -> Tier {
+        match self {
+            Tier::LocalReasoning if !local_reasons => Tier::Local,
+            tier => tier,
+        }
+    }
 }
 
 /// Why a request went where it went: short, stable codes.
