@@ -147,6 +147,15 @@ impl Daemon {
         strip_ansi(&raw)
     }
 
+    /// Waits until the log contains `needle`; panics with the log after 10 s.
+    pub async fn until_logged(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.log().contains(needle) {
+            assert!(Instant::now() < deadline, "{needle:?} was not logged:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// The directory holding the policy file and the log.
     pub fn dir(&self) -> &std::path::Path {
         &self.dir

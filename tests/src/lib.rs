@@ -8,6 +8,17 @@ pub mod routed;
 pub use cloud_double::CloudDouble;
 pub use daemon::Daemon;
 
+/// `policy` with its local backend's `reasoning` turned off (the backend must
+/// set `reasoning_max_tokens: 16`, as the tests' policies do).
+pub fn without_reasoning(policy: &str) -> String {
+    let changed = policy.replace(
+        "reasoning_max_tokens: 16\n",
+        "reasoning_max_tokens: 16\n      reasoning: false\n",
+    );
+    assert_ne!(changed, policy, "no local backend with reasoning_max_tokens: 16");
+    changed
+}
+
 /// A policy with one remote backend per behaviour of the cloud double, named
 /// after the behaviour, each called once (no retries: these policies test how
 /// one upstream answer is relayed). `extra` is appended verbatim (for `auth:`, say).

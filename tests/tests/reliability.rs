@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, sample};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, sample, without_reasoning};
 
 const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
@@ -147,12 +147,13 @@ async fn refused_connections_fall_back_to_the_next_backend_then_to_the_local_mod
         r.body
     );
     // A local model that does not reason answers plainly.
-    let plain = start(
-        &policy(&double, &["unreachable"], &["unreachable"], ALL_REMOTE, FAST_RETRIES).replace(
-            "reasoning_max_tokens: 16\n",
-            "reasoning_max_tokens: 16\n      reasoning: false\n",
-        ),
-    );
+    let plain = start(&without_reasoning(&policy(
+        &double,
+        &["unreachable"],
+        &["unreachable"],
+        ALL_REMOTE,
+        FAST_RETRIES,
+    )));
     let r = send(&plain, &ask("auto", "hello"), &[]).await;
     assert_eq!(
         (r.status, r.route.as_str(), r.backend.as_str(), r.degraded.as_deref()),
@@ -557,12 +558,7 @@ async fn a_weak_answer_of_a_model_that_does_not_reason_climbs_straight_to_remote
     assert_eq!(send(&daemon, &question, &[]).await.route, "remote");
     assert_eq!(escalations(&daemon.log()), [true, false], "{}", daemon.log());
     // ... without, it goes from the plain answer to remote.
-    let text = truncating_policy(&double, "echo", "").replace(
-        "reasoning_max_tokens: 16\n",
-        "reasoning_max_tokens: 16\n      reasoning: false\n",
-    );
-    assert!(text.contains("reasoning: false"), "{text}");
-    let daemon = start(&text);
+    let daemon = start(&without_reasoning(&truncating_policy(&double, "echo", "")));
     let r = send(&daemon, &question, &[]).await;
     assert_eq!(
         (r.route.as_str(), r.reason.as_str(), r.escalated_from.as_deref()),

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, without_reasoning};
 
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
 const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
@@ -149,11 +149,7 @@ async fn thresholds_pick_the_tier_and_every_answer_says_why() {
 #[tokio::test]
 async fn a_local_model_that_does_not_reason_answers_that_tier_plainly() {
     let double = CloudDouble::start();
-    let text = policy(&double, ALL_AMBIGUOUS, "").replace(
-        "reasoning_max_tokens: 16\n",
-        "reasoning_max_tokens: 16\n      reasoning: false\n",
-    );
-    let daemon = start(&text);
+    let daemon = start(&without_reasoning(&policy(&double, ALL_AMBIGUOUS, "")));
     let question = ask("Is 91 a prime number?");
     let r = send(&daemon, &question, &[]).await;
     assert_eq!(
@@ -464,11 +460,7 @@ async fn the_policy_reloads_when_edited_and_a_bad_edit_keeps_the_old_one() {
 
     std::fs::write(daemon.policy_path(), policy(&double, ALL_REMOTE, "")).unwrap();
     assert!(wait_for_route(&daemon, "remote").await, "{}", daemon.log());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.log().contains("policy reloaded") {
-        assert!(Instant::now() < deadline, "{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    daemon.until_logged("policy reloaded").await;
     // The model was kept, not loaded again.
     assert_eq!(
         daemon.log().matches("local model loaded").count(),
@@ -481,15 +473,7 @@ async fn the_policy_reloads_when_edited_and_a_bad_edit_keeps_the_old_one() {
     let bad = policy(&double, ALL_LOCAL, "").replace("remote_backends:", "remote_backendz:");
     std::fs::write(daemon.policy_path(), &bad).unwrap();
     let line = bad.lines().position(|l| l.contains("remote_backendz")).unwrap() + 1;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.log().contains(&format!("policy.yaml:{line}:3: ")) {
-        assert!(
-            Instant::now() < deadline,
-            "no rejection at line {line}:\n{}",
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    daemon.until_logged(&format!("policy.yaml:{line}:3: ")).await;
     assert!(daemon.log().contains("policy reload rejected"), "{}", daemon.log());
     assert_eq!(send(&daemon, &ask("hello"), &[]).await.route, "remote");
 
@@ -500,9 +484,5 @@ async fn the_policy_reloads_when_edited_and_a_bad_edit_keeps_the_old_one() {
         .status()
         .unwrap();
     assert!(wait_for_route(&daemon, "local").await, "{}", daemon.log());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !daemon.log().contains("sighup") {
-        assert!(Instant::now() < deadline, "SIGHUP did not reload:\n{}", daemon.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    daemon.until_logged("sighup").await;
 }
