@@ -565,6 +565,23 @@ async fn a_weak_answer_of_a_model_that_does_not_reason_climbs_straight_to_remote
         ("remote", "weak-truncated", Some("local"))
     );
     assert_eq!(escalations(&daemon.log()), [false], "{}", daemon.log());
+
+    // When the remote rung fails, the weak plain answer is served, and says why
+    // it is weak; it was not escalated from anywhere.
+    let daemon = start(&without_reasoning(&truncating_policy(&double, "server-error", "")));
+    let r = send(&daemon, &question, &[]).await;
+    assert_eq!(
+        (
+            r.status,
+            r.route.as_str(),
+            r.reason.as_str(),
+            r.degraded.as_deref(),
+            r.escalated_from.as_deref()
+        ),
+        (200, "local", "weak-truncated", Some("remote-unavailable"), None),
+        "{}",
+        r.body
+    );
 }
 
 #[tokio::test]
@@ -591,6 +608,7 @@ async fn a_weak_local_answer_is_served_when_the_remote_rung_fails_streamed_and_n
         "{}",
         r.body
     );
+    assert_eq!(r.reason, "weak-truncated", "the served answer's own weakness");
     assert_eq!(
         r.body["choices"][0]["finish_reason"], "length",
         "the last local rung's answer"

@@ -18,6 +18,7 @@ use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
 use crate::accounting::{Recorded, RequestRecord};
 use crate::auth::Caller;
 use crate::backends::{Backend, ChatReply};
+use crate::ladder::confidence::Weakness;
 use crate::ladder::{self, Degraded};
 use crate::live::Live;
 use crate::metrics::metrics;
@@ -95,16 +96,16 @@ pub async fn chat_completions(
             backend = decision.backend.name()
         ))
         .await;
-    let (backend, tier, degraded, escalated) = match &answer {
-        Ok(a) => (a.backend.clone(), a.tier, a.degraded, a.escalated),
-        Err(_) => (decision.backend.clone(), decision.tier, None, None),
+    let (backend, tier, degraded, escalated_from, weakness) = match &answer {
+        Ok(a) => (a.backend.clone(), a.tier, a.degraded, a.escalated_from, a.weakness),
+        Err(_) => (decision.backend.clone(), decision.tier, None, None, None),
     };
     let degraded = degraded.or((decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable));
-    let reason = escalated.map_or(decision.reason, |(_, weakness)| weakness.reason());
+    let reason = weakness.map_or(decision.reason, Weakness::reason);
     record.route = tier.as_str();
     record.backend = backend.name().to_string();
     record.reason = reason.as_str();
-    record.escalated_from = escalated.map(|(from, _)| from.as_str());
+    record.escalated_from = escalated_from.map(Tier::as_str);
     record.price = routing::price_of(&backend);
     let mut response = match answer {
         Ok(answer) => respond(answer.reply, record),
@@ -120,7 +121,7 @@ pub async fn chat_completions(
     if let Some(degraded) = degraded {
         out.insert(DEGRADED, HeaderValue::from_static(degraded.as_str()));
     }
-    if let Some((from, _)) = escalated {
+    if let Some(from) = escalated_from {
         out.insert(ESCALATED_FROM, HeaderValue::from_static(from.as_str()));
     }
     response

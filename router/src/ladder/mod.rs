@@ -62,8 +62,11 @@ pub struct Answer {
     pub backend: Arc<Backend>,
     pub tier: Tier,
     pub degraded: Option<Degraded>,
-    /// The tier the request started at, when the ladder moved it up, and why.
-    pub escalated: Option<(Tier, Weakness)>,
+    /// The tier the request started at, when the ladder moved it up.
+    pub escalated_from: Option<Tier>,
+    /// Why the ladder last judged a local answer weak: the answer's reason,
+    /// also when it could not climb away from it (every remote failed).
+    pub weakness: Option<Weakness>,
 }
 
 impl Weakness {
@@ -117,7 +120,8 @@ pub async fn answer(
                         backend: local.clone(),
                         tier,
                         degraded: Some(Degraded::RemoteUnavailable),
-                        escalated: None,
+                        escalated_from: None,
+                        weakness: None,
                     })
                 }
                 _ if pinned || !is_unavailable(&failure) => Err(failure),
@@ -135,7 +139,8 @@ pub async fn answer(
                         backend: decision.backend.clone(),
                         tier,
                         degraded: None,
-                        escalated: None,
+                        escalated_from: None,
+                        weakness: None,
                     }),
                 };
             }
@@ -173,7 +178,8 @@ async fn climb(
     };
     let can_go_remote = !decision.fallbacks.remotes.is_empty();
     let mut tier = start;
-    let mut escalated = None;
+    let mut escalated_from = None;
+    let mut weakness_seen = None;
     // One wait for a turn for the whole climb: each rung queues again, and
     // a request must not wait `max_queue_wait_ms` once per rung.
     let mut wait = local.max_queue_wait().map(QueueWait::whole);
@@ -187,7 +193,8 @@ async fn climb(
             }
             Err(ApiError::LocalBusy { .. }) if can_go_remote => {
                 let mut answer = spill(decision, request, request_id, deadline).await?;
-                answer.escalated = escalated;
+                answer.escalated_from = escalated_from;
+                answer.weakness = weakness_seen;
                 return Ok(answer);
             }
             Err(err) => return Err(err),
@@ -207,7 +214,8 @@ async fn climb(
                 match remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await {
                     Ok(mut answer) => {
                         drop(generation);
-                        answer.escalated = Some((escalated.map_or(start, |(from, _)| from), weakness));
+                        answer.escalated_from = Some(escalated_from.unwrap_or(start));
+                        answer.weakness = Some(weakness);
                         return Ok(answer);
                     }
                     Err(err) => {
@@ -221,14 +229,16 @@ async fn climb(
                             backend: decision.backend.clone(),
                             tier,
                             degraded: Some(Degraded::RemoteUnavailable),
-                            escalated,
+                            escalated_from,
+                            weakness: Some(weakness),
                         });
                     }
                 }
             }
             (Some(weakness), Some(next)) => {
                 tracing::info!(from = tier.as_str(), to = next.as_str(), weakness = ?weakness, "escalating a weak local answer");
-                escalated.get_or_insert((start, weakness)).1 = weakness;
+                escalated_from.get_or_insert(start);
+                weakness_seen = Some(weakness);
                 drop(generation);
                 tier = next;
             }
@@ -238,7 +248,8 @@ async fn climb(
                     backend: decision.backend.clone(),
                     tier,
                     degraded: None,
-                    escalated,
+                    escalated_from,
+                    weakness: weakness_seen,
                 });
             }
         }
@@ -292,7 +303,8 @@ async fn remote_chain(
                     backend: backend.clone(),
                     tier: Tier::Remote,
                     degraded: None,
-                    escalated: None,
+                    escalated_from: None,
+                    weakness: None,
                 });
             }
             Err(err) if is_unavailable(&err) && Instant::now() < deadline => {
