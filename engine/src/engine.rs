@@ -175,6 +175,43 @@ impl LocalModel {
     }
 }
 
+/// How a model reads a prompt ([`LocalModel::read_prompt`]).
+#[derive(Debug, Clone)]
+pub struct PromptReading {
+    /// The log-probability of each prompt token after the first, given those before it.
+    pub token_logprobs: Vec<f32>,
+    /// The log-probabilities of the token after the prompt, one per vocabulary entry.
+    pub next_logprobs: Vec<f32>,
+}
+
+impl LocalModel {
+    /// Runs the prompt through the model without generating: how surprising
+    /// each of its tokens was, and what the model would say next.
+    pub fn read_prompt(&self, tokens: &[u32]) -> Result<PromptReading, GenerateError> {
+        if tokens.is_empty() {
+            return Err(GenerateError::EmptyPrompt);
+        }
+        if tokens.len() > self.context_length {
+            return Err(GenerateError::PromptTooLong {
+                prompt_tokens: tokens.len(),
+                context_length: self.context_length,
+            });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.model.vocab_size()) {
+            return Err(GenerateError::InvalidRequest(format!(
+                "token id {bad} is outside the vocabulary"
+            )));
+        }
+        let mut slot = KvSlot::exact();
+        let cache = slot.prepare(&self.model, tokens.len(), self.context_length, &self.device);
+        let (token_logprobs, next_logprobs) = self.model.read(tokens, cache);
+        Ok(PromptReading {
+            token_logprobs,
+            next_logprobs,
+        })
+    }
+}
+
 /// What a job reports, in order: `Started` when the worker takes it up, tokens
 /// as they come, then one `Done`.
 pub enum JobEvent<'a> {

@@ -204,3 +204,40 @@ fn prompt_ids_match_llama_cpp_exactly() {
         );
     }
 }
+
+/// Reading a prompt in one pass gives each token the log-prob a forward pass
+/// over the tokens before it gives, across the prefill's chunk boundaries, and
+/// ends with the distribution generation starts from.
+#[test]
+fn reading_a_prompt_gives_the_log_probs_of_its_prefixes() {
+    let local = model();
+    let mut tokens = Vec::new();
+    for case in cases("smollm2_llama_cpp_x86.json").iter().cycle() {
+        tokens.extend(ids(&case["prompt_tokens"]));
+        tokens.extend(ids(&case["greedy_tokens"]));
+        if tokens.len() > 300 {
+            break;
+        }
+    }
+    let reading = local.read_prompt(&tokens).expect("the prompt is read");
+    assert_eq!(reading.token_logprobs.len(), tokens.len() - 1);
+    assert_eq!(reading.next_logprobs.len(), local.model.vocab_size());
+    let chunk = switchyard_engine::model::Model::PREFILL_CHUNK;
+    for end in [1, 2, 17, chunk - 1, chunk, chunk + 1, 2 * chunk + 5, tokens.len()] {
+        let mut cache = local.model.new_cache(end, &local.device);
+        let logits = local.model.forward(&tokens[..end], &mut cache);
+        let log_z = sampling::log_sum_exp(&logits);
+        let expected: Vec<f32> = logits.iter().map(|l| l - log_z).collect();
+        let (got, want) = match tokens.get(end) {
+            Some(&next) => (vec![reading.token_logprobs[end - 1]], vec![expected[next as usize]]),
+            None => (reading.next_logprobs.clone(), expected),
+        };
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() < 1e-3, "after {end} tokens: read {g}, forward {w}");
+        }
+    }
+    assert!(matches!(
+        local.read_prompt(&[]),
+        Err(switchyard_engine::generate::GenerateError::EmptyPrompt)
+    ));
+}

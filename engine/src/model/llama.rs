@@ -160,6 +160,14 @@ impl Llama {
     /// Runs `tokens` at positions `cache.len()..`; returns the last position's
     /// hidden state `[1, d]` (see [`Llama::logits`]).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
+        let s = tokens.len();
+        self.forward_every(tokens, cache)
+            .slice([s - 1..s, 0..self.config.embedding_length])
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`; returns every position's
+    /// hidden state `[s, d]`.
+    pub fn forward_every(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
         let c = &self.config;
         let start = cache.len();
         let s = tokens.len();
@@ -181,10 +189,10 @@ impl Llama {
             x = x + layer.down.forward(gated);
         }
         cache.advance(s);
-        x.slice([s - 1..s, 0..c.embedding_length])
+        x
     }
 
-    /// The next-token logits of a hidden state [`Llama::forward`] returned.
+    /// The next-token logits of hidden states `[n, d]`, `n` rows of the vocabulary's size.
     pub fn logits(&self, hidden: Tensor<2>) -> Vec<f32> {
         let h = ops::rms_norm(hidden, &self.output_norm, self.config.rms_eps);
         let logits = self.output.as_ref().unwrap_or(&self.embedding).forward(h);

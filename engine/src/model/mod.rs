@@ -103,6 +103,32 @@ impl Model {
         }
     }
 
+    /// Runs `tokens` at the cache's next positions; returns the log-probability
+    /// the model gave each token after the first (given those before it), and
+    /// the log-probabilities of the token after the last. The output head runs
+    /// on every position, so this costs more than [`Model::forward`].
+    pub fn read(&self, tokens: &[u32], cache: &mut KvCache) -> (Vec<f32>, Vec<f32>) {
+        assert!(!tokens.is_empty(), "a forward pass runs at least one token");
+        let vocab = self.vocab_size();
+        let mut token_logprobs = Vec::with_capacity(tokens.len() - 1);
+        let mut next = Vec::new();
+        match self {
+            Model::Llama(m) => {
+                for (chunk, part) in tokens.chunks(Self::PREFILL_CHUNK).enumerate() {
+                    let logits = m.logits(m.forward_every(part, cache));
+                    for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                        let log_z = crate::sampling::log_sum_exp(row);
+                        match tokens.get(chunk * Self::PREFILL_CHUNK + i + 1) {
+                            Some(&following) => token_logprobs.push(row[following as usize] - log_z),
+                            None => next = row.iter().map(|&l| l - log_z).collect(),
+                        }
+                    }
+                }
+            }
+        }
+        (token_logprobs, next)
+    }
+
     /// Positions a forward pass runs at once.
     pub const PREFILL_CHUNK: usize = 128;
 }
