@@ -25,7 +25,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use burn::prelude::*;
 
 use crate::chat_template::ChatTemplate;
-use crate::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent, generate};
+use crate::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent, check_prompt, generate};
 use crate::gguf::GgufFile;
 use crate::model::{KvSlot, Model, ModelError};
 use crate::tokenizer::Tokenizer;
@@ -173,6 +173,19 @@ impl LocalModel {
             on_token,
         )
     }
+
+    /// Runs the prompt through the model without generating: how surprising
+    /// each of its tokens was, and what the model would say next.
+    pub fn read_prompt(&self, tokens: &[u32]) -> Result<PromptReading, GenerateError> {
+        check_prompt(tokens, &self.model, self.context_length, 0)?;
+        let mut slot = KvSlot::exact();
+        let cache = slot.prepare(&self.model, tokens.len(), self.context_length, &self.device);
+        let (token_logprobs, next_logprobs) = self.model.read(tokens, cache);
+        Ok(PromptReading {
+            token_logprobs,
+            next_logprobs,
+        })
+    }
 }
 
 /// How a model reads a prompt ([`LocalModel::read_prompt`]).
@@ -182,34 +195,6 @@ pub struct PromptReading {
     pub token_logprobs: Vec<f32>,
     /// The log-probabilities of the token after the prompt, one per vocabulary entry.
     pub next_logprobs: Vec<f32>,
-}
-
-impl LocalModel {
-    /// Runs the prompt through the model without generating: how surprising
-    /// each of its tokens was, and what the model would say next.
-    pub fn read_prompt(&self, tokens: &[u32]) -> Result<PromptReading, GenerateError> {
-        if tokens.is_empty() {
-            return Err(GenerateError::EmptyPrompt);
-        }
-        if tokens.len() > self.context_length {
-            return Err(GenerateError::PromptTooLong {
-                prompt_tokens: tokens.len(),
-                context_length: self.context_length,
-            });
-        }
-        if let Some(&bad) = tokens.iter().find(|&&id| id as usize >= self.model.vocab_size()) {
-            return Err(GenerateError::InvalidRequest(format!(
-                "token id {bad} is outside the vocabulary"
-            )));
-        }
-        let mut slot = KvSlot::exact();
-        let cache = slot.prepare(&self.model, tokens.len(), self.context_length, &self.device);
-        let (token_logprobs, next_logprobs) = self.model.read(tokens, cache);
-        Ok(PromptReading {
-            token_logprobs,
-            next_logprobs,
-        })
-    }
 }
 
 /// What a job reports, in order: `Started` when the worker takes it up, tokens

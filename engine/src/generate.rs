@@ -129,26 +129,13 @@ pub fn generate(
     mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
 ) -> Result<GenerationOutput, GenerateError> {
     let prompt = &request.prompt_tokens;
-    if prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    if prompt.len() >= context_length {
-        return Err(GenerateError::PromptTooLong {
-            prompt_tokens: prompt.len(),
-            context_length,
-        });
-    }
+    check_prompt(prompt, model, context_length, 1)?;
     if request.top_logprobs > MAX_TOP_LOGPROBS {
         return Err(GenerateError::InvalidRequest(format!(
             "top_logprobs must be at most {MAX_TOP_LOGPROBS}"
         )));
     }
     request.sampling.validate().map_err(GenerateError::InvalidRequest)?;
-    if let Some(&bad) = prompt.iter().find(|&&id| id as usize >= model.vocab_size()) {
-        return Err(GenerateError::InvalidRequest(format!(
-            "token id {bad} is outside the vocabulary"
-        )));
-    }
     let max_tokens = request.max_tokens.min(context_length - prompt.len());
     let cache = slot.prepare(model, prompt.len() + max_tokens, context_length, device);
     let mut sampler = Sampler::new(request.sampling.clone());
@@ -219,6 +206,31 @@ pub fn generate(
         prefill_time,
         decode_time,
     })
+}
+
+/// A prompt the model can run: not empty, every id in its vocabulary, and
+/// short enough to leave `room` positions of `context_length` after it.
+pub(crate) fn check_prompt(
+    prompt: &[u32],
+    model: &Model,
+    context_length: usize,
+    room: usize,
+) -> Result<(), GenerateError> {
+    if prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    if prompt.len() + room > context_length {
+        return Err(GenerateError::PromptTooLong {
+            prompt_tokens: prompt.len(),
+            context_length,
+        });
+    }
+    match prompt.iter().find(|&&id| id as usize >= model.vocab_size()) {
+        Some(&bad) => Err(GenerateError::InvalidRequest(format!(
+            "token id {bad} is outside the vocabulary"
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Cuts the text at the first stop string, holding back any tail that may
