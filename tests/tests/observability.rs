@@ -177,6 +177,40 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Prometheus on a free loopback port, ready to answer queries.
+async fn start_prometheus(dir: &std::path::Path) -> (u16, std::process::Child) {
+    for _attempt in 0..5 {
+        let port = free_port();
+        let mut prometheus = Command::new(tool("prometheus"))
+            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if prometheus.try_wait().unwrap().is_some() {
+                break;
+            }
+            let ready = http_client()
+                .get(format!("http://127.0.0.1:{port}/-/ready"))
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await;
+            if ready.is_ok_and(|response| response.status().is_success()) {
+                return (port, prometheus);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let _ = prometheus.kill();
+        let _ = prometheus.wait();
+    }
+    let log = std::fs::read_to_string(dir.join("prometheus.log")).unwrap_or_default();
+    panic!("prometheus did not get ready on any of five ports; its log:\n{log}");
+}
+
 #[tokio::test]
 async fn prometheus_scrapes_the_daemon_and_agrees_with_what_was_sent() {
     let double = CloudDouble::start();
@@ -189,15 +223,10 @@ async fn prometheus_scrapes_the_daemon_and_agrees_with_what_was_sent() {
         format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: switchyard\n    static_configs:\n      - targets: [\"{target}\"]\n"),
     )
     .unwrap();
-    let port = free_port();
-    let mut prometheus = Command::new(tool("prometheus"))
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("prometheus.log")).unwrap())
-        .spawn()
-        .unwrap();
+    // The port is picked by binding port 0 and letting it go, so another
+    // process may take it before Prometheus binds it: a Prometheus that exits
+    // instead of getting ready is started again on another port.
+    let (port, mut prometheus) = start_prometheus(&dir).await;
     let query = |q: &str| {
         let url = format!("http://127.0.0.1:{port}/api/v1/query");
         let q = q.to_string();
