@@ -5,6 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The observability tests drive a real Prometheus (and promtool) and headless
+# Chromium: Debian packages, installed when missing (with sudo unless root).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then
+  if ! command -v apt-get >/dev/null; then
+    echo "tests/run.sh: the observability tests need prometheus (with promtool) and chromium on PATH; install them and run again" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_or_not=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
+  echo "tests/run.sh: installing prometheus and chromium (Debian packages) for the observability tests" >&2
+  $sudo_or_not apt-get update -qq
+  $sudo_or_not apt-get install -y -qq prometheus chromium >/dev/null
+fi
+
 # The official openai SDK, for the client tests, in a venv of the workspace.
 if ! .venv/bin/python -c 'import openai' 2>/dev/null; then
   python3 -m venv .venv
