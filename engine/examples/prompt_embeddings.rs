@@ -9,9 +9,9 @@
 use std::io::{BufRead, BufWriter, Write};
 use std::path::Path;
 
-use switchyard_engine::engine::LocalModel;
 use switchyard_engine::gguf::GgufFile;
 use switchyard_engine::quant::{QuantFormat, QuantMatrix};
+use switchyard_engine::tokenizer::Tokenizer;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,8 +19,8 @@ fn main() {
         eprintln!("usage: prompt_embeddings MODEL.gguf OUT IN.jsonl...");
         std::process::exit(2);
     };
-    let model = LocalModel::load(Path::new(model_path), Some(4096)).expect("load the model");
     let file = GgufFile::open(Path::new(model_path)).expect("open the model");
+    let tokenizer = Tokenizer::from_gguf(&file).expect("the model's tokenizer");
     let info = file.tensor("token_embd.weight").expect("a token embedding table");
     let (dim, vocab) = (info.dims[0] as usize, info.dims[1] as usize);
     let data = file.read_tensor(info).expect("read the table");
@@ -39,7 +39,7 @@ fn main() {
             let line = line.expect("read a line").replace(": NaN", ": null");
             let row: serde_json::Value = serde_json::from_str(&line).expect("a JSON row");
             let prompt = row["prompt"].as_str().expect("a prompt");
-            let tokens = model.tokenizer.encode(prompt, false).expect("encode");
+            let tokens = tokenizer.encode(prompt, false).expect("encode");
             let mut mean = vec![0f32; dim];
             let mut max = vec![if tokens.is_empty() { 0.0 } else { f32::NEG_INFINITY }; dim];
             for &token in &tokens {
