@@ -23,21 +23,15 @@ eleven models, are read as GPT-4-1106 against Mixtral-8x7B.
 """
 
 import argparse
-import json
 import re
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
+from prompt_signals import curve, jsonl
+
 ROUTERBENCH_PAIR = ("gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat")
-
-
-def jsonl(path):
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
 
 
 def question(prompt):
@@ -50,17 +44,6 @@ def labels(row):
     if s is None or w is None or s != s or w != w:
         return None
     return float(s), float(w)
-
-
-def apgr_cpt(score, strong, weak):
-    order = np.argsort(-score, kind="stable")
-    s, w = strong[order], weak[order]
-    n = len(s)
-    taken = np.concatenate([[0.0], np.cumsum(s)])
-    left = np.concatenate([[0.0], np.cumsum(w)])
-    quality = (taken + left[-1] - left) / n
-    pgr = (quality - w.mean()) / (s.mean() - w.mean())
-    return np.trapezoid(pgr, dx=1 / n), np.argmax(pgr >= 0.8) / n
 
 
 def main():
@@ -109,9 +92,9 @@ def main():
         x = scaler.transform([features[r["id"]] for r in rows])
         gain = strong_head.predict_proba(x)[:, 1] - weak_head.predict_proba(x)[:, 1]
         router = np.array([scores[r["id"]] for r in rows])
-        cells = [apgr_cpt(router, *pairs.T), apgr_cpt(gain, *pairs.T)]
-        cells += [apgr_cpt(z(router) + k * z(gain), *pairs.T) for k in (0.25, 0.5, 1.0)]
-        line = " | ".join(f"{a:.3f} / {c:.3f}" for a, c in cells)
+        cells = [curve(router, *pairs.T), curve(gain, *pairs.T)]
+        cells += [curve(z(router) + k * z(gain), *pairs.T) for k in (0.25, 0.5, 1.0)]
+        line = " | ".join(f"{apgr:.3f} / {cpt80:.3f}" for apgr, _, cpt80 in cells)
         print(f"{path.split('/')[-1]} ({len(rows)} rows) | {line}")
 
 

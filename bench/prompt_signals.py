@@ -50,6 +50,16 @@ def jsonl(path):
                 yield json.loads(line)
 
 
+def curve(score, strong, weak):
+    """APGR, CPT(50%) and CPT(80%) of ranking the rows by `score` (higher goes to the strong model)."""
+    order = np.argsort(-score, kind="stable")
+    n = len(order)
+    quality = weak.mean() + np.concatenate([[0.0], np.cumsum((strong - weak)[order])]) / n
+    pgr = (quality - weak.mean()) / (strong.mean() - weak.mean())
+    apgr = np.trapezoid(pgr, dx=1 / n)
+    return apgr, np.argmax(pgr >= 0.5) / n, np.argmax(pgr >= 0.8) / n
+
+
 def main():
     rows_path, scores_path, signals_path = sys.argv[1:4]
     scores = {r["id"]: r["score"] for r in jsonl(scores_path)}
@@ -57,15 +67,6 @@ def main():
     rows = [r for r in jsonl(rows_path) if r["id"] in scores and r["id"] in signals]
     strong = np.array([r["labels"][r["strong"]] for r in rows])
     weak = np.array([r["labels"][r["weak"]] for r in rows])
-    gain = strong - weak
-
-    def curve(score):
-        order = np.argsort(-score, kind="stable")
-        n = len(order)
-        quality = weak.mean() + np.concatenate([[0.0], np.cumsum(gain[order])]) / n
-        pgr = (quality - weak.mean()) / (strong.mean() - weak.mean())
-        apgr = np.trapezoid(pgr, dx=1 / n)
-        return apgr, np.argmax(pgr >= 0.5) / n, np.argmax(pgr >= 0.8) / n
 
     x = np.array([[signals[r["id"]][k] for k in SIGNALS] for r in rows], dtype=float)
     x[:, 0] = np.log(x[:, 0])
@@ -73,11 +74,11 @@ def main():
     print(f"{len(rows)} rows; strong {strong.mean():.3f}, weak {weak.mean():.3f}")
     print("| ranking | APGR | CPT(50%) | CPT(80%) |")
     print("|---|---:|---:|---:|")
-    print("| router score | %.3f | %.3f | %.3f |" % curve(router))
+    print("| router score | %.3f | %.3f | %.3f |" % curve(router, strong, weak))
     rng = np.random.default_rng(0)
-    print("| random (20 shuffles), APGR | %.3f | | |" % np.mean([curve(rng.random(len(rows)))[0] for _ in range(20)]))
+    print("| random (20 shuffles), APGR | %.3f | | |" % np.mean([curve(rng.random(len(rows)), strong, weak)[0] for _ in range(20)]))
     for i, name in enumerate(SIGNALS):
-        up, down = curve(x[:, i])[0], curve(-x[:, i])[0]
+        up, down = curve(x[:, i], strong, weak)[0], curve(-x[:, i], strong, weak)[0]
         print(f"| {name} alone, high first / low first, APGR | {up:.3f} / {down:.3f} | | |")
 
     def stacked(inputs, name):
@@ -87,7 +88,7 @@ def main():
             p_strong = LogisticRegression(max_iter=2000).fit(z[train], strong[train] > 0.5)
             p_weak = LogisticRegression(max_iter=2000).fit(z[train], weak[train] > 0.5)
             predicted[test] = p_strong.predict_proba(z[test])[:, 1] - p_weak.predict_proba(z[test])[:, 1]
-        print(f"| {name} | %.3f | %.3f | %.3f |" % curve(predicted))
+        print(f"| {name} | %.3f | %.3f | %.3f |" % curve(predicted, strong, weak))
 
     stacked(router[:, None], "router score, restacked (5-fold)")
     stacked(x, "signals alone, stacked (5-fold)")
