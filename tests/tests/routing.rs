@@ -17,7 +17,10 @@ const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remo
 const ALL_AMBIGUOUS: &str = "{ local_below: 0.0, remote_above: 1.0, ambiguous: local-reasoning }";
 
 /// A policy with the local model and the double's `echo` backend, `auto` on
-/// `thresholds`, and `extra` appended (privacy, budgets, auth, ...).
+/// `thresholds`, and `extra` appended (privacy, budgets, auth, ...). The
+/// ladder's pre-commit window holds a whole local answer (8 tokens, 16 more of
+/// reasoning), streamed or not, so a stream is judged on the same tokens
+/// whatever the machine's load, not on as many as 1.5 s allowed.
 fn policy(double: &CloudDouble, thresholds: &str, extra: &str) -> String {
     format!(
         "\
@@ -43,6 +46,7 @@ routing:
   aliases:
     auto-quality: {ALL_REMOTE}
     auto-fast: {ALL_LOCAL}
+ladder: {{ precommit_tokens: 64, precommit_ms: 60000 }}
 {extra}",
         model = default_model().display(),
         url = double.base_url(),
