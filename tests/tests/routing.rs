@@ -245,6 +245,18 @@ async fn headers_override_the_tier_and_cap_the_cost() {
         "{}",
         r.body
     );
+    // Naming the remote backend does not lift the client's own cap.
+    let mut pinned = ask("hello");
+    pinned["model"] = json!("echo");
+    let r = send(&remote, &pinned, &[("x-switchyard-max-cost-usd", "0")]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (402, Some("max_cost_exceeded")),
+        "{}",
+        r.body
+    );
+    let r = send(&remote, &pinned, &[("x-switchyard-max-cost-usd", "1.0")]).await;
+    assert_eq!((r.status, r.route.as_str()), (200, "remote"), "{}", r.body);
 
     for (name, value) in [
         ("x-switchyard-tier", "cloud"),
@@ -268,6 +280,8 @@ async fn a_privacy_rule_keeps_a_card_number_local_even_when_the_score_says_remot
     let daemon = start(&policy(&double, ALL_REMOTE, privacy));
     for prompt in [
         "Charge my card 4111 1111 1111 1111 for the order",
+        "Card 4111 1111 1111 1111 12/26 CVV 123",
+        "card number 4111.1111.1111.1111",
         "Forward this to jane.doe@example.com please",
         "What is the status of Project Bluebird?",
     ] {
@@ -302,6 +316,24 @@ async fn a_privacy_rule_keeps_a_card_number_local_even_when_the_score_says_remot
         "{}",
         r.body
     );
+    // Whatever part of the request carries it: a tool call's arguments go
+    // upstream with the conversation.
+    let mut in_a_tool_call = ask("Did the payment go through?");
+    in_a_tool_call["model"] = json!("echo");
+    in_a_tool_call["messages"] = json!([
+        { "role": "user", "content": "Pay the invoice" },
+        { "role": "assistant", "content": null, "tool_calls": [{ "id": "call_1", "type": "function",
+            "function": { "name": "pay", "arguments": "{\"card\": \"4111 1111 1111 1111\"}" } }] },
+        { "role": "tool", "tool_call_id": "call_1", "content": "paid" },
+        { "role": "user", "content": "Did it go through?" },
+    ]);
+    let r = send(&daemon, &in_a_tool_call, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str()),
+        (400, Some("privacy_local_only")),
+        "{}",
+        r.body
+    );
     assert!(!daemon.log().contains("4111 1111"), "the matched text is never logged");
 }
 
@@ -316,6 +348,12 @@ async fn what_the_local_model_cannot_serve_goes_remote() {
     let mut image = ask("");
     image["messages"][0]["content"] = json!([{ "type": "text", "text": "what is this?" }, { "type": "image_url", "image_url": { "url": "data:image/png;base64,AAAA" } }]);
     let long = ask(&"lorem ipsum dolor sit amet ".repeat(400));
+    // Fields that ask for nothing the local model lacks keep it eligible.
+    let mut plain = ask("hello");
+    plain["tools"] = json!([]);
+    plain["response_format"] = json!({ "type": "text" });
+    let r = send(&daemon, &plain, &[]).await;
+    assert_eq!((r.status, r.route.as_str()), (200, "local"), "{}", r.body);
     for (body, reason) in [
         (tools, "ineligible-tools"),
         (json_mode, "ineligible-json"),

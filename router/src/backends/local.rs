@@ -575,14 +575,13 @@ impl LocalBackend {
     pub fn eligibility(&self, request: &ChatRequest, prompt_tokens_estimate: u64) -> Result<(), Ineligible> {
         let engine = self.engine.as_ref().map_err(|_| Ineligible::Unavailable)?;
         let body = &request.body;
-        let present = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
-        if present("tools") || present("functions") {
+        if request.uses("tools") || request.uses("functions") {
             return Err(Ineligible::Tools);
         }
-        if present("response_format") {
+        if request.uses("response_format") {
             return Err(Ineligible::JsonMode);
         }
-        if UNSUPPORTED_FIELDS.iter().any(|f| present(f))
+        if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f))
             || body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1)
         {
             return Err(Ineligible::Fields);
@@ -691,10 +690,7 @@ impl LocalBackend {
     /// Turns the request into the engine's terms: prompt tokens, sampling, limits.
     fn prepare(&self, engine: &Engine, request: &ChatRequest) -> Result<Plan, ApiError> {
         let body = &request.body;
-        if let Some(field) = UNSUPPORTED_FIELDS
-            .iter()
-            .find(|f| body.get(**f).is_some_and(|v| !v.is_null()))
-        {
+        if let Some(field) = UNSUPPORTED_FIELDS.iter().find(|f| request.uses(f)) {
             return Err(ApiError::invalid(
                 format!(
                     "Backend `{}` is a local model and does not support '{field}'.",

@@ -184,9 +184,9 @@ fn decide(
     headers: &HeaderMap,
 ) -> Result<Decision, ApiError> {
     let hints = Hints::from_headers(headers)?;
+    let text = text_for_scoring(request);
+    let features = Features::extract(request, &text);
     if live.routing.is_profile(&request.model) {
-        let text = text_for_scoring(request);
-        let features = Features::extract(request, &text);
         let facts = RequestFacts {
             caller,
             hints: &hints,
@@ -201,8 +201,14 @@ fn decide(
         .backends
         .resolve(&request.model)
         .ok_or_else(|| ApiError::ModelNotFound(request.model.clone()))?;
+    let facts = RequestFacts {
+        caller,
+        hints: &hints,
+        score: f32::NAN,
+        prompt_tokens_estimate: features.prompt_tokens_estimate,
+    };
     live.routing
-        .check_pinned(request, backend, caller, live.ledger.as_deref())?;
+        .check_pinned(request, backend, &facts, live.ledger.as_deref())?;
     Ok(Decision {
         tier: match backend.as_ref() {
             Backend::Local(_) => Tier::Local,

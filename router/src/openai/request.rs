@@ -136,6 +136,20 @@ impl ChatRequest {
         })
     }
 
+    /// Whether the request asks for what a field offers: it is set, and not to a
+    /// value that asks for nothing (`null`, an empty list of `tools`, or a
+    /// `response_format` of plain text, which is every model's default).
+    pub fn uses(&self, field: &str) -> bool {
+        match self.body.get(field) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(items)) => !items.is_empty(),
+            Some(Value::Object(format)) if field == "response_format" => {
+                format.get("type").and_then(Value::as_str) != Some("text")
+            }
+            Some(_) => true,
+        }
+    }
+
     /// The `max_tokens` field name the client used, for error messages.
     pub fn max_tokens_param(&self) -> &'static str {
         if self.body.get("max_completion_tokens").is_some_and(|v| !v.is_null()) {
@@ -185,7 +199,15 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
             }
             Some(other) => return Err(wrong_type(&format!("{param}.role"), "a string", other)),
         }
+        let role = message["role"].as_str().unwrap_or_default();
         match message.get("content") {
+            // Only an assistant's turn may have no content (it called tools instead).
+            None | Some(Value::Null) if role != "assistant" => {
+                return Err(ApiError::invalid(
+                    format!("Missing required parameter: '{param}.content'."),
+                    &format!("{param}.content"),
+                ));
+            }
             None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
             Some(other) => {
                 return Err(wrong_type(
@@ -209,7 +231,8 @@ fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
     )
 }
 
-fn kind_of(value: &Value) -> &'static str {
+/// A JSON value's kind, for error messages.
+pub fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -267,6 +290,22 @@ mod tests {
     }
 
     #[test]
+    fn fields_that_ask_for_nothing_are_not_in_use() {
+        let request = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"},{"role":"assistant","content":null,"tool_calls":[]}],
+                "tools":[],"response_format":{"type":"text"},"functions":null}"#,
+        )
+        .unwrap();
+        assert!(!request.uses("tools") && !request.uses("response_format") && !request.uses("functions"));
+        let request = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],
+                "response_format":{"type":"json_object"}}"#,
+        )
+        .unwrap();
+        assert!(request.uses("tools") && request.uses("response_format"));
+    }
+
+    #[test]
     fn wrong_types_are_rejected_with_their_path() {
         let cases = [
             (r#"{"model":1,"messages":[]}"#, "model"),
@@ -279,13 +318,21 @@ mod tests {
                 r#"{"model":"m","messages":[{"role":"robot","content":"x"}]}"#,
                 "messages[0].role",
             ),
-            (r#"{"model":"m","messages":[{"role":"user"}],"stream":"yes"}"#, "stream"),
+            (r#"{"model":"m","messages":[{"role":"user"}]}"#, "messages[0].content"),
             (
-                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":-3}"#,
+                r#"{"model":"m","messages":[{"role":"system","content":"s"},{"role":"user","content":null}]}"#,
+                "messages[1].content",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":"yes"}"#,
+                "stream",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":-3}"#,
                 "max_tokens",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":1.5}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":1.5}"#,
                 "max_tokens",
             ),
         ];
@@ -297,20 +344,24 @@ mod tests {
     #[test]
     fn huge_max_tokens_is_refused() {
         let err =
-            parse(r#"{"model":"m","messages":[{"role":"user"}],"max_tokens":100000000000000000000000}"#).unwrap_err();
+            parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":100000000000000000000000}"#)
+                .unwrap_err();
         assert_eq!(param_of(err).as_deref(), Some("max_tokens"));
         let err =
-            parse(r#"{"model":"m","messages":[{"role":"user"}],"max_completion_tokens":99999999999}"#).unwrap_err();
+            parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_completion_tokens":99999999999}"#)
+                .unwrap_err();
         assert_eq!(param_of(err).as_deref(), Some("max_completion_tokens"));
     }
 
     #[test]
     fn stream_options_need_stream() {
-        let err =
-            parse(r#"{"model":"m","messages":[{"role":"user"}],"stream_options":{"include_usage":true}}"#).unwrap_err();
+        let err = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":true}}"#,
+        )
+        .unwrap_err();
         assert_eq!(param_of(err).as_deref(), Some("stream_options"));
         let ok = parse(
-            r#"{"model":"m","messages":[{"role":"user"}],"stream":true,"stream_options":{"include_usage":true}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#,
         )
         .unwrap();
         assert!(ok.stream && ok.include_usage);

@@ -15,7 +15,11 @@ use crate::openai::request::ChatRequest;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Features {
+    /// The whole context a backend must hold: every message, system prompts too.
     pub prompt_tokens_estimate: u64,
+    /// The text the difficulty model reads (the user's turns): the size it
+    /// learned from, the same for a served request as for its training row.
+    pub text_tokens_estimate: u64,
     pub chars: u64,
     pub turns: u32,
     pub has_tools: bool,
@@ -38,27 +42,29 @@ pub struct Features {
 pub fn text_for_scoring(request: &ChatRequest) -> String {
     let mut text = String::new();
     for message in request.body["messages"].as_array().into_iter().flatten() {
-        if !matches!(message["role"].as_str(), Some("user")) {
-            continue;
+        if matches!(message["role"].as_str(), Some("user")) {
+            push_content(&mut text, &message["content"]);
         }
-        push_content(&mut text, &message["content"]);
-        text.push('\n');
     }
     text
 }
 
-/// Appends a message's text: a string, or the text of its content parts.
+/// Appends a message's text (a string, or the text of its content parts),
+/// each piece on a line of its own after what `text` already holds: a single
+/// user turn reads exactly as the prompt of a training row.
 pub(crate) fn push_content(text: &mut String, content: &Value) {
-    match content {
-        Value::String(s) => text.push_str(s),
-        Value::Array(parts) => {
-            for part in parts {
-                if let Some(t) = part.get("text").and_then(Value::as_str) {
-                    text.push_str(t);
-                    text.push('\n');
-                }
-            }
+    let mut push = |piece: &str| {
+        if !text.is_empty() {
+            text.push('\n');
         }
+        text.push_str(piece);
+    };
+    match content {
+        Value::String(s) => push(s),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .for_each(push),
         _ => {}
     }
 }
@@ -68,14 +74,13 @@ impl Features {
     pub fn extract(request: &ChatRequest, scored_text: &str) -> Features {
         let body = &request.body;
         let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
-        let present = |field: &str| body.get(field).is_some_and(|v| !v.is_null());
         let all_text = super::message_text(request);
         let mut features = Features::from_text(scored_text);
         // The context the backend must hold is every message, not just the user's.
         features.prompt_tokens_estimate = estimate_tokens(&all_text) + 4 * messages.len() as u64;
         features.turns = messages.iter().filter(|m| m["role"] == "user").count() as u32;
-        features.has_tools = present("tools") || present("functions");
-        features.json_mode = present("response_format");
+        features.has_tools = request.uses("tools") || request.uses("functions");
+        features.json_mode = request.uses("response_format");
         features.has_images = messages.iter().any(|m| {
             m["content"].as_array().is_some_and(|parts| {
                 parts
@@ -90,6 +95,7 @@ impl Features {
     pub fn from_text(text: &str) -> Features {
         let mut f = Features {
             prompt_tokens_estimate: estimate_tokens(text),
+            text_tokens_estimate: estimate_tokens(text),
             chars: text.chars().count() as u64,
             turns: 1,
             ..Features::default()
@@ -146,7 +152,7 @@ impl Features {
         let lang = |name: &str| f32::from(u8::from(self.language == name));
         let scope = qt("multiple-choice");
         [
-            log(self.prompt_tokens_estimate as f64) / 8.0,
+            log(self.text_tokens_estimate as f64) / 8.0,
             log(f64::from(self.turns)),
             log(f64::from(self.code_blocks)),
             log(f64::from(self.code_like)) / 3.0,

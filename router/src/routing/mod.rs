@@ -390,20 +390,30 @@ impl Routing {
     }
 
     /// A request that names a backend skips scoring and tiers, but not the
-    /// privacy rules nor a spent budget: neither can be bypassed by naming a
-    /// remote model.
+    /// privacy rules, a spent budget nor the client's own cost cap: none can be
+    /// bypassed by naming a remote model.
     pub fn check_pinned(
         &self,
         request: &ChatRequest,
         backend: &Backend,
-        caller: &Caller,
+        facts: &RequestFacts<'_>,
         ledger: Option<&Ledger>,
     ) -> Result<(), ApiError> {
         if let Backend::Local(_) = backend {
             return Ok(());
         }
+        let estimate_usd = price_of(backend).cost_usd(
+            facts.prompt_tokens_estimate,
+            request.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
+        );
+        if facts.hints.max_cost_usd.is_some_and(|max| estimate_usd > max) {
+            return Err(ApiError::Route(RouteError::MaxCostExceeded {
+                estimate_usd,
+                why: Reason::ModelPinned,
+            }));
+        }
         if !self.privacy.is_empty()
-            && let Some(rule) = self.privacy.first_match(&message_text(request))
+            && let Some(rule) = self.privacy.first_match(&privacy::egress_text(&request.body))
         {
             return Err(ApiError::Route(RouteError::PrivacyUnservable {
                 rule: rule.to_string(),
@@ -411,7 +421,7 @@ impl Routing {
             }));
         }
         if let (Some(ledger), Some(limits)) = (ledger, &self.budgets)
-            && ledger.pacing(limits, caller_name(caller)).exhausted()
+            && ledger.pacing(limits, caller_name(facts.caller)).exhausted()
         {
             return Err(ApiError::Route(RouteError::BudgetExhausted {
                 why: Reason::ModelPinned,
@@ -468,7 +478,9 @@ impl Routing {
             privacy_rule: if self.privacy.is_empty() {
                 None
             } else {
-                self.privacy.first_match(&message_text(request)).map(str::to_string)
+                self.privacy
+                    .first_match(&privacy::egress_text(&request.body))
+                    .map(str::to_string)
             },
             tier_override: facts.hints.tier,
             session_floor: session_keys.and_then(|keys| sessions.floor(keys)),
@@ -534,12 +546,11 @@ pub fn price_of(backend: &Backend) -> Price {
 }
 
 /// Every piece of text in the messages (system prompts and tool results too),
-/// for the privacy rules.
+/// for the size of the context.
 pub fn message_text(request: &ChatRequest) -> String {
     let mut text = String::new();
     for message in request.body["messages"].as_array().into_iter().flatten() {
         features::push_content(&mut text, &message["content"]);
-        text.push('\n');
     }
     text
 }
