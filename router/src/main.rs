@@ -70,6 +70,9 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve { .. }) {
+        die_quietly_on_closed_stdout();
+    }
     let _telemetry = switchyard::telemetry::init(cli.log_json);
     match cli.command {
         Command::Serve { policy, listen } => serve(&policy, listen),
@@ -120,12 +123,18 @@ fn check(path: &Path) -> ExitCode {
 }
 
 fn report_policy_error(path: &Path, err: &PolicyError) {
-    match err {
-        PolicyError::Read(io) => eprintln!("{}: cannot read: {io}", path.display()),
-        PolicyError::Invalid(problems) => {
-            for problem in problems {
-                eprintln!("{}:{problem}", path.display());
-            }
-        }
+    eprintln!("{}", err.in_file(path));
+}
+
+/// A command whose output is piped into `head` stops when the reader leaves,
+/// as Unix tools do, instead of panicking on the broken pipe. Rust ignores
+/// SIGPIPE for every program; the daemon keeps that (a client that hangs up
+/// is an error on one socket, not the end of the process), the other commands
+/// restore the default.
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is
+    // a valid disposition for SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -578,6 +578,21 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+impl PolicyError {
+    /// The error as a report on the file it came from: one `FILE:LINE:COL: problem`
+    /// line per problem, or `FILE: cannot read: ...`.
+    pub fn in_file(&self, path: &Path) -> String {
+        match self {
+            PolicyError::Read(err) => format!("{}: cannot read: {err}", path.display()),
+            PolicyError::Invalid(problems) => problems
+                .iter()
+                .map(|problem| format!("{}:{problem}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
 impl Policy {
     /// Reads, parses and checks a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {

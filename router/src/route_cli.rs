@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use switchyard::auth::Caller;
 use switchyard::live::Live;
 use switchyard::openai::request::ChatRequest;
+use switchyard::openai::request::kind_of;
 use switchyard::policy::Policy;
-use switchyard::routing::difficulty::data::{self, Example, question_key};
+use switchyard::routing::difficulty::data::{self, Example, NotAnExample, question_key};
 use switchyard::routing::difficulty::eval::{Quality, Scored, evaluate, oracle, random};
 use switchyard::routing::difficulty::train::{Settings, learns_from, train as train_model};
 use switchyard::routing::difficulty::{DifficultyModel, Kind};
@@ -113,7 +114,9 @@ pub fn run(command: &RouteCommand) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("switchyard route: {err}");
+            for line in err.lines() {
+                eprintln!("switchyard route: {line}");
+            }
             ExitCode::FAILURE
         }
     }
@@ -126,32 +129,74 @@ fn model_or_shipped(path: Option<&Path>) -> Result<&'static DifficultyModel, Str
     }
 }
 
-/// The text a row asks about: its `prompt`, or its user messages.
-fn row_text(row: &Value) -> Option<String> {
-    if let Some(prompt) = row["prompt"].as_str() {
-        return Some(prompt.to_string());
-    }
-    let body = json!({ "model": "auto", "messages": row.get("messages")? });
-    let request = ChatRequest::parse(body.to_string().as_bytes()).ok()?;
-    Some(text_for_scoring(&request))
+/// A row as the chat request the daemon would see: its `prompt` as one user
+/// turn, or its OpenAI `messages`.
+fn row_request(row: &Value) -> Result<ChatRequest, String> {
+    let messages = match (&row["prompt"], row.get("messages")) {
+        (Value::String(prompt), _) => json!([{ "role": "user", "content": prompt }]),
+        (Value::Null, Some(messages)) => messages.clone(),
+        (Value::Null, None) => return Err("no `prompt` or `messages`".into()),
+        (other, _) => return Err(format!("`prompt` is {}, not a string", kind_of(other))),
+    };
+    let body = json!({ "model": "auto", "messages": messages });
+    ChatRequest::parse(body.to_string().as_bytes()).map_err(|e| e.message())
+}
+
+/// A row's score as the daemon computes it for the same request.
+fn score_request(model: &DifficultyModel, request: &ChatRequest) -> f32 {
+    let text = text_for_scoring(request);
+    model.score(&Features::extract(request, &text), &text)
 }
 
 fn score(input: &Path, output: &Path, model: Option<&Path>) -> Result<(), String> {
     let model = model_or_shipped(model)?;
-    let rows = data::read_jsonl(input)?;
-    let mut out =
-        std::io::BufWriter::new(std::fs::File::create(output).map_err(|e| format!("{}: {e}", output.display()))?);
-    for (i, row) in rows.iter().enumerate() {
-        let id = row
-            .get("id")
-            .cloned()
-            .ok_or_else(|| format!("{}: row {} has no id", input.display(), i + 1))?;
-        let text =
-            row_text(row).ok_or_else(|| format!("{}: row {} has no prompt or messages", input.display(), i + 1))?;
-        let score = model.score(&Features::from_text(&text), &text);
-        writeln!(out, "{}", json!({ "id": id, "score": score })).map_err(|e| e.to_string())?;
+    let rows = data::read_jsonl_lines(input)?;
+    // Every row is checked and scored before the output is touched, and the
+    // output appears whole or not at all.
+    let mut scored = Vec::with_capacity(rows.len());
+    let mut ids = std::collections::HashSet::new();
+    let (mut duplicates, mut without_text) = (0usize, 0usize);
+    for (line, row) in &rows {
+        let at = |why: String| format!("{}:{line}: {why}", input.display());
+        let id = match row.get("id") {
+            Some(id @ (Value::String(_) | Value::Number(_))) => id.clone(),
+            None => return Err(at("no `id`".into())),
+            Some(other) => return Err(at(format!("`id` is {}, not a string or a number", kind_of(other)))),
+        };
+        let request = row_request(row).map_err(at)?;
+        if text_for_scoring(&request).trim().is_empty() {
+            without_text += 1;
+        }
+        if !ids.insert(id.to_string()) {
+            duplicates += 1;
+        }
+        scored.push(json!({ "id": id, "score": score_request(model, &request) }));
     }
-    out.flush().map_err(|e| e.to_string())
+    let partial = output.with_file_name(format!(
+        ".{}.partial",
+        output.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let written = (|| {
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&partial)?);
+        for row in &scored {
+            writeln!(out, "{row}")?;
+        }
+        out.into_inner()
+            .map_err(std::io::IntoInnerError::into_error)?
+            .sync_all()?;
+        std::fs::rename(&partial, output)
+    })();
+    if let Err(err) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(format!("{}: {err}", output.display()));
+    }
+    if duplicates > 0 {
+        eprintln!("warning: {duplicates} rows repeat an earlier row's id");
+    }
+    if without_text > 0 {
+        eprintln!("warning: {without_text} rows have no user text; they get the score of an empty prompt");
+    }
+    Ok(())
 }
 
 fn scored(model: &DifficultyModel, examples: &[Example]) -> Vec<Scored> {
@@ -190,11 +235,26 @@ fn print_comparison(label: &str, ours: &[Scored], baseline: &[Scored]) {
     ]);
 }
 
-fn eval(inputs: &[PathBuf], model: Option<&Path>) -> Result<(), String> {
-    let model = model_or_shipped(model)?;
+fn eval(inputs: &[PathBuf], model_path: Option<&Path>) -> Result<(), String> {
+    let model = model_or_shipped(model_path)?;
     let mut examples: Vec<Example> = Vec::new();
+    let mut unlabelled = 0usize;
     for input in inputs {
-        examples.extend(data::read_jsonl(input)?.iter().filter_map(data::example));
+        for (line, mut row) in data::read_jsonl_lines(input)? {
+            // A row in chat form is read as the prompt the daemon would score.
+            if row["prompt"].is_null() && row.get("messages").is_some() {
+                let request = row_request(&row).map_err(|why| format!("{}:{line}: {why}", input.display()))?;
+                row["prompt"] = Value::String(text_for_scoring(&request));
+            }
+            match data::labelled(&row) {
+                Ok(example) => examples.push(example),
+                Err(NotAnExample::Unlabelled) => unlabelled += 1,
+                Err(NotAnExample::Invalid(why)) => return Err(format!("{}:{line}: {why}", input.display())),
+            }
+        }
+    }
+    if unlabelled > 0 {
+        eprintln!("{unlabelled} rows left out: a label of their pair is null or NaN");
     }
     if examples.len() < 2 {
         return Err("fewer than two labelled rows with a strong/weak pair".into());
@@ -206,11 +266,16 @@ fn eval(inputs: &[PathBuf], model: Option<&Path>) -> Result<(), String> {
         "{} rows; quality all weak {q_weak:.3}, all strong {q_strong:.3}",
         examples.len()
     );
-    print_comparison(
-        "switchyard (shipped)",
-        &ours,
-        &scored(DifficultyModel::baseline(), &examples),
-    );
+    if q_strong <= q_weak {
+        eprintln!(
+            "warning: the strong model is not better than the weak one on these rows; APGR and CPT measure nothing here"
+        );
+    }
+    let label = match model_path {
+        None => "switchyard (shipped)".to_string(),
+        Some(path) => format!("switchyard ({})", path.display()),
+    };
+    print_comparison(&label, &ours, &scored(DifficultyModel::baseline(), &examples));
     Ok(())
 }
 
@@ -325,12 +390,11 @@ fn leave_one_source_out(data_dirs: &[PathBuf], settings: &Settings) -> Result<()
 }
 
 fn request_for(prompt: &str) -> Result<ChatRequest, String> {
-    let body = json!({ "model": "auto", "messages": [{ "role": "user", "content": prompt }] });
-    ChatRequest::parse(body.to_string().as_bytes()).map_err(|e| e.message())
+    row_request(&json!({ "prompt": prompt }))
 }
 
 fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
-    let policy = Policy::load(policy_path).map_err(|e| e.to_string())?;
+    let policy = Policy::load(policy_path).map_err(|e| e.in_file(policy_path))?;
     let live = Live::build(&policy, None)?;
     let request = request_for(prompt)?;
     let text = text_for_scoring(&request);
@@ -371,7 +435,10 @@ fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
 }
 
 fn bench(policy_path: &Path, iterations: usize) -> Result<(), String> {
-    let policy = Policy::load(policy_path).map_err(|e| e.to_string())?;
+    if iterations == 0 {
+        return Err("--iterations must be at least 1".into());
+    }
+    let policy = Policy::load(policy_path).map_err(|e| e.in_file(policy_path))?;
     let live = Live::build(&policy, None)?;
     let sessions = Sessions::new(std::time::Duration::from_secs(60), 100_000);
     let paragraph = "The committee reviewed the quarterly figures, compared them with the forecast, and asked \

@@ -65,6 +65,17 @@ fn route_eval_on_unseen_math_word_problems_beats_random() {
     assert!(ours >= 0.56 && ours > random + 0.05, "{out}");
 }
 
+fn route_score(input: &std::path::Path, output: &std::path::Path) -> (bool, String, String) {
+    switchyard(&[
+        "route",
+        "score",
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ])
+}
+
 #[test]
 fn route_score_writes_one_score_per_row_for_prompts_and_messages() {
     let dir = daemon::scratch_dir("route-score");
@@ -78,14 +89,7 @@ fn route_score_writes_one_score_per_row_for_prompts_and_messages() {
         ),
     )
     .unwrap();
-    let (ok, _, err) = switchyard(&[
-        "route",
-        "score",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = route_score(&input, &output);
     assert!(ok, "{err}");
     let rows: Vec<Value> = std::fs::read_to_string(&output)
         .unwrap()
@@ -102,16 +106,60 @@ fn route_score_writes_one_score_per_row_for_prompts_and_messages() {
         assert!((0.0..=1.0).contains(&score), "{row}");
         assert_eq!(row.as_object().unwrap().len(), 2, "{row}");
     }
-    std::fs::write(&input, "{\"prompt\": \"no id\"}\n").unwrap();
-    let (ok, _, err) = switchyard(&[
-        "route",
-        "score",
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
-    assert!(!ok && err.contains("has no id"), "{err}");
+    // A bad row is named by its line, and the previous output is left whole.
+    let before = std::fs::read_to_string(&output).unwrap();
+    for (rows, why) in [
+        (
+            "{\"id\": 1, \"prompt\": \"fine\"}\n\n{\"prompt\": \"no id\"}\n",
+            "in.jsonl:3: no `id`",
+        ),
+        (
+            "{\"id\": 1, \"prompt\": 12}\n",
+            "in.jsonl:1: `prompt` is a number, not a string",
+        ),
+        (
+            "{\"id\": 1, \"messages\": []}\n",
+            "in.jsonl:1: Invalid 'messages': empty array",
+        ),
+    ] {
+        std::fs::write(&input, rows).unwrap();
+        let (ok, _, err) = route_score(&input, &output);
+        assert!(!ok && err.contains(why), "{why}: {err}");
+        assert_eq!(std::fs::read_to_string(&output).unwrap(), before);
+    }
+}
+
+#[test]
+fn route_eval_names_a_malformed_row_instead_of_leaving_it_out() {
+    let dir = daemon::scratch_dir("route-eval-rows");
+    let input = dir.join("labelled.jsonl");
+    let row = |strong: &str, label: &str| {
+        format!(
+            "{{\"id\": \"r\", \"prompt\": \"q\", \"labels\": {{\"big\": {label}, \"small\": 0.0}}, \"strong\": \"{strong}\", \"weak\": \"small\"}}\n"
+        )
+    };
+    for (rows, why) in [
+        (
+            row("big", "1.0") + &row("bigg", "1.0"),
+            "labelled.jsonl:2: no label for `bigg` in `labels`",
+        ),
+        (
+            row("big", "1.0") + &row("big", "7"),
+            "labelled.jsonl:2: the label of `big` is 7, outside [0, 1]",
+        ),
+    ] {
+        std::fs::write(&input, rows).unwrap();
+        let (ok, _, err) = switchyard(&["route", "eval", "--input", input.to_str().unwrap()]);
+        assert!(!ok && err.contains(why), "{why}: {err}");
+    }
+    // A model that was not scored on a prompt (a null label) is no error: the
+    // row is left out, and said to be.
+    std::fs::write(&input, row("big", "1.0") + &row("big", "0.0") + &row("big", "null")).unwrap();
+    let (ok, out, err) = switchyard(&["route", "eval", "--input", input.to_str().unwrap()]);
+    assert!(
+        ok && out.starts_with("2 rows") && err.contains("1 rows left out"),
+        "{out}{err}"
+    );
 }
 
 #[test]

@@ -15,6 +15,8 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::openai::request::kind_of;
+
 /// One labelled prompt.
 #[derive(Debug, Clone)]
 pub struct Example {
@@ -53,38 +55,81 @@ pub fn question_key(prompt: &str) -> String {
         .collect()
 }
 
+/// Why a row is not an example.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NotAnExample {
+    /// A label the pair needs is `null` or `NaN`: the model was not scored on
+    /// this prompt (the shared data has such rows).
+    Unlabelled,
+    /// The row is malformed; the message says how.
+    Invalid(String),
+}
+
 /// The strong and weak models compared for a row, and whether the strong one
 /// is a frontier model: the row's own `strong`/`weak`, or the pair chosen for
 /// its source (RouterBench: GPT-4 vs Mixtral, as RouteLLM; RouterDC: the best
 /// vs the weakest of its 7B-8B models).
-fn pair(row: &Value) -> Option<(f64, f64, bool)> {
-    let labels = &row["labels"];
-    let label = |model: &str| labels[model].as_f64().filter(|v| v.is_finite());
-    if let (Some(strong), Some(weak)) = (row["strong"].as_str(), row["weak"].as_str()) {
-        return Some((label(strong)?, label(weak)?, true));
+fn pair(row: &Value) -> Result<(f64, f64, bool), NotAnExample> {
+    let invalid = |message: String| NotAnExample::Invalid(message);
+    let label = |model: &str| match row["labels"].get(model) {
+        None => Err(invalid(format!("no label for `{model}` in `labels`"))),
+        Some(Value::Null) => Err(NotAnExample::Unlabelled),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(v) if v.is_nan() => Err(NotAnExample::Unlabelled),
+            Some(v) if (0.0..=1.0).contains(&v) => Ok(v),
+            _ => Err(invalid(format!("the label of `{model}` is {n}, outside [0, 1]"))),
+        },
+        Some(other) => Err(invalid(format!("the label of `{model}` is {other}, not a number"))),
+    };
+    match (&row["strong"], &row["weak"]) {
+        (Value::String(strong), Value::String(weak)) => return Ok((label(strong)?, label(weak)?, true)),
+        (Value::Null, Value::Null) => {}
+        _ => return Err(invalid("`strong` and `weak` must both name a model of `labels`".into())),
     }
-    let source = row["source"].as_str()?;
+    let source = row["source"].as_str().unwrap_or_default();
     if source.starts_with("routerbench") {
-        Some((
+        Ok((
             label("gpt-4-1106-preview")?,
             label("mistralai/mixtral-8x7b-chat")?,
             true,
         ))
     } else if source.starts_with("routerdc7") {
-        Some((
+        Ok((
             label("cognitivecomputations/dolphin-2.9-llama3-8b")?,
             label("mistralai/Mistral-7B-v0.1")?,
             false,
         ))
     } else {
-        None
+        Err(invalid(
+            "no model pair: give `strong` and `weak`, each naming a model of `labels`".into(),
+        ))
     }
 }
 
-/// One row as an example, or `None` when its labels are missing.
+/// One row as an example, or `None` when it has none (see [`labelled`]).
 pub fn example(row: &Value) -> Option<Example> {
+    labelled(row).ok()
+}
+
+/// One row as an example, or why it is not one.
+pub fn labelled(row: &Value) -> Result<Example, NotAnExample> {
+    let prompt = match &row["prompt"] {
+        Value::String(prompt) => prompt.clone(),
+        Value::Null => return Err(NotAnExample::Invalid("no `prompt`".into())),
+        other => {
+            return Err(NotAnExample::Invalid(format!(
+                "`prompt` is {}, not a string",
+                kind_of(other)
+            )));
+        }
+    };
+    let id = match &row["id"] {
+        Value::String(id) => id.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => String::new(),
+    };
     let (strong, weak, frontier) = pair(row)?;
-    let source = row["source"].as_str()?;
+    let source = row["source"].as_str().unwrap_or_default();
     // Correctness pairs: "strong right where weak is wrong". Graded scores of
     // weak-vs-weak pairs carry little of that; "the weak model falls short"
     // does, and transfers better to unseen kinds of prompts.
@@ -93,10 +138,10 @@ pub fn example(row: &Value) -> Option<Example> {
     } else {
         f32::from(u8::from(strong > weak))
     };
-    Some(Example {
-        id: row["id"].as_str()?.to_string(),
+    Ok(Example {
+        id,
         source: source_name(source),
-        prompt: row["prompt"].as_str()?.to_string(),
+        prompt,
         target,
         strong,
         weak,
@@ -109,18 +154,29 @@ pub fn source_name(source: &str) -> String {
 }
 
 pub fn read_jsonl(path: &Path) -> Result<Vec<Value>, String> {
+    Ok(read_jsonl_lines(path)?.into_iter().map(|(_, row)| row).collect())
+}
+
+/// The rows of a JSON Lines file with their line numbers (blank lines skipped).
+pub fn read_jsonl_lines(path: &Path) -> Result<Vec<(usize, Value)>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut rows = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| format!("{}: {e}", path.display()))?;
+        let at = || format!("{}:{}", path.display(), i + 1);
+        let line = line.map_err(|e| format!("{}: {e}", at()))?;
+        let line = if i == 0 {
+            line.trim_start_matches('\u{feff}')
+        } else {
+            &line
+        };
         if line.trim().is_empty() {
             continue;
         }
         // Python's json writes NaN for a missing label; JSON has no NaN: read it as null.
-        let parsed = serde_json::from_str(&line)
-            .or_else(|_| serde_json::from_str(&line.replace(": NaN", ": null")))
-            .map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))?;
-        rows.push(parsed);
+        let parsed = serde_json::from_str(line)
+            .or_else(|_| serde_json::from_str(&line.replace(": NaN", ": null").replace(":NaN", ":null")))
+            .map_err(|e| format!("{}: {e}", at()))?;
+        rows.push((i + 1, parsed));
     }
     Ok(rows)
 }
