@@ -1,10 +1,14 @@
 //! A chat request as it arrives, validated before any backend sees it.
 //!
-//! We validate only the fields Switchyard acts on (`model`, `messages`, `stream`,
-//! `stream_options`, `max_tokens`/`max_completion_tokens`), with OpenAI's own
-//! wording where it has one. Everything else (tools, response_format, logprobs,
-//! seed, n, vendor extras, ...) stays in [`ChatRequest::body`] exactly as the client
-//! sent it, in the client's key order, and passes through to a remote backend.
+//! We validate the fields Switchyard acts on (`model`, `messages`, `stream`,
+//! `stream_options`, `max_tokens`/`max_completion_tokens`) and the types and
+//! ranges of OpenAI's sampling fields (`temperature`, `top_p`, penalties, `n`,
+//! `seed`, `stop`, `logprobs`, `top_logprobs`), with OpenAI's own wording where
+//! it has one: a request is refused the same way whichever tier the router
+//! picks, and a bad one never costs a paid round trip. Everything stays in
+//! [`ChatRequest::body`] exactly as the client sent it, in the client's key
+//! order, and passes through to a remote backend (tools, response_format and
+//! vendor extras unchecked).
 
 use serde_json::{Map, Value};
 
@@ -120,6 +124,8 @@ impl ChatRequest {
             }
         }
 
+        validate_sampling(&body)?;
+
         let reasoning = match body.get("reasoning_effort") {
             None | Some(Value::Null) => false,
             Some(Value::String(effort)) => !matches!(effort.as_str(), "none" | "minimal"),
@@ -217,6 +223,67 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// OpenAI's sampling fields: a number within its range (inclusive).
+const RANGES: &[(&str, f64, f64)] = &[
+    ("temperature", 0.0, 2.0),
+    ("top_p", 0.0, 1.0),
+    ("presence_penalty", -2.0, 2.0),
+    ("frequency_penalty", -2.0, 2.0),
+];
+
+fn validate_sampling(body: &Map<String, Value>) -> Result<(), ApiError> {
+    let set = |field: &str| body.get(field).filter(|v| !v.is_null());
+    for &(field, low, high) in RANGES {
+        match set(field) {
+            None => {}
+            Some(Value::Number(n)) => {
+                let value = n.as_f64().unwrap_or(f64::NAN);
+                if !(low..=high).contains(&value) {
+                    return Err(ApiError::invalid(
+                        format!("Invalid '{field}': expected a number from {low} to {high}, but got {n}."),
+                        field,
+                    ));
+                }
+            }
+            Some(other) => return Err(wrong_type(field, "a number", other)),
+        }
+    }
+    let integer = |field: &str, low: i64, high: i64| -> Result<(), ApiError> {
+        match set(field) {
+            None => Ok(()),
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|v| (low..=high).contains(&v)) => Ok(()),
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Err(ApiError::invalid(
+                format!("Invalid '{field}': expected an integer from {low} to {high}, but got {n}."),
+                field,
+            )),
+            Some(other) => Err(wrong_type(field, "an integer", other)),
+        }
+    };
+    integer("n", 1, 128)?;
+    integer("top_logprobs", 0, 20)?;
+    match set("seed") {
+        None => {}
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {}
+        Some(other) => return Err(wrong_type("seed", "an integer", other)),
+    }
+    match set("logprobs") {
+        None | Some(Value::Bool(_)) => {}
+        Some(other) => return Err(wrong_type("logprobs", "a boolean", other)),
+    }
+    match set("stop") {
+        None | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.len() <= 4 && items.iter().all(Value::is_string) => {}
+        Some(Value::Array(_)) => {
+            return Err(ApiError::invalid(
+                "Invalid 'stop': expected a string or an array of up to 4 strings.",
+                "stop",
+            ));
+        }
+        Some(other) => return Err(wrong_type("stop", "a string or an array of strings", other)),
     }
     Ok(())
 }
@@ -336,6 +403,31 @@ mod tests {
                 "max_tokens",
             ),
         ];
+        let hi = |extra: &str| format!(r#"{{"model":"m","messages":[{{"role":"user","content":"hi"}}],{extra}}}"#);
+        let sampling = [
+            (hi(r#""temperature":"hot""#), "temperature"),
+            (hi(r#""temperature":2.5"#), "temperature"),
+            (hi(r#""top_p":-0.1"#), "top_p"),
+            (hi(r#""presence_penalty":3"#), "presence_penalty"),
+            (hi(r#""frequency_penalty":true"#), "frequency_penalty"),
+            (hi(r#""n":0"#), "n"),
+            (hi(r#""n":1.5"#), "n"),
+            (hi(r#""seed":"42""#), "seed"),
+            (hi(r#""logprobs":"yes""#), "logprobs"),
+            (hi(r#""logprobs":true,"top_logprobs":21"#), "top_logprobs"),
+            (hi(r#""stop":["a","b","c","d","e"]"#), "stop"),
+            (hi(r#""stop":7"#), "stop"),
+        ];
+        for (json, param) in &sampling {
+            assert_eq!(param_of(parse(json).unwrap_err()).as_deref(), Some(*param), "{json}");
+        }
+        for ok in [
+            hi(r#""temperature":0,"top_p":1,"presence_penalty":-2,"frequency_penalty":2.0"#),
+            hi(r#""n":2,"seed":-7,"logprobs":true,"top_logprobs":0,"stop":["\n"]"#),
+            hi(r#""temperature":null,"stop":null,"logprobs":false,"seed":18446744073709551615"#),
+        ] {
+            assert!(parse(&ok).is_ok(), "{ok}");
+        }
         for (json, param) in cases {
             assert_eq!(param_of(parse(json).unwrap_err()).as_deref(), Some(param), "{json}");
         }
