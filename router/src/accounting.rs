@@ -19,7 +19,7 @@ use crate::backends::UsageCell;
 use crate::metrics::{metrics, seconds};
 use crate::openai::Usage;
 use crate::policy::Price;
-use crate::routing::budget::Ledger;
+use crate::routing::budget::{Ledger, Reservation};
 
 /// What a request came to.
 pub struct RequestRecord {
@@ -39,6 +39,9 @@ pub struct RequestRecord {
     pub baseline: Option<(String, Price)>,
     pub caller: Option<String>,
     pub ledger: Option<Arc<Ledger>>,
+    /// What the remote call answering the request holds against the budgets;
+    /// released when the record is finished, after its cost is recorded.
+    pub reservation: Option<Reservation>,
     /// `server.metrics`; off, the request still reaches the ledger, the status
     /// page and the log.
     pub metrics: bool,
@@ -95,9 +98,10 @@ fn status_class(status: u16) -> &'static str {
 impl RequestRecord {
     /// Records the request with what it used. `first_byte` is when the first
     /// byte of the answer left (streams); `None` means with the whole answer.
-    pub fn finish(self, usage: Option<Usage>, first_byte: Option<Instant>) {
+    pub fn finish(mut self, usage: Option<Usage>, first_byte: Option<Instant>) {
         let total = self.started.elapsed();
         let route = self.route;
+        let usage_known = usage.is_some();
         let usage = usage.unwrap_or_default();
         let cost = self.price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
         let baseline = self
@@ -105,10 +109,19 @@ impl RequestRecord {
             .as_ref()
             .map(|(name, price)| (name, price.cost_usd(usage.prompt_tokens, usage.completion_tokens)));
         let saved = baseline.map_or(0.0, |(_, b)| b - cost);
-        if cost > 0.0
-            && let Some(ledger) = &self.ledger
-        {
-            ledger.record(self.caller.as_deref(), cost);
+        // The real cost replaces the call's hold on the budgets in one step.
+        // Without usage (the client left before the usage chunk) the hold is
+        // dropped unsettled, and its worst case is charged.
+        match (self.reservation.take(), usage_known) {
+            (Some(reservation), true) => reservation.settle(cost),
+            (Some(reservation), false) => drop(reservation),
+            (None, _) => {
+                if cost > 0.0
+                    && let Some(ledger) = &self.ledger
+                {
+                    ledger.record(self.caller.as_deref(), cost);
+                }
+            }
         }
         if self.metrics {
             let m = metrics();

@@ -38,13 +38,22 @@ impl ClientKeys {
                     Ok(secret) if !secret.is_empty() => sha256(secret.as_bytes()),
                     _ => {
                         return Err(format!(
-                            "client key {:?}: environment variable {} is not set",
-                            key.name.value, env.value
+                            "{}:{}: client key {:?}: environment variable {} is not set",
+                            env.referenced.line(),
+                            env.referenced.column(),
+                            key.name.value,
+                            env.value
                         ));
                     }
                 },
-                (None, Some(hex)) => parse_hex_digest(&hex.value)
-                    .ok_or_else(|| format!("client key {:?}: key_sha256 is not 64 hex digits", key.name.value))?,
+                (None, Some(hex)) => parse_hex_digest(&hex.value).ok_or_else(|| {
+                    format!(
+                        "{}:{}: client key {:?}: key_sha256 is not 64 hex digits",
+                        hex.referenced.line(),
+                        hex.referenced.column(),
+                        key.name.value
+                    )
+                })?,
                 (None, None) => {
                     return Err(format!("client key {:?} has no source", key.name.value));
                 }

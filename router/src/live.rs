@@ -69,6 +69,17 @@ impl Live {
     }
 }
 
+/// A problem [`Live::build`] found, prefixed with the policy file's path:
+/// `FILE:LINE:COLUMN: message` when it has a location, like the policy's own.
+pub fn in_file(path: &Path, problem: &str) -> String {
+    let sep = if problem.starts_with(|c: char| c.is_ascii_digit()) {
+        ":"
+    } else {
+        ": "
+    };
+    format!("{}{sep}{problem}", path.display())
+}
+
 /// The current [`Live`], swappable.
 pub struct LivePolicy {
     path: PathBuf,
@@ -140,7 +151,8 @@ impl LivePolicy {
                 ReloadOutcome::Applied
             }
             Err(err) => {
-                tracing::error!(trigger, policy = %path, "policy reload rejected: {err}; the previous policy keeps serving");
+                tracing::error!(trigger, policy = %path, "{}", in_file(&self.path, &err));
+                tracing::error!(trigger, policy = %path, "policy reload rejected; the previous policy keeps serving");
                 ReloadOutcome::Rejected
             }
         }

@@ -48,6 +48,7 @@ pub struct Metrics {
     pub budget_limit: GaugeVec,
     pub budget_remaining: GaugeVec,
     pub pacing_level: Gauge,
+    pub budget_reserved: Gauge,
     pub local_tokens_per_second: GaugeVec,
     pub local_queue_depth: IntGaugeVec,
     pub local_in_flight: IntGaugeVec,
@@ -171,7 +172,12 @@ impl Metrics {
             .expect("valid gauge"),
             pacing_level: Gauge::new(
                 "switchyard_budget_pacing_level",
-                "Budget pacing level of the last routed request (0 = none, 1 = budget spent).",
+                "Global budget pacing level, spend and calls in flight counted (0 = none, 1 = budget spent).",
+            )
+            .expect("valid gauge"),
+            budget_reserved: Gauge::new(
+                "switchyard_budget_reserved_usd",
+                "What remote calls in flight may still cost, held against the global budgets.",
             )
             .expect("valid gauge"),
             local_tokens_per_second: GaugeVec::new(
@@ -244,6 +250,7 @@ impl Metrics {
         register(Box::new(m.budget_limit.clone()));
         register(Box::new(m.budget_remaining.clone()));
         register(Box::new(m.pacing_level.clone()));
+        register(Box::new(m.budget_reserved.clone()));
         register(Box::new(m.local_tokens_per_second.clone()));
         register(Box::new(m.local_queue_depth.clone()));
         register(Box::new(m.local_in_flight.clone()));

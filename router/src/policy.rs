@@ -605,7 +605,7 @@ impl Policy {
     /// Parses and checks policy text.
     pub fn parse(text: &str) -> Result<Policy, PolicyError> {
         let policy: Policy =
-            serde_saphyr::from_str(text).map_err(|err| PolicyError::Invalid(vec![shape_problem(&err)]))?;
+            serde_saphyr::from_str(text).map_err(|err| PolicyError::Invalid(vec![shape_problem(&err, text)]))?;
         let problems = policy.problems();
         if problems.is_empty() {
             Ok(policy)
@@ -953,13 +953,34 @@ fn check_base_url(url: &Spanned<String>, problems: &mut Vec<Problem>) {
 
 /// A serde-saphyr error as one located problem. Its `Display` renders a source
 /// snippet; we want the bare `line:column: message` that editors and CI parse.
-fn shape_problem(err: &serde_saphyr::Error) -> Problem {
+fn shape_problem(err: &serde_saphyr::Error, text: &str) -> Problem {
     let (line, column) = err.location().map(|loc| (loc.line(), loc.column())).unwrap_or((0, 0));
-    Problem {
-        line,
-        column,
-        message: bare_message(err),
+    let mut message = bare_message(err);
+    if let Some(hint) = misindented_hint(&message, text, line, column) {
+        message.push_str(&hint);
     }
+    Problem { line, column, message }
+}
+
+/// For a "missing field `KEY`" problem: the nearest line that does set `KEY`,
+/// but at another indentation than the mapping's keys (column `column`), is
+/// most likely the key the reader was looking for.
+fn misindented_hint(message: &str, text: &str, line: u64, column: u64) -> Option<String> {
+    let key = message.strip_prefix("missing field `")?.strip_suffix('`')?;
+    let want = column.checked_sub(1)? as usize;
+    text.lines()
+        .enumerate()
+        .filter_map(|(i, l)| {
+            let body = l.trim_start();
+            let body = body.strip_prefix("- ").map_or(body, str::trim_start);
+            let indent = l.len() - body.len();
+            let rest = body.strip_prefix(key)?.trim_start();
+            (rest.starts_with(':') && indent != want).then_some((i as u64 + 1, indent))
+        })
+        .min_by_key(|(at, _)| at.abs_diff(line))
+        .map(|(at, indent)| {
+            format!(" (line {at} sets `{key}` indented {indent} spaces; the other keys here are indented {want})")
+        })
 }
 
 fn bare_message(err: &serde_saphyr::Error) -> String {
@@ -990,6 +1011,22 @@ routing:
   remote_backends: [cloud]
   thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }
 ";
+
+    #[test]
+    fn a_misindented_key_is_pointed_at() {
+        for (from, to, line) in [
+            ("      model: big-model", "     model: big-model", 6),
+            ("      model: big-model", "    model: big-model", 6),
+        ] {
+            let text = MINIMAL.replace(from, to);
+            let at = problems(&text);
+            assert!(
+                at[0].message.contains("missing field `model`")
+                    && at[0].message.contains(&format!("line {line} sets `model` indented")),
+                "{at:?}"
+            );
+        }
+    }
 
     fn problems(text: &str) -> Vec<Problem> {
         match Policy::parse(text) {

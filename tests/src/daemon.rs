@@ -141,6 +141,13 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    /// What `GET /metrics` shows now.
+    pub async fn metrics(&self) -> String {
+        let response = crate::http_client().get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "/metrics");
+        response.text().await.unwrap()
+    }
+
     /// Everything the daemon has logged so far (ANSI colour codes removed).
     pub fn log(&self) -> String {
         let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();

@@ -75,14 +75,7 @@ fn hold_engine(daemon: &Daemon) -> (tokio::task::JoinHandle<u16>, tokio::sync::o
 async fn until_engine(daemon: &Daemon, running: i64, queued: i64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let text = http_client()
-            .get(daemon.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = daemon.metrics().await;
         if sample(&text, "switchyard_local_in_flight") == running as f64
             && sample(&text, "switchyard_local_queue_depth") == queued as f64
         {
@@ -305,6 +298,21 @@ async fn the_breaker_opens_after_failures_and_closes_after_a_good_probe() {
     let r = send(&daemon, &ask("auto", "hello"), &[]).await;
     assert_eq!((r.status, r.backend.as_str()), (200, "echo"));
     assert_eq!(double.calls("switchable"), 2);
+    // Readiness says so, and the daemon stays ready on its other backends.
+    let ready = http_client().get(daemon.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.unwrap();
+    let switchable = ready["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "switchable")
+        .unwrap();
+    assert_eq!(switchable["ready"], false, "{ready}");
+    assert!(
+        switchable["reason"].as_str().unwrap().contains("circuit breaker"),
+        "{ready}"
+    );
     assert!(
         daemon.log().contains("breaker=\"open\"") || daemon.log().contains("breaker=open"),
         "{}",

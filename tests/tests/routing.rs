@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, without_reasoning};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, sample, without_reasoning};
 
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
 const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
@@ -240,8 +240,8 @@ async fn headers_override_the_tier_and_cap_the_cost() {
     tools["tools"] = json!([{ "type": "function", "function": { "name": "weather", "parameters": {} } }]);
     let r = send(&remote, &tools, &[("x-switchyard-max-cost-usd", "0")]).await;
     assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (402, Some("max_cost_exceeded")),
+        (r.status, r.body["error"]["code"].as_str(), r.reason.as_str()),
+        (402, Some("max_cost_exceeded"), "max-cost"),
         "{}",
         r.body
     );
@@ -301,8 +301,8 @@ async fn a_privacy_rule_keeps_a_card_number_local_even_when_the_score_says_remot
     tools["tools"] = json!([{ "type": "function", "function": { "name": "charge", "parameters": {} } }]);
     let r = send(&daemon, &tools, &[]).await;
     assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (400, Some("privacy_local_only")),
+        (r.status, r.body["error"]["code"].as_str(), r.reason.as_str()),
+        (400, Some("privacy_local_only"), "privacy-rule"),
         "{}",
         r.body
     );
@@ -335,6 +335,7 @@ async fn a_privacy_rule_keeps_a_card_number_local_even_when_the_score_says_remot
         r.body
     );
     assert!(!daemon.log().contains("4111 1111"), "the matched text is never logged");
+    assert!(daemon.log().contains("codename"), "the rule's name is logged");
 }
 
 #[tokio::test]
@@ -429,8 +430,13 @@ async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
     tools["tools"] = json!([{ "type": "function", "function": { "name": "weather", "parameters": {} } }]);
     let r = send(&daemon, &tools, &[]).await;
     assert_eq!(
-        (r.status, r.body["error"]["code"].as_str()),
-        (402, Some("budget_exhausted")),
+        (
+            r.status,
+            r.body["error"]["code"].as_str(),
+            r.reason.as_str(),
+            r.route.as_str()
+        ),
+        (402, Some("budget_exhausted"), "budget-exhausted", ""),
         "{}",
         r.body
     );
@@ -445,6 +451,70 @@ async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
         "{}",
         r.body
     );
+}
+
+/// Requests admitted together cannot overrun the budget: each remote call holds
+/// what it may cost from before it is sent until its real cost is in.
+#[tokio::test]
+async fn concurrent_remote_calls_cannot_overspend_the_budget() {
+    let double = CloudDouble::start();
+    // Each call really costs 2.25e-5 USD (1 prompt word, "Echo: hello") and
+    // may cost up to its prompt plus max_tokens 4; the slow upstream keeps
+    // every call in flight while the others are decided.
+    let budget = 0.0002;
+    let budgets =
+        format!("budgets:\n  state_file: spend.json\n  pacing_from: 0.5\n  global: {{ daily_usd: {budget} }}\n");
+    let text = policy(&double, ALL_REMOTE, &budgets).replace("model: echo", "model: slow-first-byte");
+    let daemon = start(&text);
+    // Tools: only remote can serve them, so what the budget cannot take is refused.
+    let mut tools = ask("hello");
+    tools["tools"] = json!([{ "type": "function", "function": { "name": "weather", "parameters": {} } }]);
+    let answers = futures_util::future::join_all((0..24).map(|_| send(&daemon, &tools, &[]))).await;
+    let remote: Vec<_> = answers.iter().filter(|r| r.status == 200).collect();
+    let refused = answers
+        .iter()
+        .filter(|r| (r.status, r.body["error"]["code"].as_str()) == (402, Some("budget_exhausted")))
+        .count();
+    assert!(!remote.is_empty(), "some calls fit the budget");
+    assert_eq!(remote.len() + refused, answers.len(), "every other call is refused");
+    let spent: f64 = remote.iter().map(|r| r.cost.unwrap()).sum();
+    assert!(spent <= budget, "spent {spent} of {budget} in {} calls", remote.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, state) = spend_file(&daemon);
+        if (state["global"]["daily_usd"].as_f64().unwrap() - spent).abs() < 1e-12 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the budget file holds {state}, not {spent}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What was held is released once the calls are done.
+    let metrics = daemon.metrics().await;
+    assert!(metrics.contains("\nswitchyard_budget_reserved_usd "), "{metrics}");
+    assert_eq!(sample(&metrics, "switchyard_budget_reserved_usd"), 0.0, "{metrics}");
+
+    // A client that leaves mid-call does not make the call free: the
+    // upstream bills it, so the budget is charged the call's worst case.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(1000))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(daemon.url("/v1/chat/completions"))
+        .json(&tools)
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first");
+    daemon.until_logged("ended without a known cost").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, state) = spend_file(&daemon);
+        if state["global"]["daily_usd"].as_f64().unwrap() > spent {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the abandoned call was not charged: {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -517,6 +587,24 @@ async fn the_policy_reloads_when_edited_and_a_bad_edit_keeps_the_old_one() {
     let line = bad.lines().position(|l| l.contains("remote_backendz")).unwrap() + 1;
     daemon.until_logged(&format!("policy.yaml:{line}:3: ")).await;
     assert!(daemon.log().contains("policy reload rejected"), "{}", daemon.log());
+    assert_eq!(send(&daemon, &ask("hello"), &[]).await.route, "remote");
+
+    // A file that reads well but cannot be applied (a client key from an
+    // unset variable): rejected with where, and the last good policy serves on.
+    let unset = policy(
+        &double,
+        ALL_LOCAL,
+        "auth:\n  keys:\n    - name: team\n      key_env: SWITCHYARD_TEST_UNSET_KEY\n",
+    );
+    std::fs::write(daemon.policy_path(), &unset).unwrap();
+    let line = unset
+        .lines()
+        .position(|l| l.contains("SWITCHYARD_TEST_UNSET_KEY"))
+        .unwrap()
+        + 1;
+    daemon
+        .until_logged(&format!("policy.yaml:{line}:16: client key \"team\""))
+        .await;
     assert_eq!(send(&daemon, &ask("hello"), &[]).await.route, "remote");
 
     // SIGHUP reloads too (here after a good edit).

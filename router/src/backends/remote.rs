@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::ChatReply;
-use super::breaker::Breaker;
+use super::breaker::{Breaker, BreakerState};
 use crate::openai::Usage;
 use crate::openai::error::{ApiError, UpstreamError};
 use crate::openai::request::ChatRequest;
@@ -102,8 +102,16 @@ impl RemoteBackend {
         &self.name
     }
 
+    /// Whether calls can go out: its key is set and its circuit breaker is not
+    /// open (half-open counts as ready: the next call is the probe).
     pub fn readiness(&self) -> Result<(), String> {
-        self.api_key.as_ref().map(|_| ()).map_err(Clone::clone)
+        self.api_key.as_ref().map_err(Clone::clone)?;
+        if self.breaker.state() == BreakerState::Open {
+            return Err(
+                "its circuit breaker is open after repeated failures; a probe goes out after the cooldown".into(),
+            );
+        }
+        Ok(())
     }
 
     /// One call, retried on failures that a later attempt may not meet

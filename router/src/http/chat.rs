@@ -21,7 +21,6 @@ use crate::backends::{Backend, ChatReply};
 use crate::ladder::confidence::Weakness;
 use crate::ladder::{self, Degraded};
 use crate::live::Live;
-use crate::metrics::metrics;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::policy::Price;
@@ -57,12 +56,25 @@ pub async fn chat_completions(
         baseline: live.baseline.clone(),
         caller: routing::caller_name(&caller).map(str::to_string),
         ledger: live.ledger.clone(),
+        reservation: None,
         metrics: live.metrics_enabled,
     };
+    // A request the policy refuses before any backend is called says why, like
+    // an answered one (a refusal after the call keeps its decision's reason).
     let refused = |record: RequestRecord, err: ApiError| {
-        let response = err.into_response();
+        let reason = match &err {
+            ApiError::Route(route) if record.backend_started.is_none() => Some(route.reason()),
+            _ => None,
+        };
+        let mut response = err.into_response();
+        if let Some(reason) = reason {
+            response
+                .headers_mut()
+                .insert(REASON, HeaderValue::from_static(reason.as_str()));
+        }
         RequestRecord {
             status: response.status().as_u16(),
+            reason: reason.map_or(record.reason, Reason::as_str),
             ..record
         }
         .finish(None, None);
@@ -84,9 +96,6 @@ pub async fn chat_completions(
     };
     record.decision_seconds = Some(deciding.elapsed().as_secs_f64());
     record.score = decision.score;
-    if live.metrics_enabled {
-        metrics().pacing_level.set(decision.pacing);
-    }
     record.backend_started = Some(Instant::now());
     let deadline = tokio::time::Instant::now() + live.request_deadline;
     let answer = ladder::answer(&decision, &request, &request_id, deadline, &live.ladder)
@@ -108,7 +117,10 @@ pub async fn chat_completions(
     record.escalated_from = escalated_from.map(Tier::as_str);
     record.price = routing::price_of(&backend);
     let mut response = match answer {
-        Ok(answer) => respond(answer.reply, record),
+        Ok(answer) => {
+            record.reservation = answer.reservation;
+            respond(answer.reply, record)
+        }
         Err(err) => refused(record, err),
     };
     let out = response.headers_mut();
@@ -195,7 +207,7 @@ fn decide(
         };
         return live
             .routing
-            .route(request, &facts, live.ledger.as_deref(), &state.sessions);
+            .route(request, &facts, live.ledger.as_ref(), &state.sessions);
     }
     let backend = live
         .backends
@@ -208,7 +220,7 @@ fn decide(
         prompt_tokens_estimate: features.prompt_tokens_estimate,
     };
     live.routing
-        .check_pinned(request, backend, &facts, live.ledger.as_deref())?;
+        .check_pinned(request, backend, &facts, live.ledger.as_ref())?;
     Ok(Decision {
         tier: match backend.as_ref() {
             Backend::Local(_) => Tier::Local,
@@ -219,6 +231,7 @@ fn decide(
         backend: backend.clone(),
         pacing: 0.0,
         fallbacks: routing::Fallbacks::default(),
+        budget: live.routing.claim(request, &facts, live.ledger.as_ref()),
     })
 }
 

@@ -50,6 +50,8 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
         }
     }
     if let (Some(ledger), Some(limits)) = (&live.ledger, live.routing.budgets()) {
+        m.pacing_level.set(ledger.pacing(limits, None).level);
+        m.budget_reserved.set(ledger.reserved_usd());
         for status in ledger.status(limits) {
             let labels = [status.scope, status.period];
             m.budget_spent.with_label_values(&labels).set(status.spent_usd);

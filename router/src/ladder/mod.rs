@@ -39,7 +39,8 @@ use crate::backends::{Backend, ChatReply};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::policy::LadderConfig;
-use crate::routing::{self, Decision, Reason, RouteError, Tier};
+use crate::routing::budget::Reservation;
+use crate::routing::{self, BudgetClaim, Decision, Reason, RouteError, Tier};
 
 /// Why an answer did not come from where the decision sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +68,8 @@ pub struct Answer {
     /// Why the ladder last judged a local answer weak: the answer's reason,
     /// also when it could not climb away from it (every remote failed).
     pub weakness: Option<Weakness>,
+    /// The remote call's hold on the budgets, kept until its cost is recorded.
+    pub reservation: Option<Reservation>,
 }
 
 impl Weakness {
@@ -101,7 +104,8 @@ pub async fn answer(
                     .filter(|b| b.name() != decision.backend.name())
                     .cloned(),
             );
-            let failure = match remote_chain(&candidates, request, request_id, deadline).await {
+            let failure = match remote_chain(&candidates, decision.budget.as_ref(), request, request_id, deadline).await
+            {
                 Ok(answer) => return Ok(answer),
                 Err(err) => err,
             };
@@ -122,7 +126,13 @@ pub async fn answer(
                         degraded: Some(Degraded::RemoteUnavailable),
                         escalated_from: None,
                         weakness: None,
+                        reservation: None,
                     })
+                }
+                (_, true) if matches!(failure, ApiError::Route(RouteError::BudgetExhausted { .. })) => {
+                    Err(ApiError::Route(RouteError::BudgetExhausted {
+                        why: Reason::ModelPinned,
+                    }))
                 }
                 _ if pinned || !is_unavailable(&failure) => Err(failure),
                 _ => Err(ApiError::Route(RouteError::RemoteFailed { last: failure.code() })),
@@ -141,6 +151,7 @@ pub async fn answer(
                         degraded: None,
                         escalated_from: None,
                         weakness: None,
+                        reservation: None,
                     }),
                 };
             }
@@ -158,7 +169,14 @@ async fn spill(
 ) -> Result<Answer, ApiError> {
     tracing::info!("local engine is full; answering remotely");
     fallback(Degraded::LocalBusy.as_str());
-    let mut answer = remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await?;
+    let mut answer = remote_chain(
+        &decision.fallbacks.remotes,
+        decision.budget.as_ref(),
+        request,
+        request_id,
+        deadline,
+    )
+    .await?;
     answer.degraded = Some(Degraded::LocalBusy);
     Ok(answer)
 }
@@ -211,7 +229,15 @@ async fn climb(
                 // The weak answer is kept (and, streamed, goes on being
                 // generated) until a remote answer is in hand: when every
                 // remote backend fails, a weak answer beats an error.
-                match remote_chain(&decision.fallbacks.remotes, request, request_id, deadline).await {
+                match remote_chain(
+                    &decision.fallbacks.remotes,
+                    decision.budget.as_ref(),
+                    request,
+                    request_id,
+                    deadline,
+                )
+                .await
+                {
                     Ok(mut answer) => {
                         drop(generation);
                         answer.escalated_from = Some(escalated_from.unwrap_or(start));
@@ -231,6 +257,7 @@ async fn climb(
                             degraded: Some(Degraded::RemoteUnavailable),
                             escalated_from,
                             weakness: Some(weakness),
+                            reservation: None,
                         });
                     }
                 }
@@ -250,6 +277,7 @@ async fn climb(
                     degraded: None,
                     escalated_from,
                     weakness: weakness_seen,
+                    reservation: None,
                 });
             }
         }
@@ -288,14 +316,22 @@ pub(crate) async fn hold(
 }
 
 /// Tries each remote backend in turn while the failures are the backend's.
+/// Each call holds what it may cost against the budgets from before it is sent.
 async fn remote_chain(
     candidates: &[Arc<Backend>],
+    budget: Option<&BudgetClaim>,
     request: &ChatRequest,
     request_id: &str,
     deadline: Instant,
 ) -> Result<Answer, ApiError> {
     let mut last = None;
     for backend in candidates {
+        // Admitted by the budget (counting calls in flight) before it is sent.
+        let reservation = match budget.map(|claim| claim.admit(backend)) {
+            Some(Err(spent)) => return Err(spent),
+            Some(Ok(reservation)) => reservation,
+            None => None,
+        };
         match backend.chat(request, request_id, deadline).await {
             Ok(reply) => {
                 return Ok(Answer {
@@ -305,17 +341,25 @@ async fn remote_chain(
                     degraded: None,
                     escalated_from: None,
                     weakness: None,
+                    reservation,
                 });
             }
-            Err(err) if is_unavailable(&err) && Instant::now() < deadline => {
-                tracing::warn!(
-                    backend = backend.name(),
-                    error = err.code(),
-                    "remote backend failed; trying the next"
-                );
-                last = Some(err);
+            Err(err) => {
+                // Refused or failed before an answer: nothing was billed.
+                if let Some(reservation) = reservation {
+                    reservation.release();
+                }
+                if is_unavailable(&err) && Instant::now() < deadline {
+                    tracing::warn!(
+                        backend = backend.name(),
+                        error = err.code(),
+                        "remote backend failed; trying the next"
+                    );
+                    last = Some(err);
+                    continue;
+                }
+                return Err(err);
             }
-            Err(err) => return Err(err),
         }
     }
     Err(last.unwrap_or(ApiError::Route(RouteError::RemoteFailed {

@@ -9,12 +9,18 @@
 //! remaining money goes to the requests that need the strong model most. At
 //! level 1 the budget is spent and remote is off.
 //!
+//! Spend counts money not yet spent too: each remote call holds a
+//! [`Reservation`] of what it may cost (its prompt and its `max_tokens` at the
+//! backend's prices) from before it is sent until its cost is recorded, so
+//! requests admitted together cannot overrun a budget that each of them alone
+//! would respect.
+//!
 //! Days and months are UTC calendar periods.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -44,12 +50,50 @@ impl BudgetLimits {
 #[derive(Debug)]
 pub struct Ledger {
     path: PathBuf,
-    state: Mutex<SpendState>,
+    state: Mutex<Books>,
     dirty: AtomicBool,
     /// Held for a whole flush. A flush that finds another one writing waits for
     /// it, so it never returns (and lets the process exit) before the file holds
     /// the spend it saw; and two writers never share the temporary file.
     writing: Mutex<()>,
+}
+
+/// What was spent (kept on disk) and what calls in flight may still spend.
+#[derive(Debug, Default)]
+struct Books {
+    spent: SpendState,
+    held: Held,
+}
+
+/// Reservations of the calls in flight.
+#[derive(Debug, Default)]
+struct Held {
+    global: Hold,
+    keys: HashMap<String, Hold>,
+}
+
+/// A sum of reservations, and how many: when the last goes the sum is exactly
+/// zero again, whatever order the amounts were added and taken away in.
+#[derive(Debug, Default, Clone, Copy)]
+struct Hold {
+    usd: f64,
+    calls: usize,
+}
+
+impl Hold {
+    fn add(&mut self, usd: f64) {
+        self.usd += usd;
+        self.calls += 1;
+    }
+
+    fn remove(&mut self, usd: f64) {
+        self.calls = self.calls.saturating_sub(1);
+        self.usd = if self.calls == 0 {
+            0.0
+        } else {
+            (self.usd - usd).max(0.0)
+        };
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,6 +154,69 @@ pub struct BudgetStatus {
     pub spent_usd: f64,
 }
 
+/// Money a remote call in flight may spend, counted against the budgets from
+/// its admission until its cost is known.
+///
+/// [`settle`](Reservation::settle) records the call's real cost in its place;
+/// [`release`](Reservation::release) lets it go for a call that was never
+/// billed (the upstream refused it). Dropped otherwise (the client went away
+/// mid-call, or the answer had no usage), the worst case is charged: the
+/// upstream bills what it generated, and the budget must not be the one to guess low.
+#[derive(Debug)]
+pub struct Reservation {
+    ledger: Arc<Ledger>,
+    key: Option<String>,
+    usd: f64,
+    open: bool,
+}
+
+impl Reservation {
+    /// The worst-case cost held.
+    pub fn usd(&self) -> f64 {
+        self.usd
+    }
+
+    /// Records the call's real cost and lets the hold go, in one step.
+    pub fn settle(mut self, cost_usd: f64) {
+        self.close(cost_usd);
+    }
+
+    /// Lets the hold go without charging anything.
+    pub fn release(mut self) {
+        self.close(0.0);
+    }
+
+    fn close(&mut self, charge_usd: f64) {
+        if !std::mem::replace(&mut self.open, false) {
+            return;
+        }
+        let mut books = self.ledger.state.lock().expect("ledger lock");
+        books.held.global.remove(self.usd);
+        if let Some(key) = &self.key
+            && let Some(hold) = books.held.keys.get_mut(key)
+        {
+            hold.remove(self.usd);
+            if hold.calls == 0 {
+                books.held.keys.remove(key);
+            }
+        }
+        self.ledger
+            .charge(&mut books, &today(), self.key.as_deref(), charge_usd);
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.open {
+            tracing::warn!(
+                worst_case_usd = self.usd,
+                "a remote call ended without a known cost; its worst case is charged to the budget"
+            );
+            self.close(self.usd);
+        }
+    }
+}
+
 impl Ledger {
     /// Opens the spend file, or starts empty when there is none. A file that
     /// cannot be parsed is an error: silently resetting spend would lift the budget.
@@ -122,7 +229,10 @@ impl Ledger {
         };
         Ok(Ledger {
             path: path.to_path_buf(),
-            state: Mutex::new(state),
+            state: Mutex::new(Books {
+                spent: state,
+                held: Held::default(),
+            }),
             dirty: AtomicBool::new(false),
             writing: Mutex::new(()),
         })
@@ -138,10 +248,15 @@ impl Ledger {
     }
 
     fn record_on(&self, day: &str, key: Option<&str>, cost_usd: f64) {
+        let mut books = self.state.lock().expect("ledger lock");
+        self.charge(&mut books, day, key, cost_usd);
+    }
+
+    fn charge(&self, books: &mut Books, day: &str, key: Option<&str>, cost_usd: f64) {
         if !(cost_usd.is_finite() && cost_usd > 0.0) {
             return;
         }
-        let mut state = self.state.lock().expect("ledger lock");
+        let state = &mut books.spent;
         state.roll_to(day);
         state.global.daily_usd += cost_usd;
         state.global.monthly_usd += cost_usd;
@@ -153,33 +268,64 @@ impl Ledger {
         self.dirty.store(true, Ordering::Release);
     }
 
-    fn spent_on(&self, day: &str, key: Option<&str>) -> (Spend, Spend) {
-        let mut state = self.state.lock().expect("ledger lock");
-        state.roll_to(day);
-        let by_key = key.and_then(|k| state.keys.get(k).copied()).unwrap_or_default();
-        (state.global, by_key)
+    /// Admits a remote call that may cost up to `usd`: refused (`None`) when
+    /// the caller's budgets, counting what calls in flight hold, are spent;
+    /// else the amount is held against them until the reservation ends. The
+    /// check and the hold are one step, so calls admitted together cannot all
+    /// see the same money left.
+    pub fn try_reserve(self: &Arc<Self>, limits: &BudgetLimits, key: Option<&str>, usd: f64) -> Option<Reservation> {
+        self.try_reserve_on(&today(), limits, key, usd)
     }
 
-    /// The pacing level for a caller under these limits.
+    fn try_reserve_on(
+        self: &Arc<Self>,
+        day: &str,
+        limits: &BudgetLimits,
+        key: Option<&str>,
+        usd: f64,
+    ) -> Option<Reservation> {
+        let usd = if usd.is_finite() { usd.max(0.0) } else { 0.0 };
+        let mut books = self.state.lock().expect("ledger lock");
+        if level_of(&mut books, day, limits, key) >= 1.0 {
+            return None;
+        }
+        books.held.global.add(usd);
+        if let Some(key) = key {
+            books.held.keys.entry(key.to_string()).or_default().add(usd);
+        }
+        Some(Reservation {
+            ledger: self.clone(),
+            key: key.map(str::to_string),
+            usd,
+            open: true,
+        })
+    }
+
+    /// What calls in flight hold against the global budgets.
+    pub fn reserved_usd(&self) -> f64 {
+        self.state.lock().expect("ledger lock").held.global.usd
+    }
+
+    /// The pacing level for a caller under these limits, counting the
+    /// reservations of calls in flight as spent.
     pub fn pacing(&self, config: &BudgetLimits, key: Option<&str>) -> Pacing {
         self.pacing_on(&today(), config, key)
     }
 
     fn pacing_on(&self, day: &str, config: &BudgetLimits, key: Option<&str>) -> Pacing {
-        let (global, by_key) = self.spent_on(day, key);
-        let mut fraction = fullest(global, config.global);
-        if key.is_some() {
-            fraction = fraction.max(fullest(by_key, config.per_key));
-        }
-        let from = config.pacing_from;
+        let mut books = self.state.lock().expect("ledger lock");
         Pacing {
-            level: ((fraction - from) / (1.0 - from)).clamp(0.0, 1.0),
+            level: level_of(&mut books, day, config, key),
         }
     }
 
     /// The global budgets' state.
     pub fn status(&self, config: &BudgetLimits) -> Vec<BudgetStatus> {
-        let (global, _) = self.spent_on(&today(), None);
+        let global = {
+            let mut books = self.state.lock().expect("ledger lock");
+            books.spent.roll_to(&today());
+            books.spent.global
+        };
         let mut out = Vec::new();
         if let Some(limit) = config.global.daily_usd {
             out.push(BudgetStatus {
@@ -208,8 +354,8 @@ impl Ledger {
             return Ok(());
         }
         let json = {
-            let state = self.state.lock().expect("ledger lock");
-            serde_json::to_vec_pretty(&*state).expect("spend state serializes")
+            let books = self.state.lock().expect("ledger lock");
+            serde_json::to_vec_pretty(&books.spent).expect("spend state serializes")
         };
         let write = || -> std::io::Result<()> {
             if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -232,6 +378,24 @@ impl Drop for Ledger {
             tracing::error!(path = %self.path.display(), "cannot write budget state: {err}");
         }
     }
+}
+
+/// The pacing level of `key` (or the global one): spend plus holds, as the
+/// largest fraction of any limit, mapped from `pacing_from..1` to `0..1`.
+fn level_of(books: &mut Books, day: &str, config: &BudgetLimits, key: Option<&str>) -> f64 {
+    books.spent.roll_to(day);
+    let with_held = |spend: Spend, held: f64| Spend {
+        daily_usd: spend.daily_usd + held,
+        monthly_usd: spend.monthly_usd + held,
+    };
+    let mut fraction = fullest(with_held(books.spent.global, books.held.global.usd), config.global);
+    if let Some(key) = key {
+        let spent = books.spent.keys.get(key).copied().unwrap_or_default();
+        let held = books.held.keys.get(key).map_or(0.0, |h| h.usd);
+        fraction = fraction.max(fullest(with_held(spent, held), config.per_key));
+    }
+    let from = config.pacing_from;
+    ((fraction - from) / (1.0 - from)).clamp(0.0, 1.0)
 }
 
 /// The largest spent fraction of the limits that are set.
@@ -326,6 +490,65 @@ mod tests {
     }
 
     #[test]
+    fn calls_in_flight_count_against_the_budget_until_their_cost_is_known() {
+        let config = config("state_file: x\npacing_from: 0\nglobal: { daily_usd: 1 }\nper_key: { daily_usd: 0.5 }\n");
+        let _ = std::fs::remove_file(temp_path("held"));
+        let ledger = Arc::new(Ledger::open(&temp_path("held")).unwrap());
+        let day = &today();
+        let level = |key| ledger.pacing_on(day, &config, key).level;
+        let admit = |key, usd| ledger.try_reserve_on(day, &config, key, usd);
+        let a = admit(Some("a"), 0.25).unwrap();
+        let b = admit(None, 0.5).unwrap();
+        assert!((level(None) - 0.75).abs() < 1e-12);
+        assert!(
+            (level(Some("a")) - 0.75).abs() < 1e-12,
+            "the global budget is the tighter"
+        );
+        let a2 = admit(Some("a"), 0.25).unwrap();
+        assert!(admit(Some("a"), 0.01).is_none(), "a's own half is held");
+        assert!(admit(None, 0.01).is_none(), "and so is the global budget");
+        assert!((level(None) - 1.0).abs() < 1e-12, "a refused call holds nothing");
+        // A call the upstream refused is not billed.
+        b.release();
+        assert!((level(None) - 0.5).abs() < 1e-12);
+        assert!(admit(Some("a"), 0.01).is_none(), "a's half is still held");
+        admit(Some("b"), 0.01).expect("b may go").release();
+        // The real cost replaces the hold...
+        a.settle(0.1);
+        assert!((level(Some("a")) - 0.7).abs() < 1e-12, "{}", level(Some("a")));
+        // ...and a call that ended without one is charged its worst case.
+        drop(a2);
+        assert!((level(Some("a")) - 0.7).abs() < 1e-12, "{}", level(Some("a")));
+        assert!((level(None) - 0.35).abs() < 1e-12, "{}", level(None));
+        assert_eq!(ledger.reserved_usd(), 0.0);
+        assert!(ledger.state.lock().unwrap().held.keys.is_empty());
+        drop(Arc::into_inner(ledger).unwrap());
+        std::fs::remove_file(temp_path("held")).unwrap();
+    }
+
+    #[test]
+    fn holds_return_to_exactly_zero_whatever_the_order() {
+        let config = config("state_file: x\nglobal: { daily_usd: 1000 }\n");
+        let _ = std::fs::remove_file(temp_path("zero"));
+        let ledger = Arc::new(Ledger::open(&temp_path("zero")).unwrap());
+        let mut held: Vec<_> = (1..=40)
+            .map(|p| {
+                ledger
+                    .try_reserve(&config, Some("k"), (f64::from(p) * 2.5 + 40.0) / 1e6)
+                    .unwrap()
+            })
+            .collect();
+        // Let them go in another order than they came.
+        while !held.is_empty() {
+            held.swap_remove(held.len() / 3).release();
+        }
+        assert_eq!(ledger.reserved_usd(), 0.0);
+        assert!(ledger.state.lock().unwrap().held.keys.is_empty());
+        drop(Arc::into_inner(ledger).unwrap());
+        let _ = std::fs::remove_file(temp_path("zero"));
+    }
+
+    #[test]
     fn spend_survives_a_restart_and_a_corrupt_file_is_refused() {
         let path = temp_path("restart");
         let _ = std::fs::remove_file(&path);
@@ -334,8 +557,8 @@ mod tests {
         ledger.flush().unwrap();
         let reopened = Ledger::open(&path).unwrap();
         assert_eq!(
-            *reopened.state.lock().unwrap(),
-            *ledger.state.lock().unwrap(),
+            reopened.state.lock().unwrap().spent,
+            ledger.state.lock().unwrap().spent,
             "spend read back as written"
         );
         std::fs::write(&path, b"{not json").unwrap();

@@ -30,7 +30,7 @@ use crate::backends::{Backend, Backends};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::policy::{AUTO_MODEL, Policy, Price, Thresholds};
-use budget::{BudgetLimits, Ledger, Pacing};
+use budget::{BudgetLimits, Ledger, Pacing, Reservation};
 use decide::{Situation, Verdict};
 use privacy::PrivacyRules;
 use sessions::{SessionKeys, Sessions};
@@ -205,6 +205,16 @@ impl RouteError {
         }
     }
 
+    /// The reason code a refusal carries in `x-switchyard-reason`, logs and metrics.
+    pub fn reason(&self) -> Reason {
+        match self {
+            RouteError::PrivacyUnservable { .. } => Reason::PrivacyRule,
+            RouteError::BudgetExhausted { .. } => Reason::BudgetExhausted,
+            RouteError::MaxCostExceeded { .. } => Reason::MaxCost,
+            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => Reason::RemoteUnavailable,
+        }
+    }
+
     pub fn error_type(&self) -> &'static str {
         match self {
             RouteError::PrivacyUnservable { .. } => "invalid_request_error",
@@ -216,6 +226,9 @@ impl RouteError {
     pub fn message(&self) -> String {
         let local_cannot = |why: &Reason| match why {
             Reason::ModelPinned => "the request names a remote model".to_string(),
+            // Found spent when the call was about to go out (calls in flight
+            // took the rest), with no local answer to fall back on.
+            Reason::BudgetExhausted => "this request cannot be answered locally".to_string(),
             _ => format!("the local model cannot serve it ({})", why.as_str()),
         };
         match self {
@@ -224,7 +237,7 @@ impl RouteError {
                 local_cannot(why)
             ),
             RouteError::BudgetExhausted { why } => format!(
-                "The remote budget is spent and {}. Retry when the budget resets.",
+                "The remote budget is spent (counting remote calls in flight) and {}. Retry when the budget resets or calls in flight finish.",
                 local_cannot(why)
             ),
             RouteError::MaxCostExceeded { estimate_usd, why } => format!(
@@ -314,6 +327,53 @@ pub struct Decision {
     pub pacing: f64,
     /// Where the request may go if its backend fails or is full.
     pub fallbacks: Fallbacks,
+    /// What each remote call for this request holds against the budgets;
+    /// `None` when the policy sets none.
+    pub budget: Option<BudgetClaim>,
+}
+
+/// A request's claim on the budgets: each remote call it makes must be
+/// admitted by the ledger, which holds what that backend may charge for it
+/// (see [`worst_case_usd`]) until the call's cost is known.
+#[derive(Clone)]
+pub struct BudgetClaim {
+    ledger: Arc<Ledger>,
+    limits: BudgetLimits,
+    caller: Option<String>,
+    prompt_tokens: u64,
+    output_tokens: u64,
+}
+
+impl BudgetClaim {
+    /// Admits a call to `backend`: `Ok(None)` for a free one, `Err` when the
+    /// budget (counting calls in flight) is spent.
+    pub fn admit(&self, backend: &Backend) -> Result<Option<Reservation>, ApiError> {
+        let usd = price_of(backend).cost_usd(self.prompt_tokens, self.output_tokens);
+        if usd <= 0.0 {
+            return Ok(None);
+        }
+        self.ledger
+            .try_reserve(&self.limits, self.caller.as_deref(), usd)
+            .map(Some)
+            .ok_or(ApiError::Route(RouteError::BudgetExhausted {
+                why: Reason::BudgetExhausted,
+            }))
+    }
+}
+
+/// Output tokens a request may be billed for: `max_tokens` (or
+/// [`DEFAULT_OUTPUT_TOKENS_ESTIMATE`]) for each of its `n` choices.
+pub fn output_tokens_bound(request: &ChatRequest) -> u64 {
+    let n = request.body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    request
+        .max_tokens
+        .unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE)
+        .saturating_mul(n)
+}
+
+/// The most a call of `request` to `backend` may cost.
+pub fn worst_case_usd(backend: &Backend, request: &ChatRequest, prompt_tokens_estimate: u64) -> f64 {
+    price_of(backend).cost_usd(prompt_tokens_estimate, output_tokens_bound(request))
 }
 
 /// The other backends a routed request may be answered by: the local model
@@ -351,6 +411,16 @@ impl Routing {
         let mut profiles = HashMap::new();
         profiles.insert(AUTO_MODEL.to_string(), routing.thresholds.value);
         for (alias, thresholds) in &routing.aliases {
+            // The policy check refuses an alias named like a backend; one named
+            // like an upstream model may be meant (clients written for `gpt-4o`
+            // get routed), but it is said once.
+            if let Some(backend) = backends.resolve(alias) {
+                tracing::warn!(
+                    alias = alias.as_str(),
+                    backend = backend.name(),
+                    "the alias is also this backend's upstream model name: requests for it are routed, not pinned to the backend"
+                );
+            }
             profiles.insert(alias.clone(), thresholds.value);
         }
         let by_name = |name: &str| backends.all().iter().find(|b| b.name() == name).cloned();
@@ -397,15 +467,12 @@ impl Routing {
         request: &ChatRequest,
         backend: &Backend,
         facts: &RequestFacts<'_>,
-        ledger: Option<&Ledger>,
+        ledger: Option<&Arc<Ledger>>,
     ) -> Result<(), ApiError> {
         if let Backend::Local(_) = backend {
             return Ok(());
         }
-        let estimate_usd = price_of(backend).cost_usd(
-            facts.prompt_tokens_estimate,
-            request.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
-        );
+        let estimate_usd = worst_case_usd(backend, request, facts.prompt_tokens_estimate);
         if facts.hints.max_cost_usd.is_some_and(|max| estimate_usd > max) {
             return Err(ApiError::Route(RouteError::MaxCostExceeded {
                 estimate_usd,
@@ -415,6 +482,7 @@ impl Routing {
         if !self.privacy.is_empty()
             && let Some(rule) = self.privacy.first_match(&privacy::egress_text(&request.body))
         {
+            tracing::info!(privacy_rule = rule, "a privacy rule keeps this request on the machine");
             return Err(ApiError::Route(RouteError::PrivacyUnservable {
                 rule: rule.to_string(),
                 why: Reason::ModelPinned,
@@ -435,7 +503,7 @@ impl Routing {
         &self,
         request: &ChatRequest,
         facts: &RequestFacts<'_>,
-        ledger: Option<&Ledger>,
+        ledger: Option<&Arc<Ledger>>,
         sessions: &Sessions,
     ) -> Result<Decision, ApiError> {
         let thresholds = *self
@@ -457,10 +525,7 @@ impl Routing {
         let local_reasons = self.local.as_deref().is_some_and(local_reasons);
         let remote = self.ready_remotes().next();
         let remote_cost_estimate_usd = remote.map_or(0.0, |backend| {
-            price_of(backend).cost_usd(
-                facts.prompt_tokens_estimate,
-                request.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE),
-            )
+            worst_case_usd(backend, request, facts.prompt_tokens_estimate)
         });
         let session_keys = self.sticky.then(|| match &facts.hints.session {
             Some(session) => SessionKeys::named(caller_name.unwrap_or(""), session),
@@ -488,6 +553,9 @@ impl Routing {
             remote_cost_estimate_usd,
             max_cost_usd: facts.hints.max_cost_usd,
         };
+        if let Some(rule) = &situation.privacy_rule {
+            tracing::info!(privacy_rule = %rule, "a privacy rule keeps this request on the machine");
+        }
         let Verdict { tier, reason } = decide::decide(&situation).map_err(ApiError::Route)?;
         if let Some(keys) = session_keys {
             sessions.remember(keys, tier);
@@ -518,6 +586,23 @@ impl Routing {
             backend,
             pacing: pacing.level,
             fallbacks,
+            budget: self.claim(request, facts, ledger),
+        })
+    }
+
+    /// The request's claim on the budgets, when the policy sets them.
+    pub fn claim(
+        &self,
+        request: &ChatRequest,
+        facts: &RequestFacts<'_>,
+        ledger: Option<&Arc<Ledger>>,
+    ) -> Option<BudgetClaim> {
+        Some(BudgetClaim {
+            ledger: ledger?.clone(),
+            limits: self.budgets?,
+            caller: caller_name(facts.caller).map(str::to_string),
+            prompt_tokens: facts.prompt_tokens_estimate,
+            output_tokens: output_tokens_bound(request),
         })
     }
 }
