@@ -93,9 +93,10 @@ impl Features {
 
     /// The features of plain prompt text.
     pub fn from_text(text: &str) -> Features {
+        let tokens = estimate_tokens(text);
         let mut f = Features {
-            prompt_tokens_estimate: estimate_tokens(text),
-            text_tokens_estimate: estimate_tokens(text),
+            prompt_tokens_estimate: tokens,
+            text_tokens_estimate: tokens,
             chars: text.chars().count() as u64,
             turns: 1,
             ..Features::default()

@@ -321,14 +321,35 @@ fn bucket(parts: &[&str]) -> u32 {
 /// words (with their boundaries, so "ing" at a word's end differs from inside),
 /// with their counts.
 fn counts(text: &str) -> Vec<(u32, f32)> {
+    let mut ids = hashed_ids(text, false);
+    ids.sort_unstable();
+    let mut out: Vec<(u32, f32)> = Vec::with_capacity(ids.len());
+    for id in ids {
+        match out.last_mut() {
+            Some((last, n)) if *last == id => *n += 1.0,
+            _ => out.push((id, 1.0)),
+        }
+    }
+    out
+}
+
+/// The hashed ids of [`counts`], unsorted, one per occurrence; with
+/// `distinct`, a word seen before adds only its bigram (its own ids are
+/// already in), which is all binary features need and saves most of the
+/// hashing and sorting on long prompts, where words repeat.
+fn hashed_ids(text: &str, distinct: bool) -> Vec<u32> {
     let tokens = tokens(text);
-    let mut ids: Vec<u32> = Vec::with_capacity(tokens.len() * 8);
+    let mut seen = std::collections::HashSet::new();
+    let mut ids: Vec<u32> = Vec::with_capacity(tokens.len() * if distinct { 4 } else { 8 });
     let mut padded = Vec::new();
     for (i, token) in tokens.iter().enumerate() {
-        ids.push(bucket(&[token]));
         if let Some(next) = tokens.get(i + 1) {
             ids.push(bucket(&[token, next]));
         }
+        if distinct && !seen.insert(token.as_str()) {
+            continue;
+        }
+        ids.push(bucket(&[token]));
         padded.clear();
         padded.push(b'<');
         padded.extend_from_slice(token.as_bytes());
@@ -341,15 +362,7 @@ fn counts(text: &str) -> Vec<(u32, f32)> {
             }
         }
     }
-    ids.sort_unstable();
-    let mut out: Vec<(u32, f32)> = Vec::with_capacity(ids.len());
-    for id in ids {
-        match out.last_mut() {
-            Some((last, n)) if *last == id => *n += 1.0,
-            _ => out.push((id, 1.0)),
-        }
-    }
-    out
+    ids
 }
 
 fn normalise(mut features: Vec<(u32, f32)>) -> Vec<(u32, f32)> {
@@ -369,7 +382,10 @@ fn char_bucket(gram: &[u8]) -> u32 {
 
 /// Distinct hashed n-grams, each 1, L2-normalised.
 pub fn binary_features(text: &str) -> Vec<(u32, f32)> {
-    normalise(counts(text).into_iter().map(|(id, _)| (id, 1.0)).collect())
+    let mut ids = hashed_ids(text, true);
+    ids.sort_unstable();
+    ids.dedup();
+    normalise(ids.into_iter().map(|id| (id, 1.0)).collect())
 }
 
 /// Hashed n-grams weighted by (1 + ln tf) * idf, L2-normalised.
@@ -458,5 +474,12 @@ mod tests {
     fn numbers_share_features_by_length() {
         assert_eq!(tokens("Add 1234 and 5678!"), ["add", "#4", "and", "#4"]);
         assert_eq!(binary_features("Add 1234"), binary_features("add 9999"));
+    }
+
+    #[test]
+    fn binary_features_are_the_distinct_ngrams_of_every_occurrence() {
+        let text = "the cat and the dog and the cat again, 12 and 34";
+        let every: Vec<(u32, f32)> = normalise(counts(text).into_iter().map(|(id, _)| (id, 1.0)).collect());
+        assert_eq!(binary_features(text), every);
     }
 }
