@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::openai::error::ApiError;
-use crate::policy::AuthConfig;
+use crate::policy::{AuthConfig, Problem};
 
 #[derive(Debug, Clone)]
 pub struct ClientKeys {
@@ -30,32 +30,33 @@ pub enum Caller {
 impl ClientKeys {
     /// Resolves every key source now, so a missing environment variable stops
     /// start-up instead of silently locking a client out (or worse, opening up).
-    pub fn from_config(config: &AuthConfig) -> Result<ClientKeys, String> {
+    pub fn from_config(config: &AuthConfig) -> Result<ClientKeys, Problem> {
         let mut entries = Vec::with_capacity(config.keys.len());
         for key in &config.keys {
             let digest = match (&key.key_env, &key.key_sha256) {
                 (Some(env), _) => match std::env::var(&env.value) {
                     Ok(secret) if !secret.is_empty() => sha256(secret.as_bytes()),
                     _ => {
-                        return Err(format!(
-                            "{}:{}: client key {:?}: environment variable {} is not set",
-                            env.referenced.line(),
-                            env.referenced.column(),
-                            key.name.value,
-                            env.value
+                        return Err(Problem::at(
+                            env,
+                            format!(
+                                "client key {:?}: environment variable {} is not set",
+                                key.name.value, env.value
+                            ),
                         ));
                     }
                 },
                 (None, Some(hex)) => parse_hex_digest(&hex.value).ok_or_else(|| {
-                    format!(
-                        "{}:{}: client key {:?}: key_sha256 is not 64 hex digits",
-                        hex.referenced.line(),
-                        hex.referenced.column(),
-                        key.name.value
+                    Problem::at(
+                        hex,
+                        format!("client key {:?}: key_sha256 is not 64 hex digits", key.name.value),
                     )
                 })?,
                 (None, None) => {
-                    return Err(format!("client key {:?} has no source", key.name.value));
+                    return Err(Problem::at(
+                        &key.name,
+                        format!("client key {:?} has no source", key.name.value),
+                    ));
                 }
             };
             entries.push(ClientKey {

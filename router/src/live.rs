@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::auth::ClientKeys;
 use crate::backends::Backends;
-use crate::policy::{LadderConfig, Policy, PolicyError, Price};
+use crate::policy::{LadderConfig, Policy, PolicyError, Price, Problem};
 use crate::routing::Routing;
 use crate::routing::budget::Ledger;
 
@@ -41,20 +41,24 @@ pub struct Live {
 impl Live {
     /// Builds what a checked policy describes, sharing what `previous` already
     /// has: loaded local models, and the spend ledger when its file is the same.
-    pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, String> {
-        let keys = ClientKeys::from_config(&policy.auth)?;
+    /// What stops it is a problem of the policy, like those its check finds.
+    pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, PolicyError> {
+        let invalid = |problem| PolicyError::Invalid(vec![problem]);
+        let keys = ClientKeys::from_config(&policy.auth).map_err(invalid)?;
         let ledger = match &policy.budgets {
             None => None,
             Some(budgets) => {
                 let path = policy.base_dir.join(&budgets.state_file.value);
                 match previous.and_then(|p| p.ledger.as_ref()).filter(|l| l.path() == path) {
                     Some(ledger) => Some(ledger.clone()),
-                    None => Some(Arc::new(Ledger::open(&path)?)),
+                    None => Some(Arc::new(
+                        Ledger::open(&path).map_err(|err| invalid(Problem::at(&budgets.state_file, err)))?,
+                    )),
                 }
             }
         };
         let backends = Backends::from_policy(policy, previous.map(|p| &p.backends));
-        let routing = Routing::new(policy, &backends)?;
+        let routing = Routing::new(policy, &backends).map_err(|err| invalid(Problem::whole(err)))?;
         Ok(Live {
             backends,
             routing,
@@ -67,17 +71,6 @@ impl Live {
             metrics_enabled: policy.server.metrics,
         })
     }
-}
-
-/// A problem [`Live::build`] found, prefixed with the policy file's path:
-/// `FILE:LINE:COLUMN: message` when it has a location, like the policy's own.
-pub fn in_file(path: &Path, problem: &str) -> String {
-    let sep = if problem.starts_with(|c: char| c.is_ascii_digit()) {
-        ":"
-    } else {
-        ": "
-    };
-    format!("{}{sep}{problem}", path.display())
 }
 
 /// The current [`Live`], swappable.
@@ -118,8 +111,19 @@ impl LivePolicy {
     /// loading a new local model takes a while.
     pub fn reload(&self, trigger: &str) -> ReloadOutcome {
         let path = self.path.display();
-        let policy = match Policy::load(&self.path) {
-            Ok(policy) => policy,
+        let previous = self.current();
+        // A file that reads well but cannot be applied is rejected the same way.
+        match Policy::load(&self.path).and_then(|policy| Live::build(&policy, Some(&previous))) {
+            Ok(live) => {
+                if let Some(old) = previous.ledger.as_ref()
+                    && let Err(err) = old.flush()
+                {
+                    tracing::error!(path = %old.path().display(), "cannot write budget state: {err}");
+                }
+                *self.current.write().expect("live policy lock") = Arc::new(live);
+                tracing::info!(trigger, policy = %path, "policy reloaded");
+                ReloadOutcome::Applied
+            }
             Err(PolicyError::Invalid(problems)) => {
                 for problem in &problems {
                     tracing::error!(
@@ -131,28 +135,10 @@ impl LivePolicy {
                     );
                 }
                 tracing::error!(trigger, policy = %path, "policy reload rejected; the previous policy keeps serving");
-                return ReloadOutcome::Rejected;
+                ReloadOutcome::Rejected
             }
             Err(err @ PolicyError::Read(_)) => {
                 tracing::error!(trigger, policy = %path, "policy reload rejected: {err}");
-                return ReloadOutcome::Rejected;
-            }
-        };
-        let previous = self.current();
-        match Live::build(&policy, Some(&previous)) {
-            Ok(live) => {
-                if let Some(old) = previous.ledger.as_ref()
-                    && let Err(err) = old.flush()
-                {
-                    tracing::error!(path = %old.path().display(), "cannot write budget state: {err}");
-                }
-                *self.current.write().expect("live policy lock") = Arc::new(live);
-                tracing::info!(trigger, policy = %path, "policy reloaded");
-                ReloadOutcome::Applied
-            }
-            Err(err) => {
-                tracing::error!(trigger, policy = %path, "{}", in_file(&self.path, &err));
-                tracing::error!(trigger, policy = %path, "policy reload rejected; the previous policy keeps serving");
                 ReloadOutcome::Rejected
             }
         }

@@ -537,7 +537,16 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> Self {
+    /// A problem of the file as a whole (line and column 0).
+    pub(crate) fn whole(message: impl Into<String>) -> Self {
+        Self {
+            line: 0,
+            column: 0,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> Self {
         Self {
             line: spanned.referenced.line(),
             column: spanned.referenced.column(),

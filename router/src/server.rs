@@ -23,7 +23,7 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
             .listen_addr()
             .map_err(|e| format!("listen address: {e}"))?,
     };
-    let live = Live::build(&policy, None).map_err(|err| crate::live::in_file(policy_path, &err))?;
+    let live = Live::build(&policy, None).map_err(|err| err.in_file(policy_path))?;
     if !live.keys.is_enabled() && !listen.ip().is_loopback() {
         tracing::warn!(%listen, "no client keys are configured: anyone who can reach this address can spend your upstream budget");
     }

@@ -231,7 +231,7 @@ fn decide(
         backend: backend.clone(),
         pacing: 0.0,
         fallbacks: routing::Fallbacks::default(),
-        budget: live.routing.claim(request, &facts, live.ledger.as_ref()),
+        budget: live.routing.claim(request, &facts, live.ledger.as_ref(), true),
     })
 }
 

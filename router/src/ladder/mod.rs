@@ -129,11 +129,6 @@ pub async fn answer(
                         reservation: None,
                     })
                 }
-                (_, true) if matches!(failure, ApiError::Route(RouteError::BudgetExhausted { .. })) => {
-                    Err(ApiError::Route(RouteError::BudgetExhausted {
-                        why: Reason::ModelPinned,
-                    }))
-                }
                 _ if pinned || !is_unavailable(&failure) => Err(failure),
                 _ => Err(ApiError::Route(RouteError::RemoteFailed { last: failure.code() })),
             }

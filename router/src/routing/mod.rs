@@ -342,6 +342,9 @@ pub struct BudgetClaim {
     caller: Option<String>,
     prompt_tokens: u64,
     output_tokens: u64,
+    /// Why the local model cannot stand in when a call is refused: the
+    /// request names a remote model, or routing found it needs the remote.
+    why: Reason,
 }
 
 impl BudgetClaim {
@@ -355,9 +358,7 @@ impl BudgetClaim {
         self.ledger
             .try_reserve(&self.limits, self.caller.as_deref(), usd)
             .map(Some)
-            .ok_or(ApiError::Route(RouteError::BudgetExhausted {
-                why: Reason::BudgetExhausted,
-            }))
+            .ok_or(ApiError::Route(RouteError::BudgetExhausted { why: self.why }))
     }
 }
 
@@ -586,16 +587,18 @@ impl Routing {
             backend,
             pacing: pacing.level,
             fallbacks,
-            budget: self.claim(request, facts, ledger),
+            budget: self.claim(request, facts, ledger, false),
         })
     }
 
-    /// The request's claim on the budgets, when the policy sets them.
+    /// The request's claim on the budgets, when the policy sets them;
+    /// `pinned` when the request names its backend.
     pub fn claim(
         &self,
         request: &ChatRequest,
         facts: &RequestFacts<'_>,
         ledger: Option<&Arc<Ledger>>,
+        pinned: bool,
     ) -> Option<BudgetClaim> {
         Some(BudgetClaim {
             ledger: ledger?.clone(),
@@ -603,6 +606,11 @@ impl Routing {
             caller: caller_name(facts.caller).map(str::to_string),
             prompt_tokens: facts.prompt_tokens_estimate,
             output_tokens: output_tokens_bound(request),
+            why: if pinned {
+                Reason::ModelPinned
+            } else {
+                Reason::BudgetExhausted
+            },
         })
     }
 }
