@@ -18,10 +18,21 @@
 //! | `fail-N-then-echo`| 500 for its first N calls, then as `echo`                      |
 //! | `busy-N-then-echo`| 429 with `Retry-After: 1` for its first N calls, then `echo`   |
 //! | `flaky-P`         | every (100/P)th call 503s (P% of calls), the others as `echo`  |
-//! | `switchable`      | 503 while [`CloudDouble::set_outage`] is on, else as `echo`     |
+//! | `switchable`      | 503 while [`CloudDouble::set_outage`] is on; while [`CloudDouble::set_stall`] is on, holds its answer until it is off; else as `echo` |
+//! | `auth-echo-key`   | 401 whose OpenAI error message quotes the key it was sent, whole |
+//! | `auth-masked-key` | 401 as OpenAI sends it: the key masked but for its first 8 and last 4 characters |
+//! | `key-quoting-400` | 400 whose OpenAI error message quotes the key it was sent      |
+//! | `headers-dump-400`| 400 with a plain-text body dumping the request's headers, as some proxies do |
+//! | `hello-world`     | 200 `{"hello":"world"}`; streamed, one such event, then `[DONE]` |
+//! | `stall-after-headers` | 200 headers and half a completion (streamed: nothing), then silence for a minute |
+//! | `cut-before-first-event` | streamed: 200 headers, then the connection is dropped   |
+//! | `broken-first-event` | streamed: `data: {broken json` first, then as `echo`        |
+//! | `error-first-event` | streamed: an in-band OpenAI error event first, then as `echo` |
+//! | `broken-mid-stream` | streamed: the role chunk and one content chunk, then `data: {broken json`, then the rest |
 //!
 //! Every request is recorded (headers of interest and JSON body), and streams
-//! that end because the other side went away are counted.
+//! that end because the other side went away are counted, as are answers
+//! held by a stall whose caller went away.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -55,6 +66,10 @@ pub struct DoubleState {
     pub calls: Mutex<std::collections::HashMap<String, usize>>,
     /// `switchable` fails while this is on.
     pub outage: std::sync::atomic::AtomicBool,
+    /// `switchable` holds its answer while this is on.
+    pub stall: std::sync::atomic::AtomicBool,
+    /// Answers held by `stall` whose caller went away before they were sent.
+    pub stalls_abandoned: AtomicUsize,
 }
 
 pub fn router(state: Arc<DoubleState>) -> Router {
@@ -129,6 +144,23 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
     if model == "switchable" && state.outage.load(Ordering::SeqCst) {
         return unavailable();
     }
+    if model == "switchable" && state.stall.load(Ordering::SeqCst) {
+        // Dropped with this handler when the caller goes away mid-stall.
+        let mut guard = StallGuard {
+            state: state.clone(),
+            released: false,
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while state.stall.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        guard.released = true;
+    }
+    let sent_key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).to_string())
+        .unwrap_or_default();
     let include_usage = body["stream_options"]["include_usage"].as_bool().unwrap_or(false);
 
     match model.as_str() {
@@ -162,6 +194,88 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
                 .into_response();
         }
         "slow-first-byte" => tokio::time::sleep(Duration::from_secs(3)).await,
+        "auth-echo-key" => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                &format!("Incorrect API key provided: {sent_key}."),
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            );
+        }
+        "auth-masked-key" => {
+            // OpenAI's own wording and masking.
+            let chars: Vec<char> = sent_key.chars().collect();
+            let masked = if chars.len() > 12 {
+                let head: String = chars[..8].iter().collect();
+                let tail: String = chars[chars.len() - 4..].iter().collect();
+                format!("{head}{}{tail}", "*".repeat(chars.len() - 12))
+            } else {
+                "*".repeat(chars.len())
+            };
+            return error(
+                StatusCode::UNAUTHORIZED,
+                &format!(
+                    "Incorrect API key provided: {masked}. You can find your API key at https://platform.openai.com/account/api-keys."
+                ),
+                "invalid_request_error",
+                Some("invalid_api_key"),
+            );
+        }
+        "key-quoting-400" => {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({ "error": {
+                    "message": format!("Invalid 'api_key': '{sent_key}' cannot be used with organization 'org-double'."),
+                    "type": "invalid_request_error",
+                    "param": "api_key",
+                    "code": "invalid_value",
+                } })),
+            )
+                .into_response();
+        }
+        "headers-dump-400" => {
+            let mut dump = String::from("400 Bad Request\nThe request headers were:\n");
+            for (name, value) in &headers {
+                dump.push_str(&format!("{name}: {}\n", value.to_str().unwrap_or("?")));
+            }
+            return (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/plain")], dump).into_response();
+        }
+        "hello-world" if !stream => {
+            return (StatusCode::OK, axum::Json(json!({ "hello": "world" }))).into_response();
+        }
+        "hello-world" => {
+            let events: [&'static [u8]; 2] = [b"data: {\"hello\":\"world\"}\n\n", b"data: [DONE]\n\n"];
+            return event_stream(futures_util::stream::iter(events.map(|e| Ok(Bytes::from_static(e)))));
+        }
+        "stall-after-headers" => {
+            let first = if stream {
+                Bytes::new()
+            } else {
+                Bytes::from_static(b"{\"id\":\"chatcmpl-double-1\",\"object\":\"chat.completion\",")
+            };
+            let body = futures_util::stream::once(async { Ok(first) }).chain(futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Err(std::io::Error::other("stalled for a minute"))
+            }));
+            let content_type = if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, content_type)],
+                Body::from_stream(body),
+            )
+                .into_response();
+        }
+        "cut-before-first-event" => {
+            return event_stream(futures_util::stream::once(async {
+                // Let the headers reach the other side, then hang up.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(std::io::Error::other("connection reset"))
+            }));
+        }
         _ => {}
     }
 
@@ -238,6 +352,19 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
         events.push(Bytes::from(format!("data: {last}\n\n")));
     }
     events.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    let broken = || Bytes::from_static(b"data: {broken json\n\n");
+    match model.as_str() {
+        "broken-first-event" => events.insert(0, broken()),
+        "error-first-event" => events.insert(
+            0,
+            Bytes::from(format!(
+                "data: {}\n\n",
+                json!({ "error": { "message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null } })
+            )),
+        ),
+        "broken-mid-stream" => events.insert(2, broken()),
+        _ => {}
+    }
 
     let guard = AbandonGuard {
         state: state.clone(),
@@ -278,6 +405,29 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
         Body::from_stream(body),
     )
         .into_response()
+}
+
+fn event_stream(events: impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        Body::from_stream(events),
+    )
+        .into_response()
+}
+
+/// Counts a `stall` whose caller went away before the answer was released.
+struct StallGuard {
+    state: Arc<DoubleState>,
+    released: bool,
+}
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        if !self.released {
+            self.state.stalls_abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 struct AbandonGuard {
@@ -366,5 +516,15 @@ impl CloudDouble {
     /// Turns the `switchable` model's outage on or off.
     pub fn set_outage(&self, on: bool) {
         self.state.outage.store(on, Ordering::SeqCst);
+    }
+
+    /// Makes the `switchable` model hold its answers (on) or release them (off).
+    pub fn set_stall(&self, on: bool) {
+        self.state.stall.store(on, Ordering::SeqCst);
+    }
+
+    /// Answers held by a stall whose caller went away.
+    pub fn stalls_abandoned(&self) -> usize {
+        self.state.stalls_abandoned.load(Ordering::SeqCst)
     }
 }

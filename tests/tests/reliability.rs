@@ -377,6 +377,32 @@ async fn a_full_local_queue_goes_remote_when_allowed_else_429() {
 }
 
 #[tokio::test]
+async fn a_full_local_queue_whose_spill_the_budget_refuses_is_429_not_402() {
+    let double = CloudDouble::start();
+    // A remote answer of 48 tokens may cost $0.00048, over the whole day's budget.
+    let budgets = "budgets:\n  state_file: spend.json\n  global: { daily_usd: 0.0001 }\n";
+    let daemon = start(&(policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES) + budgets));
+    // One long answer runs, another waits: the queue (capacity 1) is full.
+    let (first, release_first) = hold_engine(&daemon);
+    until_engine(&daemon, 1, 0).await;
+    let (second, release_second) = hold_engine(&daemon);
+    until_engine(&daemon, 1, 1).await;
+
+    let mut body = ask("auto", "Say hello.");
+    body["max_tokens"] = json!(48);
+    let r = send(&daemon, &body, &[]).await;
+    assert_eq!(
+        (r.status, r.body["error"]["code"].as_str(), r.retry_after.as_deref()),
+        (429, Some("engine_busy"), Some("1")),
+        "{}",
+        r.body
+    );
+    assert_eq!(double.calls("echo"), 0, "the budget let nothing out");
+    drop((release_first, release_second));
+    assert_eq!((first.await.unwrap(), second.await.unwrap()), (200, 200));
+}
+
+#[tokio::test]
 async fn a_request_that_finds_no_turn_in_time_goes_remote_when_allowed_else_429() {
     let double = CloudDouble::start();
     let text = policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES).replace(

@@ -7,9 +7,25 @@
 //! fields OpenAI adds to every chunk are removed again before the client sees
 //! them, so its stream looks exactly as if it had called the provider directly.
 //!
-//! Streams are relayed event by event as they arrive. If the client goes away,
-//! hyper drops the response body, which drops [`RelayState`] and with it the
-//! upstream response: the upstream connection is closed and generation stops.
+//! A call is answered when the upstream's answer is known to be good: a whole
+//! completion that is a JSON object with a `choices` array, or a stream whose
+//! first data event has arrived and is a valid chunk. Until then nothing has
+//! reached the client, so any failure (an error status, a stall, a cut, a
+//! malformed body or event, an in-band error event) fails the attempt: it is
+//! retried, counted by the circuit breaker, and then the router tries the next
+//! backend. The breaker counts the call a success only once it is answered; a
+//! stream that fails after that counts as a failure too, and ends the
+//! client's stream with an OpenAI error event.
+//!
+//! Streams are relayed event by event as they arrive, each event's data as the
+//! upstream wrote it (the first one too, after it was held for the check). If
+//! the client goes away, hyper drops the response body, which drops
+//! [`RelayState`] and with it the upstream response: the upstream connection
+//! is closed and generation stops.
+//!
+//! Nothing the upstream says about a failure reaches the client or the log
+//! unfiltered: see [`crate::openai::error`] for what is kept of error bodies,
+//! and [`describe`] for connection errors (their text names the URL).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;
@@ -23,12 +39,14 @@ use futures_util::stream::BoxStream;
 use serde_json::Value;
 use tokio::time::Instant;
 
+use axum::http::StatusCode;
+
 use super::ChatReply;
-use super::breaker::{Breaker, BreakerState};
+use super::breaker::{Breaker, BreakerState, Refused};
 use crate::openai::Usage;
 use crate::openai::error::{ApiError, UpstreamError};
 use crate::openai::request::ChatRequest;
-use crate::openai::sse::{self, SseDecoder, SseEvent};
+use crate::openai::sse::{self, Chunk, SseDecoder, SseEvent};
 use crate::policy::{Price, RemoteBackendConfig, RetryConfig, Timeouts};
 
 /// Largest non-streamed completion we accept from upstream. A chat completion of
@@ -42,6 +60,12 @@ pub struct RemoteBackend {
     url: String,
     model: String,
     api_key: Result<Option<HeaderValue>, String>,
+    /// The environment variable holding the key, for messages that point at it.
+    key_env: Option<String>,
+    /// The key itself, only to redact it from what upstreams say.
+    secret: Option<Arc<str>>,
+    /// `scheme://host:port` of `url`, to keep it out of error messages.
+    origin: String,
     price: Price,
     timeouts: Timeouts,
     max_output_tokens: Option<u64>,
@@ -80,11 +104,24 @@ impl RemoteBackend {
             .pool_idle_timeout(Duration::from_secs(90))
             .build()
             .expect("TLS backend initialises");
+        let secret = config
+            .api_key_env
+            .as_ref()
+            .and_then(|env| std::env::var(&env.value).ok())
+            .filter(|key| !key.is_empty())
+            .map(Arc::from);
+        let url = format!("{}/chat/completions", config.base_url.value.trim_end_matches('/'));
+        let origin = reqwest::Url::parse(&url)
+            .map(|u| u.origin().ascii_serialization())
+            .unwrap_or_default();
         RemoteBackend {
             name: config.name.value.clone(),
-            url: format!("{}/chat/completions", config.base_url.value.trim_end_matches('/')),
+            url,
             model: config.model.value.clone(),
             api_key,
+            key_env: config.api_key_env.as_ref().map(|env| env.value.clone()),
+            secret,
+            origin,
             price: config.price,
             timeouts: config.timeouts.clone(),
             max_output_tokens: config.max_output_tokens.as_ref().map(|m| m.value),
@@ -115,10 +152,15 @@ impl RemoteBackend {
     }
 
     /// One call, retried on failures that a later attempt may not meet
-    /// (connect errors, timeouts, 429, 500, 502, 503, 504, invalid answers),
-    /// with exponential backoff and full jitter, waiting at least what a 429's
-    /// `Retry-After` asks, within `deadline` and behind the circuit breaker.
-    /// Nothing has reached the client before this returns, so every retry is safe.
+    /// (connect errors, timeouts, stalls, cut streams, 429, 500, 502, 503,
+    /// 504, invalid answers), with exponential backoff and full jitter,
+    /// waiting at least what a 429's `Retry-After` asks, within `deadline` and
+    /// behind the circuit breaker. Nothing has reached the client before this
+    /// returns, so every retry is safe.
+    ///
+    /// Each attempt holds a breaker [`Permit`](super::breaker::Permit): when
+    /// this future is dropped mid-call (the client left), the permit goes
+    /// unrecorded, and a probe's slot is freed for the next call.
     pub async fn chat(
         &self,
         request: &ChatRequest,
@@ -126,13 +168,13 @@ impl RemoteBackend {
         deadline: Instant,
     ) -> Result<ChatReply, ApiError> {
         let mut attempt = 1;
+        let mut last_failure = None;
         loop {
-            if !self.breaker.admit() {
-                return Err(ApiError::BackendUnavailable {
-                    backend: self.name.clone(),
-                    reason: "its circuit breaker is open after repeated failures".into(),
-                });
-            }
+            let permit = match self.breaker.admit() {
+                Ok(permit) => permit,
+                // Our own failed attempts opened it: their error says more.
+                Err(refused) => return Err(last_failure.unwrap_or_else(|| self.breaker_open(refused))),
+            };
             let result = match tokio::time::timeout_at(deadline, self.call(request, request_id)).await {
                 Ok(result) => result,
                 Err(_) => Err(ApiError::UpstreamTimeout {
@@ -141,13 +183,7 @@ impl RemoteBackend {
                 }),
             };
             let failed = result.as_ref().err().is_some_and(is_transient);
-            if let Some(state) = self.breaker.record(!failed) {
-                tracing::warn!(
-                    backend = self.name,
-                    breaker = state.as_str(),
-                    "circuit breaker changed state"
-                );
-            }
+            log_breaker_change(&self.name, permit.record(!failed));
             let err = match result {
                 Err(err) if failed && attempt < self.retry.max_attempts.value => err,
                 other => return other,
@@ -173,7 +209,16 @@ impl RemoteBackend {
                 "retrying upstream call"
             );
             tokio::time::sleep(delay).await;
+            last_failure = Some(err);
             attempt += 1;
+        }
+    }
+
+    fn breaker_open(&self, refused: Refused) -> ApiError {
+        ApiError::BreakerOpen {
+            backend: self.name.clone(),
+            // Whole seconds, rounded up: coming back a moment early only meets another refusal.
+            retry_after_s: refused.retry_after.as_millis().div_ceil(1000).max(1) as u64,
         }
     }
 
@@ -243,25 +288,37 @@ impl RemoteBackend {
 
         let status = response.status();
         let headers = relayed_headers(response.headers());
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            // Our key for this upstream is wrong. Its body is not read: it may
+            // quote the key, and it tells the client nothing it could act on.
+            return Err(ApiError::UpstreamAuth {
+                backend: self.name.clone(),
+                status,
+                key_env: self.key_env.clone(),
+            });
+        }
         if !status.is_success() {
             let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
             let body = self
                 .read_body(response, deadline, MAX_ERROR_BODY_BYTES)
                 .await
                 .unwrap_or_default();
-            return Err(ApiError::Upstream(UpstreamError {
+            return Err(ApiError::Upstream(Box::new(UpstreamError::from_body(
+                &self.name,
                 status,
-                body,
+                &body,
                 retry_after,
-            }));
+                self.secret.as_deref(),
+            ))));
         }
 
         if !request.stream {
             let body = self.read_body(response, deadline, MAX_COMPLETION_BYTES).await?;
-            let parsed: Value = serde_json::from_slice(&body).map_err(|err| ApiError::UpstreamInvalid {
-                backend: self.name.clone(),
-                detail: format!("completion is not JSON ({err})"),
-            })?;
+            let parsed: Value = serde_json::from_slice(&body)
+                .map_err(|err| self.invalid(format!("the completion is not JSON ({err})")))?;
+            if !parsed.get("choices").is_some_and(Value::is_array) {
+                return Err(self.invalid("the completion has no `choices` array".into()));
+            }
             let usage = Usage::from_value(&parsed);
             self.log_usage(request_id, "complete", usage, started);
             return Ok(ChatReply::Complete {
@@ -278,28 +335,32 @@ impl RemoteBackend {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
         if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
-            return Err(ApiError::UpstreamInvalid {
-                backend: self.name.clone(),
-                detail: format!("expected an event stream, got content-type {content_type:?}"),
-            });
+            return Err(self.invalid(format!("expected an event stream, got content-type {content_type:?}")));
         }
         let usage_cell = super::UsageCell::default();
-        let relay = RelayState {
+        let mut relay = RelayState {
             upstream: Box::pin(response.bytes_stream()),
             decoder: SseDecoder::default(),
             pending: VecDeque::new(),
             finished: false,
+            answered: false,
+            failure: None,
             strip_usage,
             usage: None,
             usage_cell: usage_cell.clone(),
             idle: self.timeouts.idle(),
             deadline,
+            total_ms: self.timeouts.total_ms.value,
             backend: self.name.clone(),
             request_id: request_id.to_string(),
             price: self.price,
             started,
+            breaker: self.breaker.clone(),
+            secret: self.secret.clone(),
+            origin: self.origin.clone(),
             outcome: "client_disconnected",
         };
+        relay.until_answered().await?;
         let events = futures_util::stream::unfold(relay, RelayState::next_bytes).boxed();
         Ok(ChatReply::Stream {
             events,
@@ -308,22 +369,26 @@ impl RemoteBackend {
         })
     }
 
-    /// Reads a whole body within the request deadline and a size bound.
+    /// Reads a whole body within the request deadline, the idle bound
+    /// between its pieces, and a size bound.
     async fn read_body(&self, response: reqwest::Response, deadline: Instant, limit: usize) -> Result<Bytes, ApiError> {
         let mut body = Vec::new();
         let mut chunks = response.bytes_stream();
         loop {
-            let next = tokio::time::timeout_at(deadline, chunks.next()).await;
-            match next {
-                Err(_) => return Err(self.timeout(self.timeouts.total_ms.value)),
+            let wait_until = (Instant::now() + self.timeouts.idle()).min(deadline);
+            match tokio::time::timeout_at(wait_until, chunks.next()).await {
+                Err(_) if wait_until == deadline => return Err(self.timeout(self.timeouts.total_ms.value)),
+                Err(_) => {
+                    return Err(ApiError::UpstreamStalled {
+                        backend: self.name.clone(),
+                        idle_ms: self.timeouts.idle_ms.value,
+                    });
+                }
                 Ok(None) => return Ok(Bytes::from(body)),
                 Ok(Some(Err(err))) => return Err(self.unreachable(&err)),
                 Ok(Some(Ok(chunk))) => {
                     if body.len() + chunk.len() > limit {
-                        return Err(ApiError::UpstreamInvalid {
-                            backend: self.name.clone(),
-                            detail: format!("response is larger than {limit} bytes"),
-                        });
+                        return Err(self.invalid(format!("the response is larger than {limit} bytes")));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -341,7 +406,14 @@ impl RemoteBackend {
     fn unreachable(&self, err: &reqwest::Error) -> ApiError {
         ApiError::UpstreamUnreachable {
             backend: self.name.clone(),
-            detail: error_chain(err),
+            detail: describe(err, &self.origin),
+        }
+    }
+
+    fn invalid(&self, detail: String) -> ApiError {
+        ApiError::UpstreamInvalid {
+            backend: self.name.clone(),
+            detail,
         }
     }
 
@@ -371,14 +443,22 @@ fn log_completion(
     );
 }
 
-/// Upstream headers a client of the provider would act on.
+fn log_breaker_change(backend: &str, changed: Option<BreakerState>) {
+    if let Some(state) = changed {
+        tracing::warn!(backend, breaker = state.as_str(), "circuit breaker changed state");
+    }
+}
+
 /// Failures of the upstream, not of the request: worth a retry or a fallback,
-/// and counted by the circuit breaker.
+/// and counted by the circuit breaker. (A refused key is the upstream's too,
+/// but retrying cannot mend it: see the ladder's `is_unavailable`.)
 pub fn is_transient(err: &ApiError) -> bool {
     match err {
-        ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamTimeout { .. } | ApiError::UpstreamInvalid { .. } => {
-            true
-        }
+        ApiError::UpstreamUnreachable { .. }
+        | ApiError::UpstreamTimeout { .. }
+        | ApiError::UpstreamStalled { .. }
+        | ApiError::UpstreamStreamCut { .. }
+        | ApiError::UpstreamInvalid { .. } => true,
         ApiError::Upstream(e) => matches!(e.status.as_u16(), 429 | 500 | 502 | 503 | 504),
         _ => false,
     }
@@ -387,17 +467,15 @@ pub fn is_transient(err: &ApiError) -> bool {
 /// A 429's or 503's `Retry-After` in seconds (HTTP dates are not worth the
 /// parsing: backoff covers them).
 fn retry_after(err: &ApiError) -> Option<Duration> {
-    let ApiError::Upstream(UpstreamError {
-        retry_after: Some(value),
-        ..
-    }) = err
-    else {
+    let ApiError::Upstream(upstream) = err else {
         return None;
     };
+    let value = upstream.retry_after.as_ref()?;
     let seconds: f64 = value.to_str().ok()?.trim().parse().ok()?;
     (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(86_400.0)))
 }
 
+/// Upstream headers a client of the provider would act on.
 fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut relayed = HeaderMap::new();
     for (name, value) in upstream {
@@ -408,17 +486,30 @@ fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     relayed
 }
 
-/// `reqwest::Error`'s own text hides the cause ("error sending request"); the
-/// chain says what happened ("connection refused"). URLs hold no credentials
-/// (the policy check forbids them), so this is safe to show.
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
+/// What went wrong with a connection or a body, without the URL that
+/// `reqwest::Error`'s own text carries ("error sending request for url
+/// (...)"): what kind of failure, then the causes ("connection refused").
+/// The upstream's origin is blanked from the causes too, in case one quotes it.
+fn describe(err: &reqwest::Error, origin: &str) -> String {
+    let mut text = String::from(if err.is_connect() {
+        "could not connect"
+    } else if err.is_timeout() {
+        "timed out"
+    } else if err.is_body() || err.is_decode() {
+        "the response broke off"
+    } else {
+        "the call failed"
+    });
+    let mut source = std::error::Error::source(err);
     while let Some(cause) = source {
         let _ = write!(text, ": {cause}");
         source = cause.source();
     }
-    text
+    if origin.is_empty() {
+        text
+    } else {
+        text.replace(origin, "the upstream")
+    }
 }
 
 /// The state of one relayed stream. Dropping it (the client left) closes the upstream.
@@ -427,20 +518,45 @@ struct RelayState {
     decoder: SseDecoder,
     pending: VecDeque<Bytes>,
     finished: bool,
+    /// A valid first data event has arrived. Until then a failure is the
+    /// attempt's (`failure`, retried or falling back); after, the stream's
+    /// (an error event to the client and a failure for the breaker).
+    answered: bool,
+    failure: Option<ApiError>,
     strip_usage: bool,
     usage: Option<Usage>,
     usage_cell: super::UsageCell,
     idle: Duration,
     deadline: Instant,
+    total_ms: u64,
     backend: String,
     request_id: String,
     price: Price,
     started: Instant,
+    breaker: Arc<Breaker>,
+    secret: Option<Arc<str>>,
+    origin: String,
     /// How the stream ended, for the log line written on drop.
     outcome: &'static str,
 }
 
 impl RelayState {
+    /// Reads until the first data event is in and valid (it stays in
+    /// `pending`, with any comments before it, to be relayed as it came), or
+    /// the attempt failed.
+    async fn until_answered(&mut self) -> Result<(), ApiError> {
+        while !self.answered {
+            if self.finished {
+                return Err(self.failure.take().unwrap_or_else(|| ApiError::UpstreamInvalid {
+                    backend: self.backend.clone(),
+                    detail: "the stream ended before its first chunk".into(),
+                }));
+            }
+            self.read_upstream().await;
+        }
+        Ok(())
+    }
+
     async fn next_bytes(mut self) -> Option<(Bytes, RelayState)> {
         loop {
             if let Some(bytes) = self.pending.pop_front() {
@@ -449,75 +565,109 @@ impl RelayState {
             if self.finished {
                 return None;
             }
-            let wait_until = (Instant::now() + self.idle).min(self.deadline);
-            match tokio::time::timeout_at(wait_until, self.upstream.next()).await {
-                Err(_) => {
-                    let ms = if wait_until == self.deadline {
-                        "the total timeout"
-                    } else {
-                        "the idle timeout"
-                    };
-                    self.fail("upstream_timeout", format!("the upstream went silent past {ms}"));
-                }
-                Ok(None) => self.fail(
-                    "upstream_stream_cut",
-                    "the upstream closed the stream before it was complete".into(),
-                ),
-                Ok(Some(Err(err))) => self.fail(
-                    "upstream_stream_cut",
-                    format!("the upstream stream broke: {}", error_chain(&err)),
-                ),
-                Ok(Some(Ok(chunk))) => {
-                    self.decoder.push(&chunk);
-                    self.drain_events();
-                }
+            // Events may wait in the decoder: `until_answered` stops at the first.
+            self.drain_events();
+            if self.pending.is_empty() && !self.finished {
+                self.read_upstream().await;
             }
         }
     }
 
+    /// Waits for the next piece of the upstream's stream and decodes what it completes.
+    async fn read_upstream(&mut self) {
+        let wait_until = (Instant::now() + self.idle).min(self.deadline);
+        match tokio::time::timeout_at(wait_until, self.upstream.next()).await {
+            Err(_) if wait_until == self.deadline => self.fail(ApiError::UpstreamTimeout {
+                backend: self.backend.clone(),
+                timeout_ms: self.total_ms,
+            }),
+            Err(_) => self.fail(ApiError::UpstreamStalled {
+                backend: self.backend.clone(),
+                idle_ms: self.idle.as_millis() as u64,
+            }),
+            Ok(None) => self.fail(ApiError::UpstreamStreamCut {
+                backend: self.backend.clone(),
+                detail: "the upstream closed the stream before it was complete".into(),
+            }),
+            Ok(Some(Err(err))) => self.fail(ApiError::UpstreamStreamCut {
+                backend: self.backend.clone(),
+                detail: format!("the upstream stream broke: {}", describe(&err, &self.origin)),
+            }),
+            Ok(Some(Ok(chunk))) => {
+                self.decoder.push(&chunk);
+                self.drain_events();
+            }
+        }
+    }
+
+    /// Decodes the complete events in the decoder, stopping after the one that
+    /// answers the call (so the answer is recorded before any later failure).
     fn drain_events(&mut self) {
         while !self.finished {
+            let was_answered = self.answered;
             match self.decoder.next_event() {
                 Ok(None) => return,
                 Ok(Some(SseEvent::Data(data))) => self.relay_data(data),
                 Ok(Some(comment @ SseEvent::Comment(_))) => self.pending.push_back(comment.encode()),
-                Err(err) => self.fail(
-                    "upstream_invalid_response",
-                    format!("the upstream event stream is malformed ({err:?})"),
-                ),
+                Err(err) => self.fail(ApiError::UpstreamInvalid {
+                    backend: self.backend.clone(),
+                    detail: format!("the upstream event stream is malformed ({err:?})"),
+                }),
+            }
+            if self.answered && !was_answered {
+                return;
             }
         }
     }
 
     fn relay_data(&mut self, data: String) {
         if data == sse::DONE {
+            if !self.answered {
+                return self.fail(ApiError::UpstreamInvalid {
+                    backend: self.backend.clone(),
+                    detail: "the stream ended before its first chunk".into(),
+                });
+            }
             self.pending.push_back(sse::encode_data(sse::DONE));
             self.finish("complete");
             return;
         }
-        // Only chunks that mention usage (or an error) are parsed; the rest pass as they came.
-        if !data.contains("\"usage\"") && !data.contains("\"error\"") {
+        let usage = match sse::read_chunk(&data) {
+            Ok(Chunk::Choices { usage }) => usage,
+            Ok(Chunk::Error) => {
+                // The provider failed in-band; what it says is passed on as
+                // from an error response: redacted, never as it came.
+                let error = UpstreamError::from_body(
+                    &self.backend,
+                    StatusCode::BAD_GATEWAY,
+                    data.as_bytes(),
+                    None,
+                    self.secret.as_deref(),
+                );
+                return self.fail(ApiError::Upstream(Box::new(error)));
+            }
+            Err(why) => {
+                return self.fail(ApiError::UpstreamInvalid {
+                    backend: self.backend.clone(),
+                    detail: why.to_string(),
+                });
+            }
+        };
+        self.answered = true;
+        if let Some(usage) = usage {
+            self.usage = Some(usage);
+            *self.usage_cell.lock().expect("usage cell") = Some(usage);
+        }
+        // Only chunks that mention usage are rewritten; the rest pass as they came.
+        if !self.strip_usage || !data.contains("\"usage\"") {
             self.pending.push_back(sse::encode_data(&data));
             return;
         }
         let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
+            // read_chunk parsed it already; should a tree still fail, the event passes as it came.
             self.pending.push_back(sse::encode_data(&data));
             return;
         };
-        if chunk.get("error").is_some_and(Value::is_object) {
-            // The provider reported a failure in-band; relay it and stop, as it does.
-            self.pending.push_back(sse::encode_data(&data));
-            self.finish("upstream_error");
-            return;
-        }
-        if let Some(usage) = Usage::from_value(&chunk) {
-            self.usage = Some(usage);
-            *self.usage_cell.lock().expect("usage cell") = Some(usage);
-        }
-        if !self.strip_usage {
-            self.pending.push_back(sse::encode_data(&data));
-            return;
-        }
         if let Some(object) = chunk.as_object_mut() {
             object.remove("usage");
         }
@@ -530,13 +680,17 @@ impl RelayState {
         }
     }
 
-    /// Ends the stream with an OpenAI error event; OpenAI SDKs raise it as an APIError.
-    fn fail(&mut self, code: &'static str, message: String) {
-        let error = serde_json::json!({
-            "error": { "message": format!("Backend `{}`: {message}", self.backend), "type": "upstream_error", "param": null, "code": code }
-        });
-        self.pending.push_back(sse::encode_data(&error.to_string()));
-        self.finish(code);
+    /// Before the answer, the attempt fails with `err`; after, the stream
+    /// ends with it as an OpenAI error event (SDKs raise it as an APIError),
+    /// and the breaker counts the broken answer.
+    fn fail(&mut self, err: ApiError) {
+        self.finish(err.code());
+        if self.answered {
+            log_breaker_change(&self.backend, self.breaker.record_broken_answer());
+            self.pending.push_back(sse::encode_data(&err.to_json().to_string()));
+        } else {
+            self.failure = Some(err);
+        }
     }
 
     fn finish(&mut self, outcome: &'static str) {

@@ -136,8 +136,8 @@ pub async fn answer(
         tier @ (Tier::Local | Tier::LocalReasoning) => {
             if pinned || !ladder.enabled {
                 return match local_call(&decision.backend, request, request_id, tier, pinned).await {
-                    Err(ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
-                        spill(decision, request, request_id, deadline).await
+                    Err(busy @ ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
+                        spill(decision, request, request_id, deadline, busy).await
                     }
                     result => Ok(Answer {
                         reply: result?,
@@ -155,25 +155,42 @@ pub async fn answer(
     }
 }
 
-/// The local engine is full: the answer comes from the remote backends.
+/// The local engine is full (`busy`): the answer comes from the remote
+/// backends. When none can take it (the budget refuses the call, or every
+/// remote is unavailable) the truth the client can act on is still `busy`: a
+/// 429 that says when to come back, not a 402 or 502 for a request that was
+/// never meant to leave the machine.
 async fn spill(
     decision: &Decision,
     request: &ChatRequest,
     request_id: &str,
     deadline: Instant,
+    busy: ApiError,
 ) -> Result<Answer, ApiError> {
     tracing::info!("local engine is full; answering remotely");
     fallback(Degraded::LocalBusy.as_str());
-    let mut answer = remote_chain(
+    match remote_chain(
         &decision.fallbacks.remotes,
         decision.budget.as_ref(),
         request,
         request_id,
         deadline,
     )
-    .await?;
-    answer.degraded = Some(Degraded::LocalBusy);
-    Ok(answer)
+    .await
+    {
+        Ok(mut answer) => {
+            answer.degraded = Some(Degraded::LocalBusy);
+            Ok(answer)
+        }
+        Err(err) if is_unavailable(&err) || matches!(err, ApiError::Route(RouteError::BudgetExhausted { .. })) => {
+            tracing::info!(
+                error = err.code(),
+                "the remote spill failed too; the local engine is busy"
+            );
+            Err(busy)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 /// Runs the ladder from `start`: each local rung's answer is judged, and a weak
@@ -204,8 +221,8 @@ async fn climb(
                 wait = wait.map(|w| w.spend(generation.queued));
                 generation
             }
-            Err(ApiError::LocalBusy { .. }) if can_go_remote => {
-                let mut answer = spill(decision, request, request_id, deadline).await?;
+            Err(busy @ ApiError::LocalBusy { .. }) if can_go_remote => {
+                let mut answer = spill(decision, request, request_id, deadline, busy).await?;
                 answer.escalated_from = escalated_from;
                 answer.weakness = weakness_seen;
                 return Ok(answer);
@@ -384,7 +401,11 @@ fn fallback(kind: &str) {
 }
 
 /// Failures that another backend may not have: the upstream's, or a backend
-/// that cannot take calls now (no key, breaker open).
+/// that cannot take calls now (no key, breaker open, its key refused).
 fn is_unavailable(err: &ApiError) -> bool {
-    is_transient(err) || matches!(err, ApiError::BackendUnavailable { .. })
+    is_transient(err)
+        || matches!(
+            err,
+            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } | ApiError::UpstreamAuth { .. }
+        )
 }

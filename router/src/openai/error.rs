@@ -5,11 +5,18 @@
 //! and surface `message`, so both must be right.
 //!
 //! Messages never contain secrets: upstream keys are injected into the outgoing
-//! request only and never formatted into any string here.
+//! request only and never formatted into any string here. What an upstream
+//! says in its error bodies is another matter (providers echo the key they were
+//! sent, whole or masked, and proxies dump request headers), so an upstream's
+//! error reaches the client as an [`UpstreamError`]: its status, `type`, `code`
+//! and `param`, with its message passed through [`redact_secrets`], and a body
+//! that is not an OpenAI error object never at all. An upstream 401 or 403
+//! means our own key for it is wrong, which the client can do nothing about:
+//! that is a 502 ([`ApiError::UpstreamAuth`]), never the 401 the client would
+//! read as "your Switchyard key is wrong".
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
 use serde_json::json;
 
 use crate::routing::RouteError;
@@ -36,12 +43,26 @@ pub enum ApiError {
     NotFound(String),
     /// The backend exists but cannot be used now (e.g. its key is not set).
     BackendUnavailable { backend: String, reason: String },
-    /// The upstream answered with an error; we pass its status and body through.
-    Upstream(UpstreamError),
+    /// The backend's circuit breaker refuses calls for `retry_after_s` more seconds.
+    BreakerOpen { backend: String, retry_after_s: u64 },
+    /// The upstream answered with an error; we pass on what is safe of it.
+    /// Boxed: it is the largest variant, and errors travel in every `Result`.
+    Upstream(Box<UpstreamError>),
+    /// The upstream refused our credentials (401 or 403): the backend's key
+    /// setting is wrong, not the client's.
+    UpstreamAuth {
+        backend: String,
+        status: StatusCode,
+        key_env: Option<String>,
+    },
     /// Could not connect to the upstream, or it broke the connection.
     UpstreamUnreachable { backend: String, detail: String },
     /// The upstream did not answer within its timeout.
     UpstreamTimeout { backend: String, timeout_ms: u64 },
+    /// The upstream's answer started, then nothing came for `idle_ms`.
+    UpstreamStalled { backend: String, idle_ms: u64 },
+    /// The upstream's event stream ended before `[DONE]`, or its connection broke.
+    UpstreamStreamCut { backend: String, detail: String },
     /// The upstream answered 2xx with a body that is not what OpenAI's format promises.
     UpstreamInvalid { backend: String, detail: String },
     /// The prompt does not fit the model's context window.
@@ -53,13 +74,74 @@ pub enum ApiError {
     Route(RouteError),
 }
 
-/// An upstream's own error response, passed through as it came.
+/// An upstream's own error response, as much of it as is safe to pass on:
+/// its status and, from an OpenAI error object, its `type`, `code` and
+/// `param` as they came and its message with secrets redacted.
 #[derive(Debug, Clone)]
 pub struct UpstreamError {
+    pub backend: String,
     pub status: StatusCode,
-    /// The upstream body when it already is an OpenAI error object; otherwise we wrap it.
-    pub body: Bytes,
+    pub message: String,
+    pub error_type: String,
+    /// A string, a number or null, as the upstream sent it.
+    pub code: serde_json::Value,
+    pub param: serde_json::Value,
     pub retry_after: Option<HeaderValue>,
+}
+
+impl UpstreamError {
+    /// Reads an upstream's error body. `secret` is the key we sent it, to be
+    /// redacted from anything quoted. A body that is not an OpenAI error
+    /// object is described by its size only: it may be an HTML page or a dump
+    /// of our request headers.
+    pub fn from_body(
+        backend: &str,
+        status: StatusCode,
+        body: &[u8],
+        retry_after: Option<HeaderValue>,
+        secret: Option<&str>,
+    ) -> UpstreamError {
+        let redacted = |value: &serde_json::Value| match value {
+            serde_json::Value::String(text) => {
+                serde_json::Value::String(truncate_for_message(&redact_secrets(text, secret)))
+            }
+            serde_json::Value::Number(_) => value.clone(),
+            _ => serde_json::Value::Null,
+        };
+        let parsed = serde_json::from_slice::<serde_json::Value>(body).ok();
+        match parsed.as_ref().and_then(|v| v.get("error")).filter(|e| e.is_object()) {
+            Some(error) => UpstreamError {
+                backend: backend.to_string(),
+                status,
+                message: match &error["message"] {
+                    serde_json::Value::String(text) => truncate_for_message(&redact_secrets(text, secret)),
+                    _ => format!("Backend `{backend}` returned HTTP {status} without a message"),
+                },
+                error_type: match redacted(&error["type"]) {
+                    serde_json::Value::String(kind) => kind,
+                    _ => "upstream_error".to_string(),
+                },
+                code: redacted(&error["code"]),
+                param: match redacted(&error["param"]) {
+                    number @ serde_json::Value::Number(_) => serde_json::Value::String(number.to_string()),
+                    other => other,
+                },
+                retry_after,
+            },
+            None => UpstreamError {
+                backend: backend.to_string(),
+                status,
+                message: format!(
+                    "Backend `{backend}` returned HTTP {status} with a body that is not an OpenAI error ({} bytes, not shown)",
+                    body.len()
+                ),
+                error_type: "upstream_error".to_string(),
+                code: serde_json::Value::String("upstream_error".to_string()),
+                param: serde_json::Value::Null,
+                retry_after,
+            },
+        }
+    }
 }
 
 impl ApiError {
@@ -72,10 +154,13 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BackendUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(e) => e.status,
-            ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::UpstreamAuth { .. }
+            | ApiError::UpstreamUnreachable { .. }
+            | ApiError::UpstreamStreamCut { .. }
+            | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::UpstreamTimeout { .. } | ApiError::UpstreamStalled { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Route(e) => e.status(),
         }
     }
@@ -89,10 +174,12 @@ impl ApiError {
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::NotFound(_) => "not_found",
-            ApiError::BackendUnavailable { .. } => "backend_unavailable",
+            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } => "backend_unavailable",
             ApiError::Upstream(_) => "upstream_error",
+            ApiError::UpstreamAuth { .. } => "upstream_auth_failed",
             ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
-            ApiError::UpstreamTimeout { .. } => "upstream_timeout",
+            ApiError::UpstreamTimeout { .. } | ApiError::UpstreamStalled { .. } => "upstream_timeout",
+            ApiError::UpstreamStreamCut { .. } => "upstream_stream_cut",
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::LocalBusy { .. } => "engine_busy",
@@ -100,7 +187,7 @@ impl ApiError {
         }
     }
 
-    fn error_type(&self) -> &'static str {
+    fn error_type(&self) -> &str {
         match self {
             ApiError::InvalidJson(_)
             | ApiError::InvalidRequest { .. }
@@ -110,10 +197,14 @@ impl ApiError {
             | ApiError::NotFound(_) => "invalid_request_error",
             ApiError::LocalBusy { .. } => "rate_limit_error",
             ApiError::Unauthorized(_) => "authentication_error",
+            ApiError::Upstream(e) => &e.error_type,
             ApiError::BackendUnavailable { .. }
-            | ApiError::Upstream(_)
+            | ApiError::BreakerOpen { .. }
+            | ApiError::UpstreamAuth { .. }
             | ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamTimeout { .. }
+            | ApiError::UpstreamStalled { .. }
+            | ApiError::UpstreamStreamCut { .. }
             | ApiError::UpstreamInvalid { .. } => "upstream_error",
             ApiError::Route(e) => e.error_type(),
         }
@@ -137,16 +228,35 @@ impl ApiError {
             ApiError::BackendUnavailable { backend, reason } => {
                 format!("Backend `{backend}` is unavailable: {reason}")
             }
-            ApiError::Upstream(e) => format!(
-                "Upstream returned HTTP {}: {}",
-                e.status.as_u16(),
-                truncate_for_message(&String::from_utf8_lossy(&e.body))
+            ApiError::BreakerOpen { backend, retry_after_s } => format!(
+                "Backend `{backend}` is unavailable: its circuit breaker is open after repeated failures; a probe may go in {retry_after_s} s"
             ),
+            ApiError::Upstream(e) => e.message.clone(),
+            ApiError::UpstreamAuth {
+                backend,
+                status,
+                key_env,
+            } => {
+                let setting = match key_env {
+                    Some(env) => format!("the key in its `api_key_env` ({env})"),
+                    None => "its `api_key_env` (it sends no key)".to_string(),
+                };
+                format!(
+                    "Backend `{backend}` refused this gateway's credentials (HTTP {}): check {setting}. This is not about your own key.",
+                    status.as_u16()
+                )
+            }
             ApiError::UpstreamUnreachable { backend, detail } => {
                 format!("Could not reach backend `{backend}`: {detail}")
             }
             ApiError::UpstreamTimeout { backend, timeout_ms } => {
                 format!("Backend `{backend}` did not answer within {timeout_ms} ms")
+            }
+            ApiError::UpstreamStalled { backend, idle_ms } => {
+                format!("Backend `{backend}` sent nothing for {idle_ms} ms after its answer began")
+            }
+            ApiError::UpstreamStreamCut { backend, detail } => {
+                format!("Backend `{backend}`: {detail}")
             }
             ApiError::UpstreamInvalid { backend, detail } => {
                 format!("Backend `{backend}` sent an invalid response: {detail}")
@@ -157,23 +267,31 @@ impl ApiError {
         }
     }
 
-    fn param(&self) -> Option<&str> {
-        match self {
+    fn param(&self) -> serde_json::Value {
+        let param = match self {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
             ApiError::ModelNotFound(_) => Some("model"),
             ApiError::ContextLengthExceeded { .. } => Some("messages"),
+            ApiError::Upstream(e) => return e.param.clone(),
             _ => None,
-        }
+        };
+        param.into()
     }
 
     /// The JSON error object, also used for the error event of a broken stream.
+    /// An upstream's error keeps its own `code` (the metric label, [`Self::code`],
+    /// stays low-cardinality).
     pub fn to_json(&self) -> serde_json::Value {
+        let code = match self {
+            ApiError::Upstream(e) => e.code.clone(),
+            _ => self.code().into(),
+        };
         json!({
             "error": {
                 "message": self.message(),
                 "type": self.error_type(),
                 "param": self.param(),
-                "code": self.code(),
+                "code": code,
             }
         })
     }
@@ -188,17 +306,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = match &self {
-            ApiError::Upstream(upstream) if is_openai_error_body(&upstream.body) => {
-                ([(header::CONTENT_TYPE, "application/json")], upstream.body.clone()).into_response()
-            }
-            _ => axum::Json(self.to_json()).into_response(),
-        };
+        let mut response = axum::Json(self.to_json()).into_response();
         *response.status_mut() = self.status();
-        if let ApiError::Upstream(UpstreamError {
-            retry_after: Some(retry_after),
-            ..
-        }) = &self
+        if let ApiError::Upstream(upstream) = &self
+            && let Some(retry_after) = &upstream.retry_after
         {
             response.headers_mut().insert(header::RETRY_AFTER, retry_after.clone());
         }
@@ -213,18 +324,68 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(LOCAL_BUSY_RETRY_AFTER_S));
             }
+            ApiError::BreakerOpen { retry_after_s, .. } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            }
             _ => {}
         }
         response
     }
 }
 
-/// Whether an upstream body is already `{"error": {...}}`, so it can pass as is.
-fn is_openai_error_body(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("error").map(|e| e.is_object()))
-        .unwrap_or(false)
+/// Upstream key fragments this long or longer are redacted: OpenAI's own
+/// masked form of a key shows its last 4 characters.
+const MIN_SECRET_FRAGMENT_CHARS: usize = 4;
+/// What a redacted word is replaced with.
+const REDACTED: &str = "[redacted]";
+
+/// `text` with every word that may be a credential replaced by `[redacted]`:
+/// one holding `secret` (our key for the upstream) or a fragment of it of
+/// [`MIN_SECRET_FRAGMENT_CHARS`] or more (masked forms such as `sk-...3a9c`),
+/// the word after `Bearer`, and `sk-` tokens (any provider's key shape).
+/// Words are split at whitespace, quotes and brackets, so a key quoted in a
+/// JSON string or a header dump is one word. Over-redacting an innocent word
+/// that shares four characters with the key is the price of never showing it.
+pub fn redact_secrets(text: &str, secret: Option<&str>) -> String {
+    let secret = secret.filter(|s| s.len() >= MIN_SECRET_FRAGMENT_CHARS);
+    let is_separator = |c: char| c.is_whitespace() || "\"'`,;()[]{}<>=".contains(c);
+    let mut out = String::with_capacity(text.len());
+    let mut after_bearer = false;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let word_end = rest.find(is_separator).unwrap_or(rest.len());
+        let (word, tail) = rest.split_at(word_end);
+        if !word.is_empty() {
+            let credential =
+                after_bearer || has_key_shape(word) || secret.is_some_and(|secret| shares_fragment(word, secret));
+            out.push_str(if credential { REDACTED } else { word });
+            after_bearer = word.eq_ignore_ascii_case("bearer");
+        }
+        let separators_end = tail.find(|c: char| !is_separator(c)).unwrap_or(tail.len());
+        out.push_str(&tail[..separators_end]);
+        rest = &tail[separators_end..];
+    }
+    out
+}
+
+/// Whether `word` holds an `sk-` key (OpenAI's and many providers' shape), not
+/// merely the letters (`task-based`, `disk-full`).
+fn has_key_shape(word: &str) -> bool {
+    word.match_indices("sk-").any(|(at, _)| {
+        let starts_word = word[..at].chars().next_back().is_none_or(|c| !c.is_alphanumeric());
+        starts_word && word.len() - at - 3 >= MIN_SECRET_FRAGMENT_CHARS
+    })
+}
+
+/// Whether `word` contains any run of [`MIN_SECRET_FRAGMENT_CHARS`] bytes of `secret`.
+fn shares_fragment(word: &str, secret: &str) -> bool {
+    word.len() >= MIN_SECRET_FRAGMENT_CHARS
+        && secret
+            .as_bytes()
+            .windows(MIN_SECRET_FRAGMENT_CHARS)
+            .any(|fragment| word.as_bytes().windows(fragment.len()).any(|w| w == fragment))
 }
 
 /// Client-supplied or upstream text quoted in a message is bounded, so an error
@@ -241,30 +402,95 @@ fn truncate_for_message(text: &str) -> String {
 mod tests {
     use super::*;
 
+    const KEY: &str = "sk-double-SECRET-7f3a9c";
+
+    fn upstream(status: StatusCode, body: &str) -> UpstreamError {
+        UpstreamError::from_body("cloud", status, body.as_bytes(), None, Some(KEY))
+    }
+
     #[test]
-    fn upstream_openai_error_passes_through_untouched() {
-        let body = Bytes::from_static(
-            br#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
-        );
-        let err = ApiError::Upstream(UpstreamError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            body: body.clone(),
+    fn an_upstream_openai_error_keeps_its_status_type_code_and_param() {
+        let body = r#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
+        let err = ApiError::Upstream(Box::new(UpstreamError {
             retry_after: Some(HeaderValue::from_static("7")),
-        });
+            ..upstream(StatusCode::TOO_MANY_REQUESTS, body)
+        }));
+        assert_eq!(err.to_json(), serde_json::from_str::<serde_json::Value>(body).unwrap());
         let response = err.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "7");
     }
 
     #[test]
-    fn upstream_non_json_error_is_wrapped_and_bounded() {
-        let err = ApiError::Upstream(UpstreamError {
-            status: StatusCode::BAD_GATEWAY,
-            body: Bytes::from(vec![b'x'; 10_000]),
-            retry_after: None,
-        });
-        let json = err.to_json();
+    fn an_upstream_non_json_error_is_described_not_relayed() {
+        let dump = format!("400 Bad Request\nauthorization: Bearer {KEY}\nhost: cloud");
+        let json = ApiError::Upstream(Box::new(upstream(StatusCode::BAD_REQUEST, &dump))).to_json();
+        let message = json["error"]["message"].as_str().unwrap();
+        assert!(!message.contains("SECRET") && !message.contains("host"), "{message}");
+        assert!(message.contains(&format!("{} bytes", dump.len())), "{message}");
         assert_eq!(json["error"]["code"], "upstream_error");
-        assert!(json["error"]["message"].as_str().unwrap().len() < 300);
+    }
+
+    #[test]
+    fn an_upstream_message_loses_every_form_of_our_key() {
+        for quoted in [
+            format!("Incorrect API key provided: {KEY}."),
+            "Incorrect API key provided: sk-doubl***********3a9c. You can find your key at ...".to_string(),
+            "Key ending in '3a9c' is revoked".to_string(),
+            format!("Invalid header: Authorization: Bearer {KEY}"),
+            "Bearer abc.def.ghi was rejected".to_string(),
+            "key sk-proj-AbCdEf0123456789 is not ours but still a key".to_string(),
+        ] {
+            let body = json!({ "error": { "message": quoted, "type": "invalid_request_error", "param": null, "code": "invalid_api_key" } });
+            let err = upstream(StatusCode::BAD_REQUEST, &body.to_string());
+            for leak in ["SECRET", "3a9c", "abc.def", "AbCdEf", "sk-"] {
+                assert!(!err.message.contains(leak), "{leak} in {:?}", err.message);
+            }
+            assert!(err.message.contains("[redacted]"), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn words_that_merely_spell_sk_are_kept() {
+        assert_eq!(
+            redact_secrets("a task-based disk-full risk-free answer", None),
+            "a task-based disk-full risk-free answer"
+        );
+    }
+
+    #[test]
+    fn redaction_keeps_the_rest_of_the_message() {
+        assert_eq!(
+            redact_secrets("The model `gpt-x` does not exist, key: \"sk-abc123\".", Some(KEY)),
+            "The model `gpt-x` does not exist, key: \"[redacted]\"."
+        );
+    }
+
+    #[test]
+    fn an_upstream_auth_failure_blames_the_backends_key_setting() {
+        let err = ApiError::UpstreamAuth {
+            backend: "cloud".into(),
+            status: StatusCode::UNAUTHORIZED,
+            key_env: Some("CLOUD_KEY".into()),
+        };
+        assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
+        let json = err.to_json();
+        assert_eq!(json["error"]["code"], "upstream_auth_failed");
+        assert_eq!(json["error"]["type"], "upstream_error");
+        assert!(
+            json["error"]["message"].as_str().unwrap().contains("CLOUD_KEY"),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_breaker_refusal_says_when_to_come_back() {
+        let response = ApiError::BreakerOpen {
+            backend: "cloud".into(),
+            retry_after_s: 12,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "12");
     }
 }

@@ -4,8 +4,18 @@
 //! event is handed on as soon as its terminating blank line is seen, so nothing
 //! is buffered beyond one event. Events we re-emit are written the way OpenAI
 //! writes them: `data: <json>\n\n`, and the stream ends with `data: [DONE]\n\n`.
+//!
+//! [`read_chunk`] checks that a data event is what OpenAI's format promises
+//! (a chunk object with a `choices` array, or an error object) without building
+//! a JSON tree: every chunk of every relayed stream goes through it.
+
+use std::fmt;
 
 use bytes::{Buf, Bytes, BytesMut};
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+use super::Usage;
 
 /// One event is one chunk object; a few KiB in practice. A larger one means the
 /// upstream is not speaking SSE, and we stop rather than buffer without bound.
@@ -36,6 +46,65 @@ pub fn encode_data(data: &str) -> Bytes {
     out.extend_from_slice(data.as_bytes());
     out.extend_from_slice(b"\n\n");
     out.freeze()
+}
+
+/// A streamed data event (other than `[DONE]`) that has the shape of OpenAI's format.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Chunk {
+    /// A `chat.completion.chunk`, with its usage when it carries one.
+    Choices { usage: Option<Usage> },
+    /// `{"error": {...}}`: the provider failed in-band.
+    Error,
+}
+
+/// What a data event must be. Fields other than these are skipped unread.
+#[derive(Deserialize)]
+struct ChunkShape {
+    choices: Option<Vec<IgnoredAny>>,
+    error: Option<JsonObject>,
+    /// Kept as a value (null in all chunks but the last when usage is asked
+    /// for) and read leniently: a malformed usage is not a malformed chunk.
+    usage: Option<serde_json::Value>,
+}
+
+/// Any JSON object, skipped without being built.
+struct JsonObject;
+
+impl<'de> Deserialize<'de> for JsonObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Skip;
+        impl<'de> Visitor<'de> for Skip {
+            type Value = JsonObject;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<JsonObject, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(JsonObject)
+            }
+        }
+        deserializer.deserialize_map(Skip)
+    }
+}
+
+/// Reads a data event as an OpenAI chunk, or says why it is not one.
+pub fn read_chunk(data: &str) -> Result<Chunk, &'static str> {
+    // serde reads a struct from an array too; a chunk is an object.
+    if !data.trim_start().starts_with('{') {
+        return Err("an event is not a JSON object");
+    }
+    let shape: ChunkShape = serde_json::from_str(data).map_err(|_| "an event is not valid JSON of a chunk's shape")?;
+    match shape {
+        ChunkShape { error: Some(_), .. } => Ok(Chunk::Error),
+        ChunkShape {
+            choices: Some(_),
+            usage,
+            ..
+        } => Ok(Chunk::Choices {
+            usage: usage.and_then(|usage| serde_json::from_value(usage).ok()),
+        }),
+        ChunkShape { choices: None, .. } => Err("an event has no `choices` array"),
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -175,6 +244,36 @@ mod tests {
         let mut decoder = SseDecoder::default();
         decoder.push(&vec![b'x'; MAX_EVENT_BYTES + 1]);
         assert_eq!(decoder.next_event(), Err(SseError::EventTooLarge));
+    }
+
+    #[test]
+    fn chunks_are_read_for_their_shape_and_usage() {
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+        };
+        for (data, expected) in [
+            (
+                r#"{"id":"c","choices":[{"index":0,"delta":{"content":"hi"}}],"usage":null}"#,
+                Ok(Chunk::Choices { usage: None }),
+            ),
+            (
+                r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+                Ok(Chunk::Choices { usage: Some(usage) }),
+            ),
+            (r#"{"choices":[],"usage":"lots"}"#, Ok(Chunk::Choices { usage: None })),
+            (r#"{"error":{"message":"overloaded"}}"#, Ok(Chunk::Error)),
+            (r#"{"hello":"world"}"#, Err("an event has no `choices` array")),
+            (r#"{"choices":null}"#, Err("an event has no `choices` array")),
+            (
+                r#"{"error":"text"}"#,
+                Err("an event is not valid JSON of a chunk's shape"),
+            ),
+            ("{broken json", Err("an event is not valid JSON of a chunk's shape")),
+            ("[[]]", Err("an event is not a JSON object")),
+        ] {
+            assert_eq!(read_chunk(data), expected, "{data}");
+        }
     }
 
     #[test]
