@@ -377,20 +377,40 @@ async fn a_full_local_queue_goes_remote_when_allowed_else_429() {
 }
 
 #[tokio::test]
-async fn a_full_local_queue_whose_spill_the_budget_refuses_is_429_not_402() {
+async fn a_busy_local_engine_whose_spill_the_budget_refuses_is_429_not_402() {
     let double = CloudDouble::start();
     // A remote answer of 48 tokens may cost $0.00048, over the whole day's budget.
     let budgets = "budgets:\n  state_file: spend.json\n  global: { daily_usd: 0.0001 }\n";
-    let daemon = start(&(policy(&double, &["echo"], &["echo"], ALL_LOCAL, FAST_RETRIES) + budgets));
-    // One long answer runs, another waits: the queue (capacity 1) is full.
-    let (first, release_first) = hold_engine(&daemon);
-    until_engine(&daemon, 1, 0).await;
-    let (second, release_second) = hold_engine(&daemon);
-    until_engine(&daemon, 1, 1).await;
-
+    let text = policy(&double, &["echo", "switchable"], &["echo"], ALL_LOCAL, FAST_RETRIES)
+        .replace("queue_capacity: 1\n", "queue_capacity: 8\n      max_queue_wait_ms: 5000\n")
+        // The held call below waits for its first byte as long as it is held.
+        .replace(
+            "model: switchable\n      price: { input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }\n      timeouts: { connect_ms: 500, first_byte_ms: 1000,",
+            "model: switchable\n      price: { input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }\n      timeouts: { connect_ms: 500, first_byte_ms: 25000,",
+        )
+        + budgets;
+    assert!(text.contains("first_byte_ms: 25000"), "{text}");
+    let daemon = start(&text);
     let mut body = ask("auto", "Say hello.");
     body["max_tokens"] = json!(48);
-    let r = send(&daemon, &body, &[]).await;
+    // A long answer holds the engine; the request is decided while nothing is
+    // spent (it may go remote) and waits for a turn.
+    let (long, release) = hold_engine(&daemon);
+    until_engine(&daemon, 1, 0).await;
+    let waiting = send(&daemon, &body, &[]);
+    let (r, held) = tokio::join!(waiting, async {
+        until_engine(&daemon, 1, 1).await;
+        // Meanwhile a remote call in flight holds the whole budget.
+        double.set_stall(true);
+        let mut pinned = body.clone();
+        pinned["model"] = json!("switchable");
+        let held = tokio::spawn(send_owned(daemon.url("/v1/chat/completions"), pinned));
+        while double.calls("switchable") == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        held
+    });
+    // No turn came in time, and the budget refuses the spill: the engine is busy.
     assert_eq!(
         (r.status, r.body["error"]["code"].as_str(), r.retry_after.as_deref()),
         (429, Some("engine_busy"), Some("1")),
@@ -398,8 +418,22 @@ async fn a_full_local_queue_whose_spill_the_budget_refuses_is_429_not_402() {
         r.body
     );
     assert_eq!(double.calls("echo"), 0, "the budget let nothing out");
-    drop((release_first, release_second));
-    assert_eq!((first.await.unwrap(), second.await.unwrap()), (200, 200));
+    double.set_stall(false);
+    assert_eq!(held.await.unwrap(), 200);
+    drop(release);
+    assert_eq!(long.await.unwrap(), 200);
+}
+
+/// A request to `url` that owns what it needs, for `tokio::spawn`; its status.
+async fn send_owned(url: String, body: Value) -> u16 {
+    http_client()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
 }
 
 #[tokio::test]
