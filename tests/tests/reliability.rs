@@ -398,17 +398,17 @@ async fn a_busy_local_engine_whose_spill_the_budget_refuses_is_429_not_402() {
     let (long, release) = hold_engine(&daemon);
     until_engine(&daemon, 1, 0).await;
     let waiting = send(&daemon, &body, &[]);
-    let (r, held) = tokio::join!(waiting, async {
+    let mut pinned = body.clone();
+    pinned["model"] = json!("switchable");
+    let mut held = None;
+    let (r, ()) = tokio::join!(waiting, async {
         until_engine(&daemon, 1, 1).await;
         // Meanwhile a remote call in flight holds the whole budget.
         double.set_stall(true);
-        let mut pinned = body.clone();
-        pinned["model"] = json!("switchable");
-        let held = tokio::spawn(send_owned(daemon.url("/v1/chat/completions"), pinned));
+        held = Some(tokio::spawn(send_owned(daemon.url("/v1/chat/completions"), pinned)));
         while double.calls("switchable") == 0 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        held
     });
     // No turn came in time, and the budget refuses the spill: the engine is busy.
     assert_eq!(
@@ -419,7 +419,7 @@ async fn a_busy_local_engine_whose_spill_the_budget_refuses_is_429_not_402() {
     );
     assert_eq!(double.calls("echo"), 0, "the budget let nothing out");
     double.set_stall(false);
-    assert_eq!(held.await.unwrap(), 200);
+    assert_eq!(held.expect("the held call was sent").await.unwrap(), 200);
     drop(release);
     assert_eq!(long.await.unwrap(), 200);
 }
