@@ -51,6 +51,9 @@ pub enum ApiError {
     LocalBusy { backend: String, detail: String },
     /// The policy leaves no tier that can take the request.
     Route(RouteError),
+    /// The daemon is stopping and its shutdown drain ran out before this
+    /// request's answer ended.
+    ShuttingDown,
 }
 
 /// An upstream's own error response, passed through as it came.
@@ -72,7 +75,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BackendUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BackendUnavailable { .. } | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(e) => e.status,
             ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::LocalBusy { .. } => "engine_busy",
             ApiError::Route(e) => e.code(),
+            ApiError::ShuttingDown => "server_shutting_down",
         }
     }
 
@@ -116,6 +120,9 @@ impl ApiError {
             | ApiError::UpstreamTimeout { .. }
             | ApiError::UpstreamInvalid { .. } => "upstream_error",
             ApiError::Route(e) => e.error_type(),
+            // OpenAI's type for failures on the server's side, which SDKs and
+            // retry logic treat as retryable; the request was sound.
+            ApiError::ShuttingDown => "server_error",
         }
     }
 
@@ -154,6 +161,9 @@ impl ApiError {
             ApiError::ContextLengthExceeded { message } => message.clone(),
             ApiError::LocalBusy { backend, detail } => format!("Backend `{backend}` is busy: {detail}. Retry shortly."),
             ApiError::Route(e) => e.message(),
+            ApiError::ShuttingDown => {
+                "The server is shutting down and this request did not finish in time. Retry it.".to_string()
+            }
         }
     }
 
