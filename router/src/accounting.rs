@@ -2,22 +2,33 @@
 //! the Prometheus metrics, the budget ledger, the status page and one log
 //! line, so the four always agree.
 //!
+//! A [`RequestRecord`] that is dropped without being finished records itself,
+//! as a request whose client went away ([`CLIENT_CLOSED`]): the handler's
+//! future is dropped when a client disconnects before a whole answer is sent,
+//! and no path through the handler can forget its request that way.
+//!
 //! For streamed answers the record is finished by [`Recorded`], a wrapper
-//! around the response body: when the stream ends, or when the client goes
-//! away and the body is dropped.
+//! around the response body: when the stream ends, when the client goes away
+//! and the body is dropped, or when the shutdown drain runs out and the stream
+//! is ended with an error event.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use bytes::Bytes;
-use futures_util::Stream;
 use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
 use serde::Serialize;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::backends::UsageCell;
 use crate::metrics::{metrics, seconds};
 use crate::openai::Usage;
+use crate::openai::error::ApiError;
 use crate::policy::Price;
 use crate::routing::budget::{Ledger, Reservation};
 
@@ -45,6 +56,9 @@ pub struct RequestRecord {
     /// `server.metrics`; off, the request still reaches the ledger, the status
     /// page and the log.
     pub metrics: bool,
+    /// Set once the record is written; a record dropped before that writes
+    /// itself (see [`Drop`]).
+    written: bool,
 }
 
 /// One finished request, as the status page shows it.
@@ -73,9 +87,12 @@ pub struct Board {
     pub latencies_ms: std::collections::BTreeMap<&'static str, VecDeque<f64>>,
 }
 
-/// The status recorded for a stream whose client went away before its end
-/// (nginx's "client closed request").
+/// The status recorded for a request whose client went away before its
+/// answer ended (nginx's "client closed request").
 pub const CLIENT_CLOSED: u16 = 499;
+
+/// The route and reason of a request that ended before it was routed.
+const UNDECIDED: &str = "none";
 
 /// Decisions and latencies kept for the status page.
 const RECENT: usize = 50;
@@ -96,9 +113,46 @@ fn status_class(status: u16) -> &'static str {
 }
 
 impl RequestRecord {
+    /// A record of a request not yet routed (route `none`, reason `refused`
+    /// until a decision says otherwise), answered by `backend` so far.
+    pub fn new(
+        request_id: Arc<str>,
+        started: Instant,
+        backend: &str,
+        baseline: Option<(String, Price)>,
+        caller: Option<String>,
+        ledger: Option<Arc<Ledger>>,
+        metrics: bool,
+    ) -> RequestRecord {
+        RequestRecord {
+            request_id,
+            started,
+            backend_started: None,
+            decision_seconds: None,
+            route: UNDECIDED,
+            backend: backend.to_string(),
+            reason: "refused",
+            score: None,
+            escalated_from: None,
+            status: 0,
+            price: Price::FREE,
+            baseline,
+            caller,
+            ledger,
+            reservation: None,
+            metrics,
+            written: false,
+        }
+    }
+
     /// Records the request with what it used. `first_byte` is when the first
     /// byte of the answer left (streams); `None` means with the whole answer.
     pub fn finish(mut self, usage: Option<Usage>, first_byte: Option<Instant>) {
+        self.write(usage, first_byte);
+    }
+
+    fn write(&mut self, usage: Option<Usage>, first_byte: Option<Instant>) {
+        self.written = true;
         let total = self.started.elapsed();
         let route = self.route;
         let usage_known = usage.is_some();
@@ -211,28 +265,70 @@ impl RequestRecord {
     }
 }
 
-/// A streamed body that finishes its request's record when it ends or is dropped.
+/// A record dropped unwritten belongs to a request whose handler was dropped:
+/// its client went away. It is recorded with what is known: the decision, if
+/// one was made, and no usage. A remote call it had in flight was charged its
+/// worst case to the budgets when that call's reservation was dropped.
+impl Drop for RequestRecord {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        self.status = CLIENT_CLOSED;
+        if self.backend_started.is_none() {
+            self.reason = UNDECIDED;
+        }
+        self.write(None, None);
+    }
+}
+
+/// A streamed body that finishes its request's record when it ends or is
+/// dropped, and ends with an error event when the shutdown drain runs out.
 pub struct Recorded {
     inner: BoxStream<'static, Bytes>,
     record: Option<RequestRecord>,
     usage: UsageCell,
     first_byte: Option<Instant>,
+    /// Ready once the shutdown drain has run out (see `server::serve`);
+    /// `None` once the stream was cut.
+    past_drain: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     /// The streaming stage, a child of the request's span (so its log lines
     /// carry the request id); it closes when the body is dropped.
     span: tracing::Span,
 }
 
 impl Recorded {
-    /// Call within the request's span.
-    pub fn new(inner: BoxStream<'static, Bytes>, record: RequestRecord, usage: UsageCell) -> Recorded {
+    /// Call within the request's span. `past_drain` is cancelled when the
+    /// shutdown drain runs out.
+    pub fn new(
+        inner: BoxStream<'static, Bytes>,
+        record: RequestRecord,
+        usage: UsageCell,
+        past_drain: &CancellationToken,
+    ) -> Recorded {
         let span = tracing::info_span!("stream", route = record.route, backend = %record.backend);
         Recorded {
             inner,
             record: Some(record),
             usage,
             first_byte: None,
+            past_drain: Some(Box::pin(past_drain.clone().cancelled_owned())),
             span,
         }
+    }
+
+    /// Ends the stream now: its client gets the error event returned, then
+    /// the end of the stream, and the request is recorded with the error's
+    /// status. What the upstream was still producing is dropped (and a remote
+    /// call's worst case charged, its usage being unknown).
+    fn cut_at_shutdown(&mut self) -> Bytes {
+        let error = ApiError::ShuttingDown;
+        self.inner = futures_util::stream::empty().boxed();
+        if let Some(record) = &mut self.record {
+            record.status = error.status().as_u16();
+        }
+        tracing::warn!("the shutdown drain ran out: the stream ends with a server_shutting_down error");
+        crate::openai::sse::encode_data(&error.to_json().to_string())
     }
 
     fn finish(&mut self, ended: bool) {
@@ -255,6 +351,12 @@ impl Stream for Recorded {
     ) -> std::task::Poll<Option<Self::Item>> {
         let span = self.span.clone();
         let _stage = span.enter();
+        if let Some(past_drain) = self.past_drain.as_mut()
+            && past_drain.as_mut().poll(cx).is_ready()
+        {
+            self.past_drain = None;
+            return std::task::Poll::Ready(Some(Ok(self.cut_at_shutdown())));
+        }
         match self.inner.as_mut().poll_next(cx) {
             std::task::Poll::Ready(Some(bytes)) => {
                 self.first_byte.get_or_insert_with(Instant::now);

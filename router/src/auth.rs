@@ -81,13 +81,10 @@ impl ClientKeys {
                 "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
             ));
         };
-        let token = header
-            .strip_prefix(b"Bearer ")
-            .or_else(|| header.strip_prefix(b"bearer "))
-            .ok_or(ApiError::Unauthorized(
-                "The Authorization header must be 'Bearer YOUR_KEY'.",
-            ))?;
-        let digest = sha256(token.trim_ascii());
+        let token = bearer_token(header).ok_or(ApiError::Unauthorized(
+            "The Authorization header must be 'Bearer YOUR_KEY'.",
+        ))?;
+        let digest = sha256(token);
         // Check every entry, whatever matches, so timing says nothing about which.
         let mut found = None;
         for entry in &self.entries {
@@ -99,6 +96,18 @@ impl ClientKeys {
             .map(Caller::Client)
             .ok_or(ApiError::Unauthorized("Incorrect API key provided."))
     }
+}
+
+/// The token of a `Bearer` credential, as RFC 7235 writes one:
+/// `auth-scheme 1*SP token68`. The scheme is case-insensitive (`bearer`,
+/// `BEARER`); one or more spaces may follow it, nothing else (no tab, no
+/// missing space). Whitespace around the whole value is not part of it
+/// (RFC 7230's OWS around a field value).
+fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = header.trim_ascii().split_at_checked(b"Bearer".len())?;
+    let spaces = rest.iter().take_while(|&&b| b == b' ').count();
+    let token = &rest[spaces..];
+    (scheme.eq_ignore_ascii_case(b"Bearer") && spaces > 0 && !token.is_empty()).then_some(token)
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -146,6 +155,42 @@ mod tests {
             keys.authenticate(Some(b"Bearer sk-test-123")).unwrap(),
             Caller::Client("team-a".into())
         );
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_may_be_followed_by_several_spaces() {
+        let keys = keys_with("sk-test-123");
+        for header in [
+            "bearer sk-test-123",
+            "BEARER sk-test-123",
+            "bEaReR sk-test-123",
+            "Bearer   sk-test-123",
+        ] {
+            assert_eq!(
+                keys.authenticate(Some(header.as_bytes())).unwrap(),
+                Caller::Client("team-a".into()),
+                "{header:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn nothing_looser_than_one_or_more_spaces_separates_scheme_and_key() {
+        let keys = keys_with("sk-test-123");
+        for header in [
+            "Bearersk-test-123",
+            "Bearer\tsk-test-123",
+            "Bearer \tsk-test-123",
+            "Bearer ",
+            "Bearer",
+            "Bearers sk-test-123",
+        ] {
+            assert_eq!(
+                keys.authenticate(Some(header.as_bytes())).unwrap_err().status(),
+                401,
+                "{header:?}"
+            );
+        }
     }
 
     #[test]

@@ -6,9 +6,12 @@
 //! (the file changed, or SIGHUP) builds a whole new `Live` off the async
 //! threads and swaps it in; a file with problems is rejected, each problem
 //! logged with its line and column, and the previous policy keeps serving.
+//! So does a file that is deleted: that is logged, and so is its return, when
+//! it is loaded again.
 //! Loaded local models whose configuration did not change are carried over.
 
 use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -21,6 +24,10 @@ use crate::routing::budget::Ledger;
 
 /// How often the policy file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Looks in a row at a policy file that cannot be read before that is logged:
+/// one is an editor's save caught half-way, two (a whole tick) a file that is gone.
+const UNREADABLE_TICKS_TO_WARN: u32 = 2;
 
 pub struct Live {
     pub backends: Backends,
@@ -73,9 +80,30 @@ impl Live {
     }
 }
 
+/// Where the daemon listens, and what set it (`server.listen`, or `--listen`
+/// overriding it). Bound once at start: a reload cannot move it, so each
+/// policy loaded later is checked against it.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenAddress {
+    pub addr: SocketAddr,
+    pub origin: &'static str,
+}
+
+impl ListenAddress {
+    /// Refuses a policy that would leave this address open to anyone: no
+    /// client keys on a non-loopback address, unless the policy allows it.
+    pub fn admits(&self, policy: &Policy) -> Result<(), PolicyError> {
+        match policy.unauthenticated_exposure(self.addr, self.origin) {
+            Some(problem) => Err(PolicyError::Invalid(vec![problem])),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The current [`Live`], swappable.
 pub struct LivePolicy {
     path: PathBuf,
+    listen: ListenAddress,
     current: RwLock<Arc<Live>>,
 }
 
@@ -96,9 +124,10 @@ impl ReloadOutcome {
 }
 
 impl LivePolicy {
-    pub fn new(path: &Path, live: Live) -> LivePolicy {
+    pub fn new(path: &Path, live: Live, listen: ListenAddress) -> LivePolicy {
         LivePolicy {
             path: path.to_path_buf(),
+            listen,
             current: RwLock::new(Arc::new(live)),
         }
     }
@@ -113,7 +142,11 @@ impl LivePolicy {
         let path = self.path.display();
         let previous = self.current();
         // A file that reads well but cannot be applied is rejected the same way.
-        match Policy::load(&self.path).and_then(|policy| Live::build(&policy, Some(&previous))) {
+        let applied = Policy::load(&self.path).and_then(|policy| {
+            self.listen.admits(&policy)?;
+            Live::build(&policy, Some(&previous))
+        });
+        match applied {
             Ok(live) => {
                 if let Some(old) = previous.ledger.as_ref()
                     && let Err(err) = old.flush()
@@ -154,20 +187,42 @@ impl LivePolicy {
                 None
             }
         };
-        let mut seen = fingerprint(&self.path);
+        let path = self.path.display().to_string();
+        let mut seen = fingerprint(&self.path).ok();
         // A changed file is read again once it has stayed the same for a
         // tick: an editor or a tool that rewrites it in place is not caught
         // half-way (a spurious rejection in the log and the metrics).
         let mut settling = None;
+        // Ticks in a row the file could not be read. An editor that saves by
+        // delete-and-rename leaves it missing for a moment: one tick is that;
+        // two are a file that is gone, which the operator is told about.
+        let mut unreadable_ticks = 0u32;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let trigger = tokio::select! {
                 Some(()) = async { hangup.as_mut()?.recv().await } => "sighup",
                 _ = tick.tick() => {
-                    let now = fingerprint(&self.path);
-                    // A missing file is an editor mid-save: wait for it to come back.
-                    if now.is_none() || now == seen {
+                    let now = match fingerprint(&self.path) {
+                        Ok(now) => Some(now),
+                        Err(err) => {
+                            unreadable_ticks += 1;
+                            if unreadable_ticks == UNREADABLE_TICKS_TO_WARN {
+                                tracing::warn!(
+                                    policy = %path,
+                                    "policy file cannot be read ({err}); the policy in force stays until it is back"
+                                );
+                                // Whatever comes back is loaded, even the same text.
+                                seen = None;
+                            }
+                            settling = None;
+                            continue;
+                        }
+                    };
+                    if std::mem::take(&mut unreadable_ticks) >= UNREADABLE_TICKS_TO_WARN {
+                        tracing::info!(policy = %path, "policy file is back; it is reloaded once it stays the same for a tick");
+                    }
+                    if now == seen {
                         settling = None;
                         continue;
                     }
@@ -180,7 +235,7 @@ impl LivePolicy {
                 }
             };
             if trigger == "sighup" {
-                seen = fingerprint(&self.path);
+                seen = fingerprint(&self.path).ok();
                 settling = None;
             }
             let this = self.clone();
@@ -192,10 +247,10 @@ impl LivePolicy {
     }
 }
 
-/// A hash of the file's content, or `None` when it cannot be read.
-fn fingerprint(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
+/// A hash of the file's content.
+fn fingerprint(path: &Path) -> std::io::Result<u64> {
+    let bytes = std::fs::read(path)?;
     let mut hasher = std::hash::DefaultHasher::new();
     bytes.hash(&mut hasher);
-    Some(hasher.finish())
+    Ok(hasher.finish())
 }

@@ -67,6 +67,11 @@ pub struct ServerConfig {
     /// Serve `/metrics` and keep the Prometheus counters (off only to measure
     /// what they cost).
     pub metrics: bool,
+    /// Listen on an address other than loopback with no client keys. Off,
+    /// that is refused: anyone who can reach the address could spend the
+    /// upstream budget (LiteLLM likewise refuses to start without a master
+    /// key). On, for a network that is itself the boundary; a warning stays.
+    pub allow_unauthenticated: bool,
 }
 
 impl Default for ServerConfig {
@@ -77,6 +82,7 @@ impl Default for ServerConfig {
             shutdown_drain_ms: 30_000,
             request_deadline_ms: unspanned(180_000),
             metrics: true,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -88,8 +94,9 @@ impl ServerConfig {
     }
 }
 
-/// Client authentication. With no keys listed, auth is off: fine on loopback, and
-/// `switchyard serve` warns when it listens elsewhere without keys.
+/// Client authentication. With no keys listed, auth is off: fine on loopback;
+/// elsewhere refused unless `server.allow_unauthenticated` says so (then
+/// `switchyard serve` warns).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
@@ -636,6 +643,11 @@ impl Policy {
                 ),
             ));
         }
+        if let Ok(listen) = server.listen_addr()
+            && let Some(problem) = self.unauthenticated_exposure(listen, "server.listen")
+        {
+            problems.push(problem);
+        }
         if server.max_body_bytes.value == 0 {
             problems.push(Problem::at(&server.max_body_bytes, "max_body_bytes must be positive"));
         }
@@ -779,6 +791,23 @@ impl Policy {
 }
 
 impl Policy {
+    /// Listening on `listen` (a non-loopback address) with no client keys, unless
+    /// `server.allow_unauthenticated` allows it, is a problem located at
+    /// `server.listen`; `origin` says where the address came from
+    /// (`server.listen`, or `--listen` when the command line overrides it).
+    /// Start, reload and `policy check` all ask this one question.
+    pub fn unauthenticated_exposure(&self, listen: SocketAddr, origin: &str) -> Option<Problem> {
+        if listen.ip().is_loopback() || !self.auth.keys.is_empty() || self.server.allow_unauthenticated {
+            return None;
+        }
+        Some(Problem::at(
+            &self.server.listen,
+            format!(
+                "{origin} {listen} is not a loopback address and auth.keys lists no client key: anyone who can reach it could spend your upstream budget; list client keys, or set server.allow_unauthenticated: true if the network is the boundary"
+            ),
+        ))
+    }
+
     /// The all-cloud baseline: the backend named by `routing.baseline_backend`,
     /// else the first of `routing.remote_backends`, else the first remote backend.
     pub fn baseline(&self) -> Option<(&str, Price)> {
@@ -968,7 +997,66 @@ fn shape_problem(err: &serde_saphyr::Error, text: &str) -> Problem {
     if let Some(hint) = misindented_hint(&message, text, line, column) {
         message.push_str(&hint);
     }
+    // The parser notices a flow collection left open only where something
+    // else cannot continue it, a line or more later; the mistake is the
+    // opening bracket, so that is where the problem is.
+    let opener = if message.contains("flow mapping") {
+        Some(b'{')
+    } else if message.contains("flow sequence") {
+        Some(b'[')
+    } else {
+        None
+    };
+    if let Some(opener) = opener
+        && let Some((open_line, open_column)) = unclosed_flow_opening(text, opener, line, column)
+    {
+        return Problem {
+            line: open_line,
+            column: open_column,
+            message: format!("this `{}` is never closed ({message})", opener as char),
+        };
+    }
     Problem { line, column, message }
+}
+
+/// The innermost `opener` (`{` or `[`) still open at 1-based `line:column`,
+/// as `(line, column)`. Brackets in quoted scalars and in comments do not count.
+fn unclosed_flow_opening(text: &str, opener: u8, line: u64, column: u64) -> Option<(u64, u64)> {
+    let mut open: Vec<(u8, u64, u64)> = Vec::new();
+    for (at_line, content) in (1u64..).zip(text.lines()) {
+        if at_line > line {
+            break;
+        }
+        let mut quote: Option<u8> = None;
+        let mut previous = b' ';
+        let bytes = content.as_bytes();
+        for (i, &byte) in bytes.iter().enumerate() {
+            let at_column = i as u64 + 1;
+            if at_line == line && at_column >= column {
+                break;
+            }
+            match quote {
+                Some(b'"') if byte == b'"' && previous != b'\\' => quote = None,
+                Some(b'\'') if byte == b'\'' => quote = None,
+                Some(_) => {}
+                None => match byte {
+                    b'#' if previous.is_ascii_whitespace() => break,
+                    // A quote starts a quoted scalar only where a scalar starts.
+                    b'"' | b'\'' if matches!(previous, b' ' | b'\t' | b'{' | b'[' | b',' | b':') => quote = Some(byte),
+                    b'{' | b'[' => open.push((byte, at_line, at_column)),
+                    b'}' | b']' => {
+                        open.pop();
+                    }
+                    _ => {}
+                },
+            }
+            previous = byte;
+        }
+    }
+    open.into_iter()
+        .rev()
+        .find(|(bracket, _, _)| *bracket == opener)
+        .map(|(_, line, column)| (line, column))
 }
 
 /// For a "missing field `KEY`" problem: the nearest line that does set `KEY`,
@@ -1172,6 +1260,52 @@ routing:
         let unknown_detector = format!("{MINIMAL}privacy:\n  detectors: [passport]\n");
         let found = problems(&unknown_detector);
         assert_eq!((found.len(), found[0].line), (1, 12), "{found:?}");
+    }
+
+    #[test]
+    fn an_unclosed_flow_mapping_is_reported_where_it_opens() {
+        let text = MINIMAL.replace(
+            "ambiguous: remote }",
+            "ambiguous: remote\nserver:\n  listen: 127.0.0.1:8080\n",
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (10, 15), "{found:?}");
+        assert!(found[0].message.contains("`{` is never closed"), "{found:?}");
+        // At the end of the file too.
+        let at_end = MINIMAL.replace("ambiguous: remote }", "ambiguous: remote");
+        let found = problems(&at_end);
+        assert_eq!((found[0].line, found[0].column), (10, 15), "{found:?}");
+        // A bracket in a comment or a quoted scalar closes nothing.
+        for closed_in_words in ["ambiguous: remote # }", "ambiguous: remote, x: 'a }'"] {
+            let text = MINIMAL.replace("ambiguous: remote }", closed_in_words);
+            let found = problems(&text);
+            assert_eq!(
+                (found[0].line, found[0].column),
+                (10, 15),
+                "{closed_in_words}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_client_keys_is_a_located_problem_unless_allowed() {
+        let open = format!("{MINIMAL}server:\n  listen: 0.0.0.0:8080\n");
+        let found = problems(&open);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (12, 11), "{found:?}");
+        assert!(
+            found[0].message.contains("server.listen 0.0.0.0:8080")
+                && found[0].message.contains("allow_unauthenticated"),
+            "{found:?}"
+        );
+        let allowed = format!("{open}  allow_unauthenticated: true\n");
+        assert_eq!(problems(&allowed), Vec::new());
+        let keyed = format!("{open}auth:\n  keys:\n    - name: a\n      key_env: A_KEY\n");
+        assert_eq!(problems(&keyed), Vec::new());
+        for loopback in ["127.0.0.1:8080", "[::1]:8080"] {
+            assert_eq!(problems(&open.replace("0.0.0.0:8080", loopback)), Vec::new());
+        }
     }
 
     #[test]

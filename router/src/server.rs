@@ -1,4 +1,12 @@
 //! Runs the daemon: bind, serve until SIGTERM/SIGINT, then drain.
+//!
+//! Shutdown has two deadlines. On the signal the listener closes and requests
+//! in flight get `server.shutdown_drain_ms` to finish. Past that, each one
+//! still running is ended by us rather than by a closed socket: a stream gets
+//! a `server_shutting_down` error event, then its end; a request still
+//! waiting for its answer gets a 503 with the same error. They then get
+//! [`CUT_DELIVERY_TIMEOUT`] to reach their clients, and every one of them is
+//! recorded (log line, metrics, budget) like any other request.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -6,26 +14,45 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 use crate::http::{self, AppState};
-use crate::live::{Live, LivePolicy};
+use crate::live::{ListenAddress, Live, LivePolicy};
 use crate::policy::Policy;
 use crate::routing::sessions::Sessions;
 
 /// How often the budget ledger is written to disk when spend changed.
 const LEDGER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long the requests ended at the drain deadline get to deliver their
+/// error to their clients. It is one small write into a socket buffer, done
+/// in milliseconds unless a client has stopped reading; such a client is not
+/// worth holding up the exit for (a supervisor's kill may be close behind).
+const CUT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(2);
+
 pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<SocketAddr>) -> Result<(), String> {
     let listen = match listen_override {
-        Some(addr) => addr,
-        None => policy
-            .server
-            .listen_addr()
-            .map_err(|e| format!("listen address: {e}"))?,
+        Some(addr) => ListenAddress {
+            addr,
+            origin: "--listen",
+        },
+        None => ListenAddress {
+            addr: policy
+                .server
+                .listen_addr()
+                .map_err(|e| format!("listen address: {e}"))?,
+            origin: "server.listen",
+        },
     };
-    let live = Live::build(&policy, None).map_err(|err| err.in_file(policy_path))?;
-    if !live.keys.is_enabled() && !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "no client keys are configured: anyone who can reach this address can spend your upstream budget");
+    let live = listen
+        .admits(&policy)
+        .and_then(|()| Live::build(&policy, None))
+        .map_err(|err| err.in_file(policy_path))?;
+    if !live.keys.is_enabled() && !listen.addr.ip().is_loopback() {
+        tracing::warn!(
+            listen = %listen.addr,
+            "no client keys are configured (server.allow_unauthenticated): anyone who can reach this address can spend your upstream budget"
+        );
     }
     for backend in live.backends.all() {
         if let Err(reason) = backend.readiness() {
@@ -34,8 +61,9 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
     }
     let sessions = &policy.routing.sessions;
     let state = Arc::new(AppState {
-        policy: Arc::new(LivePolicy::new(policy_path, live)),
+        policy: Arc::new(LivePolicy::new(policy_path, live, listen)),
         sessions: Sessions::new(Duration::from_secs(sessions.ttl_s.value), sessions.max_entries.value),
+        past_drain: CancellationToken::new(),
     });
     tokio::spawn(state.policy.clone().watch(|outcome| {
         crate::metrics::metrics()
@@ -46,9 +74,9 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
     tokio::spawn(flush_ledger_periodically(state.clone()));
     let drain = Duration::from_millis(policy.server.shutdown_drain_ms);
 
-    let listener = TcpListener::bind(listen)
+    let listener = TcpListener::bind(listen.addr)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .map_err(|e| format!("cannot listen on {}: {e}", listen.addr))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(listen = %bound, "switchyard is serving");
 
@@ -67,11 +95,21 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
         drain_ms = drain.as_millis() as u64,
         "shutting down: no new connections, finishing in-flight requests"
     );
-    let result = match tokio::time::timeout(drain, server).await {
+    let result = match tokio::time::timeout(drain, server.as_mut()).await {
         Ok(result) => result.map_err(|e| e.to_string()),
         Err(_) => {
-            tracing::warn!("drain timeout reached; cutting remaining requests");
-            Ok(())
+            tracing::warn!("drain timeout reached; ending the requests still running, each with an error");
+            state.past_drain.cancel();
+            match tokio::time::timeout(CUT_DELIVERY_TIMEOUT, server).await {
+                Ok(result) => result.map_err(|e| e.to_string()),
+                Err(_) => {
+                    tracing::warn!(
+                        timeout_ms = CUT_DELIVERY_TIMEOUT.as_millis() as u64,
+                        "some clients did not take their error in time; closing their connections"
+                    );
+                    Ok(())
+                }
+            }
         }
     };
     flush_ledger(&state);

@@ -92,21 +92,12 @@ impl Daemon {
     /// Starts the daemon in a given directory (the policy file and the log are
     /// written there), e.g. the directory of a previous run, to restart it.
     pub fn start_in(dir: PathBuf, policy: &str, env: &[(&str, &str)]) -> Daemon {
-        let policy_path = dir.join("policy.yaml");
-        std::fs::write(&policy_path, policy).unwrap();
-        let log_path = dir.join("switchyard.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(binary())
-            .args(["serve", "--policy"])
-            .arg(&policy_path)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("SWITCHYARD_LOG", "info")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("switchyard starts");
+        Daemon::start_listening(dir, "127.0.0.1:0", policy, env)
+    }
+
+    /// Starts the daemon with `--listen listen` (a port of 0 picks a free one).
+    pub fn start_listening(dir: PathBuf, listen: &str, policy: &str, env: &[(&str, &str)]) -> Daemon {
+        let (child, log_path) = spawn_serve(&dir, listen, policy, env);
         let mut daemon = Daemon {
             child,
             addr: String::new(),
@@ -130,7 +121,8 @@ impl Daemon {
                     .nth(1)
                     .and_then(|rest| rest.split_whitespace().next())
                     .expect("listen= in log");
-                return addr.to_string();
+                // Listening on every interface includes loopback.
+                return addr.replace("0.0.0.0:", "127.0.0.1:");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -194,6 +186,66 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// `switchyard serve --policy DIR/policy.yaml --listen LISTEN`, logging to
+/// `DIR/switchyard.log`.
+fn spawn_serve(dir: &std::path::Path, listen: &str, policy: &str, env: &[(&str, &str)]) -> (Child, PathBuf) {
+    let policy_path = dir.join("policy.yaml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let log_path = dir.join("switchyard.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let child = Command::new(binary())
+        .args(["serve", "--policy"])
+        .arg(&policy_path)
+        .args(["--listen", listen])
+        .env("SWITCHYARD_LOG", "info")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("switchyard starts");
+    (child, log_path)
+}
+
+/// Runs `switchyard serve` as [`Daemon::start_listening`] would, for a start
+/// that must be refused: its exit code and everything it printed. Panics if
+/// it starts serving instead, or neither exits nor serves within 20 s.
+pub fn refused_start(dir: PathBuf, listen: &str, policy: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let (mut child, log_path) = spawn_serve(&dir, listen, policy, env);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let exited = child.try_wait().unwrap();
+        let log = strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        if let Some(status) = exited {
+            return (status.code(), log);
+        }
+        if log.contains("switchyard is serving") || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("switchyard was expected to refuse to start:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `switchyard policy check` on a file holding `text`: whether it passed, and
+/// what it printed, with the file's path written `FILE`.
+pub fn policy_check(text: &str) -> (bool, String) {
+    let dir = scratch_dir("policy-check");
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, text).unwrap();
+    let output = Command::new(binary())
+        .args(["policy", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.success(),
+        text.replace(&path.display().to_string(), "FILE"),
+    )
 }
 
 impl Drop for Daemon {

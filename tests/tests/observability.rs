@@ -168,6 +168,63 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     );
 }
 
+#[tokio::test]
+async fn a_request_whose_client_leaves_before_its_answer_is_still_recorded() {
+    let double = CloudDouble::start();
+    let daemon = Daemon::start(
+        &switchyard_e2e::policy_for(&double.base_url(), ""),
+        &[("DOUBLE_API_KEY", DOUBLE_API_KEY)],
+    );
+    // slow-first-byte answers after 3 s, and the daemon gives it 1 s from
+    // when it calls it: a client that gives up after 0.5 s of its own always
+    // leaves first, however slow the machine.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(daemon.url("/v1/chat/completions"))
+        .header("x-request-id", "client-left")
+        .json(&json!({ "model": "slow-first-byte", "messages": [{ "role": "user", "content": "hello" }] }))
+        .send()
+        .await;
+    assert!(gone.is_err_and(|err| err.is_timeout()), "the client gave up");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let finished = loop {
+        let log = daemon.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("request finished") && l.contains("request_id=client-left"))
+        {
+            break line.to_string();
+        }
+        assert!(Instant::now() < deadline, "the request was not recorded:\n{log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for field in [
+        "status=499",
+        "outcome=\"client_disconnected\"",
+        "route=\"remote\"",
+        "backend=\"slow-first-byte\"",
+        "reason=\"model-pinned\"",
+    ] {
+        assert!(finished.contains(field), "{field} missing: {finished}");
+    }
+    let metrics = daemon.metrics().await;
+    let labels = [
+        "route=\"remote\"",
+        "backend=\"slow-first-byte\"",
+        "outcome=\"4xx\"",
+        "reason=\"model-pinned\"",
+    ];
+    let counted: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_requests_total{") && labels.iter().all(|label| l.contains(label)))
+        .collect();
+    assert!(counted.len() == 1 && counted[0].ends_with("} 1"), "{metrics}");
+}
+
 /// A free loopback port.
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

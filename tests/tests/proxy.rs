@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, http_client, policy_for};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, http_client, policy_for};
 
 fn start() -> (CloudDouble, Daemon) {
     let double = CloudDouble::start();
@@ -453,6 +453,106 @@ async fn client_keys_are_enforced_when_configured() {
 }
 
 #[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_may_be_followed_by_several_spaces() {
+    let double = CloudDouble::start();
+    let policy = policy_for(
+        &double.base_url(),
+        "auth:\n  keys:\n    - name: team-a\n      key_env: TEAM_A_KEY\n",
+    );
+    let daemon = Daemon::start(
+        &policy,
+        &[("DOUBLE_API_KEY", DOUBLE_API_KEY), ("TEAM_A_KEY", "sk-team-a-secret")],
+    );
+    let send = |authorization: &'static str| {
+        http_client()
+            .post(daemon.url("/v1/chat/completions"))
+            .header("authorization", authorization)
+            .json(&chat("echo", false))
+            .send()
+    };
+    // RFC 7235: the scheme is case-insensitive, and 1*SP separates it from the key.
+    for authorization in [
+        "bearer sk-team-a-secret",
+        "BEARER sk-team-a-secret",
+        "Bearer   sk-team-a-secret",
+    ] {
+        assert_eq!(send(authorization).await.unwrap().status(), 200, "{authorization:?}");
+    }
+    // Nothing looser: no tab, no missing space, no other scheme.
+    for authorization in [
+        "Bearer\tsk-team-a-secret",
+        "Bearersk-team-a-secret",
+        "Basic sk-team-a-secret",
+    ] {
+        assert_error(send(authorization).await.unwrap(), 401, "invalid_api_key").await;
+    }
+}
+
+/// `policy_for` with `setting` added to its `server:` section.
+fn with_server_setting(policy: &str, setting: &str) -> String {
+    let changed = policy.replacen("server:\n", &format!("server:\n  {setting}\n"), 1);
+    assert_ne!(changed, policy, "no server section");
+    changed
+}
+
+#[tokio::test]
+async fn listening_beyond_loopback_without_client_keys_is_refused_unless_the_policy_allows_it() {
+    let double = CloudDouble::start();
+    let env = [("DOUBLE_API_KEY", DOUBLE_API_KEY)];
+    let open = policy_for(&double.base_url(), "");
+
+    // The command line's address is held to the same rule as the file's.
+    let (code, output) = daemon::refused_start(daemon::scratch_dir("open"), "0.0.0.0:0", &open, &env);
+    assert_ne!(code, Some(0), "{output}");
+    assert!(
+        output.contains("--listen 0.0.0.0:0 is not a loopback address") && output.contains("allow_unauthenticated"),
+        "{output}"
+    );
+    // `policy check` says it of the file, where `server.listen` is.
+    let (ok, text) = daemon::policy_check(&with_server_setting(&open, "listen: 0.0.0.0:8080"));
+    assert!(!ok, "{text}");
+    assert!(
+        text.starts_with("FILE:2:11: server.listen 0.0.0.0:8080 is not a loopback address"),
+        "{text}"
+    );
+
+    // Said explicitly, it starts, and the warning stays.
+    let allowed = with_server_setting(&open, "allow_unauthenticated: true");
+    assert!(daemon::policy_check(&allowed).0);
+    let daemon = Daemon::start_listening(daemon::scratch_dir("open"), "0.0.0.0:0", &allowed, &env);
+    assert_eq!(post_chat(&daemon, chat("echo", false)).await.status(), 200);
+    assert!(
+        daemon.log().contains("no client keys are configured"),
+        "{}",
+        daemon.log()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_that_would_open_a_non_loopback_address_to_anyone_is_rejected() {
+    let double = CloudDouble::start();
+    let keyed = policy_for(
+        &double.base_url(),
+        "auth:\n  keys:\n    - name: team-a\n      key_env: TEAM_A_KEY\n",
+    );
+    let daemon = Daemon::start_listening(
+        daemon::scratch_dir("reload-open"),
+        "0.0.0.0:0",
+        &keyed,
+        &[("DOUBLE_API_KEY", DOUBLE_API_KEY), ("TEAM_A_KEY", "sk-team-a-secret")],
+    );
+    std::fs::write(daemon.policy_path(), policy_for(&double.base_url(), "")).unwrap();
+    daemon.until_logged("policy reload rejected").await;
+    assert!(
+        daemon.log().contains("--listen 0.0.0.0:0 is not a loopback address"),
+        "{}",
+        daemon.log()
+    );
+    // The policy in force, with its key, keeps serving.
+    assert_error(post_chat(&daemon, chat("echo", false)).await, 401, "invalid_api_key").await;
+}
+
+#[tokio::test]
 async fn no_secret_appears_in_logs_or_responses() {
     let (_double, daemon) = start();
     let mut seen = String::new();
@@ -550,6 +650,51 @@ async fn a_backend_without_its_key_is_unready_and_says_why() {
     .await;
     assert!(body["error"]["message"].as_str().unwrap().contains("DOUBLE_API_KEY"));
     assert!(double.requests().is_empty());
+}
+
+#[tokio::test]
+async fn a_stream_still_running_at_the_drain_deadline_ends_with_an_error_event_and_is_recorded() {
+    let double = CloudDouble::start();
+    let policy = policy_for(&double.base_url(), "").replace("shutdown_drain_ms: 5000", "shutdown_drain_ms: 300");
+    let mut daemon = Daemon::start(&policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    // slow-stream sends a chunk every 100 ms for a minute: far past the drain.
+    let mut response = http_client()
+        .post(daemon.url("/v1/chat/completions"))
+        .header("x-request-id", "cut-at-shutdown")
+        .json(&chat("slow-stream", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().expect("a first chunk");
+    let status = daemon.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+
+    let mut text = String::from_utf8_lossy(&first).to_string();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => text.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(None) => break,
+            Err(err) => panic!("the stream was cut without its end ({err}):\n{text}"),
+        }
+    }
+    let events = sse_events(&text);
+    let (last, ticks) = events.split_last().unwrap();
+    assert!(ticks.iter().all(|e| e.contains("tick")), "{text}");
+    let error: Value = serde_json::from_str(last).unwrap();
+    assert_eq!(error["error"]["code"], "server_shutting_down", "{text}");
+    assert_eq!(error["error"]["type"], "server_error", "{text}");
+    assert!(
+        error["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{text}"
+    );
+
+    let log = daemon.log();
+    let finished = log
+        .lines()
+        .find(|l| l.contains("request finished") && l.contains("cut-at-shutdown"))
+        .unwrap_or_else(|| panic!("the cut stream was not recorded:\n{log}"));
+    assert!(finished.contains("status=503"), "{finished}");
 }
 
 #[tokio::test]

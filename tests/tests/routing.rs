@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, sample, without_reasoning};
+use switchyard_e2e::{
+    CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, sample, without_reasoning,
+};
 
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
 const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
@@ -451,6 +453,67 @@ async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
         "{}",
         r.body
     );
+}
+
+#[test]
+fn a_budget_file_with_an_impossible_spend_stops_the_start_naming_the_file_and_the_entry() {
+    let double = CloudDouble::start();
+    let policy = switchyard_e2e::policy_for(
+        &double.base_url(),
+        "budgets:\n  state_file: spend.json\n  global: { daily_usd: 10 }\n",
+    );
+    for (spend, entry) in [
+        (r#"{"daily_usd": -4, "monthly_usd": 1}"#, "global.daily_usd is -4"),
+        (r#"{"daily_usd": 2, "monthly_usd": 1}"#, "global.daily_usd is 2 but"),
+    ] {
+        let dir = daemon::scratch_dir("corrupt-budget");
+        let file = dir.join("spend.json");
+        let state = format!(r#"{{"day": "2026-11-24", "month": "2026-11", "global": {spend}, "keys": {{}}}}"#);
+        std::fs::write(&file, state).unwrap();
+        let (code, output) = daemon::refused_start(dir, "127.0.0.1:0", &policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+        assert_ne!(code, Some(0), "{output}");
+        assert!(
+            output.contains(&format!("budget state file {} is corrupt", file.display())) && output.contains(entry),
+            "{output}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_policy_file_is_logged_the_policy_in_force_stays_and_its_return_is_reloaded() {
+    let double = CloudDouble::start();
+    let text = switchyard_e2e::policy_for(&double.base_url(), "");
+    let daemon = start(&text);
+    std::fs::remove_file(daemon.policy_path()).unwrap();
+    daemon.until_logged("policy file cannot be read").await;
+    assert!(daemon.log().contains("the policy in force stays"), "{}", daemon.log());
+    let r = send(
+        &daemon,
+        &json!({ "model": "echo", "messages": [{ "role": "user", "content": "hi" }] }),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    std::fs::write(daemon.policy_path(), &text).unwrap();
+    daemon.until_logged("policy file is back").await;
+    daemon.until_logged("policy reloaded").await;
+}
+
+#[test]
+fn an_unclosed_flow_mapping_is_reported_where_it_opens() {
+    let double = CloudDouble::start();
+    let good = policy(&double, ALL_LOCAL, "");
+    let bad = good.replacen(
+        "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }",
+        "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning",
+        1,
+    );
+    assert_ne!(bad, good);
+    let line = bad.lines().position(|l| l.starts_with("  thresholds: {")).unwrap() + 1;
+    let (ok, text) = daemon::policy_check(&bad);
+    assert!(!ok);
+    assert!(text.starts_with(&format!("FILE:{line}:15: ")), "line {line}: {text}");
 }
 
 /// Requests admitted together cannot overrun the budget: each remote call holds

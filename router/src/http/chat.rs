@@ -12,6 +12,7 @@ use futures_util::StreamExt;
 
 use std::time::Instant;
 
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
@@ -41,27 +42,19 @@ pub async fn chat_completions(
     let caller = caller.map_or(Caller::Anonymous, |Extension(caller)| caller);
     // The policy in force when the request arrived serves it to the end.
     let live = state.policy.current();
-    let mut record = RequestRecord {
-        request_id: request_id.clone(),
+    // Dropped unfinished (the client went away), the record writes itself.
+    let mut record = RequestRecord::new(
+        request_id.clone(),
         started,
-        backend_started: None,
-        decision_seconds: None,
-        route: "none",
-        backend: SELF_BACKEND.to_string(),
-        reason: "refused",
-        score: None,
-        escalated_from: None,
-        status: 0,
-        price: Price::FREE,
-        baseline: live.baseline.clone(),
-        caller: routing::caller_name(&caller).map(str::to_string),
-        ledger: live.ledger.clone(),
-        reservation: None,
-        metrics: live.metrics_enabled,
-    };
+        SELF_BACKEND,
+        live.baseline.clone(),
+        routing::caller_name(&caller).map(str::to_string),
+        live.ledger.clone(),
+        live.metrics_enabled,
+    );
     // A request the policy refuses before any backend is called says why, like
     // an answered one (a refusal after the call keeps its decision's reason).
-    let refused = |record: RequestRecord, err: ApiError| {
+    let refused = |mut record: RequestRecord, err: ApiError| {
         let reason = match &err {
             ApiError::Route(route) if record.backend_started.is_none() => Some(route.reason()),
             _ => None,
@@ -71,13 +64,10 @@ pub async fn chat_completions(
             response
                 .headers_mut()
                 .insert(REASON, HeaderValue::from_static(reason.as_str()));
+            record.reason = reason.as_str();
         }
-        RequestRecord {
-            status: response.status().as_u16(),
-            reason: reason.map_or(record.reason, Reason::as_str),
-            ..record
-        }
-        .finish(None, None);
+        record.status = response.status().as_u16();
+        record.finish(None, None);
         response
     };
     let bytes = match read_body(&headers, body, live.max_body_bytes).await {
@@ -96,15 +86,25 @@ pub async fn chat_completions(
     };
     record.decision_seconds = Some(deciding.elapsed().as_secs_f64());
     record.score = decision.score;
+    // What the record says if the client leaves before the answer: the decision.
+    record.route = decision.tier.as_str();
+    record.backend = decision.backend.name().to_string();
+    record.reason = decision.reason.as_str();
+    record.price = routing::price_of(&decision.backend);
     record.backend_started = Some(Instant::now());
     let deadline = tokio::time::Instant::now() + live.request_deadline;
-    let answer = ladder::answer(&decision, &request, &request_id, deadline, &live.ladder)
-        .instrument(tracing::info_span!(
+    let answering =
+        ladder::answer(&decision, &request, &request_id, deadline, &live.ladder).instrument(tracing::info_span!(
             "answer",
             route = decision.tier.as_str(),
             backend = decision.backend.name()
-        ))
-        .await;
+        ));
+    // Past the shutdown drain, a request still waiting for its answer gets a
+    // 503 instead of a connection closed under it.
+    let answer = tokio::select! {
+        answer = answering => answer,
+        () = state.past_drain.cancelled() => Err(ApiError::ShuttingDown),
+    };
     let (backend, tier, degraded, escalated_from, weakness) = match &answer {
         Ok(a) => (a.backend.clone(), a.tier, a.degraded, a.escalated_from, a.weakness),
         Err(_) => (decision.backend.clone(), decision.tier, None, None, None),
@@ -119,7 +119,7 @@ pub async fn chat_completions(
     let mut response = match answer {
         Ok(answer) => {
             record.reservation = answer.reservation;
-            respond(answer.reply, record)
+            respond(answer.reply, record, &state.past_drain)
         }
         Err(err) => refused(record, err),
     };
@@ -141,7 +141,7 @@ pub async fn chat_completions(
 
 /// The HTTP response for a backend's reply, with its cost when known; the
 /// request is recorded now (whole answers) or when its stream ends.
-fn respond(reply: ChatReply, mut record: RequestRecord) -> Response {
+fn respond(reply: ChatReply, mut record: RequestRecord, past_drain: &CancellationToken) -> Response {
     let price = record.price;
     match reply {
         ChatReply::Complete {
@@ -165,7 +165,7 @@ fn respond(reply: ChatReply, mut record: RequestRecord) -> Response {
         }
         ChatReply::Stream { events, headers, usage } => {
             record.status = 200;
-            let body = Body::from_stream(Recorded::new(events, record, usage));
+            let body = Body::from_stream(Recorded::new(events, record, usage, past_drain));
             let mut response = (StatusCode::OK, body).into_response();
             let out = response.headers_mut();
             out.extend(headers);

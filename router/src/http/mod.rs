@@ -11,6 +11,7 @@ mod models;
 mod observe;
 
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use axum::Router;
@@ -35,6 +36,9 @@ pub struct AppState {
     pub policy: Arc<LivePolicy>,
     /// Sticky conversations, kept across reloads.
     pub sessions: Sessions,
+    /// Cancelled when the shutdown drain runs out: requests still running end
+    /// then, each with an error its client can read (see `server::serve`).
+    pub past_drain: CancellationToken,
 }
 
 /// The request id, available to handlers as an extension.

@@ -72,6 +72,9 @@ pub enum ApiError {
     LocalBusy { backend: String, detail: String },
     /// The policy leaves no tier that can take the request.
     Route(RouteError),
+    /// The daemon is stopping and its shutdown drain ran out before this
+    /// request's answer ended.
+    ShuttingDown,
 }
 
 /// An upstream's own error response, as much of it as is safe to pass on:
@@ -154,7 +157,9 @@ impl ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } | ApiError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Upstream(e) => e.status,
             ApiError::UpstreamAuth { .. }
             | ApiError::UpstreamUnreachable { .. }
@@ -184,6 +189,7 @@ impl ApiError {
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::LocalBusy { .. } => "engine_busy",
             ApiError::Route(e) => e.code(),
+            ApiError::ShuttingDown => "server_shutting_down",
         }
     }
 
@@ -207,6 +213,9 @@ impl ApiError {
             | ApiError::UpstreamStreamCut { .. }
             | ApiError::UpstreamInvalid { .. } => "upstream_error",
             ApiError::Route(e) => e.error_type(),
+            // OpenAI's type for failures on the server's side, which SDKs and
+            // retry logic treat as retryable; the request was sound.
+            ApiError::ShuttingDown => "server_error",
         }
     }
 
@@ -264,6 +273,9 @@ impl ApiError {
             ApiError::ContextLengthExceeded { message } => message.clone(),
             ApiError::LocalBusy { backend, detail } => format!("Backend `{backend}` is busy: {detail}. Retry shortly."),
             ApiError::Route(e) => e.message(),
+            ApiError::ShuttingDown => {
+                "The server is shutting down and this request did not finish in time. Retry it.".to_string()
+            }
         }
     }
 

@@ -113,6 +113,34 @@ pub struct Spend {
 }
 
 impl SpendState {
+    /// The first entry no ledger could have written, described with its path
+    /// in the file (`keys."team-a".daily_usd is -3`), if any.
+    fn first_impossible_entry(&self) -> Option<String> {
+        let mut scopes: Vec<(String, Spend)> = vec![("global".to_string(), self.global)];
+        let mut keys: Vec<_> = self.keys.iter().collect();
+        keys.sort_by(|a, b| a.0.cmp(b.0));
+        scopes.extend(keys.into_iter().map(|(key, spend)| (format!("keys.{key:?}"), *spend)));
+        // Every charge is added to both the day's and the month's sum, and
+        // both restart together at a new month; f64 addition is monotonic, so
+        // a day's sum never exceeds its month's, rounding included.
+        scopes.into_iter().find_map(|(scope, spend)| {
+            for (field, usd) in [("daily_usd", spend.daily_usd), ("monthly_usd", spend.monthly_usd)] {
+                if !usd.is_finite() {
+                    return Some(format!("{scope}.{field} is {usd}, not a finite amount"));
+                }
+                if usd < 0.0 {
+                    return Some(format!("{scope}.{field} is {usd}: spend cannot be negative"));
+                }
+            }
+            (spend.daily_usd > spend.monthly_usd).then(|| {
+                format!(
+                    "{scope}.daily_usd is {} but its month's spend, {scope}.monthly_usd, is only {}",
+                    spend.daily_usd, spend.monthly_usd
+                )
+            })
+        })
+    }
+
     /// Starts a new day or month when the calendar has moved on.
     fn roll_to(&mut self, day: &str) {
         let month = &day[..7];
@@ -219,14 +247,25 @@ impl Drop for Reservation {
 
 impl Ledger {
     /// Opens the spend file, or starts empty when there is none. A file that
-    /// cannot be parsed is an error: silently resetting spend would lift the budget.
+    /// cannot be parsed, or that holds a spend no ledger of ours could have
+    /// written (negative, not finite, a day's spend above its month's), is an
+    /// error naming the entry: silently resetting spend would lift the budget,
+    /// and guessing which figure is right would be as bad. The daemon refuses
+    /// to start on it, so the operator learns the ledger is corrupt before any
+    /// money moves, rather than from a budget that misbehaves later.
     pub fn open(path: &Path) -> Result<Ledger, String> {
-        let state = match std::fs::read(path) {
+        let state: SpendState = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|err| format!("budget state file {} is not valid: {err}", path.display()))?,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => SpendState::default(),
             Err(err) => return Err(format!("cannot read budget state file {}: {err}", path.display())),
         };
+        if let Some(impossible) = state.first_impossible_entry() {
+            return Err(format!(
+                "budget state file {} is corrupt: {impossible}; correct or remove that entry (removing it forgets that spend)",
+                path.display()
+            ));
+        }
         Ok(Ledger {
             path: path.to_path_buf(),
             state: Mutex::new(Books {
@@ -563,6 +602,34 @@ mod tests {
         );
         std::fs::write(&path, b"{not json").unwrap();
         assert!(Ledger::open(&path).unwrap_err().contains("not valid"));
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_file_with_an_impossible_spend_is_refused_naming_the_file_and_the_entry() {
+        let path = temp_path("impossible");
+        let good = r#"{"day":"2026-11-24","month":"2026-11","global":{"daily_usd":1,"monthly_usd":3},"keys":{"team-a":{"daily_usd":0.5,"monthly_usd":2}}}"#;
+        for (bad_from, bad_to, entry) in [
+            (
+                r#""daily_usd":0.5"#,
+                r#""daily_usd":-0.5"#,
+                r#"keys."team-a".daily_usd is -0.5"#,
+            ),
+            (r#""monthly_usd":3"#, r#""monthly_usd":-3"#, "global.monthly_usd is -3"),
+            (r#""monthly_usd":3"#, r#""monthly_usd":1e999"#, "global.monthly_usd"),
+            (r#""daily_usd":1,"#, r#""daily_usd":5,"#, "global.daily_usd is 5 but"),
+        ] {
+            let text = good.replacen(bad_from, bad_to, 1);
+            assert_ne!(text, good);
+            std::fs::write(&path, &text).unwrap();
+            let err = Ledger::open(&path).unwrap_err();
+            assert!(
+                err.contains(&path.display().to_string()) && err.contains(entry),
+                "{text}: {err}"
+            );
+        }
+        std::fs::write(&path, good).unwrap();
+        assert!(Ledger::open(&path).is_ok());
         std::fs::remove_file(&path).unwrap();
     }
 
