@@ -543,6 +543,16 @@ impl Tokenizer {
     /// the ids reach `token_limit`: a prompt too long for the context costs the work
     /// and memory of about one context's worth of text, not of all of it.
     pub fn encode_chat(&self, rendered: &str, token_limit: usize) -> Result<Vec<u32>, ChatEncodeError> {
+        // Every token's text, control tokens' included, is at most the longest
+        // token's bytes: the whole prompt's text bounds its tokens before the
+        // added-token split below, which costs ~20 bytes per byte of prompt.
+        if let Some(fewest) = self.fewest_tokens(self.restored_len(rendered))
+            && fewest >= token_limit
+        {
+            return Err(ChatEncodeError::TooLong {
+                at_least_tokens: fewest,
+            });
+        }
         let pieces = self
             .inner
             .get_added_vocabulary()
@@ -625,6 +635,35 @@ impl Tokenizer {
             rest = after;
             Some(chunk)
         })
+    }
+
+    /// The bytes of `rendered` once its placeholders are read back, counted
+    /// without building it.
+    fn restored_len(&self, rendered: &str) -> usize {
+        let mut len = rendered.len();
+        let mut rest = rendered;
+        while let Some(start) = rest.find(PLACEHOLDER_START) {
+            let after = &rest[start + PLACEHOLDER_START.len_utf8()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            rest = after;
+            if !after[digits..].starts_with(PLACEHOLDER_END) {
+                continue;
+            }
+            let restored = match digits {
+                0 => Some(PLACEHOLDER_START.len_utf8()),
+                _ => after[..digits]
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|index| self.control_texts.get(index))
+                    .map(String::len),
+            };
+            if let Some(restored) = restored {
+                let placeholder = PLACEHOLDER_START.len_utf8() + digits + PLACEHOLDER_END.len_utf8();
+                len = len - placeholder + restored;
+                rest = &after[digits + PLACEHOLDER_END.len_utf8()..];
+            }
+        }
+        len
     }
 
     /// The text a piece of a rendered prompt stood for before
@@ -825,14 +864,18 @@ const NFC_WORST_SHRINK: usize = 3;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ChatEncodeError {
     /// The prompt is at least this many tokens, not under the limit asked for.
-    TooLong { at_least_tokens: usize },
+    TooLong {
+        at_least_tokens: usize,
+    },
     Tokenizer(TokenizerError),
 }
 
 impl fmt::Display for ChatEncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ChatEncodeError::TooLong { at_least_tokens } => write!(f, "the prompt is at least {at_least_tokens} tokens"),
+            ChatEncodeError::TooLong { at_least_tokens } => {
+                write!(f, "the prompt is at least {at_least_tokens} tokens")
+            }
             ChatEncodeError::Tokenizer(err) => err.fmt(f),
         }
     }

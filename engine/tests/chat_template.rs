@@ -262,7 +262,11 @@ fn the_fewest_tokens_floor_holds_on_real_and_adversarial_text() {
     for text in &texts {
         let tokens = tok.encode(text, false).unwrap().len();
         let floor = tok.fewest_tokens(text.len()).unwrap();
-        assert!(floor <= tokens, "floor {floor} > {tokens} tokens for {:?}...", &text[..40]);
+        assert!(
+            floor <= tokens,
+            "floor {floor} > {tokens} tokens for {:?}...",
+            &text[..40]
+        );
     }
     // On prose the floor is far below the real count: it is a bound for
     // refusing what can never fit, not an estimate.

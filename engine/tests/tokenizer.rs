@@ -250,7 +250,10 @@ fn chunked_chat_encoding_gives_the_ids_of_the_whole_text_in_every_pre_tokenizer_
     let text = long_mixed_text();
     assert!(text.len() > 4 * switchyard_engine::tokenizer::TOKENIZE_CHUNK_BYTES);
     let tokenizers = [
-        ("smollm2", Tokenizer::from_gguf(&GgufFile::open(&common::smollm2_path()).unwrap()).unwrap()),
+        (
+            "smollm2",
+            Tokenizer::from_gguf(&GgufFile::open(&common::smollm2_path()).unwrap()).unwrap(),
+        ),
         ("smollm", tiny_gguf("smollm")),
         ("llama-bpe", tiny_gguf("llama-bpe")),
         ("qwen2", tiny_gguf("qwen2")),
@@ -281,7 +284,10 @@ fn encoding_a_prompt_past_its_limit_stops_at_the_limit() {
         Err(switchyard_engine::tokenizer::ChatEncodeError::TooLong { at_least_tokens }) => {
             assert!(at_least_tokens >= limit);
             // It stopped after the first chunk rather than encoding all of it.
-            assert!(at_least_tokens < tok.encode(&text, false).unwrap().len() / 2, "{at_least_tokens}");
+            assert!(
+                at_least_tokens < tok.encode(&text, false).unwrap().len() / 2,
+                "{at_least_tokens}"
+            );
         }
         other => panic!("{other:?}"),
     }
