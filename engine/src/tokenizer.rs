@@ -16,6 +16,14 @@
 //! table below, control and user-defined tokens registered as added tokens so that
 //! `<|im_start|>` is one token and never split into `<`, `|`, ...).
 //!
+//! A chat prompt mixes two kinds of text: the template's own markers, which must be
+//! control tokens, and what the client wrote, which must be plain text even where it
+//! spells a control token (`<|im_end|>\n<|im_start|>system` typed into a message would
+//! otherwise forge a turn). [`Tokenizer::escape_control_text`] hides every control-token
+//! string in client text behind a placeholder before rendering; [`Tokenizer::encode_chat`]
+//! parses the rendered prompt's control tokens and gives each placeholder back as the
+//! plain text it stood for. See [`PLACEHOLDER_START`] for the placeholder alphabet.
+//!
 //! Decoding does not go through `tokenizers`: every id is mapped to its bytes once, at
 //! load, by the rule of HF's ByteLevel decoder (a token whose characters are all in the
 //! byte alphabet is those bytes; any other token, e.g. an added `<think>` or a raw
@@ -31,7 +39,10 @@ use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, DecoderWrapper, ModelWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+use tokenizers::{
+    AddedToken, DecoderWrapper, ModelWrapper, NormalizerWrapper, OffsetReferential, OffsetType, PreTokenizerWrapper,
+    SplitDelimiterBehavior,
+};
 
 use crate::gguf::GgufFile;
 use crate::packed::Packed;
@@ -175,6 +186,17 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     chat_template: Option<String>,
+    /// The text of every control token, longest first (so that the longest match wins,
+    /// as in `tokenizers`' own matcher), for [`Tokenizer::escape_control_text`].
+    control_texts: Vec<String>,
+    /// The characters an escape may start at: [`PLACEHOLDER_START`] and the first
+    /// character of each control token (a handful: `<`, `[`, ...).
+    escape_starts: Vec<char>,
+    /// Whether an added token's text holds a space (see [`Tokenizer::chunks`]).
+    added_token_holds_space: bool,
+    /// The bytes of the longest token: no token covers more text than this, which is
+    /// what bounds a text's token count from below ([`Tokenizer::fewest_tokens`]).
+    longest_token_bytes: usize,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -304,10 +326,18 @@ impl Tokenizer {
             return Err(error("add_bos_token/add_eos_token is set but the token id is not"));
         }
 
+        let token_bytes: Packed = tokens.iter().map(|t| token_to_bytes(t)).collect();
         Ok(Tokenizer {
+            escape_starts: escape_starts(&control_texts(&inner)),
+            control_texts: control_texts(&inner),
+            longest_token_bytes: longest_token_bytes(&token_bytes),
+            added_token_holds_space: inner
+                .get_added_tokens_decoder()
+                .values()
+                .any(|token| token.content.contains(' ')),
             inner,
             literal_specials: OnceLock::new(),
-            token_bytes: tokens.iter().map(|t| token_to_bytes(t)).collect(),
+            token_bytes,
             kinds,
             bos,
             eos,
@@ -395,6 +425,13 @@ impl Tokenizer {
         };
 
         Ok(Tokenizer {
+            escape_starts: escape_starts(&control_texts(&inner)),
+            control_texts: control_texts(&inner),
+            longest_token_bytes: longest_token_bytes(&token_bytes),
+            added_token_holds_space: inner
+                .get_added_tokens_decoder()
+                .values()
+                .any(|token| token.content.contains(' ')),
             inner,
             literal_specials: OnceLock::new(),
             token_bytes,
@@ -417,19 +454,287 @@ impl Tokenizer {
     /// already starts with it: chat templates often write `{{ bos_token }}` themselves,
     /// and a doubled BOS degrades output (llama.cpp strips it; HF skips adding it).
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, TokenizerError> {
-        let tokenizer = if parse_special {
-            &self.inner
-        } else {
-            self.literal_specials.get_or_init(|| {
-                let mut literal = self.inner.clone();
-                literal.set_encode_special_tokens(true);
-                literal
-            })
-        };
+        let tokenizer = if parse_special { &self.inner } else { self.literal() };
         let encoding = tokenizer
             .encode_fast(text, false)
             .map_err(|e| error(format!("cannot encode: {e}")))?;
-        let body = encoding.get_ids();
+        Ok(self.with_bos_and_eos(encoding.get_ids()))
+    }
+
+    /// `text` with every control-token string in it (`<|im_end|>`, ...) and every
+    /// [`PLACEHOLDER_START`] replaced by a placeholder, or `None` when it holds neither
+    /// (the common case, which costs one scan and no copy). Apply it to every string a
+    /// client supplied before it goes through a chat template, then encode the rendered
+    /// prompt with [`Tokenizer::encode_chat`], which reads each placeholder back as the
+    /// plain text it replaced. User-defined tokens (`<think>`) are left alone: HF and
+    /// llama.cpp parse them in any text, and they cannot end a turn.
+    pub fn escape_control_text(&self, text: &str) -> Option<String> {
+        let mut out: Option<String> = None;
+        let mut copied_up_to = 0;
+        let mut at = 0;
+        while let Some(found) = text[at..].find(|c: char| self.escape_starts.contains(&c)) {
+            let start = at + found;
+            let rest = &text[start..];
+            let replaced = if rest.starts_with(PLACEHOLDER_START) {
+                Some((PLACEHOLDER_START.len_utf8(), None))
+            } else {
+                self.control_texts
+                    .iter()
+                    .position(|control| rest.starts_with(control.as_str()))
+                    .map(|index| (self.control_texts[index].len(), Some(index)))
+            };
+            match replaced {
+                Some((matched_bytes, index)) => {
+                    let out = out.get_or_insert_with(|| String::with_capacity(text.len() + 16));
+                    out.push_str(&text[copied_up_to..start]);
+                    out.push(PLACEHOLDER_START);
+                    if let Some(index) = index {
+                        out.push_str(&index.to_string());
+                    }
+                    out.push(PLACEHOLDER_END);
+                    at = start + matched_bytes;
+                    copied_up_to = at;
+                }
+                None => at = start + rest.chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        let mut out = out?;
+        out.push_str(&text[copied_up_to..]);
+        Some(out)
+    }
+
+    /// [`Tokenizer::escape_control_text`] applied to every string in `value` (messages,
+    /// template kwargs), object keys included: any of them may be printed by some
+    /// template (content, names, tool-call arguments through `tojson`, ...). Recursion is
+    /// as deep as the JSON, which `serde_json` parses to a depth of 128 at most.
+    pub fn escape_control_text_in(&self, value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let Some(escaped) = self.escape_control_text(text) {
+                    *text = escaped;
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|item| self.escape_control_text_in(item)),
+            serde_json::Value::Object(fields) => {
+                if fields.keys().any(|key| self.escape_control_text(key).is_some()) {
+                    *fields = std::mem::take(fields)
+                        .into_iter()
+                        .map(|(key, value)| (self.escape_control_text(&key).unwrap_or(key), value))
+                        .collect();
+                }
+                fields.values_mut().for_each(|field| self.escape_control_text_in(field));
+            }
+            serde_json::Value::Null | serde_json::Value::Bool(_) | serde_json::Value::Number(_) => {}
+        }
+    }
+
+    /// Ids of a chat prompt rendered from text escaped with
+    /// [`Tokenizer::escape_control_text`]: the control tokens the template wrote are
+    /// parsed, every placeholder is encoded as the plain text it replaced. The result is
+    /// what `encode(prompt, true)` gives for the template's text and
+    /// `encode(text, false)` gives for the client's, in one sequence: `tokenizers`
+    /// encodes the text between added tokens piece by piece anyway, so the pieces here
+    /// are the pieces it would see. BOS/EOS as in [`Tokenizer::encode`].
+    ///
+    /// Before any BPE work, the prompt's text is measured: when it is at least
+    /// `token_limit` tokens long by [`Tokenizer::fewest_tokens`], nothing is encoded
+    /// and the answer is [`ChatEncodeError::TooLong`]. Long text is then encoded a
+    /// chunk at a time (see [`TOKENIZE_CHUNK_BYTES`]), and encoding stops as soon as
+    /// the ids reach `token_limit`: a prompt too long for the context costs the work
+    /// and memory of about one context's worth of text, not of all of it.
+    pub fn encode_chat(&self, rendered: &str, token_limit: usize) -> Result<Vec<u32>, ChatEncodeError> {
+        // Every token's text, control tokens' included, is at most the longest
+        // token's bytes: the whole prompt's text bounds its tokens before the
+        // added-token split below, which costs ~20 bytes per byte of prompt.
+        if let Some(fewest) = self.fewest_tokens(self.restored_len(rendered))
+            && fewest >= token_limit
+        {
+            return Err(ChatEncodeError::TooLong {
+                at_least_tokens: fewest,
+            });
+        }
+        let pieces = self
+            .inner
+            .get_added_vocabulary()
+            .extract_and_normalize(None::<&NormalizerWrapper>, rendered);
+        enum Piece<'a> {
+            Added(Vec<u32>),
+            Text(std::borrow::Cow<'a, str>),
+        }
+        let mut text_bytes = 0;
+        let mut added_tokens = 0;
+        let pieces: Vec<Piece> = pieces
+            .get_splits(OffsetReferential::Original, OffsetType::Byte)
+            .into_iter()
+            .map(|(text, _, tokens)| match tokens {
+                Some(tokens) => {
+                    added_tokens += tokens.len();
+                    Piece::Added(tokens.iter().map(|t| t.id).collect())
+                }
+                None => {
+                    let text = self.restore_control_text(text);
+                    text_bytes += text.len();
+                    Piece::Text(text)
+                }
+            })
+            .collect();
+        if let Some(fewest) = self.fewest_tokens(text_bytes)
+            && fewest + added_tokens >= token_limit
+        {
+            return Err(ChatEncodeError::TooLong {
+                at_least_tokens: fewest + added_tokens,
+            });
+        }
+        let literal = self.literal();
+        let mut body = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Added(ids) => body.extend(ids),
+                Piece::Text(text) => {
+                    for chunk in self.chunks(&text) {
+                        let encoding = literal
+                            .encode_fast(chunk, false)
+                            .map_err(|e| ChatEncodeError::Tokenizer(error(format!("cannot encode: {e}"))))?;
+                        body.extend_from_slice(encoding.get_ids());
+                        // Chunks encode exactly as the whole would, so the ids so far
+                        // are a prefix of the prompt's: at least this many tokens.
+                        if body.len() >= token_limit {
+                            return Err(ChatEncodeError::TooLong {
+                                at_least_tokens: body.len(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(self.with_bos_and_eos(&body))
+    }
+
+    /// `text` cut into pieces of about [`TOKENIZE_CHUNK_BYTES`] that encode, one
+    /// after the other, to exactly the ids of the whole. Cuts fall only before a
+    /// space that sits between two ASCII letters (`word| word`): every
+    /// pre-tokenizer here ends a word at that space and starts the next with it
+    /// (GPT-2's ` ?\p{L}+`, Llama 3's and Qwen's `[^\r\n\p{L}\p{N}]?\p{L}+`), no
+    /// lookahead reaches across it, and NFC composes nothing across it. Text with
+    /// no such space (a single huge word, CJK without spaces) is one piece. A
+    /// tokenizer with an added token that holds a space is not cut at all: the
+    /// token might span the cut.
+    fn chunks<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> {
+        let cuttable = !self.added_token_holds_space;
+        let mut rest = text;
+        std::iter::from_fn(move || {
+            if rest.is_empty() {
+                return None;
+            }
+            let cut = if cuttable && rest.len() > TOKENIZE_CHUNK_BYTES {
+                word_boundary_after(rest, TOKENIZE_CHUNK_BYTES).unwrap_or(rest.len())
+            } else {
+                rest.len()
+            };
+            let (chunk, after) = rest.split_at(cut);
+            rest = after;
+            Some(chunk)
+        })
+    }
+
+    /// The bytes of `rendered` once its placeholders are read back, counted
+    /// without building it.
+    fn restored_len(&self, rendered: &str) -> usize {
+        let mut len = rendered.len();
+        let mut rest = rendered;
+        while let Some(start) = rest.find(PLACEHOLDER_START) {
+            let after = &rest[start + PLACEHOLDER_START.len_utf8()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            rest = after;
+            if !after[digits..].starts_with(PLACEHOLDER_END) {
+                continue;
+            }
+            let restored = match digits {
+                0 => Some(PLACEHOLDER_START.len_utf8()),
+                _ => after[..digits]
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|index| self.control_texts.get(index))
+                    .map(String::len),
+            };
+            if let Some(restored) = restored {
+                let placeholder = PLACEHOLDER_START.len_utf8() + digits + PLACEHOLDER_END.len_utf8();
+                len = len - placeholder + restored;
+                rest = &after[digits + PLACEHOLDER_END.len_utf8()..];
+            }
+        }
+        len
+    }
+
+    /// The text a piece of a rendered prompt stood for before
+    /// [`Tokenizer::escape_control_text`]. A placeholder the template cut or altered is
+    /// left as it is: private-use characters and digits, plain text either way.
+    fn restore_control_text<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        if !text.contains(PLACEHOLDER_START) {
+            return std::borrow::Cow::Borrowed(text);
+        }
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find(PLACEHOLDER_START) {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + PLACEHOLDER_START.len_utf8()..];
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let restored = match after[digits..].starts_with(PLACEHOLDER_END) {
+                false => None,
+                true if digits == 0 => Some(PLACEHOLDER_START.to_string()),
+                true => after[..digits]
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|index| self.control_texts.get(index).cloned()),
+            };
+            match restored {
+                Some(restored) => {
+                    out.push_str(&restored);
+                    rest = &after[digits + PLACEHOLDER_END.len_utf8()..];
+                }
+                None => {
+                    out.push(PLACEHOLDER_START);
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+        std::borrow::Cow::Owned(out)
+    }
+
+    /// The fewest tokens `text_bytes` bytes of text can encode to, or `None` when this
+    /// tokenizer's normalizer may shrink text by a factor we cannot bound.
+    ///
+    /// Byte-level BPE is lossless: the tokens' bytes, end to end, are the (normalized)
+    /// text, and no token holds more than `longest_token_bytes`; so B bytes are at least
+    /// ⌈B / longest⌉ tokens, whatever the text. That bound is sound (it never refuses a
+    /// text that would fit), unlike a bytes-per-token average measured on real text,
+    /// which a run of spaces or `=` beats by 10x or more. NFC (Qwen) composes up to
+    /// three characters into one, the worst being a Hangul syllable written as its
+    /// three 3-byte jamo (9 bytes to 3), so it divides the bound by 3.
+    pub fn fewest_tokens(&self, text_bytes: usize) -> Option<usize> {
+        let shrink = match self.inner.get_normalizer() {
+            None => 1,
+            Some(NormalizerWrapper::NFC(_)) => NFC_WORST_SHRINK,
+            Some(_) => return None,
+        };
+        Some(text_bytes.div_ceil(self.longest_token_bytes.max(1) * shrink))
+    }
+
+    /// The bytes of the longest token (see [`Tokenizer::fewest_tokens`]).
+    pub fn longest_token_bytes(&self) -> usize {
+        self.longest_token_bytes
+    }
+
+    fn literal(&self) -> &tokenizers::Tokenizer {
+        self.literal_specials.get_or_init(|| {
+            let mut literal = self.inner.clone();
+            literal.set_encode_special_tokens(true);
+            literal
+        })
+    }
+
+    fn with_bos_and_eos(&self, body: &[u32]) -> Vec<u32> {
         let mut ids = Vec::with_capacity(body.len() + 2);
         if let Some(bos) = self.bos.filter(|&bos| self.add_bos && body.first() != Some(&bos)) {
             ids.push(bos);
@@ -438,7 +743,7 @@ impl Tokenizer {
         if let Some(eos) = self.eos.filter(|&eos| self.add_eos && body.last() != Some(&eos)) {
             ids.push(eos);
         }
-        Ok(ids)
+        ids
     }
 
     /// Ids → text. Bytes that are not valid UTF-8 (a multi-byte character cut by the end
@@ -523,6 +828,87 @@ impl Tokenizer {
     pub fn chat_template(&self) -> Option<&str> {
         self.chat_template.as_deref()
     }
+}
+
+/// Starts a placeholder in escaped client text; [`PLACEHOLDER_END`] ends it. Between
+/// them: the index of a control token in the tokenizer's list (the placeholder stands
+/// for that token's text), or nothing (it stands for a `PLACEHOLDER_START` the client
+/// wrote). Since every `PLACEHOLDER_START` in client text is itself escaped, each one
+/// in a rendered prompt starts a placeholder or was written by the template, and the
+/// mapping back is exact. Private-use characters: no template writes them, and no
+/// special token contains them.
+pub const PLACEHOLDER_START: char = '\u{E000}';
+/// Ends a placeholder (see [`PLACEHOLDER_START`]).
+pub const PLACEHOLDER_END: char = '\u{E001}';
+
+/// Long text is encoded in chunks of about this many bytes (see
+/// [`Tokenizer::encode_chat`]). `tokenizers` holds ~100 bytes of working memory
+/// per byte of text (offsets for every byte, a string per token), so a chunk
+/// costs a few MB; and a context window of prose (8192 tokens at ~4.5 bytes a
+/// token, ~36 KB) is one or two chunks, so a prompt that fits is barely cut.
+pub const TOKENIZE_CHUNK_BYTES: usize = 64 * 1024;
+
+/// The first cut at or after `from` bytes into `text`: the byte offset of a space
+/// between two ASCII letters.
+fn word_boundary_after(text: &str, from: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    (from.max(1)..bytes.len().saturating_sub(1))
+        .find(|&i| bytes[i] == b' ' && bytes[i - 1].is_ascii_alphabetic() && bytes[i + 1].is_ascii_alphabetic())
+}
+
+/// The most NFC can shrink a text's UTF-8 bytes: a Hangul syllable's three
+/// 3-byte jamo compose into one 3-byte syllable.
+const NFC_WORST_SHRINK: usize = 3;
+
+/// Why a chat prompt was not encoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChatEncodeError {
+    /// The prompt is at least this many tokens, not under the limit asked for.
+    TooLong {
+        at_least_tokens: usize,
+    },
+    Tokenizer(TokenizerError),
+}
+
+impl fmt::Display for ChatEncodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChatEncodeError::TooLong { at_least_tokens } => {
+                write!(f, "the prompt is at least {at_least_tokens} tokens")
+            }
+            ChatEncodeError::Tokenizer(err) => err.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ChatEncodeError {}
+
+/// The text of every control token (added as special), longest first.
+fn control_texts(inner: &tokenizers::Tokenizer) -> Vec<String> {
+    let mut texts: Vec<String> = inner
+        .get_added_tokens_decoder()
+        .into_values()
+        .filter(|token| token.special && !token.content.is_empty())
+        .map(|token| token.content)
+        .collect();
+    texts.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    texts.dedup();
+    texts
+}
+
+fn escape_starts(control_texts: &[String]) -> Vec<char> {
+    let mut starts: Vec<char> = control_texts.iter().filter_map(|text| text.chars().next()).collect();
+    starts.push(PLACEHOLDER_START);
+    starts.sort_unstable();
+    starts.dedup();
+    starts
+}
+
+fn longest_token_bytes(token_bytes: &Packed) -> usize {
+    (0..token_bytes.len())
+        .filter_map(|id| token_bytes.get(id).map(<[u8]>::len))
+        .max()
+        .unwrap_or(1)
 }
 
 /// Decodes ids pushed one at a time and returns only complete UTF-8 text: a character

@@ -230,3 +230,65 @@ fn a_tokenizer_json_that_is_not_byte_level_bpe_is_refused() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert!(err.to_string().contains("byte-level BPE"), "{err}");
 }
+
+/// Text well over one encoding chunk, mixing what each pre-tokenizer treats
+/// differently: prose, code, digits, contractions, runs of spaces and
+/// newlines, accents written with combining marks, CJK, emoji, and the special
+/// tokens' spellings.
+fn long_mixed_text() -> String {
+    let mut text = String::new();
+    for text_case in ROUND_TRIP_TEXTS {
+        text.push_str(text_case);
+    }
+    text.push_str("We'll see: it's THEIR call. fn main() {\n    let x = 12345;\n}\n\n   \t e\u{301}te\u{301} ");
+    text.push_str("<|im_end|> <think> word word 2024 ");
+    text.repeat(2000)
+}
+
+#[test]
+fn chunked_chat_encoding_gives_the_ids_of_the_whole_text_in_every_pre_tokenizer_family() {
+    let text = long_mixed_text();
+    assert!(text.len() > 4 * switchyard_engine::tokenizer::TOKENIZE_CHUNK_BYTES);
+    let tokenizers = [
+        (
+            "smollm2",
+            Tokenizer::from_gguf(&GgufFile::open(&common::smollm2_path()).unwrap()).unwrap(),
+        ),
+        ("smollm", tiny_gguf("smollm")),
+        ("llama-bpe", tiny_gguf("llama-bpe")),
+        ("qwen2", tiny_gguf("qwen2")),
+        ("qwen35", tiny_gguf("qwen35")),
+        (
+            "qwen35 tokenizer.json",
+            Tokenizer::from_tokenizer_json(&fixtures().join("tiny_bpe/qwen35/tokenizer.json")).unwrap(),
+        ),
+    ];
+    for (family, tok) in &tokenizers {
+        let mut escaped = serde_json::Value::String(text.clone());
+        tok.escape_control_text_in(&mut escaped);
+        let chunked = tok.encode_chat(escaped.as_str().unwrap(), usize::MAX).unwrap();
+        assert!(
+            chunked == tok.encode(&text, false).unwrap(),
+            "{family}: chunked encoding differs from the whole text's"
+        );
+    }
+}
+
+#[test]
+fn encoding_a_prompt_past_its_limit_stops_at_the_limit() {
+    let tok = smollm2();
+    // Under the byte floor (so the text is encoded), far over the limit.
+    let limit = 1000;
+    let text = "word ".repeat(tok.longest_token_bytes() * limit / 5 - 10);
+    match tok.encode_chat(&text, limit) {
+        Err(switchyard_engine::tokenizer::ChatEncodeError::TooLong { at_least_tokens }) => {
+            assert!(at_least_tokens >= limit);
+            // It stopped after the first chunk rather than encoding all of it.
+            assert!(
+                at_least_tokens < tok.encode(&text, false).unwrap().len() / 2,
+                "{at_least_tokens}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -5,6 +5,18 @@
 //! as the engine produces them; streamed requests relay each as an OpenAI chunk.
 //! When the client goes away the channel closes, and the engine stops the
 //! generation at its next token.
+//!
+//! Rendering and tokenizing a prompt is CPU work proportional to its text, so
+//! it runs on tokio's blocking threads, [`PROMPTS_ENCODED_AT_ONCE`] at a time,
+//! never on the async workers that answer every other connection. Before any of
+//! it, a prompt whose text cannot fit the context window, whatever it says, is
+//! refused from its byte count alone (see [`Tokenizer::fewest_tokens`]): a
+//! pinned request with a 400, a routed one by being ineligible here.
+//!
+//! Client text is plain text: a control token spelled in a message
+//! (`<|im_end|>`) reaches the model as the characters it is, and only the chat
+//! template's own markers are control tokens (see
+//! [`Tokenizer::escape_control_text`]).
 
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -18,8 +30,8 @@ use serde_json::{Map, Value, json};
 use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent, LocalModel};
 use switchyard_engine::generate::{FinishReason, GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
 use switchyard_engine::sampling::{SampledToken, SamplingParams};
-use switchyard_engine::tokenizer::Tokenizer;
-use tokio::sync::{mpsc, oneshot};
+use switchyard_engine::tokenizer::{ChatEncodeError, Tokenizer};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::ChatReply;
 use crate::openai::Usage;
@@ -39,10 +51,21 @@ const UNSUPPORTED_FIELDS: &[&str] = &[
     "prediction",
 ];
 
+/// Prompts rendered and tokenized at once, on tokio's blocking threads. While
+/// `tokenizers` works, a prompt holds several times its text in memory (an
+/// offset pair for every byte, a string per piece); the text is bounded by the
+/// context window (see [`Tokenizer::fewest_tokens`]), and this bounds how many
+/// such texts are worked on together: 16 clients sending the largest prompts
+/// hold 2 prompts' worth of that memory and wait (asynchronously, holding no
+/// thread) for the rest. Two, not one, so that a short prompt need not wait
+/// behind a long one; more would not finish sooner on the cores the engine
+/// leaves free.
+const PROMPTS_ENCODED_AT_ONCE: usize = 2;
+
 /// Why a local model cannot take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ineligible {
-    /// Tools or function calling.
+    /// Tools or function calling, or a conversation that holds tool calls or results.
     Tools,
     /// Images, audio or other non-text content.
     Images,
@@ -89,6 +112,8 @@ pub struct LocalBackend {
     /// Everything of the configuration that the loaded engine depends on: a
     /// reloaded policy with the same identity keeps this backend (and its model).
     identity: String,
+    /// Turns to render and tokenize a prompt, [`PROMPTS_ENCODED_AT_ONCE`] of them.
+    prompt_turns: Arc<Semaphore>,
 }
 
 /// What the engine thread sends back to the request's task.
@@ -210,6 +235,7 @@ pub struct Finished {
 /// Runs the passes of one answer on the engine and turns their events into pieces.
 struct Driver {
     engine: Arc<Engine>,
+    encoder: PromptEncoder,
     in_flight: InFlight,
     name: String,
     sender: mpsc::UnboundedSender<Piece>,
@@ -245,7 +271,7 @@ impl Driver {
             usage.prompt_tokens += output.prompt_tokens as u64;
             usage.completion_tokens += output.tokens.len() as u64;
             reasoning_tokens = output.tokens.len() as u64;
-            let answer = match self.plan.answer_pass(&self.engine, reasoning_text.trim()) {
+            let answer = match self.plan.answer_pass(&self.encoder, reasoning_text.trim()).await {
                 Ok(answer) => answer,
                 Err(err) => return self.fail(err),
             };
@@ -515,6 +541,7 @@ impl LocalBackend {
             in_flight: Arc::default(),
             model_bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
             identity: Self::identity_of(config, policy_dir),
+            prompt_turns: Arc::new(Semaphore::new(PROMPTS_ENCODED_AT_ONCE)),
         }
     }
 
@@ -596,7 +623,13 @@ impl LocalBackend {
         if has_non_text_part {
             return Err(Ineligible::Images);
         }
-        let needed = prompt_tokens_estimate + request.max_tokens.unwrap_or(0);
+        if tool_turn(&body["messages"]).is_some() {
+            return Err(Ineligible::Tools);
+        }
+        // The same sound floor that refuses a pinned request before tokenizing
+        // (the estimate is usually higher; this makes sure of it).
+        let fewest = fewest_prompt_tokens(engine.tokenizer(), &body["messages"]).map_or(0, |(_, fewest)| fewest as u64);
+        let needed = prompt_tokens_estimate.max(fewest) + request.max_tokens.unwrap_or(0);
         if needed >= engine.context_length() as u64 {
             return Err(Ineligible::Context);
         }
@@ -632,13 +665,14 @@ impl LocalBackend {
         wait: Option<QueueWait>,
     ) -> Result<Generation, ApiError> {
         let engine = self.engine()?.clone();
-        let plan = self.prepare(&engine, request)?;
+        let encoder = self.encoder(&engine);
+        let plan = self.prepare(&engine, &encoder, request).await?;
         let (sender, pieces) = mpsc::unbounded_channel();
-        let reasoning =
-            (request.reasoning && self.reasons).then(|| plan.reasoning_pass(&engine, self.reasoning_max_tokens));
-        let first_pass = match &reasoning {
-            Some(pass) => pass.clone()?,
-            None => plan.generation.clone(),
+        let reasoning = request.reasoning && self.reasons;
+        let first_pass = if reasoning {
+            plan.reasoning_pass(&encoder, self.reasoning_max_tokens).await?
+        } else {
+            plan.generation.clone()
         };
         let prompt_tokens = first_pass.prompt_tokens.len();
         let (mut first, started) = submit(&engine, first_pass, &self.name)?;
@@ -665,12 +699,13 @@ impl LocalBackend {
         };
         let driver = Driver {
             engine,
+            encoder,
             in_flight: InFlight::enter(&self.in_flight),
             name: self.name.clone(),
             sender,
             plan,
         };
-        tokio::spawn(driver.run(head, first, reasoning.is_some()));
+        tokio::spawn(driver.run(head, first, reasoning));
         Ok(Generation {
             pieces,
             queued,
@@ -687,8 +722,17 @@ impl LocalBackend {
         })
     }
 
+    fn encoder(&self, engine: &Arc<Engine>) -> PromptEncoder {
+        PromptEncoder {
+            engine: engine.clone(),
+            turns: self.prompt_turns.clone(),
+            backend: self.name.clone(),
+        }
+    }
+
     /// Turns the request into the engine's terms: prompt tokens, sampling, limits.
-    fn prepare(&self, engine: &Engine, request: &ChatRequest) -> Result<Plan, ApiError> {
+    /// The cheap checks come first; the prompt is rendered and tokenized last.
+    async fn prepare(&self, engine: &Engine, encoder: &PromptEncoder, request: &ChatRequest) -> Result<Plan, ApiError> {
         let body = &request.body;
         if let Some(field) = UNSUPPORTED_FIELDS.iter().find(|f| request.uses(f)) {
             return Err(ApiError::invalid(
@@ -698,6 +742,25 @@ impl LocalBackend {
                 ),
                 field,
             ));
+        }
+        if let Some(param) = tool_turn(&body["messages"]) {
+            return Err(ApiError::invalid(
+                format!(
+                    "Backend `{}` is a local model without tool support; it cannot read the tool call or tool result in '{param}'.",
+                    self.name
+                ),
+                &param,
+            ));
+        }
+        let context = engine.context_length();
+        if let Some((text_bytes, fewest)) = fewest_prompt_tokens(engine.tokenizer(), &body["messages"])
+            && fewest >= context
+        {
+            return Err(ApiError::ContextLengthExceeded {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, your messages hold {text_bytes} bytes of text, which with their turn markers is at least {fewest} tokens."
+                ),
+            });
         }
         if body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(
@@ -716,9 +779,6 @@ impl LocalBackend {
                 ));
             }
         };
-        let prompt_tokens = encode(engine, &messages, &extra, &self.name)?;
-        let room = (engine.context_length() - prompt_tokens.len()) as u64;
-        let max_tokens = request.max_tokens.or(self.default_max_tokens).unwrap_or(room).min(room) as usize;
 
         let number = |field: &str, default: f32| -> Result<f32, ApiError> {
             match body.get(field) {
@@ -782,6 +842,11 @@ impl LocalBackend {
                 }
             },
         };
+        let messages = Arc::new(messages);
+        let extra = Arc::new(extra);
+        let prompt_tokens = encoder.encode(messages.clone(), extra.clone()).await?;
+        let room = (context - prompt_tokens.len()) as u64;
+        let max_tokens = request.max_tokens.or(self.default_max_tokens).unwrap_or(room).min(room) as usize;
         Ok(Plan {
             generation: GenerationRequest {
                 prompt_tokens,
@@ -800,28 +865,78 @@ impl LocalBackend {
     }
 }
 
+/// Renders and tokenizes prompts for one request, off the async workers and
+/// within the backend's [`PROMPTS_ENCODED_AT_ONCE`].
+#[derive(Clone)]
+struct PromptEncoder {
+    engine: Arc<Engine>,
+    turns: Arc<Semaphore>,
+    backend: String,
+}
+
+impl PromptEncoder {
+    async fn encode(&self, messages: Arc<Value>, extra: Arc<Map<String, Value>>) -> Result<Vec<u32>, ApiError> {
+        let turn = self
+            .turns
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        let engine = self.engine.clone();
+        let backend = self.backend.clone();
+        // The turn moves into the blocking task: a client that goes away stops
+        // waiting, but the work already started keeps its turn until it ends.
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            encode(&engine, &messages, &extra, &backend)
+        })
+        .await
+        .map_err(|err| ApiError::BackendUnavailable {
+            backend: self.backend.clone(),
+            reason: format!("preparing the prompt failed: {err}"),
+        })?
+    }
+}
+
 /// Renders messages with the model's chat template and tokenizes them,
-/// refusing a prompt that leaves no room in the context window.
+/// refusing a prompt that leaves no room in the context window. Every string
+/// the client supplied is escaped first, so that the only control tokens in the
+/// prompt are the template's own.
 fn encode(engine: &Engine, messages: &Value, extra: &Map<String, Value>, backend: &str) -> Result<Vec<u32>, ApiError> {
     let tokenizer = engine.tokenizer();
     let template = engine.template().ok_or_else(|| ApiError::BackendUnavailable {
         backend: backend.to_string(),
         reason: "the model has no chat template".into(),
     })?;
+    let mut messages = messages.clone();
+    tokenizer.escape_control_text_in(&mut messages);
+    let mut extra = Value::Object(extra.clone());
+    tokenizer.escape_control_text_in(&mut extra);
+    let Value::Object(extra) = extra else {
+        unreachable!("escaping keeps an object an object")
+    };
     let token_text = |t: Option<(u32, String)>| t.map(|(_, text)| text).unwrap_or_default();
     let prompt = template
         .render(
-            messages,
+            &messages,
             true,
             &token_text(tokenizer.bos_token()),
             &token_text(tokenizer.eos_token()),
-            extra,
+            &extra,
         )
         .map_err(|err| ApiError::invalid(format!("The chat template refused the messages: {err}"), "messages"))?;
-    let prompt_tokens = tokenizer
-        .encode(&prompt, true)
-        .map_err(|err| ApiError::invalid(format!("Cannot tokenize the prompt: {err}"), "messages"))?;
+    drop(messages);
     let context = engine.context_length();
+    let prompt_tokens = tokenizer.encode_chat(&prompt, context).map_err(|err| match err {
+        ChatEncodeError::TooLong { at_least_tokens } => ApiError::ContextLengthExceeded {
+            message: format!(
+                "This model's maximum context length is {context} tokens. However, your messages resulted in at least {at_least_tokens} tokens."
+            ),
+        },
+        ChatEncodeError::Tokenizer(err) => {
+            ApiError::invalid(format!("Cannot tokenize the prompt: {err}"), "messages")
+        }
+    })?;
     if prompt_tokens.len() >= context {
         return Err(ApiError::ContextLengthExceeded {
             message: format!(
@@ -844,8 +959,8 @@ pub const ANSWER_INSTRUCTION: &str = "Using the reasoning above, give your final
 struct Plan {
     /// The answer pass (the only pass without reasoning).
     generation: GenerationRequest,
-    messages: Value,
-    extra: Map<String, Value>,
+    messages: Arc<Value>,
+    extra: Arc<Map<String, Value>>,
     /// Whether `max_tokens` is the client's own limit (an answer cut there is
     /// what the client asked for, not a weakness of the model).
     client_limited: bool,
@@ -854,7 +969,7 @@ struct Plan {
 impl Plan {
     /// The reasoning pass: the messages with the step-by-step instruction,
     /// within the reasoning budget, greedy-ish sampling as the answer's.
-    fn reasoning_pass(&self, engine: &Engine, budget: u64) -> Result<GenerationRequest, ApiError> {
+    async fn reasoning_pass(&self, encoder: &PromptEncoder, budget: u64) -> Result<GenerationRequest, ApiError> {
         let mut messages = self.messages.as_array().cloned().unwrap_or_default();
         match messages.first_mut() {
             Some(first) if first["role"] == "system" || first["role"] == "developer" => {
@@ -863,8 +978,10 @@ impl Plan {
             }
             _ => messages.insert(0, json!({ "role": "system", "content": REASONING_INSTRUCTION })),
         }
-        let prompt_tokens = encode(engine, &Value::Array(messages), &self.extra, "local")?;
-        let room = (engine.context_length() - prompt_tokens.len()) as u64;
+        let prompt_tokens = encoder
+            .encode(Arc::new(Value::Array(messages)), self.extra.clone())
+            .await?;
+        let room = (encoder.engine.context_length() - prompt_tokens.len()) as u64;
         Ok(GenerationRequest {
             prompt_tokens,
             max_tokens: budget.min(room) as usize,
@@ -875,18 +992,69 @@ impl Plan {
 
     /// The answer pass after reasoning: the conversation, the reasoning as the
     /// model's own turn, and the request for the final answer.
-    fn answer_pass(&self, engine: &Engine, reasoning: &str) -> Result<GenerationRequest, ApiError> {
+    async fn answer_pass(&self, encoder: &PromptEncoder, reasoning: &str) -> Result<GenerationRequest, ApiError> {
         let mut messages = self.messages.as_array().cloned().unwrap_or_default();
         messages.push(json!({ "role": "assistant", "content": reasoning }));
         messages.push(json!({ "role": "user", "content": ANSWER_INSTRUCTION }));
-        let prompt_tokens = encode(engine, &Value::Array(messages), &self.extra, "local")?;
-        let room = engine.context_length() - prompt_tokens.len();
+        let prompt_tokens = encoder
+            .encode(Arc::new(Value::Array(messages)), self.extra.clone())
+            .await?;
+        let room = encoder.engine.context_length() - prompt_tokens.len();
         Ok(GenerationRequest {
             prompt_tokens,
             max_tokens: self.generation.max_tokens.min(room),
             ..self.generation.clone()
         })
     }
+}
+
+/// Where a conversation carries a tool call or a tool's result (the param to
+/// name), which a model without tool support cannot read: an assistant turn's
+/// `tool_calls` or `function_call`, a `tool` or `function` turn.
+fn tool_turn(messages: &Value) -> Option<String> {
+    messages.as_array()?.iter().enumerate().find_map(|(i, message)| {
+        let set = |field: &str| match message.get(field) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(items)) => !items.is_empty(),
+            Some(_) => true,
+        };
+        if set("tool_calls") {
+            Some(format!("messages[{i}].tool_calls"))
+        } else if set("function_call") {
+            Some(format!("messages[{i}].function_call"))
+        } else if matches!(message["role"].as_str(), Some("tool" | "function")) {
+            Some(format!("messages[{i}].role"))
+        } else {
+            None
+        }
+    })
+}
+
+/// The bytes of text every chat template prints (the content of every turn but
+/// the assistant's; some templates drop earlier assistant reasoning, so those
+/// bytes are not certain to be in the prompt), and the fewest tokens the prompt
+/// can be: that text's floor (see [`Tokenizer::fewest_tokens`]) plus one
+/// control token a message, the role marker every chat template we know writes
+/// for each turn (100,000 one-word messages are a 3.5 MB body whose text alone
+/// says little, and whose rendering would cost hundreds of MB). `None` when the
+/// tokenizer cannot bound the text. Cheap: one pass over the messages, nothing
+/// copied, so it runs before rendering and in eligibility.
+fn fewest_prompt_tokens(tokenizer: &Tokenizer, messages: &Value) -> Option<(usize, usize)> {
+    let messages = messages.as_array()?;
+    let text_bytes: usize = messages
+        .iter()
+        .filter(|message| message["role"] != "assistant")
+        .map(|message| match &message["content"] {
+            Value::String(text) => text.len(),
+            Value::Array(parts) => parts
+                .iter()
+                .filter_map(|part| part.get("text").and_then(Value::as_str))
+                .map(str::len)
+                .sum(),
+            _ => 0,
+        })
+        .sum();
+    Some((text_bytes, tokenizer.fewest_tokens(text_bytes)? + messages.len()))
 }
 
 /// The messages with any content-part arrays flattened to text; images and

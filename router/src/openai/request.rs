@@ -1,6 +1,7 @@
 //! A chat request as it arrives, validated before any backend sees it.
 //!
-//! We validate the fields Switchyard acts on (`model`, `messages`, `stream`,
+//! We validate the fields Switchyard acts on (`model`, `messages` with their
+//! roles, content and text parts, `stream`,
 //! `stream_options`, `max_tokens`/`max_completion_tokens`) and the types and
 //! ranges of OpenAI's sampling fields (`temperature`, `top_p`, penalties, `n`,
 //! `seed`, `stop`, `logprobs`, `top_logprobs`), with OpenAI's own wording where
@@ -214,7 +215,8 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
                     &format!("{param}.content"),
                 ));
             }
-            None | Some(Value::Null | Value::String(_) | Value::Array(_)) => {}
+            None | Some(Value::Null | Value::String(_)) => {}
+            Some(Value::Array(parts)) => validate_content_parts(&param, parts)?,
             Some(other) => {
                 return Err(wrong_type(
                     &format!("{param}.content"),
@@ -222,6 +224,40 @@ fn validate_messages(messages: Option<&Value>) -> Result<(), ApiError> {
                     other,
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A content part list: each part an object with a string `type`, and a text
+/// part's `text` a string. Other part types (images, audio, files) are checked
+/// by whichever backend takes them; a text part is what every backend reads, so
+/// a malformed one is refused here, the same way on every path.
+fn validate_content_parts(message_param: &str, parts: &[Value]) -> Result<(), ApiError> {
+    for (j, part) in parts.iter().enumerate() {
+        let param = format!("{message_param}.content[{j}]");
+        let Value::Object(part) = part else {
+            return Err(wrong_type(&param, "an object", part));
+        };
+        match part.get("type") {
+            Some(Value::String(kind)) if kind == "text" => match part.get("text") {
+                Some(Value::String(_)) => {}
+                None => {
+                    return Err(ApiError::invalid(
+                        format!("Missing required parameter: '{param}.text'."),
+                        &format!("{param}.text"),
+                    ));
+                }
+                Some(other) => return Err(wrong_type(&format!("{param}.text"), "a string", other)),
+            },
+            Some(Value::String(_)) => {}
+            None => {
+                return Err(ApiError::invalid(
+                    format!("Missing required parameter: '{param}.type'."),
+                    &format!("{param}.type"),
+                ));
+            }
+            Some(other) => return Err(wrong_type(&format!("{param}.type"), "a string", other)),
         }
     }
     Ok(())
@@ -430,6 +466,45 @@ mod tests {
         }
         for (json, param) in cases {
             assert_eq!(param_of(parse(json).unwrap_err()).as_deref(), Some(param), "{json}");
+        }
+    }
+
+    #[test]
+    fn a_malformed_text_part_is_refused_with_its_path_on_every_route() {
+        // Checked at parse time, before any routing: a local model would
+        // otherwise call `"text": 5` an unsupported part type, and a remote
+        // one would be paid to say it is wrong.
+        let cases = [
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":5}]}]}"#,
+                "messages[0].content[1].text",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
+                "messages[0].content[0].text",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":["hi"]}]}"#,
+                "messages[0].content[0]",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"text":"hi"}]}]}"#,
+                "messages[0].content[0].type",
+            ),
+        ];
+        for (json, param) in cases {
+            let err = parse(json).unwrap_err();
+            assert_eq!(err.status(), 400);
+            assert_eq!(param_of(err).as_deref(), Some(param), "{json}");
+        }
+        let text_5 =
+            parse(r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":5}]}]}"#).unwrap_err();
+        assert!(text_5.message().contains("expected a string"), "{}", text_5.message());
+        for ok in [
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[]}]}"#,
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
         }
     }
 
