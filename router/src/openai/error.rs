@@ -51,6 +51,14 @@ pub enum ApiError {
     LocalBusy { backend: String, detail: String },
     /// The policy leaves no tier that can take the request.
     Route(RouteError),
+    /// A local generation was stopped at the request's deadline
+    /// (`server.request_deadline_ms`); `deadline_ms` is what was left of it
+    /// when the local backend was asked, `detail` how far it got.
+    LocalTimeout {
+        backend: String,
+        deadline_ms: u64,
+        detail: String,
+    },
 }
 
 /// An upstream's own error response, passed through as it came.
@@ -75,7 +83,7 @@ impl ApiError {
             ApiError::BackendUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Upstream(e) => e.status,
             ApiError::UpstreamUnreachable { .. } | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::UpstreamTimeout { .. } | ApiError::LocalTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Route(e) => e.status(),
         }
     }
@@ -96,6 +104,7 @@ impl ApiError {
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::LocalBusy { .. } => "engine_busy",
+            ApiError::LocalTimeout { .. } => "local_timeout",
             ApiError::Route(e) => e.code(),
         }
     }
@@ -109,6 +118,8 @@ impl ApiError {
             | ApiError::ContextLengthExceeded { .. }
             | ApiError::NotFound(_) => "invalid_request_error",
             ApiError::LocalBusy { .. } => "rate_limit_error",
+            // OpenAI's type for a failure on the serving side.
+            ApiError::LocalTimeout { .. } => "server_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::BackendUnavailable { .. }
             | ApiError::Upstream(_)
@@ -153,6 +164,13 @@ impl ApiError {
             }
             ApiError::ContextLengthExceeded { message } => message.clone(),
             ApiError::LocalBusy { backend, detail } => format!("Backend `{backend}` is busy: {detail}. Retry shortly."),
+            ApiError::LocalTimeout {
+                backend,
+                deadline_ms,
+                detail,
+            } => {
+                format!("Backend `{backend}` did not finish within the request deadline ({deadline_ms} ms): {detail}.")
+            }
             ApiError::Route(e) => e.message(),
         }
     }
