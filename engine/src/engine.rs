@@ -8,8 +8,12 @@
 //! to do (send the request to the cloud, or answer 429).
 //!
 //! Results go back through the job's own callback, which may stop the job
-//! (the client went away) by returning `Break`; the engine does not care what
-//! runtime, if any, sits on the other side.
+//! (the client went away) by returning `Break`, between prefill chunks or on a
+//! token; the engine does not care what runtime, if any, sits on the other side.
+//! A job is also bounded by its request's deadline (see [`crate::generate`]):
+//! one whose deadline passed while it waited is dropped when its turn comes,
+//! and one still running at its deadline stops within a chunk or a step, so
+//! no prompt holds the engine longer than the deadline its client set.
 //!
 //! A job that continues an answer already under way (the answer pass after a
 //! reasoning pass) is submitted with [`Engine::submit_continuation`]: it goes
@@ -25,7 +29,9 @@ use std::sync::{Arc, Condvar, Mutex};
 use burn::prelude::*;
 
 use crate::chat_template::ChatTemplate;
-use crate::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent, check_prompt, generate};
+use crate::generate::{
+    GenerateError, GenerationOutput, GenerationRequest, Progress, TokenEvent, check_prompt, generate,
+};
 use crate::gguf::GgufFile;
 use crate::model::{KvSlot, Model, ModelError};
 use crate::tokenizer::Tokenizer;
@@ -151,17 +157,21 @@ impl LocalModel {
     pub fn generate(
         &self,
         request: &GenerationRequest,
-        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+        mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
-        self.generate_in(&mut KvSlot::exact(), request, on_token)
+        self.generate_in(&mut KvSlot::exact(), request, |progress| match progress {
+            Progress::Token(event) => on_token(event),
+            Progress::Prefilled { .. } => ControlFlow::Continue(()),
+        })
     }
 
-    /// Runs one generation on the calling thread, reusing `slot`'s KV cache.
+    /// Runs one generation on the calling thread, reusing `slot`'s KV cache;
+    /// `on_progress` also sees the prefill between its chunks.
     pub fn generate_in(
         &self,
         slot: &mut KvSlot,
         request: &GenerationRequest,
-        on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+        on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
         generate(
             &self.model,
@@ -170,7 +180,7 @@ impl LocalModel {
             self.context_length,
             &self.device,
             slot,
-            on_token,
+            on_progress,
         )
     }
 
@@ -197,17 +207,23 @@ pub struct PromptReading {
     pub next_logprobs: Vec<f32>,
 }
 
-/// What a job reports, in order: `Started` when the worker takes it up, tokens
-/// as they come, then one `Done`.
+/// What a job reports, in order: `Started` when the worker takes it up, the
+/// prefill's progress between its chunks (a long prompt only), tokens as they
+/// come, then one `Done`.
 pub enum JobEvent<'a> {
     /// The job leaves the queue. The time it waited ends here.
     Started,
+    /// `positions` of the prompt's `prompt_tokens` have run; more are to come.
+    Prefilled {
+        positions: usize,
+        prompt_tokens: usize,
+    },
     Token(&'a TokenEvent),
     Done(Result<GenerationOutput, GenerateError>),
 }
 
-/// A job's callback. Returning `Break` on a `Token` stops the job; a job whose
-/// callback answers `Break` to `Started` is dropped before it runs.
+/// A job's callback. Returning `Break` on `Prefilled` or a `Token` stops the
+/// job; a job whose callback answers `Break` to `Started` is dropped before it runs.
 pub type JobSink = Box<dyn FnMut(JobEvent<'_>) -> ControlFlow<()> + Send>;
 
 pub struct Job {
@@ -255,8 +271,18 @@ impl Engine {
                 if (job.sink)(JobEvent::Started).is_break() {
                     continue;
                 }
-                let result = pool
-                    .install(|| model.generate_in(&mut slot, &job.request, |event| (job.sink)(JobEvent::Token(event))));
+                let result = pool.install(|| {
+                    model.generate_in(&mut slot, &job.request, |progress| match progress {
+                        Progress::Prefilled {
+                            positions,
+                            prompt_tokens,
+                        } => (job.sink)(JobEvent::Prefilled {
+                            positions,
+                            prompt_tokens,
+                        }),
+                        Progress::Token(event) => (job.sink)(JobEvent::Token(event)),
+                    })
+                });
                 kv_cache_bytes.store(slot.bytes(), Ordering::Relaxed);
                 let _ = (job.sink)(JobEvent::Done(result));
             }

@@ -1,5 +1,13 @@
 //! The generation loop: prefill the prompt, then sample one token at a time
-//! until an end-of-turn token, a stop string, `max_tokens`, or cancellation.
+//! until an end-of-turn token, a stop string, `max_tokens`, cancellation, or
+//! the request's deadline.
+//!
+//! A generation is bounded in time by its request's deadline, checked before it
+//! starts (a request that waited past it in a queue costs nothing), between
+//! the prefill's chunks ([`Model::PREFILL_CHUNK`] positions each) and between
+//! decode steps: one chunk or one step is the most it overruns. Between chunks
+//! the caller is also asked whether to go on ([`Progress::Prefilled`]), so a
+//! caller that left stops a long prefill too, not only a decode.
 //!
 //! Text is streamed as it becomes final. Two things hold text back: a token
 //! that ends inside a multi-byte UTF-8 character (the [`StreamDecoder`] waits
@@ -31,6 +39,10 @@ pub struct GenerationRequest {
     pub top_logprobs: usize,
     /// Keep generating through end-of-turn tokens (benchmarks: a fixed token count).
     pub ignore_eos: bool,
+    /// When the answer is no use any more (the HTTP request's deadline): past
+    /// it the generation stops with [`GenerateError::DeadlinePassed`]. `None`:
+    /// no bound (the CLI, offline evaluation).
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +63,18 @@ impl FinishReason {
             FinishReason::Length => "length",
         }
     }
+}
+
+/// What the generation loop reports to its caller as it goes; the caller's
+/// `Break` stops it.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// `positions` of the prompt's `prompt_tokens` have run (between prefill chunks).
+    Prefilled {
+        positions: usize,
+        prompt_tokens: usize,
+    },
+    Token(&'a TokenEvent),
 }
 
 /// Progress handed to the streaming callback: a generated token, or (once, at
@@ -97,6 +121,14 @@ pub enum GenerateError {
         context_length: usize,
     },
     InvalidRequest(String),
+    /// The request's deadline passed before the answer was complete; what was
+    /// generated is dropped.
+    DeadlinePassed {
+        prompt_tokens: usize,
+        /// Prompt positions run when it stopped (0: it never started).
+        prefilled: usize,
+        generated: usize,
+    },
 }
 
 impl std::fmt::Display for GenerateError {
@@ -111,14 +143,30 @@ impl std::fmt::Display for GenerateError {
                 "the prompt is {prompt_tokens} tokens, which leaves no room for an answer in this model's context of {context_length} tokens"
             ),
             GenerateError::InvalidRequest(why) => f.write_str(why),
+            GenerateError::DeadlinePassed {
+                prompt_tokens,
+                prefilled,
+                generated,
+            } => match (prefilled, generated) {
+                (0, _) => write!(f, "the deadline passed before the generation started"),
+                (_, 0) => write!(
+                    f,
+                    "the deadline passed after {prefilled} of the prompt's {prompt_tokens} tokens were read"
+                ),
+                _ => write!(
+                    f,
+                    "the deadline passed after the prompt's {prompt_tokens} tokens were read and {generated} were generated"
+                ),
+            },
         }
     }
 }
 
 impl std::error::Error for GenerateError {}
 
-/// Generates an answer; `on_token` sees every token as it is sampled and may
-/// stop generation by returning `Break`. The KV cache comes from `slot`.
+/// Generates an answer; `on_progress` sees the prefill's progress between its
+/// chunks and every token as it is sampled, and may stop generation by
+/// returning `Break`. The KV cache comes from `slot`.
 pub fn generate(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -126,7 +174,7 @@ pub fn generate(
     context_length: usize,
     device: &Device,
     slot: &mut KvSlot,
-    mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
+    mut on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
 ) -> Result<GenerationOutput, GenerateError> {
     let prompt = &request.prompt_tokens;
     check_prompt(prompt, model, context_length, 1)?;
@@ -136,6 +184,16 @@ pub fn generate(
         )));
     }
     request.sampling.validate().map_err(GenerateError::InvalidRequest)?;
+    let deadline_passed = |prefilled: usize, generated: usize| GenerateError::DeadlinePassed {
+        prompt_tokens: prompt.len(),
+        prefilled,
+        generated,
+    };
+    let past_deadline = || request.deadline.is_some_and(|deadline| Instant::now() >= deadline);
+    // Before the cache is sized: a request that waited past its deadline costs nothing.
+    if past_deadline() {
+        return Err(deadline_passed(0, 0));
+    }
     let max_tokens = request.max_tokens.min(context_length - prompt.len());
     let cache = slot.prepare(model, prompt.len() + max_tokens, context_length, device);
     let mut sampler = Sampler::new(request.sampling.clone());
@@ -149,8 +207,33 @@ pub fn generate(
     let mut decoder = StreamDecoder::new(tokenizer);
 
     let started = Instant::now();
-    let mut logits = model.forward(prompt, cache);
+    let mut stopped_at = None;
+    let prefilled = model.forward_in_chunks(prompt, cache, |positions| {
+        if past_deadline() {
+            stopped_at = Some(positions);
+            return ControlFlow::Break(());
+        }
+        on_progress(Progress::Prefilled {
+            positions,
+            prompt_tokens: prompt.len(),
+        })
+    });
     let prefill_time = started.elapsed();
+    let mut logits = match (prefilled, stopped_at) {
+        (Some(logits), _) => logits,
+        (None, Some(positions)) => return Err(deadline_passed(positions, 0)),
+        (None, None) => {
+            return Ok(GenerationOutput {
+                prompt_tokens: prompt.len(),
+                tokens: Vec::new(),
+                text: String::new(),
+                finish_reason: FinishReason::Cancelled,
+                first_step_top: Vec::new(),
+                prefill_time,
+                decode_time: Duration::ZERO,
+            });
+        }
+    };
     let log_z = crate::sampling::log_sum_exp(&logits);
     let first_step_top = crate::sampling::top_k_indices(&logits, MAX_TOP_LOGPROBS)
         .into_iter()
@@ -171,7 +254,7 @@ pub fn generate(
             text: final_text,
         };
         tokens.push(token);
-        let control = on_token(&event);
+        let control = on_progress(Progress::Token(&event));
         if hit_stop {
             break FinishReason::Stop;
         }
@@ -180,6 +263,9 @@ pub fn generate(
         }
         if tokens.len() >= max_tokens {
             break FinishReason::Length;
+        }
+        if past_deadline() {
+            return Err(deadline_passed(prompt.len(), tokens.len()));
         }
         logits = model.forward(&[tokens.last().expect("just pushed").id], cache);
     };
@@ -194,7 +280,7 @@ pub fn generate(
                 token: None,
                 text: tail,
             };
-            let _ = on_token(&event);
+            let _ = on_progress(Progress::Token(&event));
         }
     }
     Ok(GenerationOutput {

@@ -44,6 +44,7 @@ mod ndarray {
             stop_strings: Vec::new(),
             top_logprobs: 5,
             ignore_eos: true,
+            deadline: None,
         };
         model
             .generate(&request, |_| ControlFlow::Continue(()))

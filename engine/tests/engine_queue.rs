@@ -1,14 +1,16 @@
 //! The engine as a service: jobs run one at a time on the engine's threads,
-//! a full queue says so at once, and a job whose caller left is stopped.
+//! a full queue says so at once, a job whose caller left is stopped, and no
+//! job runs past its deadline.
 
 mod common;
 
 use std::ops::ControlFlow;
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent, LocalModel};
-use switchyard_engine::generate::{FinishReason, GenerationRequest};
+use switchyard_engine::generate::{FinishReason, GenerateError, GenerationOutput, GenerationRequest};
+use switchyard_engine::model::Model;
 use switchyard_engine::sampling::SamplingParams;
 
 fn request(engine: &Engine, max_tokens: usize) -> GenerationRequest {
@@ -25,7 +27,7 @@ fn job(request: GenerationRequest, stop_after: Option<usize>, done: mpsc::Sender
     Job {
         request,
         sink: Box::new(move |event| match event {
-            JobEvent::Started => ControlFlow::Continue(()),
+            JobEvent::Started | JobEvent::Prefilled { .. } => ControlFlow::Continue(()),
             JobEvent::Token(_) => {
                 seen += 1;
                 if stop_after.is_some_and(|n| seen >= n) {
@@ -150,6 +152,7 @@ fn a_job_nobody_waits_for_any_more_is_dropped_before_it_runs() {
             sink: Box::new(move |event| {
                 let _ = events.send(match event {
                     JobEvent::Started => "started",
+                    JobEvent::Prefilled { .. } => "prefilled",
                     JobEvent::Token(_) => "token",
                     JobEvent::Done(_) => "done",
                 });
@@ -212,5 +215,165 @@ fn request_template(max_tokens: usize) -> GenerationRequest {
         stop_strings: Vec::new(),
         top_logprobs: 0,
         ignore_eos: true,
+        deadline: None,
     }
+}
+
+/// A prompt of about `tokens` tokens: one user turn of repeated prose.
+fn long_request(tokenizer: &switchyard_engine::tokenizer::Tokenizer, tokens: usize) -> GenerationRequest {
+    let sentence = "The quick brown fox jumps over the lazy dog near the river bank. ";
+    let per_sentence = tokenizer.encode(sentence, false).unwrap().len();
+    let prompt = format!(
+        "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+        sentence.repeat(tokens / per_sentence)
+    );
+    GenerationRequest {
+        prompt_tokens: tokenizer.encode(&prompt, true).unwrap(),
+        ..request_template(64)
+    }
+}
+
+/// A job reporting its whole result, and every event it saw, on channels.
+fn watched_job(
+    request: GenerationRequest,
+    done: mpsc::Sender<Result<GenerationOutput, GenerateError>>,
+    events: mpsc::Sender<&'static str>,
+) -> Job {
+    Job {
+        request,
+        sink: Box::new(move |event| {
+            let _ = events.send(match &event {
+                JobEvent::Started => "started",
+                JobEvent::Prefilled { .. } => "prefilled",
+                JobEvent::Token(_) => "token",
+                JobEvent::Done(_) => "done",
+            });
+            if let JobEvent::Done(result) = event {
+                let _ = done.send(result);
+            }
+            ControlFlow::Continue(())
+        }),
+    }
+}
+
+#[test]
+fn a_job_whose_deadline_passed_while_it_waited_is_dropped_without_running() {
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), Some(1024)).unwrap(), 2, 4).unwrap();
+    let (done, finished) = mpsc::channel();
+    let (events, seen) = mpsc::channel();
+    engine.submit(tokens_job(request(&engine, 60), done.clone())).unwrap();
+    // Its deadline is already behind it when the job ahead of it finishes.
+    let expired = GenerationRequest {
+        deadline: Some(Instant::now()),
+        ..request(&engine, 60)
+    };
+    let (expired_done, expired_result) = mpsc::channel();
+    engine.submit(watched_job(expired, expired_done, events)).unwrap();
+    engine.submit(tokens_job(request(&engine, 3), done)).unwrap();
+    let prompt_tokens = request(&engine, 1).prompt_tokens.len();
+    assert_eq!(
+        expired_result
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap()
+            .unwrap_err(),
+        GenerateError::DeadlinePassed {
+            prompt_tokens,
+            prefilled: 0,
+            generated: 0
+        }
+    );
+    assert_eq!(seen.try_iter().collect::<Vec<_>>(), ["started", "done"]);
+    let lengths: Vec<usize> = (0..2)
+        .map(|_| finished.recv_timeout(Duration::from_secs(60)).unwrap().len())
+        .collect();
+    assert_eq!(lengths, [60, 3], "the jobs around it ran whole");
+}
+
+#[test]
+fn a_long_prefill_stops_at_its_deadline_between_chunks_and_the_engine_serves_on() {
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), None).unwrap(), 2, 4).unwrap();
+    // Near SmolLM2's 8,192-token context: seconds of prefill on any CPU with
+    // two threads, far more than the deadline.
+    let long = GenerationRequest {
+        deadline: Some(Instant::now() + Duration::from_millis(500)),
+        ..long_request(engine.tokenizer(), 7_000)
+    };
+    let prompt_tokens = long.prompt_tokens.len();
+    let (done, finished) = mpsc::channel();
+    let (events, _seen) = mpsc::channel();
+    engine.submit(watched_job(long, done.clone(), events.clone())).unwrap();
+    match finished.recv_timeout(Duration::from_secs(120)).unwrap() {
+        Err(GenerateError::DeadlinePassed {
+            prompt_tokens: reported,
+            prefilled,
+            generated: 0,
+        }) => {
+            assert_eq!(reported, prompt_tokens);
+            assert!(prefilled < prompt_tokens, "stopped inside the prefill: {prefilled}");
+            assert_eq!(
+                prefilled % Model::PREFILL_CHUNK,
+                0,
+                "stopped between chunks: {prefilled}"
+            );
+        }
+        other => panic!("expected the deadline to stop the prefill, got {other:?}"),
+    }
+    engine.submit(watched_job(request(&engine, 4), done, events)).unwrap();
+    let next = finished.recv_timeout(Duration::from_secs(60)).unwrap().unwrap();
+    assert_eq!((next.finish_reason, next.tokens.len()), (FinishReason::Length, 4));
+}
+
+#[test]
+fn a_long_answer_stops_at_its_deadline_between_tokens() {
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), None).unwrap(), 2, 4).unwrap();
+    // 5,000 tokens take tens of seconds to decode; the deadline is 1 s away.
+    let long = GenerationRequest {
+        deadline: Some(Instant::now() + Duration::from_secs(1)),
+        ..request(&engine, 5_000)
+    };
+    let prompt_tokens = long.prompt_tokens.len();
+    let (done, finished) = mpsc::channel();
+    let (events, seen) = mpsc::channel();
+    engine.submit(watched_job(long, done, events)).unwrap();
+    match finished.recv_timeout(Duration::from_secs(120)).unwrap() {
+        Err(GenerateError::DeadlinePassed {
+            prompt_tokens: reported,
+            prefilled,
+            generated,
+        }) => {
+            assert_eq!((reported, prefilled), (prompt_tokens, prompt_tokens));
+            assert!((1..5_000).contains(&generated), "{generated} tokens");
+            let tokens_seen = seen.try_iter().filter(|e| *e == "token").count();
+            assert_eq!(tokens_seen, generated, "every generated token was reported");
+        }
+        other => panic!("expected the deadline to stop the answer, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_caller_gone_stops_a_long_prefill_between_chunks() {
+    let engine = Engine::start(LocalModel::load(&common::smollm2_path(), None).unwrap(), 2, 4).unwrap();
+    let (done, finished) = mpsc::channel();
+    let (progress, seen) = mpsc::channel();
+    engine
+        .submit(Job {
+            request: long_request(engine.tokenizer(), 2_000),
+            sink: Box::new(move |event| match event {
+                JobEvent::Started | JobEvent::Token(_) => ControlFlow::Continue(()),
+                JobEvent::Prefilled { positions, .. } => {
+                    let _ = progress.send(positions);
+                    // The client left during the prefill.
+                    ControlFlow::Break(())
+                }
+                JobEvent::Done(result) => {
+                    let _ = done.send(result);
+                    ControlFlow::Continue(())
+                }
+            }),
+        })
+        .unwrap();
+    let output = finished.recv_timeout(Duration::from_secs(120)).unwrap().unwrap();
+    assert_eq!(output.finish_reason, FinishReason::Cancelled);
+    assert!(output.tokens.is_empty());
+    assert_eq!(seen.try_iter().collect::<Vec<_>>(), [Model::PREFILL_CHUNK]);
 }

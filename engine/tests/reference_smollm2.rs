@@ -73,6 +73,7 @@ fn greedy(case: &Value, max_tokens: usize) -> GenerationOutput {
         stop_strings: Vec::new(),
         top_logprobs: 0,
         ignore_eos: false,
+        deadline: None,
     };
     model()
         .generate(&request, |_| ControlFlow::Continue(()))
@@ -240,4 +241,49 @@ fn reading_a_prompt_gives_the_log_probs_of_its_prefixes() {
         local.read_prompt(&[]),
         Err(switchyard_engine::generate::GenerateError::EmptyPrompt)
     ));
+}
+
+/// A prompt prefilled in chunks of [`Model::PREFILL_CHUNK`] positions (what
+/// generation does, so that a deadline can stop it between chunks) gives the
+/// next-token distribution one pass over the whole prompt gives, within the
+/// tolerance [`reading_a_prompt_gives_the_log_probs_of_its_prefixes`] allows,
+/// on prompts ending just before, at and after chunk boundaries.
+///
+/// [`Model::PREFILL_CHUNK`]: switchyard_engine::model::Model::PREFILL_CHUNK
+#[test]
+fn a_prompt_prefilled_in_chunks_gives_the_logits_of_one_whole_pass() {
+    use switchyard_engine::model::Model;
+    let local = model();
+    let mut tokens = Vec::new();
+    for case in cases("smollm2_reference.json").iter().cycle() {
+        tokens.extend(ids(&case["prompt_tokens"]));
+        tokens.extend(ids(&case["greedy_tokens"]));
+        if tokens.len() > 4 * Model::PREFILL_CHUNK + 50 {
+            break;
+        }
+    }
+    let Model::Llama(llama) = &local.model;
+    let log_softmax = |logits: Vec<f32>| {
+        let log_z = sampling::log_sum_exp(&logits);
+        logits.iter().map(|l| l - log_z).collect::<Vec<f32>>()
+    };
+    let chunk = Model::PREFILL_CHUNK;
+    for end in [chunk - 1, chunk, chunk + 1, 2 * chunk + 5, 4 * chunk + 37] {
+        let prompt = &tokens[..end];
+        let mut cache = local.model.new_cache(end, &local.device);
+        let chunked = log_softmax(local.model.forward(prompt, &mut cache));
+        let mut cache = local.model.new_cache(end, &local.device);
+        let whole = log_softmax(llama.logits(llama.forward(prompt, &mut cache)));
+        let worst = chunked
+            .iter()
+            .zip(&whole)
+            .map(|(c, w)| (c - w).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-3, "{end} tokens: chunked and whole differ by up to {worst}");
+        assert_eq!(
+            sampling::top_k_indices(&chunked, 5),
+            sampling::top_k_indices(&whole, 5),
+            "{end} tokens"
+        );
+    }
 }

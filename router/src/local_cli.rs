@@ -101,6 +101,7 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
         stop_strings: Vec::new(),
         top_logprobs: 0,
         ignore_eos: args.ignore_eos,
+        deadline: None,
     };
     let stream = !args.json;
     let result = pool.install(|| {
@@ -210,6 +211,7 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
             stop_strings: Vec::new(),
             top_logprobs: 0,
             ignore_eos: false,
+            deadline: None,
         };
         let result = pool.install(|| {
             model.generate(&request, |event| {

@@ -435,3 +435,76 @@ async fn the_largest_prompts_are_refused_before_they_cost_the_daemon_their_size_
     // The daemon still answers.
     assert!(prompt_tokens(&daemon, "smollm2", "Say hello.").await > 0);
 }
+
+/// The request deadline bounds a local generation: a prompt near the context
+/// limit, whose prefill takes far longer than the deadline, is stopped there
+/// and answered with a 504 naming the backend and the deadline, streamed or
+/// not; and the engine is free at once: the next request, under the same
+/// deadline, is answered.
+#[tokio::test]
+async fn a_local_generation_ends_at_the_request_deadline_and_frees_the_engine() {
+    // Long enough for a short answer on a loaded machine, a fraction of the
+    // long prompt's prefill (tens of seconds for two threads; see below).
+    const DEADLINE_MS: u64 = 4_000;
+    let model = default_model();
+    let policy = format!(
+        "server:\n  request_deadline_ms: {DEADLINE_MS}\n{}",
+        local_policy(&[("smollm2", model.to_str().unwrap())], 8192)
+    );
+    let daemon = Daemon::start(&policy, &[]);
+    // About 7,500 tokens, near SmolLM2's 8,192-token context.
+    let long_prompt = "The quick brown fox jumps over the lazy dog near the river bank. ".repeat(530);
+    let ask = |content: &str, stream: bool, max_tokens: u64| {
+        let body = json!({
+            "model": "smollm2",
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": max_tokens,
+            "stream": stream,
+            "temperature": 0,
+        });
+        let url = daemon.url("/v1/chat/completions");
+        async move {
+            let started = std::time::Instant::now();
+            let response = http_client().post(url).json(&body).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body = response.text().await.unwrap();
+            (status, body, started.elapsed())
+        }
+    };
+    for stream in [false, true] {
+        let (status, body, took) = ask(&long_prompt, stream, 200).await;
+        assert_eq!(status, 504, "stream: {stream}: {body}\n{}", daemon.log());
+        let error: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(error["error"]["code"], "local_timeout", "{body}");
+        assert_eq!(error["error"]["type"], "server_error", "{body}");
+        assert_eq!(error["error"]["param"], Value::Null, "{body}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with("Backend `smollm2` did not finish within the request deadline (")
+                && message.contains("of the prompt's"),
+            "{message}"
+        );
+        // What was left of the deadline when the backend was asked: at most the policy's figure.
+        let left_ms: u64 = message
+            .split_once('(')
+            .and_then(|(_, rest)| rest.split_once(" ms)"))
+            .and_then(|(ms, _)| ms.parse().ok())
+            .unwrap_or_else(|| panic!("no deadline in {message}"));
+        assert!(left_ms <= DEADLINE_MS && left_ms > DEADLINE_MS / 2, "{message}");
+        // The deadline, one prefill chunk and a loaded machine's slack; the
+        // whole prefill would take far longer.
+        assert!(
+            took < std::time::Duration::from_secs(30),
+            "stream: {stream}: took {took:?}"
+        );
+
+        // The engine is not held by the abandoned prompt: a short request,
+        // under the same deadline, is answered.
+        let (status, body, _) = ask("Say hello.", stream, 8).await;
+        assert_eq!(status, 200, "stream: {stream}: {body}\n{}", daemon.log());
+        if stream {
+            assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+        }
+    }
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}

@@ -7,6 +7,7 @@ pub mod llama;
 pub mod weights;
 
 use std::fmt;
+use std::ops::ControlFlow;
 
 use burn::prelude::*;
 
@@ -91,14 +92,34 @@ impl Model {
     /// weights and the cache, and the matmuls are as fast on a chunk. The output
     /// head runs once, on the last chunk's last position.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        self.forward_in_chunks(tokens, cache, |_| ControlFlow::Continue(()))
+            .expect("nothing stops it")
+    }
+
+    /// As [`Model::forward`], asking `between_chunks` after every chunk but the
+    /// last whether to go on (it is told how many of `tokens` have run so far);
+    /// `None` when it answered `Break`, with the positions run so far left in
+    /// the cache. This is what bounds a long prefill in time: a deadline or a
+    /// caller gone stops it one chunk after the fact, not at the prompt's end.
+    pub fn forward_in_chunks(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        mut between_chunks: impl FnMut(usize) -> ControlFlow<()>,
+    ) -> Option<Vec<f32>> {
         assert!(!tokens.is_empty(), "a forward pass runs at least one token");
         match self {
             Model::Llama(m) => {
+                let mut run = 0;
                 let mut last = None;
                 for part in tokens.chunks(Self::PREFILL_CHUNK) {
+                    if run > 0 && between_chunks(run).is_break() {
+                        return None;
+                    }
                     last = Some(m.forward(part, cache));
+                    run += part.len();
                 }
-                m.logits(last.expect("at least one chunk"))
+                Some(m.logits(last.expect("at least one chunk")))
             }
         }
     }

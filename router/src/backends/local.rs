@@ -144,6 +144,9 @@ fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceiver<Update>, 
                         ControlFlow::Continue(())
                     };
                 }
+                // Between prefill chunks: a long prompt stops when its client leaves.
+                JobEvent::Prefilled { .. } if sender.is_closed() => return ControlFlow::Break(()),
+                JobEvent::Prefilled { .. } => return ControlFlow::Continue(()),
                 JobEvent::Token(token) => Update::Token(token.clone()),
                 JobEvent::Done(result) => Update::Done(result),
             };
@@ -240,6 +243,8 @@ struct Driver {
     name: String,
     sender: mpsc::UnboundedSender<Piece>,
     plan: Plan,
+    /// What was left of the request's deadline when the answer was asked for.
+    deadline_ms: u64,
 }
 
 /// Counts an answer as in flight while it lives.
@@ -339,7 +344,7 @@ impl Driver {
                 }
                 Some(Update::Done(Ok(output))) => return Some(output),
                 Some(Update::Done(Err(err))) => {
-                    self.fail(generation_error(&self.name, err));
+                    self.fail(generation_error(&self.name, err, self.deadline_ms));
                     return None;
                 }
                 None => {
@@ -359,7 +364,7 @@ impl Driver {
 pub struct Generation {
     pub pieces: mpsc::UnboundedReceiver<Piece>,
     /// How long the request waited in the queue for its turn (measured when the
-    /// wait is bounded; zero otherwise).
+    /// wait is bounded, by `max_queue_wait_ms` or a deadline; zero otherwise).
     pub queued: Duration,
     completion: Completion,
     tokenizer: Arc<Tokenizer>,
@@ -636,8 +641,18 @@ impl LocalBackend {
         Ok(())
     }
 
-    pub async fn chat(&self, request: &ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
-        self.generate(request, request_id).await?.into_reply(Vec::new()).await
+    /// Answers within `deadline`: a generation still running then is stopped.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        request_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<ChatReply, ApiError> {
+        let wait = self.max_queue_wait.map(QueueWait::whole);
+        self.generate_within(request, request_id, wait, Some(deadline))
+            .await?
+            .into_reply(Vec::new())
+            .await
     }
 
     /// Starts generating an answer and returns its pieces as they come. The
@@ -647,7 +662,7 @@ impl LocalBackend {
     /// answers with its reasoning in view; the reasoning comes back as
     /// `reasoning_content`, never in `content`.
     pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, ApiError> {
-        self.generate_within(request, request_id, self.max_queue_wait.map(QueueWait::whole))
+        self.generate_within(request, request_id, self.max_queue_wait.map(QueueWait::whole), None)
             .await
     }
 
@@ -657,16 +672,28 @@ impl LocalBackend {
     }
 
     /// As [`LocalBackend::generate`], waiting for a turn at most `wait` (what is
-    /// left of a budget several calls share) instead of the backend's own bound.
+    /// left of a budget several calls share) instead of the backend's own bound,
+    /// and ending with [`ApiError::LocalTimeout`] at `deadline`.
     pub async fn generate_within(
         &self,
         request: &ChatRequest,
         request_id: &str,
         wait: Option<QueueWait>,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<Generation, ApiError> {
+        // Rounded to the nearest ms: asked at once, this is the policy's own figure.
+        let deadline_ms = deadline.map_or(0, |d| {
+            (d.saturating_duration_since(tokio::time::Instant::now()).as_micros() as u64 + 500) / 1000
+        });
         let engine = self.engine()?.clone();
+<<<<<<< HEAD
         let encoder = self.encoder(&engine);
         let plan = self.prepare(&engine, &encoder, request).await?;
+=======
+        let mut plan = self.prepare(&engine, request)?;
+        // Every pass of the answer (reasoning, then answer) ends at the deadline.
+        plan.generation.deadline = deadline.map(tokio::time::Instant::into_std);
+>>>>>>> hard-d
         let (sender, pieces) = mpsc::unbounded_channel();
         let reasoning = request.reasoning && self.reasons;
         let first_pass = if reasoning {
@@ -683,17 +710,29 @@ impl LocalBackend {
             "local generation queued"
         );
         let queued_at = Instant::now();
-        if let Some(wait) = wait
-            && tokio::time::timeout(wait.left, started).await.is_err()
+        let turn_by = wait.map(|wait| tokio::time::Instant::now() + wait.left);
+        if let Some(give_up) = turn_by.into_iter().chain(deadline).min()
+            && tokio::time::timeout_at(give_up, started).await.is_err()
         {
             // Dropping `first` makes the engine skip the job when its turn comes.
-            return Err(busy(&self.name, wait.describe()));
+            return Err(match wait {
+                Some(wait) if turn_by == Some(give_up) => busy(&self.name, wait.describe()),
+                _ => generation_error(
+                    &self.name,
+                    GenerateError::DeadlinePassed {
+                        prompt_tokens,
+                        prefilled: 0,
+                        generated: 0,
+                    },
+                    deadline_ms,
+                ),
+            });
         }
         let queued = queued_at.elapsed();
         // Wait for the first event before answering, so that a request the
         // engine refuses still gets a proper status instead of a broken stream.
         let head = match first.recv().await {
-            Some(Update::Done(Err(err))) => return Err(generation_error(&self.name, err)),
+            Some(Update::Done(Err(err))) => return Err(generation_error(&self.name, err, deadline_ms)),
             Some(update) => update,
             None => return Err(engine_stopped(&self.name)),
         };
@@ -704,6 +743,7 @@ impl LocalBackend {
             name: self.name.clone(),
             sender,
             plan,
+            deadline_ms,
         };
         tokio::spawn(driver.run(head, first, reasoning));
         Ok(Generation {
@@ -857,6 +897,7 @@ impl LocalBackend {
                 // At least two alternatives: the ladder reads the top-1/top-2 margin.
                 top_logprobs: top_logprobs.max(2),
                 ignore_eos: false,
+                deadline: None,
             },
             messages,
             extra,
@@ -1149,8 +1190,14 @@ fn logprobs_json(tokenizer: &Tokenizer, tokens: &[SampledToken], top_logprobs: u
     json!({ "content": content, "refusal": null })
 }
 
-fn generation_error(backend: &str, err: GenerateError) -> ApiError {
+/// `deadline_ms`: what was left of the request's deadline when the answer was asked for.
+fn generation_error(backend: &str, err: GenerateError, deadline_ms: u64) -> ApiError {
     match err {
+        GenerateError::DeadlinePassed { .. } => ApiError::LocalTimeout {
+            backend: backend.to_string(),
+            deadline_ms,
+            detail: err.to_string(),
+        },
         GenerateError::PromptTooLong { .. } => ApiError::ContextLengthExceeded {
             message: err.to_string(),
         },

@@ -44,8 +44,8 @@ impl Backend {
         }
     }
 
-    /// Answers the request. Remote calls are retried within `deadline`; the
-    /// local engine has no deadline (its queue bounds the wait).
+    /// Answers the request within `deadline`: remote calls are retried within
+    /// it, a local generation still running at it is stopped.
     pub async fn chat(
         &self,
         request: &ChatRequest,
@@ -54,7 +54,7 @@ impl Backend {
     ) -> Result<ChatReply, ApiError> {
         match self {
             Backend::Remote(remote) => remote.chat(request, request_id, deadline).await,
-            Backend::Local(local) => local.chat(request, request_id).await,
+            Backend::Local(local) => local.chat(request, request_id, deadline).await,
         }
     }
 }

@@ -118,7 +118,7 @@ pub async fn answer(
                         "every remote backend failed; answering locally"
                     );
                     fallback(Degraded::RemoteUnavailable.as_str());
-                    let reply = local_call(local, request, request_id, tier, pinned).await?;
+                    let reply = local_call(local, request, request_id, tier, pinned, deadline).await?;
                     Ok(Answer {
                         reply,
                         backend: local.clone(),
@@ -135,9 +135,15 @@ pub async fn answer(
         }
         tier @ (Tier::Local | Tier::LocalReasoning) => {
             if pinned || !ladder.enabled {
+<<<<<<< HEAD
                 return match local_call(&decision.backend, request, request_id, tier, pinned).await {
                     Err(busy @ ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
                         spill(decision, request, request_id, deadline, busy).await
+=======
+                return match local_call(&decision.backend, request, request_id, tier, pinned, deadline).await {
+                    Err(ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
+                        spill(decision, request, request_id, deadline).await
+>>>>>>> hard-d
                     }
                     result => Ok(Answer {
                         reply: result?,
@@ -216,7 +222,7 @@ async fn climb(
     loop {
         let mut shaped = request.clone();
         routing::prepare_for_tier(&mut shaped, tier);
-        let mut generation = match local.generate_within(&shaped, request_id, wait).await {
+        let mut generation = match local.generate_within(&shaped, request_id, wait, Some(deadline)).await {
             Ok(generation) => {
                 wait = wait.map(|w| w.spend(generation.queued));
                 generation
@@ -387,13 +393,14 @@ async fn local_call(
     request_id: &str,
     tier: Tier,
     pinned: bool,
+    deadline: Instant,
 ) -> Result<ChatReply, ApiError> {
     if pinned {
-        return backend.chat(request, request_id, Instant::now()).await;
+        return backend.chat(request, request_id, deadline).await;
     }
     let mut shaped = request.clone();
     routing::prepare_for_tier(&mut shaped, tier);
-    backend.chat(&shaped, request_id, Instant::now()).await
+    backend.chat(&shaped, request_id, deadline).await
 }
 
 fn fallback(kind: &str) {

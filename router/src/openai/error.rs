@@ -75,6 +75,14 @@ pub enum ApiError {
     /// The daemon is stopping and its shutdown drain ran out before this
     /// request's answer ended.
     ShuttingDown,
+    /// A local generation was stopped at the request's deadline
+    /// (`server.request_deadline_ms`); `deadline_ms` is what was left of it
+    /// when the local backend was asked, `detail` how far it got.
+    LocalTimeout {
+        backend: String,
+        deadline_ms: u64,
+        detail: String,
+    },
 }
 
 /// An upstream's own error response, as much of it as is safe to pass on:
@@ -165,7 +173,9 @@ impl ApiError {
             | ApiError::UpstreamUnreachable { .. }
             | ApiError::UpstreamStreamCut { .. }
             | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::UpstreamTimeout { .. } | ApiError::UpstreamStalled { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ApiError::UpstreamTimeout { .. } | ApiError::UpstreamStalled { .. } | ApiError::LocalTimeout { .. } => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             ApiError::Route(e) => e.status(),
         }
     }
@@ -188,6 +198,7 @@ impl ApiError {
             ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::LocalBusy { .. } => "engine_busy",
+            ApiError::LocalTimeout { .. } => "local_timeout",
             ApiError::Route(e) => e.code(),
             ApiError::ShuttingDown => "server_shutting_down",
         }
@@ -202,6 +213,8 @@ impl ApiError {
             | ApiError::ContextLengthExceeded { .. }
             | ApiError::NotFound(_) => "invalid_request_error",
             ApiError::LocalBusy { .. } => "rate_limit_error",
+            // OpenAI's type for a failure on the serving side.
+            ApiError::LocalTimeout { .. } => "server_error",
             ApiError::Unauthorized(_) => "authentication_error",
             ApiError::Upstream(e) => &e.error_type,
             ApiError::BackendUnavailable { .. }
@@ -272,6 +285,13 @@ impl ApiError {
             }
             ApiError::ContextLengthExceeded { message } => message.clone(),
             ApiError::LocalBusy { backend, detail } => format!("Backend `{backend}` is busy: {detail}. Retry shortly."),
+            ApiError::LocalTimeout {
+                backend,
+                deadline_ms,
+                detail,
+            } => {
+                format!("Backend `{backend}` did not finish within the request deadline ({deadline_ms} ms): {detail}.")
+            }
             ApiError::Route(e) => e.message(),
             ApiError::ShuttingDown => {
                 "The server is shutting down and this request did not finish in time. Retry it.".to_string()
