@@ -686,14 +686,10 @@ impl LocalBackend {
             (d.saturating_duration_since(tokio::time::Instant::now()).as_micros() as u64 + 500) / 1000
         });
         let engine = self.engine()?.clone();
-<<<<<<< HEAD
         let encoder = self.encoder(&engine);
-        let plan = self.prepare(&engine, &encoder, request).await?;
-=======
-        let mut plan = self.prepare(&engine, request)?;
+        let mut plan = self.prepare(&engine, &encoder, request).await?;
         // Every pass of the answer (reasoning, then answer) ends at the deadline.
         plan.generation.deadline = deadline.map(tokio::time::Instant::into_std);
->>>>>>> hard-d
         let (sender, pieces) = mpsc::unbounded_channel();
         let reasoning = request.reasoning && self.reasons;
         let first_pass = if reasoning {

@@ -135,15 +135,9 @@ pub async fn answer(
         }
         tier @ (Tier::Local | Tier::LocalReasoning) => {
             if pinned || !ladder.enabled {
-<<<<<<< HEAD
-                return match local_call(&decision.backend, request, request_id, tier, pinned).await {
+                return match local_call(&decision.backend, request, request_id, tier, pinned, deadline).await {
                     Err(busy @ ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
                         spill(decision, request, request_id, deadline, busy).await
-=======
-                return match local_call(&decision.backend, request, request_id, tier, pinned, deadline).await {
-                    Err(ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
-                        spill(decision, request, request_id, deadline).await
->>>>>>> hard-d
                     }
                     result => Ok(Answer {
                         reply: result?,
