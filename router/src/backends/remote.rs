@@ -183,7 +183,12 @@ impl RemoteBackend {
                 }),
             };
             let failed = result.as_ref().err().is_some_and(is_transient);
-            log_breaker_change(&self.name, permit.record(!failed));
+            // A key the upstream refuses fails every call until an operator
+            // fixes it: no retry can help, but the breaker counts it, so routed
+            // requests skip this backend without a round trip each and
+            // `/readyz` says it is not ready.
+            let refused_key = matches!(result, Err(ApiError::UpstreamAuth { .. }));
+            log_breaker_change(&self.name, permit.record(!(failed || refused_key)));
             let err = match result {
                 Err(err) if failed && attempt < self.retry.max_attempts.value => err,
                 other => return other,
