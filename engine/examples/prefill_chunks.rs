@@ -74,14 +74,13 @@ fn main() {
     );
     println!("| chunk | tokens/s | slowest chunk, ms |");
     println!("|---:|---:|---:|");
-    for (size, mut rounds) in sizes.iter().zip(runs) {
-        let median = |rounds: &mut Vec<(Duration, Duration)>, pick: fn(&(Duration, Duration)) -> Duration| {
-            let mut values: Vec<Duration> = rounds.iter().map(pick).collect();
-            values.sort();
-            values[values.len() / 2]
-        };
-        let total = median(&mut rounds, |r| r.0);
-        let slowest = median(&mut rounds, |r| r.1);
+    let median = |mut values: Vec<Duration>| {
+        values.sort();
+        values[values.len() / 2]
+    };
+    for (size, rounds) in sizes.iter().zip(runs) {
+        let total = median(rounds.iter().map(|r| r.0).collect());
+        let slowest = median(rounds.iter().map(|r| r.1).collect());
         let label = if *size == prompt_tokens {
             "whole".to_string()
         } else {
