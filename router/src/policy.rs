@@ -997,18 +997,12 @@ fn shape_problem(err: &serde_saphyr::Error, text: &str) -> Problem {
     if let Some(hint) = misindented_hint(&message, text, line, column) {
         message.push_str(&hint);
     }
-    // The parser notices a flow collection left open only where something
-    // else cannot continue it, a line or more later; the mistake is the
-    // opening bracket, so that is where the problem is.
-    let opener = if message.contains("flow mapping") {
-        Some(b'{')
-    } else if message.contains("flow sequence") {
-        Some(b'[')
-    } else {
-        None
-    };
-    if let Some(opener) = opener
-        && let Some((open_line, open_column)) = unclosed_flow_opening(text, opener, line, column)
+    // A flow collection left open is noticed only where its content stops
+    // making sense, a line or more later: the parser gives up there, or a
+    // plain scalar swallows the next lines and its value is refused. The
+    // mistake is the opening bracket, so that is where the problem is.
+    if let Some((opener, open_line, open_column)) = unclosed_flow_opening(text)
+        && (line, column) >= (open_line, open_column)
     {
         return Problem {
             line: open_line,
@@ -1019,44 +1013,44 @@ fn shape_problem(err: &serde_saphyr::Error, text: &str) -> Problem {
     Problem { line, column, message }
 }
 
-/// The innermost `opener` (`{` or `[`) still open at 1-based `line:column`,
-/// as `(line, column)`. Brackets in quoted scalars and in comments do not count.
-fn unclosed_flow_opening(text: &str, opener: u8, line: u64, column: u64) -> Option<(u64, u64)> {
+/// The innermost `{` or `[` that opens a flow collection and is never closed
+/// in the whole text, as `(bracket, line, column)`. Brackets in quoted
+/// scalars, in comments and inside plain scalars (`a{2}`) do not count.
+fn unclosed_flow_opening(text: &str) -> Option<(u8, u64, u64)> {
     let mut open: Vec<(u8, u64, u64)> = Vec::new();
     for (at_line, content) in (1u64..).zip(text.lines()) {
-        if at_line > line {
-            break;
-        }
         let mut quote: Option<u8> = None;
-        let mut previous = b' ';
-        let bytes = content.as_bytes();
-        for (i, &byte) in bytes.iter().enumerate() {
-            let at_column = i as u64 + 1;
-            if at_line == line && at_column >= column {
-                break;
-            }
+        // The last byte that is not a space: what a bracket or quote follows.
+        let mut previous = b'\n';
+        for (at_column, &byte) in (1u64..).zip(content.as_bytes()) {
             match quote {
                 Some(b'"') if byte == b'"' && previous != b'\\' => quote = None,
                 Some(b'\'') if byte == b'\'' => quote = None,
                 Some(_) => {}
-                None => match byte {
-                    b'#' if previous.is_ascii_whitespace() => break,
-                    // A quote starts a quoted scalar only where a scalar starts.
-                    b'"' | b'\'' if matches!(previous, b' ' | b'\t' | b'{' | b'[' | b',' | b':') => quote = Some(byte),
-                    b'{' | b'[' => open.push((byte, at_line, at_column)),
-                    b'}' | b']' => {
-                        open.pop();
+                None => {
+                    let starts_a_node = matches!(previous, b'\n' | b':' | b'-' | b',' | b'[' | b'{' | b'?');
+                    match byte {
+                        b'#' if content.as_bytes()[..at_column as usize - 1]
+                            .last()
+                            .is_none_or(u8::is_ascii_whitespace) =>
+                        {
+                            break;
+                        }
+                        b'"' | b'\'' if starts_a_node => quote = Some(byte),
+                        b'{' | b'[' if starts_a_node => open.push((byte, at_line, at_column)),
+                        b'}' | b']' if !open.is_empty() => {
+                            open.pop();
+                        }
+                        _ => {}
                     }
-                    _ => {}
-                },
+                }
             }
-            previous = byte;
+            if !matches!(byte, b' ' | b'\t') {
+                previous = byte;
+            }
         }
     }
-    open.into_iter()
-        .rev()
-        .find(|(bracket, _, _)| *bracket == opener)
-        .map(|(_, line, column)| (line, column))
+    open.pop()
 }
 
 /// For a "missing field `KEY`" problem: the nearest line that does set `KEY`,
@@ -1303,7 +1297,7 @@ routing:
         assert_eq!(problems(&allowed), Vec::new());
         let keyed = format!("{open}auth:\n  keys:\n    - name: a\n      key_env: A_KEY\n");
         assert_eq!(problems(&keyed), Vec::new());
-        for loopback in ["127.0.0.1:8080", "[::1]:8080"] {
+        for loopback in ["127.0.0.1:8080", "'[::1]:8080'"] {
             assert_eq!(problems(&open.replace("0.0.0.0:8080", loopback)), Vec::new());
         }
     }

@@ -178,6 +178,7 @@ async fn a_request_whose_client_leaves_before_its_answer_is_still_recorded() {
     // slow-first-byte answers after 3 s, and the daemon gives it 1 s from
     // when it calls it: a client that gives up after 0.5 s of its own always
     // leaves first, however slow the machine.
+    let _ = rustls::crypto::ring::default_provider().install_default(); // as http_client() does
     let impatient = reqwest::Client::builder()
         .timeout(Duration::from_millis(500))
         .build()
