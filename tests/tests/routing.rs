@@ -404,6 +404,8 @@ async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
     // remote above what this prompt scores.
     daemon.terminate(Duration::from_secs(10));
     state["global"]["daily_usd"] = json!(0.00099);
+    // A day's spend is part of its month's (a file saying otherwise is refused).
+    state["global"]["monthly_usd"] = json!(0.00099);
     std::fs::write(&path, state.to_string()).unwrap();
     let mut daemon = Daemon::start_in(daemon.dir().to_path_buf(), &text, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
     let r = send(&daemon, &ask("hello"), &[]).await;
