@@ -61,8 +61,9 @@ pub struct ServerConfig {
     pub max_body_bytes: Spanned<usize>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_drain_ms: u64,
-    /// One request's deadline across all its upstream attempts and fallbacks,
-    /// until its answer starts.
+    /// One request's deadline across all its upstream attempts and fallbacks
+    /// (until a remote answer starts), and for the whole of a local answer,
+    /// streamed or not (the engine stops it there).
     pub request_deadline_ms: Spanned<u64>,
     /// Serve `/metrics` and keep the Prometheus counters (off only to measure
     /// what they cost).
