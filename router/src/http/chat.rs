@@ -74,17 +74,25 @@ pub async fn chat_completions(
         Ok(bytes) => bytes,
         Err(err) => return refused(record, err),
     };
-    let request = match tracing::debug_span!("parse").in_scope(|| ChatRequest::parse(&bytes)) {
-        Ok(request) => request,
+    let prepared = if bytes.len() <= INLINE_PREPARE_MAX_BYTES {
+        prepare(&state, &live, &caller, &headers, &bytes)
+    } else {
+        // A large body takes milliseconds of CPU to parse and score: off the
+        // async workers (which also answer `/healthz` and every stream), and a
+        // few at a time, so a burst of maximum-size bodies neither stalls the
+        // daemon nor holds that much work's memory at once.
+        let _turn = LARGE_BODY_TURNS.acquire().await.expect("the semaphore is never closed");
+        let (state, live, caller, headers) = (state.clone(), live.clone(), caller.clone(), headers.clone());
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(|| prepare(&state, &live, &caller, &headers, &bytes)))
+            .await
+            .expect("preparing a request does not panic")
+    };
+    let (request, decision, decision_seconds) = match prepared {
+        Ok(prepared) => prepared,
         Err(err) => return refused(record, err),
     };
-    let deciding = Instant::now();
-    let decision = match tracing::debug_span!("decide").in_scope(|| decide(&state, &live, &request, &caller, &headers))
-    {
-        Ok(decision) => decision,
-        Err(err) => return refused(record, err),
-    };
-    record.decision_seconds = Some(deciding.elapsed().as_secs_f64());
+    record.decision_seconds = Some(decision_seconds);
     record.score = decision.score;
     // What the record says if the client leaves before the answer: the decision.
     record.route = decision.tier.as_str();
@@ -137,6 +145,32 @@ pub async fn chat_completions(
         out.insert(ESCALATED_FROM, HeaderValue::from_static(from.as_str()));
     }
     response
+}
+
+/// Bodies up to this size are parsed and scored where they arrive: that takes
+/// tens of microseconds, less than a hand-off to a blocking thread costs.
+const INLINE_PREPARE_MAX_BYTES: usize = 64 * 1024;
+/// Large bodies prepared at once. Each holds its parsed body (several times
+/// its bytes) while it is prepared; a burst of maximum-size bodies waits its
+/// turn (asynchronously, costing no thread) instead of holding all of that at
+/// once. Two keep a 2-core machine busy; the local model's own threads need
+/// the cores more than a burst of oversized prompts does.
+const LARGE_BODY_CONCURRENCY: usize = 2;
+static LARGE_BODY_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LARGE_BODY_CONCURRENCY);
+
+/// Parses the body and decides where it goes; the decision's own time is
+/// returned for the record.
+fn prepare(
+    state: &AppState,
+    live: &Live,
+    caller: &Caller,
+    headers: &HeaderMap,
+    bytes: &[u8],
+) -> Result<(ChatRequest, Decision, f64), ApiError> {
+    let request = tracing::debug_span!("parse").in_scope(|| ChatRequest::parse(bytes))?;
+    let deciding = Instant::now();
+    let decision = tracing::debug_span!("decide").in_scope(|| decide(state, live, &request, caller, headers))?;
+    Ok((request, decision, deciding.elapsed().as_secs_f64()))
 }
 
 /// The HTTP response for a backend's reply, with its cost when known; the

@@ -96,6 +96,25 @@ fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
 
+/// The most of a prompt's text whose words and n-grams are read for the
+/// score. Training prompts are under 4 KiB (the longest labelled one is 3,699
+/// bytes), so the cut never touches a prompt like those the model learned
+/// from; without it, a 4 MiB body's n-grams took ~47 MiB and tens of
+/// milliseconds to score, for a prompt whose size alone decides where it can go.
+pub const SCORED_TEXT_MAX_BYTES: usize = 64 * 1024;
+
+/// The text up to [`SCORED_TEXT_MAX_BYTES`], cut at a character boundary.
+fn scoring_window(text: &str) -> &str {
+    if text.len() <= SCORED_TEXT_MAX_BYTES {
+        return text;
+    }
+    let mut cut = SCORED_TEXT_MAX_BYTES;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
+
 impl DifficultyModel {
     /// The shipped model, decoded once.
     pub fn embedded() -> &'static DifficultyModel {
@@ -171,8 +190,10 @@ impl DifficultyModel {
         )
     }
 
-    /// The weighted text features of this model's kind.
+    /// The weighted text features of this model's kind, read from the first
+    /// [`SCORED_TEXT_MAX_BYTES`] of the text.
     pub fn text_features(&self, text: &str) -> Vec<(u32, f32)> {
+        let text = scoring_window(text);
         match self.kind {
             Kind::Paired => binary_features(text),
             Kind::TfIdf => tfidf_features(text, &self.idf),
@@ -410,6 +431,23 @@ mod tests {
                 assert!((0.0..=1.0).contains(&s), "{s}");
             }
         }
+    }
+
+    #[test]
+    fn only_the_first_window_of_a_huge_prompt_is_read_for_its_score() {
+        let model = DifficultyModel::embedded();
+        // Multi-byte characters across the cut: it must land on a boundary.
+        let head = "Prove that √2 is irrational. ".repeat(SCORED_TEXT_MAX_BYTES / 20);
+        let window = scoring_window(&head);
+        assert!(window.len() <= SCORED_TEXT_MAX_BYTES && window.len() > SCORED_TEXT_MAX_BYTES - 4);
+        let tail = "Summarise the following table of quarterly results.".repeat(50_000);
+        assert_eq!(
+            model.text_features(&format!("{head}{tail}")),
+            model.text_features(&head),
+            "what follows the window changes nothing"
+        );
+        let short = "hi there";
+        assert_eq!(scoring_window(short), short);
     }
 
     #[test]
