@@ -108,3 +108,21 @@ pub fn tool(name: &str) -> std::path::PathBuf {
         .find(|candidate| candidate.is_file());
     found.unwrap_or_else(|| panic!("{name} is not installed: apt-get install prometheus chromium (.ci/run does)"))
 }
+
+/// The `backends.remote` entries of a test policy: one backend per upstream
+/// model of the cloud double, named after its model (`unreachable`: a closed
+/// port), each with `timeouts` (a YAML flow mapping) and `extra` settings.
+pub fn remote_backends_on(double: &CloudDouble, models: &[&str], timeouts: &str, extra: &str) -> String {
+    let mut text = String::new();
+    for model in models {
+        let url = if *model == "unreachable" {
+            "http://127.0.0.1:9/v1".to_string()
+        } else {
+            double.base_url()
+        };
+        text.push_str(&format!(
+            "    - name: {model}\n      base_url: {url}\n      api_key_env: DOUBLE_API_KEY\n      model: {model}\n      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}\n      timeouts: {timeouts}\n{extra}"
+        ));
+    }
+    text
+}

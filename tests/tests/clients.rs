@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use switchyard_e2e::daemon::policy_check;
 use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, policy_for, python};
 
 #[test]
@@ -31,22 +32,6 @@ fn the_openai_python_sdk_works_through_the_proxy() {
         "stdout:\n{stdout}\nstderr:\n{stderr}\ndaemon log:\n{}",
         daemon.log()
     );
-}
-
-fn policy_check(text: &str) -> (bool, String) {
-    let dir = daemon::scratch_dir("policy-check");
-    let path = dir.join("policy.yaml");
-    std::fs::write(&path, text).unwrap();
-    let output = Command::new(daemon::binary())
-        .args(["policy", "check"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
-    (
-        output.status.success(),
-        text.replace(&path.display().to_string(), "FILE"),
-    )
 }
 
 #[test]

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, sample, without_reasoning};
+use switchyard_e2e::{
+    CloudDouble, DOUBLE_API_KEY, Daemon, default_model, http_client, remote_backends_on, sample, without_reasoning,
+};
 
 const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
@@ -21,16 +23,12 @@ fn policy(double: &CloudDouble, models: &[&str], order: &[&str], thresholds: &st
         "server:\n  request_deadline_ms: 20000\n  shutdown_drain_ms: 20000\nbackends:\n  local:\n    - name: smollm2\n      model_path: {}\n      threads: 2\n      context_length: 1024\n      queue_capacity: 1\n      default_max_tokens: 8\n      reasoning_max_tokens: 16\n  remote:\n",
         default_model().display()
     );
-    for model in models {
-        let url = if *model == "unreachable" {
-            "http://127.0.0.1:9/v1".to_string()
-        } else {
-            double.base_url()
-        };
-        text.push_str(&format!(
-            "    - name: {model}\n      base_url: {url}\n      api_key_env: DOUBLE_API_KEY\n      model: {model}\n      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}\n      timeouts: {{ connect_ms: 500, first_byte_ms: 1000, idle_ms: 2000, total_ms: 30000 }}\n{remote_extra}"
-        ));
-    }
+    text.push_str(&remote_backends_on(
+        double,
+        models,
+        "{ connect_ms: 500, first_byte_ms: 1000, idle_ms: 2000, total_ms: 30000 }",
+        remote_extra,
+    ));
     text.push_str(&format!(
         "routing:\n  local_backend: smollm2\n  remote_backends: [{}]\n  thresholds: {thresholds}\n  sessions: {{ sticky: false }}\n",
         order.join(", ")

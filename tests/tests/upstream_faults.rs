@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_e2e::routed::{Routed, send};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, http_client, python};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, http_client, python, remote_backends_on};
 
 const ALL_REMOTE: &str = "{ local_below: 0.0, remote_above: 0.0, ambiguous: remote }";
 /// Three attempts per call, quickly.
@@ -25,16 +25,12 @@ const IDLE_MS: u64 = 1000;
 /// settings for every backend.
 fn policy(double: &CloudDouble, models: &[&str], order: &[&str], extra: &str) -> String {
     let mut text = String::from("server:\n  request_deadline_ms: 60000\nbackends:\n  remote:\n");
-    for model in models {
-        let url = if *model == "unreachable" {
-            "http://127.0.0.1:9/v1".to_string()
-        } else {
-            double.base_url()
-        };
-        text.push_str(&format!(
-            "    - name: {model}\n      base_url: {url}\n      api_key_env: DOUBLE_API_KEY\n      model: {model}\n      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}\n      timeouts: {{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: {IDLE_MS}, total_ms: 120000 }}\n{extra}"
-        ));
-    }
+    text.push_str(&remote_backends_on(
+        double,
+        models,
+        &format!("{{ connect_ms: 1000, first_byte_ms: 5000, idle_ms: {IDLE_MS}, total_ms: 120000 }}"),
+        extra,
+    ));
     text.push_str(&format!(
         "routing:\n  remote_backends: [{}]\n  thresholds: {ALL_REMOTE}\n  sessions: {{ sticky: false }}\n",
         order.join(", ")
