@@ -153,9 +153,11 @@ const INLINE_PREPARE_MAX_BYTES: usize = 64 * 1024;
 /// Large bodies prepared at once. Each holds its parsed body (several times
 /// its bytes) while it is prepared; a burst of maximum-size bodies waits its
 /// turn (asynchronously, costing no thread) instead of holding all of that at
-/// once. Two keep a 2-core machine busy; the local model's own threads need
-/// the cores more than a burst of oversized prompts does.
-const LARGE_BODY_CONCURRENCY: usize = 2;
+/// once. One at a time, measured with bench/bad_inputs.sh 4: peak RSS 372 MiB
+/// against 435 MiB with two, and /healthz under 16 clients' 4 MiB bodies no
+/// slower (p99 9.7 ms against 12.6-16.6 ms); a 4 MiB body takes tens of
+/// milliseconds, so even a burst of them moves at dozens a second.
+const LARGE_BODY_CONCURRENCY: usize = 1;
 static LARGE_BODY_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LARGE_BODY_CONCURRENCY);
 
 /// Parses the body and decides where it goes; the decision's own time is
