@@ -186,6 +186,12 @@ pub struct Tokenizer {
     add_bos: bool,
     add_eos: bool,
     chat_template: Option<String>,
+    /// What escaping and measuring client text need, derived once from the vocabulary.
+    text: TextFacts,
+}
+
+/// Facts of a vocabulary derived once at load, whatever format it came from.
+struct TextFacts {
     /// The text of every control token, longest first (so that the longest match wins,
     /// as in `tokenizers`' own matcher), for [`Tokenizer::escape_control_text`].
     control_texts: Vec<String>,
@@ -197,6 +203,21 @@ pub struct Tokenizer {
     /// The bytes of the longest token: no token covers more text than this, which is
     /// what bounds a text's token count from below ([`Tokenizer::fewest_tokens`]).
     longest_token_bytes: usize,
+}
+
+impl TextFacts {
+    fn of(inner: &tokenizers::Tokenizer, token_bytes: &Packed) -> TextFacts {
+        let control_texts = control_texts(inner);
+        TextFacts {
+            escape_starts: escape_starts(&control_texts),
+            control_texts,
+            added_token_holds_space: inner
+                .get_added_tokens_decoder()
+                .values()
+                .any(|token| token.content.contains(' ')),
+            longest_token_bytes: longest_token_bytes(token_bytes),
+        }
+    }
 }
 
 impl fmt::Debug for Tokenizer {
@@ -328,13 +349,7 @@ impl Tokenizer {
 
         let token_bytes: Packed = tokens.iter().map(|t| token_to_bytes(t)).collect();
         Ok(Tokenizer {
-            escape_starts: escape_starts(&control_texts(&inner)),
-            control_texts: control_texts(&inner),
-            longest_token_bytes: longest_token_bytes(&token_bytes),
-            added_token_holds_space: inner
-                .get_added_tokens_decoder()
-                .values()
-                .any(|token| token.content.contains(' ')),
+            text: TextFacts::of(&inner, &token_bytes),
             inner,
             literal_specials: OnceLock::new(),
             token_bytes,
@@ -425,13 +440,7 @@ impl Tokenizer {
         };
 
         Ok(Tokenizer {
-            escape_starts: escape_starts(&control_texts(&inner)),
-            control_texts: control_texts(&inner),
-            longest_token_bytes: longest_token_bytes(&token_bytes),
-            added_token_holds_space: inner
-                .get_added_tokens_decoder()
-                .values()
-                .any(|token| token.content.contains(' ')),
+            text: TextFacts::of(&inner, &token_bytes),
             inner,
             literal_specials: OnceLock::new(),
             token_bytes,
@@ -472,16 +481,17 @@ impl Tokenizer {
         let mut out: Option<String> = None;
         let mut copied_up_to = 0;
         let mut at = 0;
-        while let Some(found) = text[at..].find(|c: char| self.escape_starts.contains(&c)) {
+        while let Some(found) = text[at..].find(|c: char| self.text.escape_starts.contains(&c)) {
             let start = at + found;
             let rest = &text[start..];
             let replaced = if rest.starts_with(PLACEHOLDER_START) {
                 Some((PLACEHOLDER_START.len_utf8(), None))
             } else {
-                self.control_texts
+                self.text
+                    .control_texts
                     .iter()
                     .position(|control| rest.starts_with(control.as_str()))
-                    .map(|index| (self.control_texts[index].len(), Some(index)))
+                    .map(|index| (self.text.control_texts[index].len(), Some(index)))
             };
             match replaced {
                 Some((matched_bytes, index)) => {
@@ -620,7 +630,7 @@ impl Tokenizer {
     /// tokenizer with an added token that holds a space is not cut at all: the
     /// token might span the cut.
     fn chunks<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> {
-        let cuttable = !self.added_token_holds_space;
+        let cuttable = !self.text.added_token_holds_space;
         let mut rest = text;
         std::iter::from_fn(move || {
             if rest.is_empty() {
@@ -654,7 +664,7 @@ impl Tokenizer {
                 _ => after[..digits]
                     .parse::<usize>()
                     .ok()
-                    .and_then(|index| self.control_texts.get(index))
+                    .and_then(|index| self.text.control_texts.get(index))
                     .map(String::len),
             };
             if let Some(restored) = restored {
@@ -685,7 +695,7 @@ impl Tokenizer {
                 true => after[..digits]
                     .parse::<usize>()
                     .ok()
-                    .and_then(|index| self.control_texts.get(index).cloned()),
+                    .and_then(|index| self.text.control_texts.get(index).cloned()),
             };
             match restored {
                 Some(restored) => {
@@ -718,12 +728,12 @@ impl Tokenizer {
             Some(NormalizerWrapper::NFC(_)) => NFC_WORST_SHRINK,
             Some(_) => return None,
         };
-        Some(text_bytes.div_ceil(self.longest_token_bytes.max(1) * shrink))
+        Some(text_bytes.div_ceil(self.text.longest_token_bytes.max(1) * shrink))
     }
 
     /// The bytes of the longest token (see [`Tokenizer::fewest_tokens`]).
     pub fn longest_token_bytes(&self) -> usize {
-        self.longest_token_bytes
+        self.text.longest_token_bytes
     }
 
     fn literal(&self) -> &tokenizers::Tokenizer {
