@@ -198,8 +198,11 @@ struct TextFacts {
     /// The characters an escape may start at: [`PLACEHOLDER_START`] and the first
     /// character of each control token (a handful: `<`, `[`, ...).
     escape_starts: Vec<char>,
-    /// Whether an added token's text holds a space (see [`Tokenizer::chunks`]).
-    added_token_holds_space: bool,
+    /// Whether text may be cut before a space between two ASCII letters (see
+    /// [`Tokenizer::chunks`]): no added token holds a space (it could match across
+    /// the cut) or ends with an ASCII letter and strips the whitespace after it
+    /// (it would take the space behind the cut).
+    cuttable: bool,
     /// The bytes of the longest token: no token covers more text than this, which is
     /// what bounds a text's token count from below ([`Tokenizer::fewest_tokens`]).
     longest_token_bytes: usize,
@@ -211,10 +214,10 @@ impl TextFacts {
         TextFacts {
             escape_starts: escape_starts(&control_texts),
             control_texts,
-            added_token_holds_space: inner
-                .get_added_tokens_decoder()
-                .values()
-                .any(|token| token.content.contains(' ')),
+            cuttable: !inner.get_added_tokens_decoder().values().any(|token| {
+                token.content.contains(' ')
+                    || (token.rstrip && token.content.ends_with(|c: char| c.is_ascii_alphabetic()))
+            }),
             longest_token_bytes: longest_token_bytes(token_bytes),
         }
     }
@@ -546,16 +549,16 @@ impl Tokenizer {
     /// encodes the text between added tokens piece by piece anyway, so the pieces here
     /// are the pieces it would see. BOS/EOS as in [`Tokenizer::encode`].
     ///
-    /// Before any BPE work, the prompt's text is measured: when it is at least
+    /// Before any work, the prompt's text is measured: when it is at least
     /// `token_limit` tokens long by [`Tokenizer::fewest_tokens`], nothing is encoded
-    /// and the answer is [`ChatEncodeError::TooLong`]. Long text is then encoded a
-    /// chunk at a time (see [`TOKENIZE_CHUNK_BYTES`]), and encoding stops as soon as
-    /// the ids reach `token_limit`: a prompt too long for the context costs the work
-    /// and memory of about one context's worth of text, not of all of it.
+    /// and the answer is [`ChatEncodeError::TooLong`]. The prompt is then split into
+    /// added tokens and text, and the text encoded, a chunk at a time (see
+    /// [`Tokenizer::chunks`]), and encoding stops as soon as the ids reach
+    /// `token_limit`: a prompt too long for the context costs the work and memory of
+    /// about one context's worth of text, not of all of it.
     pub fn encode_chat(&self, rendered: &str, token_limit: usize) -> Result<Vec<u32>, ChatEncodeError> {
         // Every token's text, control tokens' included, is at most the longest
-        // token's bytes: the whole prompt's text bounds its tokens before the
-        // added-token split below, which costs ~20 bytes per byte of prompt.
+        // token's bytes: the whole prompt's text bounds its tokens.
         if let Some(fewest) = self.fewest_tokens(self.restored_len(rendered))
             && fewest >= token_limit
         {
@@ -563,74 +566,51 @@ impl Tokenizer {
                 at_least_tokens: fewest,
             });
         }
-        let pieces = self
-            .inner
-            .get_added_vocabulary()
-            .extract_and_normalize(None::<&NormalizerWrapper>, rendered);
-        enum Piece<'a> {
-            Added(Vec<u32>),
-            Text(std::borrow::Cow<'a, str>),
-        }
-        let mut text_bytes = 0;
-        let mut added_tokens = 0;
-        let pieces: Vec<Piece> = pieces
-            .get_splits(OffsetReferential::Original, OffsetType::Byte)
-            .into_iter()
-            .map(|(text, _, tokens)| match tokens {
-                Some(tokens) => {
-                    added_tokens += tokens.len();
-                    Piece::Added(tokens.iter().map(|t| t.id).collect())
-                }
-                None => {
-                    let text = self.restore_control_text(text);
-                    text_bytes += text.len();
-                    Piece::Text(text)
-                }
-            })
-            .collect();
-        if let Some(fewest) = self.fewest_tokens(text_bytes)
-            && fewest + added_tokens >= token_limit
-        {
-            return Err(ChatEncodeError::TooLong {
-                at_least_tokens: fewest + added_tokens,
-            });
-        }
         let literal = self.literal();
         let mut body = Vec::new();
-        for piece in pieces {
-            match piece {
-                Piece::Added(ids) => body.extend(ids),
-                Piece::Text(text) => {
-                    for chunk in self.chunks(&text) {
+        for chunk in self.chunks(rendered) {
+            // Splitting out the added tokens holds ~20 bytes per byte of text
+            // (offsets for every byte): one chunk's worth at a time.
+            let pieces = self
+                .inner
+                .get_added_vocabulary()
+                .extract_and_normalize(None::<&NormalizerWrapper>, chunk);
+            for (text, _, tokens) in pieces.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+                match tokens {
+                    Some(tokens) => body.extend(tokens.iter().map(|t| t.id)),
+                    None => {
+                        let text = self.restore_control_text(text);
                         let encoding = literal
-                            .encode_fast(chunk, false)
+                            .encode_fast(text.as_ref(), false)
                             .map_err(|e| ChatEncodeError::Tokenizer(error(format!("cannot encode: {e}"))))?;
                         body.extend_from_slice(encoding.get_ids());
-                        // Chunks encode exactly as the whole would, so the ids so far
-                        // are a prefix of the prompt's: at least this many tokens.
-                        if body.len() >= token_limit {
-                            return Err(ChatEncodeError::TooLong {
-                                at_least_tokens: body.len(),
-                            });
-                        }
                     }
                 }
+            }
+            // Chunks encode exactly as the whole would, so the ids so far are a
+            // prefix of the prompt's: at least this many tokens.
+            if body.len() >= token_limit {
+                return Err(ChatEncodeError::TooLong {
+                    at_least_tokens: body.len(),
+                });
             }
         }
         Ok(self.with_bos_and_eos(&body))
     }
 
-    /// `text` cut into pieces of about [`TOKENIZE_CHUNK_BYTES`] that encode, one
-    /// after the other, to exactly the ids of the whole. Cuts fall only before a
-    /// space that sits between two ASCII letters (`word| word`): every
-    /// pre-tokenizer here ends a word at that space and starts the next with it
-    /// (GPT-2's ` ?\p{L}+`, Llama 3's and Qwen's `[^\r\n\p{L}\p{N}]?\p{L}+`), no
-    /// lookahead reaches across it, and NFC composes nothing across it. Text with
-    /// no such space (a single huge word, CJK without spaces) is one piece. A
-    /// tokenizer with an added token that holds a space is not cut at all: the
-    /// token might span the cut.
+    /// `text` cut into pieces of about [`TOKENIZE_CHUNK_BYTES`] that split into
+    /// added tokens and encode, one after the other, to exactly the ids of the
+    /// whole. Cuts fall only before a space that sits between two ASCII letters
+    /// (`word| word`): every pre-tokenizer here ends a word at that space and
+    /// starts the next with it (GPT-2's ` ?\p{L}+`, Llama 3's and Qwen's
+    /// `[^\r\n\p{L}\p{N}]?\p{L}+`), no lookahead reaches across it, NFC
+    /// composes nothing across it, and no added token matches across it unless
+    /// one holds a space or strips the whitespace after it (see
+    /// [`TextFacts::cuttable`]). Text with no such space (a single huge word, CJK
+    /// without spaces) is one piece; so is all text when the vocabulary is not
+    /// cuttable.
     fn chunks<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> {
-        let cuttable = !self.text.added_token_holds_space;
+        let cuttable = self.text.cuttable;
         let mut rest = text;
         std::iter::from_fn(move || {
             if rest.is_empty() {

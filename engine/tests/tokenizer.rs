@@ -271,7 +271,38 @@ fn chunked_chat_encoding_gives_the_ids_of_the_whole_text_in_every_pre_tokenizer_
             chunked == tok.encode(&text, false).unwrap(),
             "{family}: chunked encoding differs from the whole text's"
         );
+        // Unescaped, its control-token spellings are control tokens, split out
+        // chunk by chunk as they would be from the whole.
+        assert!(
+            tok.encode_chat(&text, usize::MAX).unwrap() == tok.encode(&text, true).unwrap(),
+            "{family}: chunked encoding with control tokens differs from the whole text's"
+        );
     }
+}
+
+/// An added token that ends with a letter and strips the whitespace after it
+/// would take the space a cut falls before: such a vocabulary is encoded whole.
+#[test]
+fn an_added_token_that_strips_the_space_after_it_keeps_the_text_whole() {
+    let mut json = read_json(&fixtures().join("tiny_bpe/qwen35/tokenizer.json"));
+    let added = json["added_tokens"].as_array_mut().unwrap();
+    let next_id = added.iter().map(|t| t["id"].as_u64().unwrap()).max().unwrap() + 1;
+    added.push(serde_json::json!({
+        "id": next_id, "content": "word", "single_word": false, "lstrip": false,
+        "rstrip": true, "normalized": false, "special": false
+    }));
+    let dir = std::env::temp_dir().join(format!("switchyard-rstrip-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tokenizer.json");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let tok = Tokenizer::from_tokenizer_json(&path).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    // Every space a cut may fall before follows the token.
+    let text = "word ".repeat(80_000);
+    assert!(text.len() > 4 * switchyard_engine::tokenizer::TOKENIZE_CHUNK_BYTES);
+    let whole = tok.encode(&text, true).unwrap();
+    assert!(whole.contains(&(next_id as u32)), "the added token is in use");
+    assert!(tok.encode_chat(&text, usize::MAX).unwrap() == whole);
 }
 
 #[test]

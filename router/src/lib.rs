@@ -15,6 +15,7 @@ pub mod backends;
 pub mod http;
 pub mod ladder;
 pub mod live;
+pub mod memory;
 pub mod metrics;
 pub mod openai;
 pub mod policy;

@@ -70,7 +70,9 @@ enum PolicyCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve { .. }) {
+    if matches!(cli.command, Command::Serve { .. }) {
+        switchyard::memory::limit_arenas();
+    } else {
         die_quietly_on_closed_stdout();
     }
     let _telemetry = switchyard::telemetry::init(cli.log_json);

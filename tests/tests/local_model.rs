@@ -413,8 +413,16 @@ async fn the_largest_prompts_are_refused_before_they_cost_the_daemon_their_size_
     // 4 MB is hundreds of times a 2048-token context, whatever the tokenizer.
     const CLIENTS: usize = 4;
     let text = "word ".repeat(4_000_000 / 5);
-    let body = json!({ "model": "smollm2", "messages": [{ "role": "user", "content": text }] });
-    let answers = futures_util::future::join_all((0..CLIENTS).map(|_| send(&daemon, &body, &[]))).await;
+    let user = json!({ "model": "smollm2", "messages": [{ "role": "user", "content": text }] });
+    // The same text as an earlier answer of the model's counts too.
+    let assistant = json!({ "model": "smollm2", "messages": [
+        { "role": "user", "content": "hi" },
+        { "role": "assistant", "content": text },
+        { "role": "user", "content": "and?" },
+    ] });
+    let bodies = [user, assistant];
+    let answers =
+        futures_util::future::join_all((0..CLIENTS).map(|i| send(&daemon, &bodies[i % bodies.len()], &[]))).await;
     for answer in answers {
         assert_eq!(answer.status, 400, "{}", &answer.text[..answer.text.len().min(300)]);
         assert_eq!(
@@ -422,6 +430,8 @@ async fn the_largest_prompts_are_refused_before_they_cost_the_daemon_their_size_
             "{}",
             answer.text
         );
+        // Refused from the text's bytes, before rendering.
+        assert!(answer.text.contains("bytes of text"), "{}", answer.text);
     }
     // Each body is 4 MB on the wire and about as much parsed; tokenized, it
     // took ~370 MB. The daemon may hold the bodies, not their tokenization.

@@ -373,6 +373,19 @@ async fn bad_inputs_get_their_documented_status_and_error() {
     big["messages"][0]["content"] = json!("a".repeat(5 * 1024 * 1024));
     assert_error(post_chat(&daemon, big).await, 413, "request_too_large").await;
 
+    // Within the byte limit, but too many values to parse (each would cost ~70
+    // bytes of memory for its two bytes of body): refused while parsing.
+    let mut many_values = chat("echo", false);
+    many_values["logit_bias_typo"] = json!(vec![0; 200_000]);
+    let refused = assert_error(post_chat(&daemon, many_values).await, 413, "request_too_complex").await;
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains("131072"),
+        "{refused}"
+    );
+    let mut many_messages = chat("echo", false);
+    many_messages["messages"] = json!(vec![json!({"role": "user", "content": "hi"}); 50_000]);
+    assert_error(post_chat(&daemon, many_messages).await, 413, "request_too_complex").await;
+
     assert_error(
         http_client()
             .get(daemon.url("/v1/chat/completions"))

@@ -1067,23 +1067,28 @@ fn tool_turn(messages: &Value) -> Option<String> {
     })
 }
 
-/// The bytes of text every chat template prints (the content of every turn but
-/// the assistant's; some templates drop earlier assistant reasoning, so those
-/// bytes are not certain to be in the prompt), and the fewest tokens the prompt
-/// can be: that text's floor (see [`Tokenizer::fewest_tokens`]) plus one
+/// The bytes of text every chat template prints, and the fewest tokens the
+/// prompt can be: that text's floor (see [`Tokenizer::fewest_tokens`]) plus one
 /// control token a message, the role marker every chat template we know writes
 /// for each turn (100,000 one-word messages are a 3.5 MB body whose text alone
-/// says little, and whose rendering would cost hundreds of MB). `None` when the
-/// tokenizer cannot bound the text. Cheap: one pass over the messages, nothing
-/// copied, so it runs before rendering and in eligibility.
+/// says little, and whose rendering would cost hundreds of MB). An assistant
+/// turn's string counts from its last `</think>` on, without the line breaks
+/// after it: thinking models' templates (Qwen3, DeepSeek-R1) drop earlier
+/// turns' reasoning and keep the rest (its parts, rare, count nothing: a
+/// marker may straddle two). `None` when the tokenizer cannot bound the
+/// text. Cheap: one pass over the messages, nothing copied, so it runs before
+/// rendering and in eligibility.
 fn fewest_prompt_tokens(tokenizer: &Tokenizer, messages: &Value) -> Option<(usize, usize)> {
     let messages = messages.as_array()?;
     let text_bytes: usize = messages
         .iter()
-        .filter(|message| message["role"] != "assistant")
-        .map(|message| match &message["content"] {
-            Value::String(text) => text.len(),
-            Value::Array(parts) => parts
+        .map(|message| match (message["role"] == "assistant", &message["content"]) {
+            (false, Value::String(text)) => text.len(),
+            (true, Value::String(text)) => {
+                let answer = text.rsplit_once("</think>").map_or(text.as_str(), |(_, answer)| answer);
+                answer.trim_start_matches('\n').len()
+            }
+            (false, Value::Array(parts)) => parts
                 .iter()
                 .filter_map(|part| part.get("text").and_then(Value::as_str))
                 .map(str::len)

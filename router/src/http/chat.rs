@@ -74,6 +74,8 @@ pub async fn chat_completions(
         Ok(bytes) => bytes,
         Err(err) => return refused(record, err),
     };
+    // Declared before the parsed request, so dropped after it.
+    let _release = (bytes.len() > INLINE_PREPARE_MAX_BYTES).then_some(ReleaseFreeMemory);
     let prepared = if bytes.len() <= INLINE_PREPARE_MAX_BYTES {
         prepare(&state, &live, &caller, &headers, &bytes)
     } else {
@@ -159,6 +161,16 @@ const INLINE_PREPARE_MAX_BYTES: usize = 64 * 1024;
 /// milliseconds, so even a burst of them moves at dozens a second.
 const LARGE_BODY_CONCURRENCY: usize = 1;
 static LARGE_BODY_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LARGE_BODY_CONCURRENCY);
+
+/// Once a large request's memory is freed, hands it back to the system (see
+/// [`crate::memory`]).
+struct ReleaseFreeMemory;
+
+impl Drop for ReleaseFreeMemory {
+    fn drop(&mut self) {
+        crate::memory::release_free_memory();
+    }
+}
 
 /// Parses the body and decides where it goes; the decision's own time is
 /// returned for the record.

@@ -39,6 +39,8 @@ pub enum ApiError {
     ModelNotFound(String),
     /// Body over the configured limit.
     BodyTooLarge { limit_bytes: usize },
+    /// A body holding more JSON values than are parsed for one request.
+    BodyTooComplex { limit_values: usize },
     /// Wrong method or path.
     NotFound(String),
     /// The backend exists but cannot be used now (e.g. its key is not set).
@@ -164,7 +166,7 @@ impl ApiError {
             ApiError::LocalBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTooLarge { .. } | ApiError::BodyTooComplex { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } | ApiError::ShuttingDown => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -188,6 +190,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => "invalid_api_key",
             ApiError::ModelNotFound(_) => "model_not_found",
             ApiError::BodyTooLarge { .. } => "request_too_large",
+            ApiError::BodyTooComplex { .. } => "request_too_complex",
             ApiError::NotFound(_) => "not_found",
             ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } => "backend_unavailable",
             ApiError::Upstream(_) => "upstream_error",
@@ -210,6 +213,7 @@ impl ApiError {
             | ApiError::InvalidRequest { .. }
             | ApiError::ModelNotFound(_)
             | ApiError::BodyTooLarge { .. }
+            | ApiError::BodyTooComplex { .. }
             | ApiError::ContextLengthExceeded { .. }
             | ApiError::NotFound(_) => "invalid_request_error",
             ApiError::LocalBusy { .. } => "rate_limit_error",
@@ -246,6 +250,9 @@ impl ApiError {
             ApiError::BodyTooLarge { limit_bytes } => {
                 format!("Request body is larger than the limit of {limit_bytes} bytes.")
             }
+            ApiError::BodyTooComplex { limit_values } => format!(
+                "Request body holds more than {limit_values} JSON values (objects, arrays, strings, numbers, booleans and nulls); send fewer, larger ones."
+            ),
             ApiError::NotFound(what) => format!("Unknown endpoint: {what}"),
             ApiError::BackendUnavailable { backend, reason } => {
                 format!("Backend `{backend}` is unavailable: {reason}")

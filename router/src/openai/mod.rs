@@ -1,6 +1,7 @@
 //! OpenAI's wire format: what clients send and what they expect back.
 
 pub mod error;
+pub mod json;
 pub mod request;
 pub mod sse;
 

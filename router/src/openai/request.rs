@@ -14,6 +14,7 @@
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
+use super::json;
 
 /// No model anywhere accepts more output tokens than this; a larger `max_tokens`
 /// is a client bug, answered here rather than by a paid round trip.
@@ -46,7 +47,10 @@ impl ChatRequest {
                 "the body is empty; expected a JSON object".into(),
             ));
         }
-        let value: Value = serde_json::from_slice(bytes).map_err(|err| ApiError::InvalidJson(err.to_string()))?;
+        let value = json::parse_bounded(bytes, json::MAX_JSON_VALUES).map_err(|err| match err {
+            json::BodyError::Syntax(err) => ApiError::InvalidJson(err.to_string()),
+            json::BodyError::TooManyValues(limit) => ApiError::BodyTooComplex { limit_values: limit },
+        })?;
         let Value::Object(body) = value else {
             return Err(ApiError::InvalidRequest {
                 message: format!("The request body must be a JSON object, not {}.", kind_of(&value)),

@@ -11,6 +11,7 @@
 use serde::Serialize;
 use serde_json::Value;
 
+use super::difficulty::SCORED_TEXT_MAX_BYTES;
 use crate::openai::request::ChatRequest;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -38,35 +39,52 @@ pub struct Features {
     pub language: &'static str,
 }
 
-/// The text the difficulty model reads: the user's turns, the last one last.
+/// The text the difficulty model reads: the user's turns, the last one last,
+/// up to [`SCORED_TEXT_MAX_BYTES`] (cut at a character boundary; the model
+/// reads no further, and a maximum-size body is not copied whole for it).
 pub fn text_for_scoring(request: &ChatRequest) -> String {
     let mut text = String::new();
-    for message in request.body["messages"].as_array().into_iter().flatten() {
-        if matches!(message["role"].as_str(), Some("user")) {
-            push_content(&mut text, &message["content"]);
+    for message in user_messages(request) {
+        push_content(&mut text, &message["content"]);
+        if text.len() >= SCORED_TEXT_MAX_BYTES {
+            let mut cut = SCORED_TEXT_MAX_BYTES;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            break;
         }
     }
     text
+}
+
+fn user_messages(request: &ChatRequest) -> impl Iterator<Item = &Value> {
+    let messages = request.body["messages"].as_array().map_or(&[][..], Vec::as_slice);
+    messages.iter().filter(|message| message["role"] == "user")
 }
 
 /// Appends a message's text (a string, or the text of its content parts),
 /// each piece on a line of its own after what `text` already holds: a single
 /// user turn reads exactly as the prompt of a training row.
 pub(crate) fn push_content(text: &mut String, content: &Value) {
-    let mut push = |piece: &str| {
+    for piece in content_texts(content) {
         if !text.is_empty() {
             text.push('\n');
         }
         text.push_str(piece);
-    };
-    match content {
-        Value::String(s) => push(s),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|part| part.get("text").and_then(Value::as_str))
-            .for_each(push),
-        _ => {}
     }
+}
+
+/// A message's text pieces: its string content, or the text of its parts.
+fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
+    let (whole, parts) = match content {
+        Value::String(s) => (Some(s.as_str()), &[][..]),
+        Value::Array(parts) => (None, parts.as_slice()),
+        _ => (None, &[][..]),
+    };
+    whole
+        .into_iter()
+        .chain(parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)))
 }
 
 impl Features {
@@ -74,10 +92,32 @@ impl Features {
     pub fn extract(request: &ChatRequest, scored_text: &str) -> Features {
         let body = &request.body;
         let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
-        let all_text = super::message_text(request);
         let mut features = Features::from_text(scored_text);
-        // The context the backend must hold is every message, not just the user's.
-        features.prompt_tokens_estimate = estimate_tokens(&all_text) + 4 * messages.len() as u64;
+        // The size of the user's text is that of all of it, also past what is
+        // scored.
+        let mut user_text = TokenEstimate::default();
+        let mut user_chars = 0u64;
+        for piece in user_messages(request).flat_map(|m| content_texts(&m["content"])) {
+            if !user_text.is_empty() {
+                user_text.add("\n");
+                user_chars += 1;
+            }
+            user_text.add(piece);
+            user_chars += piece.chars().count() as u64;
+        }
+        features.text_tokens_estimate = user_text.tokens();
+        features.chars = user_chars;
+        // The context the backend must hold is every message, not just the
+        // user's: estimated as for their text joined a line apart, without
+        // joining it.
+        let mut all_text = TokenEstimate::default();
+        for piece in messages.iter().flat_map(|m| content_texts(&m["content"])) {
+            if !all_text.is_empty() {
+                all_text.add("\n");
+            }
+            all_text.add(piece);
+        }
+        features.prompt_tokens_estimate = all_text.tokens() + 4 * messages.len() as u64;
         features.turns = messages.iter().filter(|m| m["role"] == "user").count() as u32;
         features.has_tools = request.uses("tools") || request.uses("functions");
         features.json_mode = request.uses("response_format");
@@ -178,19 +218,40 @@ pub const STRUCTURAL_FEATURES: usize = 16;
 
 /// See the module comment.
 pub fn estimate_tokens(text: &str) -> u64 {
-    let mut bytes = 0u64;
-    let mut wide = 0u64;
-    let mut symbols = 0u64;
-    for c in text.chars() {
-        if is_cjk_char(c) {
-            wide += 1;
-        } else if c.is_ascii_punctuation() || c.is_ascii_digit() {
-            symbols += 1;
-        } else {
-            bytes += c.len_utf8() as u64;
+    let mut estimate = TokenEstimate::default();
+    estimate.add(text);
+    estimate.tokens()
+}
+
+/// [`estimate_tokens`] of text added piece by piece: the estimate of the
+/// pieces joined.
+#[derive(Default)]
+struct TokenEstimate {
+    bytes: u64,
+    wide: u64,
+    symbols: u64,
+}
+
+impl TokenEstimate {
+    fn add(&mut self, text: &str) {
+        for c in text.chars() {
+            if is_cjk_char(c) {
+                self.wide += 1;
+            } else if c.is_ascii_punctuation() || c.is_ascii_digit() {
+                self.symbols += 1;
+            } else {
+                self.bytes += c.len_utf8() as u64;
+            }
         }
     }
-    bytes.div_ceil(4) + wide + symbols
+
+    fn is_empty(&self) -> bool {
+        self.bytes + self.wide + self.symbols == 0
+    }
+
+    fn tokens(&self) -> u64 {
+        self.bytes.div_ceil(4) + self.wide + self.symbols
+    }
 }
 
 /// Han, kana and Hangul characters.
@@ -321,6 +382,28 @@ mod tests {
         assert!(zh.prompt_tokens_estimate >= 12);
         let math = Features::from_text("Solve $x^2 + 3x = 4$ for x.");
         assert!(math.math_like >= 3 && math.question_type == "math", "{math:?}");
+    }
+
+    #[test]
+    fn a_long_request_is_scored_on_its_head_and_sized_on_all_of_it() {
+        let long = "Est-ce déjà l'été? 1+1 ".repeat(SCORED_TEXT_MAX_BYTES / 10);
+        let body = serde_json::json!({"model": "auto", "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "Read this:"}, {"type": "text", "text": long}]},
+            {"role": "assistant", "content": "Done."},
+            {"role": "user", "content": "Summarise it."},
+        ]});
+        let request = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
+        let text = text_for_scoring(&request);
+        assert!(text.len() <= SCORED_TEXT_MAX_BYTES && text.len() > SCORED_TEXT_MAX_BYTES - 4);
+        assert!(text.starts_with("Read this:\nEst-ce"));
+        let features = Features::extract(&request, &text);
+        let user_text = format!("Read this:\n{long}\nSummarise it.");
+        assert_eq!(features.text_tokens_estimate, estimate_tokens(&user_text));
+        assert_eq!(features.chars, user_text.chars().count() as u64);
+        let all_text = format!("Be brief.\nRead this:\n{long}\nDone.\nSummarise it.");
+        assert_eq!(features.prompt_tokens_estimate, estimate_tokens(&all_text) + 4 * 4);
+        assert_eq!(features.turns, 2);
     }
 
     #[test]

@@ -638,16 +638,6 @@ pub fn price_of(backend: &Backend) -> Price {
     }
 }
 
-/// Every piece of text in the messages (system prompts and tool results too),
-/// for the size of the context.
-pub fn message_text(request: &ChatRequest) -> String {
-    let mut text = String::new();
-    for message in request.body["messages"].as_array().into_iter().flatten() {
-        features::push_content(&mut text, &message["content"]);
-    }
-    text
-}
-
 /// Shapes a request for the local tier it was routed to: reasoning on or off
 /// (the router's choice overrides the client's `reasoning_effort`), and the
 /// chat template's `enable_thinking` switch (Qwen3's native thinking) set to

@@ -55,8 +55,8 @@ impl SessionKeys {
             ("conversation", caller).hash(&mut hasher);
             for message in messages {
                 message.get("role").and_then(Value::as_str).hash(&mut hasher);
-                // Content is a string or an array of parts: hash its JSON text.
-                message.get("content").map(Value::to_string).hash(&mut hasher);
+                // Content is a string or an array of parts: hash it whole.
+                hash_value(message.get("content").unwrap_or(&Value::Null), &mut hasher);
             }
             hasher.finish()
         };
@@ -74,6 +74,29 @@ impl SessionKeys {
         SessionKeys {
             lookup: has_history.then(|| hash_of(&messages[..prefix])),
             store: hash_of(messages),
+        }
+    }
+}
+
+/// Feeds a JSON value to `hasher` as its structure: distinct values hash
+/// distinctly (each kind and length is hashed before its contents), and no
+/// text is built, however large the value.
+fn hash_value(value: &Value, hasher: &mut impl Hasher) {
+    match value {
+        Value::Null => 0u8.hash(hasher),
+        Value::Bool(b) => (1u8, b).hash(hasher),
+        Value::Number(n) => (2u8, n.as_f64().map(f64::to_bits), n.as_i64(), n.as_u64()).hash(hasher),
+        Value::String(s) => (3u8, s).hash(hasher),
+        Value::Array(items) => {
+            (4u8, items.len()).hash(hasher);
+            items.iter().for_each(|item| hash_value(item, hasher));
+        }
+        Value::Object(fields) => {
+            (5u8, fields.len()).hash(hasher);
+            for (key, field) in fields {
+                key.hash(hasher);
+                hash_value(field, hasher);
+            }
         }
     }
 }
@@ -140,6 +163,30 @@ mod tests {
 
     fn conversation(turns: &[(&str, &str)]) -> Vec<Value> {
         turns.iter().map(|(r, c)| json!({"role": r, "content": c})).collect()
+    }
+
+    #[test]
+    fn contents_are_told_apart_by_their_structure() {
+        let key =
+            |content: Value| SessionKeys::from_messages("a", &[json!({"role": "user", "content": content})]).store;
+        let contents = [
+            json!("ab"),
+            json!("a b"),
+            json!(["ab"]),
+            json!([{"type": "text", "text": "ab"}]),
+            json!([{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]),
+            json!([{"type": "text", "text": "ab", "cache": true}]),
+            json!(null),
+            json!(1),
+            json!(1.0),
+        ];
+        let keys: Vec<u64> = contents.iter().cloned().map(key).collect();
+        for (i, a) in keys.iter().enumerate() {
+            for (j, b) in keys.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "{} and {}", contents[i], contents[j]);
+            }
+        }
+        assert_eq!(key(json!("ab")), key(json!("ab")));
     }
 
     #[test]
