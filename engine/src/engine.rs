@@ -19,12 +19,19 @@
 //! reasoning pass) is submitted with [`Engine::submit_continuation`]: it goes
 //! ahead of the queue and is never refused, so an answer that has started is
 //! never starved by answers that have not.
+//!
+//! A long prompt does not hold the engine for its whole prefill: between its
+//! chunks, when a job waits, the prefill pauses (its KV cache set aside), the
+//! waiting job runs, and the prefill goes on where it stopped, chunk by chunk
+//! in turn with whatever waits (see [`Worker`]). The answer is the one it gives
+//! without pausing: it resumes at a chunk boundary, so its chunks are the same.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
@@ -159,18 +166,20 @@ impl LocalModel {
         request: &GenerationRequest,
         mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
-        self.generate_in(&mut KvSlot::exact(), request, |progress| match progress {
+        self.generate_in(&mut KvSlot::exact(), request, 0, |progress| match progress {
             Progress::Token(event) => on_token(event),
             Progress::Prefilled { .. } => ControlFlow::Continue(()),
         })
     }
 
-    /// Runs one generation on the calling thread, reusing `slot`'s KV cache;
+    /// Runs one generation on the calling thread, reusing `slot`'s KV cache
+    /// (resuming a prefill stopped at `resume_at`, see [`generate`]);
     /// `on_progress` also sees the prefill between its chunks.
     pub fn generate_in(
         &self,
         slot: &mut KvSlot,
         request: &GenerationRequest,
+        resume_at: usize,
         on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
         generate(
@@ -180,6 +189,7 @@ impl LocalModel {
             self.context_length,
             &self.device,
             slot,
+            resume_at,
             on_progress,
         )
     }
@@ -262,31 +272,9 @@ impl Engine {
             context_length: model.context_length,
             queue_capacity,
         };
-        std::thread::Builder::new().name("engine".into()).spawn(move || {
-            // One job runs at a time, so one KV cache serves them all.
-            let mut slot = KvSlot::growing();
-            while let Some(mut job) = queue.next() {
-                // Nobody waits for it any more (the client left, or stopped
-                // waiting for a turn): its prefill would be wasted.
-                if (job.sink)(JobEvent::Started).is_break() {
-                    continue;
-                }
-                let result = pool.install(|| {
-                    model.generate_in(&mut slot, &job.request, |progress| match progress {
-                        Progress::Prefilled {
-                            positions,
-                            prompt_tokens,
-                        } => (job.sink)(JobEvent::Prefilled {
-                            positions,
-                            prompt_tokens,
-                        }),
-                        Progress::Token(event) => (job.sink)(JobEvent::Token(event)),
-                    })
-                });
-                kv_cache_bytes.store(slot.bytes(), Ordering::Relaxed);
-                let _ = (job.sink)(JobEvent::Done(result));
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || Worker::new(model, pool, queue, kv_cache_bytes).run())?;
         Ok(engine)
     }
 
@@ -347,6 +335,154 @@ impl Drop for Engine {
     }
 }
 
+/// The engine's worker: runs one job at a time, one KV cache serving them all,
+/// except that a long prefill pauses between its chunks while a job waits.
+struct Worker {
+    model: LocalModel,
+    pool: rayon::ThreadPool,
+    queue: Arc<Queue>,
+    kv_cache_bytes: Arc<AtomicUsize>,
+    slot: KvSlot,
+    /// The prefill paused for the jobs waiting: at most one at a time, so at
+    /// most two KV caches are held.
+    paused: Option<Paused>,
+}
+
+/// A job whose prefill paused between its chunks so that a waiting job got a
+/// turn. It goes on after that one job, and pauses again after its next chunk
+/// if jobs still wait: a long prompt and the short ones behind it take turns
+/// chunk by chunk, instead of the short ones waiting for the whole prefill.
+struct Paused {
+    job: Job,
+    /// Its KV cache, holding the first `prefilled` positions of its prompt.
+    slot: KvSlot,
+    prefilled: usize,
+    /// Prefill time spent before the pause(s).
+    spent: Duration,
+    /// Whether a waiting job has had its turn since the pause.
+    others_served: bool,
+}
+
+impl Worker {
+    fn new(model: LocalModel, pool: rayon::ThreadPool, queue: Arc<Queue>, kv_cache_bytes: Arc<AtomicUsize>) -> Worker {
+        Worker {
+            model,
+            pool,
+            queue,
+            kv_cache_bytes,
+            slot: KvSlot::growing(),
+            paused: None,
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            if let Some(paused) = self.paused.take_if(|paused| paused.others_served) {
+                self.resume(paused);
+                continue;
+            }
+            // While a prefill is paused, a waiting job runs if there is one;
+            // else the paused one goes on.
+            let next = if self.paused.is_some() {
+                self.queue.try_next()
+            } else {
+                self.queue.next()
+            };
+            match (next, self.paused.as_mut()) {
+                (Some(job), paused) => {
+                    if let Some(paused) = paused {
+                        paused.others_served = true;
+                    }
+                    self.start(job);
+                }
+                (None, Some(_)) => {
+                    let paused = self.paused.take().expect("matched above");
+                    self.resume(paused);
+                }
+                (None, None) => return,
+            }
+        }
+    }
+
+    /// Runs a job from the queue.
+    fn start(&mut self, mut job: Job) {
+        // Nobody waits for it any more (the client left, or stopped waiting
+        // for a turn): its prefill would be wasted.
+        if (job.sink)(JobEvent::Started).is_break() {
+            return;
+        }
+        let mut slot = std::mem::replace(&mut self.slot, KvSlot::growing());
+        self.serve(job, &mut slot, 0, Duration::ZERO);
+        self.keep_larger(slot);
+    }
+
+    /// Goes on with a paused prefill, on its own KV cache.
+    fn resume(&mut self, mut paused: Paused) {
+        self.serve(paused.job, &mut paused.slot, paused.prefilled, paused.spent);
+        self.keep_larger(paused.slot);
+    }
+
+    /// Runs `job` on `slot` from `resume_at`, to its end or to a pause.
+    fn serve(&mut self, mut job: Job, slot: &mut KvSlot, resume_at: usize, spent: Duration) {
+        // Only one prefill pauses at a time.
+        let may_pause = self.paused.is_none();
+        let mut paused_at = None;
+        let queue = &self.queue;
+        let started = Instant::now();
+        let result = self.pool.install(|| {
+            self.model
+                .generate_in(slot, &job.request, resume_at, |progress| match progress {
+                    Progress::Prefilled {
+                        positions,
+                        prompt_tokens,
+                    } => {
+                        (job.sink)(JobEvent::Prefilled {
+                            positions,
+                            prompt_tokens,
+                        })?;
+                        if may_pause && queue.has_waiting() {
+                            paused_at = Some(positions);
+                            return ControlFlow::Break(());
+                        }
+                        ControlFlow::Continue(())
+                    }
+                    Progress::Token(event) => (job.sink)(JobEvent::Token(event)),
+                })
+        });
+        if let Some(prefilled) = paused_at {
+            self.paused = Some(Paused {
+                job,
+                slot: std::mem::replace(slot, KvSlot::growing()),
+                prefilled,
+                spent: spent + started.elapsed(),
+                others_served: false,
+            });
+            return;
+        }
+        let result = result.map(|mut output| {
+            output.prefill_time += spent;
+            output
+        });
+        self.publish_cache_bytes(slot);
+        let _ = (job.sink)(JobEvent::Done(result));
+    }
+
+    /// Keeps the larger of the worker's KV cache and `slot` for the jobs to
+    /// come (the smaller one is freed).
+    fn keep_larger(&mut self, slot: KvSlot) {
+        if slot.bytes() > self.slot.bytes() {
+            self.slot = slot;
+        }
+        self.publish_cache_bytes(&KvSlot::growing());
+    }
+
+    fn publish_cache_bytes(&self, running: &KvSlot) {
+        let paused = self.paused.as_ref().map_or(0, |paused| paused.slot.bytes());
+        self.kv_cache_bytes
+            .store(self.slot.bytes() + running.bytes() + paused, Ordering::Relaxed);
+    }
+}
+
 /// Jobs waiting for the worker: continuations first, then the rest in order.
 #[derive(Default)]
 struct Queue {
@@ -362,6 +498,18 @@ struct QueueState {
 }
 
 impl Queue {
+    /// The next job to run, if one waits now.
+    fn try_next(&self) -> Option<Job> {
+        let mut state = self.queue_lock();
+        state.continuations.pop_front().or_else(|| state.waiting.pop_front())
+    }
+
+    /// Whether a job waits.
+    fn has_waiting(&self) -> bool {
+        let state = self.queue_lock();
+        !state.continuations.is_empty() || !state.waiting.is_empty()
+    }
+
     /// The next job to run; `None` once the engine is dropped and nothing is left.
     fn next(&self) -> Option<Job> {
         let mut state = self.queue_lock();

@@ -167,6 +167,12 @@ impl std::error::Error for GenerateError {}
 /// Generates an answer; `on_progress` sees the prefill's progress between its
 /// chunks and every token as it is sampled, and may stop generation by
 /// returning `Break`. The KV cache comes from `slot`.
+///
+/// With `resume_at` > 0, the prefill goes on from there: `slot` holds the
+/// first `resume_at` positions of this same prompt, from a run of this request
+/// stopped between its chunks (at a multiple of [`Model::PREFILL_CHUNK`], so
+/// the chunks and the result are those of a run without the stop).
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &Model,
     tokenizer: &Tokenizer,
@@ -174,6 +180,7 @@ pub fn generate(
     context_length: usize,
     device: &Device,
     slot: &mut KvSlot,
+    resume_at: usize,
     mut on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
 ) -> Result<GenerationOutput, GenerateError> {
     let prompt = &request.prompt_tokens;
@@ -192,10 +199,18 @@ pub fn generate(
     let past_deadline = || request.deadline.is_some_and(|deadline| Instant::now() >= deadline);
     // Before the cache is sized: a request that waited past its deadline costs nothing.
     if past_deadline() {
-        return Err(deadline_passed(0, 0));
+        return Err(deadline_passed(resume_at, 0));
     }
     let max_tokens = request.max_tokens.min(context_length - prompt.len());
-    let cache = slot.prepare(model, prompt.len() + max_tokens, context_length, device);
+    let cache = if resume_at > 0 {
+        assert!(
+            resume_at < prompt.len() && resume_at.is_multiple_of(Model::PREFILL_CHUNK),
+            "a prefill resumes between its chunks"
+        );
+        slot.resume(resume_at)
+    } else {
+        slot.prepare(model, prompt.len() + max_tokens, context_length, device)
+    };
     let mut sampler = Sampler::new(request.sampling.clone());
     let mut stops: Vec<u32> = if request.ignore_eos {
         Vec::new()
@@ -208,7 +223,8 @@ pub fn generate(
 
     let started = Instant::now();
     let mut stopped_at = None;
-    let prefilled = model.forward_in_chunks(prompt, cache, |positions| {
+    let prefilled = model.forward_in_chunks(&prompt[resume_at..], cache, |positions| {
+        let positions = resume_at + positions;
         if past_deadline() {
             stopped_at = Some(positions);
             return ControlFlow::Break(());

@@ -377,3 +377,96 @@ fn a_caller_gone_stops_a_long_prefill_between_chunks() {
     assert!(output.tokens.is_empty());
     assert_eq!(seen.try_iter().collect::<Vec<_>>(), [Model::PREFILL_CHUNK]);
 }
+
+/// A job reporting each event, tagged with `name`, on one channel shared by
+/// several jobs (so their order shows), and its result on `done`.
+fn tagged_job(
+    name: &'static str,
+    request: GenerationRequest,
+    events: mpsc::Sender<(&'static str, &'static str)>,
+    done: mpsc::Sender<(&'static str, Result<GenerationOutput, GenerateError>)>,
+) -> Job {
+    Job {
+        request,
+        sink: Box::new(move |event| {
+            let kind = match &event {
+                JobEvent::Started => "started",
+                JobEvent::Prefilled { .. } => "prefilled",
+                JobEvent::Token(_) => "token",
+                JobEvent::Done(_) => "done",
+            };
+            let _ = events.send((name, kind));
+            if let JobEvent::Done(result) = event {
+                let _ = done.send((name, result));
+            }
+            ControlFlow::Continue(())
+        }),
+    }
+}
+
+#[test]
+fn short_jobs_take_turns_with_a_long_prefill_chunk_by_chunk_and_its_answer_is_unchanged() {
+    let model = LocalModel::load(&common::smollm2_path(), None).unwrap();
+    // ~1,500 tokens: a dozen prefill chunks.
+    let long = GenerationRequest {
+        max_tokens: 8,
+        ..long_request(&model.tokenizer, 1_500)
+    };
+    let alone = model.generate(&long, |_| ControlFlow::Continue(())).unwrap();
+    let engine = Engine::start(model, 2, 8).unwrap();
+    let (events, seen) = mpsc::channel();
+    let (done, finished) = mpsc::channel();
+    engine
+        .submit(tagged_job("long", long, events.clone(), done.clone()))
+        .unwrap();
+    // Once the long prefill is under way, three short answers arrive.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.recv_timeout(Duration::from_secs(60)).unwrap() != ("long", "prefilled") {
+        assert!(Instant::now() < deadline, "the long prefill never reported progress");
+    }
+    for name in ["short-1", "short-2", "short-3"] {
+        engine
+            .submit(tagged_job(name, request(&engine, 4), events.clone(), done.clone()))
+            .unwrap();
+    }
+    let mut results = std::collections::HashMap::new();
+    while results.len() < 4 {
+        let (name, result) = finished.recv_timeout(Duration::from_secs(120)).unwrap();
+        results.insert(name, result.unwrap());
+    }
+    drop((events, done));
+    let order: Vec<(&str, &str)> = seen.try_iter().filter(|(_, kind)| *kind != "token").collect();
+    let at = |event: (&str, &str)| order.iter().position(|e| *e == event).unwrap();
+    // Each short answer ran before the long one finished, and the long
+    // prefill went on between them: the jobs took turns, not the queue order.
+    for name in ["short-1", "short-2", "short-3"] {
+        assert!(at((name, "done")) < at(("long", "done")), "{order:?}");
+        assert_eq!(results[name].tokens.len(), 4);
+    }
+    let long_between = order[at(("short-1", "done"))..at(("short-3", "started"))]
+        .iter()
+        .filter(|e| **e == ("long", "prefilled"))
+        .count();
+    assert!(
+        long_between >= 2,
+        "the long prefill waited for every short job: {order:?}"
+    );
+    // Paused and resumed, the long answer is the one it gives alone.
+    let long = &results["long"];
+    let ids = |output: &GenerationOutput| output.tokens.iter().map(|t| t.id).collect::<Vec<_>>();
+    assert_eq!(ids(long), ids(&alone));
+    assert_eq!(
+        (long.prompt_tokens, long.finish_reason),
+        (alone.prompt_tokens, alone.finish_reason)
+    );
+    // The engine serves on with one cache again.
+    assert_eq!(
+        engine.submit(tagged_job(
+            "after",
+            request(&engine, 2),
+            mpsc::channel().0,
+            mpsc::channel().0
+        )),
+        Ok(())
+    );
+}

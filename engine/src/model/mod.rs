@@ -275,6 +275,14 @@ impl KvSlot {
         cache
     }
 
+    /// The cache as a stopped prefill left it, holding `filled` positions, to
+    /// go on from there.
+    pub fn resume(&mut self, filled: usize) -> &mut KvCache {
+        let cache = self.cache.as_mut().expect("a resumed slot holds a cache");
+        assert_eq!(cache.len(), filled, "the slot holds the stopped prefill");
+        cache
+    }
+
     /// Memory the slot holds.
     pub fn bytes(&self) -> usize {
         self.cache.as_ref().map_or(0, KvCache::bytes)
