@@ -4,9 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-mod ladder_cli;
-mod local_cli;
-mod route_cli;
+mod cli;
 
 use clap::{Parser, Subcommand};
 use switchyard::policy::{Policy, PolicyError};
@@ -41,13 +39,13 @@ enum Command {
         command: PolicyCommand,
     },
     /// Generate from a raw prompt with a local model (no chat template).
-    Generate(local_cli::GenerateArgs),
+    Generate(cli::local::GenerateArgs),
     /// Chat with a local model in the terminal.
-    Chat(local_cli::ChatArgs),
+    Chat(cli::local::ChatArgs),
     /// The routing brain: score, evaluate, train, explain, time.
     Route {
         #[command(subcommand)]
-        command: route_cli::RouteCommand,
+        command: cli::route::RouteCommand,
     },
     /// The escalation ladder.
     Ladder {
@@ -59,7 +57,7 @@ enum Command {
 #[derive(Subcommand)]
 enum LadderCommand {
     /// Compare routing alone with routing plus the ladder on labelled data.
-    Eval(ladder_cli::EvalArgs),
+    Eval(cli::ladder::EvalArgs),
 }
 
 #[derive(Subcommand)]
@@ -81,12 +79,12 @@ fn main() -> ExitCode {
         Command::Policy {
             command: PolicyCommand::Check { file },
         } => check(&file),
-        Command::Generate(args) => local_cli::generate(&args),
-        Command::Chat(args) => local_cli::chat(&args),
+        Command::Generate(args) => cli::local::generate(&args),
+        Command::Chat(args) => cli::local::chat(&args),
         Command::Ladder {
             command: LadderCommand::Eval(args),
-        } => ladder_cli::eval(&args),
-        Command::Route { command } => route_cli::run(&command),
+        } => cli::ladder::eval(&args),
+        Command::Route { command } => cli::route::run(&command),
     }
 }
 

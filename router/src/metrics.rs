@@ -1,9 +1,9 @@
-//! Prometheus metrics and the per-request record behind them.
+//! Prometheus metrics: their definitions and the registry `/metrics` serves.
 //!
-//! Every request ends in exactly one [`RequestRecord`], recorded when its
-//! answer is complete (for streams: when the stream ends or the client goes
-//! away). The record feeds the metrics, the status page's recent decisions,
-//! the budget ledger, and one log line. Labels are low-cardinality by
+//! Every chat request ends in exactly one record (`accounting::RequestRecord`),
+//! made when its answer is complete (for streams: when the stream ends or the
+//! client goes away); the record writes the request metrics defined here, and
+//! the local backend and the budget ledger set their gauges. Labels are low-cardinality by
 //! construction: tiers, backend names from the policy, status classes and the
 //! fixed reason codes; never prompts, keys or caller names.
 //!

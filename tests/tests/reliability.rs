@@ -515,7 +515,10 @@ async fn sigterm_lets_streams_in_flight_finish_and_refuses_new_ones() {
 fn truncating_policy(double: &CloudDouble, remote: &str, extra: &str) -> String {
     policy(double, &[remote], &[remote], ALL_LOCAL, FAST_RETRIES)
         .replace("default_max_tokens: 8", "default_max_tokens: 2")
-        + "ladder: { precommit_tokens: 64, precommit_ms: 10000 }\n"
+        // Long enough that a streamed answer is always judged whole, also
+        // on a loaded machine (10 s once ran out before a two-pass answer
+        // ended, and the stream was committed unjudged).
+        + "ladder: { precommit_tokens: 64, precommit_ms: 60000 }\n"
         + extra
 }
 

@@ -38,6 +38,7 @@ use crate::openai::Usage;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::openai::sse;
+use crate::outcome::Ineligible;
 use crate::policy::{LocalBackendConfig, SamplingDefaults};
 
 /// Fields a local model cannot honour; a request that needs them must go to a
@@ -61,23 +62,6 @@ const UNSUPPORTED_FIELDS: &[&str] = &[
 /// behind a long one; more would not finish sooner on the cores the engine
 /// leaves free.
 const PROMPTS_ENCODED_AT_ONCE: usize = 2;
-
-/// Why a local model cannot take a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ineligible {
-    /// Tools or function calling, or a conversation that holds tool calls or results.
-    Tools,
-    /// Images, audio or other non-text content.
-    Images,
-    /// `response_format` (JSON mode or a schema).
-    JsonMode,
-    /// Other fields a local model cannot honour (`logit_bias`, `n` > 1, ...).
-    Fields,
-    /// The prompt (estimated) and `max_tokens` do not fit the context window.
-    Context,
-    /// The model is not loaded.
-    Unavailable,
-}
 
 /// What the local engine is doing and holding, read for `/metrics` and the status page.
 #[derive(Debug, Clone, Copy)]

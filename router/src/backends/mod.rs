@@ -1,7 +1,8 @@
 //! Where requests are answered. Each backend kind is one variant of [`Backend`]
-//! (a closed set, dispatched by `match`); the local engine joins as a second
-//! variant. [`Backends`] is the catalogue: it knows which client-facing model
-//! names map to which backend.
+//! (a closed set, dispatched by `match`): a remote OpenAI-compatible endpoint
+//! ([`remote`], with its circuit [`breaker`]) or the in-process engine
+//! ([`local`]). [`Backends`] is the catalogue: it knows which client-facing
+//! model names map to which backend.
 
 pub mod breaker;
 pub mod local;

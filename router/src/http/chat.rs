@@ -24,12 +24,11 @@ use crate::ladder::{self, Degraded};
 use crate::live::Live;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::outcome::{Reason, Tier};
 use crate::policy::Price;
 use crate::routing::difficulty::DifficultyModel;
 use crate::routing::features::{Features, text_for_scoring};
-use crate::routing::{
-    self, COST, DEGRADED, Decision, ESCALATED_FROM, Hints, REASON, ROUTE, Reason, RequestFacts, SCORE, Tier,
-};
+use crate::routing::{self, COST, DEGRADED, Decision, ESCALATED_FROM, Hints, REASON, ROUTE, RequestFacts, SCORE};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,

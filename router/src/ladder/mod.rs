@@ -38,9 +38,10 @@ use crate::backends::remote::is_transient;
 use crate::backends::{Backend, ChatReply};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::outcome::{Reason, RouteError, Tier};
 use crate::policy::LadderConfig;
 use crate::routing::budget::Reservation;
-use crate::routing::{self, BudgetClaim, Decision, Reason, RouteError, Tier};
+use crate::routing::{self, BudgetClaim, Decision};
 
 /// Why an answer did not come from where the decision sent it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

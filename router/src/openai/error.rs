@@ -19,7 +19,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::routing::RouteError;
+use crate::outcome::{Reason, RouteError};
 
 /// When no backend can take a request, clients are told to come back after this
 /// many seconds: long enough for a breaker to close or a model to load.
@@ -178,7 +178,7 @@ impl ApiError {
             ApiError::UpstreamTimeout { .. } | ApiError::UpstreamStalled { .. } | ApiError::LocalTimeout { .. } => {
                 StatusCode::GATEWAY_TIMEOUT
             }
-            ApiError::Route(e) => e.status(),
+            ApiError::Route(e) => route_status(e),
         }
     }
 
@@ -202,7 +202,7 @@ impl ApiError {
             ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
             ApiError::LocalBusy { .. } => "engine_busy",
             ApiError::LocalTimeout { .. } => "local_timeout",
-            ApiError::Route(e) => e.code(),
+            ApiError::Route(e) => route_code(e),
             ApiError::ShuttingDown => "server_shutting_down",
         }
     }
@@ -229,7 +229,7 @@ impl ApiError {
             | ApiError::UpstreamStalled { .. }
             | ApiError::UpstreamStreamCut { .. }
             | ApiError::UpstreamInvalid { .. } => "upstream_error",
-            ApiError::Route(e) => e.error_type(),
+            ApiError::Route(e) => route_error_type(e),
             // OpenAI's type for failures on the server's side, which SDKs and
             // retry logic treat as retryable; the request was sound.
             ApiError::ShuttingDown => "server_error",
@@ -299,7 +299,7 @@ impl ApiError {
             } => {
                 format!("Backend `{backend}` did not finish within the request deadline ({deadline_ms} ms): {detail}.")
             }
-            ApiError::Route(e) => e.message(),
+            ApiError::Route(e) => route_message(e),
             ApiError::ShuttingDown => {
                 "The server is shutting down and this request did not finish in time. Retry it.".to_string()
             }
@@ -434,6 +434,60 @@ fn truncate_for_message(text: &str) -> String {
     match text.char_indices().nth(MAX_CHARS) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_string(),
+    }
+}
+
+/// How a [`RouteError`] is written on the wire: status, code, type, message.
+fn route_status(e: &RouteError) -> StatusCode {
+    match e {
+        RouteError::PrivacyUnservable { .. } => StatusCode::BAD_REQUEST,
+        RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+        RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn route_code(e: &RouteError) -> &'static str {
+    match e {
+        RouteError::PrivacyUnservable { .. } => "privacy_local_only",
+        RouteError::BudgetExhausted { .. } => "budget_exhausted",
+        RouteError::MaxCostExceeded { .. } => "max_cost_exceeded",
+        RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "no_backend_available",
+    }
+}
+
+fn route_error_type(e: &RouteError) -> &'static str {
+    match e {
+        RouteError::PrivacyUnservable { .. } => "invalid_request_error",
+        RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => "insufficient_quota",
+        RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "upstream_error",
+    }
+}
+
+fn route_message(e: &RouteError) -> String {
+    let local_cannot = |why: &Reason| match why {
+        Reason::ModelPinned => "the request names a remote model".to_string(),
+        // Found spent when the call was about to go out (calls in flight
+        // took the rest), with no local answer to fall back on.
+        Reason::BudgetExhausted => "this request cannot be answered locally".to_string(),
+        _ => format!("the local model cannot serve it ({})", why.as_str()),
+    };
+    match e {
+        RouteError::PrivacyUnservable { rule, why } => format!(
+            "Privacy rule `{rule}` keeps this request on the local model, but {}.",
+            local_cannot(why)
+        ),
+        RouteError::BudgetExhausted { why } => format!(
+            "The remote budget is spent (counting remote calls in flight) and {}. Retry when the budget resets or calls in flight finish.",
+            local_cannot(why)
+        ),
+        RouteError::MaxCostExceeded { estimate_usd, why } => format!(
+            "A remote answer may cost up to ${estimate_usd:.6}, over x-switchyard-max-cost-usd, and {}.",
+            local_cannot(why)
+        ),
+        RouteError::NoBackend { why } => format!("No remote backend is available and {}.", local_cannot(why)),
+        RouteError::RemoteFailed { last } => format!(
+            "Every remote backend failed (last error: {last}) and the local model cannot serve this request. Retry shortly."
+        ),
     }
 }
 

@@ -13,21 +13,8 @@
 //! 5. remote must be reachable, within budget and within the client's cost cap,
 //!    or the request comes back local when it can, and is refused when it can't.
 
-use crate::backends::local::Ineligible;
+use crate::outcome::{Ineligible, Reason, RouteError, Tier};
 use crate::policy::{AmbiguousChoice, Thresholds};
-
-use super::{Reason, RouteError, Tier};
-
-fn reason_for(why: Ineligible) -> Reason {
-    match why {
-        Ineligible::Tools => Reason::IneligibleTools,
-        Ineligible::Images => Reason::IneligibleImages,
-        Ineligible::JsonMode => Reason::IneligibleJson,
-        Ineligible::Fields => Reason::IneligibleFields,
-        Ineligible::Context => Reason::IneligibleContext,
-        Ineligible::Unavailable => Reason::LocalUnavailable,
-    }
-}
 
 /// Everything the decision depends on.
 #[derive(Debug, Clone)]
@@ -132,7 +119,7 @@ fn wanted(s: &Situation) -> Result<Verdict, RouteError> {
             }
             Err(why) => Err(RouteError::PrivacyUnservable {
                 rule: rule.clone(),
-                why: reason_for(why),
+                why: why.reason(),
             }),
         };
     }
@@ -162,7 +149,7 @@ fn wanted(s: &Situation) -> Result<Verdict, RouteError> {
     {
         verdict = Verdict {
             tier: Tier::Remote,
-            reason: reason_for(why),
+            reason: why.reason(),
         };
     }
 
@@ -184,11 +171,11 @@ fn wanted(s: &Situation) -> Result<Verdict, RouteError> {
                     reason,
                 }),
                 Err(why) => Err(match reason {
-                    Reason::RemoteUnavailable => RouteError::NoBackend { why: reason_for(why) },
-                    Reason::BudgetExhausted => RouteError::BudgetExhausted { why: reason_for(why) },
+                    Reason::RemoteUnavailable => RouteError::NoBackend { why: why.reason() },
+                    Reason::BudgetExhausted => RouteError::BudgetExhausted { why: why.reason() },
                     _ => RouteError::MaxCostExceeded {
                         estimate_usd: s.remote_cost_estimate_usd,
-                        why: reason_for(why),
+                        why: why.reason(),
                     },
                 }),
             };

@@ -11,7 +11,6 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use super::difficulty::SCORED_TEXT_MAX_BYTES;
 use crate::openai::request::ChatRequest;
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
@@ -38,6 +37,13 @@ pub struct Features {
     pub question_type: &'static str,
     pub language: &'static str,
 }
+
+/// The most of a prompt's text whose words and n-grams are read for the
+/// score. Training prompts are under 4 KiB (the longest labelled one is 3,699
+/// bytes), so the cut never touches a prompt like those the model learned
+/// from; without it, a 4 MiB body's n-grams took ~47 MiB and tens of
+/// milliseconds to score, for a prompt whose size alone decides where it can go.
+pub const SCORED_TEXT_MAX_BYTES: usize = 64 * 1024;
 
 /// The text the difficulty model reads: the user's turns, the last one last,
 /// up to [`SCORED_TEXT_MAX_BYTES`] (cut at a character boundary; the model

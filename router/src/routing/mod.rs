@@ -21,14 +21,14 @@ pub mod sessions;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, StatusCode};
-use serde::Serialize;
+use axum::http::{HeaderMap, HeaderName};
 use serde_json::Value;
 
 use crate::auth::Caller;
 use crate::backends::{Backend, Backends};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::outcome::{Ineligible, Reason, RouteError, Tier};
 use crate::policy::{AUTO_MODEL, Policy, Price, Thresholds};
 use budget::{BudgetLimits, Ledger, Pacing, Reservation};
 use decide::{Situation, Verdict};
@@ -48,209 +48,6 @@ pub const SESSION: HeaderName = HeaderName::from_static("x-switchyard-session");
 /// Output tokens assumed when pricing a remote call for a request that sets no
 /// `max_tokens` (for `x-switchyard-max-cost-usd`).
 pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = 1_000;
-
-/// Where a request is answered. Ordered: a conversation only moves up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Tier {
-    Local,
-    LocalReasoning,
-    Remote,
-}
-
-impl Tier {
-    pub const ALL: [Tier; 3] = [Tier::Local, Tier::LocalReasoning, Tier::Remote];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Tier::Local => "local",
-            Tier::LocalReasoning => "local-reasoning",
-            Tier::Remote => "remote",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Tier> {
-        Tier::ALL.into_iter().find(|t| t.as_str() == text)
-    }
-
-    /// This tier as a local backend serves it: `local-reasoning` is `local`
-    /// on one that does not reason (`reasoning: false`).
-    pub fn served(self, local_reasons: bool) -> Tier {
-        match self {
-            Tier::LocalReasoning if !local_reasons => Tier::Local,
-            tier => tier,
-        }
-    }
-}
-
-/// Why a request went where it went: short, stable codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Reason {
-    /// The client named a backend; no routing.
-    ModelPinned,
-    ScoreLow,
-    ScoreAmbiguous,
-    ScoreHigh,
-    TierOverride,
-    StickySession,
-    PrivacyRule,
-    IneligibleTools,
-    IneligibleImages,
-    IneligibleJson,
-    IneligibleFields,
-    IneligibleContext,
-    LocalUnavailable,
-    RemoteUnavailable,
-    BudgetPaced,
-    BudgetExhausted,
-    MaxCost,
-    /// Escalated by the ladder: the local answer was empty...
-    WeakEmpty,
-    /// ...cut by our own token limit...
-    WeakTruncated,
-    /// ...looping...
-    WeakRepetition,
-    /// ...refusing the task...
-    WeakRefusal,
-    /// ...or the model was unsure of its tokens.
-    WeakConfidence,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 22] = [
-        Reason::ModelPinned,
-        Reason::ScoreLow,
-        Reason::ScoreAmbiguous,
-        Reason::ScoreHigh,
-        Reason::TierOverride,
-        Reason::StickySession,
-        Reason::PrivacyRule,
-        Reason::IneligibleTools,
-        Reason::IneligibleImages,
-        Reason::IneligibleJson,
-        Reason::IneligibleFields,
-        Reason::IneligibleContext,
-        Reason::LocalUnavailable,
-        Reason::RemoteUnavailable,
-        Reason::BudgetPaced,
-        Reason::BudgetExhausted,
-        Reason::MaxCost,
-        Reason::WeakEmpty,
-        Reason::WeakTruncated,
-        Reason::WeakRepetition,
-        Reason::WeakRefusal,
-        Reason::WeakConfidence,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::ModelPinned => "model-pinned",
-            Reason::ScoreLow => "score-low",
-            Reason::ScoreAmbiguous => "score-ambiguous",
-            Reason::ScoreHigh => "score-high",
-            Reason::TierOverride => "tier-override",
-            Reason::StickySession => "sticky-session",
-            Reason::PrivacyRule => "privacy-rule",
-            Reason::IneligibleTools => "ineligible-tools",
-            Reason::IneligibleImages => "ineligible-images",
-            Reason::IneligibleJson => "ineligible-json",
-            Reason::IneligibleFields => "ineligible-fields",
-            Reason::IneligibleContext => "ineligible-context",
-            Reason::LocalUnavailable => "local-unavailable",
-            Reason::RemoteUnavailable => "remote-unavailable",
-            Reason::BudgetPaced => "budget-paced",
-            Reason::BudgetExhausted => "budget-exhausted",
-            Reason::MaxCost => "max-cost",
-            Reason::WeakEmpty => "weak-empty",
-            Reason::WeakTruncated => "weak-truncated",
-            Reason::WeakRepetition => "weak-repetition",
-            Reason::WeakRefusal => "weak-refusal",
-            Reason::WeakConfidence => "weak-confidence",
-        }
-    }
-}
-
-/// A request that no tier can take under the policy.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RouteError {
-    /// A privacy rule keeps it local, and the local model cannot serve it.
-    PrivacyUnservable { rule: String, why: Reason },
-    /// The budget is spent, and the local model cannot serve it.
-    BudgetExhausted { why: Reason },
-    /// The remote call would cost more than the client allows, and the local
-    /// model cannot serve it.
-    MaxCostExceeded { estimate_usd: f64, why: Reason },
-    /// Neither tier is available.
-    NoBackend { why: Reason },
-    /// Every remote backend failed and the local model cannot serve the request.
-    RemoteFailed { last: &'static str },
-}
-
-impl RouteError {
-    pub fn status(&self) -> StatusCode {
-        match self {
-            RouteError::PrivacyUnservable { .. } => StatusCode::BAD_REQUEST,
-            RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
-            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        }
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            RouteError::PrivacyUnservable { .. } => "privacy_local_only",
-            RouteError::BudgetExhausted { .. } => "budget_exhausted",
-            RouteError::MaxCostExceeded { .. } => "max_cost_exceeded",
-            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "no_backend_available",
-        }
-    }
-
-    /// The reason code a refusal carries in `x-switchyard-reason`, logs and metrics.
-    pub fn reason(&self) -> Reason {
-        match self {
-            RouteError::PrivacyUnservable { .. } => Reason::PrivacyRule,
-            RouteError::BudgetExhausted { .. } => Reason::BudgetExhausted,
-            RouteError::MaxCostExceeded { .. } => Reason::MaxCost,
-            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => Reason::RemoteUnavailable,
-        }
-    }
-
-    pub fn error_type(&self) -> &'static str {
-        match self {
-            RouteError::PrivacyUnservable { .. } => "invalid_request_error",
-            RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => "insufficient_quota",
-            RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "upstream_error",
-        }
-    }
-
-    pub fn message(&self) -> String {
-        let local_cannot = |why: &Reason| match why {
-            Reason::ModelPinned => "the request names a remote model".to_string(),
-            // Found spent when the call was about to go out (calls in flight
-            // took the rest), with no local answer to fall back on.
-            Reason::BudgetExhausted => "this request cannot be answered locally".to_string(),
-            _ => format!("the local model cannot serve it ({})", why.as_str()),
-        };
-        match self {
-            RouteError::PrivacyUnservable { rule, why } => format!(
-                "Privacy rule `{rule}` keeps this request on the local model, but {}.",
-                local_cannot(why)
-            ),
-            RouteError::BudgetExhausted { why } => format!(
-                "The remote budget is spent (counting remote calls in flight) and {}. Retry when the budget resets or calls in flight finish.",
-                local_cannot(why)
-            ),
-            RouteError::MaxCostExceeded { estimate_usd, why } => format!(
-                "A remote answer may cost up to ${estimate_usd:.6}, over x-switchyard-max-cost-usd, and {}.",
-                local_cannot(why)
-            ),
-            RouteError::NoBackend { why } => format!("No remote backend is available and {}.", local_cannot(why)),
-            RouteError::RemoteFailed { last } => format!(
-                "Every remote backend failed (last error: {last}) and the local model cannot serve this request. Retry shortly."
-            ),
-        }
-    }
-}
 
 /// What a client asked of the routing through headers.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -519,9 +316,9 @@ impl Routing {
         let local = match &self.local {
             Some(backend) => match backend.as_ref() {
                 Backend::Local(local) => local.eligibility(request, facts.prompt_tokens_estimate),
-                Backend::Remote(_) => Err(crate::backends::local::Ineligible::Unavailable),
+                Backend::Remote(_) => Err(Ineligible::Unavailable),
             },
-            None => Err(crate::backends::local::Ineligible::Unavailable),
+            None => Err(Ineligible::Unavailable),
         };
         let local_reasons = self.local.as_deref().is_some_and(local_reasons);
         let remote = self.ready_remotes().next();

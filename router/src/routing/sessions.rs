@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::Tier;
+use crate::outcome::Tier;
 
 pub struct Sessions {
     ttl: Duration,

@@ -27,7 +27,7 @@ pub mod train;
 
 use std::sync::OnceLock;
 
-use super::features::{Features, STRUCTURAL_FEATURES};
+use super::features::{Features, SCORED_TEXT_MAX_BYTES, STRUCTURAL_FEATURES};
 
 /// Hash buckets of the text features (bucket 0 is padding, never a feature).
 pub const BUCKETS: u32 = 1 << 18;
@@ -95,13 +95,6 @@ static BASELINE: OnceLock<DifficultyModel> = OnceLock::new();
 fn sigmoid(z: f32) -> f32 {
     1.0 / (1.0 + (-z).exp())
 }
-
-/// The most of a prompt's text whose words and n-grams are read for the
-/// score. Training prompts are under 4 KiB (the longest labelled one is 3,699
-/// bytes), so the cut never touches a prompt like those the model learned
-/// from; without it, a 4 MiB body's n-grams took ~47 MiB and tens of
-/// milliseconds to score, for a prompt whose size alone decides where it can go.
-pub const SCORED_TEXT_MAX_BYTES: usize = 64 * 1024;
 
 /// The text up to [`SCORED_TEXT_MAX_BYTES`], cut at a character boundary.
 fn scoring_window(text: &str) -> &str {

@@ -1,0 +1,11 @@
+//! The subcommands besides `serve` and `policy check` (which live in
+//! `main.rs`): each is a thin layer over the library, for operators and for
+//! the research behind the routing model.
+//!
+//! - [`local`]: `switchyard generate` and `switchyard chat`, the local engine from the terminal.
+//! - [`route`]: `switchyard route ...`, the difficulty model: score, evaluate, train, explain, time.
+//! - [`ladder`]: `switchyard ladder eval`, what confidence-based escalation buys on labelled data.
+
+pub mod ladder;
+pub mod local;
+pub mod route;
