@@ -1,6 +1,7 @@
 //! The outcome vocabulary every layer shares: where a request is answered
 //! ([`Tier`]), why ([`Reason`]), why the local model cannot take it
-//! ([`Ineligible`]), and why no tier can ([`RouteError`]). Plain types with no
+//! ([`Ineligible`]), why no tier can ([`RouteError`]), and what went otherwise
+//! than decided ([`Degraded`]). Plain types with no
 //! dependencies on the rest of the crate, so that routing, backends, the ladder,
 //! metrics and the HTTP layer may all import them; how they are written on the
 //! wire is the HTTP layer's business (`openai::error`).
@@ -156,6 +157,22 @@ impl Ineligible {
             Ineligible::Fields => Reason::IneligibleFields,
             Ineligible::Context => Reason::IneligibleContext,
             Ineligible::Unavailable => Reason::LocalUnavailable,
+        }
+    }
+}
+
+/// Why an answer did not come from where the decision sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Degraded {
+    RemoteUnavailable,
+    LocalBusy,
+}
+
+impl Degraded {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Degraded::RemoteUnavailable => "remote-unavailable",
+            Degraded::LocalBusy => "local-busy",
         }
     }
 }

@@ -10,6 +10,7 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use switchyard::auth::Caller;
 use switchyard::live::Live;
+use switchyard::openai::error::ApiError;
 use switchyard::openai::request::ChatRequest;
 use switchyard::openai::request::kind_of;
 use switchyard::policy::Policy;
@@ -19,7 +20,7 @@ use switchyard::routing::difficulty::train::{Settings, learns_from, train as tra
 use switchyard::routing::difficulty::{DifficultyModel, Kind};
 use switchyard::routing::features::{Features, text_for_scoring};
 use switchyard::routing::sessions::Sessions;
-use switchyard::routing::{Hints, RequestFacts};
+use switchyard::routing::{Decision, Hints};
 
 #[derive(clap::Subcommand)]
 pub enum RouteCommand {
@@ -393,6 +394,18 @@ fn request_for(prompt: &str) -> Result<ChatRequest, String> {
     row_request(&json!({ "prompt": prompt }))
 }
 
+/// The daemon's decision for an anonymous request without routing headers.
+fn decide_unhinted(live: &Live, request: &ChatRequest, sessions: &Sessions) -> Result<Decision, ApiError> {
+    live.routing.decide(
+        request,
+        &Caller::Anonymous,
+        &Hints::default(),
+        &live.backends,
+        live.ledger.as_ref(),
+        sessions,
+    )
+}
+
 fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
     let policy = Policy::load(policy_path).map_err(|e| e.in_file(policy_path))?;
     let live = Live::build(&policy, None).map_err(|e| e.in_file(policy_path))?;
@@ -408,13 +421,8 @@ fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
         Kind::TfIdf => (f32::NAN, f32::NAN),
     };
     let sessions = Sessions::new(std::time::Duration::from_secs(1), 1);
-    let facts = RequestFacts {
-        caller: &Caller::Anonymous,
-        hints: &Hints::default(),
-        score,
-        prompt_tokens_estimate: features.prompt_tokens_estimate,
-    };
-    let explanation = match live.routing.route(&request, &facts, live.ledger.as_ref(), &sessions) {
+    let decision = decide_unhinted(&live, &request, &sessions);
+    let explanation = match decision {
         Ok(decision) => json!({
             "route": decision.tier.as_str(),
             "backend": decision.backend.name(),
@@ -457,16 +465,7 @@ fn bench(policy_path: &Path, iterations: usize) -> Result<(), String> {
         for i in 0..iterations + iterations / 10 {
             let request = ChatRequest::parse(bytes.as_bytes()).map_err(|e| e.message())?;
             let started = Instant::now();
-            let text = text_for_scoring(&request);
-            let features = Features::extract(&request, &text);
-            let score = DifficultyModel::embedded().score(&features, &text);
-            let facts = RequestFacts {
-                caller: &Caller::Anonymous,
-                hints: &Hints::default(),
-                score,
-                prompt_tokens_estimate: features.prompt_tokens_estimate,
-            };
-            let decision = live.routing.route(&request, &facts, live.ledger.as_ref(), &sessions);
+            let decision = decide_unhinted(&live, &request, &sessions);
             let elapsed = started.elapsed();
             std::hint::black_box(decision.is_ok());
             if i >= iterations / 10 {

@@ -15,20 +15,18 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::headers::{self, COST, DEGRADED, ESCALATED_FROM, REASON, ROUTE, SCORE};
 use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
 use crate::accounting::{Recorded, RequestRecord};
 use crate::auth::Caller;
-use crate::backends::{Backend, ChatReply};
-use crate::ladder::confidence::Weakness;
-use crate::ladder::{self, Degraded};
+use crate::backends::ChatReply;
+use crate::ladder::{self, Outcome};
 use crate::live::Live;
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::outcome::{Reason, Tier};
+use crate::outcome::Tier;
 use crate::policy::Price;
-use crate::routing::difficulty::DifficultyModel;
-use crate::routing::features::{Features, text_for_scoring};
-use crate::routing::{self, COST, DEGRADED, Decision, ESCALATED_FROM, Hints, REASON, ROUTE, RequestFacts, SCORE};
+use crate::routing::{self, Decision};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -110,25 +108,27 @@ pub async fn chat_completions(
         ));
     // Past the shutdown drain, a request still waiting for its answer gets a
     // 503 instead of a connection closed under it.
-    let answer = tokio::select! {
-        answer = answering => answer,
-        () = state.past_drain.cancelled() => Err(ApiError::ShuttingDown),
+    let outcome = tokio::select! {
+        outcome = answering => outcome,
+        () = state.past_drain.cancelled() => ladder::Outcome::failed(&decision, ApiError::ShuttingDown),
     };
-    let (backend, tier, degraded, escalated_from, weakness) = match &answer {
-        Ok(a) => (a.backend.clone(), a.tier, a.degraded, a.escalated_from, a.weakness),
-        Err(_) => (decision.backend.clone(), decision.tier, None, None, None),
-    };
-    let degraded = degraded.or((decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable));
-    let reason = weakness.map_or(decision.reason, Weakness::reason);
+    let Outcome {
+        answer,
+        backend,
+        tier,
+        reason,
+        degraded,
+        escalated_from,
+    } = outcome;
     record.route = tier.as_str();
     record.backend = backend.name().to_string();
     record.reason = reason.as_str();
     record.escalated_from = escalated_from.map(Tier::as_str);
     record.price = routing::price_of(&backend);
     let mut response = match answer {
-        Ok(answer) => {
-            record.reservation = answer.reservation;
-            respond(answer.reply, record, &state.past_drain)
+        Ok(answered) => {
+            record.reservation = answered.reservation;
+            respond(answered.reply, record, &state.past_drain)
         }
         Err(err) => refused(record, err),
     };
@@ -181,8 +181,18 @@ fn prepare(
     bytes: &[u8],
 ) -> Result<(ChatRequest, Decision, f64), ApiError> {
     let request = tracing::debug_span!("parse").in_scope(|| ChatRequest::parse(bytes))?;
+    let hints = headers::hints(headers)?;
     let deciding = Instant::now();
-    let decision = tracing::debug_span!("decide").in_scope(|| decide(state, live, &request, caller, headers))?;
+    let decision = tracing::debug_span!("decide").in_scope(|| {
+        live.routing.decide(
+            &request,
+            caller,
+            &hints,
+            &live.backends,
+            live.ledger.as_ref(),
+            &state.sessions,
+        )
+    })?;
     Ok((request, decision, deciding.elapsed().as_secs_f64()))
 }
 
@@ -231,55 +241,6 @@ fn respond(reply: ChatReply, mut record: RequestRecord, past_drain: &Cancellatio
             response
         }
     }
-}
-
-/// Where the request goes: the router decides for `auto` and its aliases; a
-/// backend's own name (or its upstream model's) pins it there.
-fn decide(
-    state: &AppState,
-    live: &Live,
-    request: &ChatRequest,
-    caller: &Caller,
-    headers: &HeaderMap,
-) -> Result<Decision, ApiError> {
-    let hints = Hints::from_headers(headers)?;
-    let text = text_for_scoring(request);
-    let features = Features::extract(request, &text);
-    if live.routing.is_profile(&request.model) {
-        let facts = RequestFacts {
-            caller,
-            hints: &hints,
-            score: DifficultyModel::embedded().score(&features, &text),
-            prompt_tokens_estimate: features.prompt_tokens_estimate,
-        };
-        return live
-            .routing
-            .route(request, &facts, live.ledger.as_ref(), &state.sessions);
-    }
-    let backend = live
-        .backends
-        .resolve(&request.model)
-        .ok_or_else(|| ApiError::ModelNotFound(request.model.clone()))?;
-    let facts = RequestFacts {
-        caller,
-        hints: &hints,
-        score: f32::NAN,
-        prompt_tokens_estimate: features.prompt_tokens_estimate,
-    };
-    live.routing
-        .check_pinned(request, backend, &facts, live.ledger.as_ref())?;
-    Ok(Decision {
-        tier: match backend.as_ref() {
-            Backend::Local(_) => Tier::Local,
-            Backend::Remote(_) => Tier::Remote,
-        },
-        reason: Reason::ModelPinned,
-        score: None,
-        backend: backend.clone(),
-        pacing: 0.0,
-        fallbacks: routing::Fallbacks::default(),
-        budget: live.routing.claim(request, &facts, live.ledger.as_ref(), true),
-    })
 }
 
 fn cost_header(cost_usd: f64) -> HeaderValue {

@@ -6,6 +6,7 @@
 //! that answered, or `switchyard` when the proxy answered by itself).
 
 mod chat;
+pub mod headers;
 mod health;
 mod models;
 mod observe;

@@ -21,6 +21,11 @@
 //! Nothing here runs after response bytes reached the client: every switch
 //! happens before the answer starts.
 //!
+//! [`answer`] returns the whole [`Outcome`]: the reply or the error, who
+//! answered at which tier, the final reason (a served weak answer's weakness),
+//! and the degradation (also the decision's own, when it had no remote to
+//! choose), so that the HTTP handler only renders it.
+//!
 //! [`RemoteBackend::chat`]: crate::backends::remote::RemoteBackend::chat
 
 pub mod confidence;
@@ -38,28 +43,13 @@ use crate::backends::remote::is_transient;
 use crate::backends::{Backend, ChatReply};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::outcome::{Reason, RouteError, Tier};
+use crate::outcome::{Degraded, Reason, RouteError, Tier};
 use crate::policy::LadderConfig;
 use crate::routing::budget::Reservation;
 use crate::routing::{self, BudgetClaim, Decision};
 
-/// Why an answer did not come from where the decision sent it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Degraded {
-    RemoteUnavailable,
-    LocalBusy,
-}
-
-impl Degraded {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Degraded::RemoteUnavailable => "remote-unavailable",
-            Degraded::LocalBusy => "local-busy",
-        }
-    }
-}
-
-pub struct Answer {
+/// One rung's answer, as the climb passes it on.
+struct Answer {
     pub reply: ChatReply,
     pub backend: Arc<Backend>,
     pub tier: Tier,
@@ -85,8 +75,77 @@ impl Weakness {
     }
 }
 
+/// What the ladder made of a decided request, whole: who answered, at which
+/// tier and why, what went otherwise than decided, and the reply or the
+/// error. The HTTP handler renders it as it is.
+pub struct Outcome {
+    pub answer: Result<Answered, ApiError>,
+    pub backend: Arc<Backend>,
+    pub tier: Tier,
+    /// The decision's reason, or the weakness of the local answer served or
+    /// climbed away from.
+    pub reason: Reason,
+    /// Set also when the decision itself had no remote to choose.
+    pub degraded: Option<Degraded>,
+    /// The tier the request started at, when the ladder moved it up.
+    pub escalated_from: Option<Tier>,
+}
+
+/// A reply, and the remote call's hold on the budgets, kept until its cost is recorded.
+pub struct Answered {
+    pub reply: ChatReply,
+    pub reservation: Option<Reservation>,
+}
+
+impl Outcome {
+    /// The outcome of `decision` given what its ladder came to.
+    fn of(decision: &Decision, climbed: Result<Answer, ApiError>) -> Outcome {
+        let decided_degraded = (decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable);
+        match climbed {
+            Ok(answer) => Outcome {
+                reason: answer.weakness.map_or(decision.reason, Weakness::reason),
+                degraded: answer.degraded.or(decided_degraded),
+                backend: answer.backend,
+                tier: answer.tier,
+                escalated_from: answer.escalated_from,
+                answer: Ok(Answered {
+                    reply: answer.reply,
+                    reservation: answer.reservation,
+                }),
+            },
+            Err(err) => Outcome::failed(decision, err),
+        }
+    }
+
+    /// A decided request that got no answer: the decision's backend, tier and
+    /// reason, and the error.
+    pub fn failed(decision: &Decision, err: ApiError) -> Outcome {
+        Outcome {
+            answer: Err(err),
+            backend: decision.backend.clone(),
+            tier: decision.tier,
+            reason: decision.reason,
+            degraded: (decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable),
+            escalated_from: None,
+        }
+    }
+}
+
 /// Answers a decided request, falling back as described above.
 pub async fn answer(
+    decision: &Decision,
+    request: &ChatRequest,
+    request_id: &str,
+    deadline: Instant,
+    ladder: &LadderConfig,
+) -> Outcome {
+    Outcome::of(
+        decision,
+        answer_decided(decision, request, request_id, deadline, ladder).await,
+    )
+}
+
+async fn answer_decided(
     decision: &Decision,
     request: &ChatRequest,
     request_id: &str,

@@ -21,7 +21,6 @@ pub mod sessions;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName};
 use serde_json::Value;
 
 use crate::auth::Caller;
@@ -35,16 +34,6 @@ use decide::{Situation, Verdict};
 use privacy::PrivacyRules;
 use sessions::{SessionKeys, Sessions};
 
-pub const ROUTE: HeaderName = HeaderName::from_static("x-switchyard-route");
-pub const SCORE: HeaderName = HeaderName::from_static("x-switchyard-score");
-pub const REASON: HeaderName = HeaderName::from_static("x-switchyard-reason");
-pub const COST: HeaderName = HeaderName::from_static("x-switchyard-cost-usd");
-pub const DEGRADED: HeaderName = HeaderName::from_static("x-switchyard-degraded");
-pub const ESCALATED_FROM: HeaderName = HeaderName::from_static("x-switchyard-escalated-from");
-pub const TIER_OVERRIDE: HeaderName = HeaderName::from_static("x-switchyard-tier");
-pub const MAX_COST: HeaderName = HeaderName::from_static("x-switchyard-max-cost-usd");
-pub const SESSION: HeaderName = HeaderName::from_static("x-switchyard-session");
-
 /// Output tokens assumed when pricing a remote call for a request that sets no
 /// `max_tokens` (for `x-switchyard-max-cost-usd`).
 pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = 1_000;
@@ -55,61 +44,6 @@ pub struct Hints {
     pub tier: Option<Tier>,
     pub max_cost_usd: Option<f64>,
     pub session: Option<String>,
-}
-
-impl Hints {
-    pub fn from_headers(headers: &HeaderMap) -> Result<Hints, ApiError> {
-        let text = |name: &HeaderName| -> Result<Option<&str>, ApiError> {
-            headers
-                .get(name)
-                .map(|v| {
-                    v.to_str()
-                        .map(str::trim)
-                        .map_err(|_| ApiError::invalid(format!("Header {name} must be ASCII."), name.as_str()))
-                })
-                .transpose()
-        };
-        let tier = text(&TIER_OVERRIDE)?
-            .map(|t| {
-                Tier::parse(t).ok_or_else(|| {
-                    ApiError::invalid(
-                        format!("Header {TIER_OVERRIDE} must be local, local-reasoning or remote."),
-                        TIER_OVERRIDE.as_str(),
-                    )
-                })
-            })
-            .transpose()?;
-        let max_cost_usd = text(&MAX_COST)?
-            .map(|t| {
-                t.parse::<f64>()
-                    .ok()
-                    .filter(|v| v.is_finite() && *v >= 0.0)
-                    .ok_or_else(|| {
-                        ApiError::invalid(
-                            format!("Header {MAX_COST} must be a non-negative number of USD."),
-                            MAX_COST.as_str(),
-                        )
-                    })
-            })
-            .transpose()?;
-        let session = text(&SESSION)?
-            .map(|s| {
-                if (1..=256).contains(&s.len()) {
-                    Ok(s.to_string())
-                } else {
-                    Err(ApiError::invalid(
-                        format!("Header {SESSION} must be 1 to 256 characters."),
-                        SESSION.as_str(),
-                    ))
-                }
-            })
-            .transpose()?;
-        Ok(Hints {
-            tier,
-            max_cost_usd,
-            session,
-        })
-    }
 }
 
 /// The outcome of routing one request.
@@ -194,7 +128,7 @@ pub struct Routing {
 }
 
 /// What the routing needs to know of a request besides its body.
-pub struct RequestFacts<'a> {
+struct RequestFacts<'a> {
     pub caller: &'a Caller,
     pub hints: &'a Hints,
     /// Difficulty in [0, 1]: the chance the local answer falls short.
@@ -249,6 +183,54 @@ impl Routing {
         self.budgets.as_ref()
     }
 
+    /// The one entry point: where a validated request goes and why. A
+    /// routing profile (`auto` and its aliases) is scored and decided by the
+    /// rules; a backend the client named (or its upstream model) is checked
+    /// against the cost limit, the privacy rules and the budgets, and pinned.
+    pub fn decide(
+        &self,
+        request: &ChatRequest,
+        caller: &Caller,
+        hints: &Hints,
+        backends: &Backends,
+        ledger: Option<&Arc<Ledger>>,
+        sessions: &Sessions,
+    ) -> Result<Decision, ApiError> {
+        let text = features::text_for_scoring(request);
+        let features = features::Features::extract(request, &text);
+        if self.is_profile(&request.model) {
+            let facts = RequestFacts {
+                caller,
+                hints,
+                score: difficulty::DifficultyModel::embedded().score(&features, &text),
+                prompt_tokens_estimate: features.prompt_tokens_estimate,
+            };
+            return self.route(request, &facts, ledger, sessions);
+        }
+        let backend = backends
+            .resolve(&request.model)
+            .ok_or_else(|| ApiError::ModelNotFound(request.model.clone()))?;
+        let facts = RequestFacts {
+            caller,
+            hints,
+            score: f32::NAN,
+            prompt_tokens_estimate: features.prompt_tokens_estimate,
+        };
+        self.check_pinned(request, backend, &facts, ledger)?;
+        Ok(Decision {
+            tier: match backend.as_ref() {
+                Backend::Local(_) => Tier::Local,
+                Backend::Remote(_) => Tier::Remote,
+            },
+            reason: Reason::ModelPinned,
+            score: None,
+            backend: backend.clone(),
+            pacing: 0.0,
+            fallbacks: Fallbacks::default(),
+            budget: self.claim(request, &facts, ledger, true),
+        })
+    }
+
     /// The remote backends that can take a call now, in order of preference.
     fn ready_remotes(&self) -> impl Iterator<Item = &Arc<Backend>> {
         self.remotes.iter().filter(|b| match b.as_ref() {
@@ -260,7 +242,7 @@ impl Routing {
     /// A request that names a backend skips scoring and tiers, but not the
     /// privacy rules, a spent budget nor the client's own cost cap: none can be
     /// bypassed by naming a remote model.
-    pub fn check_pinned(
+    fn check_pinned(
         &self,
         request: &ChatRequest,
         backend: &Backend,
@@ -297,7 +279,7 @@ impl Routing {
     }
 
     /// Routes a request that asked for a profile.
-    pub fn route(
+    fn route(
         &self,
         request: &ChatRequest,
         facts: &RequestFacts<'_>,
@@ -390,7 +372,7 @@ impl Routing {
 
     /// The request's claim on the budgets, when the policy sets them;
     /// `pinned` when the request names its backend.
-    pub fn claim(
+    fn claim(
         &self,
         request: &ChatRequest,
         facts: &RequestFacts<'_>,
