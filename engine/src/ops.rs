@@ -11,7 +11,7 @@
 //! A CPU backend takes part by saying how its tensor primitive lends those
 //! slices and is built from a result ([`HostTensor`]): Flex (the default) and,
 //! with the `ndarray` feature, NdArray, which is kept for comparison only
-//! (deprecated upstream and slower on these shapes, see the README).
+//! (deprecated upstream and slower on these shapes, see docs/engine.md).
 
 // Naming NdArray's types is what the `ndarray` feature is for.
 #![cfg_attr(feature = "ndarray", allow(deprecated))]

@@ -372,8 +372,8 @@ pub struct RoutingConfig {
 }
 
 /// Thresholds for the shipped difficulty model, the same as the default
-/// policy's: the quartiles of its score on held-out MMLU (README, "The routing
-/// brain"). A quarter of such prompts stay local, a quarter go remote.
+/// policy's: the quartiles of its score on held-out MMLU (docs/routing.md,
+/// "Held-out MMLU"). A quarter of such prompts stay local, a quarter go remote.
 fn default_thresholds() -> Spanned<Thresholds> {
     unspanned(Thresholds {
         local_below: 0.537,
@@ -450,7 +450,7 @@ impl Default for LadderConfig {
     }
 }
 
-/// See the README's ladder section for how this was calibrated.
+/// See docs/reliability.md, "What the ladder buys", for how this was calibrated.
 pub const DEFAULT_MIN_MEAN_LOGPROB: f64 = -2.0;
 
 /// Privacy rules: a request that matches any of them is never sent to a remote

@@ -1,5 +1,5 @@
 //! The routing brain's command line: `route eval` on the held-out quarter of
-//! routellm_mmlu keeps the figures the README reports, `route score` follows
+//! routellm_mmlu keeps the figures docs/routing.md reports, `route score` follows
 //! its contract, `route explain` shows its working.
 
 use std::process::Command;
@@ -41,7 +41,7 @@ fn route_eval_on_the_held_out_quarter_keeps_the_reported_figures() {
     let (baseline, _) = figures(&out, "TF-IDF");
     let (random, random_cpt80) = figures(&out, "random");
     let (oracle, _) = figures(&out, "oracle");
-    // Measured: 0.670 / 0.596 (README). A regressed artifact fails here: with
+    // Measured: 0.670 / 0.596 (docs/routing.md). A regressed artifact fails here: with
     // the weak head also learning from RouterDC's 7B pairs it gave 0.659 / 0.595
     // without weight decay and 0.640 / 0.625 with it.
     assert!(ours >= 0.66 && ours_cpt80 <= 0.61, "{out}");
@@ -61,7 +61,7 @@ fn route_eval_on_unseen_math_word_problems_beats_random() {
     assert!(ok, "{err}");
     let (ours, _) = figures(&out, "switchyard");
     let (random, _) = figures(&out, "random");
-    // Measured: 0.585 against random 0.501 (README).
+    // Measured: 0.585 against random 0.501 (docs/routing.md).
     assert!(ours >= 0.56 && ours > random + 0.05, "{out}");
 }
 

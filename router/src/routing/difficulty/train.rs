@@ -13,7 +13,7 @@
 //! both sides saw the same prompts. A weak head that also learned from pairs of
 //! 7-8B models (RouterDC) learned their failures where the strong head learned
 //! nothing, and the gap read as a gain: 0.659 APGR on held-out MMLU with those
-//! rows, 0.670 without (README, "The routing brain").
+//! rows, 0.670 without (docs/routing.md, "Training").
 //!
 //! The only regularisation is early stopping: the number of epochs is chosen on
 //! a validation tenth of the training rows (by id hash, never the test split),
