@@ -21,7 +21,7 @@
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
@@ -35,6 +35,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use super::ChatReply;
 use crate::openai::Usage;
+use crate::openai::completion::{Completion, Finish, logprobs_json};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::openai::sse;
@@ -219,6 +220,17 @@ pub struct Finished {
     pub client_limited: bool,
 }
 
+impl Finished {
+    /// How it is written in OpenAI's objects.
+    fn finish(&self) -> Finish {
+        Finish {
+            reason: self.finish_reason.as_openai(),
+            usage: self.usage,
+            reasoning_tokens: self.reasoning_tokens,
+        }
+    }
+}
+
 /// Runs the passes of one answer on the engine and turns their events into pieces.
 struct Driver {
     engine: Arc<Engine>,
@@ -392,24 +404,9 @@ impl Generation {
                 Piece::Finished(finished) => {
                     let logprobs = self
                         .logprobs
-                        .then(|| logprobs_json(&self.tokenizer, &tokens, self.top_logprobs));
-                    let mut message = json!({ "role": "assistant", "content": content, "refusal": null });
-                    if finished.reasoning_tokens > 0 {
-                        message["reasoning_content"] = Value::String(reasoning.trim().to_string());
-                    }
-                    let body = json!({
-                        "id": self.completion.id,
-                        "object": "chat.completion",
-                        "created": self.completion.created,
-                        "model": self.completion.model,
-                        "choices": [{
-                            "index": 0,
-                            "message": message,
-                            "logprobs": logprobs,
-                            "finish_reason": finished.finish_reason.as_openai(),
-                        }],
-                        "usage": usage_json(finished.usage, finished.reasoning_tokens),
-                    });
+                        .then(|| logprobs_json(&tokens, self.top_logprobs, token_bytes(&self.tokenizer)));
+                    let reasoning = (finished.reasoning_tokens > 0).then(|| reasoning.trim());
+                    let body = self.completion.whole(&content, reasoning, logprobs, finished.finish());
                     return Ok(ChatReply::Complete {
                         body: Bytes::from(body.to_string()),
                         usage: Some(finished.usage),
@@ -434,7 +431,7 @@ impl Generation {
         } = self;
         let usage_cell = super::UsageCell::default();
         let filled = usage_cell.clone();
-        let role = completion.chunk(json!({ "role": "assistant", "content": "" }), None, None);
+        let role = completion.role_event();
         let rest = futures_util::stream::unfold(pieces, |mut pieces| async move {
             pieces.recv().await.map(|piece| (piece, pieces))
         });
@@ -445,34 +442,27 @@ impl Generation {
                     return std::future::ready(None);
                 }
                 let bytes = match piece {
-                    Piece::Reasoning { text, .. } if !text.is_empty() => {
-                        completion.chunk(json!({ "reasoning_content": text }), None, None)
-                    }
+                    Piece::Reasoning { text, .. } if !text.is_empty() => completion.reasoning_event(&text),
                     Piece::Reasoning { .. } => Bytes::new(),
                     Piece::Content { text, token } => {
                         let lp = match (&token, logprobs) {
-                            (Some(token), true) => {
-                                Some(logprobs_json(&tokenizer, std::slice::from_ref(token), top_logprobs))
-                            }
+                            (Some(token), true) => Some(logprobs_json(
+                                std::slice::from_ref(token),
+                                top_logprobs,
+                                token_bytes(&tokenizer),
+                            )),
                             _ => None,
                         };
                         if text.is_empty() && lp.is_none() {
                             Bytes::new()
                         } else {
-                            completion.chunk(json!({ "content": text }), lp, None)
+                            completion.content_event(&text, lp)
                         }
                     }
                     Piece::Finished(finished) => {
                         *done = true;
                         *filled.lock().expect("usage cell") = Some(finished.usage);
-                        let mut out = completion
-                            .chunk(json!({}), None, Some(finished.finish_reason.as_openai()))
-                            .to_vec();
-                        if include_usage {
-                            out.extend_from_slice(&completion.usage_chunk(finished.usage, finished.reasoning_tokens));
-                        }
-                        out.extend_from_slice(&sse::encode_data(sse::DONE));
-                        Bytes::from(out)
+                        completion.finish_events(finished.finish(), include_usage)
                     }
                     Piece::Failed(err) => {
                         *done = true;
@@ -729,11 +719,7 @@ impl LocalBackend {
         Ok(Generation {
             pieces,
             queued,
-            completion: Completion {
-                id: format!("chatcmpl-{}", uuid::Uuid::new_v4().simple()),
-                created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-                model: self.name.clone(),
-            },
+            completion: Completion::new(&self.name),
             tokenizer: self.engine()?.tokenizer().clone(),
             stream: request.stream,
             include_usage: request.include_usage,
@@ -1115,64 +1101,9 @@ fn text_only_messages(messages: &Value, backend: &str) -> Result<Value, ApiError
     Ok(Value::Array(out))
 }
 
-#[derive(Clone)]
-struct Completion {
-    id: String,
-    created: u64,
-    model: String,
-}
-
-impl Completion {
-    fn chunk(&self, delta: Value, logprobs: Option<Value>, finish_reason: Option<&str>) -> Bytes {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{ "index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason }],
-        });
-        sse::encode_data(&chunk.to_string())
-    }
-
-    fn usage_chunk(&self, usage: Usage, reasoning_tokens: u64) -> Bytes {
-        let chunk = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [],
-            "usage": usage_json(usage, reasoning_tokens),
-        });
-        sse::encode_data(&chunk.to_string())
-    }
-}
-
-fn usage_json(usage: Usage, reasoning_tokens: u64) -> Value {
-    json!({
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "completion_tokens_details": { "reasoning_tokens": reasoning_tokens },
-    })
-}
-
-/// OpenAI's `logprobs` object for some tokens.
-fn logprobs_json(tokenizer: &Tokenizer, tokens: &[SampledToken], top_logprobs: usize) -> Value {
-    // A token may hold part of a UTF-8 character; `bytes` carries it exactly,
-    // `token` shows it as text (with U+FFFD where it is partial), as OpenAI does.
-    let entry = |id: u32, logprob: f32| {
-        let bytes = tokenizer.token_bytes(id).unwrap_or_default();
-        json!({ "token": String::from_utf8_lossy(bytes), "logprob": logprob, "bytes": bytes })
-    };
-    let content: Vec<Value> = tokens
-        .iter()
-        .map(|t| {
-            let mut e = entry(t.id, t.logprob);
-            e["top_logprobs"] = Value::Array(t.top.iter().take(top_logprobs).map(|&(id, lp)| entry(id, lp)).collect());
-            e
-        })
-        .collect();
-    json!({ "content": content, "refusal": null })
+/// A token id's bytes, for its log-probability entry.
+fn token_bytes<'t>(tokenizer: &'t Tokenizer) -> impl Fn(u32) -> &'t [u8] {
+    |id| tokenizer.token_bytes(id).unwrap_or_default()
 }
 
 /// `deadline_ms`: what was left of the request's deadline when the answer was asked for.
