@@ -581,28 +581,20 @@ impl LocalBackend {
     pub fn eligibility(&self, request: &ChatRequest, prompt_tokens_estimate: u64) -> Result<(), Ineligible> {
         let engine = self.engine.as_ref().map_err(|_| Ineligible::Unavailable)?;
         let body = &request.body;
-        if request.uses("tools") || request.uses("functions") {
+        let asks = &request.asks;
+        if asks.tools {
             return Err(Ineligible::Tools);
         }
-        if request.uses("response_format") {
+        if asks.json_mode {
             return Err(Ineligible::JsonMode);
         }
-        if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f))
-            || body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1)
-        {
+        if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f)) || request.sampling.n.is_some_and(|n| n != 1) {
             return Err(Ineligible::Fields);
         }
-        let has_non_text_part = body["messages"].as_array().into_iter().flatten().any(|message| {
-            message["content"].as_array().is_some_and(|parts| {
-                parts
-                    .iter()
-                    .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
-            })
-        });
-        if has_non_text_part {
+        if asks.non_text {
             return Err(Ineligible::Images);
         }
-        if tool_turn(&body["messages"]).is_some() {
+        if asks.tool_turn.is_some() {
             return Err(Ineligible::Tools);
         }
         // The same sound floor that refuses a pinned request before tokenizing
@@ -723,8 +715,8 @@ impl LocalBackend {
             tokenizer: self.engine()?.tokenizer().clone(),
             stream: request.stream,
             include_usage: request.include_usage,
-            logprobs: request.body.get("logprobs").and_then(Value::as_bool).unwrap_or(false),
-            top_logprobs: request.body.get("top_logprobs").and_then(Value::as_u64).unwrap_or(0) as usize,
+            logprobs: request.sampling.logprobs,
+            top_logprobs: request.sampling.top_logprobs.unwrap_or(0) as usize,
         })
     }
 
@@ -749,13 +741,13 @@ impl LocalBackend {
                 field,
             ));
         }
-        if let Some(param) = tool_turn(&body["messages"]) {
+        if let Some(param) = &request.asks.tool_turn {
             return Err(ApiError::invalid(
                 format!(
                     "Backend `{}` is a local model without tool support; it cannot read the tool call or tool result in '{param}'.",
                     self.name
                 ),
-                &param,
+                param,
             ));
         }
         let context = engine.context_length();
@@ -768,7 +760,7 @@ impl LocalBackend {
                 ),
             });
         }
-        if body.get("n").and_then(Value::as_u64).is_some_and(|n| n != 1) {
+        if request.sampling.n.is_some_and(|n| n != 1) {
             return Err(ApiError::invalid(
                 format!("Backend `{}` generates one choice ('n' must be 1).", self.name),
                 "n",
@@ -786,7 +778,10 @@ impl LocalBackend {
             }
         };
 
-        let number = |field: &str, default: f32| -> Result<f32, ApiError> {
+        // OpenAI's fields come validated (`request.sampling`); the local
+        // model's extras (`top_k`, `min_p`, `repetition_penalty`, as vLLM and
+        // llama.cpp take them) are read here.
+        let extra_number = |field: &str, default: f32| -> Result<f32, ApiError> {
             match body.get(field) {
                 None | Some(Value::Null) => Ok(default),
                 Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(f64::NAN) as f32),
@@ -801,53 +796,23 @@ impl LocalBackend {
                 .ok_or_else(|| ApiError::invalid("'top_k' must be a non-negative integer.", "top_k"))?
                 as usize,
         };
-        let seed = match body.get("seed") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(
-                v.as_u64()
-                    .or_else(|| v.as_i64().map(|s| s as u64))
-                    .ok_or_else(|| ApiError::invalid("'seed' must be an integer.", "seed"))?,
-            ),
-        };
+        let asked = &request.sampling;
         let sampling = SamplingParams {
-            temperature: number("temperature", defaults.temperature)?,
-            top_p: number("top_p", defaults.top_p)?,
+            temperature: asked.temperature.unwrap_or(defaults.temperature),
+            top_p: asked.top_p.unwrap_or(defaults.top_p),
             top_k,
-            min_p: number("min_p", defaults.min_p)?,
-            presence_penalty: number("presence_penalty", 0.0)?,
-            frequency_penalty: number("frequency_penalty", 0.0)?,
-            repetition_penalty: number("repetition_penalty", defaults.repetition_penalty)?,
-            seed,
+            min_p: extra_number("min_p", defaults.min_p)?,
+            presence_penalty: asked.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: asked.frequency_penalty.unwrap_or(0.0),
+            repetition_penalty: extra_number("repetition_penalty", defaults.repetition_penalty)?,
+            seed: asked.seed,
         };
         sampling.validate().map_err(|why| {
             let field = why.split_whitespace().next().unwrap_or("temperature").to_string();
             ApiError::invalid(format!("Invalid sampling parameter: {why}."), &field)
         })?;
-        let stop_strings = match body.get("stop") {
-            None | Some(Value::Null) => Vec::new(),
-            Some(Value::String(s)) => vec![s.clone()],
-            Some(Value::Array(items)) if items.len() <= 4 && items.iter().all(Value::is_string) => {
-                items.iter().filter_map(Value::as_str).map(str::to_string).collect()
-            }
-            Some(_) => {
-                return Err(ApiError::invalid(
-                    "'stop' must be a string or an array of up to 4 strings.",
-                    "stop",
-                ));
-            }
-        };
-        let top_logprobs = match body.get("top_logprobs") {
-            None | Some(Value::Null) => 0,
-            Some(v) => match v.as_u64() {
-                Some(n) if n <= 20 => n as usize,
-                _ => {
-                    return Err(ApiError::invalid(
-                        "'top_logprobs' must be an integer from 0 to 20.",
-                        "top_logprobs",
-                    ));
-                }
-            },
-        };
+        let stop_strings = asked.stop.clone();
+        let top_logprobs = asked.top_logprobs.unwrap_or(0) as usize;
         let messages = Arc::new(messages);
         let extra = Arc::new(extra);
         let prompt_tokens = encoder.encode(messages.clone(), extra.clone()).await?;
@@ -1013,28 +978,6 @@ impl Plan {
             ..self.generation.clone()
         })
     }
-}
-
-/// Where a conversation carries a tool call or a tool's result (the param to
-/// name), which a model without tool support cannot read: an assistant turn's
-/// `tool_calls` or `function_call`, a `tool` or `function` turn.
-fn tool_turn(messages: &Value) -> Option<String> {
-    messages.as_array()?.iter().enumerate().find_map(|(i, message)| {
-        let set = |field: &str| match message.get(field) {
-            None | Some(Value::Null) => false,
-            Some(Value::Array(items)) => !items.is_empty(),
-            Some(_) => true,
-        };
-        if set("tool_calls") {
-            Some(format!("messages[{i}].tool_calls"))
-        } else if set("function_call") {
-            Some(format!("messages[{i}].function_call"))
-        } else if matches!(message["role"].as_str(), Some("tool" | "function")) {
-            Some(format!("messages[{i}].role"))
-        } else {
-            None
-        }
-    })
 }
 
 /// The bytes of text every chat template prints, and the fewest tokens the

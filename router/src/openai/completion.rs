@@ -165,7 +165,7 @@ mod tests {
     }
 
     /// The JSON of each `data:` event in `bytes`, `[DONE]` as a string.
-    fn events(bytes: &[u8]) -> Vec<Value> {
+    fn sse_events(bytes: &[u8]) -> Vec<Value> {
         let text = std::str::from_utf8(bytes).unwrap();
         assert!(text.ends_with("\n\n"), "{text:?}");
         text.split("\n\n")
@@ -217,7 +217,7 @@ mod tests {
         ] {
             stream.extend_from_slice(&bytes);
         }
-        let events = events(&stream);
+        let events = sse_events(&stream);
         assert_eq!(events.len(), 7, "{events:?}");
         for chunk in &events[..6] {
             assert_eq!(
@@ -245,7 +245,7 @@ mod tests {
         assert_eq!(events[5]["usage"]["total_tokens"], 19);
         assert_eq!(events[6], "[DONE]");
         // Without include_usage: the finish chunk, then [DONE].
-        let end = events(&c.finish_events(finish("length"), false));
+        let end = sse_events(&c.finish_events(finish("length"), false));
         assert_eq!(end.len(), 2);
         assert_eq!(end[0]["choices"][0]["finish_reason"], "length");
         assert!(end[0].get("usage").is_none());

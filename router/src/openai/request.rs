@@ -32,6 +32,10 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// `max_completion_tokens`, or the older `max_tokens`.
     pub max_tokens: Option<u64>,
+    /// OpenAI's sampling fields, validated.
+    pub sampling: Sampling,
+    /// What it asks of a backend beyond text in and text out.
+    pub asks: Asks,
     /// Whether a local model should reason before answering: asked by the
     /// client with `reasoning_effort` (anything but `none`/`minimal`), or set by
     /// the router for the `local-reasoning` tier; ignored by a local backend
@@ -129,7 +133,8 @@ impl ChatRequest {
             }
         }
 
-        validate_sampling(&body)?;
+        let sampling = Sampling::parse(&body)?;
+        let asks = Asks::of(&body);
 
         let reasoning = match body.get("reasoning_effort") {
             None | Some(Value::Null) => false,
@@ -143,6 +148,8 @@ impl ChatRequest {
             stream,
             include_usage,
             max_tokens,
+            sampling,
+            asks,
             reasoning,
         })
     }
@@ -151,14 +158,7 @@ impl ChatRequest {
     /// value that asks for nothing (`null`, an empty list of `tools`, or a
     /// `response_format` of plain text, which is every model's default).
     pub fn uses(&self, field: &str) -> bool {
-        match self.body.get(field) {
-            None | Some(Value::Null) => false,
-            Some(Value::Array(items)) => !items.is_empty(),
-            Some(Value::Object(format)) if field == "response_format" => {
-                format.get("type").and_then(Value::as_str) != Some("text")
-            }
-            Some(_) => true,
-        }
+        uses(&self.body, field)
     }
 
     /// The `max_tokens` field name the client used, for error messages.
@@ -275,57 +275,166 @@ const RANGES: &[(&str, f64, f64)] = &[
     ("frequency_penalty", -2.0, 2.0),
 ];
 
-fn validate_sampling(body: &Map<String, Value>) -> Result<(), ApiError> {
-    let set = |field: &str| body.get(field).filter(|v| !v.is_null());
-    for &(field, low, high) in RANGES {
-        match set(field) {
-            None => {}
-            Some(Value::Number(n)) => {
-                let value = n.as_f64().unwrap_or(f64::NAN);
-                if !(low..=high).contains(&value) {
-                    return Err(ApiError::invalid(
-                        format!("Invalid '{field}': expected a number from {low} to {high}, but got {n}."),
-                        field,
-                    ));
+/// What a request asks of a backend beyond text in and text out, read once
+/// from the body: routing's features and a local model's eligibility read
+/// the same view.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Asks {
+    /// Tools (or the older functions) offered to the model.
+    pub tools: bool,
+    /// The first turn that carries a tool call or a tool's result (the param
+    /// to name): an assistant turn's `tool_calls` or `function_call`, a `tool`
+    /// or `function` turn.
+    pub tool_turn: Option<String>,
+    /// Content parts other than text (images, audio, files).
+    pub non_text: bool,
+    /// A `response_format` other than plain text.
+    pub json_mode: bool,
+}
+
+impl Asks {
+    fn of(body: &Map<String, Value>) -> Asks {
+        let messages = body
+            .get("messages")
+            .and_then(Value::as_array)
+            .map_or(&[][..], Vec::as_slice);
+        Asks {
+            tools: uses(body, "tools") || uses(body, "functions"),
+            tool_turn: messages.iter().enumerate().find_map(|(i, message)| {
+                let set = |field: &str| match message.get(field) {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Array(items)) => !items.is_empty(),
+                    Some(_) => true,
+                };
+                if set("tool_calls") {
+                    Some(format!("messages[{i}].tool_calls"))
+                } else if set("function_call") {
+                    Some(format!("messages[{i}].function_call"))
+                } else if matches!(message["role"].as_str(), Some("tool" | "function")) {
+                    Some(format!("messages[{i}].role"))
+                } else {
+                    None
                 }
+            }),
+            non_text: messages.iter().any(|message| {
+                message["content"].as_array().is_some_and(|parts| {
+                    parts
+                        .iter()
+                        .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
+                })
+            }),
+            json_mode: uses(body, "response_format"),
+        }
+    }
+}
+
+/// Whether the request asks for what a field offers: it is set, and not to a
+/// value that asks for nothing (`null`, an empty list of `tools`, or a
+/// `response_format` of plain text, which is every model's default).
+fn uses(body: &Map<String, Value>, field: &str) -> bool {
+    match body.get(field) {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(items)) => !items.is_empty(),
+        Some(Value::Object(format)) if field == "response_format" => {
+            format.get("type").and_then(Value::as_str) != Some("text")
+        }
+        Some(_) => true,
+    }
+}
+
+/// OpenAI's sampling fields, checked against OpenAI's types and ranges and
+/// carried typed: a backend reads these, never the body again.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sampling {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub n: Option<u32>,
+    /// An integer; a negative one is kept as its two's-complement bits.
+    pub seed: Option<u64>,
+    /// Up to 4 strings.
+    pub stop: Vec<String>,
+    pub logprobs: bool,
+    pub top_logprobs: Option<u32>,
+}
+
+impl Sampling {
+    fn parse(body: &Map<String, Value>) -> Result<Sampling, ApiError> {
+        let set = |field: &str| body.get(field).filter(|v| !v.is_null());
+        let ranged = |field: &str, low: f64, high: f64| -> Result<Option<f32>, ApiError> {
+            match set(field) {
+                None => Ok(None),
+                Some(Value::Number(n)) => {
+                    let value = n.as_f64().unwrap_or(f64::NAN);
+                    if (low..=high).contains(&value) {
+                        Ok(Some(value as f32))
+                    } else {
+                        Err(ApiError::invalid(
+                            format!("Invalid '{field}': expected a number from {low} to {high}, but got {n}."),
+                            field,
+                        ))
+                    }
+                }
+                Some(other) => Err(wrong_type(field, "a number", other)),
             }
-            Some(other) => return Err(wrong_type(field, "a number", other)),
+        };
+        let mut numbers = [None; 4];
+        for (slot, &(field, low, high)) in numbers.iter_mut().zip(RANGES) {
+            *slot = ranged(field, low, high)?;
         }
+        let [temperature, top_p, presence_penalty, frequency_penalty] = numbers;
+        let integer = |field: &str, low: i64, high: i64| -> Result<Option<u32>, ApiError> {
+            match set(field) {
+                None => Ok(None),
+                Some(Value::Number(n)) if n.as_i64().is_some_and(|v| (low..=high).contains(&v)) => {
+                    Ok(n.as_i64().map(|v| v as u32))
+                }
+                Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Err(ApiError::invalid(
+                    format!("Invalid '{field}': expected an integer from {low} to {high}, but got {n}."),
+                    field,
+                )),
+                Some(other) => Err(wrong_type(field, "an integer", other)),
+            }
+        };
+        let n = integer("n", 1, 128)?;
+        let top_logprobs = integer("top_logprobs", 0, 20)?;
+        let seed = match set("seed") {
+            None => None,
+            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.as_u64().or_else(|| n.as_i64().map(|s| s as u64)),
+            Some(other) => return Err(wrong_type("seed", "an integer", other)),
+        };
+        let logprobs = match set("logprobs") {
+            None => false,
+            Some(Value::Bool(logprobs)) => *logprobs,
+            Some(other) => return Err(wrong_type("logprobs", "a boolean", other)),
+        };
+        let stop = match set("stop") {
+            None => Vec::new(),
+            Some(Value::String(stop)) => vec![stop.clone()],
+            Some(Value::Array(items)) if items.len() <= 4 && items.iter().all(Value::is_string) => {
+                items.iter().filter_map(Value::as_str).map(str::to_string).collect()
+            }
+            Some(Value::Array(_)) => {
+                return Err(ApiError::invalid(
+                    "Invalid 'stop': expected a string or an array of up to 4 strings.",
+                    "stop",
+                ));
+            }
+            Some(other) => return Err(wrong_type("stop", "a string or an array of strings", other)),
+        };
+        Ok(Sampling {
+            temperature,
+            top_p,
+            presence_penalty,
+            frequency_penalty,
+            n,
+            seed,
+            stop,
+            logprobs,
+            top_logprobs,
+        })
     }
-    let integer = |field: &str, low: i64, high: i64| -> Result<(), ApiError> {
-        match set(field) {
-            None => Ok(()),
-            Some(Value::Number(n)) if n.as_i64().is_some_and(|v| (low..=high).contains(&v)) => Ok(()),
-            Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Err(ApiError::invalid(
-                format!("Invalid '{field}': expected an integer from {low} to {high}, but got {n}."),
-                field,
-            )),
-            Some(other) => Err(wrong_type(field, "an integer", other)),
-        }
-    };
-    integer("n", 1, 128)?;
-    integer("top_logprobs", 0, 20)?;
-    match set("seed") {
-        None => {}
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => {}
-        Some(other) => return Err(wrong_type("seed", "an integer", other)),
-    }
-    match set("logprobs") {
-        None | Some(Value::Bool(_)) => {}
-        Some(other) => return Err(wrong_type("logprobs", "a boolean", other)),
-    }
-    match set("stop") {
-        None | Some(Value::String(_)) => {}
-        Some(Value::Array(items)) if items.len() <= 4 && items.iter().all(Value::is_string) => {}
-        Some(Value::Array(_)) => {
-            return Err(ApiError::invalid(
-                "Invalid 'stop': expected a string or an array of up to 4 strings.",
-                "stop",
-            ));
-        }
-        Some(other) => return Err(wrong_type("stop", "a string or an array of strings", other)),
-    }
-    Ok(())
 }
 
 fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
@@ -370,6 +479,68 @@ mod tests {
             ApiError::InvalidRequest { param, .. } => param,
             other => panic!("expected InvalidRequest, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn what_a_request_asks_beyond_text_is_read_once() {
+        let plain = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"tools":[],"response_format":{"type":"text"}}"#,
+        );
+        assert_eq!(
+            plain.unwrap().asks,
+            Asks::default(),
+            "empty tools and a text format ask for nothing"
+        );
+        let asks = parse(
+            r#"{"model":"m","functions":[{"name":"f"}],"response_format":{"type":"json_object"},"messages":[
+                {"role":"user","content":[{"type":"text","text":"see"},{"type":"image_url","image_url":{"url":"x"}}]},
+                {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"c","content":"ok"}]}"#,
+        )
+        .unwrap()
+        .asks;
+        assert_eq!(
+            asks,
+            Asks {
+                tools: true,
+                tool_turn: Some("messages[1].tool_calls".into()),
+                non_text: true,
+                json_mode: true,
+            }
+        );
+        let result_only = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"a"},{"role":"function","name":"f","content":"1"}]}"#,
+        );
+        assert_eq!(result_only.unwrap().asks.tool_turn.as_deref(), Some("messages[1].role"));
+    }
+
+    #[test]
+    fn sampling_fields_are_carried_typed_once_checked() {
+        let request = parse(
+            r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"temperature":0.5,"top_p":1,
+                "presence_penalty":-2,"n":1,"seed":-1,"stop":["a","b"],"logprobs":true,"top_logprobs":3}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            request.sampling,
+            Sampling {
+                temperature: Some(0.5),
+                top_p: Some(1.0),
+                presence_penalty: Some(-2.0),
+                frequency_penalty: None,
+                n: Some(1),
+                seed: Some(u64::MAX),
+                stop: vec!["a".into(), "b".into()],
+                logprobs: true,
+                top_logprobs: Some(3),
+            }
+        );
+        let plain = parse(r#"{"model":"m","messages":[{"role":"user","content":"hi"}],"stop":"x","temperature":null}"#);
+        let plain = plain.unwrap().sampling;
+        assert_eq!(
+            (plain.stop, plain.temperature, plain.logprobs),
+            (vec!["x".to_string()], None, false)
+        );
     }
 
     #[test]

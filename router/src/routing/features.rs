@@ -125,15 +125,9 @@ impl Features {
         }
         features.prompt_tokens_estimate = all_text.tokens() + 4 * messages.len() as u64;
         features.turns = messages.iter().filter(|m| m["role"] == "user").count() as u32;
-        features.has_tools = request.uses("tools") || request.uses("functions");
-        features.json_mode = request.uses("response_format");
-        features.has_images = messages.iter().any(|m| {
-            m["content"].as_array().is_some_and(|parts| {
-                parts
-                    .iter()
-                    .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
-            })
-        });
+        features.has_tools = request.asks.tools;
+        features.json_mode = request.asks.json_mode;
+        features.has_images = request.asks.non_text;
         features
     }
 

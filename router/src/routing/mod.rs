@@ -96,7 +96,7 @@ impl BudgetClaim {
 /// Output tokens a request may be billed for: `max_tokens` (or
 /// [`DEFAULT_OUTPUT_TOKENS_ESTIMATE`]) for each of its `n` choices.
 pub fn output_tokens_bound(request: &ChatRequest) -> u64 {
-    let n = request.body.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let n = u64::from(request.sampling.n.unwrap_or(1).max(1));
     request
         .max_tokens
         .unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE)
