@@ -1,0 +1,434 @@
+//! One answer on the engine: its jobs queued (within the wait a request may
+//! spend for a turn), their events turned into the answer's pieces, and the
+//! pieces rendered as the client asked (see [`crate::openai::completion`]).
+
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent};
+use switchyard_engine::generate::{FinishReason, GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
+use switchyard_engine::sampling::SampledToken;
+use switchyard_engine::tokenizer::Tokenizer;
+use tokio::sync::{mpsc, oneshot};
+
+use super::ChatReply;
+use super::prepare::{Plan, PromptEncoder};
+use crate::openai::Usage;
+use crate::openai::completion::{Completion, Finish, logprobs_json};
+use crate::openai::error::ApiError;
+use crate::openai::sse;
+
+/// What the engine thread sends back to the request's task.
+pub(super) enum Update {
+    Token(TokenEvent),
+    Done(Result<GenerationOutput, GenerateError>),
+}
+
+/// A job for one generation; its events arrive on the returned channel, and
+/// the oneshot fires when the engine takes the job up. When the receiver is
+/// dropped the engine stops the generation at its next token, or skips it if
+/// it has not started.
+pub(super) fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceiver<Update>, oneshot::Receiver<()>) {
+    let (sender, updates) = mpsc::unbounded_channel();
+    let (started_tx, started) = oneshot::channel();
+    let mut started_tx = Some(started_tx);
+    let job = Job {
+        request: generation,
+        sink: Box::new(move |event| {
+            let update = match event {
+                JobEvent::Started => {
+                    if let Some(tx) = started_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    return if sender.is_closed() {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    };
+                }
+                // Between prefill chunks: a long prompt stops when its client leaves.
+                JobEvent::Prefilled { .. } if sender.is_closed() => return ControlFlow::Break(()),
+                JobEvent::Prefilled { .. } => return ControlFlow::Continue(()),
+                JobEvent::Token(token) => Update::Token(token.clone()),
+                JobEvent::Done(result) => Update::Done(result),
+            };
+            match sender.send(update) {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(_) => ControlFlow::Break(()),
+            }
+        }),
+    };
+    (job, updates, started)
+}
+
+/// What a request may still wait for a turn: the backend's `max_queue_wait_ms`,
+/// or what is left of it when the rungs of one request's ladder share it.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueWait {
+    pub bound: Duration,
+    pub left: Duration,
+}
+
+impl QueueWait {
+    pub fn whole(bound: Duration) -> QueueWait {
+        QueueWait { bound, left: bound }
+    }
+
+    /// After waiting `waited` of it.
+    pub fn spend(self, waited: Duration) -> QueueWait {
+        QueueWait {
+            left: self.left.saturating_sub(waited),
+            ..self
+        }
+    }
+
+    pub(super) fn describe(self) -> String {
+        if self.left == self.bound {
+            format!("no turn within {} ms", self.bound.as_millis())
+        } else {
+            format!(
+                "no turn within {} ms, counting the {} ms this request already waited for an earlier answer",
+                self.bound.as_millis(),
+                (self.bound - self.left).as_millis()
+            )
+        }
+    }
+}
+
+pub(super) fn busy(backend: &str, detail: String) -> ApiError {
+    ApiError::LocalBusy {
+        backend: backend.to_string(),
+        detail,
+    }
+}
+
+/// Queues one generation, or says the engine is busy.
+pub(super) fn submit(
+    engine: &Engine,
+    generation: GenerationRequest,
+    backend: &str,
+) -> Result<(mpsc::UnboundedReceiver<Update>, oneshot::Receiver<()>), ApiError> {
+    let (job, updates, started) = job(generation);
+    engine.submit(job).map_err(|EngineBusy| {
+        busy(
+            backend,
+            format!("{} requests are already waiting", engine.queue_capacity()),
+        )
+    })?;
+    Ok((updates, started))
+}
+
+/// A piece of a local answer, in order: reasoning (if any), content, then one
+/// `Finished` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum Piece {
+    Reasoning { text: String, token: Option<SampledToken> },
+    Content { text: String, token: Option<SampledToken> },
+    Finished(Finished),
+    Failed(ApiError),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    pub reasoning_tokens: u64,
+    /// The answer stopped at the client's own `max_tokens`.
+    pub client_limited: bool,
+}
+
+impl Finished {
+    /// How it is written in OpenAI's objects.
+    fn finish(&self) -> Finish {
+        Finish {
+            reason: self.finish_reason.as_openai(),
+            usage: self.usage,
+            reasoning_tokens: self.reasoning_tokens,
+        }
+    }
+}
+
+/// Runs the passes of one answer on the engine and turns their events into pieces.
+pub(super) struct Driver {
+    pub(super) engine: Arc<Engine>,
+    pub(super) encoder: PromptEncoder,
+    pub(super) in_flight: InFlight,
+    pub(super) name: String,
+    pub(super) sender: mpsc::UnboundedSender<Piece>,
+    pub(super) plan: Plan,
+    /// What was left of the request's deadline when the answer was asked for.
+    pub(super) deadline_ms: u64,
+}
+
+/// Counts an answer as in flight while it lives.
+pub(super) struct InFlight(Arc<std::sync::atomic::AtomicI64>);
+
+impl InFlight {
+    pub(super) fn enter(counter: &Arc<std::sync::atomic::AtomicI64>) -> InFlight {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(counter.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Driver {
+    pub(super) async fn run(self, head: Update, mut updates: mpsc::UnboundedReceiver<Update>, reasoning: bool) {
+        let mut usage = Usage::default();
+        let mut reasoning_tokens = 0;
+        let mut next = Some(head);
+        let mut reasoning_text = String::new();
+        if reasoning {
+            let Some(output) = self.forward(&mut next, &mut updates, true, &mut reasoning_text).await else {
+                return;
+            };
+            usage.prompt_tokens += output.prompt_tokens as u64;
+            usage.completion_tokens += output.tokens.len() as u64;
+            reasoning_tokens = output.tokens.len() as u64;
+            let answer = match self.plan.answer_pass(&self.encoder, reasoning_text.trim()).await {
+                Ok(answer) => answer,
+                Err(err) => return self.fail(err),
+            };
+            // The answer pass continues an answer under way: it goes ahead of
+            // answers that have not started.
+            let (job, answer_updates, _started) = job(answer);
+            self.engine.submit_continuation(job);
+            updates = answer_updates;
+        }
+        let mut content = String::new();
+        let Some(output) = self.forward(&mut next, &mut updates, false, &mut content).await else {
+            return;
+        };
+        usage.prompt_tokens += output.prompt_tokens as u64;
+        usage.completion_tokens += output.tokens.len() as u64;
+        let speed = &crate::metrics::metrics().local_tokens_per_second;
+        speed
+            .with_label_values(&[self.name.as_str(), "prefill"])
+            .set(output.prefill_tokens_per_s());
+        if !output.tokens.is_empty() {
+            speed
+                .with_label_values(&[self.name.as_str(), "decode"])
+                .set(output.decode_tokens_per_s());
+        }
+        let _ = &self.in_flight;
+        let finished = Finished {
+            finish_reason: output.finish_reason,
+            usage,
+            reasoning_tokens,
+            client_limited: self.plan.client_limited && output.tokens.len() >= self.plan.generation.max_tokens,
+        };
+        let _ = self.sender.send(Piece::Finished(finished));
+    }
+
+    /// Relays one pass's tokens as pieces until it ends; `None` when it failed
+    /// or the receiver went away.
+    async fn forward(
+        &self,
+        next: &mut Option<Update>,
+        updates: &mut mpsc::UnboundedReceiver<Update>,
+        reasoning: bool,
+        text: &mut String,
+    ) -> Option<GenerationOutput> {
+        loop {
+            let update = match next.take() {
+                Some(update) => Some(update),
+                None => updates.recv().await,
+            };
+            match update {
+                Some(Update::Token(event)) => {
+                    text.push_str(&event.text);
+                    let piece = if reasoning {
+                        Piece::Reasoning {
+                            text: event.text,
+                            token: event.token,
+                        }
+                    } else {
+                        Piece::Content {
+                            text: event.text,
+                            token: event.token,
+                        }
+                    };
+                    // The client is gone: dropping `updates` stops the engine.
+                    self.sender.send(piece).ok()?;
+                }
+                Some(Update::Done(Ok(output))) => return Some(output),
+                Some(Update::Done(Err(err))) => {
+                    self.fail(generation_error(&self.name, err, self.deadline_ms));
+                    return None;
+                }
+                None => {
+                    self.fail(engine_stopped(&self.name));
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn fail(&self, err: ApiError) {
+        let _ = self.sender.send(Piece::Failed(err));
+    }
+}
+
+/// A local answer being generated.
+pub struct Generation {
+    pub pieces: mpsc::UnboundedReceiver<Piece>,
+    /// How long the request waited in the queue for its turn (measured when the
+    /// wait is bounded, by `max_queue_wait_ms` or a deadline; zero otherwise).
+    pub queued: Duration,
+    pub(super) completion: Completion,
+    pub(super) tokenizer: Arc<Tokenizer>,
+    pub(super) stream: bool,
+    pub(super) include_usage: bool,
+    pub(super) logprobs: bool,
+    pub(super) top_logprobs: usize,
+}
+
+impl Generation {
+    /// The answer as the client asked for it: `held` (pieces already taken from
+    /// `pieces`, e.g. during a pre-commit window) first, then the rest as it comes.
+    pub async fn into_reply(self, held: Vec<Piece>) -> Result<ChatReply, ApiError> {
+        if self.stream {
+            Ok(self.into_stream(held))
+        } else {
+            self.into_whole(held).await
+        }
+    }
+
+    /// Collects every piece and renders the whole `chat.completion`.
+    pub async fn into_whole(mut self, held: Vec<Piece>) -> Result<ChatReply, ApiError> {
+        let mut pieces = held;
+        while !matches!(pieces.last(), Some(Piece::Finished(_) | Piece::Failed(_))) {
+            match self.pieces.recv().await {
+                Some(piece) => pieces.push(piece),
+                None => return Err(engine_stopped(&self.completion.model)),
+            }
+        }
+        let mut reasoning = String::new();
+        let mut content = String::new();
+        let mut tokens = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Reasoning { text, .. } => reasoning.push_str(&text),
+                Piece::Content { text, token } => {
+                    content.push_str(&text);
+                    tokens.extend(token);
+                }
+                Piece::Failed(err) => return Err(err),
+                Piece::Finished(finished) => {
+                    let logprobs = self
+                        .logprobs
+                        .then(|| logprobs_json(&tokens, self.top_logprobs, token_bytes(&self.tokenizer)));
+                    let reasoning = (finished.reasoning_tokens > 0).then(|| reasoning.trim());
+                    let body = self.completion.whole(&content, reasoning, logprobs, finished.finish());
+                    return Ok(ChatReply::Complete {
+                        body: Bytes::from(body.to_string()),
+                        usage: Some(finished.usage),
+                        headers: HeaderMap::new(),
+                        status: StatusCode::OK,
+                    });
+                }
+            }
+        }
+        unreachable!("the loop above ends on Finished or Failed")
+    }
+
+    fn into_stream(self, held: Vec<Piece>) -> ChatReply {
+        let Generation {
+            pieces,
+            completion,
+            tokenizer,
+            include_usage,
+            logprobs,
+            top_logprobs,
+            ..
+        } = self;
+        let usage_cell = crate::backends::UsageCell::default();
+        let filled = usage_cell.clone();
+        let role = completion.role_event();
+        let rest = futures_util::stream::unfold(pieces, |mut pieces| async move {
+            pieces.recv().await.map(|piece| (piece, pieces))
+        });
+        let events = futures_util::stream::iter(held)
+            .chain(rest)
+            .scan(false, move |done, piece| {
+                if *done {
+                    return std::future::ready(None);
+                }
+                let bytes = match piece {
+                    Piece::Reasoning { text, .. } if !text.is_empty() => completion.reasoning_event(&text),
+                    Piece::Reasoning { .. } => Bytes::new(),
+                    Piece::Content { text, token } => {
+                        let lp = match (&token, logprobs) {
+                            (Some(token), true) => Some(logprobs_json(
+                                std::slice::from_ref(token),
+                                top_logprobs,
+                                token_bytes(&tokenizer),
+                            )),
+                            _ => None,
+                        };
+                        if text.is_empty() && lp.is_none() {
+                            Bytes::new()
+                        } else {
+                            completion.content_event(&text, lp)
+                        }
+                    }
+                    Piece::Finished(finished) => {
+                        *done = true;
+                        *filled.lock().expect("usage cell") = Some(finished.usage);
+                        completion.finish_events(finished.finish(), include_usage)
+                    }
+                    Piece::Failed(err) => {
+                        *done = true;
+                        sse::encode_data(&err.to_json().to_string())
+                    }
+                };
+                std::future::ready(Some(bytes))
+            })
+            .filter(|bytes| std::future::ready(!bytes.is_empty()));
+        ChatReply::Stream {
+            events: futures_util::stream::once(std::future::ready(role))
+                .chain(events)
+                .boxed(),
+            headers: HeaderMap::new(),
+            usage: usage_cell,
+        }
+    }
+}
+
+/// A token id's bytes, for its log-probability entry.
+pub(super) fn token_bytes<'t>(tokenizer: &'t Tokenizer) -> impl Fn(u32) -> &'t [u8] {
+    |id| tokenizer.token_bytes(id).unwrap_or_default()
+}
+
+/// `deadline_ms`: what was left of the request's deadline when the answer was asked for.
+pub(super) fn generation_error(backend: &str, err: GenerateError, deadline_ms: u64) -> ApiError {
+    match err {
+        GenerateError::DeadlinePassed { .. } => ApiError::LocalTimeout {
+            backend: backend.to_string(),
+            deadline_ms,
+            detail: err.to_string(),
+        },
+        GenerateError::PromptTooLong { .. } => ApiError::ContextLengthExceeded {
+            message: err.to_string(),
+        },
+        GenerateError::EmptyPrompt | GenerateError::InvalidRequest(_) => ApiError::InvalidRequest {
+            message: format!("Backend `{backend}`: {err}"),
+            param: None,
+        },
+    }
+}
+
+pub(super) fn engine_stopped(backend: &str) -> ApiError {
+    ApiError::BackendUnavailable {
+        backend: backend.to_string(),
+        reason: "the engine stopped".into(),
+    }
+}

@@ -1,0 +1,348 @@
+//! The in-process model, served through the OpenAI chat API.
+//!
+//! A request is turned into a prompt with the model's own chat template,
+//! tokenized, and queued on the [`Engine`]. Tokens come back through a channel
+//! as the engine produces them; streamed requests relay each as an OpenAI chunk.
+//! When the client goes away the channel closes, and the engine stops the
+//! generation at its next token.
+//!
+//! Rendering and tokenizing a prompt is CPU work proportional to its text, so
+//! it runs on tokio's blocking threads, [`PROMPTS_ENCODED_AT_ONCE`] at a time,
+//! never on the async workers that answer every other connection. Before any of
+//! it, a prompt whose text cannot fit the context window, whatever it says, is
+//! refused from its byte count alone (see [`Tokenizer::fewest_tokens`]): a
+//! pinned request with a 400, a routed one by being ineligible here.
+//!
+//! Client text is plain text: a control token spelled in a message
+//! (`<|im_end|>`) reaches the model as the characters it is, and only the chat
+//! template's own markers are control tokens (see
+//! [`Tokenizer::escape_control_text`]).
+//!
+//! Here: the backend (loading, readiness, eligibility, answering within a
+//! deadline and a queue wait). [`prepare`]: the request in the engine's terms
+//! (checks, prompt, sampling, the passes of a reasoning answer). [`driver`]:
+//! the answer on the engine, its pieces, and their rendering as the client
+//! asked.
+//!
+//! [`Tokenizer::fewest_tokens`]: switchyard_engine::tokenizer::Tokenizer::fewest_tokens
+//! [`Tokenizer::escape_control_text`]: switchyard_engine::tokenizer::Tokenizer::escape_control_text
+
+mod driver;
+mod prepare;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_engine::engine::{Engine, LocalModel};
+use switchyard_engine::generate::GenerateError;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::ChatReply;
+use crate::openai::completion::Completion;
+use crate::openai::error::ApiError;
+use crate::openai::request::ChatRequest;
+use crate::outcome::Ineligible;
+use crate::policy::{LocalBackendConfig, SamplingDefaults};
+use driver::{Driver, InFlight, Update, busy, engine_stopped, generation_error, submit};
+pub use driver::{Finished, Generation, Piece, QueueWait};
+use prepare::fewest_prompt_tokens;
+pub use prepare::{ANSWER_INSTRUCTION, REASONING_INSTRUCTION};
+
+/// Fields a local model cannot honour; a request that needs them must go to a
+/// backend that can (the router will route them; named directly, they are a 400).
+const UNSUPPORTED_FIELDS: &[&str] = &[
+    "tools",
+    "functions",
+    "response_format",
+    "logit_bias",
+    "audio",
+    "prediction",
+];
+
+/// Prompts rendered and tokenized at once, on tokio's blocking threads. While
+/// `tokenizers` works, a prompt holds several times its text in memory (an
+/// offset pair for every byte, a string per piece); the text is bounded by the
+/// context window (see [`Tokenizer::fewest_tokens`]), and this bounds how many
+/// such texts are worked on together: 16 clients sending the largest prompts
+/// hold 2 prompts' worth of that memory and wait (asynchronously, holding no
+/// thread) for the rest. Two, not one, so that a short prompt need not wait
+/// behind a long one; more would not finish sooner on the cores the engine
+/// leaves free.
+const PROMPTS_ENCODED_AT_ONCE: usize = 2;
+
+/// What the local engine is doing and holding, read for `/metrics` and the status page.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadFigures {
+    /// Jobs waiting for the engine.
+    pub queued: usize,
+    /// Answers being produced (queued or running, including a reasoning answer's two passes).
+    pub in_flight: i64,
+    /// Size of the model file (the weights stay as quantized blocks).
+    pub model_bytes: u64,
+    /// Memory held by the engine's KV cache.
+    pub kv_cache_bytes: u64,
+}
+
+pub struct LocalBackend {
+    name: String,
+    /// A model that failed to load leaves its backend unavailable, with the
+    /// reason, while the rest of the daemon serves on.
+    engine: Result<Arc<Engine>, String>,
+    /// Token budget of the reasoning pass.
+    reasoning_max_tokens: u64,
+    /// Whether the model serves the `local-reasoning` tier (a client's
+    /// `reasoning_effort` is ignored when it does not).
+    reasons: bool,
+    /// How long a request may wait for its turn before it counts as busy.
+    max_queue_wait: Option<Duration>,
+    /// Answers being generated or waiting (for metrics).
+    in_flight: Arc<std::sync::atomic::AtomicI64>,
+    model_bytes: u64,
+    default_max_tokens: Option<u64>,
+    sampling: SamplingDefaults,
+    /// Everything of the configuration that the loaded engine depends on: a
+    /// reloaded policy with the same identity keeps this backend (and its model).
+    identity: String,
+    /// Turns to render and tokenize a prompt, [`PROMPTS_ENCODED_AT_ONCE`] of them.
+    prompt_turns: Arc<Semaphore>,
+}
+
+impl LocalBackend {
+    /// Loads the model and starts its engine. A model that cannot be used is
+    /// logged and leaves the backend unavailable; it does not stop the daemon.
+    pub fn load(config: &LocalBackendConfig, policy_dir: &Path) -> LocalBackend {
+        let path = policy_dir.join(&config.model_path.value);
+        let started = Instant::now();
+        let engine = LocalModel::load(&path, config.context_length.as_ref().map(|c| c.value as usize))
+            .map_err(|err| format!("cannot load {}: {err}", path.display()))
+            .and_then(|model| {
+                Engine::start(model, config.threads.value, config.queue_capacity.value)
+                    .map(Arc::new)
+                    .map_err(|err| format!("cannot start the engine: {err}"))
+            });
+        match &engine {
+            Ok(engine) => tracing::info!(
+                backend = config.name.value,
+                model = %path.display(),
+                context_tokens = engine.context_length(),
+                threads = config.threads.value,
+                load_ms = started.elapsed().as_millis() as u64,
+                "local model loaded"
+            ),
+            Err(reason) => tracing::error!(backend = config.name.value, reason, "local backend is unavailable"),
+        }
+        LocalBackend {
+            name: config.name.value.clone(),
+            engine,
+            default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
+            sampling: config.sampling,
+            reasoning_max_tokens: config.reasoning_max_tokens.value,
+            reasons: config.reasoning,
+            max_queue_wait: config
+                .max_queue_wait_ms
+                .as_ref()
+                .map(|ms| Duration::from_millis(ms.value)),
+            in_flight: Arc::default(),
+            model_bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
+            identity: Self::identity_of(config, policy_dir),
+            prompt_turns: Arc::new(Semaphore::new(PROMPTS_ENCODED_AT_ONCE)),
+        }
+    }
+
+    /// See [`LocalBackend::identity`].
+    pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
+        format!(
+            "{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}",
+            config.name.value,
+            policy_dir.join(&config.model_path.value).display(),
+            config.threads.value,
+            config.context_length.as_ref().map(|c| c.value),
+            config.queue_capacity.value,
+            config.max_queue_wait_ms.as_ref().map(|m| m.value),
+            config.default_max_tokens.as_ref().map(|m| m.value),
+            config.sampling,
+            config.reasoning_max_tokens.value,
+            config.reasoning,
+        )
+    }
+
+    /// Whether this model serves the `local-reasoning` tier.
+    pub fn reasons(&self) -> bool {
+        self.reasons
+    }
+
+    /// The engine's load and memory, for metrics; `None` when the model did not load.
+    pub fn load_figures(&self) -> Option<LoadFigures> {
+        let engine = self.engine.as_ref().ok()?;
+        Some(LoadFigures {
+            queued: engine.queue_depth(),
+            in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            model_bytes: self.model_bytes,
+            kv_cache_bytes: engine.kv_cache_bytes() as u64,
+        })
+    }
+
+    pub fn identity(&self) -> &str {
+        &self.identity
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
+        self.engine.as_ref().map_err(|reason| ApiError::BackendUnavailable {
+            backend: self.name.clone(),
+            reason: reason.clone(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn readiness(&self) -> Result<(), String> {
+        self.engine.as_ref().map(|_| ()).map_err(Clone::clone)
+    }
+
+    /// Whether this model can answer a request, judged before any tokenization
+    /// from the request's fields and an estimate of its prompt length.
+    pub fn eligibility(&self, request: &ChatRequest, prompt_tokens_estimate: u64) -> Result<(), Ineligible> {
+        let engine = self.engine.as_ref().map_err(|_| Ineligible::Unavailable)?;
+        let body = &request.body;
+        let asks = &request.asks;
+        if asks.tools {
+            return Err(Ineligible::Tools);
+        }
+        if asks.json_mode {
+            return Err(Ineligible::JsonMode);
+        }
+        if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f)) || request.sampling.n.is_some_and(|n| n != 1) {
+            return Err(Ineligible::Fields);
+        }
+        if asks.non_text {
+            return Err(Ineligible::Images);
+        }
+        if asks.tool_turn.is_some() {
+            return Err(Ineligible::Tools);
+        }
+        // The same sound floor that refuses a pinned request before tokenizing
+        // (the estimate is usually higher; this makes sure of it).
+        let fewest = fewest_prompt_tokens(engine.tokenizer(), &body["messages"]).map_or(0, |(_, fewest)| fewest as u64);
+        let needed = prompt_tokens_estimate.max(fewest) + request.max_tokens.unwrap_or(0);
+        if needed >= engine.context_length() as u64 {
+            return Err(Ineligible::Context);
+        }
+        Ok(())
+    }
+
+    /// Answers within `deadline`: a generation still running then is stopped.
+    pub async fn chat(
+        &self,
+        request: &ChatRequest,
+        request_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<ChatReply, ApiError> {
+        let wait = self.max_queue_wait.map(QueueWait::whole);
+        self.generate_within(request, request_id, wait, Some(deadline))
+            .await?
+            .into_reply(Vec::new())
+            .await
+    }
+
+    /// Starts generating an answer and returns its pieces as they come. The
+    /// request is refused here (not in the pieces) when it is invalid, does not
+    /// fit, or the queue is full. With `request.reasoning` the model first
+    /// reasons (prompted step by step, within `reasoning_max_tokens`), then
+    /// answers with its reasoning in view; the reasoning comes back as
+    /// `reasoning_content`, never in `content`.
+    pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, ApiError> {
+        self.generate_within(request, request_id, self.max_queue_wait.map(QueueWait::whole), None)
+            .await
+    }
+
+    /// The backend's `max_queue_wait_ms`, if it has one.
+    pub fn max_queue_wait(&self) -> Option<Duration> {
+        self.max_queue_wait
+    }
+
+    /// As [`LocalBackend::generate`], waiting for a turn at most `wait` (what is
+    /// left of a budget several calls share) instead of the backend's own bound,
+    /// and ending with [`ApiError::LocalTimeout`] at `deadline`.
+    pub async fn generate_within(
+        &self,
+        request: &ChatRequest,
+        request_id: &str,
+        wait: Option<QueueWait>,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<Generation, ApiError> {
+        // Rounded to the nearest ms: asked at once, this is the policy's own figure.
+        let deadline_ms = deadline.map_or(0, |d| {
+            (d.saturating_duration_since(tokio::time::Instant::now()).as_micros() as u64 + 500) / 1000
+        });
+        let engine = self.engine()?.clone();
+        let encoder = self.encoder(&engine);
+        let mut plan = self.prepare(&engine, &encoder, request).await?;
+        // Every pass of the answer (reasoning, then answer) ends at the deadline.
+        plan.generation.deadline = deadline.map(tokio::time::Instant::into_std);
+        let (sender, pieces) = mpsc::unbounded_channel();
+        let reasoning = request.reasoning && self.reasons;
+        let first_pass = if reasoning {
+            plan.reasoning_pass(&encoder, self.reasoning_max_tokens).await?
+        } else {
+            plan.generation.clone()
+        };
+        let prompt_tokens = first_pass.prompt_tokens.len();
+        let (mut first, started) = submit(&engine, first_pass, &self.name)?;
+        tracing::debug!(
+            request_id,
+            backend = self.name,
+            prompt_tokens,
+            "local generation queued"
+        );
+        let queued_at = Instant::now();
+        let turn_by = wait.map(|wait| tokio::time::Instant::now() + wait.left);
+        if let Some(give_up) = turn_by.into_iter().chain(deadline).min()
+            && tokio::time::timeout_at(give_up, started).await.is_err()
+        {
+            // Dropping `first` makes the engine skip the job when its turn comes.
+            return Err(match wait {
+                Some(wait) if turn_by == Some(give_up) => busy(&self.name, wait.describe()),
+                _ => generation_error(
+                    &self.name,
+                    GenerateError::DeadlinePassed {
+                        prompt_tokens,
+                        prefilled: 0,
+                        generated: 0,
+                    },
+                    deadline_ms,
+                ),
+            });
+        }
+        let queued = queued_at.elapsed();
+        // Wait for the first event before answering, so that a request the
+        // engine refuses still gets a proper status instead of a broken stream.
+        let head = match first.recv().await {
+            Some(Update::Done(Err(err))) => return Err(generation_error(&self.name, err, deadline_ms)),
+            Some(update) => update,
+            None => return Err(engine_stopped(&self.name)),
+        };
+        let driver = Driver {
+            engine,
+            encoder,
+            in_flight: InFlight::enter(&self.in_flight),
+            name: self.name.clone(),
+            sender,
+            plan,
+            deadline_ms,
+        };
+        tokio::spawn(driver.run(head, first, reasoning));
+        Ok(Generation {
+            pieces,
+            queued,
+            completion: Completion::new(&self.name),
+            tokenizer: self.engine()?.tokenizer().clone(),
+            stream: request.stream,
+            include_usage: request.include_usage,
+            logprobs: request.sampling.logprobs,
+            top_logprobs: request.sampling.top_logprobs.unwrap_or(0) as usize,
+        })
+    }
+}
