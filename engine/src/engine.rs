@@ -41,7 +41,7 @@ use crate::generate::{
 };
 use crate::gguf::GgufFile;
 use crate::model::{KvSlot, Model, ModelError};
-use crate::tokenizer::Tokenizer;
+use crate::tokenizer::{ChatEncodeError, Tokenizer};
 
 /// A model with everything needed to talk to it.
 pub struct LocalModel {
@@ -206,6 +206,94 @@ impl LocalModel {
             next_logprobs,
         })
     }
+}
+
+/// Why a conversation has no prompt ([`encode_conversation`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PromptError {
+    /// The model ships no chat template.
+    NoTemplate,
+    /// The chat template refused the messages (its own words).
+    Template(String),
+    /// The prompt leaves no room in the context: `tokens` long, or at least
+    /// that (`at_least`) when encoding stopped at the limit.
+    TooLong {
+        tokens: usize,
+        at_least: bool,
+    },
+    Tokenizer(String),
+}
+
+impl std::fmt::Display for PromptError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PromptError::NoTemplate => write!(f, "the model has no chat template"),
+            PromptError::Template(err) => write!(f, "the chat template refused the messages: {err}"),
+            PromptError::TooLong { tokens, at_least } => write!(
+                f,
+                "the prompt is {}{tokens} tokens, no room left in the context",
+                if *at_least { "at least " } else { "" }
+            ),
+            PromptError::Tokenizer(err) => write!(f, "cannot tokenize the prompt: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for PromptError {}
+
+/// The prompt ids of a conversation: every string in `messages` and `extra`
+/// escaped so that only the template's own markers are control tokens (see
+/// [`Tokenizer::escape_control_text`]), rendered with the chat template (with
+/// the assistant's turn opened), and encoded up to `context_length`, which the
+/// prompt must stay under.
+pub fn encode_conversation(
+    tokenizer: &Tokenizer,
+    template: Option<&ChatTemplate>,
+    context_length: usize,
+    messages: &serde_json::Value,
+    extra: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Vec<u32>, PromptError> {
+    let template = template.ok_or(PromptError::NoTemplate)?;
+    let mut messages = messages.clone();
+    tokenizer.escape_control_text_in(&mut messages);
+    let mut extra = serde_json::Value::Object(extra.clone());
+    tokenizer.escape_control_text_in(&mut extra);
+    let serde_json::Value::Object(extra) = extra else {
+        unreachable!("escaping keeps an object an object")
+    };
+    let token_text = |t: Option<(u32, String)>| t.map(|(_, text)| text).unwrap_or_default();
+    let prompt = template
+        .render(
+            &messages,
+            true,
+            &token_text(tokenizer.bos_token()),
+            &token_text(tokenizer.eos_token()),
+            &extra,
+        )
+        .map_err(|err| PromptError::Template(err.to_string()))?;
+    drop(messages);
+    let ids = tokenizer
+        .encode_chat(&prompt, context_length)
+        .map_err(|err| match err {
+            ChatEncodeError::TooLong { at_least_tokens } => PromptError::TooLong {
+                tokens: at_least_tokens,
+                at_least: true,
+            },
+            ChatEncodeError::Tokenizer(err) => PromptError::Tokenizer(err.to_string()),
+        })?;
+    if ids.len() >= context_length {
+        return Err(PromptError::TooLong {
+            tokens: ids.len(),
+            at_least: false,
+        });
+    }
+    Ok(ids)
+}
+
+/// How many compute threads to use when none is configured: the machine's
+/// cores, at most eight (past that a model this size gains little).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
 }
 
 /// How a model reads a prompt ([`LocalModel::read_prompt`]).

@@ -203,7 +203,7 @@ impl Default for SamplingDefaults {
 }
 
 fn default_threads() -> Spanned<usize> {
-    unspanned(std::thread::available_parallelism().map_or(2, |n| n.get()).min(8))
+    unspanned(switchyard_engine::engine::default_threads())
 }
 
 fn default_reasoning() -> bool {

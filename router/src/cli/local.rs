@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::{Map, Value, json};
-use switchyard_engine::engine::{ComputeBackend, LocalModel};
+use switchyard_engine::engine::{ComputeBackend, LocalModel, default_threads, encode_conversation};
 use switchyard_engine::generate::GenerationRequest;
 use switchyard_engine::sampling::SamplingParams;
 
@@ -55,10 +55,6 @@ pub struct ChatArgs {
     /// Burn backend to compute on: flex, or ndarray (for comparison; builds with the `ndarray` feature).
     #[arg(long, default_value_t = ComputeBackend::Flex)]
     backend: ComputeBackend,
-}
-
-fn default_threads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).min(8)
 }
 
 fn load(
@@ -151,15 +147,10 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Some(template) = model.template.clone() else {
+    if model.template.is_none() {
         eprintln!("switchyard: {} has no chat template", args.model.display());
         return ExitCode::FAILURE;
-    };
-    let token_text = |t: Option<(u32, String)>| t.map(|(_, s)| s).unwrap_or_default();
-    let (bos, eos) = (
-        token_text(model.tokenizer.bos_token()),
-        token_text(model.tokenizer.eos_token()),
-    );
+    }
     let mut messages: Vec<Value> = args
         .system
         .iter()
@@ -184,15 +175,17 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
             _ => {}
         }
         messages.push(json!({"role": "user", "content": line}));
-        let prompt = match template.render(&Value::Array(messages.clone()), true, &bos, &eos, &Map::new()) {
-            Ok(prompt) => prompt,
-            Err(err) => {
-                eprintln!("switchyard: chat template: {err}");
-                messages.pop();
-                continue;
-            }
-        };
-        let prompt_tokens = match model.tokenizer.encode(&prompt, true) {
+        // As the daemon does: what is typed is text, the template's markers
+        // the only control tokens.
+        let conversation = Value::Array(messages.clone());
+        let encoded = encode_conversation(
+            &model.tokenizer,
+            model.template.as_deref(),
+            model.context_length,
+            &conversation,
+            &Map::new(),
+        );
+        let prompt_tokens = match encoded {
             Ok(tokens) => tokens,
             Err(err) => {
                 eprintln!("switchyard: {err}");

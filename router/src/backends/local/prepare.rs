@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
-use switchyard_engine::engine::Engine;
+use switchyard_engine::engine::{Engine, PromptError, encode_conversation};
 use switchyard_engine::generate::GenerationRequest;
 use switchyard_engine::sampling::SamplingParams;
-use switchyard_engine::tokenizer::{ChatEncodeError, Tokenizer};
+use switchyard_engine::tokenizer::Tokenizer;
 use tokio::sync::Semaphore;
 
 use super::{LocalBackend, UNSUPPORTED_FIELDS};
@@ -175,49 +175,25 @@ impl PromptEncoder {
 /// the client supplied is escaped first, so that the only control tokens in the
 /// prompt are the template's own.
 fn encode(engine: &Engine, messages: &Value, extra: &Map<String, Value>, backend: &str) -> Result<Vec<u32>, ApiError> {
-    let tokenizer = engine.tokenizer();
-    let template = engine.template().ok_or_else(|| ApiError::BackendUnavailable {
-        backend: backend.to_string(),
-        reason: "the model has no chat template".into(),
-    })?;
-    let mut messages = messages.clone();
-    tokenizer.escape_control_text_in(&mut messages);
-    let mut extra = Value::Object(extra.clone());
-    tokenizer.escape_control_text_in(&mut extra);
-    let Value::Object(extra) = extra else {
-        unreachable!("escaping keeps an object an object")
-    };
-    let token_text = |t: Option<(u32, String)>| t.map(|(_, text)| text).unwrap_or_default();
-    let prompt = template
-        .render(
-            &messages,
-            true,
-            &token_text(tokenizer.bos_token()),
-            &token_text(tokenizer.eos_token()),
-            &extra,
-        )
-        .map_err(|err| ApiError::invalid(format!("The chat template refused the messages: {err}"), "messages"))?;
-    drop(messages);
     let context = engine.context_length();
-    let prompt_tokens = tokenizer.encode_chat(&prompt, context).map_err(|err| match err {
-        ChatEncodeError::TooLong { at_least_tokens } => ApiError::ContextLengthExceeded {
-            message: format!(
-                "This model's maximum context length is {context} tokens. However, your messages resulted in at least {at_least_tokens} tokens."
-            ),
+    encode_conversation(engine.tokenizer(), engine.template().map(|t| t.as_ref()), context, messages, extra).map_err(
+        |err| match err {
+            PromptError::NoTemplate => ApiError::BackendUnavailable {
+                backend: backend.to_string(),
+                reason: "the model has no chat template".into(),
+            },
+            PromptError::Template(err) => {
+                ApiError::invalid(format!("The chat template refused the messages: {err}"), "messages")
+            }
+            PromptError::TooLong { tokens, at_least } => ApiError::ContextLengthExceeded {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, your messages resulted in {}{tokens} tokens.",
+                    if at_least { "at least " } else { "" }
+                ),
+            },
+            PromptError::Tokenizer(err) => ApiError::invalid(format!("Cannot tokenize the prompt: {err}"), "messages"),
         },
-        ChatEncodeError::Tokenizer(err) => {
-            ApiError::invalid(format!("Cannot tokenize the prompt: {err}"), "messages")
-        }
-    })?;
-    if prompt_tokens.len() >= context {
-        return Err(ApiError::ContextLengthExceeded {
-            message: format!(
-                "This model's maximum context length is {context} tokens. However, your messages resulted in {} tokens.",
-                prompt_tokens.len()
-            ),
-        });
-    }
-    Ok(prompt_tokens)
+    )
 }
 
 /// Asks a model without native thinking to reason before it answers.
