@@ -1,0 +1,375 @@
+//! The `backends` section: local models and remote endpoints, with their
+//! sampling defaults, prices, timeouts, retries and breakers.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use switchyard_engine::sampling::SamplingParams;
+
+use super::*;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendsConfig {
+    #[serde(default)]
+    pub remote: Vec<RemoteBackendConfig>,
+    #[serde(default)]
+    pub local: Vec<LocalBackendConfig>,
+}
+
+/// A GGUF model run in-process by the engine. Its price is zero.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalBackendConfig {
+    pub name: Spanned<String>,
+    /// Path to the GGUF file, relative to the policy file's directory.
+    pub model_path: Spanned<String>,
+    /// Compute threads for this model.
+    #[serde(default = "default_threads")]
+    pub threads: Spanned<usize>,
+    /// Caps the model's own context window (and with it the largest KV cache).
+    pub context_length: Option<Spanned<u64>>,
+    /// Requests that may wait while one generates; more get a 429.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: Spanned<usize>,
+    /// How long a request may wait for the engine to take it up; past that it
+    /// is treated like a full queue (answered remotely when the policy allows,
+    /// else a 429). Unset: as long as the request's deadline allows.
+    pub max_queue_wait_ms: Option<Spanned<u64>>,
+    /// `max_tokens` for requests that give none (default: the rest of the context).
+    pub default_max_tokens: Option<Spanned<u64>>,
+    /// Token budget of the reasoning pass (`local-reasoning`, or a client's
+    /// `reasoning_effort`), on top of the answer's own `max_tokens`.
+    #[serde(default = "default_reasoning_max_tokens")]
+    pub reasoning_max_tokens: Spanned<u64>,
+    /// Whether this model serves the `local-reasoning` tier. `false` for a
+    /// model whose reasoning pass does not help (measure it with
+    /// `bench/local_reasoning.py`): what would be answered reasoning is answered
+    /// plainly, tier `local`, and a weak local answer climbs straight to remote.
+    #[serde(default = "default_reasoning")]
+    pub reasoning: bool,
+    /// Sampling for requests that leave a parameter out. OpenAI's own defaults
+    /// (temperature 1, top_p 1) suit large models; small ones do better with the
+    /// values their authors publish.
+    #[serde(default)]
+    pub sampling: SamplingDefaults,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SamplingDefaults {
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+}
+
+impl SamplingDefaults {
+    /// These defaults as the engine's parameters (no penalties, no seed).
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            repetition_penalty: self.repetition_penalty,
+            ..SamplingParams::default()
+        }
+    }
+}
+
+impl Default for SamplingDefaults {
+    /// The engine's own defaults (OpenAI's).
+    fn default() -> Self {
+        let p = SamplingParams::default();
+        Self {
+            temperature: p.temperature,
+            top_p: p.top_p,
+            top_k: p.top_k,
+            min_p: p.min_p,
+            repetition_penalty: p.repetition_penalty,
+        }
+    }
+}
+
+fn default_threads() -> Spanned<usize> {
+    unspanned(switchyard_engine::engine::default_threads())
+}
+
+fn default_reasoning() -> bool {
+    true
+}
+
+fn default_reasoning_max_tokens() -> Spanned<u64> {
+    unspanned(256)
+}
+
+fn default_queue_capacity() -> Spanned<usize> {
+    unspanned(8)
+}
+
+/// A remote, OpenAI-compatible endpoint (OpenAI, Together, Groq, vLLM, ...).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteBackendConfig {
+    pub name: Spanned<String>,
+    /// Everything before `/chat/completions`, e.g. `https://api.openai.com/v1`.
+    pub base_url: Spanned<String>,
+    /// Environment variable holding the upstream key; absent for endpoints that
+    /// need none (a local vLLM, say).
+    pub api_key_env: Option<Spanned<String>>,
+    /// The model name sent upstream. Clients may ask for it by this name too, so
+    /// code written against the provider works unchanged behind Switchyard.
+    pub model: Spanned<String>,
+    pub price: Price,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Largest `max_tokens` the upstream model accepts; requests above it are
+    /// refused here with a 400 instead of spending a round trip.
+    pub max_output_tokens: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// Retries of failed upstream calls (connect errors, timeouts, 429, 500, 502,
+/// 503, 504), never after the client has received response bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (1 = no retries).
+    pub max_attempts: Spanned<u32>,
+    /// The delay before the first retry; it doubles each time, with full jitter.
+    pub base_delay_ms: Spanned<u64>,
+    /// The longest delay; a `Retry-After` longer than this moves on to the next
+    /// backend instead of waiting.
+    pub max_delay_ms: Spanned<u64>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: unspanned(3),
+            base_delay_ms: unspanned(200),
+            max_delay_ms: unspanned(5_000),
+        }
+    }
+}
+
+/// The circuit breaker: after `failure_threshold` failed calls in a row the
+/// backend is skipped for `cooldown_ms`; then one probe call decides whether it
+/// is back.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BreakerConfig {
+    pub failure_threshold: Spanned<u32>,
+    pub cooldown_ms: Spanned<u64>,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            failure_threshold: unspanned(5),
+            cooldown_ms: unspanned(30_000),
+        }
+    }
+}
+
+/// Prices in USD per million tokens, as providers publish them.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input_per_mtok_usd: f64,
+    pub output_per_mtok_usd: f64,
+}
+
+impl Price {
+    /// A local model's price.
+    pub const FREE: Price = Price {
+        input_per_mtok_usd: 0.0,
+        output_per_mtok_usd: 0.0,
+    };
+
+    pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
+        (prompt_tokens as f64 * self.input_per_mtok_usd + completion_tokens as f64 * self.output_per_mtok_usd) / 1e6
+    }
+}
+
+/// Upstream timeouts, in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP + TLS connect.
+    pub connect_ms: Spanned<u64>,
+    /// From sending the request to the response headers. Reasoning models can
+    /// think for a long time before their first byte, hence the generous default.
+    pub first_byte_ms: Spanned<u64>,
+    /// Longest silence allowed between two pieces of a streamed answer.
+    pub idle_ms: Spanned<u64>,
+    /// Whole request, first byte to last.
+    pub total_ms: Spanned<u64>,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect_ms: unspanned(5_000),
+            first_byte_ms: unspanned(120_000),
+            idle_ms: unspanned(60_000),
+            total_ms: unspanned(600_000),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms.value)
+    }
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_millis(self.first_byte_ms.value)
+    }
+    pub fn idle(&self) -> Duration {
+        Duration::from_millis(self.idle_ms.value)
+    }
+    pub fn total(&self) -> Duration {
+        Duration::from_millis(self.total_ms.value)
+    }
+}
+
+impl BackendsConfig {
+    /// Problems of the `backends` section; the names of its backends.
+    pub(super) fn problems(&self, problems: &mut Vec<Problem>) -> HashSet<&str> {
+        let mut backend_names = HashSet::new();
+        for backend in &self.remote {
+            check_backend_name(&backend.name, &mut backend_names, problems);
+            check_base_url(&backend.base_url, problems);
+            if let Some(env) = &backend.api_key_env {
+                check_env_name(env, problems);
+            }
+            if backend.model.value.trim().is_empty() {
+                problems.push(Problem::at(&backend.model, "model must not be empty"));
+            }
+            let price = backend.price;
+            let price_ok = |p: f64| p.is_finite() && p >= 0.0;
+            if !price_ok(price.input_per_mtok_usd) || !price_ok(price.output_per_mtok_usd) {
+                problems.push(Problem::at(&backend.name, "prices must be finite and not negative"));
+            }
+            let t = &backend.timeouts;
+            for timeout in [&t.connect_ms, &t.first_byte_ms, &t.idle_ms, &t.total_ms] {
+                if timeout.value == 0 {
+                    problems.push(Problem::at(timeout, "timeouts must be positive"));
+                }
+            }
+            if t.first_byte_ms.value > t.total_ms.value {
+                problems.push(Problem::at(&t.first_byte_ms, "first_byte_ms is longer than total_ms"));
+            }
+            if let Some(max) = &backend.max_output_tokens
+                && max.value == 0
+            {
+                problems.push(Problem::at(max, "max_output_tokens must be positive"));
+            }
+            let retry = &backend.retry;
+            if !(1..=10).contains(&retry.max_attempts.value) {
+                problems.push(Problem::at(&retry.max_attempts, "max_attempts must be from 1 to 10"));
+            }
+            if retry.base_delay_ms.value > retry.max_delay_ms.value {
+                problems.push(Problem::at(
+                    &retry.base_delay_ms,
+                    "base_delay_ms is longer than max_delay_ms",
+                ));
+            }
+            if backend.breaker.failure_threshold.value == 0 {
+                problems.push(Problem::at(
+                    &backend.breaker.failure_threshold,
+                    "failure_threshold must be positive",
+                ));
+            }
+        }
+        for backend in &self.local {
+            check_backend_name(&backend.name, &mut backend_names, problems);
+            if backend.model_path.value.trim().is_empty() {
+                problems.push(Problem::at(&backend.model_path, "model_path must not be empty"));
+            }
+            if !(1..=256).contains(&backend.threads.value) {
+                problems.push(Problem::at(&backend.threads, "threads must be from 1 to 256"));
+            }
+            if backend.queue_capacity.value == 0 {
+                problems.push(Problem::at(&backend.queue_capacity, "queue_capacity must be positive"));
+            }
+            if let Some(wait) = &backend.max_queue_wait_ms
+                && wait.value == 0
+            {
+                problems.push(Problem::at(
+                    wait,
+                    "max_queue_wait_ms must be positive (leave it out for no limit)",
+                ));
+            }
+            if let Err(why) = backend.sampling.params().validate() {
+                problems.push(Problem::at(&backend.name, format!("sampling defaults: {why}")));
+            }
+            for limit in [&backend.context_length, &backend.default_max_tokens]
+                .into_iter()
+                .flatten()
+                .chain([&backend.reasoning_max_tokens])
+            {
+                if limit.value == 0 {
+                    problems.push(Problem::at(limit, "must be positive"));
+                }
+            }
+        }
+        if self.remote.is_empty() && self.local.is_empty() {
+            problems.push(Problem {
+                line: 0,
+                column: 0,
+                message: "no backends are configured".into(),
+            });
+        }
+        backend_names
+    }
+}
+
+/// Names a client may send as `model`: what providers use, and nothing that could
+/// smuggle control characters into a header or log line.
+pub fn is_model_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
+}
+
+fn check_backend_name<'a>(name: &'a Spanned<String>, seen: &mut HashSet<&'a str>, problems: &mut Vec<Problem>) {
+    if !is_model_name(&name.value) {
+        problems.push(Problem::at(
+            name,
+            "backend name must be 1-64 characters of letters, digits, '-', '_', '.', ':' or '/'",
+        ));
+    }
+    if name.value == AUTO_MODEL {
+        problems.push(Problem::at(name, "\"auto\" is reserved for routing"));
+    }
+    if !seen.insert(name.value.as_str()) {
+        problems.push(Problem::at(name, format!("duplicate backend name {:?}", name.value)));
+    }
+}
+
+fn check_base_url(url: &Spanned<String>, problems: &mut Vec<Problem>) {
+    match reqwest::Url::parse(&url.value) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                problems.push(Problem::at(url, "base_url must not hold credentials; use api_key_env"));
+            }
+            if parsed.query().is_some() || parsed.fragment().is_some() {
+                problems.push(Problem::at(url, "base_url must not have a query or fragment"));
+            }
+        }
+        Ok(_) => problems.push(Problem::at(
+            url,
+            "base_url must be an http:// or https:// URL with a host",
+        )),
+        Err(err) => problems.push(Problem::at(url, format!("base_url is not a URL: {err}"))),
+    }
+}

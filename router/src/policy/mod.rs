@@ -1,0 +1,362 @@
+//! The policy file: one YAML document that says where Switchyard listens, who may
+//! call it, and which backends answer.
+//!
+//! Loading is two steps, and every problem from either step carries the
+//! `line:column` it came from:
+//!
+//! 1. **Shape** — serde turns the YAML into the typed structs below. Unknown keys
+//!    are rejected (`deny_unknown_fields` everywhere), so a typo such as
+//!    `api_key_evn` fails loudly instead of silently falling back to a default.
+//! 2. **Meaning** — [`Policy::problems`] checks what types cannot express: unique
+//!    backend names, well-formed URLs, sane timeouts, that `auto` points at a
+//!    backend that exists. It reports *all* problems at once, not just the first,
+//!    so `switchyard policy check` is useful as an editor loop.
+//!
+//! Values that need a location for step 2 are wrapped in
+//! [`Spanned`](serde_saphyr::Spanned).
+//! The file never holds secrets: upstream keys and client keys are named by the
+//! environment variable that holds them (client keys may also be given as a
+//! SHA-256 digest).
+//!
+//! Each section's schema sits beside its checks: `server.rs` (`server`,
+//! `auth`), `backends.rs`, `routing.rs` (`routing`, `ladder`, `privacy`,
+//! `budgets`); `problem.rs` holds the located problems and the parser's errors
+//! made into them. Everything is re-exported here.
+
+mod backends;
+mod problem;
+mod routing;
+mod server;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use backends::*;
+pub use problem::*;
+pub use routing::*;
+pub use server::*;
+
+/// Default request body limit. OpenAI itself accepts bodies far larger than any
+/// sane chat request; 4 MiB holds ~1M tokens of text, well past any context window
+/// we route to, while bounding what one request can make us buffer.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// The model alias that lets Switchyard choose the backend.
+pub const AUTO_MODEL: &str = "auto";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    pub backends: BackendsConfig,
+    pub routing: RoutingConfig,
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
+    pub budgets: Option<BudgetsConfig>,
+    #[serde(default)]
+    pub ladder: LadderConfig,
+    /// The directory of the policy file: relative paths in it are resolved from here.
+    #[serde(skip)]
+    pub base_dir: std::path::PathBuf,
+}
+
+impl Policy {
+    /// Reads, parses and checks a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let text = std::fs::read_to_string(path).map_err(PolicyError::Read)?;
+        let mut policy = Policy::parse(&text)?;
+        policy.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(policy)
+    }
+
+    /// Parses and checks policy text.
+    pub fn parse(text: &str) -> Result<Policy, PolicyError> {
+        let policy: Policy =
+            serde_saphyr::from_str(text).map_err(|err| PolicyError::Invalid(vec![shape_problem(&err, text)]))?;
+        let problems = policy.problems();
+        if problems.is_empty() {
+            Ok(policy)
+        } else {
+            Err(PolicyError::Invalid(problems))
+        }
+    }
+
+    /// Every problem of meaning in an already well-shaped policy, section by
+    /// section.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        self.server_problems(&mut problems);
+        self.auth.problems(&mut problems);
+        let backend_names = self.backends.problems(&mut problems);
+        self.routing_problems(&backend_names, &mut problems);
+        self.ladder.problems(&mut problems);
+        self.privacy_problems(&mut problems);
+        if let Some(budgets) = &self.budgets {
+            budget_problems(budgets, &mut problems);
+        }
+        problems
+    }
+}
+
+impl Policy {
+    /// Listening on `listen` (a non-loopback address) with no client keys, unless
+    /// `server.allow_unauthenticated` allows it, is a problem located at
+    /// `server.listen`; `origin` says where the address came from
+    /// (`server.listen`, or `--listen` when the command line overrides it).
+    /// Start, reload and `policy check` all ask this one question.
+    pub fn unauthenticated_exposure(&self, listen: SocketAddr, origin: &str) -> Option<Problem> {
+        if listen.ip().is_loopback() || !self.auth.keys.is_empty() || self.server.allow_unauthenticated {
+            return None;
+        }
+        Some(Problem::at(
+            &self.server.listen,
+            format!(
+                "{origin} {listen} is not a loopback address and auth.keys lists no client key: anyone who can reach it could spend your upstream budget; list client keys, or set server.allow_unauthenticated: true if the network is the boundary"
+            ),
+        ))
+    }
+
+    /// The all-cloud baseline: the backend named by `routing.baseline_backend`,
+    /// else the first of `routing.remote_backends`, else the first remote backend.
+    pub fn baseline(&self) -> Option<(&str, Price)> {
+        let by_name = |name: &str| self.backends.remote.iter().find(|b| b.name.value == name);
+        self.routing
+            .baseline_backend
+            .as_ref()
+            .or(self.routing.remote_backends.first())
+            .and_then(|n| by_name(&n.value))
+            .or(self.backends.remote.first())
+            .map(|b| (b.name.value.as_str(), b.price))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "\
+backends:
+  remote:
+    - name: cloud
+      base_url: https://api.example.com/v1
+      api_key_env: EXAMPLE_API_KEY
+      model: big-model
+      price: { input_per_mtok_usd: 1.0, output_per_mtok_usd: 2.0 }
+routing:
+  remote_backends: [cloud]
+  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }
+";
+
+    #[test]
+    fn a_misindented_key_is_pointed_at() {
+        for (from, to, line) in [
+            ("      model: big-model", "     model: big-model", 6),
+            ("      model: big-model", "    model: big-model", 6),
+        ] {
+            let text = MINIMAL.replace(from, to);
+            let at = problems(&text);
+            assert!(
+                at[0].message.contains("missing field `model`")
+                    && at[0].message.contains(&format!("line {line} sets `model` indented")),
+                "{at:?}"
+            );
+        }
+    }
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Policy::parse(text) {
+            Ok(_) => Vec::new(),
+            Err(PolicyError::Invalid(problems)) => problems,
+            Err(other) => panic!("unexpected {other}"),
+        }
+    }
+
+    #[test]
+    fn built_in_thresholds_are_the_default_policys() {
+        // A policy without `thresholds` must route like the shipped default
+        // policy: both follow the shipped difficulty model's score.
+        let minimal = MINIMAL.replace(
+            "  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }\n",
+            "",
+        );
+        assert_ne!(minimal, MINIMAL);
+        let built_in = Policy::parse(&minimal).unwrap().routing.thresholds.value;
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/default.yaml");
+        let shipped = Policy::load(Path::new(path)).unwrap().routing.thresholds.value;
+        assert_eq!(
+            (built_in.local_below, built_in.remote_above),
+            (shipped.local_below, shipped.remote_above)
+        );
+    }
+
+    #[test]
+    fn minimal_policy_loads_with_defaults() {
+        let policy = Policy::parse(MINIMAL).unwrap();
+        assert_eq!(policy.server.listen.value, "127.0.0.1:8080");
+        assert_eq!(policy.server.max_body_bytes.value, DEFAULT_MAX_BODY_BYTES);
+        assert!(policy.auth.keys.is_empty());
+        assert_eq!(policy.backends.remote[0].timeouts.connect_ms.value, 5_000);
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_its_line_and_column() {
+        let text = MINIMAL.replace("api_key_env:", "api_key_evn:");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (5, 7), "{found:?}");
+        assert!(found[0].message.contains("api_key_evn"), "{found:?}");
+    }
+
+    #[test]
+    fn every_problem_of_meaning_is_reported_at_once() {
+        let text = MINIMAL
+            .replace("https://api.example.com/v1", "ftp://x")
+            .replace("remote_backends: [cloud]", "remote_backends: [nowhere]")
+            + "server:\n  listen: localhost\n";
+        let found = problems(&text);
+        let lines: Vec<u64> = found.iter().map(|p| p.line).collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            lines.contains(&4) && lines.contains(&9) && lines.contains(&12),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_backend_names_are_rejected() {
+        let second = "    - name: cloud\n      base_url: http://127.0.0.1:9/v1\n      model: m\n      price: { input_per_mtok_usd: 0, output_per_mtok_usd: 0 }\n";
+        let text = MINIMAL.replace("routing:", &format!("{second}routing:"));
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("duplicate backend name"));
+        assert_eq!(found[0].line, 8);
+    }
+
+    #[test]
+    fn client_keys_need_exactly_one_source() {
+        let text = format!("{MINIMAL}auth:\n  keys:\n    - name: a\n    - name: b\n      key_sha256: XYZ\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn base_url_with_credentials_is_rejected() {
+        let text = MINIMAL.replace("https://api.example.com/v1", "https://user:pw@api.example.com/v1");
+        let found = problems(&text);
+        assert!(found[0].message.contains("credentials"), "{found:?}");
+    }
+
+    /// MINIMAL with a local backend `small` whose last line is `setting`.
+    fn with_local(setting: &str) -> String {
+        let local = format!("  local:\n    - name: small\n      model_path: m.gguf\n      {setting}\n");
+        MINIMAL.replace("  remote:\n", &format!("{local}  remote:\n"))
+    }
+
+    #[test]
+    fn sampling_defaults_are_checked_like_request_parameters() {
+        let found = problems(&with_local("sampling: { temperature: 3.0 }"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("temperature"), "{found:?}");
+    }
+
+    #[test]
+    fn a_zero_queue_wait_is_a_located_problem() {
+        let found = problems(&with_local("max_queue_wait_ms: 0"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("max_queue_wait_ms"), "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (5, 26), "{found:?}");
+        assert_eq!(problems(&with_local("max_queue_wait_ms: 2000")), Vec::new());
+    }
+
+    #[test]
+    fn routing_privacy_and_budget_problems_are_located() {
+        let text = MINIMAL.replace(
+            "  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }\n",
+            "  thresholds: { local_below: 0.8, remote_above: 0.7, ambiguous: remote }\n  aliases:\n    cloud: { local_below: 0.1, remote_above: 0.2, ambiguous: remote }\n",
+        ) + "privacy:\n  detectors: [card]\n  patterns:\n    - name: bad\n      regex: '(unclosed'\nbudgets:\n  state_file: s.json\n  pacing_from: 1.5\n";
+        let found = problems(&text);
+        let at: Vec<(u64, &str)> = found.iter().map(|p| (p.line, p.message.as_str())).collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert!(
+            at[0].0 == 10 && at[0].1.contains("local_below <= remote_above"),
+            "{at:?}"
+        );
+        assert!(at[1].0 == 12 && at[1].1.contains("alias \"cloud\""), "{at:?}");
+        assert!(at[2].0 == 17 && at[2].1.starts_with("invalid regex"), "{at:?}");
+        assert!(at[3].0 == 20 && at[3].1.contains("pacing_from"), "{at:?}");
+    }
+
+    #[test]
+    fn routing_must_name_backends_of_the_right_kind() {
+        let text = MINIMAL.replace("  remote_backends: [cloud]\n", "  local_backend: cloud\n");
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("not a configured local backend"), "{found:?}");
+        let neither = MINIMAL.replace("  remote_backends: [cloud]\n", "");
+        let found = problems(&neither);
+        assert!(found[0].message.contains("needs a local_backend"), "{found:?}");
+        let unknown_detector = format!("{MINIMAL}privacy:\n  detectors: [passport]\n");
+        let found = problems(&unknown_detector);
+        assert_eq!((found.len(), found[0].line), (1, 12), "{found:?}");
+    }
+
+    #[test]
+    fn an_unclosed_flow_mapping_is_reported_where_it_opens() {
+        let text = MINIMAL.replace(
+            "ambiguous: remote }",
+            "ambiguous: remote\nserver:\n  listen: 127.0.0.1:8080\n",
+        );
+        let found = problems(&text);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (10, 15), "{found:?}");
+        assert!(found[0].message.contains("`{` is never closed"), "{found:?}");
+        // At the end of the file too.
+        let at_end = MINIMAL.replace("ambiguous: remote }", "ambiguous: remote");
+        let found = problems(&at_end);
+        assert_eq!((found[0].line, found[0].column), (10, 15), "{found:?}");
+        // A bracket in a comment or a quoted scalar closes nothing.
+        for closed_in_words in ["ambiguous: remote # }", "ambiguous: remote, x: 'a }'"] {
+            let text = MINIMAL.replace("ambiguous: remote }", closed_in_words);
+            let found = problems(&text);
+            assert_eq!(
+                (found[0].line, found[0].column),
+                (10, 15),
+                "{closed_in_words}: {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn listening_beyond_loopback_without_client_keys_is_a_located_problem_unless_allowed() {
+        let open = format!("{MINIMAL}server:\n  listen: 0.0.0.0:8080\n");
+        let found = problems(&open);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (12, 11), "{found:?}");
+        assert!(
+            found[0].message.contains("server.listen 0.0.0.0:8080")
+                && found[0].message.contains("allow_unauthenticated"),
+            "{found:?}"
+        );
+        let allowed = format!("{open}  allow_unauthenticated: true\n");
+        assert_eq!(problems(&allowed), Vec::new());
+        let keyed = format!("{open}auth:\n  keys:\n    - name: a\n      key_env: A_KEY\n");
+        assert_eq!(problems(&keyed), Vec::new());
+        for loopback in ["127.0.0.1:8080", "'[::1]:8080'"] {
+            assert_eq!(problems(&open.replace("0.0.0.0:8080", loopback)), Vec::new());
+        }
+    }
+
+    #[test]
+    fn cost_is_priced_per_million_tokens() {
+        let price = Price {
+            input_per_mtok_usd: 2.5,
+            output_per_mtok_usd: 10.0,
+        };
+        assert!((price.cost_usd(1_000_000, 500_000) - 7.5).abs() < 1e-12);
+    }
+}

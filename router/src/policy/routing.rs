@@ -1,0 +1,328 @@
+//! The `routing`, `ladder`, `privacy` and `budgets` sections: profiles and
+//! thresholds, sticky sessions, the escalation ladder, privacy rules and
+//! spending limits.
+
+use std::collections::HashSet;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::*;
+
+/// How `auto` requests are routed: which backends play the local and remote
+/// parts, the score thresholds between tiers, and the aliases clients may ask for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// The local backend that answers the `local` and `local-reasoning` tiers.
+    pub local_backend: Option<Spanned<String>>,
+    /// Remote backends for the `remote` tier, in order of preference.
+    #[serde(default)]
+    pub remote_backends: Vec<Spanned<String>>,
+    /// The remote backend whose prices make the all-cloud baseline that
+    /// savings are measured against (default: the first of `remote_backends`,
+    /// else the first remote backend).
+    pub baseline_backend: Option<Spanned<String>>,
+    /// The profile of `model: "auto"`.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: Spanned<Thresholds>,
+    /// Other profiles clients may name as `model`, e.g. `auto-fast`, `auto-quality`.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, Spanned<Thresholds>>,
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+}
+
+/// Thresholds for the shipped difficulty model, the same as the default
+/// policy's: the quartiles of its score on held-out MMLU (docs/routing.md,
+/// "Held-out MMLU"). A quarter of such prompts stay local, a quarter go remote.
+fn default_thresholds() -> Spanned<Thresholds> {
+    unspanned(Thresholds {
+        local_below: 0.537,
+        remote_above: 0.578,
+        ambiguous: AmbiguousChoice::LocalReasoning,
+    })
+}
+
+/// A routing profile: `local` below `local_below`, `remote` from `remote_above`
+/// up, and in between whatever `ambiguous` says.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    pub local_below: f32,
+    pub remote_above: f32,
+    pub ambiguous: AmbiguousChoice,
+}
+
+/// Where a request whose score falls between the two thresholds goes: the local
+/// model thinking step by step (free, slower) or the remote model (paid, better).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AmbiguousChoice {
+    LocalReasoning,
+    Remote,
+}
+
+/// Sticky sessions: a conversation's tier only goes up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    pub sticky: bool,
+    /// How long a conversation is remembered after its last request.
+    pub ttl_s: Spanned<u64>,
+    /// Conversations remembered at once; the least recently used are forgotten.
+    pub max_entries: Spanned<usize>,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            sticky: true,
+            ttl_s: unspanned(3600),
+            max_entries: unspanned(100_000),
+        }
+    }
+}
+
+/// The escalation ladder: a local answer that looks weak climbs to the next
+/// tier (local -> local-reasoning -> remote) before the client sees it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LadderConfig {
+    pub enabled: bool,
+    /// Streamed local answers are held back for this many tokens...
+    pub precommit_tokens: Spanned<u32>,
+    /// ...or this long, whichever comes first; then the choice is final.
+    pub precommit_ms: Spanned<u64>,
+    /// An answer whose mean token log-probability is below this is weak.
+    pub min_mean_logprob: Spanned<f64>,
+    /// Confidence is judged from this many tokens on.
+    pub min_tokens: Spanned<u32>,
+}
+
+impl Default for LadderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            precommit_tokens: unspanned(16),
+            precommit_ms: unspanned(1500),
+            min_mean_logprob: unspanned(DEFAULT_MIN_MEAN_LOGPROB),
+            min_tokens: unspanned(4),
+        }
+    }
+}
+
+/// See docs/reliability.md, "What the ladder buys", for how this was calibrated.
+pub const DEFAULT_MIN_MEAN_LOGPROB: f64 = -2.0;
+
+/// Privacy rules: a request that matches any of them is never sent to a remote
+/// backend.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivacyConfig {
+    /// Built-in detectors to run.
+    #[serde(default)]
+    pub detectors: Vec<Spanned<Detector>>,
+    /// Custom rules: a name (reported in logs, never the match) and a regex.
+    #[serde(default)]
+    pub patterns: Vec<PatternConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "kebab-case")]
+pub enum Detector {
+    /// E-mail addresses.
+    Email,
+    /// Phone numbers (international or national formats, 9 to 15 digits).
+    Phone,
+    /// Payment card numbers (13 to 19 digits passing the Luhn check).
+    Card,
+    /// IBANs passing the mod-97 check.
+    Iban,
+    /// API keys, tokens and private keys in well-known formats.
+    Secret,
+}
+
+impl Detector {
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::Email => "email",
+            Detector::Phone => "phone",
+            Detector::Card => "card",
+            Detector::Iban => "iban",
+            Detector::Secret => "secret",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatternConfig {
+    pub name: Spanned<String>,
+    pub regex: Spanned<String>,
+}
+
+/// Spending limits in USD. Remote spend is paced: as a budget fills past
+/// `pacing_from`, the score needed to go remote rises smoothly; at the limit,
+/// only requests that cannot be answered locally may still go remote, and they
+/// are refused instead.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetsConfig {
+    /// Where spend is kept across restarts, relative to the policy file.
+    pub state_file: Spanned<String>,
+    /// The fraction of a budget from which pacing starts.
+    #[serde(default = "default_pacing_from")]
+    pub pacing_from: Spanned<f64>,
+    /// Limits on all spend together.
+    #[serde(default)]
+    pub global: Limits,
+    /// Limits for each client key (by its name in `auth.keys`).
+    #[serde(default)]
+    pub per_key: Limits,
+}
+
+fn default_pacing_from() -> Spanned<f64> {
+    unspanned(0.5)
+}
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+}
+
+impl Policy {
+    pub(super) fn routing_problems(&self, backend_names: &HashSet<&str>, problems: &mut Vec<Problem>) {
+        let routing = &self.routing;
+        let is_local = |name: &str| self.backends.local.iter().any(|b| b.name.value == name);
+        let is_remote = |name: &str| self.backends.remote.iter().any(|b| b.name.value == name);
+        if let Some(local) = &routing.local_backend
+            && !is_local(&local.value)
+        {
+            problems.push(Problem::at(
+                local,
+                format!("local_backend {:?} is not a configured local backend", local.value),
+            ));
+        }
+        let mut seen = HashSet::new();
+        for remote in &routing.remote_backends {
+            if !is_remote(&remote.value) {
+                problems.push(Problem::at(
+                    remote,
+                    format!("{:?} is not a configured remote backend", remote.value),
+                ));
+            }
+            if !seen.insert(remote.value.as_str()) {
+                problems.push(Problem::at(remote, format!("{:?} is listed twice", remote.value)));
+            }
+        }
+        if let Some(baseline) = &routing.baseline_backend
+            && !is_remote(&baseline.value)
+        {
+            problems.push(Problem::at(
+                baseline,
+                format!(
+                    "baseline_backend {:?} is not a configured remote backend",
+                    baseline.value
+                ),
+            ));
+        }
+        if routing.local_backend.is_none() && routing.remote_backends.is_empty() {
+            problems.push(Problem {
+                line: 0,
+                column: 0,
+                message: "routing needs a local_backend or at least one of remote_backends".into(),
+            });
+        }
+        check_thresholds(&routing.thresholds, problems);
+        for (alias, thresholds) in &routing.aliases {
+            if !is_model_name(alias) || alias == AUTO_MODEL || backend_names.contains(alias.as_str()) {
+                problems.push(Problem::at(
+                    thresholds,
+                    format!("alias {alias:?} must be a model name that is neither \"auto\" nor a backend's name"),
+                ));
+            }
+            check_thresholds(thresholds, problems);
+        }
+        let sessions = &routing.sessions;
+        if sessions.ttl_s.value == 0 {
+            problems.push(Problem::at(&sessions.ttl_s, "ttl_s must be positive"));
+        }
+        if sessions.max_entries.value == 0 {
+            problems.push(Problem::at(&sessions.max_entries, "max_entries must be positive"));
+        }
+    }
+
+    pub(super) fn privacy_problems(&self, problems: &mut Vec<Problem>) {
+        let mut names = HashSet::new();
+        for pattern in &self.privacy.patterns {
+            if !is_model_name(&pattern.name.value) {
+                problems.push(Problem::at(
+                    &pattern.name,
+                    "pattern name must be 1-64 characters of letters, digits, '-', '_', '.', ':' or '/'",
+                ));
+            }
+            if !names.insert(pattern.name.value.as_str()) {
+                problems.push(Problem::at(&pattern.name, "duplicate pattern name"));
+            }
+            if let Err(err) = regex::Regex::new(&pattern.regex.value) {
+                let first = err.to_string().lines().last().unwrap_or("invalid").trim().to_string();
+                problems.push(Problem::at(&pattern.regex, format!("invalid regex: {first}")));
+            }
+        }
+    }
+}
+
+impl LadderConfig {
+    /// Problems of the `ladder` section.
+    pub(super) fn problems(&self, problems: &mut Vec<Problem>) {
+        let ladder = self;
+        if ladder.precommit_ms.value == 0 && ladder.precommit_tokens.value == 0 {
+            problems.push(Problem::at(
+                &ladder.precommit_ms,
+                "give a pre-commit window in tokens or ms",
+            ));
+        }
+        if !(ladder.min_mean_logprob.value.is_finite() && ladder.min_mean_logprob.value <= 0.0) {
+            problems.push(Problem::at(
+                &ladder.min_mean_logprob,
+                "min_mean_logprob must be a log-probability (<= 0)",
+            ));
+        }
+    }
+}
+
+pub(super) fn check_thresholds(t: &Spanned<Thresholds>, problems: &mut Vec<Problem>) {
+    let Thresholds {
+        local_below,
+        remote_above,
+        ..
+    } = t.value;
+    if !((0.0..=1.0).contains(&local_below) && (0.0..=1.0).contains(&remote_above) && local_below <= remote_above) {
+        problems.push(Problem::at(t, "thresholds need 0 <= local_below <= remote_above <= 1"));
+    }
+}
+
+pub(super) fn budget_problems(budgets: &BudgetsConfig, problems: &mut Vec<Problem>) {
+    if budgets.state_file.value.trim().is_empty() {
+        problems.push(Problem::at(&budgets.state_file, "state_file must not be empty"));
+    }
+    if !(0.0..1.0).contains(&budgets.pacing_from.value) {
+        problems.push(Problem::at(
+            &budgets.pacing_from,
+            "pacing_from must be at least 0 and below 1",
+        ));
+    }
+    for (scope, limits) in [("global", budgets.global), ("per_key", budgets.per_key)] {
+        for limit in [limits.daily_usd, limits.monthly_usd].into_iter().flatten() {
+            if !(limit.is_finite() && limit > 0.0) {
+                problems.push(Problem::at(
+                    &budgets.state_file,
+                    format!("budgets.{scope}: limits must be positive numbers of USD"),
+                ));
+            }
+        }
+    }
+}
