@@ -71,8 +71,14 @@ pub async fn chat_completions(
         Ok(bytes) => bytes,
         Err(err) => return refused(record, err),
     };
-    // Declared before the parsed request, so dropped after it.
-    let _release = (bytes.len() > INLINE_PREPARE_MAX_BYTES).then_some(ReleaseFreeMemory);
+    // Declared before the parsed request, so dropped after it. (Not
+    // `then_some`: that builds the guard either way, and dropping the unused
+    // one would trim the heap after every request.)
+    let _release = if bytes.len() > INLINE_PREPARE_MAX_BYTES {
+        Some(ReleaseFreeMemory)
+    } else {
+        None
+    };
     let prepared = if bytes.len() <= INLINE_PREPARE_MAX_BYTES {
         prepare(&state, &live, &caller, &headers, &bytes)
     } else {

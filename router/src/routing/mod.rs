@@ -1,11 +1,15 @@
 //! The routing brain: for each `auto` request, which tier answers it (the local
 //! model, the local model reasoning step by step, or a remote model) and why.
 //!
+//! - [`features`] and [`difficulty`]: a request's signals and its learned
+//!   difficulty score.
 //! - [`decide`]: the decision as a pure function of what is known.
 //! - [`privacy`]: detectors and patterns that keep a request local.
 //! - [`budget`]: remote spend, kept across restarts, and budget pacing.
 //! - [`sessions`]: sticky conversations, whose tier only goes up.
 //!
+//! [`Routing::decide`] is the one entry point: a validated request and its
+//! hints in, a [`Decision`] out, for routed and pinned requests alike.
 //! [`Routing`] is what one policy generation knows (profiles, rules, backends);
 //! [`Ledger`](budget::Ledger) and [`Sessions`](sessions::Sessions) outlive
 //! reloads. Every decision carries a stable [`Reason`] code, sent to clients in
