@@ -35,6 +35,7 @@ pub fn release_free_memory() {
             return;
         }
         let trim = || {
+            crate::metrics::metrics().heap_trims.inc();
             // SAFETY: malloc_trim only releases pages malloc holds free; it
             // is thread-safe and touches no memory in use.
             unsafe { libc::malloc_trim(0) };

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub local_model_bytes: IntGaugeVec,
     pub local_kv_cache_bytes: IntGaugeVec,
     pub policy_reloads: IntCounterVec,
+    pub heap_trims: IntCounter,
     pub build_info: IntGaugeVec,
     pub up_since: IntGauge,
 }
@@ -219,6 +220,11 @@ impl Metrics {
                 "Policy reloads, by result (applied, rejected).",
                 &["result"],
             ),
+            heap_trims: IntCounter::new(
+                "switchyard_heap_trims_total",
+                "Passes returning the heap's free pages to the system, run after requests with bodies over 64 KiB.",
+            )
+            .expect("valid counter"),
             build_info: IntGaugeVec::new(
                 Opts::new("switchyard_build_info", "Always 1; the version is a label."),
                 &["version"],
@@ -257,6 +263,7 @@ impl Metrics {
         register(Box::new(m.local_model_bytes.clone()));
         register(Box::new(m.local_kv_cache_bytes.clone()));
         register(Box::new(m.policy_reloads.clone()));
+        register(Box::new(m.heap_trims.clone()));
         register(Box::new(m.build_info.clone()));
         register(Box::new(m.up_since.clone()));
         m.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);

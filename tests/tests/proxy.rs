@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, http_client, policy_for};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, http_client, policy_for, sample};
 
 fn start() -> (CloudDouble, Daemon) {
     let double = CloudDouble::start();
@@ -406,6 +406,36 @@ async fn bad_inputs_get_their_documented_status_and_error() {
     assert!(double.requests().is_empty(), "no bad request reached the upstream");
     // The daemon is still serving after all of that.
     assert_eq!(post_chat(&daemon, chat("echo", false)).await.status(), 200);
+}
+
+/// The heap is trimmed after a request with a large body, and only then (a
+/// trim after every request cost ~70 us each).
+#[tokio::test]
+async fn only_a_large_body_trims_the_heap() {
+    let (_double, daemon) = start();
+    let trims = || async {
+        let text = http_client()
+            .get(daemon.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        sample(&text, "switchyard_heap_trims_total")
+    };
+    for _ in 0..20 {
+        assert_eq!(post_chat(&daemon, chat("echo", false)).await.status(), 200);
+    }
+    assert_eq!(trims().await, 0.0, "small requests do not trim");
+    let mut large = chat("echo", false);
+    large["messages"][0]["content"] = json!("word ".repeat(30_000));
+    assert_eq!(post_chat(&daemon, large).await.status(), 200);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while trims().await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no trim after a 150 KB body");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
