@@ -413,17 +413,7 @@ async fn bad_inputs_get_their_documented_status_and_error() {
 #[tokio::test]
 async fn only_a_large_body_trims_the_heap() {
     let (_double, daemon) = start();
-    let trims = || async {
-        let text = http_client()
-            .get(daemon.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        sample(&text, "switchyard_heap_trims_total")
-    };
+    let trims = || async { sample(&daemon.metrics().await, "switchyard_heap_trims_total") };
     for _ in 0..20 {
         assert_eq!(post_chat(&daemon, chat("echo", false)).await.status(), 200);
     }
