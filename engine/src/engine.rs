@@ -551,7 +551,7 @@ impl Worker {
             output.prefill_time += spent;
             output
         });
-        self.publish_cache_bytes(slot);
+        self.publish_cache_bytes(slot.bytes());
         let _ = (job.sink)(JobEvent::Done(result));
     }
 
@@ -561,13 +561,15 @@ impl Worker {
         if slot.bytes() > self.slot.bytes() {
             self.slot = slot;
         }
-        self.publish_cache_bytes(&KvSlot::growing());
+        self.publish_cache_bytes(0);
     }
 
-    fn publish_cache_bytes(&self, running: &KvSlot) {
+    /// Publishes the KV cache memory held: the worker's, a paused prefill's,
+    /// and `running` bytes of a job's cache not yet given back to the worker.
+    fn publish_cache_bytes(&self, running: usize) {
         let paused = self.paused.as_ref().map_or(0, |paused| paused.slot.bytes());
         self.kv_cache_bytes
-            .store(self.slot.bytes() + running.bytes() + paused, Ordering::Relaxed);
+            .store(self.slot.bytes() + running + paused, Ordering::Relaxed);
     }
 }
 

@@ -100,11 +100,10 @@ pub struct Answered {
 impl Outcome {
     /// The outcome of `decision` given what its ladder came to.
     fn of(decision: &Decision, climbed: Result<Answer, ApiError>) -> Outcome {
-        let decided_degraded = (decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable);
         match climbed {
             Ok(answer) => Outcome {
                 reason: answer.weakness.map_or(decision.reason, Weakness::reason),
-                degraded: answer.degraded.or(decided_degraded),
+                degraded: answer.degraded.or(Outcome::decided_degraded(decision)),
                 backend: answer.backend,
                 tier: answer.tier,
                 escalated_from: answer.escalated_from,
@@ -125,9 +124,14 @@ impl Outcome {
             backend: decision.backend.clone(),
             tier: decision.tier,
             reason: decision.reason,
-            degraded: (decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable),
+            degraded: Outcome::decided_degraded(decision),
             escalated_from: None,
         }
+    }
+
+    /// The decision's own degradation: it had no remote to choose.
+    fn decided_degraded(decision: &Decision) -> Option<Degraded> {
+        (decision.reason == Reason::RemoteUnavailable).then_some(Degraded::RemoteUnavailable)
     }
 }
 

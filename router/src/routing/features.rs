@@ -100,29 +100,13 @@ impl Features {
         let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
         let mut features = Features::from_text(scored_text);
         // The size of the user's text is that of all of it, also past what is
-        // scored.
-        let mut user_text = TokenEstimate::default();
-        let mut user_chars = 0u64;
-        for piece in user_messages(request).flat_map(|m| content_texts(&m["content"])) {
-            if !user_text.is_empty() {
-                user_text.add("\n");
-                user_chars += 1;
-            }
-            user_text.add(piece);
-            user_chars += piece.chars().count() as u64;
-        }
+        // scored; the context the backend must hold is every message, not
+        // just the user's. Each is estimated as for its pieces joined a line
+        // apart, without joining them.
+        let user_text = TokenEstimate::joined(user_messages(request).flat_map(|m| content_texts(&m["content"])));
         features.text_tokens_estimate = user_text.tokens();
-        features.chars = user_chars;
-        // The context the backend must hold is every message, not just the
-        // user's: estimated as for their text joined a line apart, without
-        // joining it.
-        let mut all_text = TokenEstimate::default();
-        for piece in messages.iter().flat_map(|m| content_texts(&m["content"])) {
-            if !all_text.is_empty() {
-                all_text.add("\n");
-            }
-            all_text.add(piece);
-        }
+        features.chars = user_text.chars;
+        let all_text = TokenEstimate::joined(messages.iter().flat_map(|m| content_texts(&m["content"])));
         features.prompt_tokens_estimate = all_text.tokens() + 4 * messages.len() as u64;
         features.turns = messages.iter().filter(|m| m["role"] == "user").count() as u32;
         features.has_tools = request.asks.tools;
@@ -133,11 +117,11 @@ impl Features {
 
     /// The features of plain prompt text.
     pub fn from_text(text: &str) -> Features {
-        let tokens = estimate_tokens(text);
+        let estimate = TokenEstimate::joined(std::iter::once(text));
         let mut f = Features {
-            prompt_tokens_estimate: tokens,
-            text_tokens_estimate: tokens,
-            chars: text.chars().count() as u64,
+            prompt_tokens_estimate: estimate.tokens(),
+            text_tokens_estimate: estimate.tokens(),
+            chars: estimate.chars,
             turns: 1,
             ..Features::default()
         };
@@ -223,18 +207,33 @@ pub fn estimate_tokens(text: &str) -> u64 {
     estimate.tokens()
 }
 
-/// [`estimate_tokens`] of text added piece by piece: the estimate of the
-/// pieces joined.
+/// [`estimate_tokens`] of text added piece by piece (the estimate of the
+/// pieces joined), and the text's characters.
 #[derive(Default)]
 struct TokenEstimate {
     bytes: u64,
     wide: u64,
     symbols: u64,
+    chars: u64,
 }
 
 impl TokenEstimate {
+    /// The estimate of `pieces` joined by line breaks, as [`push_content`]
+    /// joins them, without joining them.
+    fn joined<'t>(pieces: impl Iterator<Item = &'t str>) -> TokenEstimate {
+        let mut estimate = TokenEstimate::default();
+        for piece in pieces {
+            if estimate.chars > 0 {
+                estimate.add("\n");
+            }
+            estimate.add(piece);
+        }
+        estimate
+    }
+
     fn add(&mut self, text: &str) {
         for c in text.chars() {
+            self.chars += 1;
             if is_cjk_char(c) {
                 self.wide += 1;
             } else if c.is_ascii_punctuation() || c.is_ascii_digit() {
@@ -243,10 +242,6 @@ impl TokenEstimate {
                 self.bytes += c.len_utf8() as u64;
             }
         }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.bytes + self.wide + self.symbols == 0
     }
 
     fn tokens(&self) -> u64 {
