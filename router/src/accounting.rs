@@ -25,11 +25,10 @@ use futures_util::{Stream, StreamExt};
 use serde::Serialize;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::backends::UsageCell;
 use crate::metrics::{metrics, seconds};
-use crate::openai::Usage;
 use crate::openai::error::ApiError;
 use crate::policy::Price;
+use crate::reply::{Usage, UsageCell};
 use crate::routing::budget::{Ledger, Reservation};
 
 /// What a request came to.
@@ -328,7 +327,7 @@ impl Recorded {
             record.status = error.status().as_u16();
         }
         tracing::warn!("the shutdown drain ran out: the stream ends with a server_shutting_down error");
-        crate::openai::sse::encode_data(&error.to_json().to_string())
+        crate::openai::sse::error_event(&error)
     }
 
     fn finish(&mut self, ended: bool) {

@@ -16,9 +16,12 @@
 //! - [`backends`]: where requests are answered: remote endpoints (with retries
 //!   and a circuit breaker) and the local engine.
 //! - [`auth`]: client keys.
-//! - [`openai`]: OpenAI's wire format: request validation, errors, SSE framing.
-//! - [`outcome`]: tiers, reasons, eligibility and routing errors, the
-//!   vocabulary every layer shares.
+//! - [`openai`]: OpenAI's wire format: request validation, errors, SSE
+//!   framing, and the one writer of replies (`openai::completion::write`).
+//! - [`reply`]: what backends answer with, before it is written: the local
+//!   model's typed events, or a remote answer relayed as it came.
+//! - [`outcome`]: tiers, reasons, eligibility, routing and backend errors,
+//!   the vocabulary every layer shares.
 //! - [`policy`]: the YAML policy file, typed and checked with line:column errors.
 //! - [`metrics`], [`telemetry`], [`memory`]: Prometheus metrics, logs and
 //!   traces, the process heap.
@@ -36,6 +39,7 @@ pub mod metrics;
 pub mod openai;
 pub mod outcome;
 pub mod policy;
+pub mod reply;
 pub mod routing;
 pub mod server;
 pub mod telemetry;

@@ -1,11 +1,13 @@
 //! The outcome vocabulary every layer shares: where a request is answered
 //! ([`Tier`]), why ([`Reason`]), why the local model cannot take it
-//! ([`Ineligible`]), why no tier can ([`RouteError`]), and what went otherwise
-//! than decided ([`Degraded`]). Plain types with no
-//! dependencies on the rest of the crate, so that routing, backends, the ladder,
-//! metrics and the HTTP layer may all import them; how they are written on the
-//! wire is the HTTP layer's business (`openai::error`).
+//! ([`Ineligible`]), why no tier can ([`RouteError`]), why a backend gave no
+//! answer ([`BackendError`]), and what went otherwise than decided
+//! ([`Degraded`]). Plain types with no dependencies on the rest of the crate,
+//! so that routing, backends, the ladder, metrics and the HTTP layer may all
+//! import them; how they are written on the wire is decided once, in
+//! `openai::error`, when the HTTP layer renders them.
 
+use axum::http::{HeaderValue, StatusCode};
 use serde::Serialize;
 
 /// Where a request is answered. Ordered: a conversation only moves up.
@@ -202,5 +204,121 @@ impl RouteError {
             RouteError::MaxCostExceeded { .. } => Reason::MaxCost,
             RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => Reason::RemoteUnavailable,
         }
+    }
+}
+
+/// Why a backend gave no answer. Backends return these; the ladder decides
+/// from them whether another backend may do better ([`Self::is_unavailable`]),
+/// and the HTTP layer renders them in OpenAI's format.
+#[derive(Debug, Clone)]
+pub enum BackendError {
+    /// The backend exists but cannot be used now (e.g. its key is not set).
+    Unavailable { backend: String, reason: String },
+    /// The backend's circuit breaker refuses calls for `retry_after_s` more seconds.
+    BreakerOpen { backend: String, retry_after_s: u64 },
+    /// The upstream answered with an error; we pass on what is safe of it.
+    /// Boxed: it is the largest variant, and errors travel in every `Result`.
+    Upstream(Box<UpstreamError>),
+    /// The upstream refused our credentials (401 or 403): the backend's key
+    /// setting is wrong, not the client's.
+    UpstreamAuth {
+        backend: String,
+        status: StatusCode,
+        key_env: Option<String>,
+    },
+    /// Could not connect to the upstream, or it broke the connection.
+    UpstreamUnreachable { backend: String, detail: String },
+    /// The upstream did not answer within its timeout.
+    UpstreamTimeout { backend: String, timeout_ms: u64 },
+    /// The upstream's answer started, then nothing came for `idle_ms`.
+    UpstreamStalled { backend: String, idle_ms: u64 },
+    /// The upstream's event stream ended before `[DONE]`, or its connection broke.
+    UpstreamStreamCut { backend: String, detail: String },
+    /// The upstream answered 2xx with a body that is not what OpenAI's format promises.
+    UpstreamInvalid { backend: String, detail: String },
+    /// The prompt does not fit the model's context window.
+    ContextLengthExceeded { message: String },
+    /// The local engine cannot take the request now: its queue is full, or
+    /// the request found no turn within the backend's `max_queue_wait_ms`.
+    LocalBusy { backend: String, detail: String },
+    /// A local generation was stopped at the request's deadline
+    /// (`server.request_deadline_ms`); `deadline_ms` is what was left of it
+    /// when the local backend was asked, `detail` how far it got.
+    LocalTimeout {
+        backend: String,
+        deadline_ms: u64,
+        detail: String,
+    },
+    /// The request is one this backend cannot take as it is (a value past its
+    /// limits, messages its chat template refuses): the client's to fix.
+    Rejected { message: String, param: Option<String> },
+}
+
+/// An upstream's own error response, as much of it as is safe to pass on:
+/// its status and, from an OpenAI error object, its `type`, `code` and
+/// `param` as they came and its message with secrets redacted (read by
+/// `openai::error`).
+#[derive(Debug, Clone)]
+pub struct UpstreamError {
+    pub backend: String,
+    pub status: StatusCode,
+    pub message: String,
+    pub error_type: String,
+    /// A string, a number or null, as the upstream sent it.
+    pub code: serde_json::Value,
+    pub param: serde_json::Value,
+    pub retry_after: Option<HeaderValue>,
+}
+
+impl BackendError {
+    /// A request this backend refuses, pointing at the field to blame.
+    pub fn rejected(message: impl Into<String>, param: &str) -> BackendError {
+        BackendError::Rejected {
+            message: message.into(),
+            param: Some(param.to_string()),
+        }
+    }
+
+    /// Stable, low-cardinality code: the error's `code` field, and a label in
+    /// logs and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BackendError::Unavailable { .. } | BackendError::BreakerOpen { .. } => "backend_unavailable",
+            BackendError::Upstream(_) => "upstream_error",
+            BackendError::UpstreamAuth { .. } => "upstream_auth_failed",
+            BackendError::UpstreamUnreachable { .. } => "upstream_unreachable",
+            BackendError::UpstreamTimeout { .. } | BackendError::UpstreamStalled { .. } => "upstream_timeout",
+            BackendError::UpstreamStreamCut { .. } => "upstream_stream_cut",
+            BackendError::UpstreamInvalid { .. } => "upstream_invalid_response",
+            BackendError::ContextLengthExceeded { .. } => "context_length_exceeded",
+            BackendError::LocalBusy { .. } => "engine_busy",
+            BackendError::LocalTimeout { .. } => "local_timeout",
+            BackendError::Rejected { .. } => "invalid_request",
+        }
+    }
+
+    /// Failures of the upstream, not of the request: worth a retry or a
+    /// fallback, and counted by the circuit breaker. (A refused key is the
+    /// upstream's too, but retrying cannot mend it: see [`Self::is_unavailable`].)
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BackendError::UpstreamUnreachable { .. }
+            | BackendError::UpstreamTimeout { .. }
+            | BackendError::UpstreamStalled { .. }
+            | BackendError::UpstreamStreamCut { .. }
+            | BackendError::UpstreamInvalid { .. } => true,
+            BackendError::Upstream(e) => matches!(e.status.as_u16(), 429 | 500 | 502 | 503 | 504),
+            _ => false,
+        }
+    }
+
+    /// Failures that another backend may not have: the upstream's, or a
+    /// backend that cannot take calls now (no key, breaker open, its key refused).
+    pub fn is_unavailable(&self) -> bool {
+        self.is_transient()
+            || matches!(
+                self,
+                BackendError::Unavailable { .. } | BackendError::BreakerOpen { .. } | BackendError::UpstreamAuth { .. }
+            )
     }
 }

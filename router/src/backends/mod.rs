@@ -2,7 +2,9 @@
 //! (a closed set, dispatched by `match`): a remote OpenAI-compatible endpoint
 //! ([`remote`], with its circuit [`breaker`]) or the in-process engine
 //! ([`local`]). [`Backends`] is the catalogue: it knows which client-facing
-//! model names map to which backend.
+//! model names map to which backend. A backend answers with a
+//! [`ChatReply`] (typed events, or an upstream's bytes relayed) or a
+//! [`BackendError`]; writing either for the client is `openai`'s business.
 
 pub mod breaker;
 pub mod local;
@@ -11,14 +13,10 @@ pub mod remote;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, StatusCode};
-use bytes::Bytes;
-use futures_util::stream::BoxStream;
-
-use crate::openai::Usage;
-use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::outcome::BackendError;
 use crate::policy::Policy;
+use crate::reply::ChatReply;
 use local::LocalBackend;
 use remote::RemoteBackend;
 
@@ -52,35 +50,21 @@ impl Backend {
         request: &ChatRequest,
         request_id: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<ChatReply, ApiError> {
+    ) -> Result<ChatReply, BackendError> {
         match self {
             Backend::Remote(remote) => remote.chat(request, request_id, deadline).await,
             Backend::Local(local) => local.chat(request, request_id, deadline).await,
         }
     }
-}
 
-/// A successful answer, ready to be sent to the client.
-pub enum ChatReply {
-    /// A whole `chat.completion` object.
-    Complete {
-        body: Bytes,
-        usage: Option<Usage>,
-        headers: HeaderMap,
-        status: StatusCode,
-    },
-    /// SSE bytes, already framed, ending with `data: [DONE]` or an error event.
-    Stream {
-        events: BoxStream<'static, Bytes>,
-        headers: HeaderMap,
-        /// Filled with the answer's usage when the backend learns it (by the
-        /// stream's end), whether or not the client asked to see it.
-        usage: UsageCell,
-    },
+    /// The local backend, for what only it does (the ladder's rungs).
+    pub fn as_local(&self) -> Option<&LocalBackend> {
+        match self {
+            Backend::Local(local) => Some(local),
+            Backend::Remote(_) => None,
+        }
+    }
 }
-
-/// Where a streamed answer's usage is left for the request's record.
-pub type UsageCell = Arc<std::sync::Mutex<Option<Usage>>>;
 
 pub struct Backends {
     all: Vec<Arc<Backend>>,

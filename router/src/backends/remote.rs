@@ -41,13 +41,12 @@ use tokio::time::Instant;
 
 use axum::http::StatusCode;
 
-use super::ChatReply;
 use super::breaker::{Breaker, BreakerState, Refused};
-use crate::openai::Usage;
-use crate::openai::error::{ApiError, UpstreamError};
 use crate::openai::request::ChatRequest;
 use crate::openai::sse::{self, Chunk, SseDecoder, SseEvent};
+use crate::outcome::{BackendError, UpstreamError};
 use crate::policy::{Price, RemoteBackendConfig, RetryConfig, Timeouts};
+use crate::reply::{ChatReply, Relayed, Usage, UsageCell};
 
 /// Largest non-streamed completion we accept from upstream. A chat completion of
 /// 1M tokens is ~4 MiB of JSON; 64 MiB leaves room for logprobs and many choices.
@@ -166,7 +165,7 @@ impl RemoteBackend {
         request: &ChatRequest,
         request_id: &str,
         deadline: Instant,
-    ) -> Result<ChatReply, ApiError> {
+    ) -> Result<ChatReply, BackendError> {
         let mut attempt = 1;
         let mut last_failure = None;
         loop {
@@ -177,17 +176,17 @@ impl RemoteBackend {
             };
             let result = match tokio::time::timeout_at(deadline, self.call(request, request_id)).await {
                 Ok(result) => result,
-                Err(_) => Err(ApiError::UpstreamTimeout {
+                Err(_) => Err(BackendError::UpstreamTimeout {
                     backend: self.name.clone(),
                     timeout_ms: self.timeouts.total_ms.value,
                 }),
             };
-            let failed = result.as_ref().err().is_some_and(is_transient);
+            let failed = result.as_ref().err().is_some_and(BackendError::is_transient);
             // A key the upstream refuses fails every call until an operator
             // fixes it: no retry can help, but the breaker counts it, so routed
             // requests skip this backend without a round trip each and
             // `/readyz` says it is not ready.
-            let refused_key = matches!(result, Err(ApiError::UpstreamAuth { .. }));
+            let refused_key = matches!(result, Err(BackendError::UpstreamAuth { .. }));
             log_breaker_change(&self.name, permit.record(!(failed || refused_key)));
             let err = match result {
                 Err(err) if failed && attempt < self.retry.max_attempts.value => err,
@@ -219,8 +218,8 @@ impl RemoteBackend {
         }
     }
 
-    fn breaker_open(&self, refused: Refused) -> ApiError {
-        ApiError::BreakerOpen {
+    fn breaker_open(&self, refused: Refused) -> BackendError {
+        BackendError::BreakerOpen {
             backend: self.name.clone(),
             // Whole seconds, rounded up: coming back a moment early only meets another refusal.
             retry_after_s: refused.retry_after.as_millis().div_ceil(1000).max(1) as u64,
@@ -248,8 +247,8 @@ impl RemoteBackend {
         self.breaker.clone()
     }
 
-    async fn call(&self, request: &ChatRequest, request_id: &str) -> Result<ChatReply, ApiError> {
-        let api_key = self.api_key.as_ref().map_err(|reason| ApiError::BackendUnavailable {
+    async fn call(&self, request: &ChatRequest, request_id: &str) -> Result<ChatReply, BackendError> {
+        let api_key = self.api_key.as_ref().map_err(|reason| BackendError::Unavailable {
             backend: self.name.clone(),
             reason: reason.clone(),
         })?;
@@ -257,7 +256,7 @@ impl RemoteBackend {
             && asked > limit
         {
             let param = request.max_tokens_param();
-            return Err(ApiError::invalid(
+            return Err(BackendError::rejected(
                 format!("'{param}' is too large: {asked}. This model supports at most {limit} completion tokens."),
                 param,
             ));
@@ -296,7 +295,7 @@ impl RemoteBackend {
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             // Our key for this upstream is wrong. Its body is not read: it may
             // quote the key, and it tells the client nothing it could act on.
-            return Err(ApiError::UpstreamAuth {
+            return Err(BackendError::UpstreamAuth {
                 backend: self.name.clone(),
                 status,
                 key_env: self.key_env.clone(),
@@ -308,7 +307,7 @@ impl RemoteBackend {
                 .read_body(response, deadline, MAX_ERROR_BODY_BYTES)
                 .await
                 .unwrap_or_default();
-            return Err(ApiError::Upstream(Box::new(UpstreamError::from_body(
+            return Err(BackendError::Upstream(Box::new(UpstreamError::from_body(
                 &self.name,
                 status,
                 &body,
@@ -326,12 +325,12 @@ impl RemoteBackend {
             }
             let usage = Usage::from_value(&parsed);
             self.log_usage(request_id, "complete", usage, started);
-            return Ok(ChatReply::Complete {
+            return Ok(ChatReply::Relayed(Relayed::Complete {
                 body,
                 usage,
                 headers,
                 status,
-            });
+            }));
         }
 
         let content_type = response
@@ -342,7 +341,7 @@ impl RemoteBackend {
         if !content_type.is_empty() && !content_type.starts_with("text/event-stream") {
             return Err(self.invalid(format!("expected an event stream, got content-type {content_type:?}")));
         }
-        let usage_cell = super::UsageCell::default();
+        let usage_cell = UsageCell::default();
         let mut relay = RelayState {
             upstream: Box::pin(response.bytes_stream()),
             decoder: SseDecoder::default(),
@@ -366,17 +365,22 @@ impl RemoteBackend {
             outcome: "client_disconnected",
         };
         relay.until_answered().await?;
-        let events = futures_util::stream::unfold(relay, RelayState::next_bytes).boxed();
-        Ok(ChatReply::Stream {
+        let events = futures_util::stream::unfold(relay, RelayState::next_event).boxed();
+        Ok(ChatReply::Relayed(Relayed::Stream {
             events,
             headers,
             usage: usage_cell,
-        })
+        }))
     }
 
     /// Reads a whole body within the request deadline, the idle bound
     /// between its pieces, and a size bound.
-    async fn read_body(&self, response: reqwest::Response, deadline: Instant, limit: usize) -> Result<Bytes, ApiError> {
+    async fn read_body(
+        &self,
+        response: reqwest::Response,
+        deadline: Instant,
+        limit: usize,
+    ) -> Result<Bytes, BackendError> {
         let mut body = Vec::new();
         let mut chunks = response.bytes_stream();
         loop {
@@ -384,7 +388,7 @@ impl RemoteBackend {
             match tokio::time::timeout_at(wait_until, chunks.next()).await {
                 Err(_) if wait_until == deadline => return Err(self.timeout(self.timeouts.total_ms.value)),
                 Err(_) => {
-                    return Err(ApiError::UpstreamStalled {
+                    return Err(BackendError::UpstreamStalled {
                         backend: self.name.clone(),
                         idle_ms: self.timeouts.idle_ms.value,
                     });
@@ -401,22 +405,22 @@ impl RemoteBackend {
         }
     }
 
-    fn timeout(&self, timeout_ms: u64) -> ApiError {
-        ApiError::UpstreamTimeout {
+    fn timeout(&self, timeout_ms: u64) -> BackendError {
+        BackendError::UpstreamTimeout {
             backend: self.name.clone(),
             timeout_ms,
         }
     }
 
-    fn unreachable(&self, err: &reqwest::Error) -> ApiError {
-        ApiError::UpstreamUnreachable {
+    fn unreachable(&self, err: &reqwest::Error) -> BackendError {
+        BackendError::UpstreamUnreachable {
             backend: self.name.clone(),
             detail: describe(err, &self.origin),
         }
     }
 
-    fn invalid(&self, detail: String) -> ApiError {
-        ApiError::UpstreamInvalid {
+    fn invalid(&self, detail: String) -> BackendError {
+        BackendError::UpstreamInvalid {
             backend: self.name.clone(),
             detail,
         }
@@ -454,25 +458,10 @@ fn log_breaker_change(backend: &str, changed: Option<BreakerState>) {
     }
 }
 
-/// Failures of the upstream, not of the request: worth a retry or a fallback,
-/// and counted by the circuit breaker. (A refused key is the upstream's too,
-/// but retrying cannot mend it: see the ladder's `is_unavailable`.)
-pub fn is_transient(err: &ApiError) -> bool {
-    match err {
-        ApiError::UpstreamUnreachable { .. }
-        | ApiError::UpstreamTimeout { .. }
-        | ApiError::UpstreamStalled { .. }
-        | ApiError::UpstreamStreamCut { .. }
-        | ApiError::UpstreamInvalid { .. } => true,
-        ApiError::Upstream(e) => matches!(e.status.as_u16(), 429 | 500 | 502 | 503 | 504),
-        _ => false,
-    }
-}
-
 /// A 429's or 503's `Retry-After` in seconds (HTTP dates are not worth the
 /// parsing: backoff covers them).
-fn retry_after(err: &ApiError) -> Option<Duration> {
-    let ApiError::Upstream(upstream) = err else {
+fn retry_after(err: &BackendError) -> Option<Duration> {
+    let BackendError::Upstream(upstream) = err else {
         return None;
     };
     let value = upstream.retry_after.as_ref()?;
@@ -521,16 +510,17 @@ fn describe(err: &reqwest::Error, origin: &str) -> String {
 struct RelayState {
     upstream: BoxStream<'static, reqwest::Result<Bytes>>,
     decoder: SseDecoder,
-    pending: VecDeque<Bytes>,
+    /// Events to relay, and the failure that ends the stream after them.
+    pending: VecDeque<Result<Bytes, BackendError>>,
     finished: bool,
     /// A valid first data event has arrived. Until then a failure is the
     /// attempt's (`failure`, retried or falling back); after, the stream's
     /// (an error event to the client and a failure for the breaker).
     answered: bool,
-    failure: Option<ApiError>,
+    failure: Option<BackendError>,
     strip_usage: bool,
     usage: Option<Usage>,
-    usage_cell: super::UsageCell,
+    usage_cell: UsageCell,
     idle: Duration,
     deadline: Instant,
     total_ms: u64,
@@ -549,10 +539,10 @@ impl RelayState {
     /// Reads until the first data event is in and valid (it stays in
     /// `pending`, with any comments before it, to be relayed as it came), or
     /// the attempt failed.
-    async fn until_answered(&mut self) -> Result<(), ApiError> {
+    async fn until_answered(&mut self) -> Result<(), BackendError> {
         while !self.answered {
             if self.finished {
-                return Err(self.failure.take().unwrap_or_else(|| ApiError::UpstreamInvalid {
+                return Err(self.failure.take().unwrap_or_else(|| BackendError::UpstreamInvalid {
                     backend: self.backend.clone(),
                     detail: "the stream ended before its first chunk".into(),
                 }));
@@ -562,10 +552,10 @@ impl RelayState {
         Ok(())
     }
 
-    async fn next_bytes(mut self) -> Option<(Bytes, RelayState)> {
+    async fn next_event(mut self) -> Option<(Result<Bytes, BackendError>, RelayState)> {
         loop {
-            if let Some(bytes) = self.pending.pop_front() {
-                return Some((bytes, self));
+            if let Some(event) = self.pending.pop_front() {
+                return Some((event, self));
             }
             if self.finished {
                 return None;
@@ -582,19 +572,19 @@ impl RelayState {
     async fn read_upstream(&mut self) {
         let wait_until = (Instant::now() + self.idle).min(self.deadline);
         match tokio::time::timeout_at(wait_until, self.upstream.next()).await {
-            Err(_) if wait_until == self.deadline => self.fail(ApiError::UpstreamTimeout {
+            Err(_) if wait_until == self.deadline => self.fail(BackendError::UpstreamTimeout {
                 backend: self.backend.clone(),
                 timeout_ms: self.total_ms,
             }),
-            Err(_) => self.fail(ApiError::UpstreamStalled {
+            Err(_) => self.fail(BackendError::UpstreamStalled {
                 backend: self.backend.clone(),
                 idle_ms: self.idle.as_millis() as u64,
             }),
-            Ok(None) => self.fail(ApiError::UpstreamStreamCut {
+            Ok(None) => self.fail(BackendError::UpstreamStreamCut {
                 backend: self.backend.clone(),
                 detail: "the upstream closed the stream before it was complete".into(),
             }),
-            Ok(Some(Err(err))) => self.fail(ApiError::UpstreamStreamCut {
+            Ok(Some(Err(err))) => self.fail(BackendError::UpstreamStreamCut {
                 backend: self.backend.clone(),
                 detail: format!("the upstream stream broke: {}", describe(&err, &self.origin)),
             }),
@@ -613,8 +603,8 @@ impl RelayState {
             match self.decoder.next_event() {
                 Ok(None) => return,
                 Ok(Some(SseEvent::Data(data))) => self.relay_data(data),
-                Ok(Some(comment @ SseEvent::Comment(_))) => self.pending.push_back(comment.encode()),
-                Err(err) => self.fail(ApiError::UpstreamInvalid {
+                Ok(Some(comment @ SseEvent::Comment(_))) => self.pending.push_back(Ok(comment.encode())),
+                Err(err) => self.fail(BackendError::UpstreamInvalid {
                     backend: self.backend.clone(),
                     detail: format!("the upstream event stream is malformed ({err:?})"),
                 }),
@@ -628,12 +618,12 @@ impl RelayState {
     fn relay_data(&mut self, data: String) {
         if data == sse::DONE {
             if !self.answered {
-                return self.fail(ApiError::UpstreamInvalid {
+                return self.fail(BackendError::UpstreamInvalid {
                     backend: self.backend.clone(),
                     detail: "the stream ended before its first chunk".into(),
                 });
             }
-            self.pending.push_back(sse::encode_data(sse::DONE));
+            self.pending.push_back(Ok(sse::encode_data(sse::DONE)));
             self.finish("complete");
             return;
         }
@@ -649,10 +639,10 @@ impl RelayState {
                     None,
                     self.secret.as_deref(),
                 );
-                return self.fail(ApiError::Upstream(Box::new(error)));
+                return self.fail(BackendError::Upstream(Box::new(error)));
             }
             Err(why) => {
-                return self.fail(ApiError::UpstreamInvalid {
+                return self.fail(BackendError::UpstreamInvalid {
                     backend: self.backend.clone(),
                     detail: why.to_string(),
                 });
@@ -665,12 +655,12 @@ impl RelayState {
         }
         // Only chunks that mention usage are rewritten; the rest pass as they came.
         if !self.strip_usage || !data.contains("\"usage\"") {
-            self.pending.push_back(sse::encode_data(&data));
+            self.pending.push_back(Ok(sse::encode_data(&data)));
             return;
         }
         let Ok(mut chunk) = serde_json::from_str::<Value>(&data) else {
             // read_chunk parsed it already; should a tree still fail, the event passes as it came.
-            self.pending.push_back(sse::encode_data(&data));
+            self.pending.push_back(Ok(sse::encode_data(&data)));
             return;
         };
         if let Some(object) = chunk.as_object_mut() {
@@ -681,18 +671,18 @@ impl RelayState {
             .and_then(Value::as_array)
             .is_some_and(Vec::is_empty);
         if !usage_only {
-            self.pending.push_back(sse::encode_data(&chunk.to_string()));
+            self.pending.push_back(Ok(sse::encode_data(&chunk.to_string())));
         }
     }
 
     /// Before the answer, the attempt fails with `err`; after, the stream
-    /// ends with it as an OpenAI error event (SDKs raise it as an APIError),
-    /// and the breaker counts the broken answer.
-    fn fail(&mut self, err: ApiError) {
+    /// ends with it (written as an OpenAI error event, which SDKs raise as an
+    /// APIError), and the breaker counts the broken answer.
+    fn fail(&mut self, err: BackendError) {
         self.finish(err.code());
         if self.answered {
             log_breaker_change(&self.backend, self.breaker.record_broken_answer());
-            self.pending.push_back(sse::encode_data(&err.to_json().to_string()));
+            self.pending.push_back(Err(err));
         } else {
             self.failure = Some(err);
         }

@@ -1,5 +1,6 @@
 //! `POST /v1/chat/completions`: read the body within its limit, validate it,
-//! pick the backend, relay the answer.
+//! decide where it goes (`routing`), have it answered (`ladder`), and send
+//! the outcome as `openai` writes it.
 
 use std::sync::Arc;
 
@@ -19,9 +20,9 @@ use super::headers::{self, COST, DEGRADED, ESCALATED_FROM, REASON, ROUTE, SCORE}
 use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
 use crate::accounting::{Recorded, RequestRecord};
 use crate::auth::Caller;
-use crate::backends::ChatReply;
 use crate::ladder::{self, Outcome};
 use crate::live::Live;
+use crate::openai::completion::{self, Written};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::outcome::Tier;
@@ -134,7 +135,7 @@ pub async fn chat_completions(
     let mut response = match answer {
         Ok(answered) => {
             record.reservation = answered.reservation;
-            respond(answered.reply, record, &state.past_drain)
+            respond(completion::write(answered.reply, &request), record, &state.past_drain)
         }
         Err(err) => refused(record, err),
     };
@@ -202,12 +203,12 @@ fn prepare(
     Ok((request, decision, deciding.elapsed().as_secs_f64()))
 }
 
-/// The HTTP response for a backend's reply, with its cost when known; the
+/// The HTTP response for a written reply, with its cost when known; the
 /// request is recorded now (whole answers) or when its stream ends.
-fn respond(reply: ChatReply, mut record: RequestRecord, past_drain: &CancellationToken) -> Response {
+fn respond(reply: Written, mut record: RequestRecord, past_drain: &CancellationToken) -> Response {
     let price = record.price;
     match reply {
-        ChatReply::Complete {
+        Written::Whole {
             body,
             headers,
             status,
@@ -226,7 +227,7 @@ fn respond(reply: ChatReply, mut record: RequestRecord, past_drain: &Cancellatio
             record.finish(usage, None);
             response
         }
-        ChatReply::Stream { events, headers, usage } => {
+        Written::Stream { events, headers, usage } => {
             record.status = 200;
             let body = Body::from_stream(Recorded::new(events, record, usage, past_drain));
             let mut response = (StatusCode::OK, body).into_response();

@@ -5,8 +5,8 @@
 
 use serde::Serialize;
 
-use crate::backends::local::{Finished, Piece};
 use crate::policy::LadderConfig;
+use crate::reply::{Event, Finished};
 use switchyard_engine::generate::FinishReason;
 
 /// Running statistics of a local answer.
@@ -56,15 +56,15 @@ const REFUSALS: &[&str] = &[
 ];
 
 impl Signals {
-    pub fn observe(&mut self, piece: &Piece) {
-        let (text, token) = match piece {
-            Piece::Reasoning { token, .. } => (None, token),
-            Piece::Content { text, token } => (Some(text), token),
-            Piece::Finished(finished) => {
+    pub fn observe(&mut self, event: &Event) {
+        let (text, token) = match event {
+            Event::Reasoning { token, .. } => (None, token),
+            Event::Content { text, token } => (Some(text), token),
+            Event::Finished(finished) => {
                 self.finished = Some(*finished);
                 return;
             }
-            Piece::Failed(_) => return,
+            Event::Failed(_) => return,
         };
         if let Some(text) = text {
             self.content.push_str(text);
@@ -140,15 +140,15 @@ fn is_looping(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::openai::Usage;
+    use crate::reply::Usage;
     use switchyard_engine::sampling::SampledToken;
 
     fn config() -> LadderConfig {
         serde_saphyr::from_str("min_mean_logprob: -2.0\nmin_tokens: 3\n").unwrap()
     }
 
-    fn content(text: &str, logprob: f32) -> Piece {
-        Piece::Content {
+    fn content(text: &str, logprob: f32) -> Event {
+        Event::Content {
             text: text.to_string(),
             token: Some(SampledToken {
                 id: 1,
@@ -158,8 +158,8 @@ mod tests {
         }
     }
 
-    fn finished(reason: FinishReason, client_limited: bool) -> Piece {
-        Piece::Finished(Finished {
+    fn finished(reason: FinishReason, client_limited: bool) -> Event {
+        Event::Finished(Finished {
             finish_reason: reason,
             usage: Usage::default(),
             reasoning_tokens: 0,
@@ -167,9 +167,9 @@ mod tests {
         })
     }
 
-    fn judge(pieces: &[Piece]) -> Option<Weakness> {
+    fn judge(events: &[Event]) -> Option<Weakness> {
         let mut signals = Signals::default();
-        pieces.iter().for_each(|p| signals.observe(p));
+        events.iter().for_each(|p| signals.observe(p));
         signals.judge(&config())
     }
 

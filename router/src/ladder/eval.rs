@@ -122,12 +122,12 @@ pub async fn evaluate(
         let mut generation = match local.generate(&request, &row.id).await {
             Ok(generation) => generation,
             // Too long for the local model: the router would not have kept it local.
-            Err(crate::openai::error::ApiError::ContextLengthExceeded { .. }) => {
+            Err(crate::outcome::BackendError::ContextLengthExceeded { .. }) => {
                 laddered[i] = false;
                 *escalations.entry("ineligible-context".into()).or_default() += 1;
                 continue;
             }
-            Err(err) => return Err(err.message()),
+            Err(err) => return Err(crate::openai::error::ApiError::from(err).message()),
         };
         let (held, weakness) = hold(&mut generation, false, ladder).await;
         let mut signals = super::confidence::Signals::default();

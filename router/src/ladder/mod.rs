@@ -38,13 +38,13 @@ use tokio::time::Instant;
 
 use confidence::{Signals, Weakness};
 
-use crate::backends::local::{Generation, Piece, QueueWait};
-use crate::backends::remote::is_transient;
-use crate::backends::{Backend, ChatReply};
+use crate::backends::Backend;
+use crate::backends::local::{Generation, LocalBackend, QueueWait};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::outcome::{Degraded, Reason, RouteError, Tier};
+use crate::outcome::{BackendError, Degraded, Reason, RouteError, Tier};
 use crate::policy::LadderConfig;
+use crate::reply::{ChatReply, Event};
 use crate::routing::budget::Reservation;
 use crate::routing::{self, BudgetClaim, Decision};
 
@@ -197,25 +197,25 @@ async fn answer_decided(
                 _ => Err(ApiError::Route(RouteError::RemoteFailed { last: failure.code() })),
             }
         }
-        tier @ (Tier::Local | Tier::LocalReasoning) => {
-            if pinned || !ladder.enabled {
-                return match local_call(&decision.backend, request, request_id, tier, pinned, deadline).await {
-                    Err(busy @ ApiError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
-                        spill(decision, request, request_id, deadline, busy).await
-                    }
-                    result => Ok(Answer {
-                        reply: result?,
-                        backend: decision.backend.clone(),
-                        tier,
-                        degraded: None,
-                        escalated_from: None,
-                        weakness: None,
-                        reservation: None,
-                    }),
-                };
+        tier @ (Tier::Local | Tier::LocalReasoning) => match decision.backend.as_local() {
+            Some(local) if !pinned && ladder.enabled => {
+                climb(decision, local, request, request_id, deadline, ladder, tier).await
             }
-            climb(decision, request, request_id, deadline, ladder, tier).await
-        }
+            _ => match local_call(&decision.backend, request, request_id, tier, pinned, deadline).await {
+                Err(busy @ BackendError::LocalBusy { .. }) if !decision.fallbacks.remotes.is_empty() => {
+                    spill(decision, request, request_id, deadline, busy).await
+                }
+                result => Ok(Answer {
+                    reply: result?,
+                    backend: decision.backend.clone(),
+                    tier,
+                    degraded: None,
+                    escalated_from: None,
+                    weakness: None,
+                    reservation: None,
+                }),
+            },
+        },
     }
 }
 
@@ -229,7 +229,7 @@ async fn spill(
     request: &ChatRequest,
     request_id: &str,
     deadline: Instant,
-    busy: ApiError,
+    busy: BackendError,
 ) -> Result<Answer, ApiError> {
     tracing::info!("local engine is full; answering remotely");
     fallback(Degraded::LocalBusy.as_str());
@@ -251,7 +251,7 @@ async fn spill(
                 error = err.code(),
                 "the remote spill failed too; the local engine is busy"
             );
-            Err(busy)
+            Err(busy.into())
         }
         Err(err) => Err(err),
     }
@@ -261,15 +261,13 @@ async fn spill(
 /// one is dropped (which stops its generation) for the next rung.
 async fn climb(
     decision: &Decision,
+    local: &LocalBackend,
     request: &ChatRequest,
     request_id: &str,
     deadline: Instant,
     ladder: &LadderConfig,
     start: Tier,
 ) -> Result<Answer, ApiError> {
-    let Backend::Local(local) = decision.backend.as_ref() else {
-        unreachable!("local tiers are served by the local backend")
-    };
     let can_go_remote = !decision.fallbacks.remotes.is_empty();
     let mut tier = start;
     let mut escalated_from = None;
@@ -285,13 +283,13 @@ async fn climb(
                 wait = wait.map(|w| w.spend(generation.queued));
                 generation
             }
-            Err(busy @ ApiError::LocalBusy { .. }) if can_go_remote => {
+            Err(busy @ BackendError::LocalBusy { .. }) if can_go_remote => {
                 let mut answer = spill(decision, request, request_id, deadline, busy).await?;
                 answer.escalated_from = escalated_from;
                 answer.weakness = weakness_seen;
                 return Ok(answer);
             }
-            Err(err) => return Err(err),
+            Err(err) => return Err(err.into()),
         };
         let (held, weakness) = hold(&mut generation, request.stream, ladder).await;
         let next = match tier {
@@ -360,29 +358,29 @@ async fn climb(
     }
 }
 
-/// Takes pieces of a local answer until it can be judged: all of it when not
+/// Takes events of a local answer until it can be judged: all of it when not
 /// streamed, else the pre-commit window (tokens or time, whichever first).
 pub(crate) async fn hold(
     generation: &mut Generation,
     stream: bool,
     ladder: &LadderConfig,
-) -> (Vec<Piece>, Option<Weakness>) {
+) -> (Vec<Event>, Option<Weakness>) {
     let mut signals = Signals::default();
     let mut held = Vec::new();
     let window_end = Instant::now() + Duration::from_millis(ladder.precommit_ms.value);
     loop {
         let next = if stream {
-            match tokio::time::timeout_at(window_end, generation.pieces.recv()).await {
+            match tokio::time::timeout_at(window_end, generation.events.recv()).await {
                 Ok(next) => next,
                 Err(_) => break,
             }
         } else {
-            generation.pieces.recv().await
+            generation.events.recv().await
         };
-        let Some(piece) = next else { break };
-        signals.observe(&piece);
-        let failed = matches!(piece, Piece::Failed(_));
-        held.push(piece);
+        let Some(event) = next else { break };
+        signals.observe(&event);
+        let failed = matches!(event, Event::Failed(_));
+        held.push(event);
         if failed || signals.is_finished() || (stream && signals.tokens >= ladder.precommit_tokens.value) {
             break;
         }
@@ -408,7 +406,11 @@ async fn remote_chain(
             Some(Ok(reservation)) => reservation,
             None => None,
         };
-        match backend.chat(request, request_id, deadline).await {
+        match backend
+            .chat(request, request_id, deadline)
+            .await
+            .map_err(ApiError::from)
+        {
             Ok(reply) => {
                 return Ok(Answer {
                     reply,
@@ -452,7 +454,7 @@ async fn local_call(
     tier: Tier,
     pinned: bool,
     deadline: Instant,
-) -> Result<ChatReply, ApiError> {
+) -> Result<ChatReply, BackendError> {
     if pinned {
         return backend.chat(request, request_id, deadline).await;
     }
@@ -465,12 +467,7 @@ fn fallback(kind: &str) {
     crate::metrics::metrics().fallbacks.with_label_values(&[kind]).inc();
 }
 
-/// Failures that another backend may not have: the upstream's, or a backend
-/// that cannot take calls now (no key, breaker open, its key refused).
+/// Failures that another backend may not have (see [`BackendError::is_unavailable`]).
 fn is_unavailable(err: &ApiError) -> bool {
-    is_transient(err)
-        || matches!(
-            err,
-            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } | ApiError::UpstreamAuth { .. }
-        )
+    matches!(err, ApiError::Backend(err) if err.is_unavailable())
 }

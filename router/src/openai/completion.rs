@@ -1,18 +1,172 @@
-//! OpenAI's chat completion objects, written for an answer Switchyard makes
-//! itself (the local model's): the whole `chat.completion` of a non-streamed
-//! answer, and the `chat.completion.chunk` events of a streamed one, from the
-//! answer's typed pieces (reasoning text, content text with its tokens' log
-//! probabilities, and the finish with its usage). Remote answers are relayed
-//! as their upstream wrote them and never pass through here.
+//! Replies written for the client, in one place: [`write`] turns what a
+//! backend gave (`reply`) into the HTTP body the request asked for. The local
+//! model's events become OpenAI's chat completion objects (the whole
+//! `chat.completion` of a non-streamed answer, or the `chat.completion.chunk`
+//! events of a streamed one: reasoning text, content text with its tokens'
+//! log probabilities, the finish with its usage, or an error event where the
+//! answer broke off). A remote answer keeps its upstream's bytes as they came;
+//! only the error that breaks a relayed stream off is written here.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use serde_json::{Value, json};
 use switchyard_engine::sampling::SampledToken;
 
-use super::Usage;
+use super::error::ApiError;
+use super::request::ChatRequest;
 use super::sse;
+use crate::reply::{ChatReply, Event, Finished, LocalAnswer, LocalEvents, Relayed, Usage, UsageCell};
+
+/// A reply as the client receives it.
+pub enum Written {
+    /// A whole JSON body.
+    Whole {
+        body: Bytes,
+        usage: Option<Usage>,
+        headers: HeaderMap,
+        status: StatusCode,
+    },
+    /// SSE bytes, ending with `data: [DONE]` or an error event.
+    Stream {
+        events: BoxStream<'static, Bytes>,
+        headers: HeaderMap,
+        /// The answer's usage, once known (by the stream's end).
+        usage: UsageCell,
+    },
+}
+
+/// Writes `reply` as `request` asked for it: streamed or whole, with the
+/// usage chunk and log-probabilities when asked for.
+pub fn write(reply: ChatReply, request: &ChatRequest) -> Written {
+    match reply {
+        ChatReply::Relayed(Relayed::Complete {
+            body,
+            usage,
+            headers,
+            status,
+        }) => Written::Whole {
+            body,
+            usage,
+            headers,
+            status,
+        },
+        ChatReply::Relayed(Relayed::Stream { events, headers, usage }) => Written::Stream {
+            events: events
+                .map(|event| event.unwrap_or_else(|err| sse::error_event(&ApiError::from(err))))
+                .boxed(),
+            headers,
+            usage,
+        },
+        ChatReply::Local(answer) => write_local(answer, Asked::of(request)),
+    }
+}
+
+/// What the client asked of the answer's form.
+#[derive(Debug, Clone, Copy)]
+struct Asked {
+    include_usage: bool,
+    logprobs: bool,
+    top_logprobs: usize,
+}
+
+impl Asked {
+    fn of(request: &ChatRequest) -> Asked {
+        Asked {
+            include_usage: request.include_usage,
+            logprobs: request.sampling.logprobs,
+            top_logprobs: request.sampling.top_logprobs.unwrap_or(0) as usize,
+        }
+    }
+}
+
+fn write_local(answer: LocalAnswer, asked: Asked) -> Written {
+    let LocalAnswer {
+        model,
+        vocabulary,
+        events,
+    } = answer;
+    let completion = Completion::new(&model);
+    match events {
+        LocalEvents::Whole { events, finished } => {
+            let mut reasoning = String::new();
+            let mut content = String::new();
+            let mut tokens = Vec::new();
+            for event in events {
+                match event {
+                    Event::Reasoning { text, .. } => reasoning.push_str(&text),
+                    Event::Content { text, token } => {
+                        content.push_str(&text);
+                        tokens.extend(token);
+                    }
+                    Event::Finished(_) | Event::Failed(_) => {}
+                }
+            }
+            let logprobs = asked
+                .logprobs
+                .then(|| logprobs_json(&tokens, asked.top_logprobs, |id| vocabulary.token_bytes(id)));
+            let reasoning = (finished.reasoning_tokens > 0).then(|| reasoning.trim());
+            let body = completion.whole(&content, reasoning, logprobs, Finish::of(&finished));
+            Written::Whole {
+                body: Bytes::from(body.to_string()),
+                usage: Some(finished.usage),
+                headers: HeaderMap::new(),
+                status: StatusCode::OK,
+            }
+        }
+        LocalEvents::Stream(events) => {
+            let usage = UsageCell::default();
+            let filled = usage.clone();
+            let role = completion.role_event();
+            let chunks = events
+                .scan(false, move |done, event| {
+                    if *done {
+                        return std::future::ready(None);
+                    }
+                    let bytes = match event {
+                        Event::Reasoning { text, .. } if !text.is_empty() => completion.reasoning_event(&text),
+                        Event::Reasoning { .. } => Bytes::new(),
+                        Event::Content { text, token } => {
+                            let logprobs = match (&token, asked.logprobs) {
+                                (Some(token), true) => {
+                                    Some(logprobs_json(std::slice::from_ref(token), asked.top_logprobs, |id| {
+                                        vocabulary.token_bytes(id)
+                                    }))
+                                }
+                                _ => None,
+                            };
+                            if text.is_empty() && logprobs.is_none() {
+                                Bytes::new()
+                            } else {
+                                completion.content_event(&text, logprobs)
+                            }
+                        }
+                        Event::Finished(finished) => {
+                            *done = true;
+                            *filled.lock().expect("usage cell") = Some(finished.usage);
+                            completion.finish_events(Finish::of(&finished), asked.include_usage)
+                        }
+                        Event::Failed(err) => {
+                            *done = true;
+                            sse::error_event(&ApiError::from(err))
+                        }
+                    };
+                    std::future::ready(Some(bytes))
+                })
+                .filter(|bytes| std::future::ready(!bytes.is_empty()));
+            Written::Stream {
+                events: futures_util::stream::once(std::future::ready(role))
+                    .chain(chunks)
+                    .boxed(),
+                headers: HeaderMap::new(),
+                usage,
+            }
+        }
+    }
+}
 
 /// One answer's identity, the same in every object written for it.
 #[derive(Debug, Clone)]
@@ -30,6 +184,17 @@ pub struct Finish {
     pub usage: Usage,
     /// Of `usage.completion_tokens`, those spent reasoning.
     pub reasoning_tokens: u64,
+}
+
+impl Finish {
+    /// How a local answer's finish is written.
+    fn of(finished: &Finished) -> Finish {
+        Finish {
+            reason: finished.finish_reason.as_openai(),
+            usage: finished.usage,
+            reasoning_tokens: finished.reasoning_tokens,
+        }
+    }
 }
 
 impl Completion {
@@ -143,7 +308,13 @@ pub fn logprobs_json<'t>(tokens: &[SampledToken], top_logprobs: usize, token_byt
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use switchyard_engine::generate::FinishReason;
+
     use super::*;
+    use crate::outcome::BackendError;
+    use crate::reply::TokenBytes;
 
     fn completion() -> Completion {
         Completion {
@@ -282,5 +453,260 @@ mod tests {
         assert_eq!(content[1]["bytes"], json!([0xE2, 0x82]));
         assert_eq!(content[1]["token"], "\u{FFFD}");
         assert!((content[1]["logprob"].as_f64().unwrap() + 1.5).abs() < 1e-6);
+    }
+
+    /// A vocabulary of three tokens: "Par", "is", and half of a character.
+    struct Vocabulary;
+
+    impl TokenBytes for Vocabulary {
+        fn token_bytes(&self, id: u32) -> &[u8] {
+            [b"Par".as_slice(), b"is.", &[0xE2, 0x82]]
+                .get(id as usize)
+                .copied()
+                .unwrap_or_default()
+        }
+    }
+
+    fn request(body: Value) -> ChatRequest {
+        ChatRequest::parse(body.to_string().as_bytes()).unwrap()
+    }
+
+    fn token(id: u32, logprob: f32) -> Option<SampledToken> {
+        Some(SampledToken {
+            id,
+            logprob,
+            top: vec![(id, logprob), (2, -4.0)],
+        })
+    }
+
+    fn finished(finish_reason: FinishReason) -> Finished {
+        Finished {
+            finish_reason,
+            usage: Usage {
+                prompt_tokens: 12,
+                completion_tokens: 7,
+            },
+            reasoning_tokens: 3,
+            client_limited: false,
+        }
+    }
+
+    /// A reasoned answer, "Paris.", in events; `end` ends it.
+    fn events(end: Event) -> Vec<Event> {
+        vec![
+            Event::Reasoning {
+                text: " Capital of France. ".into(),
+                token: token(2, -0.5),
+            },
+            Event::Content {
+                text: "Par".into(),
+                token: token(0, -0.1),
+            },
+            Event::Content {
+                text: "is.".into(),
+                token: token(1, -0.2),
+            },
+            end,
+        ]
+    }
+
+    fn local(events: LocalEvents) -> ChatReply {
+        ChatReply::Local(LocalAnswer {
+            model: "smollm2".into(),
+            vocabulary: Arc::new(Vocabulary),
+            events,
+        })
+    }
+
+    async fn streamed(written: Written) -> (Vec<Value>, UsageCell) {
+        let Written::Stream { events, usage, .. } = written else {
+            panic!("not a stream")
+        };
+        let bytes: Vec<u8> = events.collect::<Vec<Bytes>>().await.concat();
+        (sse_events(&bytes), usage)
+    }
+
+    #[test]
+    fn a_whole_local_answer_is_written_with_reasoning_logprobs_usage_and_finish() {
+        let mut answer = events(Event::Finished(finished(FinishReason::Length)));
+        let Some(Event::Finished(end)) = answer.pop() else {
+            unreachable!()
+        };
+        let asked = request(
+            json!({ "model": "local", "messages": [{ "role": "user", "content": "Capital?" }],
+                                    "logprobs": true, "top_logprobs": 1 }),
+        );
+        let written = write(
+            local(LocalEvents::Whole {
+                events: answer,
+                finished: end,
+            }),
+            &asked,
+        );
+        let Written::Whole {
+            body, usage, status, ..
+        } = written
+        else {
+            panic!("not whole")
+        };
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(usage, Some(end.usage));
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["object"], "chat.completion");
+        assert_eq!(body["model"], "smollm2");
+        let choice = &body["choices"][0];
+        assert_eq!(choice["finish_reason"], "length");
+        assert_eq!(choice["message"]["content"], "Paris.");
+        assert_eq!(choice["message"]["reasoning_content"], "Capital of France.");
+        // Log-probabilities of the content's tokens only, with the one alternative asked for.
+        let logprobs = choice["logprobs"]["content"].as_array().unwrap();
+        assert_eq!(logprobs.len(), 2);
+        assert_eq!(
+            (&logprobs[0]["token"], &logprobs[1]["token"]),
+            (&json!("Par"), &json!("is."))
+        );
+        assert_eq!(logprobs[1]["top_logprobs"].as_array().unwrap().len(), 1);
+        assert_eq!(body["usage"]["total_tokens"], 19);
+        assert_eq!(body["usage"]["completion_tokens_details"]["reasoning_tokens"], 3);
+    }
+
+    #[test]
+    fn an_answer_that_did_not_reason_has_no_reasoning_content_nor_logprobs_unasked() {
+        let end = Finished {
+            reasoning_tokens: 0,
+            ..finished(FinishReason::Stop)
+        };
+        let content = vec![Event::Content {
+            text: "Paris.".into(),
+            token: token(0, -0.1),
+        }];
+        let asked = request(json!({ "model": "local", "messages": [{ "role": "user", "content": "Capital?" }] }));
+        let Written::Whole { body, .. } = write(
+            local(LocalEvents::Whole {
+                events: content,
+                finished: end,
+            }),
+            &asked,
+        ) else {
+            panic!("not whole")
+        };
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert!(
+            body["choices"][0]["message"].get("reasoning_content").is_none(),
+            "{body}"
+        );
+        assert_eq!(body["choices"][0]["logprobs"], Value::Null);
+        assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[tokio::test]
+    async fn a_streamed_local_answer_is_role_reasoning_content_finish_usage_and_done() {
+        let asked = request(
+            json!({ "model": "local", "messages": [{ "role": "user", "content": "Capital?" }],
+                                    "stream": true, "stream_options": { "include_usage": true }, "logprobs": true }),
+        );
+        let stream = futures_util::stream::iter(events(Event::Finished(finished(FinishReason::Stop)))).boxed();
+        let (events, usage) = streamed(write(local(LocalEvents::Stream(stream)), &asked)).await;
+        assert_eq!(events.len(), 7, "{events:?}");
+        assert_eq!(
+            events[0]["choices"][0]["delta"],
+            json!({ "role": "assistant", "content": "" })
+        );
+        assert_eq!(
+            events[1]["choices"][0]["delta"],
+            json!({ "reasoning_content": " Capital of France. " })
+        );
+        assert_eq!(events[2]["choices"][0]["delta"], json!({ "content": "Par" }));
+        assert_eq!(events[2]["choices"][0]["logprobs"]["content"][0]["token"], "Par");
+        assert_eq!(events[3]["choices"][0]["delta"], json!({ "content": "is." }));
+        assert_eq!(events[4]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(events[5]["usage"]["prompt_tokens"], 12);
+        assert_eq!(events[6], "[DONE]");
+        // One identity for the whole stream.
+        assert!(
+            events[..6]
+                .iter()
+                .all(|e| e["id"] == events[0]["id"] && e["model"] == "smollm2")
+        );
+        assert_eq!(*usage.lock().unwrap(), Some(finished(FinishReason::Stop).usage));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_local_answer_without_include_usage_ends_with_finish_and_done() {
+        let asked = request(
+            json!({ "model": "local", "messages": [{ "role": "user", "content": "Capital?" }],
+                                    "stream": true }),
+        );
+        let stream = futures_util::stream::iter(events(Event::Finished(finished(FinishReason::Length)))).boxed();
+        let (events, usage) = streamed(write(local(LocalEvents::Stream(stream)), &asked)).await;
+        assert_eq!(events.len(), 6, "{events:?}");
+        assert!(events[2]["choices"][0]["logprobs"].is_null(), "not asked for");
+        assert_eq!(events[4]["choices"][0]["finish_reason"], "length");
+        assert!(events[4].get("usage").is_none());
+        assert_eq!(events[5], "[DONE]");
+        // The record still learns the usage the client did not ask to see.
+        assert_eq!(usage.lock().unwrap().map(|u| u.completion_tokens), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_local_stream_that_breaks_off_ends_with_the_error_and_nothing_after() {
+        let asked = request(
+            json!({ "model": "local", "messages": [{ "role": "user", "content": "Capital?" }],
+                                    "stream": true }),
+        );
+        let broken = BackendError::LocalTimeout {
+            backend: "smollm2".into(),
+            deadline_ms: 500,
+            detail: "generated 2 tokens".into(),
+        };
+        let mut answer = events(Event::Failed(broken));
+        answer.push(Event::Finished(finished(FinishReason::Stop)));
+        let stream = futures_util::stream::iter(answer).boxed();
+        let (events, usage) = streamed(write(local(LocalEvents::Stream(stream)), &asked)).await;
+        assert_eq!(events.len(), 5, "{events:?}");
+        assert_eq!(events[4]["error"]["code"], "local_timeout");
+        assert_eq!(events[4]["error"]["type"], "server_error");
+        assert_eq!(*usage.lock().unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_relayed_answer_keeps_its_bytes_and_a_broken_relay_ends_with_the_error() {
+        let asked = request(json!({ "model": "cloud", "messages": [{ "role": "user", "content": "Hi" }] }));
+        let upstream = Bytes::from_static(b"{\"choices\":[],  \"id\":\"x\"}");
+        let Written::Whole { body, .. } = write(
+            ChatReply::Relayed(Relayed::Complete {
+                body: upstream.clone(),
+                usage: None,
+                headers: HeaderMap::new(),
+                status: StatusCode::OK,
+            }),
+            &asked,
+        ) else {
+            panic!("not whole")
+        };
+        assert_eq!(body, upstream);
+        let chunk = Bytes::from_static(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n");
+        let relayed = futures_util::stream::iter([
+            Ok(chunk.clone()),
+            Err(BackendError::UpstreamStalled {
+                backend: "cloud".into(),
+                idle_ms: 1000,
+            }),
+        ])
+        .boxed();
+        let Written::Stream { events, .. } = write(
+            ChatReply::Relayed(Relayed::Stream {
+                events: relayed,
+                headers: HeaderMap::new(),
+                usage: UsageCell::default(),
+            }),
+            &asked,
+        ) else {
+            panic!("not a stream")
+        };
+        let out: Vec<Bytes> = events.collect().await;
+        assert_eq!(out[0], chunk, "relayed byte for byte");
+        let error = sse_events(&out[1]);
+        assert_eq!(error[0]["error"]["code"], "upstream_timeout");
     }
 }

@@ -1,8 +1,11 @@
-//! The one error type every request path returns, rendered once, in OpenAI's wire
-//! format: `{"error": {"message", "type", "param", "code"}}` with the matching
-//! HTTP status. OpenAI SDKs map the status to a typed exception
-//! (`BadRequestError`, `AuthenticationError`, `NotFoundError`, `RateLimitError`, ...)
-//! and surface `message`, so both must be right.
+//! The error a client is answered with, [`ApiError`], and how it is written
+//! in OpenAI's wire format: `{"error": {"message", "type", "param", "code"}}`
+//! with the matching HTTP status. It is made of the request's own faults
+//! (found here, in `openai::request`, and by `auth`) and the domain errors of
+//! the layers below ([`BackendError`], [`RouteError`] from `outcome`), which
+//! are written out here and nowhere else. OpenAI SDKs map the status to a
+//! typed exception (`BadRequestError`, `AuthenticationError`, `NotFoundError`,
+//! `RateLimitError`, ...) and surface `message`, so both must be right.
 //!
 //! Messages never contain secrets: upstream keys are injected into the outgoing
 //! request only and never formatted into any string here. What an upstream
@@ -12,14 +15,14 @@
 //! and `param`, with its message passed through [`redact_secrets`], and a body
 //! that is not an OpenAI error object never at all. An upstream 401 or 403
 //! means our own key for it is wrong, which the client can do nothing about:
-//! that is a 502 ([`ApiError::UpstreamAuth`]), never the 401 the client would
+//! that is a 502 ([`BackendError::UpstreamAuth`]), never the 401 the client would
 //! read as "your Switchyard key is wrong".
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::outcome::{Reason, RouteError};
+use crate::outcome::{BackendError, Reason, RouteError, UpstreamError};
 
 /// When no backend can take a request, clients are told to come back after this
 /// many seconds: long enough for a breaker to close or a model to load.
@@ -43,63 +46,25 @@ pub enum ApiError {
     BodyTooComplex { limit_values: usize },
     /// Wrong method or path.
     NotFound(String),
-    /// The backend exists but cannot be used now (e.g. its key is not set).
-    BackendUnavailable { backend: String, reason: String },
-    /// The backend's circuit breaker refuses calls for `retry_after_s` more seconds.
-    BreakerOpen { backend: String, retry_after_s: u64 },
-    /// The upstream answered with an error; we pass on what is safe of it.
-    /// Boxed: it is the largest variant, and errors travel in every `Result`.
-    Upstream(Box<UpstreamError>),
-    /// The upstream refused our credentials (401 or 403): the backend's key
-    /// setting is wrong, not the client's.
-    UpstreamAuth {
-        backend: String,
-        status: StatusCode,
-        key_env: Option<String>,
-    },
-    /// Could not connect to the upstream, or it broke the connection.
-    UpstreamUnreachable { backend: String, detail: String },
-    /// The upstream did not answer within its timeout.
-    UpstreamTimeout { backend: String, timeout_ms: u64 },
-    /// The upstream's answer started, then nothing came for `idle_ms`.
-    UpstreamStalled { backend: String, idle_ms: u64 },
-    /// The upstream's event stream ended before `[DONE]`, or its connection broke.
-    UpstreamStreamCut { backend: String, detail: String },
-    /// The upstream answered 2xx with a body that is not what OpenAI's format promises.
-    UpstreamInvalid { backend: String, detail: String },
-    /// The prompt does not fit the model's context window.
-    ContextLengthExceeded { message: String },
-    /// The local engine cannot take the request now: its queue is full, or
-    /// the request found no turn within the backend's `max_queue_wait_ms`.
-    LocalBusy { backend: String, detail: String },
+    /// The backend asked could not answer.
+    Backend(BackendError),
     /// The policy leaves no tier that can take the request.
     Route(RouteError),
     /// The daemon is stopping and its shutdown drain ran out before this
     /// request's answer ended.
     ShuttingDown,
-    /// A local generation was stopped at the request's deadline
-    /// (`server.request_deadline_ms`); `deadline_ms` is what was left of it
-    /// when the local backend was asked, `detail` how far it got.
-    LocalTimeout {
-        backend: String,
-        deadline_ms: u64,
-        detail: String,
-    },
 }
 
-/// An upstream's own error response, as much of it as is safe to pass on:
-/// its status and, from an OpenAI error object, its `type`, `code` and
-/// `param` as they came and its message with secrets redacted.
-#[derive(Debug, Clone)]
-pub struct UpstreamError {
-    pub backend: String,
-    pub status: StatusCode,
-    pub message: String,
-    pub error_type: String,
-    /// A string, a number or null, as the upstream sent it.
-    pub code: serde_json::Value,
-    pub param: serde_json::Value,
-    pub retry_after: Option<HeaderValue>,
+impl From<BackendError> for ApiError {
+    fn from(err: BackendError) -> ApiError {
+        ApiError::Backend(err)
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(err: RouteError) -> ApiError {
+        ApiError::Route(err)
+    }
 }
 
 impl UpstreamError {
@@ -160,29 +125,17 @@ impl UpstreamError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } | ApiError::ContextLengthExceeded { .. } => {
-                StatusCode::BAD_REQUEST
-            }
-            ApiError::LocalBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::InvalidJson(_) | ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } | ApiError::BodyTooComplex { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } | ApiError::ShuttingDown => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            ApiError::Upstream(e) => e.status,
-            ApiError::UpstreamAuth { .. }
-            | ApiError::UpstreamUnreachable { .. }
-            | ApiError::UpstreamStreamCut { .. }
-            | ApiError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
-            ApiError::UpstreamTimeout { .. } | ApiError::UpstreamStalled { .. } | ApiError::LocalTimeout { .. } => {
-                StatusCode::GATEWAY_TIMEOUT
-            }
+            ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Backend(e) => backend_status(e),
             ApiError::Route(e) => route_status(e),
         }
     }
 
-    /// Stable, low-cardinality code: the `code` field and, later, a metric label.
+    /// Stable, low-cardinality code: the `code` field and a metric label.
     pub fn code(&self) -> &'static str {
         match self {
             ApiError::InvalidJson(_) => "invalid_json",
@@ -192,16 +145,7 @@ impl ApiError {
             ApiError::BodyTooLarge { .. } => "request_too_large",
             ApiError::BodyTooComplex { .. } => "request_too_complex",
             ApiError::NotFound(_) => "not_found",
-            ApiError::BackendUnavailable { .. } | ApiError::BreakerOpen { .. } => "backend_unavailable",
-            ApiError::Upstream(_) => "upstream_error",
-            ApiError::UpstreamAuth { .. } => "upstream_auth_failed",
-            ApiError::UpstreamUnreachable { .. } => "upstream_unreachable",
-            ApiError::UpstreamTimeout { .. } | ApiError::UpstreamStalled { .. } => "upstream_timeout",
-            ApiError::UpstreamStreamCut { .. } => "upstream_stream_cut",
-            ApiError::UpstreamInvalid { .. } => "upstream_invalid_response",
-            ApiError::ContextLengthExceeded { .. } => "context_length_exceeded",
-            ApiError::LocalBusy { .. } => "engine_busy",
-            ApiError::LocalTimeout { .. } => "local_timeout",
+            ApiError::Backend(e) => e.code(),
             ApiError::Route(e) => route_code(e),
             ApiError::ShuttingDown => "server_shutting_down",
         }
@@ -214,21 +158,9 @@ impl ApiError {
             | ApiError::ModelNotFound(_)
             | ApiError::BodyTooLarge { .. }
             | ApiError::BodyTooComplex { .. }
-            | ApiError::ContextLengthExceeded { .. }
             | ApiError::NotFound(_) => "invalid_request_error",
-            ApiError::LocalBusy { .. } => "rate_limit_error",
-            // OpenAI's type for a failure on the serving side.
-            ApiError::LocalTimeout { .. } => "server_error",
             ApiError::Unauthorized(_) => "authentication_error",
-            ApiError::Upstream(e) => &e.error_type,
-            ApiError::BackendUnavailable { .. }
-            | ApiError::BreakerOpen { .. }
-            | ApiError::UpstreamAuth { .. }
-            | ApiError::UpstreamUnreachable { .. }
-            | ApiError::UpstreamTimeout { .. }
-            | ApiError::UpstreamStalled { .. }
-            | ApiError::UpstreamStreamCut { .. }
-            | ApiError::UpstreamInvalid { .. } => "upstream_error",
+            ApiError::Backend(e) => backend_error_type(e),
             ApiError::Route(e) => route_error_type(e),
             // OpenAI's type for failures on the server's side, which SDKs and
             // retry logic treat as retryable; the request was sound.
@@ -254,51 +186,7 @@ impl ApiError {
                 "Request body holds more than {limit_values} JSON values (objects, arrays, strings, numbers, booleans and nulls); send fewer, larger ones."
             ),
             ApiError::NotFound(what) => format!("Unknown endpoint: {what}"),
-            ApiError::BackendUnavailable { backend, reason } => {
-                format!("Backend `{backend}` is unavailable: {reason}")
-            }
-            ApiError::BreakerOpen { backend, retry_after_s } => format!(
-                "Backend `{backend}` is unavailable: its circuit breaker is open after repeated failures; a probe may go in {retry_after_s} s"
-            ),
-            ApiError::Upstream(e) => e.message.clone(),
-            ApiError::UpstreamAuth {
-                backend,
-                status,
-                key_env,
-            } => {
-                let setting = match key_env {
-                    Some(env) => format!("the key in its `api_key_env` ({env})"),
-                    None => "its `api_key_env` (it sends no key)".to_string(),
-                };
-                format!(
-                    "Backend `{backend}` refused this gateway's credentials (HTTP {}): check {setting}. This is not about your own key.",
-                    status.as_u16()
-                )
-            }
-            ApiError::UpstreamUnreachable { backend, detail } => {
-                format!("Could not reach backend `{backend}`: {detail}")
-            }
-            ApiError::UpstreamTimeout { backend, timeout_ms } => {
-                format!("Backend `{backend}` did not answer within {timeout_ms} ms")
-            }
-            ApiError::UpstreamStalled { backend, idle_ms } => {
-                format!("Backend `{backend}` sent nothing for {idle_ms} ms after its answer began")
-            }
-            ApiError::UpstreamStreamCut { backend, detail } => {
-                format!("Backend `{backend}`: {detail}")
-            }
-            ApiError::UpstreamInvalid { backend, detail } => {
-                format!("Backend `{backend}` sent an invalid response: {detail}")
-            }
-            ApiError::ContextLengthExceeded { message } => message.clone(),
-            ApiError::LocalBusy { backend, detail } => format!("Backend `{backend}` is busy: {detail}. Retry shortly."),
-            ApiError::LocalTimeout {
-                backend,
-                deadline_ms,
-                detail,
-            } => {
-                format!("Backend `{backend}` did not finish within the request deadline ({deadline_ms} ms): {detail}.")
-            }
+            ApiError::Backend(e) => backend_message(e),
             ApiError::Route(e) => route_message(e),
             ApiError::ShuttingDown => {
                 "The server is shutting down and this request did not finish in time. Retry it.".to_string()
@@ -308,10 +196,12 @@ impl ApiError {
 
     fn param(&self) -> serde_json::Value {
         let param = match self {
-            ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::InvalidRequest { param, .. } | ApiError::Backend(BackendError::Rejected { param, .. }) => {
+                param.as_deref()
+            }
             ApiError::ModelNotFound(_) => Some("model"),
-            ApiError::ContextLengthExceeded { .. } => Some("messages"),
-            ApiError::Upstream(e) => return e.param.clone(),
+            ApiError::Backend(BackendError::ContextLengthExceeded { .. }) => Some("messages"),
+            ApiError::Backend(BackendError::Upstream(e)) => return e.param.clone(),
             _ => None,
         };
         param.into()
@@ -322,7 +212,7 @@ impl ApiError {
     /// stays low-cardinality).
     pub fn to_json(&self) -> serde_json::Value {
         let code = match self {
-            ApiError::Upstream(e) => e.code.clone(),
+            ApiError::Backend(BackendError::Upstream(e)) => e.code.clone(),
             _ => self.code().into(),
         };
         json!({
@@ -343,32 +233,103 @@ impl ApiError {
     }
 }
 
+fn backend_status(e: &BackendError) -> StatusCode {
+    match e {
+        BackendError::Rejected { .. } | BackendError::ContextLengthExceeded { .. } => StatusCode::BAD_REQUEST,
+        BackendError::LocalBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+        BackendError::Unavailable { .. } | BackendError::BreakerOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        BackendError::Upstream(e) => e.status,
+        BackendError::UpstreamAuth { .. }
+        | BackendError::UpstreamUnreachable { .. }
+        | BackendError::UpstreamStreamCut { .. }
+        | BackendError::UpstreamInvalid { .. } => StatusCode::BAD_GATEWAY,
+        BackendError::UpstreamTimeout { .. }
+        | BackendError::UpstreamStalled { .. }
+        | BackendError::LocalTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+    }
+}
+
+fn backend_error_type(e: &BackendError) -> &str {
+    match e {
+        BackendError::Rejected { .. } | BackendError::ContextLengthExceeded { .. } => "invalid_request_error",
+        BackendError::LocalBusy { .. } => "rate_limit_error",
+        // OpenAI's type for a failure on the serving side.
+        BackendError::LocalTimeout { .. } => "server_error",
+        BackendError::Upstream(e) => &e.error_type,
+        BackendError::Unavailable { .. }
+        | BackendError::BreakerOpen { .. }
+        | BackendError::UpstreamAuth { .. }
+        | BackendError::UpstreamUnreachable { .. }
+        | BackendError::UpstreamTimeout { .. }
+        | BackendError::UpstreamStalled { .. }
+        | BackendError::UpstreamStreamCut { .. }
+        | BackendError::UpstreamInvalid { .. } => "upstream_error",
+    }
+}
+
+fn backend_message(e: &BackendError) -> String {
+    match e {
+        BackendError::Unavailable { backend, reason } => format!("Backend `{backend}` is unavailable: {reason}"),
+        BackendError::BreakerOpen { backend, retry_after_s } => format!(
+            "Backend `{backend}` is unavailable: its circuit breaker is open after repeated failures; a probe may go in {retry_after_s} s"
+        ),
+        BackendError::Upstream(e) => e.message.clone(),
+        BackendError::UpstreamAuth {
+            backend,
+            status,
+            key_env,
+        } => {
+            let setting = match key_env {
+                Some(env) => format!("the key in its `api_key_env` ({env})"),
+                None => "its `api_key_env` (it sends no key)".to_string(),
+            };
+            format!(
+                "Backend `{backend}` refused this gateway's credentials (HTTP {}): check {setting}. This is not about your own key.",
+                status.as_u16()
+            )
+        }
+        BackendError::UpstreamUnreachable { backend, detail } => {
+            format!("Could not reach backend `{backend}`: {detail}")
+        }
+        BackendError::UpstreamTimeout { backend, timeout_ms } => {
+            format!("Backend `{backend}` did not answer within {timeout_ms} ms")
+        }
+        BackendError::UpstreamStalled { backend, idle_ms } => {
+            format!("Backend `{backend}` sent nothing for {idle_ms} ms after its answer began")
+        }
+        BackendError::UpstreamStreamCut { backend, detail } => format!("Backend `{backend}`: {detail}"),
+        BackendError::UpstreamInvalid { backend, detail } => {
+            format!("Backend `{backend}` sent an invalid response: {detail}")
+        }
+        BackendError::ContextLengthExceeded { message } | BackendError::Rejected { message, .. } => message.clone(),
+        BackendError::LocalBusy { backend, detail } => format!("Backend `{backend}` is busy: {detail}. Retry shortly."),
+        BackendError::LocalTimeout {
+            backend,
+            deadline_ms,
+            detail,
+        } => format!("Backend `{backend}` did not finish within the request deadline ({deadline_ms} ms): {detail}."),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = axum::Json(self.to_json()).into_response();
         *response.status_mut() = self.status();
-        if let ApiError::Upstream(upstream) = &self
-            && let Some(retry_after) = &upstream.retry_after
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, retry_after.clone());
-        }
-        match &self {
+        let retry_after = match &self {
+            ApiError::Backend(BackendError::Upstream(upstream)) => upstream.retry_after.clone(),
             ApiError::Route(RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. }) => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static(NO_BACKEND_RETRY_AFTER_S));
+                Some(HeaderValue::from_static(NO_BACKEND_RETRY_AFTER_S))
             }
-            ApiError::LocalBusy { .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static(LOCAL_BUSY_RETRY_AFTER_S));
+            ApiError::Backend(BackendError::LocalBusy { .. }) => {
+                Some(HeaderValue::from_static(LOCAL_BUSY_RETRY_AFTER_S))
             }
-            ApiError::BreakerOpen { retry_after_s, .. } => {
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
+            ApiError::Backend(BackendError::BreakerOpen { retry_after_s, .. }) => {
+                Some(HeaderValue::from(*retry_after_s))
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, retry_after);
         }
         response
     }
@@ -504,10 +465,10 @@ mod tests {
     #[test]
     fn an_upstream_openai_error_keeps_its_status_type_code_and_param() {
         let body = r#"{"error":{"message":"slow down","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#;
-        let err = ApiError::Upstream(Box::new(UpstreamError {
+        let err = ApiError::Backend(BackendError::Upstream(Box::new(UpstreamError {
             retry_after: Some(HeaderValue::from_static("7")),
             ..upstream(StatusCode::TOO_MANY_REQUESTS, body)
-        }));
+        })));
         assert_eq!(err.to_json(), serde_json::from_str::<serde_json::Value>(body).unwrap());
         let response = err.into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -517,7 +478,11 @@ mod tests {
     #[test]
     fn an_upstream_non_json_error_is_described_not_relayed() {
         let dump = format!("400 Bad Request\nauthorization: Bearer {KEY}\nhost: cloud");
-        let json = ApiError::Upstream(Box::new(upstream(StatusCode::BAD_REQUEST, &dump))).to_json();
+        let json = ApiError::Backend(BackendError::Upstream(Box::new(upstream(
+            StatusCode::BAD_REQUEST,
+            &dump,
+        ))))
+        .to_json();
         let message = json["error"]["message"].as_str().unwrap();
         assert!(!message.contains("SECRET") && !message.contains("host"), "{message}");
         assert!(message.contains(&format!("{} bytes", dump.len())), "{message}");
@@ -561,11 +526,11 @@ mod tests {
 
     #[test]
     fn an_upstream_auth_failure_blames_the_backends_key_setting() {
-        let err = ApiError::UpstreamAuth {
+        let err = ApiError::Backend(BackendError::UpstreamAuth {
             backend: "cloud".into(),
             status: StatusCode::UNAUTHORIZED,
             key_env: Some("CLOUD_KEY".into()),
-        };
+        });
         assert_eq!(err.status(), StatusCode::BAD_GATEWAY);
         let json = err.to_json();
         assert_eq!(json["error"]["code"], "upstream_auth_failed");
@@ -578,10 +543,10 @@ mod tests {
 
     #[test]
     fn a_breaker_refusal_says_when_to_come_back() {
-        let response = ApiError::BreakerOpen {
+        let response = ApiError::Backend(BackendError::BreakerOpen {
             backend: "cloud".into(),
             retry_after_s: 12,
-        }
+        })
         .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "12");

@@ -15,7 +15,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 
-use super::Usage;
+use super::error::ApiError;
+use crate::reply::Usage;
 
 /// One event is one chunk object; a few KiB in practice. A larger one means the
 /// upstream is not speaking SSE, and we stop rather than buffer without bound.
@@ -38,6 +39,12 @@ impl SseEvent {
             SseEvent::Comment(text) => Bytes::from(format!(":{text}\n\n")),
         }
     }
+}
+
+/// An error event: how a stream that broke off after it began tells the
+/// client why (OpenAI's SDKs raise it as an `APIError`).
+pub fn error_event(err: &ApiError) -> Bytes {
+    encode_data(&err.to_json().to_string())
 }
 
 pub fn encode_data(data: &str) -> Bytes {

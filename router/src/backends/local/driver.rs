@@ -1,26 +1,20 @@
 //! One answer on the engine: its jobs queued (within the wait a request may
-//! spend for a turn), their events turned into the answer's pieces, and the
-//! pieces rendered as the client asked (see [`crate::openai::completion`]).
+//! spend for a turn), and their token events turned into the answer's typed
+//! [`Event`]s (written for the client by `openai::completion`).
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
-use bytes::Bytes;
 use futures_util::StreamExt;
 use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent};
-use switchyard_engine::generate::{FinishReason, GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
-use switchyard_engine::sampling::SampledToken;
+use switchyard_engine::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
 use switchyard_engine::tokenizer::Tokenizer;
 use tokio::sync::{mpsc, oneshot};
 
-use super::ChatReply;
 use super::prepare::{Plan, PromptEncoder};
-use crate::openai::Usage;
-use crate::openai::completion::{Completion, Finish, logprobs_json};
-use crate::openai::error::ApiError;
-use crate::openai::sse;
+use crate::outcome::BackendError;
+use crate::reply::{ChatReply, Event, Finished, LocalAnswer, LocalEvents, Usage};
 
 /// What the engine thread sends back to the request's task.
 pub(super) enum Update {
@@ -99,8 +93,8 @@ impl QueueWait {
     }
 }
 
-pub(super) fn busy(backend: &str, detail: String) -> ApiError {
-    ApiError::LocalBusy {
+pub(super) fn busy(backend: &str, detail: String) -> BackendError {
+    BackendError::LocalBusy {
         backend: backend.to_string(),
         detail,
     }
@@ -111,7 +105,7 @@ pub(super) fn submit(
     engine: &Engine,
     generation: GenerationRequest,
     backend: &str,
-) -> Result<(mpsc::UnboundedReceiver<Update>, oneshot::Receiver<()>), ApiError> {
+) -> Result<(mpsc::UnboundedReceiver<Update>, oneshot::Receiver<()>), BackendError> {
     let (job, updates, started) = job(generation);
     engine.submit(job).map_err(|EngineBusy| {
         busy(
@@ -122,43 +116,13 @@ pub(super) fn submit(
     Ok((updates, started))
 }
 
-/// A piece of a local answer, in order: reasoning (if any), content, then one
-/// `Finished` or `Failed`.
-#[derive(Debug, Clone)]
-pub enum Piece {
-    Reasoning { text: String, token: Option<SampledToken> },
-    Content { text: String, token: Option<SampledToken> },
-    Finished(Finished),
-    Failed(ApiError),
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Finished {
-    pub finish_reason: FinishReason,
-    pub usage: Usage,
-    pub reasoning_tokens: u64,
-    /// The answer stopped at the client's own `max_tokens`.
-    pub client_limited: bool,
-}
-
-impl Finished {
-    /// How it is written in OpenAI's objects.
-    fn finish(&self) -> Finish {
-        Finish {
-            reason: self.finish_reason.as_openai(),
-            usage: self.usage,
-            reasoning_tokens: self.reasoning_tokens,
-        }
-    }
-}
-
 /// Runs the passes of one answer on the engine and turns their events into pieces.
 pub(super) struct Driver {
     pub(super) engine: Arc<Engine>,
     pub(super) encoder: PromptEncoder,
     pub(super) in_flight: InFlight,
     pub(super) name: String,
-    pub(super) sender: mpsc::UnboundedSender<Piece>,
+    pub(super) sender: mpsc::UnboundedSender<Event>,
     pub(super) plan: Plan,
     /// What was left of the request's deadline when the answer was asked for.
     pub(super) deadline_ms: u64,
@@ -225,10 +189,10 @@ impl Driver {
             reasoning_tokens,
             client_limited: self.plan.client_limited && output.tokens.len() >= self.plan.generation.max_tokens,
         };
-        let _ = self.sender.send(Piece::Finished(finished));
+        let _ = self.sender.send(Event::Finished(finished));
     }
 
-    /// Relays one pass's tokens as pieces until it ends; `None` when it failed
+    /// Relays one pass's tokens as events until it ends; `None` when it failed
     /// or the receiver went away.
     async fn forward(
         &self,
@@ -245,19 +209,19 @@ impl Driver {
             match update {
                 Some(Update::Token(event)) => {
                     text.push_str(&event.text);
-                    let piece = if reasoning {
-                        Piece::Reasoning {
+                    let event = if reasoning {
+                        Event::Reasoning {
                             text: event.text,
                             token: event.token,
                         }
                     } else {
-                        Piece::Content {
+                        Event::Content {
                             text: event.text,
                             token: event.token,
                         }
                     };
                     // The client is gone: dropping `updates` stops the engine.
-                    self.sender.send(piece).ok()?;
+                    self.sender.send(event).ok()?;
                 }
                 Some(Update::Done(Ok(output))) => return Some(output),
                 Some(Update::Done(Err(err))) => {
@@ -272,162 +236,77 @@ impl Driver {
         }
     }
 
-    fn fail(&self, err: ApiError) {
-        let _ = self.sender.send(Piece::Failed(err));
+    fn fail(&self, err: BackendError) {
+        let _ = self.sender.send(Event::Failed(err));
     }
 }
 
 /// A local answer being generated.
 pub struct Generation {
-    pub pieces: mpsc::UnboundedReceiver<Piece>,
+    pub events: mpsc::UnboundedReceiver<Event>,
     /// How long the request waited in the queue for its turn (measured when the
     /// wait is bounded, by `max_queue_wait_ms` or a deadline; zero otherwise).
     pub queued: Duration,
-    pub(super) completion: Completion,
+    pub(super) model: String,
     pub(super) tokenizer: Arc<Tokenizer>,
     pub(super) stream: bool,
-    pub(super) include_usage: bool,
-    pub(super) logprobs: bool,
-    pub(super) top_logprobs: usize,
 }
 
 impl Generation {
-    /// The answer as the client asked for it: `held` (pieces already taken from
-    /// `pieces`, e.g. during a pre-commit window) first, then the rest as it comes.
-    pub async fn into_reply(self, held: Vec<Piece>) -> Result<ChatReply, ApiError> {
-        if self.stream {
-            Ok(self.into_stream(held))
+    /// The answer as the client asked for it: `held` (events already taken
+    /// from `events`, e.g. during a pre-commit window) first, then the rest:
+    /// as they come when streamed, else all of them, or the error that broke
+    /// the answer off.
+    pub async fn into_reply(mut self, held: Vec<Event>) -> Result<ChatReply, BackendError> {
+        let events = if self.stream {
+            let rest = futures_util::stream::unfold(self.events, |mut events| async move {
+                events.recv().await.map(|event| (event, events))
+            });
+            LocalEvents::Stream(futures_util::stream::iter(held).chain(rest).boxed())
         } else {
-            self.into_whole(held).await
-        }
-    }
-
-    /// Collects every piece and renders the whole `chat.completion`.
-    pub async fn into_whole(mut self, held: Vec<Piece>) -> Result<ChatReply, ApiError> {
-        let mut pieces = held;
-        while !matches!(pieces.last(), Some(Piece::Finished(_) | Piece::Failed(_))) {
-            match self.pieces.recv().await {
-                Some(piece) => pieces.push(piece),
-                None => return Err(engine_stopped(&self.completion.model)),
-            }
-        }
-        let mut reasoning = String::new();
-        let mut content = String::new();
-        let mut tokens = Vec::new();
-        for piece in pieces {
-            match piece {
-                Piece::Reasoning { text, .. } => reasoning.push_str(&text),
-                Piece::Content { text, token } => {
-                    content.push_str(&text);
-                    tokens.extend(token);
+            let mut events = held;
+            let finished = loop {
+                match events.pop() {
+                    Some(Event::Finished(finished)) => break finished,
+                    Some(Event::Failed(err)) => return Err(err),
+                    Some(event) => events.push(event),
+                    None => {}
                 }
-                Piece::Failed(err) => return Err(err),
-                Piece::Finished(finished) => {
-                    let logprobs = self
-                        .logprobs
-                        .then(|| logprobs_json(&tokens, self.top_logprobs, token_bytes(&self.tokenizer)));
-                    let reasoning = (finished.reasoning_tokens > 0).then(|| reasoning.trim());
-                    let body = self.completion.whole(&content, reasoning, logprobs, finished.finish());
-                    return Ok(ChatReply::Complete {
-                        body: Bytes::from(body.to_string()),
-                        usage: Some(finished.usage),
-                        headers: HeaderMap::new(),
-                        status: StatusCode::OK,
-                    });
+                match self.events.recv().await {
+                    Some(event) => events.push(event),
+                    None => return Err(engine_stopped(&self.model)),
                 }
-            }
-        }
-        unreachable!("the loop above ends on Finished or Failed")
+            };
+            LocalEvents::Whole { events, finished }
+        };
+        Ok(ChatReply::Local(LocalAnswer {
+            model: self.model,
+            vocabulary: self.tokenizer,
+            events,
+        }))
     }
-
-    fn into_stream(self, held: Vec<Piece>) -> ChatReply {
-        let Generation {
-            pieces,
-            completion,
-            tokenizer,
-            include_usage,
-            logprobs,
-            top_logprobs,
-            ..
-        } = self;
-        let usage_cell = crate::backends::UsageCell::default();
-        let filled = usage_cell.clone();
-        let role = completion.role_event();
-        let rest = futures_util::stream::unfold(pieces, |mut pieces| async move {
-            pieces.recv().await.map(|piece| (piece, pieces))
-        });
-        let events = futures_util::stream::iter(held)
-            .chain(rest)
-            .scan(false, move |done, piece| {
-                if *done {
-                    return std::future::ready(None);
-                }
-                let bytes = match piece {
-                    Piece::Reasoning { text, .. } if !text.is_empty() => completion.reasoning_event(&text),
-                    Piece::Reasoning { .. } => Bytes::new(),
-                    Piece::Content { text, token } => {
-                        let lp = match (&token, logprobs) {
-                            (Some(token), true) => Some(logprobs_json(
-                                std::slice::from_ref(token),
-                                top_logprobs,
-                                token_bytes(&tokenizer),
-                            )),
-                            _ => None,
-                        };
-                        if text.is_empty() && lp.is_none() {
-                            Bytes::new()
-                        } else {
-                            completion.content_event(&text, lp)
-                        }
-                    }
-                    Piece::Finished(finished) => {
-                        *done = true;
-                        *filled.lock().expect("usage cell") = Some(finished.usage);
-                        completion.finish_events(finished.finish(), include_usage)
-                    }
-                    Piece::Failed(err) => {
-                        *done = true;
-                        sse::encode_data(&err.to_json().to_string())
-                    }
-                };
-                std::future::ready(Some(bytes))
-            })
-            .filter(|bytes| std::future::ready(!bytes.is_empty()));
-        ChatReply::Stream {
-            events: futures_util::stream::once(std::future::ready(role))
-                .chain(events)
-                .boxed(),
-            headers: HeaderMap::new(),
-            usage: usage_cell,
-        }
-    }
-}
-
-/// A token id's bytes, for its log-probability entry.
-pub(super) fn token_bytes<'t>(tokenizer: &'t Tokenizer) -> impl Fn(u32) -> &'t [u8] {
-    |id| tokenizer.token_bytes(id).unwrap_or_default()
 }
 
 /// `deadline_ms`: what was left of the request's deadline when the answer was asked for.
-pub(super) fn generation_error(backend: &str, err: GenerateError, deadline_ms: u64) -> ApiError {
+pub(super) fn generation_error(backend: &str, err: GenerateError, deadline_ms: u64) -> BackendError {
     match err {
-        GenerateError::DeadlinePassed { .. } => ApiError::LocalTimeout {
+        GenerateError::DeadlinePassed { .. } => BackendError::LocalTimeout {
             backend: backend.to_string(),
             deadline_ms,
             detail: err.to_string(),
         },
-        GenerateError::PromptTooLong { .. } => ApiError::ContextLengthExceeded {
+        GenerateError::PromptTooLong { .. } => BackendError::ContextLengthExceeded {
             message: err.to_string(),
         },
-        GenerateError::EmptyPrompt | GenerateError::InvalidRequest(_) => ApiError::InvalidRequest {
+        GenerateError::EmptyPrompt | GenerateError::InvalidRequest(_) => BackendError::Rejected {
             message: format!("Backend `{backend}`: {err}"),
             param: None,
         },
     }
 }
 
-pub(super) fn engine_stopped(backend: &str) -> ApiError {
-    ApiError::BackendUnavailable {
+pub(super) fn engine_stopped(backend: &str) -> BackendError {
+    BackendError::Unavailable {
         backend: backend.to_string(),
         reason: "the engine stopped".into(),
     }

@@ -2,7 +2,8 @@
 //!
 //! A request is turned into a prompt with the model's own chat template,
 //! tokenized, and queued on the [`Engine`]. Tokens come back through a channel
-//! as the engine produces them; streamed requests relay each as an OpenAI chunk.
+//! as the engine produces them, and leave as typed events (`reply::Event`):
+//! a streamed answer's as they come, a whole one's together.
 //! When the client goes away the channel closes, and the engine stops the
 //! generation at its next token.
 //!
@@ -21,8 +22,8 @@
 //! Here: the backend (loading, readiness, eligibility, answering within a
 //! deadline and a queue wait). [`prepare`]: the request in the engine's terms
 //! (checks, prompt, sampling, the passes of a reasoning answer). [`driver`]:
-//! the answer on the engine, its pieces, and their rendering as the client
-//! asked.
+//! the answer on the engine and its events. Writing them for the client is
+//! `openai::completion`'s.
 //!
 //! [`Tokenizer::fewest_tokens`]: switchyard_engine::tokenizer::Tokenizer::fewest_tokens
 //! [`Tokenizer::escape_control_text`]: switchyard_engine::tokenizer::Tokenizer::escape_control_text
@@ -38,14 +39,12 @@ use switchyard_engine::engine::{Engine, LocalModel};
 use switchyard_engine::generate::GenerateError;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::ChatReply;
-use crate::openai::completion::Completion;
-use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::outcome::Ineligible;
+use crate::outcome::{BackendError, Ineligible};
 use crate::policy::{LocalBackendConfig, SamplingDefaults};
+use crate::reply::ChatReply;
 use driver::{Driver, InFlight, Update, busy, engine_stopped, generation_error, submit};
-pub use driver::{Finished, Generation, Piece, QueueWait};
+pub use driver::{Generation, QueueWait};
 use prepare::fewest_prompt_tokens;
 pub use prepare::{ANSWER_INSTRUCTION, REASONING_INSTRUCTION};
 
@@ -187,8 +186,8 @@ impl LocalBackend {
         &self.identity
     }
 
-    fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
-        self.engine.as_ref().map_err(|reason| ApiError::BackendUnavailable {
+    fn engine(&self) -> Result<&Arc<Engine>, BackendError> {
+        self.engine.as_ref().map_err(|reason| BackendError::Unavailable {
             backend: self.name.clone(),
             reason: reason.clone(),
         })
@@ -239,7 +238,7 @@ impl LocalBackend {
         request: &ChatRequest,
         request_id: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<ChatReply, ApiError> {
+    ) -> Result<ChatReply, BackendError> {
         let wait = self.max_queue_wait.map(QueueWait::whole);
         self.generate_within(request, request_id, wait, Some(deadline))
             .await?
@@ -247,13 +246,13 @@ impl LocalBackend {
             .await
     }
 
-    /// Starts generating an answer and returns its pieces as they come. The
-    /// request is refused here (not in the pieces) when it is invalid, does not
+    /// Starts generating an answer and returns its events as they come. The
+    /// request is refused here (not in the events) when it is invalid, does not
     /// fit, or the queue is full. With `request.reasoning` the model first
     /// reasons (prompted step by step, within `reasoning_max_tokens`), then
     /// answers with its reasoning in view; the reasoning comes back as
     /// `reasoning_content`, never in `content`.
-    pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, ApiError> {
+    pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, BackendError> {
         self.generate_within(request, request_id, self.max_queue_wait.map(QueueWait::whole), None)
             .await
     }
@@ -265,14 +264,14 @@ impl LocalBackend {
 
     /// As [`LocalBackend::generate`], waiting for a turn at most `wait` (what is
     /// left of a budget several calls share) instead of the backend's own bound,
-    /// and ending with [`ApiError::LocalTimeout`] at `deadline`.
+    /// and ending with [`BackendError::LocalTimeout`] at `deadline`.
     pub async fn generate_within(
         &self,
         request: &ChatRequest,
         request_id: &str,
         wait: Option<QueueWait>,
         deadline: Option<tokio::time::Instant>,
-    ) -> Result<Generation, ApiError> {
+    ) -> Result<Generation, BackendError> {
         // Rounded to the nearest ms: asked at once, this is the policy's own figure.
         let deadline_ms = deadline.map_or(0, |d| {
             (d.saturating_duration_since(tokio::time::Instant::now()).as_micros() as u64 + 500) / 1000
@@ -282,7 +281,7 @@ impl LocalBackend {
         let mut plan = self.prepare(&engine, &encoder, request).await?;
         // Every pass of the answer (reasoning, then answer) ends at the deadline.
         plan.generation.deadline = deadline.map(tokio::time::Instant::into_std);
-        let (sender, pieces) = mpsc::unbounded_channel();
+        let (sender, events) = mpsc::unbounded_channel();
         let reasoning = request.reasoning && self.reasons;
         let first_pass = if reasoning {
             plan.reasoning_pass(&encoder, self.reasoning_max_tokens).await?
@@ -335,14 +334,11 @@ impl LocalBackend {
         };
         tokio::spawn(driver.run(head, first, reasoning));
         Ok(Generation {
-            pieces,
+            events,
             queued,
-            completion: Completion::new(&self.name),
+            model: self.name.clone(),
             tokenizer: self.engine()?.tokenizer().clone(),
             stream: request.stream,
-            include_usage: request.include_usage,
-            logprobs: request.sampling.logprobs,
-            top_logprobs: request.sampling.top_logprobs.unwrap_or(0) as usize,
         })
     }
 }

@@ -12,8 +12,8 @@ use switchyard_engine::tokenizer::Tokenizer;
 use tokio::sync::Semaphore;
 
 use super::{LocalBackend, UNSUPPORTED_FIELDS};
-use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
+use crate::outcome::BackendError;
 
 impl LocalBackend {
     pub(super) fn encoder(&self, engine: &Arc<Engine>) -> PromptEncoder {
@@ -31,10 +31,10 @@ impl LocalBackend {
         engine: &Engine,
         encoder: &PromptEncoder,
         request: &ChatRequest,
-    ) -> Result<Plan, ApiError> {
+    ) -> Result<Plan, BackendError> {
         let body = &request.body;
         if let Some(field) = UNSUPPORTED_FIELDS.iter().find(|f| request.uses(f)) {
-            return Err(ApiError::invalid(
+            return Err(BackendError::rejected(
                 format!(
                     "Backend `{}` is a local model and does not support '{field}'.",
                     self.name
@@ -43,7 +43,7 @@ impl LocalBackend {
             ));
         }
         if let Some(param) = &request.asks.tool_turn {
-            return Err(ApiError::invalid(
+            return Err(BackendError::rejected(
                 format!(
                     "Backend `{}` is a local model without tool support; it cannot read the tool call or tool result in '{param}'.",
                     self.name
@@ -55,14 +55,14 @@ impl LocalBackend {
         if let Some((text_bytes, fewest)) = fewest_prompt_tokens(engine.tokenizer(), &body["messages"])
             && fewest >= context
         {
-            return Err(ApiError::ContextLengthExceeded {
+            return Err(BackendError::ContextLengthExceeded {
                 message: format!(
                     "This model's maximum context length is {context} tokens. However, your messages hold {text_bytes} bytes of text, which with their turn markers is at least {fewest} tokens."
                 ),
             });
         }
         if request.sampling.n.is_some_and(|n| n != 1) {
-            return Err(ApiError::invalid(
+            return Err(BackendError::rejected(
                 format!("Backend `{}` generates one choice ('n' must be 1).", self.name),
                 "n",
             ));
@@ -72,7 +72,7 @@ impl LocalBackend {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(kwargs)) => kwargs.clone(),
             Some(_) => {
-                return Err(ApiError::invalid(
+                return Err(BackendError::rejected(
                     "'chat_template_kwargs' must be an object.",
                     "chat_template_kwargs",
                 ));
@@ -82,11 +82,11 @@ impl LocalBackend {
         // OpenAI's fields come validated (`request.sampling`); the local
         // model's extras (`top_k`, `min_p`, `repetition_penalty`, as vLLM and
         // llama.cpp take them) are read here.
-        let extra_number = |field: &str, default: f32| -> Result<f32, ApiError> {
+        let extra_number = |field: &str, default: f32| -> Result<f32, BackendError> {
             match body.get(field) {
                 None | Some(Value::Null) => Ok(default),
                 Some(Value::Number(n)) => Ok(n.as_f64().unwrap_or(f64::NAN) as f32),
-                Some(_) => Err(ApiError::invalid(format!("'{field}' must be a number."), field)),
+                Some(_) => Err(BackendError::rejected(format!("'{field}' must be a number."), field)),
             }
         };
         let defaults = self.sampling;
@@ -94,7 +94,7 @@ impl LocalBackend {
             None | Some(Value::Null) => defaults.top_k,
             Some(v) => v
                 .as_u64()
-                .ok_or_else(|| ApiError::invalid("'top_k' must be a non-negative integer.", "top_k"))?
+                .ok_or_else(|| BackendError::rejected("'top_k' must be a non-negative integer.", "top_k"))?
                 as usize,
         };
         let asked = &request.sampling;
@@ -110,7 +110,7 @@ impl LocalBackend {
         };
         sampling.validate().map_err(|why| {
             let field = why.split_whitespace().next().unwrap_or("temperature").to_string();
-            ApiError::invalid(format!("Invalid sampling parameter: {why}."), &field)
+            BackendError::rejected(format!("Invalid sampling parameter: {why}."), &field)
         })?;
         let stop_strings = asked.stop.clone();
         let top_logprobs = asked.top_logprobs.unwrap_or(0) as usize;
@@ -147,7 +147,7 @@ pub(super) struct PromptEncoder {
 }
 
 impl PromptEncoder {
-    async fn encode(&self, messages: Arc<Value>, extra: Arc<Map<String, Value>>) -> Result<Vec<u32>, ApiError> {
+    async fn encode(&self, messages: Arc<Value>, extra: Arc<Map<String, Value>>) -> Result<Vec<u32>, BackendError> {
         let turn = self
             .turns
             .clone()
@@ -163,7 +163,7 @@ impl PromptEncoder {
             encode(&engine, &messages, &extra, &backend)
         })
         .await
-        .map_err(|err| ApiError::BackendUnavailable {
+        .map_err(|err| BackendError::Unavailable {
             backend: self.backend.clone(),
             reason: format!("preparing the prompt failed: {err}"),
         })?
@@ -174,24 +174,29 @@ impl PromptEncoder {
 /// refusing a prompt that leaves no room in the context window. Every string
 /// the client supplied is escaped first, so that the only control tokens in the
 /// prompt are the template's own.
-fn encode(engine: &Engine, messages: &Value, extra: &Map<String, Value>, backend: &str) -> Result<Vec<u32>, ApiError> {
+fn encode(
+    engine: &Engine,
+    messages: &Value,
+    extra: &Map<String, Value>,
+    backend: &str,
+) -> Result<Vec<u32>, BackendError> {
     let context = engine.context_length();
     encode_conversation(engine.tokenizer(), engine.template().map(|t| t.as_ref()), context, messages, extra).map_err(
         |err| match err {
-            PromptError::NoTemplate => ApiError::BackendUnavailable {
+            PromptError::NoTemplate => BackendError::Unavailable {
                 backend: backend.to_string(),
                 reason: "the model has no chat template".into(),
             },
             PromptError::Template(err) => {
-                ApiError::invalid(format!("The chat template refused the messages: {err}"), "messages")
+                BackendError::rejected(format!("The chat template refused the messages: {err}"), "messages")
             }
-            PromptError::TooLong { tokens, at_least } => ApiError::ContextLengthExceeded {
+            PromptError::TooLong { tokens, at_least } => BackendError::ContextLengthExceeded {
                 message: format!(
                     "This model's maximum context length is {context} tokens. However, your messages resulted in {}{tokens} tokens.",
                     if at_least { "at least " } else { "" }
                 ),
             },
-            PromptError::Tokenizer(err) => ApiError::invalid(format!("Cannot tokenize the prompt: {err}"), "messages"),
+            PromptError::Tokenizer(err) => BackendError::rejected(format!("Cannot tokenize the prompt: {err}"), "messages"),
         },
     )
 }
@@ -221,7 +226,7 @@ impl Plan {
         &self,
         encoder: &PromptEncoder,
         budget: u64,
-    ) -> Result<GenerationRequest, ApiError> {
+    ) -> Result<GenerationRequest, BackendError> {
         let mut messages = self.messages.as_array().cloned().unwrap_or_default();
         match messages.first_mut() {
             Some(first) if first["role"] == "system" || first["role"] == "developer" => {
@@ -248,7 +253,7 @@ impl Plan {
         &self,
         encoder: &PromptEncoder,
         reasoning: &str,
-    ) -> Result<GenerationRequest, ApiError> {
+    ) -> Result<GenerationRequest, BackendError> {
         let mut messages = self.messages.as_array().cloned().unwrap_or_default();
         messages.push(json!({ "role": "assistant", "content": reasoning }));
         messages.push(json!({ "role": "user", "content": ANSWER_INSTRUCTION }));
@@ -298,7 +303,7 @@ pub(super) fn fewest_prompt_tokens(tokenizer: &Tokenizer, messages: &Value) -> O
 
 /// The messages with any content-part arrays flattened to text; images and
 /// audio are refused.
-fn text_only_messages(messages: &Value, backend: &str) -> Result<Value, ApiError> {
+fn text_only_messages(messages: &Value, backend: &str) -> Result<Value, BackendError> {
     let mut out = Vec::new();
     for (i, message) in messages.as_array().into_iter().flatten().enumerate() {
         let mut message = message.clone();
@@ -311,7 +316,7 @@ fn text_only_messages(messages: &Value, backend: &str) -> Result<Value, ApiError
                 ) {
                     (Some("text"), Some(t)) => text.push_str(t),
                     (kind, _) => {
-                        return Err(ApiError::invalid(
+                        return Err(BackendError::rejected(
                             format!(
                                 "Backend `{backend}` is a text-only local model; content part type {:?} is not supported.",
                                 kind.unwrap_or("?")
@@ -358,19 +363,23 @@ routing:
         ChatRequest::parse(body.to_string().as_bytes()).unwrap()
     }
 
-    async fn plan(backend: &LocalBackend, body: Value) -> Result<Plan, ApiError> {
+    async fn plan(backend: &LocalBackend, body: Value) -> Result<Plan, BackendError> {
         let engine = backend.engine().unwrap().clone();
         backend
             .prepare(&engine, &backend.encoder(&engine), &request(body))
             .await
     }
 
-    fn refusal(result: Result<Plan, ApiError>) -> (String, Option<String>) {
+    /// The refusal's message and the field it blames, as the client reads them.
+    fn refusal(result: Result<Plan, BackendError>) -> (String, Option<String>) {
         match result {
-            Err(err) => (
-                err.message(),
-                err.to_json()["error"]["param"].as_str().map(str::to_string),
-            ),
+            Err(err) => {
+                let json = crate::openai::error::ApiError::from(err).to_json();
+                (
+                    json["error"]["message"].as_str().unwrap().to_string(),
+                    json["error"]["param"].as_str().map(str::to_string),
+                )
+            }
             Ok(_) => panic!("prepared"),
         }
     }

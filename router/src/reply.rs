@@ -1,0 +1,121 @@
+//! What a backend answers with, before anything is written for the client:
+//! the local model's answer as typed [`Event`]s (reasoning pieces, content
+//! pieces with their tokens, the finish with its usage, or the failure that
+//! broke it off), or a remote answer [`Relayed`] as its upstream wrote it.
+//! Plain types, below every layer that makes or reads them: backends yield
+//! them, the ladder judges local events, and `openai::completion` writes
+//! both kinds out as JSON or SSE, in one place.
+
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use serde::Deserialize;
+use switchyard_engine::generate::FinishReason;
+use switchyard_engine::sampling::SampledToken;
+use switchyard_engine::tokenizer::Tokenizer;
+
+use crate::outcome::BackendError;
+
+/// Token counts as OpenAI reports them in `usage`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+impl Usage {
+    /// The `usage` object of a completion or chunk, if it has a non-null one.
+    pub fn from_value(value: &serde_json::Value) -> Option<Usage> {
+        let usage = value.get("usage")?;
+        if usage.is_null() {
+            return None;
+        }
+        serde_json::from_value(usage.clone()).ok()
+    }
+}
+
+/// Where a streamed answer's usage is left for the request's record, filled
+/// when it is known (by the stream's end), whether or not the client asked
+/// to see it.
+pub type UsageCell = Arc<Mutex<Option<Usage>>>;
+
+/// A successful answer, as its backend gives it.
+pub enum ChatReply {
+    /// The local model's answer, as events.
+    Local(LocalAnswer),
+    /// An upstream's answer, passed on as it came.
+    Relayed(Relayed),
+}
+
+/// One piece of a local answer, in order: reasoning (if any), content, then
+/// one `Finished` or `Failed`.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Reasoning { text: String, token: Option<SampledToken> },
+    Content { text: String, token: Option<SampledToken> },
+    Finished(Finished),
+    Failed(BackendError),
+}
+
+/// How a local answer ended, and what it used.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished {
+    pub finish_reason: FinishReason,
+    pub usage: Usage,
+    /// Of `usage.completion_tokens`, those spent reasoning.
+    pub reasoning_tokens: u64,
+    /// The answer stopped at the client's own `max_tokens`.
+    pub client_limited: bool,
+}
+
+/// The local model's answer.
+pub struct LocalAnswer {
+    /// The answering backend's name: the answer's `model`.
+    pub model: String,
+    /// The model's vocabulary, for the tokens' log-probabilities.
+    pub vocabulary: Arc<dyn TokenBytes>,
+    pub events: LocalEvents,
+}
+
+/// A vocabulary: what bytes a token id stands for.
+pub trait TokenBytes: Send + Sync {
+    /// The token's bytes; empty for an id the vocabulary does not have.
+    fn token_bytes(&self, id: u32) -> &[u8];
+}
+
+impl TokenBytes for Tokenizer {
+    fn token_bytes(&self, id: u32) -> &[u8] {
+        Tokenizer::token_bytes(self, id).unwrap_or_default()
+    }
+}
+
+pub enum LocalEvents {
+    /// A non-streamed answer, all in hand: its reasoning and content events,
+    /// and how it finished (one that failed is an error, not a reply).
+    Whole { events: Vec<Event>, finished: Finished },
+    /// A streamed answer's events as the engine yields them, ending with
+    /// `Finished` or `Failed`.
+    Stream(BoxStream<'static, Event>),
+}
+
+/// An upstream's answer, relayed as it came (see `backends::remote`).
+pub enum Relayed {
+    /// A whole `chat.completion` body.
+    Complete {
+        body: Bytes,
+        usage: Option<Usage>,
+        headers: HeaderMap,
+        status: StatusCode,
+    },
+    /// SSE bytes, already framed as the upstream framed them, ending with
+    /// `data: [DONE]`, or with the failure that broke the stream off.
+    Stream {
+        events: BoxStream<'static, Result<Bytes, BackendError>>,
+        headers: HeaderMap,
+        usage: UsageCell,
+    },
+}
