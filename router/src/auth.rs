@@ -33,34 +33,25 @@ impl ClientKeys {
     pub fn from_config(config: &AuthConfig) -> Result<ClientKeys, Problem> {
         let mut entries = Vec::with_capacity(config.keys.len());
         for key in &config.keys {
-            let digest = match (&key.key_env, &key.key_sha256) {
-                (Some(env), _) => match std::env::var(&env.value) {
+            let digest = match (key.key_env(), key.key_sha256()) {
+                (Some(env), _) => match std::env::var(env) {
                     Ok(secret) if !secret.is_empty() => sha256(secret.as_bytes()),
                     _ => {
-                        return Err(Problem::at(
-                            env,
-                            format!(
-                                "client key {:?}: environment variable {} is not set",
-                                key.name.value, env.value
-                            ),
-                        ));
+                        return Err(key.problem(format!(
+                            "client key {:?}: environment variable {env} is not set",
+                            key.name()
+                        )));
                     }
                 },
-                (None, Some(hex)) => parse_hex_digest(&hex.value).ok_or_else(|| {
-                    Problem::at(
-                        hex,
-                        format!("client key {:?}: key_sha256 is not 64 hex digits", key.name.value),
-                    )
+                (None, Some(hex)) => parse_hex_digest(hex).ok_or_else(|| {
+                    key.problem(format!("client key {:?}: key_sha256 is not 64 hex digits", key.name()))
                 })?,
                 (None, None) => {
-                    return Err(Problem::at(
-                        &key.name,
-                        format!("client key {:?} has no source", key.name.value),
-                    ));
+                    return Err(key.problem(format!("client key {:?} has no source", key.name())));
                 }
             };
             entries.push(ClientKey {
-                name: key.name.value.clone(),
+                name: key.name().to_string(),
                 digest,
             });
         }

@@ -55,11 +55,11 @@ impl Live {
         let ledger = match &policy.budgets {
             None => None,
             Some(budgets) => {
-                let path = policy.base_dir.join(&budgets.state_file.value);
+                let path = policy.base_dir.join(budgets.state_file());
                 match previous.and_then(|p| p.ledger.as_ref()).filter(|l| l.path() == path) {
                     Some(ledger) => Some(ledger.clone()),
                     None => Some(Arc::new(
-                        Ledger::open(&path).map_err(|err| invalid(Problem::at(&budgets.state_file, err)))?,
+                        Ledger::open(&path).map_err(|err| invalid(budgets.state_file_problem(err)))?,
                     )),
                 }
             }
@@ -70,8 +70,8 @@ impl Live {
             backends,
             routing,
             keys,
-            max_body_bytes: policy.server.max_body_bytes.value,
-            request_deadline: Duration::from_millis(policy.server.request_deadline_ms.value),
+            max_body_bytes: policy.server.max_body_bytes(),
+            request_deadline: policy.server.request_deadline(),
             ledger,
             ladder: policy.ladder.clone(),
             baseline: policy.baseline().map(|(name, price)| (name.to_string(), price)),

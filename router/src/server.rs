@@ -62,7 +62,7 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
     let sessions = &policy.routing.sessions;
     let state = Arc::new(AppState {
         policy: Arc::new(LivePolicy::new(policy_path, live, listen)),
-        sessions: Sessions::new(Duration::from_secs(sessions.ttl_s.value), sessions.max_entries.value),
+        sessions: Sessions::new(sessions.ttl(), sessions.max_entries()),
         past_drain: CancellationToken::new(),
     });
     tokio::spawn(state.policy.clone().watch(|outcome| {

@@ -105,8 +105,8 @@ impl Drop for Permit {
 impl Breaker {
     pub fn new(config: &BreakerConfig) -> Breaker {
         Breaker {
-            threshold: config.failure_threshold.value.max(1),
-            cooldown: Duration::from_millis(config.cooldown_ms.value),
+            threshold: config.failure_threshold().max(1),
+            cooldown: config.cooldown(),
             inner: Mutex::new(Inner {
                 state: State::Closed { failures: 0 },
                 probes_sent: 0,

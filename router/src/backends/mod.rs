@@ -91,7 +91,7 @@ impl Backends {
                     .into_iter()
                     .flat_map(|p| &p.all)
                     .find_map(|b| match b.as_ref() {
-                        Backend::Remote(remote) if remote.name() == config.name.value => Some(remote.breaker_handle()),
+                        Backend::Remote(remote) if remote.name() == config.name() => Some(remote.breaker_handle()),
                         _ => None,
                     });
                 Arc::new(Backend::Remote(RemoteBackend::new(config, breaker)))
@@ -116,7 +116,7 @@ impl Backends {
             by_model.insert(backend.name().to_string(), i);
         }
         for (i, config) in policy.backends.remote.iter().enumerate() {
-            by_model.entry(config.model.value.clone()).or_insert(i);
+            by_model.entry(config.model().to_string()).or_insert(i);
         }
         Backends { all, by_model }
     }

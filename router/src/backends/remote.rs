@@ -77,21 +77,16 @@ pub struct RemoteBackend {
 
 impl RemoteBackend {
     pub fn new(config: &RemoteBackendConfig, breaker: Option<Arc<Breaker>>) -> RemoteBackend {
-        let api_key = match &config.api_key_env {
+        let api_key = match config.api_key_env() {
             None => Ok(None),
-            Some(env) => match std::env::var(&env.value) {
+            Some(env) => match std::env::var(env) {
                 Ok(key) if !key.is_empty() => HeaderValue::from_str(&format!("Bearer {key}"))
                     .map(|mut value| {
                         value.set_sensitive(true);
                         Some(value)
                     })
-                    .map_err(|_| {
-                        format!(
-                            "environment variable {} holds characters not allowed in a header",
-                            env.value
-                        )
-                    }),
-                _ => Err(format!("environment variable {} is not set", env.value)),
+                    .map_err(|_| format!("environment variable {env} holds characters not allowed in a header")),
+                _ => Err(format!("environment variable {env} is not set")),
             },
         };
         // reqwest is built without a default TLS provider (aws-lc needs a C
@@ -104,26 +99,25 @@ impl RemoteBackend {
             .build()
             .expect("TLS backend initialises");
         let secret = config
-            .api_key_env
-            .as_ref()
-            .and_then(|env| std::env::var(&env.value).ok())
+            .api_key_env()
+            .and_then(|env| std::env::var(env).ok())
             .filter(|key| !key.is_empty())
             .map(Arc::from);
-        let url = format!("{}/chat/completions", config.base_url.value.trim_end_matches('/'));
+        let url = format!("{}/chat/completions", config.base_url().trim_end_matches('/'));
         let origin = reqwest::Url::parse(&url)
             .map(|u| u.origin().ascii_serialization())
             .unwrap_or_default();
         RemoteBackend {
-            name: config.name.value.clone(),
+            name: config.name().to_string(),
             url,
-            model: config.model.value.clone(),
+            model: config.model().to_string(),
             api_key,
-            key_env: config.api_key_env.as_ref().map(|env| env.value.clone()),
+            key_env: config.api_key_env().map(str::to_string),
             secret,
             origin,
             price: config.price,
             timeouts: config.timeouts.clone(),
-            max_output_tokens: config.max_output_tokens.as_ref().map(|m| m.value),
+            max_output_tokens: config.max_output_tokens(),
             retry: config.retry.clone(),
             breaker: breaker.unwrap_or_else(|| Arc::new(Breaker::new(&config.breaker))),
             http,
@@ -176,10 +170,7 @@ impl RemoteBackend {
             };
             let result = match tokio::time::timeout_at(deadline, self.call(request, request_id)).await {
                 Ok(result) => result,
-                Err(_) => Err(BackendError::UpstreamTimeout {
-                    backend: self.name.clone(),
-                    timeout_ms: self.timeouts.total_ms.value,
-                }),
+                Err(_) => Err(self.timeout(self.timeouts.total())),
             };
             let failed = result.as_ref().err().is_some_and(BackendError::is_transient);
             // A key the upstream refuses fails every call until an operator
@@ -189,12 +180,12 @@ impl RemoteBackend {
             let refused_key = matches!(result, Err(BackendError::UpstreamAuth { .. }));
             log_breaker_change(&self.name, permit.record(!(failed || refused_key)));
             let err = match result {
-                Err(err) if failed && attempt < self.retry.max_attempts.value => err,
+                Err(err) if failed && attempt < self.retry.max_attempts() => err,
                 other => return other,
             };
             let backoff = self.backoff(attempt);
             let delay = match retry_after(&err) {
-                Some(asked) if asked > Duration::from_millis(self.retry.max_delay_ms.value) => return Err(err),
+                Some(asked) if asked > self.retry.max_delay() => return Err(err),
                 Some(asked) => asked.max(backoff),
                 None => backoff,
             };
@@ -231,12 +222,11 @@ impl RemoteBackend {
         use std::hash::{BuildHasher, Hasher};
         let ceiling = self
             .retry
-            .base_delay_ms
-            .value
+            .base_delay()
             .saturating_mul(1 << (attempt - 1).min(20))
-            .min(self.retry.max_delay_ms.value);
+            .min(self.retry.max_delay());
         let random = std::hash::RandomState::new().build_hasher().finish();
-        Duration::from_millis(random % (ceiling + 1))
+        Duration::from_millis(random % (ceiling.as_millis() as u64 + 1))
     }
 
     pub fn breaker(&self) -> &Breaker {
@@ -282,9 +272,9 @@ impl RemoteBackend {
             upstream = upstream.header(header::AUTHORIZATION, key.clone());
         }
         let response = match tokio::time::timeout(self.timeouts.first_byte(), upstream.send()).await {
-            Err(_) => return Err(self.timeout(self.timeouts.first_byte_ms.value)),
+            Err(_) => return Err(self.timeout(self.timeouts.first_byte())),
             Ok(Err(err)) if err.is_timeout() => {
-                return Err(self.timeout(self.timeouts.connect_ms.value));
+                return Err(self.timeout(self.timeouts.connect()));
             }
             Ok(Err(err)) => return Err(self.unreachable(&err)),
             Ok(Ok(response)) => response,
@@ -354,7 +344,7 @@ impl RemoteBackend {
             usage_cell: usage_cell.clone(),
             idle: self.timeouts.idle(),
             deadline,
-            total_ms: self.timeouts.total_ms.value,
+            total: self.timeouts.total(),
             backend: self.name.clone(),
             request_id: request_id.to_string(),
             price: self.price,
@@ -386,11 +376,11 @@ impl RemoteBackend {
         loop {
             let wait_until = (Instant::now() + self.timeouts.idle()).min(deadline);
             match tokio::time::timeout_at(wait_until, chunks.next()).await {
-                Err(_) if wait_until == deadline => return Err(self.timeout(self.timeouts.total_ms.value)),
+                Err(_) if wait_until == deadline => return Err(self.timeout(self.timeouts.total())),
                 Err(_) => {
                     return Err(BackendError::UpstreamStalled {
                         backend: self.name.clone(),
-                        idle_ms: self.timeouts.idle_ms.value,
+                        idle_ms: self.timeouts.idle().as_millis() as u64,
                     });
                 }
                 Ok(None) => return Ok(Bytes::from(body)),
@@ -405,10 +395,10 @@ impl RemoteBackend {
         }
     }
 
-    fn timeout(&self, timeout_ms: u64) -> BackendError {
+    fn timeout(&self, after: Duration) -> BackendError {
         BackendError::UpstreamTimeout {
             backend: self.name.clone(),
-            timeout_ms,
+            timeout_ms: after.as_millis() as u64,
         }
     }
 
@@ -523,7 +513,7 @@ struct RelayState {
     usage_cell: UsageCell,
     idle: Duration,
     deadline: Instant,
-    total_ms: u64,
+    total: Duration,
     backend: String,
     request_id: String,
     price: Price,
@@ -574,7 +564,7 @@ impl RelayState {
         match tokio::time::timeout_at(wait_until, self.upstream.next()).await {
             Err(_) if wait_until == self.deadline => self.fail(BackendError::UpstreamTimeout {
                 backend: self.backend.clone(),
-                timeout_ms: self.total_ms,
+                timeout_ms: self.total.as_millis() as u64,
             }),
             Err(_) => self.fail(BackendError::UpstreamStalled {
                 backend: self.backend.clone(),

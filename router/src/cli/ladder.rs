@@ -60,14 +60,13 @@ fn run(args: &EvalArgs) -> Result<(), String> {
     let policy = Policy::load(&args.policy).map_err(|e| e.to_string())?;
     let local_name = policy
         .routing
-        .local_backend
-        .as_ref()
+        .local_backend()
         .ok_or("the policy has no routing.local_backend")?;
     let config = policy
         .backends
         .local
         .iter()
-        .find(|b| b.name.value == local_name.value)
+        .find(|b| b.name() == local_name)
         .ok_or("routing.local_backend is not a local backend")?;
     let scores: HashMap<String, f32> = read_jsonl(&args.scores)?
         .iter()
@@ -81,7 +80,7 @@ fn run(args: &EvalArgs) -> Result<(), String> {
     if rows.is_empty() {
         return Err("no labelled row with strong/weak labels and a score".into());
     }
-    let thresholds = policy.routing.thresholds.value;
+    let thresholds = policy.routing.thresholds();
     let cut = args.cut.unwrap_or(match thresholds.ambiguous {
         AmbiguousChoice::Remote => thresholds.local_below,
         AmbiguousChoice::LocalReasoning => thresholds.remote_above,

@@ -113,7 +113,7 @@ impl Signals {
         if REFUSALS.iter().any(|r| opening.starts_with(r)) {
             return Some(Weakness::Refusal);
         }
-        if self.tokens >= config.min_tokens.value && f64::from(self.mean_logprob) < config.min_mean_logprob.value {
+        if self.tokens >= config.min_tokens() && f64::from(self.mean_logprob) < config.min_mean_logprob() {
             return Some(Weakness::LowConfidence);
         }
         None

@@ -32,7 +32,6 @@ pub mod confidence;
 pub mod eval;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -367,7 +366,7 @@ pub(crate) async fn hold(
 ) -> (Vec<Event>, Option<Weakness>) {
     let mut signals = Signals::default();
     let mut held = Vec::new();
-    let window_end = Instant::now() + Duration::from_millis(ladder.precommit_ms.value);
+    let window_end = Instant::now() + ladder.precommit();
     loop {
         let next = if stream {
             match tokio::time::timeout_at(window_end, generation.events.recv()).await {
@@ -381,7 +380,7 @@ pub(crate) async fn hold(
         signals.observe(&event);
         let failed = matches!(event, Event::Failed(_));
         held.push(event);
-        if failed || signals.is_finished() || (stream && signals.tokens >= ladder.precommit_tokens.value) {
+        if failed || signals.is_finished() || (stream && signals.tokens >= ladder.precommit_tokens()) {
             break;
         }
     }

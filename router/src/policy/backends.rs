@@ -23,27 +23,27 @@ pub struct BackendsConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalBackendConfig {
-    pub name: Spanned<String>,
+    pub(super) name: Spanned<String>,
     /// Path to the GGUF file, relative to the policy file's directory.
-    pub model_path: Spanned<String>,
+    pub(super) model_path: Spanned<String>,
     /// Compute threads for this model.
     #[serde(default = "default_threads")]
-    pub threads: Spanned<usize>,
+    pub(super) threads: Spanned<usize>,
     /// Caps the model's own context window (and with it the largest KV cache).
-    pub context_length: Option<Spanned<u64>>,
+    pub(super) context_length: Option<Spanned<u64>>,
     /// Requests that may wait while one generates; more get a 429.
     #[serde(default = "default_queue_capacity")]
-    pub queue_capacity: Spanned<usize>,
+    pub(super) queue_capacity: Spanned<usize>,
     /// How long a request may wait for the engine to take it up; past that it
     /// is treated like a full queue (answered remotely when the policy allows,
     /// else a 429). Unset: as long as the request's deadline allows.
-    pub max_queue_wait_ms: Option<Spanned<u64>>,
+    pub(super) max_queue_wait_ms: Option<Spanned<u64>>,
     /// `max_tokens` for requests that give none (default: the rest of the context).
-    pub default_max_tokens: Option<Spanned<u64>>,
+    pub(super) default_max_tokens: Option<Spanned<u64>>,
     /// Token budget of the reasoning pass (`local-reasoning`, or a client's
     /// `reasoning_effort`), on top of the answer's own `max_tokens`.
     #[serde(default = "default_reasoning_max_tokens")]
-    pub reasoning_max_tokens: Spanned<u64>,
+    pub(super) reasoning_max_tokens: Spanned<u64>,
     /// Whether this model serves the `local-reasoning` tier. `false` for a
     /// model whose reasoning pass does not help (measure it with
     /// `bench/local_reasoning.py`): what would be answered reasoning is answered
@@ -55,6 +55,42 @@ pub struct LocalBackendConfig {
     /// values their authors publish.
     #[serde(default)]
     pub sampling: SamplingDefaults,
+}
+
+impl LocalBackendConfig {
+    pub fn name(&self) -> &str {
+        &self.name.value
+    }
+
+    pub fn model_path(&self) -> &str {
+        &self.model_path.value
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads.value
+    }
+
+    pub fn context_length(&self) -> Option<u64> {
+        self.context_length.as_ref().map(|c| c.value)
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.queue_capacity.value
+    }
+
+    pub fn max_queue_wait(&self) -> Option<Duration> {
+        self.max_queue_wait_ms
+            .as_ref()
+            .map(|ms| Duration::from_millis(ms.value))
+    }
+
+    pub fn default_max_tokens(&self) -> Option<u64> {
+        self.default_max_tokens.as_ref().map(|m| m.value)
+    }
+
+    pub fn reasoning_max_tokens(&self) -> u64 {
+        self.reasoning_max_tokens.value
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -115,25 +151,47 @@ fn default_queue_capacity() -> Spanned<usize> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteBackendConfig {
-    pub name: Spanned<String>,
+    pub(super) name: Spanned<String>,
     /// Everything before `/chat/completions`, e.g. `https://api.openai.com/v1`.
-    pub base_url: Spanned<String>,
+    pub(super) base_url: Spanned<String>,
     /// Environment variable holding the upstream key; absent for endpoints that
     /// need none (a local vLLM, say).
-    pub api_key_env: Option<Spanned<String>>,
+    pub(super) api_key_env: Option<Spanned<String>>,
     /// The model name sent upstream. Clients may ask for it by this name too, so
     /// code written against the provider works unchanged behind Switchyard.
-    pub model: Spanned<String>,
+    pub(super) model: Spanned<String>,
     pub price: Price,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Largest `max_tokens` the upstream model accepts; requests above it are
     /// refused here with a 400 instead of spending a round trip.
-    pub max_output_tokens: Option<Spanned<u64>>,
+    pub(super) max_output_tokens: Option<Spanned<u64>>,
     #[serde(default)]
     pub retry: RetryConfig,
     #[serde(default)]
     pub breaker: BreakerConfig,
+}
+
+impl RemoteBackendConfig {
+    pub fn name(&self) -> &str {
+        &self.name.value
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base_url.value
+    }
+
+    pub fn api_key_env(&self) -> Option<&str> {
+        self.api_key_env.as_ref().map(|env| env.value.as_str())
+    }
+
+    pub fn model(&self) -> &str {
+        &self.model.value
+    }
+
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        self.max_output_tokens.as_ref().map(|m| m.value)
+    }
 }
 
 /// Retries of failed upstream calls (connect errors, timeouts, 429, 500, 502,
@@ -142,12 +200,26 @@ pub struct RemoteBackendConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// Attempts in all, the first included (1 = no retries).
-    pub max_attempts: Spanned<u32>,
+    pub(super) max_attempts: Spanned<u32>,
     /// The delay before the first retry; it doubles each time, with full jitter.
-    pub base_delay_ms: Spanned<u64>,
+    pub(super) base_delay_ms: Spanned<u64>,
     /// The longest delay; a `Retry-After` longer than this moves on to the next
     /// backend instead of waiting.
-    pub max_delay_ms: Spanned<u64>,
+    pub(super) max_delay_ms: Spanned<u64>,
+}
+
+impl RetryConfig {
+    pub fn max_attempts(&self) -> u32 {
+        self.max_attempts.value
+    }
+
+    pub fn base_delay(&self) -> Duration {
+        Duration::from_millis(self.base_delay_ms.value)
+    }
+
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_millis(self.max_delay_ms.value)
+    }
 }
 
 impl Default for RetryConfig {
@@ -166,8 +238,18 @@ impl Default for RetryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BreakerConfig {
-    pub failure_threshold: Spanned<u32>,
-    pub cooldown_ms: Spanned<u64>,
+    pub(super) failure_threshold: Spanned<u32>,
+    pub(super) cooldown_ms: Spanned<u64>,
+}
+
+impl BreakerConfig {
+    pub fn failure_threshold(&self) -> u32 {
+        self.failure_threshold.value
+    }
+
+    pub fn cooldown(&self) -> Duration {
+        Duration::from_millis(self.cooldown_ms.value)
+    }
 }
 
 impl Default for BreakerConfig {
@@ -204,14 +286,14 @@ impl Price {
 #[serde(deny_unknown_fields, default)]
 pub struct Timeouts {
     /// TCP + TLS connect.
-    pub connect_ms: Spanned<u64>,
+    pub(super) connect_ms: Spanned<u64>,
     /// From sending the request to the response headers. Reasoning models can
     /// think for a long time before their first byte, hence the generous default.
-    pub first_byte_ms: Spanned<u64>,
+    pub(super) first_byte_ms: Spanned<u64>,
     /// Longest silence allowed between two pieces of a streamed answer.
-    pub idle_ms: Spanned<u64>,
+    pub(super) idle_ms: Spanned<u64>,
     /// Whole request, first byte to last.
-    pub total_ms: Spanned<u64>,
+    pub(super) total_ms: Spanned<u64>,
 }
 
 impl Default for Timeouts {

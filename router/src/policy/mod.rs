@@ -13,7 +13,14 @@
 //!    so `switchyard policy check` is useful as an editor loop.
 //!
 //! Values that need a location for step 2 are wrapped in
-//! [`Spanned`](serde_saphyr::Spanned).
+//! [`Spanned`](serde_saphyr::Spanned). The wrapper stays inside `policy/`:
+//! those fields are private to this module, and the rest of the crate reads
+//! plain values through accessors (`name()`, `threads()`, a `Duration` for a
+//! field in milliseconds or seconds), so it never depends on the parser's
+//! types. A fault found only when the daemon builds what the policy
+//! describes (a client key's variable unset, the budget state file not
+//! opening) is still reported at its line: the config makes the located
+//! problem ([`ClientKeyConfig::problem`], [`BudgetsConfig::state_file_problem`]).
 //! The file never holds secrets: upstream keys and client keys are named by the
 //! environment variable that holds them (client keys may also be given as a
 //! SHA-256 digest).

@@ -30,7 +30,9 @@ impl Problem {
         }
     }
 
-    pub(crate) fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> Self {
+    /// A problem at a value of the file. Only `policy/` sees spans; the rest
+    /// of the crate asks a config for a problem located at its own value.
+    pub(super) fn at<T>(spanned: &Spanned<T>, message: impl Into<String>) -> Self {
         Self {
             line: spanned.referenced.line(),
             column: spanned.referenced.column(),

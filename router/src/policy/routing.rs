@@ -3,6 +3,7 @@
 //! spending limits.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -15,22 +16,43 @@ use super::*;
 #[serde(deny_unknown_fields)]
 pub struct RoutingConfig {
     /// The local backend that answers the `local` and `local-reasoning` tiers.
-    pub local_backend: Option<Spanned<String>>,
+    pub(super) local_backend: Option<Spanned<String>>,
     /// Remote backends for the `remote` tier, in order of preference.
     #[serde(default)]
-    pub remote_backends: Vec<Spanned<String>>,
+    pub(super) remote_backends: Vec<Spanned<String>>,
     /// The remote backend whose prices make the all-cloud baseline that
     /// savings are measured against (default: the first of `remote_backends`,
     /// else the first remote backend).
-    pub baseline_backend: Option<Spanned<String>>,
+    pub(super) baseline_backend: Option<Spanned<String>>,
     /// The profile of `model: "auto"`.
     #[serde(default = "default_thresholds")]
-    pub thresholds: Spanned<Thresholds>,
+    pub(super) thresholds: Spanned<Thresholds>,
     /// Other profiles clients may name as `model`, e.g. `auto-fast`, `auto-quality`.
     #[serde(default)]
-    pub aliases: std::collections::BTreeMap<String, Spanned<Thresholds>>,
+    pub(super) aliases: std::collections::BTreeMap<String, Spanned<Thresholds>>,
     #[serde(default)]
     pub sessions: SessionsConfig,
+}
+
+impl RoutingConfig {
+    pub fn local_backend(&self) -> Option<&str> {
+        self.local_backend.as_ref().map(|name| name.value.as_str())
+    }
+
+    pub fn remote_backends(&self) -> impl Iterator<Item = &str> {
+        self.remote_backends.iter().map(|name| name.value.as_str())
+    }
+
+    pub fn thresholds(&self) -> Thresholds {
+        self.thresholds.value
+    }
+
+    /// The aliases and their profiles, in the order of their names.
+    pub fn aliases(&self) -> impl Iterator<Item = (&str, Thresholds)> {
+        self.aliases
+            .iter()
+            .map(|(alias, thresholds)| (alias.as_str(), thresholds.value))
+    }
 }
 
 /// Thresholds for the shipped difficulty model, the same as the default
@@ -69,9 +91,19 @@ pub enum AmbiguousChoice {
 pub struct SessionsConfig {
     pub sticky: bool,
     /// How long a conversation is remembered after its last request.
-    pub ttl_s: Spanned<u64>,
+    pub(super) ttl_s: Spanned<u64>,
     /// Conversations remembered at once; the least recently used are forgotten.
-    pub max_entries: Spanned<usize>,
+    pub(super) max_entries: Spanned<usize>,
+}
+
+impl SessionsConfig {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_s.value)
+    }
+
+    pub fn max_entries(&self) -> usize {
+        self.max_entries.value
+    }
 }
 
 impl Default for SessionsConfig {
@@ -91,13 +123,31 @@ impl Default for SessionsConfig {
 pub struct LadderConfig {
     pub enabled: bool,
     /// Streamed local answers are held back for this many tokens...
-    pub precommit_tokens: Spanned<u32>,
+    pub(super) precommit_tokens: Spanned<u32>,
     /// ...or this long, whichever comes first; then the choice is final.
-    pub precommit_ms: Spanned<u64>,
+    pub(super) precommit_ms: Spanned<u64>,
     /// An answer whose mean token log-probability is below this is weak.
-    pub min_mean_logprob: Spanned<f64>,
+    pub(super) min_mean_logprob: Spanned<f64>,
     /// Confidence is judged from this many tokens on.
-    pub min_tokens: Spanned<u32>,
+    pub(super) min_tokens: Spanned<u32>,
+}
+
+impl LadderConfig {
+    pub fn precommit_tokens(&self) -> u32 {
+        self.precommit_tokens.value
+    }
+
+    pub fn precommit(&self) -> Duration {
+        Duration::from_millis(self.precommit_ms.value)
+    }
+
+    pub fn min_mean_logprob(&self) -> f64 {
+        self.min_mean_logprob.value
+    }
+
+    pub fn min_tokens(&self) -> u32 {
+        self.min_tokens.value
+    }
 }
 
 impl Default for LadderConfig {
@@ -122,10 +172,16 @@ pub const DEFAULT_MIN_MEAN_LOGPROB: f64 = -2.0;
 pub struct PrivacyConfig {
     /// Built-in detectors to run.
     #[serde(default)]
-    pub detectors: Vec<Spanned<Detector>>,
+    pub(super) detectors: Vec<Spanned<Detector>>,
     /// Custom rules: a name (reported in logs, never the match) and a regex.
     #[serde(default)]
     pub patterns: Vec<PatternConfig>,
+}
+
+impl PrivacyConfig {
+    pub fn detectors(&self) -> impl Iterator<Item = Detector> {
+        self.detectors.iter().map(|detector| detector.value)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
@@ -158,8 +214,18 @@ impl Detector {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PatternConfig {
-    pub name: Spanned<String>,
-    pub regex: Spanned<String>,
+    pub(super) name: Spanned<String>,
+    pub(super) regex: Spanned<String>,
+}
+
+impl PatternConfig {
+    pub fn name(&self) -> &str {
+        &self.name.value
+    }
+
+    pub fn regex(&self) -> &str {
+        &self.regex.value
+    }
 }
 
 /// Spending limits in USD. Remote spend is paced: as a budget fills past
@@ -170,16 +236,33 @@ pub struct PatternConfig {
 #[serde(deny_unknown_fields)]
 pub struct BudgetsConfig {
     /// Where spend is kept across restarts, relative to the policy file.
-    pub state_file: Spanned<String>,
+    pub(super) state_file: Spanned<String>,
     /// The fraction of a budget from which pacing starts.
     #[serde(default = "default_pacing_from")]
-    pub pacing_from: Spanned<f64>,
+    pub(super) pacing_from: Spanned<f64>,
     /// Limits on all spend together.
     #[serde(default)]
     pub global: Limits,
     /// Limits for each client key (by its name in `auth.keys`).
     #[serde(default)]
     pub per_key: Limits,
+}
+
+impl BudgetsConfig {
+    pub fn state_file(&self) -> &str {
+        &self.state_file.value
+    }
+
+    /// A problem with the state file (it cannot be opened, say), located at
+    /// `state_file` so that start-up points at the line to fix like any
+    /// problem of the file.
+    pub fn state_file_problem(&self, message: impl Into<String>) -> Problem {
+        Problem::at(&self.state_file, message)
+    }
+
+    pub fn pacing_from(&self) -> f64 {
+        self.pacing_from.value
+    }
 }
 
 fn default_pacing_from() -> Spanned<f64> {

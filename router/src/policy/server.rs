@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -12,14 +13,14 @@ use super::*;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
-    pub listen: Spanned<String>,
-    pub max_body_bytes: Spanned<usize>,
+    pub(super) listen: Spanned<String>,
+    pub(super) max_body_bytes: Spanned<usize>,
     /// How long in-flight requests may run after SIGTERM before they are cut.
     pub shutdown_drain_ms: u64,
     /// One request's deadline across all its upstream attempts and fallbacks
     /// (until a remote answer starts), and for the whole of a local answer,
     /// streamed or not (the engine stops it there).
-    pub request_deadline_ms: Spanned<u64>,
+    pub(super) request_deadline_ms: Spanned<u64>,
     /// Serve `/metrics` and keep the Prometheus counters (off only to measure
     /// what they cost).
     pub metrics: bool,
@@ -48,6 +49,14 @@ impl ServerConfig {
     pub fn listen_addr(&self) -> Result<SocketAddr, std::net::AddrParseError> {
         self.listen.value.parse()
     }
+
+    pub fn max_body_bytes(&self) -> usize {
+        self.max_body_bytes.value
+    }
+
+    pub fn request_deadline(&self) -> Duration {
+        Duration::from_millis(self.request_deadline_ms.value)
+    }
 }
 
 /// Client authentication. With no keys listed, auth is off: fine on loopback;
@@ -65,11 +74,37 @@ pub struct AuthConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientKeyConfig {
-    pub name: Spanned<String>,
+    pub(super) name: Spanned<String>,
     /// Environment variable holding the key.
-    pub key_env: Option<Spanned<String>>,
+    pub(super) key_env: Option<Spanned<String>>,
     /// Lower-case hex SHA-256 of the key (`printf %s "$KEY" | sha256sum`).
-    pub key_sha256: Option<Spanned<String>>,
+    pub(super) key_sha256: Option<Spanned<String>>,
+}
+
+impl ClientKeyConfig {
+    pub fn name(&self) -> &str {
+        &self.name.value
+    }
+
+    pub fn key_env(&self) -> Option<&str> {
+        self.key_env.as_ref().map(|env| env.value.as_str())
+    }
+
+    pub fn key_sha256(&self) -> Option<&str> {
+        self.key_sha256.as_ref().map(|sha| sha.value.as_str())
+    }
+
+    /// A problem with resolving this key, located at its source: `key_env`,
+    /// which wins when both are given, else `key_sha256`, else (with neither)
+    /// its `name`. Start-up reports a key it cannot resolve this way, so the
+    /// operator is pointed at the line to fix like any problem of the file.
+    pub fn problem(&self, message: impl Into<String>) -> Problem {
+        match (&self.key_env, &self.key_sha256) {
+            (Some(env), _) => Problem::at(env, message),
+            (None, Some(sha)) => Problem::at(sha, message),
+            (None, None) => Problem::at(&self.name, message),
+        }
+    }
 }
 
 impl Policy {

@@ -38,7 +38,7 @@ pub struct BudgetLimits {
 impl BudgetLimits {
     pub fn from_config(config: &BudgetsConfig) -> BudgetLimits {
         BudgetLimits {
-            pacing_from: config.pacing_from.value,
+            pacing_from: config.pacing_from(),
             global: config.global,
             per_key: config.per_key,
         }

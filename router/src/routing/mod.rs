@@ -145,29 +145,25 @@ impl Routing {
     pub fn new(policy: &Policy, backends: &Backends) -> Result<Routing, String> {
         let routing = &policy.routing;
         let mut profiles = HashMap::new();
-        profiles.insert(AUTO_MODEL.to_string(), routing.thresholds.value);
-        for (alias, thresholds) in &routing.aliases {
+        profiles.insert(AUTO_MODEL.to_string(), routing.thresholds());
+        for (alias, thresholds) in routing.aliases() {
             // The policy check refuses an alias named like a backend; one named
             // like an upstream model may be meant (clients written for `gpt-4o`
             // get routed), but it is said once.
             if let Some(backend) = backends.resolve(alias) {
                 tracing::warn!(
-                    alias = alias.as_str(),
+                    alias,
                     backend = backend.name(),
                     "the alias is also this backend's upstream model name: requests for it are routed, not pinned to the backend"
                 );
             }
-            profiles.insert(alias.clone(), thresholds.value);
+            profiles.insert(alias.to_string(), thresholds);
         }
         let by_name = |name: &str| backends.all().iter().find(|b| b.name() == name).cloned();
         Ok(Routing {
             profiles,
-            local: routing.local_backend.as_ref().and_then(|n| by_name(&n.value)),
-            remotes: routing
-                .remote_backends
-                .iter()
-                .filter_map(|n| by_name(&n.value))
-                .collect(),
+            local: routing.local_backend().and_then(by_name),
+            remotes: routing.remote_backends().filter_map(by_name).collect(),
             privacy: PrivacyRules::from_config(&policy.privacy).map_err(|e| format!("privacy rules: {e}"))?,
             budgets: policy.budgets.as_ref().map(BudgetLimits::from_config),
             sticky: routing.sessions.sticky,

@@ -26,7 +26,7 @@ impl PrivacyRules {
     /// Builds the rules of a checked policy (its regexes are known to compile).
     pub fn from_config(config: &PrivacyConfig) -> Result<PrivacyRules, regex::Error> {
         let mut rules = Vec::new();
-        let mut detectors: Vec<Detector> = config.detectors.iter().map(|d| d.value).collect();
+        let mut detectors: Vec<Detector> = config.detectors().collect();
         detectors.dedup();
         for detector in detectors {
             let (pattern, check): (&str, fn(&str, Match<'_>) -> bool) = match detector {
@@ -54,8 +54,8 @@ impl PrivacyRules {
         }
         for pattern in &config.patterns {
             rules.push(Rule {
-                name: pattern.name.value.clone(),
-                regex: Regex::new(&pattern.regex.value)?,
+                name: pattern.name().to_string(),
+                regex: Regex::new(pattern.regex())?,
                 check: accept,
             });
         }

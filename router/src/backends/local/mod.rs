@@ -111,37 +111,34 @@ impl LocalBackend {
     /// Loads the model and starts its engine. A model that cannot be used is
     /// logged and leaves the backend unavailable; it does not stop the daemon.
     pub fn load(config: &LocalBackendConfig, policy_dir: &Path) -> LocalBackend {
-        let path = policy_dir.join(&config.model_path.value);
+        let path = policy_dir.join(config.model_path());
         let started = Instant::now();
-        let engine = LocalModel::load(&path, config.context_length.as_ref().map(|c| c.value as usize))
+        let engine = LocalModel::load(&path, config.context_length().map(|c| c as usize))
             .map_err(|err| format!("cannot load {}: {err}", path.display()))
             .and_then(|model| {
-                Engine::start(model, config.threads.value, config.queue_capacity.value)
+                Engine::start(model, config.threads(), config.queue_capacity())
                     .map(Arc::new)
                     .map_err(|err| format!("cannot start the engine: {err}"))
             });
         match &engine {
             Ok(engine) => tracing::info!(
-                backend = config.name.value,
+                backend = config.name(),
                 model = %path.display(),
                 context_tokens = engine.context_length(),
-                threads = config.threads.value,
+                threads = config.threads(),
                 load_ms = started.elapsed().as_millis() as u64,
                 "local model loaded"
             ),
-            Err(reason) => tracing::error!(backend = config.name.value, reason, "local backend is unavailable"),
+            Err(reason) => tracing::error!(backend = config.name(), reason, "local backend is unavailable"),
         }
         LocalBackend {
-            name: config.name.value.clone(),
+            name: config.name().to_string(),
             engine,
-            default_max_tokens: config.default_max_tokens.as_ref().map(|m| m.value),
+            default_max_tokens: config.default_max_tokens(),
             sampling: config.sampling,
-            reasoning_max_tokens: config.reasoning_max_tokens.value,
+            reasoning_max_tokens: config.reasoning_max_tokens(),
             reasons: config.reasoning,
-            max_queue_wait: config
-                .max_queue_wait_ms
-                .as_ref()
-                .map(|ms| Duration::from_millis(ms.value)),
+            max_queue_wait: config.max_queue_wait(),
             in_flight: Arc::default(),
             model_bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
             identity: Self::identity_of(config, policy_dir),
@@ -153,15 +150,15 @@ impl LocalBackend {
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
             "{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}",
-            config.name.value,
-            policy_dir.join(&config.model_path.value).display(),
-            config.threads.value,
-            config.context_length.as_ref().map(|c| c.value),
-            config.queue_capacity.value,
-            config.max_queue_wait_ms.as_ref().map(|m| m.value),
-            config.default_max_tokens.as_ref().map(|m| m.value),
+            config.name(),
+            policy_dir.join(config.model_path()).display(),
+            config.threads(),
+            config.context_length(),
+            config.queue_capacity(),
+            config.max_queue_wait(),
+            config.default_max_tokens(),
             config.sampling,
-            config.reasoning_max_tokens.value,
+            config.reasoning_max_tokens(),
             config.reasoning,
         )
     }
