@@ -7,11 +7,15 @@
 //! matmuls (30 layers of q, k, v, o, gate, up, down in Q4_1 plus the Q8_0 tied
 //! lm_head), each layer with its own weights, so that the 96 MB do not sit in cache
 //! as a single repeated matrix would. Weights are random but valid blocks.
+//!
+//! Last, the load-time quantizers: MB/s of f32 weights in, per target format, on a
+//! Qwen2.5-1.5B MLP matrix (SmolLM2's 576 columns are no whole number of K-quant
+//! super-blocks), on all of rayon's threads as a model load runs them.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use switchyard_engine::quant::{Kernel, QuantFormat, QuantMatrix, kernel_name, matmul_with_kernel};
+use switchyard_engine::quant::{Kernel, QuantFormat, QuantMatrix, kernel_name, matmul_with_kernel, quantize};
 
 /// A small deterministic generator: enough randomness for weights, no dependency.
 struct XorShift(u64);
@@ -172,5 +176,17 @@ fn main() {
                 total_mb / ms
             );
         }
+    }
+
+    let (rows, cols) = (8960, 1536);
+    let values: Vec<f32> = (0..rows * cols).map(|_| 0.05 * rng.unit()).collect();
+    let f32_mb = (values.len() * 4) as f64 / 1e6;
+    println!("\nquantizing {rows}×{cols} f32 ({f32_mb:.0} MB): MB/s of f32 in, median (best)");
+    for format in quantize::TARGETS {
+        let (median, min) = time_runs(budget, || {
+            black_box(quantize::quantize_matrix(format, rows, cols, black_box(&values)).unwrap());
+        });
+        let rate = |t: Duration| f32_mb / t.as_secs_f64();
+        println!("{:<6} {:>6.0} ({:.0})", format.name(), rate(median), rate(min));
     }
 }

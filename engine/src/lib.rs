@@ -3,7 +3,8 @@
 //!
 //! Where to find things:
 //! - [`gguf`]: the GGUF file format: a bounds-checked reader over mmap.
-//! - [`quant`]: GGUF block formats, dequantization, the SIMD dot kernels, matmul.
+//! - [`quant`]: GGUF block formats, dequantization, the SIMD dot kernels, matmul,
+//!   and quantizing f32 weights at load.
 //! - [`ops`]: our Burn backend-extension ops (quantized linear, norms, RoPE, KV store, attention).
 //! - [`attention`]: attention over the f16 KV cache, reference and vector paths.
 //! - [`model`]: architectures, their weights, the KV cache.

@@ -34,14 +34,15 @@ pub const Q8K_SUM_GROUP: usize = 16;
 /// at most about 127. Written this way (not `round_ties_even`) because it
 /// vectorizes on baseline x86-64, where `roundps` is not available.
 #[inline(always)]
-fn round_half_even(v: f32) -> f32 {
+pub(crate) fn round_half_even(v: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     (v + MAGIC) - MAGIC
 }
 
-/// The largest |x| of a block, computed in 8 lanes so that it vectorizes.
+/// The largest |x| of a block (a multiple of 8 long), computed in 8 lanes so that
+/// it vectorizes.
 #[inline(always)]
-fn max_abs(x: &[f32]) -> f32 {
+pub(crate) fn max_abs(x: &[f32]) -> f32 {
     let mut lanes = [0f32; 8];
     for chunk in x.chunks_exact(8) {
         for (lane, &v) in lanes.iter_mut().zip(chunk) {

@@ -133,6 +133,7 @@ fn dequantize_q6_k(block: &BlockQ6K, out: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::formats::pack_k_scales;
 
     const ONE: [u8; 2] = [0x00, 0x3C]; // f16 1.0
     const HALF: [u8; 2] = [0x00, 0x38]; // f16 0.5
@@ -184,17 +185,6 @@ mod tests {
         assert_eq!(out[0], -8.0);
         assert_eq!(out[16], 0.0);
         assert_eq!(out[31], 7.5);
-    }
-
-    /// Packs eight 6-bit (scale, min) pairs as ggml's Q4_K/Q5_K `scales` field.
-    fn pack_k_scales(sc: [u8; 8], mins: [u8; 8]) -> [u8; 12] {
-        let mut packed = [0u8; 12];
-        for j in 0..4 {
-            packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
-            packed[j + 4] = mins[j] | ((mins[j + 4] >> 4) << 6);
-            packed[j + 8] = (sc[j + 4] & 0x0F) | ((mins[j + 4] & 0x0F) << 4);
-        }
-        packed
     }
 
     #[test]

@@ -239,12 +239,23 @@ impl<'a> Fields<'a> {
 /// A field type a block can hold: a byte array, signed or not.
 pub trait Field: Sized {
     fn take(fields: &mut Fields<'_>) -> Self;
+    /// Writes the field's bytes at the front of `out` and returns the rest.
+    fn put<'b>(&self, out: &'b mut [u8]) -> &'b mut [u8];
 }
 
 impl<const N: usize> Field for [u8; N] {
     #[inline(always)]
     fn take(fields: &mut Fields<'_>) -> Self {
         fields.take::<N>()
+    }
+
+    #[inline(always)]
+    fn put<'b>(&self, out: &'b mut [u8]) -> &'b mut [u8] {
+        let (head, rest) = out
+            .split_first_chunk_mut::<N>()
+            .expect("block layout is fixed at compile time");
+        *head = *self;
+        rest
     }
 }
 
@@ -253,14 +264,23 @@ impl<const N: usize> Field for [i8; N] {
     fn take(fields: &mut Fields<'_>) -> Self {
         fields.take::<N>().map(|b| b as i8)
     }
+
+    #[inline(always)]
+    fn put<'b>(&self, out: &'b mut [u8]) -> &'b mut [u8] {
+        self.map(|q| q as u8).put(out)
+    }
 }
 
-/// A block of a GGML format: its element count, its size, and how to read one.
+/// A block of a GGML format: its element count, its size, and how to read and
+/// write one.
 pub trait GgmlBlock: Copy {
     const ELEMS: usize;
     const BYTES: usize;
     /// Reads a block from exactly [`Self::BYTES`] bytes.
     fn read(bytes: &[u8]) -> Self;
+    /// Writes the block into exactly [`Self::BYTES`] bytes, as [`GgmlBlock::read`]
+    /// reads them (the quantizers' output).
+    fn write(&self, bytes: &mut [u8]);
 }
 
 /// Iterates over the blocks of a row that is a whole number of blocks long.
@@ -297,6 +317,14 @@ macro_rules! ggml_block {
                 // Struct literal fields are evaluated in the order written: the
                 // declaration order, which is the byte order.
                 $name { $($field: <$ty as Field>::take(&mut fields),)* }
+            }
+
+            #[inline(always)]
+            fn write(&self, bytes: &mut [u8]) {
+                assert_eq!(bytes.len(), Self::BYTES);
+                let rest = bytes;
+                $(let rest = self.$field.put(rest);)*
+                debug_assert!(rest.is_empty());
             }
         }
     };
@@ -390,6 +418,19 @@ pub fn k_scale_min(j: usize, scales: &[u8; 12]) -> (u8, u8) {
     }
 }
 
+/// Packs eight 6-bit scales and mins (each below 64) into the 12 bytes that
+/// [`k_scale_min`] unpacks: the inverse of [`k_scales_mins`].
+pub fn pack_k_scales(sc: [u8; 8], mins: [u8; 8]) -> [u8; 12] {
+    debug_assert!(sc.iter().chain(&mins).all(|&v| v < 64));
+    let mut packed = [0u8; 12];
+    for j in 0..4 {
+        packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
+        packed[j + 4] = mins[j] | ((mins[j + 4] >> 4) << 6);
+        packed[j + 8] = (sc[j + 4] & 0x0F) | ((mins[j + 4] & 0x0F) << 4);
+    }
+    packed
+}
+
 /// All eight (scale, min) pairs of a Q4_K/Q5_K super-block, as `(scales, mins)`.
 ///
 /// The same unpacking as [`k_scale_min`], four fields per 32-bit operation: with
@@ -465,16 +506,28 @@ mod tests {
 
     #[test]
     fn k_scale_min_unpacks_the_six_bit_fields() {
-        // Scales 1..=8 and mins 11..=18, packed by hand per the layout comment.
+        // Scales and mins packed by hand per the layout comment: scale 4 (45 =
+        // 0b10_1101) is the low nibble of byte 8 and the top two bits of byte 0.
         let sc: [u8; 8] = [1, 2, 3, 4, 45, 46, 47, 48];
         let mn: [u8; 8] = [11, 12, 13, 14, 55, 56, 57, 58];
-        let mut packed = [0u8; 12];
-        for j in 0..4 {
-            packed[j] = sc[j] | ((sc[j + 4] >> 4) << 6);
-            packed[j + 4] = mn[j] | ((mn[j + 4] >> 4) << 6);
-            packed[j + 8] = (sc[j + 4] & 0x0F) | ((mn[j + 4] & 0x0F) << 4);
-        }
+        let packed = pack_k_scales(sc, mn);
+        assert_eq!(packed[0], 1 | (0b10 << 6));
+        assert_eq!(packed[8], 0b1101 | ((55 & 0x0F) << 4));
         assert_eq!(k_scales_mins(&packed), (sc, mn));
+    }
+
+    #[test]
+    fn pack_k_scales_inverts_the_unpacking() {
+        let mut state = 7u32;
+        for _ in 0..500 {
+            let mut six_bits = || {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 26) as u8
+            };
+            let sc: [u8; 8] = std::array::from_fn(|_| six_bits());
+            let mins: [u8; 8] = std::array::from_fn(|_| six_bits());
+            assert_eq!(k_scales_mins(&pack_k_scales(sc, mins)), (sc, mins));
+        }
     }
 
     #[test]
@@ -505,5 +558,9 @@ mod tests {
         assert_eq!(block.scales[0], 192u8 as i8);
         assert_eq!(block.d, [208, 209]);
         assert_eq!(std::mem::offset_of!(BlockQ6K, d), 208);
+        // Writing puts every field back where it was read from.
+        let mut written = [0u8; 210];
+        block.write(&mut written);
+        assert_eq!(written, bytes);
     }
 }

@@ -36,6 +36,8 @@
 //! - [`formats`]: the block layouts (`#[repr(C)]`, size-checked) and [`QuantFormat`].
 //! - [`dequant`]: the reference decoding of each format to f32 (embedding lookups).
 //! - [`activation`]: quantizing input rows.
+//! - [`quantize`](mod@quantize): quantizing f32 weights at load, for checkpoints
+//!   that are not GGUF (error-minimising searches as in llama.cpp).
 //! - [`dot`]: dot-product kernels and the run-time choice between them.
 //! - [`matmul`](mod@matmul): tiling and threads.
 
@@ -44,6 +46,7 @@ pub mod dequant;
 pub mod dot;
 pub mod formats;
 pub mod matmul;
+pub mod quantize;
 
 #[cfg(test)]
 pub(crate) mod random;
@@ -51,6 +54,7 @@ pub(crate) mod random;
 pub use dot::Kernel;
 pub use formats::{ActivationFormat, QuantFormat};
 pub use matmul::{matmul, matmul_reference, matmul_with_kernel};
+pub use quantize::quantize_matrix;
 
 /// A weight matrix in GGUF layout: `rows` rows of `cols` elements, each row
 /// `format.row_bytes(cols)` bytes, rows contiguous. For a linear layer, `rows` is the

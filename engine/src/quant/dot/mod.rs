@@ -228,6 +228,29 @@ pub fn dot_rows(
     unreachable!("only the scalar kernel is available off x86-64")
 }
 
+/// The most a quantized dot product of the weights `w` (dequantized) with `x` may
+/// differ from the f32 one through the quantization of `x` to `format`'s activation
+/// format, plus float rounding: each activation moves by at most half a step,
+/// amax/254 of its block, plus the f16 rounding of the block scale (2⁻¹¹ relative
+/// on a value up to amax); Q8_1's f16 block sum adds m·Σa rounding for Q4_1.
+#[cfg(test)]
+pub(crate) fn activation_rounding_bound(format: QuantFormat, w: &[f32], x: &[f32]) -> f64 {
+    let block = format.activation_format().block_elems();
+    let abs_dot: f64 = w.iter().zip(x).map(|(w, x)| (w * x).abs() as f64).sum();
+    let mut bound = 1e-5 * abs_dot;
+    if block > 1 {
+        for (wb, xb) in w.chunks(block).zip(x.chunks(block)) {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
+            let abs_w: f64 = wb.iter().map(|w| w.abs() as f64).sum();
+            bound += abs_w * amax * (0.5 / 127.0 + 1e-3);
+            if format == QuantFormat::Q4_1 {
+                bound += 32.0 * 0.5 * amax * 1e-3; // |m| <= 0.5 in `random`'s blocks
+            }
+        }
+    }
+    bound
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,21 +389,7 @@ mod tests {
                 let mut wf = vec![0f32; k];
                 dequantize_row(format, &w, &mut wf);
                 let exact: f64 = wf.iter().zip(&x).map(|(&w, &x)| w as f64 * x as f64).sum();
-                // Each activation moves by at most half a step, amax/254 of its block,
-                // plus the f16 rounding of the block scale (2⁻¹¹ relative on a value
-                // up to amax); Q8_1's f16 block sum adds m·Σa rounding for Q4_1.
-                let block = format.activation_format().block_elems();
-                let mut bound = 1e-5 * abs_dot(format, &w, &x) as f64;
-                if block > 1 {
-                    for (wb, xb) in wf.chunks(block).zip(x.chunks(block)) {
-                        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs())) as f64;
-                        let abs_w: f64 = wb.iter().map(|w| w.abs() as f64).sum();
-                        bound += abs_w * amax * (0.5 / 127.0 + 1e-3);
-                        if format == QuantFormat::Q4_1 {
-                            bound += 32.0 * 0.5 * amax * 1e-3; // |m| <= 0.5 in the random blocks
-                        }
-                    }
-                }
+                let bound = activation_rounding_bound(format, &wf, &x);
                 let error = (quantized as f64 - exact).abs();
                 assert!(
                     error <= bound,
