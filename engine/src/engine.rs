@@ -39,7 +39,8 @@ use crate::chat_template::ChatTemplate;
 use crate::generate::{
     GenerateError, GenerationOutput, GenerationRequest, Progress, TokenEvent, check_prompt, generate,
 };
-use crate::gguf::GgufFile;
+use crate::model::source::WeightSource;
+use crate::model::weights::Quantization;
 use crate::model::{KvSlot, Model, ModelError};
 use crate::tokenizer::{ChatEncodeError, Tokenizer};
 
@@ -100,6 +101,17 @@ impl std::fmt::Display for ComputeBackend {
     }
 }
 
+/// How a model is loaded.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadOptions {
+    /// Caps the model's own context window (a smaller window bounds the KV
+    /// cache a request can ask for).
+    pub context_length: Option<usize>,
+    pub backend: ComputeBackend,
+    /// What a Hugging Face checkpoint's float weights become (default Q6_K).
+    pub quant: Quantization,
+}
+
 #[derive(Debug)]
 pub enum LoadError {
     Model(ModelError),
@@ -139,10 +151,34 @@ impl LocalModel {
         context_length: Option<usize>,
         backend: ComputeBackend,
     ) -> Result<LocalModel, LoadError> {
+        LocalModel::load_with(
+            path,
+            &LoadOptions {
+                context_length,
+                backend,
+                ..LoadOptions::default()
+            },
+        )
+    }
+
+    /// Loads a model, a GGUF file or a Hugging Face directory (with its
+    /// `tokenizer.json`), as `options` say.
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<LocalModel, LoadError> {
+        let LoadOptions {
+            context_length,
+            backend,
+            quant,
+        } = *options;
         let device = backend.device()?;
-        let file = GgufFile::open(path).map_err(|e| LoadError::Model(e.into()))?;
-        let model = Model::from_gguf(&file, &device).map_err(LoadError::Model)?;
-        let tokenizer = Tokenizer::from_gguf(&file).map_err(|e| LoadError::Tokenizer(e.to_string()))?;
+        let source = WeightSource::open(path).map_err(LoadError::Model)?;
+        let tokenizer = match &source {
+            WeightSource::Gguf(file) => Tokenizer::from_gguf(file),
+            WeightSource::HuggingFace(checkpoint) => {
+                Tokenizer::from_tokenizer_json(&checkpoint.dir.join("tokenizer.json"))
+            }
+        }
+        .map_err(|e| LoadError::Tokenizer(e.to_string()))?;
+        let model = Model::load(&source, quant, &device).map_err(LoadError::Model)?;
         let template = match tokenizer.chat_template() {
             Some(source) => Some(Arc::new(
                 ChatTemplate::new(source).map_err(|e| LoadError::Template(e.to_string()))?,
@@ -150,7 +186,7 @@ impl LocalModel {
             None => None,
         };
         let context_length = context_length.map_or(model.context_length(), |cap| cap.min(model.context_length()));
-        // The weights were copied into tensors; the mapping goes with `file` here.
+        // The weights were copied into tensors; the mappings go with `source` here.
         Ok(LocalModel {
             model,
             tokenizer: Arc::new(tokenizer),

@@ -1,5 +1,6 @@
-//! Switchyard's in-process inference engine: quantized GGUF models on the CPU,
-//! with Burn as the tensor framework and our own quantized matmul kernels.
+//! Switchyard's in-process inference engine: quantized models (GGUF files,
+//! or Hugging Face checkpoints quantized at load) on the CPU, with Burn as the
+//! tensor framework and our own quantized matmul kernels.
 //!
 //! Where to find things:
 //! - [`gguf`]: the GGUF file format: a bounds-checked reader over mmap.
@@ -7,7 +8,7 @@
 //!   and quantizing f32 weights at load.
 //! - [`ops`]: our Burn backend-extension ops (quantized linear, norms, RoPE, KV store, attention).
 //! - [`attention`]: attention over the f16 KV cache, reference and vector paths.
-//! - [`model`]: architectures, their weights, the KV cache.
+//! - [`model`]: weight sources (GGUF, Hugging Face), architectures, their weights, the KV cache.
 //! - [`tokenizer`], [`chat_template`], [`sampling`], [`generate`]: text in, tokens out.
 //! - [`packed`]: many short byte strings in one buffer (vocabularies, merge lists).
 //! - [`engine`]: a loaded model on its own threads behind a bounded queue.

@@ -26,6 +26,7 @@ use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use common::ids;
 use serde_json::Value;
 use switchyard_engine::engine::LocalModel;
 use switchyard_engine::generate::{GenerationOutput, GenerationRequest, MAX_TOP_LOGPROBS};
@@ -53,15 +54,6 @@ fn cases(file: &str) -> Vec<Value> {
         .join(file);
     let reference: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     reference["cases"].as_array().unwrap().clone()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn greedy(case: &Value, max_tokens: usize) -> GenerationOutput {
@@ -262,7 +254,7 @@ fn a_prompt_prefilled_in_chunks_gives_the_logits_of_one_whole_pass() {
             break;
         }
     }
-    let Model::Llama(llama) = &local.model;
+    let Model::Decoder(llama) = &local.model;
     let log_softmax = |logits: Vec<f32>| {
         let log_z = sampling::log_sum_exp(&logits);
         logits.iter().map(|l| l - log_z).collect::<Vec<f32>>()

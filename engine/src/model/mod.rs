@@ -1,9 +1,13 @@
 //! Model architectures. Each is one module of the same shape: a config read
-//! from GGUF metadata, weights loaded from GGUF tensors, and a forward pass over
-//! a [`KvCache`]. The shared pieces (quantized linear layers, norms, RoPE,
-//! attention) live in [`crate::ops`] and [`weights`].
+//! from GGUF metadata or a Hugging Face `config.json`, weights loaded from a
+//! [`source::WeightSource`] (with the fix-ups each source needs), and a
+//! forward pass over a [`KvCache`]. The shared pieces (quantized linear
+//! layers, norms, RoPE, attention) live in [`crate::ops`] and [`weights`].
+//!
+//! - [`decoder`]: the dense decoder family: Llama, Qwen2/Qwen2.5, Qwen3.
 
-pub mod llama;
+pub mod decoder;
+pub mod source;
 pub mod weights;
 
 use std::fmt;
@@ -11,7 +15,9 @@ use std::ops::ControlFlow;
 
 use burn::prelude::*;
 
-use crate::gguf::{GgufError, GgufFile};
+use crate::gguf::GgufError;
+use source::WeightSource;
+use weights::Quantization;
 
 #[derive(Debug)]
 pub enum ModelError {
@@ -34,47 +40,89 @@ impl fmt::Display for ModelError {
 
 impl std::error::Error for ModelError {}
 
+fn unsupported(arch: &str) -> ModelError {
+    ModelError::Unsupported(format!("architecture {arch:?} (supported: {SUPPORTED})"))
+}
+
 impl From<GgufError> for ModelError {
     fn from(err: GgufError) -> Self {
         ModelError::Gguf(err)
     }
 }
 
-/// A loaded model of any supported architecture.
-pub enum Model {
-    Llama(llama::Llama),
+/// What a loaded model is, for operators (`/v1/models`, `/readyz`, logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// `llama`, `qwen2`, `qwen3`.
+    pub architecture: &'static str,
+    /// The format of most of its weight bytes (`Q6_K`, `Q4_1`, `F32`, ...).
+    pub quant: &'static str,
+    pub parameters: u64,
+    /// Memory its weights take, as loaded.
+    pub weight_bytes: u64,
 }
 
+/// A loaded model of any supported architecture.
+pub enum Model {
+    Decoder(decoder::Decoder),
+}
+
+/// The architectures this engine runs, as GGUF and Hugging Face name them.
+const SUPPORTED: &str = "llama, qwen2, qwen3";
+
 impl Model {
-    /// Builds the model the file's `general.architecture` names.
-    pub fn from_gguf(file: &GgufFile, device: &Device) -> Result<Model, ModelError> {
-        let arch = file
-            .get_str("general.architecture")
-            .ok_or_else(|| ModelError::Malformed("general.architecture is missing".into()))?;
-        match arch {
-            "llama" => Ok(Model::Llama(llama::Llama::from_gguf(file, device)?)),
-            other => Err(ModelError::Unsupported(format!(
-                "architecture {other:?} (supported: llama)"
-            ))),
+    /// Builds the model its source names: a GGUF file's `general.architecture`,
+    /// a Hugging Face directory's `model_type`. Float weights are encoded as
+    /// `quant` says; a GGUF file's blocks stay as they are.
+    pub fn load(source: &WeightSource, quant: Quantization, device: &Device) -> Result<Model, ModelError> {
+        let (arch, config) = match source {
+            WeightSource::Gguf(file) => {
+                let arch = file
+                    .get_str("general.architecture")
+                    .ok_or_else(|| ModelError::Malformed("general.architecture is missing".into()))?;
+                let family = decoder::Family::named(arch).ok_or_else(|| unsupported(arch))?;
+                (arch, decoder::DecoderConfig::from_gguf(file, family)?)
+            }
+            WeightSource::HuggingFace(checkpoint) => {
+                let arch = checkpoint
+                    .config
+                    .get("model_type")
+                    .and_then(serde_json::Value::as_str)
+                    .ok_or_else(|| ModelError::Malformed("config.json has no model_type".into()))?;
+                let family = decoder::Family::named(arch).ok_or_else(|| unsupported(arch))?;
+                (arch, decoder::Decoder::hf_config(checkpoint, family)?)
+            }
+        };
+        tracing::debug!(arch, "loading the model");
+        let quant = match source {
+            WeightSource::Gguf(_) => Quantization::Keep,
+            WeightSource::HuggingFace(_) => quant,
+        };
+        Ok(Model::Decoder(decoder::Decoder::load(source, config, quant, device)?))
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        match self {
+            Model::Decoder(m) => m.info(),
         }
     }
 
     pub fn context_length(&self) -> usize {
         match self {
-            Model::Llama(m) => m.config.context_length,
+            Model::Decoder(m) => m.config.context_length,
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
-            Model::Llama(m) => m.config.vocab_size,
+            Model::Decoder(m) => m.config.vocab_size,
         }
     }
 
     /// An empty cache for up to `capacity` positions.
     pub fn new_cache(&self, capacity: usize, device: &Device) -> KvCache {
         match self {
-            Model::Llama(m) => KvCache::new(
+            Model::Decoder(m) => KvCache::new(
                 m.config.block_count,
                 m.config.kv_heads,
                 m.config.head_dim,
@@ -109,7 +157,7 @@ impl Model {
     ) -> Option<Vec<f32>> {
         assert!(!tokens.is_empty(), "a forward pass runs at least one token");
         match self {
-            Model::Llama(m) => {
+            Model::Decoder(m) => {
                 let mut run = 0;
                 let mut last = None;
                 for part in tokens.chunks(Self::PREFILL_CHUNK) {
@@ -124,6 +172,20 @@ impl Model {
         }
     }
 
+    /// Runs `tokens` at the cache's next positions; returns the logits of
+    /// every position, one row of the vocabulary's size after another (what
+    /// reference checks compare; serving needs only the last, see
+    /// [`Model::forward`]).
+    pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
+        assert!(!tokens.is_empty(), "a forward pass runs at least one token");
+        match self {
+            Model::Decoder(m) => tokens
+                .chunks(Self::PREFILL_CHUNK)
+                .flat_map(|part| m.logits(m.forward_every(part, cache)))
+                .collect(),
+        }
+    }
+
     /// Runs `tokens` at the cache's next positions; returns the log-probability
     /// the model gave each token after the first (given those before it), and
     /// the log-probabilities of the token after the last. The output head runs
@@ -134,7 +196,7 @@ impl Model {
         let mut token_logprobs = Vec::with_capacity(tokens.len() - 1);
         let mut next = Vec::new();
         match self {
-            Model::Llama(m) => {
+            Model::Decoder(m) => {
                 for (chunk, part) in tokens.chunks(Self::PREFILL_CHUNK).enumerate() {
                     let logits = m.logits(m.forward_every(part, cache));
                     for (i, row) in logits.chunks_exact(vocab).enumerate() {

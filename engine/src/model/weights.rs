@@ -1,15 +1,16 @@
-//! Weights as they come out of a GGUF file, on a Burn device.
+//! Weights as a [`WeightSource`] hands them out, on a Burn device, quantized
+//! at load when they come as floats and a [`Quantization`] asks for it.
 
 use burn::prelude::*;
 use burn::tensor::{DType, TensorCreationOptions, TensorData};
 
 use super::ModelError;
-use crate::gguf::{GgufFile, TensorInfo};
+use super::source::{Weight, WeightSource};
 use crate::ops;
-use crate::quant::QuantFormat;
+use crate::quant::{QuantFormat, QuantMatrix};
 
 /// A linear layer `y = x Wᵀ` whose weight `[out_features, in_features]` stays in
-/// its GGUF block encoding; see [`ops::q_linear`].
+/// its block encoding; see [`ops::q_linear`].
 pub struct QLinear {
     bytes: Tensor<1, Int>,
     pub format: QuantFormat,
@@ -17,28 +18,117 @@ pub struct QLinear {
     pub in_features: usize,
 }
 
+/// Rows of a float matrix dequantized and encoded together at load.
+const QUANTIZED_ROWS_AT_ONCE: usize = 1024;
+
+/// What float weights (a Hugging Face checkpoint's F32, F16 or BF16) become
+/// when loaded. A GGUF file's tensors keep the blocks they were written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// As the checkpoint stores them.
+    Keep,
+    /// Encoded in this block format, with our own quantizer (see
+    /// [`crate::quant::quantize`]); a matrix whose rows do not divide into its
+    /// blocks takes the nearest format they do divide into (see [`Quantization::for_rows`]).
+    To(QuantFormat),
+}
+
+impl Default for Quantization {
+    /// Six bits: the size the product is built around, with quality close to
+    /// the float weights.
+    fn default() -> Quantization {
+        Quantization::To(QuantFormat::Q6_K)
+    }
+}
+
+impl Quantization {
+    /// The spellings users give (`q8_0`, `q6_k`, `q4_k`, `q4_0`, `none`).
+    pub const NAMES: &'static str = "q8_0, q6_k, q4_k, q4_0, none";
+
+    pub fn parse(name: &str) -> Option<Quantization> {
+        Some(match name.to_ascii_lowercase().as_str() {
+            "none" => Quantization::Keep,
+            "q8_0" => Quantization::To(QuantFormat::Q8_0),
+            "q6_k" => Quantization::To(QuantFormat::Q6_K),
+            "q4_k" => Quantization::To(QuantFormat::Q4_K),
+            "q4_0" => Quantization::To(QuantFormat::Q4_0),
+            _ => return None,
+        })
+    }
+
+    /// The format a float matrix with rows of `cols` elements is stored in:
+    /// the asked one, else (rows too short for its blocks of 256) Q8_0 for a
+    /// K-quant asked for, as llama.cpp falls back, else the floats as they are.
+    pub fn for_rows(self, stored: QuantFormat, cols: usize) -> QuantFormat {
+        let fits = |format: QuantFormat| cols.is_multiple_of(format.block_elems());
+        match self {
+            Quantization::Keep => stored,
+            Quantization::To(format) if fits(format) => format,
+            Quantization::To(_) if fits(QuantFormat::Q8_0) => QuantFormat::Q8_0,
+            Quantization::To(_) => stored,
+        }
+    }
+}
+
+impl std::fmt::Display for Quantization {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quantization::Keep => f.write_str("none"),
+            Quantization::To(format) => f.write_str(&format.name().to_ascii_lowercase()),
+        }
+    }
+}
+
 impl QLinear {
-    pub fn load(file: &GgufFile, name: &str, device: &Device) -> Result<QLinear, ModelError> {
-        let info = tensor(file, name)?;
-        let [in_features, out_features] = match info.dims[..] {
-            [k, n] => [k as usize, n as usize],
-            ref dims => {
-                return Err(ModelError::Malformed(format!(
-                    "{name} has shape {dims:?}, expected 2-D"
-                )));
-            }
-        };
-        let format = QuantFormat::from_ggml_type(info.ggml_type.0).ok_or_else(|| {
-            ModelError::Unsupported(format!(
-                "tensor {name:?} is {}, which has no kernel here (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)",
-                info.ggml_type
-            ))
-        })?;
-        let data = file
-            .read_tensor(info)
-            .map_err(|err| ModelError::Malformed(format!("cannot read tensor {name:?}: {err}")))?;
-        crate::quant::QuantMatrix::new(format, out_features, in_features, &data)
+    /// The matrix `name`, which must be `[out_features, in_features]`; float
+    /// weights are encoded as `quant` says.
+    pub fn load(
+        source: &WeightSource,
+        name: &str,
+        shape: [usize; 2],
+        quant: Quantization,
+        device: &Device,
+    ) -> Result<QLinear, ModelError> {
+        let weight = required(source, name)?;
+        if weight.shape != shape {
+            return Err(ModelError::Malformed(format!(
+                "{name} is {}, expected {}×{}",
+                describe_shape(&weight.shape),
+                shape[0],
+                shape[1]
+            )));
+        }
+        let [out_features, in_features] = shape;
+        let matrix = QuantMatrix::new(weight.format, out_features, in_features, &weight.bytes)
             .map_err(|why| ModelError::Malformed(format!("{name}: {why}")))?;
+        let is_float = matches!(weight.format, QuantFormat::F32 | QuantFormat::F16 | QuantFormat::BF16);
+        let format = if is_float {
+            quant.for_rows(weight.format, in_features)
+        } else {
+            weight.format
+        };
+        let data = if format == weight.format {
+            weight.bytes.into_owned()
+        } else {
+            // A slice of rows at a time: a large vocabulary's embedding
+            // table in f32 is over a gigabyte, more than the model's whole
+            // quantized size.
+            let mut encoded = Vec::with_capacity(out_features * format.row_bytes(in_features).unwrap_or(0));
+            let mut values = vec![0f32; QUANTIZED_ROWS_AT_ONCE.min(out_features) * in_features];
+            for first in (0..out_features).step_by(QUANTIZED_ROWS_AT_ONCE) {
+                let rows = QUANTIZED_ROWS_AT_ONCE.min(out_features - first);
+                let values = &mut values[..rows * in_features];
+                for (r, row) in values.chunks_exact_mut(in_features).enumerate() {
+                    matrix.dequantize_row(first + r, row);
+                }
+                let part =
+                    crate::quant::quantize::quantize_matrix(format, rows, in_features, values).map_err(|why| {
+                        ModelError::Malformed(format!("{name}: cannot quantize to {}: {why}", format.name()))
+                    })?;
+                encoded.extend_from_slice(&part);
+            }
+            encoded
+        };
         let len = data.len();
         let bytes = Tensor::<1, Int>::from_data(
             TensorData::new(data, [len]),
@@ -57,29 +147,27 @@ impl QLinear {
         ops::q_linear(x, &self.bytes, self.format, self.out_features, self.in_features)
     }
 
+    /// Bytes the encoded matrix holds.
+    pub fn byte_len(&self) -> usize {
+        self.bytes.shape().num_elements()
+    }
+
     /// Rows `ids` of the matrix, dequantized: the embedding lookup of a token table.
     pub fn rows(&self, ids: &[u32]) -> Tensor<2> {
         ops::q_embedding(&self.bytes, self.format, self.out_features, self.in_features, ids)
     }
 }
 
-/// A small f32 vector (norm weights), dequantized at load.
-pub fn load_vector(file: &GgufFile, name: &str, len: usize, device: &Device) -> Result<Tensor<1>, ModelError> {
-    let info = tensor(file, name)?;
-    if info.element_count() != len as u64 || info.dims.len() != 1 {
+/// A small f32 vector (norm weights, biases), dequantized at load.
+pub fn load_vector(source: &WeightSource, name: &str, len: usize, device: &Device) -> Result<Tensor<1>, ModelError> {
+    let weight = required(source, name)?;
+    if weight.shape != [len] {
         return Err(ModelError::Malformed(format!(
-            "{name} has shape {:?}, expected [{len}]",
-            info.dims
+            "{name} is {}, expected [{len}]",
+            describe_shape(&weight.shape)
         )));
     }
-    let format = QuantFormat::from_ggml_type(info.ggml_type.0)
-        .ok_or_else(|| ModelError::Unsupported(format!("tensor {name:?} is {}", info.ggml_type)))?;
-    // Read, not mapped: touching the mapping would fault in the pages around each
-    // small vector too, and keep them counted until the file is closed.
-    let data = file
-        .read_tensor(info)
-        .map_err(|err| ModelError::Malformed(format!("cannot read tensor {name:?}: {err}")))?;
-    let matrix = crate::quant::QuantMatrix::new(format, 1, len, &data)
+    let matrix = QuantMatrix::new(weight.format, 1, len, &weight.bytes)
         .map_err(|why| ModelError::Malformed(format!("{name}: {why}")))?;
     let mut values = vec![0f32; len];
     matrix.dequantize_row(0, &mut values);
@@ -91,7 +179,13 @@ pub fn load_vector(file: &GgufFile, name: &str, len: usize, device: &Device) -> 
     Ok(Tensor::<1>::from_data(TensorData::new(values, [len]), device))
 }
 
-pub fn tensor<'a>(file: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
-    file.tensor(name)
+fn required<'a>(source: &'a WeightSource, name: &str) -> Result<Weight<'a>, ModelError> {
+    source
+        .weight(name)?
         .ok_or_else(|| ModelError::Malformed(format!("tensor {name:?} is missing")))
+}
+
+fn describe_shape(shape: &[usize]) -> String {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    format!("[{}]", dims.join("×"))
 }

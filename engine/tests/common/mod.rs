@@ -1,4 +1,6 @@
-//! Shared by the engine's integration tests.
+//! Shared by the engine's integration tests (each test file uses what it
+//! needs of it).
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -14,4 +16,14 @@ pub fn smollm2_path() -> PathBuf {
         path.display()
     );
     path
+}
+
+/// Token ids as the reference files write them: a JSON array of numbers.
+pub fn ids(value: &serde_json::Value) -> Vec<u32> {
+    value
+        .as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|v| v.as_u64().expect("an id") as u32)
+        .collect()
 }

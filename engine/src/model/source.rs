@@ -1,0 +1,233 @@
+//! Where a model's weights come from, as their publishers ship them: a GGUF
+//! file from llama.cpp's converter, or a Hugging Face directory
+//! (`config.json` and one or more `*.safetensors` files, sharded ones listed
+//! in `model.safetensors.index.json`). Either hands out named tensors with
+//! their format (our [`QuantFormat`], whatever the file's own type numbers)
+//! and their shape, outermost dimension first (PyTorch's order: a linear
+//! layer's weight is `[out_features, in_features]`).
+//!
+//! Names are the source's own (`blk.0.attn_q.weight`,
+//! `model.layers.0.self_attn.q_proj.weight`): each architecture knows both
+//! spellings and the fix-ups that go with each (see `model::decoder`).
+//!
+//! Files come from users, so every offset and length is checked before use:
+//! a damaged file is an error naming what broke, never a panic.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
+use serde_json::Value;
+
+use super::ModelError;
+use crate::gguf::GgufFile;
+use crate::quant::QuantFormat;
+
+/// One tensor of a source.
+pub struct Weight<'a> {
+    pub format: QuantFormat,
+    /// Outermost dimension first.
+    pub shape: Vec<usize>,
+    /// The encoded elements, little-endian, rows one after another.
+    pub bytes: Cow<'a, [u8]>,
+}
+
+/// A model's weights and configuration.
+pub enum WeightSource {
+    Gguf(GgufFile),
+    HuggingFace(Checkpoint),
+}
+
+impl WeightSource {
+    /// A GGUF file, or a Hugging Face directory.
+    pub fn open(path: &Path) -> Result<WeightSource, ModelError> {
+        if path.is_dir() {
+            Ok(WeightSource::HuggingFace(Checkpoint::open(path)?))
+        } else {
+            Ok(WeightSource::Gguf(GgufFile::open(path)?))
+        }
+    }
+
+    /// The tensor `name`, in the source's own naming.
+    pub fn weight(&self, name: &str) -> Result<Option<Weight<'_>>, ModelError> {
+        match self {
+            WeightSource::Gguf(file) => {
+                let Some(info) = file.tensor(name) else {
+                    return Ok(None);
+                };
+                let format = QuantFormat::from_ggml_type(info.ggml_type.0).ok_or_else(|| {
+                    ModelError::Unsupported(format!(
+                        "tensor {name:?} is {}, which has no kernel here (supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K)",
+                        info.ggml_type
+                    ))
+                })?;
+                // Read, not mapped: touching the mapping would fault in the
+                // pages around each small tensor too, and keep them counted
+                // until the file is closed.
+                let bytes = file
+                    .read_tensor(info)
+                    .map_err(|err| ModelError::Malformed(format!("cannot read tensor {name:?}: {err}")))?;
+                Ok(Some(Weight {
+                    format,
+                    // GGUF lists the fastest-varying dimension first.
+                    shape: info.dims.iter().rev().map(|&d| d as usize).collect(),
+                    bytes: Cow::Owned(bytes),
+                }))
+            }
+            WeightSource::HuggingFace(checkpoint) => checkpoint.weight(name),
+        }
+    }
+
+    /// Whether the source has a tensor called `name`.
+    pub fn has(&self, name: &str) -> bool {
+        match self {
+            WeightSource::Gguf(file) => file.tensor(name).is_some(),
+            WeightSource::HuggingFace(checkpoint) => checkpoint.tensors.contains_key(name),
+        }
+    }
+}
+
+/// A Hugging Face model directory: its `config.json`, and its safetensors
+/// files mapped into memory.
+pub struct Checkpoint {
+    pub dir: PathBuf,
+    pub config: Value,
+    /// `generation_config.json`, when there is one: the publisher's sampling defaults.
+    pub generation_config: Option<Value>,
+    files: Vec<Mmap>,
+    tensors: HashMap<String, Located>,
+}
+
+/// Where a tensor's bytes are: which file, and which range of it.
+struct Located {
+    file: usize,
+    dtype: Dtype,
+    shape: Vec<usize>,
+    range: std::ops::Range<usize>,
+}
+
+impl Checkpoint {
+    pub fn open(dir: &Path) -> Result<Checkpoint, ModelError> {
+        let config = read_json(&dir.join("config.json"))?
+            .ok_or_else(|| ModelError::Malformed(format!("{} has no config.json", dir.display())))?;
+        let generation_config = read_json(&dir.join("generation_config.json"))?;
+        let mut checkpoint = Checkpoint {
+            dir: dir.to_path_buf(),
+            config,
+            generation_config,
+            files: Vec::new(),
+            tensors: HashMap::new(),
+        };
+        for file in safetensors_files(dir)? {
+            checkpoint.add_file(&file)?;
+        }
+        if checkpoint.tensors.is_empty() {
+            return Err(ModelError::Malformed(format!(
+                "{} holds no safetensors weights",
+                dir.display()
+            )));
+        }
+        Ok(checkpoint)
+    }
+
+    fn add_file(&mut self, path: &Path) -> Result<(), ModelError> {
+        let broken = |why: String| ModelError::Malformed(format!("{}: {why}", path.display()));
+        let file = std::fs::File::open(path).map_err(|err| broken(err.to_string()))?;
+        // SAFETY: the mapping is read-only; a file changed under a running
+        // model is the same hazard every model loader that maps files accepts.
+        let map = unsafe { Mmap::map(&file) }.map_err(|err| broken(err.to_string()))?;
+        let (header, metadata) = SafeTensors::read_metadata(&map).map_err(|err| broken(err.to_string()))?;
+        // Offsets in the header count from the end of the header; the crate
+        // checked that they lie within the file and do not overlap.
+        let data_start = 8 + header;
+        let index = self.files.len();
+        for (name, info) in metadata.tensors() {
+            let (start, end) = info.data_offsets;
+            if self.tensors.contains_key(&name) {
+                return Err(broken(format!("tensor {name:?} is also in another file")));
+            }
+            self.tensors.insert(
+                name,
+                Located {
+                    file: index,
+                    dtype: info.dtype,
+                    shape: info.shape.clone(),
+                    range: data_start + start..data_start + end,
+                },
+            );
+        }
+        self.files.push(map);
+        Ok(())
+    }
+
+    fn weight(&self, name: &str) -> Result<Option<Weight<'_>>, ModelError> {
+        let Some(located) = self.tensors.get(name) else {
+            return Ok(None);
+        };
+        let format = match located.dtype {
+            Dtype::F32 => QuantFormat::F32,
+            Dtype::F16 => QuantFormat::F16,
+            Dtype::BF16 => QuantFormat::BF16,
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "tensor {name:?} is {other:?} (supported in safetensors: F32, F16, BF16)"
+                )));
+            }
+        };
+        Ok(Some(Weight {
+            format,
+            shape: located.shape.clone(),
+            bytes: Cow::Borrowed(&self.files[located.file][located.range.clone()]),
+        }))
+    }
+
+    /// Every tensor name, for messages and tools.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+}
+
+/// The directory's weight files: those `model.safetensors.index.json` lists,
+/// else every `*.safetensors` file in it.
+fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    if let Some(index) = read_json(&dir.join("model.safetensors.index.json"))? {
+        let map = index["weight_map"]
+            .as_object()
+            .ok_or_else(|| ModelError::Malformed("model.safetensors.index.json has no weight_map object".into()))?;
+        let mut files: Vec<PathBuf> = map
+            .values()
+            .map(|file| {
+                file.as_str()
+                    .filter(|f| !f.contains('/') && !f.contains('\\') && f.ends_with(".safetensors"))
+                    .map(|f| dir.join(f))
+                    .ok_or_else(|| {
+                        ModelError::Malformed(format!("model.safetensors.index.json names {file} as a weight file"))
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|err| ModelError::Malformed(format!("{}: {err}", dir.display())))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "safetensors"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// A JSON file of the directory, `None` when it is not there.
+fn read_json(path: &Path) -> Result<Option<Value>, ModelError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|err| ModelError::Malformed(format!("{}: {err}", path.display()))),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(ModelError::Malformed(format!("{}: {err}", path.display()))),
+    }
+}
