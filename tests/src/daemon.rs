@@ -133,6 +133,18 @@ impl Daemon {
         format!("http://{}{path}", self.addr)
     }
 
+    /// `GET path`, its body parsed as JSON, whatever the status.
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        crate::http_client()
+            .get(self.url(path))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// What `GET /metrics` shows now.
     pub async fn metrics(&self) -> String {
         let response = crate::http_client().get(self.url("/metrics")).send().await.unwrap();

@@ -4,7 +4,7 @@
 //! turn), what it may not send a model without tools, and what the largest
 //! prompts cost the daemon's memory.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::{Value, json};
@@ -205,14 +205,7 @@ async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_ser
         assert!(message.contains(reason), "{name}: {message}");
     }
     let unsupported_message = {
-        let ready: Value = http_client()
-            .get(daemon.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: Value = daemon.get_json("/readyz").await;
         ready["backends"]
             .as_array()
             .unwrap()
@@ -225,6 +218,25 @@ async fn unusable_model_files_leave_their_backend_unavailable_and_the_daemon_ser
         unsupported_message.as_str().unwrap().contains("blk.0.attn_q.weight"),
         "{unsupported_message}"
     );
+    // A loaded model says what it is, in /readyz and /v1/models alike.
+    let ready: Value = daemon.get_json("/readyz").await;
+    let good = ready["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "good")
+        .unwrap();
+    assert_eq!(
+        (&good["local"]["architecture"], &good["local"]["quant"]),
+        (&json!("llama"), &json!("Q4_1"))
+    );
+    let parameters = good["local"]["parameters"].as_u64().unwrap();
+    assert!(
+        (130_000_000..140_000_000).contains(&parameters),
+        "SmolLM2-135M: {parameters}"
+    );
+    let listed: Value = daemon.get_json("/v1/models/good").await;
+    assert_eq!(listed["local"], good["local"]);
 
     // The good model still answers, and a prompt past its 512-token context is a clean 400.
     let ok = http_client()
@@ -517,4 +529,54 @@ async fn a_local_generation_ends_at_the_request_deadline_and_frees_the_engine() 
         }
     }
     assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
+
+/// The tiny random Qwen3 of the engine's fixtures, as llama.cpp's converter
+/// writes it: `generate --prompt-ids` runs it on token ids as given, and
+/// greedy decoding picks the ids transformers picked.
+#[test]
+fn generate_runs_a_qwen3_gguf_on_prompt_ids() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/qwen");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("qwen3/expected.json")).unwrap()).unwrap();
+    let greedy = &expected["greedy"];
+    let ids = |v: &Value| -> Vec<u64> { v.as_array().unwrap().iter().map(|i| i.as_u64().unwrap()).collect() };
+    let prompt: Vec<String> = ids(&greedy["prompt_ids"]).iter().map(u64::to_string).collect();
+    let wanted = ids(&greedy["new_ids"]);
+    let generate = |model: &str, args: &[&str]| {
+        Command::new(daemon::binary())
+            .args(["generate", "--model"])
+            .arg(fixtures.join(model))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let max_tokens = wanted.len().to_string();
+    let output = generate(
+        "qwen3.gguf",
+        &[
+            "--prompt-ids",
+            &prompt.join(","),
+            "--temperature",
+            "0",
+            "--ignore-eos",
+            "--json",
+            "--max-tokens",
+            &max_tokens,
+        ],
+    );
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    assert_eq!(ids(&report["prompt_tokens"]), ids(&greedy["prompt_ids"]));
+    assert_eq!(ids(&report["tokens"]), wanted);
+    assert_eq!(report["first_step_top5"].as_array().unwrap().len(), 5);
+
+    // A Hugging Face directory without a tokenizer is refused, saying what is missing;
+    // an unknown --quant is refused by name.
+    for (quant, says) in [("none", "tokenizer.json"), ("q5_9", "q8_0, q6_k, q4_k, q4_0, none")] {
+        let output = generate("qwen3", &["--prompt-ids", "1,2,3", "--quant", quant]);
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }

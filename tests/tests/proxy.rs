@@ -610,14 +610,7 @@ async fn no_secret_appears_in_logs_or_responses() {
 #[tokio::test]
 async fn models_health_and_readiness_describe_the_backends() {
     let (_double, daemon) = start();
-    let models: Value = http_client()
-        .get(daemon.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = daemon.get_json("/v1/models").await;
     assert_eq!(models["object"], "list");
     let ids: Vec<&str> = models["data"]
         .as_array()
@@ -628,14 +621,7 @@ async fn models_health_and_readiness_describe_the_backends() {
     for id in ["auto", "echo", "rate-limited", "unreachable", "nothing"] {
         assert!(ids.contains(&id), "{id} missing from {ids:?}");
     }
-    let one: Value = http_client()
-        .get(daemon.url("/v1/models/auto"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = daemon.get_json("/v1/models/auto").await;
     assert_eq!(
         one["backend"], "switchyard",
         "the router picks auto's backend per request"
@@ -658,14 +644,7 @@ async fn models_health_and_readiness_describe_the_backends() {
 async fn a_backend_without_its_key_is_unready_and_says_why() {
     let double = CloudDouble::start();
     let daemon = Daemon::start(&policy_for(&double.base_url(), ""), &[]);
-    let ready: Value = http_client()
-        .get(daemon.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = daemon.get_json("/readyz").await;
     let echo = ready["backends"]
         .as_array()
         .unwrap()

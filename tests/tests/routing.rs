@@ -203,14 +203,7 @@ async fn aliases_choose_a_profile_and_backend_names_bypass_routing() {
         (404, Some("model_not_found"))
     );
 
-    let models: Value = http_client()
-        .get(daemon.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = daemon.get_json("/v1/models").await;
     let ids: Vec<&str> = models["data"]
         .as_array()
         .unwrap()

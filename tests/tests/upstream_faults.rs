@@ -83,14 +83,7 @@ async fn a_breaker_probe_whose_client_left_does_not_jam_the_breaker() {
     double.set_stall(true);
     // After the cooldown the breaker is half-open, which readiness counts as ready.
     eventually("the breaker's cooldown passed", async || {
-        let ready: Value = http_client()
-            .get(daemon.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let ready: Value = daemon.get_json("/readyz").await;
         ready["backends"][0]["ready"] == true
     })
     .await;

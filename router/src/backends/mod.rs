@@ -13,6 +13,8 @@ pub mod remote;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use switchyard_engine::model::ModelInfo;
+
 use crate::openai::request::ChatRequest;
 use crate::outcome::BackendError;
 use crate::policy::Policy;
@@ -75,6 +77,8 @@ pub struct Backends {
 pub struct ModelEntry<'a> {
     pub id: &'a str,
     pub backend: &'a str,
+    /// What the model is, for a local model that loaded.
+    pub local: Option<&'a ModelInfo>,
 }
 
 impl Backends {
@@ -138,6 +142,7 @@ impl Backends {
             .map(|(id, &i)| ModelEntry {
                 id,
                 backend: self.all[i].name(),
+                local: self.all[i].as_local().and_then(LocalBackend::info),
             })
             .collect();
         models.sort_by(|a, b| a.id.cmp(b.id));

@@ -6,18 +6,26 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::{Map, Value, json};
-use switchyard_engine::engine::{ComputeBackend, LocalModel, default_threads, encode_conversation};
+use switchyard_engine::engine::{ComputeBackend, LoadOptions, LocalModel, default_threads, encode_conversation};
 use switchyard_engine::generate::GenerationRequest;
+use switchyard_engine::model::weights::Quantization;
 use switchyard_engine::sampling::SamplingParams;
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("prompt").required(true).args(["raw_prompt", "prompt_ids"])))]
 pub struct GenerateArgs {
-    /// GGUF model file.
+    /// GGUF model file, or Hugging Face model directory.
     #[arg(long)]
     model: PathBuf,
     /// Prompt text, tokenized as is: special tokens are parsed, no chat template is applied.
     #[arg(long)]
-    raw_prompt: String,
+    raw_prompt: Option<String>,
+    /// Prompt token ids, comma-separated (`1,2,3`), given to the model as they are.
+    #[arg(long, value_delimiter = ',')]
+    prompt_ids: Option<Vec<u32>>,
+    /// What a Hugging Face checkpoint's float weights become: q8_0, q6_k, q4_k, q4_0 or none.
+    #[arg(long, default_value_t = Quantization::default(), value_parser = parse_quant)]
+    quant: Quantization,
     #[arg(long, default_value_t = 64)]
     max_tokens: usize,
     #[arg(long, default_value_t = 0.0)]
@@ -40,9 +48,12 @@ pub struct GenerateArgs {
 
 #[derive(clap::Args)]
 pub struct ChatArgs {
-    /// GGUF model file.
+    /// GGUF model file, or Hugging Face model directory.
     #[arg(long)]
     model: PathBuf,
+    /// What a Hugging Face checkpoint's float weights become: q8_0, q6_k, q4_k, q4_0 or none.
+    #[arg(long, default_value_t = Quantization::default(), value_parser = parse_quant)]
+    quant: Quantization,
     /// A system message for the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -57,12 +68,22 @@ pub struct ChatArgs {
     backend: ComputeBackend,
 }
 
+fn parse_quant(name: &str) -> Result<Quantization, String> {
+    Quantization::parse(name).ok_or_else(|| format!("expected one of {}", Quantization::NAMES))
+}
+
 fn load(
     path: &Path,
     threads: Option<usize>,
     backend: ComputeBackend,
+    quant: Quantization,
 ) -> Result<(LocalModel, rayon::ThreadPool), String> {
-    let model = LocalModel::load_on(path, None, backend).map_err(|err| format!("{}: {err}", path.display()))?;
+    let options = LoadOptions {
+        backend,
+        quant,
+        ..LoadOptions::default()
+    };
+    let model = LocalModel::load_with(path, &options).map_err(|err| format!("{}: {err}", path.display()))?;
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.unwrap_or_else(default_threads).max(1))
         .build()
@@ -71,19 +92,26 @@ fn load(
 }
 
 pub fn generate(args: &GenerateArgs) -> ExitCode {
-    let (model, pool) = match load(&args.model, args.threads, args.backend) {
+    let (model, pool) = match load(&args.model, args.threads, args.backend, args.quant) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("switchyard: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let prompt_tokens = match model.tokenizer.encode(&args.raw_prompt, true) {
-        Ok(tokens) => tokens,
-        Err(err) => {
-            eprintln!("switchyard: cannot tokenize the prompt: {err}");
-            return ExitCode::FAILURE;
-        }
+    // Clap requires one of the two.
+    let prompt_tokens = match &args.prompt_ids {
+        Some(ids) => ids.clone(),
+        None => match model
+            .tokenizer
+            .encode(args.raw_prompt.as_deref().unwrap_or_default(), true)
+        {
+            Ok(tokens) => tokens,
+            Err(err) => {
+                eprintln!("switchyard: cannot tokenize the prompt: {err}");
+                return ExitCode::FAILURE;
+            }
+        },
     };
     let request = GenerationRequest {
         prompt_tokens: prompt_tokens.clone(),
@@ -140,7 +168,7 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
 }
 
 pub fn chat(args: &ChatArgs) -> ExitCode {
-    let (model, pool) = match load(&args.model, args.threads, args.backend) {
+    let (model, pool) = match load(&args.model, args.threads, args.backend, args.quant) {
         Ok(loaded) => loaded,
         Err(err) => {
             eprintln!("switchyard: {err}");

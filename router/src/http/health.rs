@@ -21,9 +21,15 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
         .backends
         .all()
         .iter()
-        .map(|backend| match backend.readiness() {
-            Ok(()) => json!({ "name": backend.name(), "ready": true }),
-            Err(reason) => json!({ "name": backend.name(), "ready": false, "reason": reason }),
+        .map(|backend| {
+            let mut entry = match backend.readiness() {
+                Ok(()) => json!({ "name": backend.name(), "ready": true }),
+                Err(reason) => json!({ "name": backend.name(), "ready": false, "reason": reason }),
+            };
+            if let Some(info) = backend.as_local().and_then(|local| local.info()) {
+                entry["local"] = super::models::local_json(info);
+            }
+            entry
         })
         .collect();
     let any_ready = backends.iter().any(|b| b["ready"] == true);

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+use switchyard_engine::model::weights::Quantization;
 use switchyard_engine::sampling::SamplingParams;
 
 use super::*;
@@ -19,13 +20,19 @@ pub struct BackendsConfig {
     pub local: Vec<LocalBackendConfig>,
 }
 
-/// A GGUF model run in-process by the engine. Its price is zero.
+/// A model run in-process by the engine: a GGUF file or a Hugging Face
+/// directory. Its price is zero.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalBackendConfig {
     pub(super) name: Spanned<String>,
-    /// Path to the GGUF file, relative to the policy file's directory.
+    /// Path to the GGUF file or the Hugging Face model directory, relative to
+    /// the policy file's directory.
     pub(super) model_path: Spanned<String>,
+    /// What a Hugging Face checkpoint's float weights are encoded as when
+    /// loaded: `q8_0`, `q6_k` (the default), `q4_k`, `q4_0` or `none`. A GGUF
+    /// file keeps its own blocks.
+    pub(super) quant: Option<Spanned<String>>,
     /// Compute threads for this model.
     #[serde(default = "default_threads")]
     pub(super) threads: Spanned<usize>,
@@ -68,6 +75,14 @@ impl LocalBackendConfig {
 
     pub fn threads(&self) -> usize {
         self.threads.value
+    }
+
+    /// The `quant` setting (checked with the policy: an unknown name is a problem).
+    pub fn quant(&self) -> Quantization {
+        self.quant
+            .as_ref()
+            .and_then(|q| Quantization::parse(&q.value))
+            .unwrap_or_default()
     }
 
     pub fn context_length(&self) -> Option<u64> {
@@ -373,6 +388,14 @@ impl BackendsConfig {
         }
         for backend in &self.local {
             check_backend_name(&backend.name, &mut backend_names, problems);
+            if let Some(quant) = &backend.quant
+                && Quantization::parse(&quant.value).is_none()
+            {
+                problems.push(Problem::at(
+                    quant,
+                    format!("quant must be one of {}, not {:?}", Quantization::NAMES, quant.value),
+                ));
+            }
             if backend.model_path.value.trim().is_empty() {
                 problems.push(Problem::at(&backend.model_path, "model_path must not be empty"));
             }

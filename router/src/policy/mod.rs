@@ -144,6 +144,9 @@ impl Policy {
 
 #[cfg(test)]
 mod tests {
+    use switchyard_engine::model::weights::Quantization;
+    use switchyard_engine::quant::QuantFormat;
+
     use super::*;
 
     const MINIMAL: &str = "\
@@ -249,6 +252,26 @@ routing:
         let text = format!("{MINIMAL}auth:\n  keys:\n    - name: a\n    - name: b\n      key_sha256: XYZ\n");
         let found = problems(&text);
         assert_eq!(found.len(), 2, "{found:?}");
+    }
+
+    #[test]
+    fn a_local_models_quant_is_read_and_an_unknown_one_is_pointed_at() {
+        let local = |quant: &str| {
+            MINIMAL.replace(
+                "  remote:\n",
+                &format!("  local:\n    - name: qwen\n      model_path: models/qwen3\n{quant}  remote:\n"),
+            )
+        };
+        let policy = Policy::parse(&local("")).unwrap();
+        assert_eq!(policy.backends.local[0].quant(), Quantization::To(QuantFormat::Q6_K));
+        let policy = Policy::parse(&local("      quant: Q4_K\n")).unwrap();
+        assert_eq!(policy.backends.local[0].quant(), Quantization::To(QuantFormat::Q4_K));
+        let policy = Policy::parse(&local("      quant: none\n")).unwrap();
+        assert_eq!(policy.backends.local[0].quant(), Quantization::Keep);
+        let found = problems(&local("      quant: q3_k\n"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!((found[0].line, found[0].column), (5, 14), "{found:?}");
+        assert!(found[0].message.contains("q8_0, q6_k, q4_k, q4_0, none"), "{found:?}");
     }
 
     #[test]

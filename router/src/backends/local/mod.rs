@@ -35,8 +35,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_engine::engine::{Engine, LocalModel};
+use switchyard_engine::engine::{Engine, LoadOptions, LocalModel};
 use switchyard_engine::generate::GenerateError;
+use switchyard_engine::model::ModelInfo;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::openai::request::ChatRequest;
@@ -77,7 +78,7 @@ pub struct LoadFigures {
     pub queued: usize,
     /// Answers being produced (queued or running, including a reasoning answer's two passes).
     pub in_flight: i64,
-    /// Size of the model file (the weights stay as quantized blocks).
+    /// Memory the model's weights take, as loaded.
     pub model_bytes: u64,
     /// Memory held by the engine's KV cache.
     pub kv_cache_bytes: u64,
@@ -97,7 +98,8 @@ pub struct LocalBackend {
     max_queue_wait: Option<Duration>,
     /// Answers being generated or waiting (for metrics).
     in_flight: Arc<std::sync::atomic::AtomicI64>,
-    model_bytes: u64,
+    /// What the loaded model is; `None` when it did not load.
+    info: Option<ModelInfo>,
     default_max_tokens: Option<u64>,
     sampling: SamplingDefaults,
     /// Everything of the configuration that the loaded engine depends on: a
@@ -113,23 +115,34 @@ impl LocalBackend {
     pub fn load(config: &LocalBackendConfig, policy_dir: &Path) -> LocalBackend {
         let path = policy_dir.join(config.model_path());
         let started = Instant::now();
-        let engine = LocalModel::load(&path, config.context_length().map(|c| c as usize))
+        let options = LoadOptions {
+            context_length: config.context_length().map(|c| c as usize),
+            quant: config.quant(),
+            ..LoadOptions::default()
+        };
+        let mut info = None;
+        let engine = LocalModel::load_with(&path, &options)
             .map_err(|err| format!("cannot load {}: {err}", path.display()))
             .and_then(|model| {
+                info = Some(model.model.info());
                 Engine::start(model, config.threads(), config.queue_capacity())
                     .map(Arc::new)
                     .map_err(|err| format!("cannot start the engine: {err}"))
             });
-        match &engine {
-            Ok(engine) => tracing::info!(
+        match (&engine, &info) {
+            (Ok(engine), info) => tracing::info!(
                 backend = config.name(),
                 model = %path.display(),
+                architecture = info.as_ref().map_or("", |i| i.architecture),
+                quant = info.as_ref().map_or("", |i| i.quant),
+                parameters = info.as_ref().map_or(0, |i| i.parameters),
+                weight_bytes = info.as_ref().map_or(0, |i| i.weight_bytes),
                 context_tokens = engine.context_length(),
                 threads = config.threads(),
                 load_ms = started.elapsed().as_millis() as u64,
                 "local model loaded"
             ),
-            Err(reason) => tracing::error!(backend = config.name(), reason, "local backend is unavailable"),
+            (Err(reason), _) => tracing::error!(backend = config.name(), reason, "local backend is unavailable"),
         }
         LocalBackend {
             name: config.name().to_string(),
@@ -140,7 +153,7 @@ impl LocalBackend {
             reasons: config.reasoning,
             max_queue_wait: config.max_queue_wait(),
             in_flight: Arc::default(),
-            model_bytes: std::fs::metadata(&path).map_or(0, |m| m.len()),
+            info,
             identity: Self::identity_of(config, policy_dir),
             prompt_turns: Arc::new(Semaphore::new(PROMPTS_ENCODED_AT_ONCE)),
         }
@@ -149,9 +162,10 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}",
             config.name(),
             policy_dir.join(config.model_path()).display(),
+            config.quant(),
             config.threads(),
             config.context_length(),
             config.queue_capacity(),
@@ -174,9 +188,14 @@ impl LocalBackend {
         Some(LoadFigures {
             queued: engine.queue_depth(),
             in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
-            model_bytes: self.model_bytes,
+            model_bytes: self.info.as_ref().map_or(0, |info| info.weight_bytes),
             kv_cache_bytes: engine.kv_cache_bytes() as u64,
         })
+    }
+
+    /// What the loaded model is; `None` when it did not load.
+    pub fn info(&self) -> Option<&ModelInfo> {
+        self.info.as_ref()
     }
 
     pub fn identity(&self) -> &str {
