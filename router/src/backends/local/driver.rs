@@ -116,7 +116,8 @@ pub(super) fn submit(
     Ok((updates, started))
 }
 
-/// Runs the passes of one answer on the engine and turns their events into pieces.
+/// Runs the passes of one answer on the engine and turns their token events
+/// into the answer's events.
 pub(super) struct Driver {
     pub(super) engine: Arc<Engine>,
     pub(super) encoder: PromptEncoder,
