@@ -580,3 +580,49 @@ fn generate_runs_a_qwen3_gguf_on_prompt_ids() {
         assert!(stderr.contains(says), "{stderr}");
     }
 }
+
+/// The daemon serves a Qwen3 (the tiny random one of the engine's fixtures,
+/// as llama.cpp's converter writes it, with its Qwen3 chat template): it says
+/// what the model is, and `chat_template_kwargs` reach the template (thinking
+/// off renders an empty `<think></think>` block into the prompt).
+#[tokio::test]
+async fn the_daemon_serves_a_qwen3_and_passes_template_kwargs() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/qwen");
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("qwen3/expected.json")).unwrap()).unwrap();
+    let gguf = fixtures.join("qwen3.gguf");
+    let daemon = Daemon::start(&local_policy(&[("qwen3", gguf.to_str().unwrap())], 512), &[]);
+    let ready = daemon.get_json("/readyz").await;
+    let local = &ready["backends"][0]["local"];
+    assert_eq!(
+        (&local["architecture"], &local["quant"]),
+        (&json!("qwen3"), &json!("F32"))
+    );
+    assert_eq!(local["parameters"], expected["parameter_count"]);
+
+    let ask = |thinking: Option<bool>| {
+        let mut body = json!({
+            "model": "qwen3", "max_tokens": 6, "temperature": 0,
+            "messages": [{ "role": "user", "content": "Hi" }],
+        });
+        if let Some(thinking) = thinking {
+            body["chat_template_kwargs"] = json!({ "enable_thinking": thinking });
+        }
+        body
+    };
+    let plain = send(&daemon, &ask(None), &[]).await;
+    assert_eq!(plain.status, 200, "{}", plain.text);
+    assert!(plain.body["choices"][0]["message"]["content"].is_string());
+    let again = send(&daemon, &ask(None), &[]).await;
+    assert_eq!(again.body["choices"], plain.body["choices"], "greedy is deterministic");
+    let off = send(&daemon, &ask(Some(false)), &[]).await;
+    assert_eq!(off.status, 200, "{}", off.text);
+    let tokens = |r: &switchyard_e2e::routed::Routed| r.body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        tokens(&off) > tokens(&plain),
+        "thinking off adds <think></think>: {} then {}",
+        tokens(&plain),
+        tokens(&off)
+    );
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
