@@ -42,6 +42,7 @@ use crate::generate::{
 use crate::model::source::WeightSource;
 use crate::model::weights::Quantization;
 use crate::model::{KvSlot, Model, ModelError};
+use crate::sampling::SamplingHints;
 use crate::tokenizer::{ChatEncodeError, Tokenizer};
 
 /// A model with everything needed to talk to it.
@@ -49,6 +50,8 @@ pub struct LocalModel {
     pub model: Model,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<Arc<ChatTemplate>>,
+    /// The sampling its publisher recommends (a checkpoint's `generation_config.json`).
+    pub sampling_hints: SamplingHints,
     pub context_length: usize,
     pub device: Device,
 }
@@ -179,6 +182,14 @@ impl LocalModel {
         }
         .map_err(|e| LoadError::Tokenizer(e.to_string()))?;
         let model = Model::load(&source, quant, &device).map_err(LoadError::Model)?;
+        let sampling_hints = match &source {
+            WeightSource::HuggingFace(checkpoint) => checkpoint
+                .generation_config
+                .as_ref()
+                .map(SamplingHints::from_generation_config)
+                .unwrap_or_default(),
+            WeightSource::Gguf(_) => SamplingHints::default(),
+        };
         let template = match tokenizer.chat_template() {
             Some(source) => Some(Arc::new(
                 ChatTemplate::new(source).map_err(|e| LoadError::Template(e.to_string()))?,
@@ -191,6 +202,7 @@ impl LocalModel {
             model,
             tokenizer: Arc::new(tokenizer),
             template,
+            sampling_hints,
             context_length,
             device,
         })

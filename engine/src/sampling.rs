@@ -32,6 +32,48 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
 }
 
+/// The sampling its publisher recommends for a model, each value when given:
+/// a Hugging Face checkpoint's `generation_config.json`. Requests and the
+/// operator's policy come first; these fill what both leave out.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SamplingHints {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl SamplingHints {
+    /// From a `generation_config.json`. `do_sample: false` is greedy
+    /// (temperature 0), whatever temperature it also gives. A value out of
+    /// its range is left out, as if not given.
+    pub fn from_generation_config(config: &serde_json::Value) -> SamplingHints {
+        let number = |key: &str, valid: fn(f64) -> bool| {
+            config
+                .get(key)
+                .and_then(serde_json::Value::as_f64)
+                .filter(|&v| v.is_finite() && valid(v))
+                .map(|v| v as f32)
+        };
+        let greedy = config.get("do_sample").and_then(serde_json::Value::as_bool) == Some(false);
+        SamplingHints {
+            temperature: if greedy {
+                Some(0.0)
+            } else {
+                number("temperature", |t| (0.0..=2.0).contains(&t))
+            },
+            top_p: number("top_p", |p| p > 0.0 && p <= 1.0),
+            top_k: config
+                .get("top_k")
+                .and_then(serde_json::Value::as_u64)
+                .map(|k| k as usize),
+            min_p: number("min_p", |p| (0.0..=1.0).contains(&p)),
+            repetition_penalty: number("repetition_penalty", |r| r > 0.0),
+        }
+    }
+}
+
 impl Default for SamplingParams {
     fn default() -> Self {
         Self {
@@ -395,5 +437,31 @@ mod tests {
         assert_eq!(top_k_indices(&[1.0, 3.0, 3.0, 2.0], 3), [1, 2, 3]);
         assert_eq!(top_k_indices(&[1.0], 5), [0]);
         assert!(top_k_indices(&[1.0], 0).is_empty());
+    }
+
+    #[test]
+    fn a_generation_config_gives_its_sampling_and_greedy_wins() {
+        let qwen3 = serde_json::json!({ "do_sample": true, "temperature": 0.6, "top_k": 20, "top_p": 0.95 });
+        assert_eq!(
+            SamplingHints::from_generation_config(&qwen3),
+            SamplingHints {
+                temperature: Some(0.6),
+                top_p: Some(0.95),
+                top_k: Some(20),
+                min_p: None,
+                repetition_penalty: None,
+            }
+        );
+        let greedy = serde_json::json!({ "do_sample": false, "temperature": 0.7, "top_p": 7.0 });
+        let hints = SamplingHints::from_generation_config(&greedy);
+        assert_eq!(
+            (hints.temperature, hints.top_p),
+            (Some(0.0), None),
+            "greedy; an invalid top_p is left out"
+        );
+        assert_eq!(
+            SamplingHints::from_generation_config(&serde_json::json!({})),
+            SamplingHints::default()
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use switchyard_engine::model::weights::Quantization;
-use switchyard_engine::sampling::SamplingParams;
+use switchyard_engine::sampling::{SamplingHints, SamplingParams};
 
 use super::*;
 
@@ -59,7 +59,8 @@ pub struct LocalBackendConfig {
     pub reasoning: bool,
     /// Sampling for requests that leave a parameter out. OpenAI's own defaults
     /// (temperature 1, top_p 1) suit large models; small ones do better with the
-    /// values their authors publish.
+    /// values their authors publish, which a checkpoint's
+    /// `generation_config.json` fills in where this leaves a value unset.
     #[serde(default)]
     pub sampling: SamplingDefaults,
 }
@@ -108,9 +109,22 @@ impl LocalBackendConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
+/// Sampling for requests that leave a parameter out. Each value unset here
+/// comes from the model's publisher when it says (a checkpoint's
+/// `generation_config.json`), else from OpenAI's defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SamplingDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+/// The sampling a local model's requests start from, every value known.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SamplingBase {
     pub temperature: f32,
     pub top_p: f32,
     pub top_k: usize,
@@ -118,8 +132,8 @@ pub struct SamplingDefaults {
     pub repetition_penalty: f32,
 }
 
-impl SamplingDefaults {
-    /// These defaults as the engine's parameters (no penalties, no seed).
+impl SamplingBase {
+    /// These values as the engine's parameters (no penalties, no seed).
     pub fn params(&self) -> SamplingParams {
         SamplingParams {
             temperature: self.temperature,
@@ -132,16 +146,20 @@ impl SamplingDefaults {
     }
 }
 
-impl Default for SamplingDefaults {
-    /// The engine's own defaults (OpenAI's).
-    fn default() -> Self {
-        let p = SamplingParams::default();
-        Self {
-            temperature: p.temperature,
-            top_p: p.top_p,
-            top_k: p.top_k,
-            min_p: p.min_p,
-            repetition_penalty: p.repetition_penalty,
+impl SamplingDefaults {
+    /// Each value from here, else from the model's `hints`, else the engine's
+    /// own (OpenAI's) default.
+    pub fn over(&self, hints: &SamplingHints) -> SamplingBase {
+        let engine = SamplingParams::default();
+        SamplingBase {
+            temperature: self.temperature.or(hints.temperature).unwrap_or(engine.temperature),
+            top_p: self.top_p.or(hints.top_p).unwrap_or(engine.top_p),
+            top_k: self.top_k.or(hints.top_k).unwrap_or(engine.top_k),
+            min_p: self.min_p.or(hints.min_p).unwrap_or(engine.min_p),
+            repetition_penalty: self
+                .repetition_penalty
+                .or(hints.repetition_penalty)
+                .unwrap_or(engine.repetition_penalty),
         }
     }
 }
@@ -413,7 +431,7 @@ impl BackendsConfig {
                     "max_queue_wait_ms must be positive (leave it out for no limit)",
                 ));
             }
-            if let Err(why) = backend.sampling.params().validate() {
+            if let Err(why) = backend.sampling.over(&SamplingHints::default()).params().validate() {
                 problems.push(Problem::at(&backend.name, format!("sampling defaults: {why}")));
             }
             for limit in [&backend.context_length, &backend.default_max_tokens]

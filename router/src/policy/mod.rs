@@ -146,6 +146,7 @@ impl Policy {
 mod tests {
     use switchyard_engine::model::weights::Quantization;
     use switchyard_engine::quant::QuantFormat;
+    use switchyard_engine::sampling::SamplingHints;
 
     use super::*;
 
@@ -272,6 +273,32 @@ routing:
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!((found[0].line, found[0].column), (5, 14), "{found:?}");
         assert!(found[0].message.contains("q8_0, q6_k, q4_k, q4_0, none"), "{found:?}");
+    }
+
+    #[test]
+    fn sampling_defaults_come_from_the_policy_then_the_model_then_openai() {
+        let text = MINIMAL.replace(
+            "  remote:\n",
+            "  local:\n    - name: qwen\n      model_path: models/qwen3\n      sampling: { temperature: 0.3 }\n  remote:\n",
+        );
+        let policy = Policy::parse(&text).unwrap();
+        let hints = SamplingHints {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            ..SamplingHints::default()
+        };
+        let base = policy.backends.local[0].sampling.over(&hints);
+        assert_eq!(
+            (
+                base.temperature,
+                base.top_p,
+                base.top_k,
+                base.min_p,
+                base.repetition_penalty
+            ),
+            (0.3, 0.95, 20, 0.0, 1.0)
+        );
     }
 
     #[test]

@@ -38,11 +38,12 @@ use std::time::{Duration, Instant};
 use switchyard_engine::engine::{Engine, LoadOptions, LocalModel};
 use switchyard_engine::generate::GenerateError;
 use switchyard_engine::model::ModelInfo;
+use switchyard_engine::sampling::SamplingHints;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::openai::request::ChatRequest;
 use crate::outcome::{BackendError, Ineligible};
-use crate::policy::{LocalBackendConfig, SamplingDefaults};
+use crate::policy::{LocalBackendConfig, SamplingBase};
 use crate::reply::ChatReply;
 use driver::{Driver, InFlight, Update, busy, engine_stopped, generation_error, submit};
 pub use driver::{Generation, QueueWait};
@@ -101,7 +102,8 @@ pub struct LocalBackend {
     /// What the loaded model is; `None` when it did not load.
     info: Option<ModelInfo>,
     default_max_tokens: Option<u64>,
-    sampling: SamplingDefaults,
+    /// The policy's sampling defaults over the model's own.
+    sampling: SamplingBase,
     /// Everything of the configuration that the loaded engine depends on: a
     /// reloaded policy with the same identity keeps this backend (and its model).
     identity: String,
@@ -121,10 +123,12 @@ impl LocalBackend {
             ..LoadOptions::default()
         };
         let mut info = None;
+        let mut hints = SamplingHints::default();
         let engine = LocalModel::load_with(&path, &options)
             .map_err(|err| format!("cannot load {}: {err}", path.display()))
             .and_then(|model| {
                 info = Some(model.model.info());
+                hints = model.sampling_hints;
                 Engine::start(model, config.threads(), config.queue_capacity())
                     .map(Arc::new)
                     .map_err(|err| format!("cannot start the engine: {err}"))
@@ -148,7 +152,7 @@ impl LocalBackend {
             name: config.name().to_string(),
             engine,
             default_max_tokens: config.default_max_tokens(),
-            sampling: config.sampling,
+            sampling: config.sampling.over(&hints),
             reasoning_max_tokens: config.reasoning_max_tokens(),
             reasons: config.reasoning,
             max_queue_wait: config.max_queue_wait(),
