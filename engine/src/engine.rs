@@ -42,7 +42,8 @@ use crate::generate::{
 use crate::model::source::WeightSource;
 use crate::model::weights::Quantization;
 use crate::model::{KvSlot, Model, ModelError};
-use crate::sampling::SamplingHints;
+use crate::sampling::{ModeHints, SamplingHints};
+use crate::thinking::ThinkingMarkers;
 use crate::tokenizer::{ChatEncodeError, Tokenizer};
 
 /// A model with everything needed to talk to it.
@@ -50,8 +51,11 @@ pub struct LocalModel {
     pub model: Model,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<Arc<ChatTemplate>>,
-    /// The sampling its publisher recommends (a checkpoint's `generation_config.json`).
-    pub sampling_hints: SamplingHints,
+    /// The sampling its publisher recommends, per mode (a checkpoint's
+    /// `generation_config.json`, and its card's values per mode).
+    pub sampling_hints: ModeHints,
+    /// Its thinking markers, when it thinks natively.
+    pub thinking: Option<ThinkingMarkers>,
     pub context_length: usize,
     pub device: Device,
 }
@@ -182,7 +186,7 @@ impl LocalModel {
         }
         .map_err(|e| LoadError::Tokenizer(e.to_string()))?;
         let model = Model::load(&source, quant, &device).map_err(LoadError::Model)?;
-        let sampling_hints = match &source {
+        let generation_config = match &source {
             WeightSource::HuggingFace(checkpoint) => checkpoint
                 .generation_config
                 .as_ref()
@@ -190,6 +194,8 @@ impl LocalModel {
                 .unwrap_or_default(),
             WeightSource::Gguf(_) => SamplingHints::default(),
         };
+        let thinking = ThinkingMarkers::detect(&tokenizer);
+        let sampling_hints = ModeHints::recommended(model.info().architecture, thinking.is_some(), generation_config);
         let template = match tokenizer.chat_template() {
             Some(source) => Some(Arc::new(
                 ChatTemplate::new(source).map_err(|e| LoadError::Template(e.to_string()))?,
@@ -203,6 +209,7 @@ impl LocalModel {
             tokenizer: Arc::new(tokenizer),
             template,
             sampling_hints,
+            thinking,
             context_length,
             device,
         })
@@ -386,6 +393,7 @@ pub struct Engine {
     kv_cache_bytes: Arc<AtomicUsize>,
     tokenizer: Arc<Tokenizer>,
     template: Option<Arc<ChatTemplate>>,
+    thinking: Option<ThinkingMarkers>,
     context_length: usize,
     queue_capacity: usize,
 }
@@ -405,6 +413,7 @@ impl Engine {
             kv_cache_bytes: kv_cache_bytes.clone(),
             tokenizer: model.tokenizer.clone(),
             template: model.template.clone(),
+            thinking: model.thinking.clone(),
             context_length: model.context_length,
             queue_capacity,
         };
@@ -460,6 +469,11 @@ impl Engine {
 
     pub fn context_length(&self) -> usize {
         self.context_length
+    }
+
+    /// The model's thinking markers, when it thinks natively.
+    pub fn thinking(&self) -> Option<&ThinkingMarkers> {
+        self.thinking.as_ref()
     }
 }
 

@@ -13,6 +13,11 @@
 //! that ends inside a multi-byte UTF-8 character (the [`StreamDecoder`] waits
 //! for the rest), and text that could be the start of a stop string (we wait
 //! until it either completes the stop string, which is then cut, or cannot).
+//!
+//! A model that thinks natively ([`Thinking`]) writes its reasoning and its
+//! answer in two channels; each event says which ([`TokenEvent::reasoning`]),
+//! stop strings apply to the answer only, and a thinking budget is kept by
+//! feeding the tokens that close the block (see [`crate::thinking`]).
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use burn::prelude::*;
 
 use crate::model::{KvSlot, Model};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
+use crate::thinking::{Channel, Thinking, ThinkingTracker};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// The most alternatives OpenAI lets a client ask for per token.
@@ -43,6 +49,9 @@ pub struct GenerationRequest {
     /// it the generation stops with [`GenerateError::DeadlinePassed`]. `None`:
     /// no bound (the CLI, offline evaluation).
     pub deadline: Option<Instant>,
+    /// The model's thinking markers and budget: its output is split into
+    /// reasoning and answer. `None`: all of it is the answer.
+    pub thinking: Option<Thinking>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,14 +94,22 @@ pub struct TokenEvent {
     pub token: Option<SampledToken>,
     /// Text that became final with this event (may be empty, or span earlier tokens).
     pub text: String,
+    /// Whether this is reasoning (the token is a thinking marker or inside a
+    /// thinking block, and the text is reasoning text), not the answer.
+    pub reasoning: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct GenerationOutput {
     pub prompt_tokens: usize,
-    /// Generated tokens, the end-of-turn token excluded.
+    /// Generated tokens, the end-of-turn token excluded (reasoning included).
     pub tokens: Vec<SampledToken>,
+    /// The answer's text.
     pub text: String,
+    /// The reasoning's text (empty without thinking).
+    pub reasoning: String,
+    /// Of `tokens`, those in thinking blocks, their markers included.
+    pub reasoning_tokens: usize,
     pub finish_reason: FinishReason,
     /// The [`MAX_TOP_LOGPROBS`] most likely tokens after the prompt, most likely
     /// first, with their log-probs (from prefill).
@@ -243,6 +260,8 @@ pub fn generate(
                 prompt_tokens: prompt.len(),
                 tokens: Vec::new(),
                 text: String::new(),
+                reasoning: String::new(),
+                reasoning_tokens: 0,
                 finish_reason: FinishReason::Cancelled,
                 first_step_top: Vec::new(),
                 prefill_time,
@@ -258,16 +277,56 @@ pub fn generate(
 
     let decode_started = Instant::now();
     let mut tokens = Vec::new();
+    let mut thinking = request
+        .thinking
+        .clone()
+        .map(|thinking| ThinkingTracker::new(thinking, prompt));
+    // After a thinking block closes, the answer's leading whitespace goes.
+    let mut trim_answer_start = false;
     let finish_reason = loop {
-        let token = sampler.sample(&logits, request.top_logprobs);
-        if stops.contains(&token.id) {
+        let forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
+        let token = match forced {
+            Some(id) => sampler.force(&logits, id, request.top_logprobs),
+            None => sampler.sample(&logits, request.top_logprobs),
+        };
+        if forced.is_none() && stops.contains(&token.id) {
             break FinishReason::Stop;
         }
-        let piece = decoder.push(token.id);
-        let (final_text, hit_stop) = text.push(&piece);
+        let channel = thinking.as_mut().map_or(Channel::Answer, |t| t.take(token.id));
+        let (final_text, hit_stop) = match (channel, thinking.as_mut()) {
+            (Channel::Marker, Some(thinking)) => {
+                // Bytes of a character cut off by the marker end the channel it ends.
+                let rest = decoder.finish();
+                let (tail, reasoning) = if thinking.inside() {
+                    (text.push(&rest).0, false)
+                } else {
+                    let tail = thinking.reasoning(&rest);
+                    thinking.end_block();
+                    trim_answer_start = true;
+                    (tail, true)
+                };
+                if !tail.is_empty() {
+                    let event = TokenEvent {
+                        token: None,
+                        text: tail,
+                        reasoning,
+                    };
+                    let _ = on_progress(Progress::Token(&event));
+                }
+                (String::new(), false)
+            }
+            (Channel::Reasoning, Some(thinking)) => (thinking.reasoning(&decoder.push(token.id)), false),
+            _ => {
+                let piece = decoder.push(token.id);
+                let piece = if trim_answer_start { piece.trim_start() } else { &piece };
+                trim_answer_start &= piece.is_empty();
+                text.push(piece)
+            }
+        };
         let event = TokenEvent {
             token: Some(token.clone()),
             text: final_text,
+            reasoning: channel != Channel::Answer,
         };
         tokens.push(token);
         let control = on_progress(Progress::Token(&event));
@@ -286,22 +345,43 @@ pub fn generate(
         logits = model.forward(&[tokens.last().expect("just pushed").id], cache);
     };
     let decode_time = decode_started.elapsed();
-    if finish_reason != FinishReason::Stop || !text.stopped() {
-        // Whatever the decoder and the stop filter still hold is final now.
-        let rest = decoder.finish();
-        let (mut tail, _) = text.push(&rest);
-        tail.push_str(&text.flush());
-        if !tail.is_empty() {
-            let event = TokenEvent {
-                token: None,
-                text: tail,
-            };
-            let _ = on_progress(Progress::Token(&event));
+    let rest = decoder.finish();
+    match thinking.as_mut() {
+        Some(thinking) if thinking.inside() => {
+            // It ended inside a block: the rest is reasoning.
+            let tail = thinking.reasoning(&rest);
+            thinking.end_block();
+            if !tail.is_empty() {
+                let event = TokenEvent {
+                    token: None,
+                    text: tail,
+                    reasoning: true,
+                };
+                let _ = on_progress(Progress::Token(&event));
+            }
         }
+        _ if finish_reason != FinishReason::Stop || !text.stopped() => {
+            // Whatever the decoder and the stop filter still hold is final now.
+            let rest = if trim_answer_start { rest.trim_start() } else { &rest };
+            let (mut tail, _) = text.push(rest);
+            tail.push_str(&text.flush());
+            if !tail.is_empty() {
+                let event = TokenEvent {
+                    token: None,
+                    text: tail,
+                    reasoning: false,
+                };
+                let _ = on_progress(Progress::Token(&event));
+            }
+        }
+        _ => {}
     }
+    let reasoning_tokens = thinking.as_ref().map_or(0, ThinkingTracker::spent);
     Ok(GenerationOutput {
         prompt_tokens: prompt.len(),
         text: text.into_text(),
+        reasoning: thinking.map(ThinkingTracker::into_reasoning).unwrap_or_default(),
+        reasoning_tokens,
         tokens,
         finish_reason,
         first_step_top,

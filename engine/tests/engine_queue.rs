@@ -216,6 +216,7 @@ fn request_template(max_tokens: usize) -> GenerationRequest {
         top_logprobs: 0,
         ignore_eos: true,
         deadline: None,
+        thinking: None,
     }
 }
 

@@ -66,6 +66,7 @@ fn greedy(case: &Value, max_tokens: usize) -> GenerationOutput {
         top_logprobs: 0,
         ignore_eos: false,
         deadline: None,
+        thinking: None,
     };
     model()
         .generate(&request, |_| ControlFlow::Continue(()))

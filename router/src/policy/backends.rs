@@ -47,8 +47,11 @@ pub struct LocalBackendConfig {
     pub(super) max_queue_wait_ms: Option<Spanned<u64>>,
     /// `max_tokens` for requests that give none (default: the rest of the context).
     pub(super) default_max_tokens: Option<Spanned<u64>>,
-    /// Token budget of the reasoning pass (`local-reasoning`, or a client's
-    /// `reasoning_effort`), on top of the answer's own `max_tokens`.
+    /// Token budget of the reasoning (`local-reasoning`, or a client's
+    /// `reasoning_effort`): for a model that thinks natively, its thinking
+    /// budget (past it `</think>` is forced and the answer follows; the
+    /// thinking counts against the request's `max_completion_tokens`); for
+    /// others, the reasoning pass's, on top of the answer's own `max_tokens`.
     #[serde(default = "default_reasoning_max_tokens")]
     pub(super) reasoning_max_tokens: Spanned<u64>,
     /// Whether this model serves the `local-reasoning` tier. `false` for a
@@ -63,6 +66,12 @@ pub struct LocalBackendConfig {
     /// `generation_config.json` fills in where this leaves a value unset.
     #[serde(default)]
     pub sampling: SamplingDefaults,
+    /// Sampling for answers of a model that thinks natively (Qwen3) with
+    /// thinking on; each value unset here comes from `sampling`, then from
+    /// the model's recommendation for thinking. `sampling` (over the model's
+    /// recommendation without thinking) is for answers with thinking off.
+    #[serde(default)]
+    pub thinking_sampling: SamplingDefaults,
 }
 
 impl LocalBackendConfig {
@@ -147,6 +156,17 @@ impl SamplingBase {
 }
 
 impl SamplingDefaults {
+    /// Each value from here, else from `under`.
+    pub fn or(&self, under: &SamplingDefaults) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: self.temperature.or(under.temperature),
+            top_p: self.top_p.or(under.top_p),
+            top_k: self.top_k.or(under.top_k),
+            min_p: self.min_p.or(under.min_p),
+            repetition_penalty: self.repetition_penalty.or(under.repetition_penalty),
+        }
+    }
+
     /// Each value from here, else from the model's `hints`, else the engine's
     /// own (OpenAI's) default.
     pub fn over(&self, hints: &SamplingHints) -> SamplingBase {
@@ -433,6 +453,14 @@ impl BackendsConfig {
             }
             if let Err(why) = backend.sampling.over(&SamplingHints::default()).params().validate() {
                 problems.push(Problem::at(&backend.name, format!("sampling defaults: {why}")));
+            }
+            if let Err(why) = backend
+                .thinking_sampling
+                .over(&SamplingHints::default())
+                .params()
+                .validate()
+            {
+                problems.push(Problem::at(&backend.name, format!("thinking_sampling: {why}")));
             }
             for limit in [&backend.context_length, &backend.default_max_tokens]
                 .into_iter()
