@@ -722,6 +722,17 @@ tiered = raw.parse()
 assert raw.headers["x-switchyard-route"] == "local-reasoning", dict(raw.headers)
 assert tiered.usage.prompt_tokens == on.usage.prompt_tokens and reasoning_tokens(tiered) == 8, tiered.usage
 
+# An earlier turn's thinking, sent back as reasoning_content, is dropped from the prompt as the
+# template drops it; the last assistant turn after the last user turn keeps it.
+def prompt_tokens(conversation):
+    return client.chat.completions.create(model="qwen3", messages=conversation, max_tokens=1,
+                                          extra_body={"chat_template_kwargs": {"enable_thinking": False}}).usage.prompt_tokens
+earlier = {"role": "assistant", "content": "4", "reasoning_content": "two and two make four, " * 8}
+plain = {"role": "assistant", "content": "4"}
+again = {"role": "user", "content": "And 3+3?"}
+assert prompt_tokens(messages + [earlier, again]) == prompt_tokens(messages + [plain, again])
+assert prompt_tokens(messages + [earlier]) > prompt_tokens(messages + [plain]) + 8
+
 # The client's max_tokens covers thinking: 4 tokens are all thinking, cut for length.
 short = ask(thinking=True, temperature=0, max_tokens=4)
 assert short.choices[0].finish_reason == "length", short

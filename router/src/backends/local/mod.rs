@@ -191,11 +191,11 @@ impl LocalBackend {
         self.reasons
     }
 
-    /// Whether an answer to `request` reasons: as its
+    /// Whether a model that thinks natively thinks for `request`: as its
     /// `chat_template_kwargs.enable_thinking` says, else as `request.reasoning`
     /// (the client's `reasoning_effort`, or the tier it was routed to) when
     /// this backend reasons at all.
-    fn thinks(&self, request: &ChatRequest) -> bool {
+    pub(super) fn thinks(&self, request: &ChatRequest) -> bool {
         let asked = request
             .body
             .get("chat_template_kwargs")
@@ -325,8 +325,9 @@ impl LocalBackend {
         // Every pass of the answer (reasoning, then answer) ends at the deadline.
         plan.generation.deadline = deadline.map(tokio::time::Instant::into_std);
         let (sender, events) = mpsc::unbounded_channel();
-        // Models that think natively think in the one pass.
-        let reasoning = self.thinks(request) && engine.thinking().is_none();
+        // Models that think natively think in the one pass; others reason
+        // in a pass of their own when the request (or its tier) asks.
+        let reasoning = engine.thinking().is_none() && request.reasoning && self.reasons;
         let first_pass = if reasoning {
             plan.reasoning_pass(&encoder, self.reasoning_max_tokens).await?
         } else {
