@@ -110,6 +110,9 @@ pub struct GenerationOutput {
     pub reasoning: String,
     /// Of `tokens`, those in thinking blocks, their markers included.
     pub reasoning_tokens: usize,
+    /// Of the prompt's tokens, those whose state came from the cache (an
+    /// earlier request's), not run again.
+    pub cached_tokens: usize,
     pub finish_reason: FinishReason,
     /// The [`MAX_TOP_LOGPROBS`] most likely tokens after the prompt, most likely
     /// first, with their log-probs (from prefill).
@@ -185,10 +188,16 @@ impl std::error::Error for GenerateError {}
 /// chunks and every token as it is sampled, and may stop generation by
 /// returning `Break`. The KV cache comes from `slot`.
 ///
+/// The slot's cache is reused: the prompt's first tokens that the slot
+/// holds the state of (a conversation's earlier turns, see
+/// [`KvSlot::reusable`]) are not run again, and their count is reported
+/// ([`GenerationOutput::cached_tokens`]). A model with a recurrent state has
+/// it snapshotted at the prompt's last turn boundary (after its last
+/// end-of-turn token) on the way, for the next turn to start from.
+///
 /// With `resume_at` > 0, the prefill goes on from there: `slot` holds the
 /// first `resume_at` positions of this same prompt, from a run of this request
-/// stopped between its chunks (at a multiple of [`Model::PREFILL_CHUNK`], so
-/// the chunks and the result are those of a run without the stop).
+/// stopped between its chunks.
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &Model,
@@ -219,14 +228,28 @@ pub fn generate(
         return Err(deadline_passed(resume_at, 0));
     }
     let max_tokens = request.max_tokens.min(context_length - prompt.len());
-    let cache = if resume_at > 0 {
-        assert!(
-            resume_at < prompt.len() && resume_at.is_multiple_of(Model::PREFILL_CHUNK),
-            "a prefill resumes between its chunks"
-        );
-        slot.resume(resume_at)
+    let start = if resume_at > 0 {
+        assert!(resume_at < prompt.len(), "a prefill resumes within its prompt");
+        slot.resume(resume_at);
+        resume_at
     } else {
-        slot.prepare(model, prompt.len() + max_tokens, context_length, device)
+        let reuse = slot.reusable(prompt);
+        slot.prepare_reusing(model, prompt, reuse, prompt.len() + max_tokens, context_length, device)
+            .1
+    };
+    let cached_tokens = if resume_at > 0 { 0 } else { start };
+    // A recurrent state cannot be cut back to a shorter prefix: it is
+    // snapshotted where the next turn's prompt will part from this one.
+    let turn_ends = tokenizer.end_of_turn_ids();
+    let turn_end = prompt
+        .iter()
+        .rposition(|id| turn_ends.contains(id))
+        .map_or(0, |at| at + 1);
+    slot.set_turn_end(turn_end);
+    let boundary = Some(turn_end).filter(|&at| at > start && at < prompt.len() && slot.has_recurrent_state());
+    let parts: Vec<(usize, usize)> = match boundary {
+        Some(at) => vec![(start, at), (at, prompt.len())],
+        None => vec![(start, prompt.len())],
     };
     let mut sampler = Sampler::new(request.sampling.clone());
     let mut stops: Vec<u32> = if request.ignore_eos {
@@ -240,17 +263,27 @@ pub fn generate(
 
     let started = Instant::now();
     let mut stopped_at = None;
-    let prefilled = model.forward_in_chunks(&prompt[resume_at..], cache, |positions| {
-        let positions = resume_at + positions;
-        if past_deadline() {
-            stopped_at = Some(positions);
-            return ControlFlow::Break(());
+    let mut prefilled = None;
+    for (part, &(from, to)) in parts.iter().enumerate() {
+        if part > 0 {
+            slot.mark();
         }
-        on_progress(Progress::Prefilled {
-            positions,
-            prompt_tokens: prompt.len(),
-        })
-    });
+        let cache = slot.cache().expect("prepared above");
+        prefilled = model.forward_in_chunks(&prompt[from..to], cache, |positions| {
+            let positions = from + positions;
+            if past_deadline() {
+                stopped_at = Some(positions);
+                return ControlFlow::Break(());
+            }
+            on_progress(Progress::Prefilled {
+                positions,
+                prompt_tokens: prompt.len(),
+            })
+        });
+        if prefilled.is_none() {
+            break;
+        }
+    }
     let prefill_time = started.elapsed();
     let mut logits = match (prefilled, stopped_at) {
         (Some(logits), _) => logits,
@@ -262,6 +295,7 @@ pub fn generate(
                 text: String::new(),
                 reasoning: String::new(),
                 reasoning_tokens: 0,
+                cached_tokens,
                 finish_reason: FinishReason::Cancelled,
                 first_step_top: Vec::new(),
                 prefill_time,
@@ -342,7 +376,9 @@ pub fn generate(
         if past_deadline() {
             return Err(deadline_passed(prompt.len(), tokens.len()));
         }
-        logits = model.forward(&[tokens.last().expect("just pushed").id], cache);
+        let next = tokens.last().expect("just pushed").id;
+        logits = model.forward(&[next], slot.cache().expect("prepared above"));
+        slot.record(next);
     };
     let decode_time = decode_started.elapsed();
     let rest = decoder.finish();
@@ -382,6 +418,7 @@ pub fn generate(
         text: text.into_text(),
         reasoning: thinking.map(ThinkingTracker::into_reasoning).unwrap_or_default(),
         reasoning_tokens,
+        cached_tokens,
         tokens,
         finish_reason,
         first_step_top,

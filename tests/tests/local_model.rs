@@ -754,3 +754,49 @@ print("ok")
 "#;
     run_sdk_script(&daemon, script);
 }
+
+/// A conversation's second turn reuses what the first left in the engine:
+/// the prompt tokens it did not run again are reported as OpenAI reports
+/// cached ones (`usage.prompt_tokens_details.cached_tokens`), and the answer
+/// is the one a daemon that never saw turn one gives.
+#[tokio::test]
+async fn a_second_turn_reuses_the_first_turns_state_and_answers_the_same() {
+    let model = default_model();
+    let policy = local_policy(&[("smollm2", model.to_str().unwrap())], 2048);
+    let daemon = Daemon::start(&policy, &[]);
+    let ask = |messages: Value| json!({ "model": "smollm2", "max_tokens": 24, "temperature": 0, "messages": messages });
+    let question = json!({ "role": "user", "content": "What is the capital of France?" });
+    let first = send(&daemon, &ask(json!([question])), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let cached = |r: &switchyard_e2e::routed::Routed| {
+        r.body["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cached(&first), 0);
+    let answer = first.body["choices"][0]["message"]["content"].as_str().unwrap();
+    let second_turn = ask(json!([
+        question,
+        { "role": "assistant", "content": answer },
+        { "role": "user", "content": "And of Italy?" },
+    ]));
+    let second = send(&daemon, &second_turn, &[]).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    let first_prompt = first.body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        cached(&second) >= first_prompt - 4,
+        "{} of turn one's {first_prompt}",
+        cached(&second)
+    );
+    let cold = Daemon::start(&policy, &[]);
+    let fresh = send(&cold, &second_turn, &[]).await;
+    assert_eq!(cached(&fresh), 0);
+    assert_eq!(
+        fresh.body["choices"], second.body["choices"],
+        "the same answer as a cold run"
+    );
+    assert_eq!(
+        fresh.body["usage"]["prompt_tokens"],
+        second.body["usage"]["prompt_tokens"]
+    );
+}

@@ -359,12 +359,27 @@ impl KvCache {
 /// request has run; a [`KvSlot::exact`] one, for a single generation, holds
 /// just what that generation needs.
 ///
+/// A slot also remembers which tokens its cache holds, so that the next
+/// request that starts with them (a conversation's next turn) runs only what
+/// is new: keys and values can be cut back to any shorter prefix, but a
+/// recurrent state (Qwen3.5's DeltaNet) cannot be rolled back token by token,
+/// so it is snapshotted at the turn boundary of each prompt (see
+/// [`KvSlot::mark`]) and a later request reuses either the whole history or
+/// that snapshot.
+///
 /// Stale keys and values past the filled positions are never read: attention
 /// only looks at positions before the one it computes.
 pub struct KvSlot {
     cache: Option<KvCache>,
     /// Capacity is allocated in multiples of this many positions.
     step: usize,
+    /// The tokens whose state the cache holds (its `len()` first ones are valid).
+    tokens: Vec<u32>,
+    /// The recurrent state after the first `.0` tokens, for models that have one.
+    snapshot: Option<(usize, Vec<qwen35::RecurrentState>)>,
+    /// Where the last prompt's conversation ended (after its last
+    /// end-of-turn token): a request sharing that much continues it.
+    turn_end: usize,
 }
 
 impl KvSlot {
@@ -377,18 +392,56 @@ impl KvSlot {
         KvSlot {
             cache: None,
             step: Self::STEP,
+            tokens: Vec::new(),
+            snapshot: None,
+            turn_end: 0,
         }
     }
 
     /// For one generation: sized to the request exactly.
     pub fn exact() -> KvSlot {
-        KvSlot { cache: None, step: 1 }
+        KvSlot {
+            step: 1,
+            ..KvSlot::growing()
+        }
     }
 
-    /// An empty cache with room for `positions`, reusing the slot's memory when
-    /// it is large enough.
-    pub fn prepare(&mut self, model: &Model, positions: usize, context_length: usize, device: &Device) -> &mut KvCache {
+    /// How many of `prompt`'s first tokens this slot can give the state of:
+    /// the prefix it shares with the tokens the cache holds (at most all of
+    /// the prompt but its last token, whose logits are needed), cut back for a
+    /// model with a recurrent state to the whole history or the snapshot.
+    pub fn reusable(&self, prompt: &[u32]) -> usize {
+        let Some(cache) = &self.cache else { return 0 };
+        let held = &self.tokens[..cache.len().min(self.tokens.len())];
+        let shared = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let usable = shared.min(prompt.len().saturating_sub(1));
+        if cache.recurrent.is_empty() {
+            return usable;
+        }
+        if usable == held.len() {
+            return usable;
+        }
+        match &self.snapshot {
+            Some((position, _)) if *position <= usable => *position,
+            _ => 0,
+        }
+    }
+
+    /// A cache with room for `positions`, holding the state of `prompt`'s
+    /// first `reuse` tokens (as [`KvSlot::reusable`] said; 0: empty), reusing
+    /// the slot's memory when it is large enough. A cache too small is
+    /// replaced by an empty larger one.
+    pub fn prepare_reusing(
+        &mut self,
+        model: &Model,
+        prompt: &[u32],
+        reuse: usize,
+        positions: usize,
+        context_length: usize,
+        device: &Device,
+    ) -> (&mut KvCache, usize) {
         let fits = self.cache.as_ref().is_some_and(|c| c.capacity() >= positions);
+        let mut reuse = if fits { reuse } else { 0 };
         if !fits {
             // Free the old cache before allocating the larger one.
             self.cache = None;
@@ -397,8 +450,60 @@ impl KvSlot {
             self.cache = Some(model.new_cache(capacity, device));
         }
         let cache = self.cache.as_mut().expect("allocated above");
-        cache.clear();
-        cache
+        if reuse > 0 && reuse < cache.len() && !cache.recurrent.is_empty() {
+            match &self.snapshot {
+                Some((position, states)) if *position == reuse => cache.recurrent.clone_from(states),
+                _ => reuse = 0,
+            }
+        }
+        if reuse == 0 {
+            cache.clear();
+            self.snapshot = None;
+        } else {
+            cache.len = reuse;
+        }
+        self.tokens.clear();
+        self.tokens.extend_from_slice(prompt);
+        (cache, reuse)
+    }
+
+    /// An empty cache with room for `positions`, reusing the slot's memory when
+    /// it is large enough.
+    pub fn prepare(&mut self, model: &Model, positions: usize, context_length: usize, device: &Device) -> &mut KvCache {
+        self.prepare_reusing(model, &[], 0, positions, context_length, device).0
+    }
+
+    /// Whether `prompt` continues the conversation this slot last served:
+    /// it reuses at least all of that prompt's finished turns.
+    pub fn continued_by(&self, prompt: &[u32]) -> bool {
+        self.turn_end > 0 && self.reusable(prompt) >= self.turn_end
+    }
+
+    /// Records where the prompt being served ends its last finished turn.
+    pub fn set_turn_end(&mut self, position: usize) {
+        self.turn_end = position;
+    }
+
+    /// Snapshots the recurrent state as it is now, at `cache.len()` positions
+    /// (a turn boundary of the prompt), for a later request to start from.
+    pub fn mark(&mut self) {
+        if let Some(cache) = &self.cache
+            && !cache.recurrent.is_empty()
+        {
+            match &mut self.snapshot {
+                Some((position, states)) => {
+                    *position = cache.len();
+                    states.clone_from(&cache.recurrent);
+                }
+                None => self.snapshot = Some((cache.len(), cache.recurrent.clone())),
+            }
+        }
+    }
+
+    /// Records tokens fed after the prompt (the answer), so that a later
+    /// request can find them in the cache.
+    pub fn record(&mut self, token: u32) {
+        self.tokens.push(token);
     }
 
     /// The cache as a stopped prefill left it, holding `filled` positions, to
@@ -409,8 +514,22 @@ impl KvSlot {
         cache
     }
 
-    /// Memory the slot holds.
+    /// The cache, when the slot holds one.
+    pub fn cache(&mut self) -> Option<&mut KvCache> {
+        self.cache.as_mut()
+    }
+
+    /// Whether the slot's cache holds a recurrent state (see [`KvSlot::mark`]).
+    pub fn has_recurrent_state(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| !c.recurrent.is_empty())
+    }
+
+    /// Memory the slot holds: its cache and its snapshot.
     pub fn bytes(&self) -> usize {
-        self.cache.as_ref().map_or(0, KvCache::bytes)
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |(_, states)| states.iter().map(qwen35::RecurrentState::bytes).sum());
+        self.cache.as_ref().map_or(0, KvCache::bytes) + snapshot
     }
 }

@@ -47,6 +47,11 @@ pub struct LocalBackendConfig {
     pub(super) max_queue_wait_ms: Option<Spanned<u64>>,
     /// `max_tokens` for requests that give none (default: the rest of the context).
     pub(super) default_max_tokens: Option<Spanned<u64>>,
+    /// Memory (MiB) the states of finished requests may keep for their
+    /// conversations' next turns (KV caches, recurrent states); the least
+    /// recently used go first, and the last one is always kept.
+    #[serde(default = "default_state_cache_mb")]
+    pub(super) state_cache_mb: Spanned<u64>,
     /// Token budget of the reasoning (`local-reasoning`, or a client's
     /// `reasoning_effort`): for a model that thinks natively, its thinking
     /// budget (past it `</think>` is forced and the answer follows; the
@@ -115,6 +120,10 @@ impl LocalBackendConfig {
 
     pub fn reasoning_max_tokens(&self) -> u64 {
         self.reasoning_max_tokens.value
+    }
+
+    pub fn state_cache_bytes(&self) -> usize {
+        (self.state_cache_mb.value as usize).saturating_mul(1 << 20)
     }
 }
 
@@ -194,6 +203,10 @@ fn default_reasoning() -> bool {
 
 fn default_reasoning_max_tokens() -> Spanned<u64> {
     unspanned(256)
+}
+
+fn default_state_cache_mb() -> Spanned<u64> {
+    unspanned((switchyard_engine::engine::Engine::DEFAULT_STATE_CACHE_BYTES >> 20) as u64)
 }
 
 fn default_queue_capacity() -> Spanned<usize> {

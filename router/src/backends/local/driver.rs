@@ -176,6 +176,7 @@ impl Driver {
         usage.completion_tokens += output.tokens.len() as u64;
         // A model that thinks natively counts its thinking in the answer pass.
         reasoning_tokens += output.reasoning_tokens as u64;
+        let cached_tokens = output.cached_tokens as u64;
         let speed = &crate::metrics::metrics().local_tokens_per_second;
         speed
             .with_label_values(&[self.name.as_str(), "prefill"])
@@ -190,6 +191,7 @@ impl Driver {
             finish_reason: output.finish_reason,
             usage,
             reasoning_tokens,
+            cached_tokens,
             client_limited: self.plan.client_limited && output.tokens.len() >= self.plan.generation.max_tokens,
         };
         let _ = self.sender.send(Event::Finished(finished));

@@ -132,9 +132,14 @@ impl LocalBackend {
             .and_then(|model| {
                 info = Some(model.model.info());
                 hints = model.sampling_hints;
-                Engine::start(model, config.threads(), config.queue_capacity())
-                    .map(Arc::new)
-                    .map_err(|err| format!("cannot start the engine: {err}"))
+                Engine::start_with(
+                    model,
+                    config.threads(),
+                    config.queue_capacity(),
+                    config.state_cache_bytes(),
+                )
+                .map(Arc::new)
+                .map_err(|err| format!("cannot start the engine: {err}"))
             });
         match (&engine, &info) {
             (Ok(engine), info) => tracing::info!(
@@ -170,7 +175,7 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}",
             config.name(),
             policy_dir.join(config.model_path()).display(),
             config.quant(),
@@ -183,6 +188,7 @@ impl LocalBackend {
             config.thinking_sampling,
             config.reasoning_max_tokens(),
             config.reasoning,
+            config.state_cache_bytes(),
         )
     }
 
