@@ -42,6 +42,8 @@ pub struct SamplingHints {
     pub top_k: Option<usize>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// OpenAI's, as Qwen3.5's card recommends it against repetition loops.
+    pub presence_penalty: Option<f32>,
 }
 
 impl SamplingHints {
@@ -70,6 +72,7 @@ impl SamplingHints {
                 .map(|k| k as usize),
             min_p: number("min_p", |p| (0.0..=1.0).contains(&p)),
             repetition_penalty: number("repetition_penalty", |r| r > 0.0),
+            presence_penalty: number("presence_penalty", |p| (-2.0..=2.0).contains(&p)),
         }
     }
 }
@@ -87,26 +90,52 @@ pub struct ModeHints {
 /// What model cards recommend per mode, for families whose recommendations
 /// differ by mode (a checkpoint's `generation_config.json` holds one set, the
 /// thinking one): (architecture, thinking, direct).
-const CARD_RECOMMENDATIONS: &[(&str, SamplingHints, SamplingHints)] = &[(
-    // Qwen3's card: "For thinking mode, use Temperature=0.6, TopP=0.95, TopK=20,
-    // and MinP=0 ... For non-thinking mode, we suggest using Temperature=0.7,
-    // TopP=0.8, TopK=20, and MinP=0."
-    "qwen3",
-    SamplingHints {
-        temperature: Some(0.6),
-        top_p: Some(0.95),
-        top_k: Some(20),
-        min_p: Some(0.0),
-        repetition_penalty: None,
-    },
-    SamplingHints {
-        temperature: Some(0.7),
-        top_p: Some(0.8),
-        top_k: Some(20),
-        min_p: Some(0.0),
-        repetition_penalty: None,
-    },
-)];
+const CARD_RECOMMENDATIONS: &[(&str, SamplingHints, SamplingHints)] = &[
+    (
+        // Qwen3.5's card, general tasks: thinking "temperature=1.0, top_p=0.95,
+        // top_k=20, min_p=0.0, presence_penalty=1.5"; non-thinking
+        // "temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5".
+        "qwen35",
+        SamplingHints {
+            temperature: Some(1.0),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: Some(1.5),
+        },
+        SamplingHints {
+            temperature: Some(0.7),
+            top_p: Some(0.8),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: Some(1.5),
+        },
+    ),
+    (
+        // Qwen3's card: "For thinking mode, use Temperature=0.6, TopP=0.95, TopK=20,
+        // and MinP=0 ... For non-thinking mode, we suggest using Temperature=0.7,
+        // TopP=0.8, TopK=20, and MinP=0."
+        "qwen3",
+        SamplingHints {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: None,
+        },
+        SamplingHints {
+            temperature: Some(0.7),
+            top_p: Some(0.8),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: None,
+        },
+    ),
+];
 
 impl SamplingHints {
     /// Each value from here, else from `under`.
@@ -117,6 +146,7 @@ impl SamplingHints {
             top_k: self.top_k.or(under.top_k),
             min_p: self.min_p.or(under.min_p),
             repetition_penalty: self.repetition_penalty.or(under.repetition_penalty),
+            presence_penalty: self.presence_penalty.or(under.presence_penalty),
         }
     }
 }
@@ -538,8 +568,11 @@ mod tests {
                 top_k: Some(20),
                 min_p: None,
                 repetition_penalty: None,
+                presence_penalty: None,
             }
         );
+        let qwen35 = serde_json::json!({ "temperature": 1.0, "presence_penalty": 1.5 });
+        assert_eq!(SamplingHints::from_generation_config(&qwen35).presence_penalty, Some(1.5));
         let greedy = serde_json::json!({ "do_sample": false, "temperature": 0.7, "top_p": 7.0 });
         let hints = SamplingHints::from_generation_config(&greedy);
         assert_eq!(

@@ -181,3 +181,23 @@ fn each_mode_has_its_sampling_recommendation() {
         (Some(0.7), Some(0.8), Some(20), Some(0.0))
     );
 }
+
+#[test]
+fn qwen35_gets_its_cards_values_per_mode() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/qwen35_thinking");
+    let options = LoadOptions {
+        quant: Quantization::Keep,
+        ..LoadOptions::default()
+    };
+    let model = LocalModel::load_with(&path, &options).unwrap();
+    assert!(model.thinking.is_some());
+    let hints = model.sampling_hints;
+    assert_eq!(
+        (hints.thinking.temperature, hints.thinking.top_p, hints.thinking.presence_penalty),
+        (Some(1.0), Some(0.95), Some(1.5))
+    );
+    assert_eq!(
+        (hints.direct.temperature, hints.direct.top_p, hints.direct.top_k, hints.direct.presence_penalty),
+        (Some(0.7), Some(0.8), Some(20), Some(1.5))
+    );
+}

@@ -138,6 +138,7 @@ pub struct SamplingDefaults {
     pub top_k: Option<usize>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
 }
 
 /// The sampling a local model's requests start from, every value known.
@@ -148,6 +149,7 @@ pub struct SamplingBase {
     pub top_k: usize,
     pub min_p: f32,
     pub repetition_penalty: f32,
+    pub presence_penalty: f32,
 }
 
 impl SamplingBase {
@@ -159,6 +161,7 @@ impl SamplingBase {
             top_k: self.top_k,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
             ..SamplingParams::default()
         }
     }
@@ -173,6 +176,7 @@ impl SamplingDefaults {
             top_k: self.top_k.or(under.top_k),
             min_p: self.min_p.or(under.min_p),
             repetition_penalty: self.repetition_penalty.or(under.repetition_penalty),
+            presence_penalty: self.presence_penalty.or(under.presence_penalty),
         }
     }
 
@@ -189,6 +193,10 @@ impl SamplingDefaults {
                 .repetition_penalty
                 .or(hints.repetition_penalty)
                 .unwrap_or(engine.repetition_penalty),
+            presence_penalty: self
+                .presence_penalty
+                .or(hints.presence_penalty)
+                .unwrap_or(engine.presence_penalty),
         }
     }
 }

@@ -120,7 +120,7 @@ impl LocalBackend {
             top_p: asked.top_p.unwrap_or(defaults.top_p),
             top_k,
             min_p: extra_number("min_p", defaults.min_p)?,
-            presence_penalty: asked.presence_penalty.unwrap_or(0.0),
+            presence_penalty: asked.presence_penalty.unwrap_or(defaults.presence_penalty),
             frequency_penalty: asked.frequency_penalty.unwrap_or(0.0),
             repetition_penalty: extra_number("repetition_penalty", defaults.repetition_penalty)?,
             seed: asked.seed,
