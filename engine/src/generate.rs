@@ -413,6 +413,9 @@ pub fn generate(
         _ => {}
     }
     let reasoning_tokens = thinking.as_ref().map_or(0, ThinkingTracker::spent);
+    if let Some(loops) = thinking.as_ref().map(ThinkingTracker::loops_closed).filter(|&n| n > 0) {
+        tracing::info!(loops, reasoning_tokens, "thinking went round in a loop and was closed");
+    }
     Ok(GenerationOutput {
         prompt_tokens: prompt.len(),
         text: text.into_text(),

@@ -572,7 +572,10 @@ mod tests {
             }
         );
         let qwen35 = serde_json::json!({ "temperature": 1.0, "presence_penalty": 1.5 });
-        assert_eq!(SamplingHints::from_generation_config(&qwen35).presence_penalty, Some(1.5));
+        assert_eq!(
+            SamplingHints::from_generation_config(&qwen35).presence_penalty,
+            Some(1.5)
+        );
         let greedy = serde_json::json!({ "do_sample": false, "temperature": 0.7, "top_p": 7.0 });
         let hints = SamplingHints::from_generation_config(&greedy);
         assert_eq!(

@@ -12,6 +12,12 @@
 //! and it goes on to answer. A budget of 0 is thinking off for a model that
 //! opens a block anyway (or whose template cannot switch it off).
 //!
+//! Small models think in circles (Qwen3.5-2B's card warns of it): a block
+//! whose last tokens repeat one short sequence over and over
+//! ([`LOOP_MIN_SPAN`] tokens or three rounds of it, whichever is longer, for a
+//! period of up to [`LOOP_MAX_PERIOD`] tokens) is closed the same way, as
+//! if its budget had run out.
+//!
 //! The markers themselves are no one's text: they count as reasoning tokens,
 //! and carry none. The whitespace the templates put around the reasoning
 //! (`<think>\n…\n</think>\n\n`) is trimmed, as Qwen's own parsers do.
@@ -60,6 +66,11 @@ impl ThinkingMarkers {
     }
 }
 
+/// The longest repeated sequence the loop guard looks for, in tokens.
+pub const LOOP_MAX_PERIOD: usize = 64;
+/// The fewest tokens of repetition that count as a loop.
+pub const LOOP_MIN_SPAN: usize = 48;
+
 /// Thinking for one generation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Thinking {
@@ -92,6 +103,10 @@ pub struct ThinkingTracker {
     /// The last token closed a block: the answer's leading whitespace goes.
     just_closed: bool,
     reasoning_text: TrimmedText,
+    /// The current block's tokens (for the loop guard).
+    block: Vec<u32>,
+    /// Blocks closed because they looped.
+    loops: usize,
 }
 
 impl ThinkingTracker {
@@ -105,17 +120,26 @@ impl ThinkingTracker {
             forced: false,
             just_closed: false,
             reasoning_text: TrimmedText::default(),
+            block: Vec::new(),
+            loops: 0,
         }
     }
 
     /// The token to feed instead of sampling, while a block is being closed by force.
     pub fn forced_token(&mut self) -> Option<u32> {
         let over_budget = self.thinking.budget.is_some_and(|budget| self.spent >= budget);
-        if self.inside && !self.forced && over_budget {
+        let looping = self.inside && !self.forced && repeats(&self.block);
+        if self.inside && !self.forced && (over_budget || looping) {
             self.forced = true;
+            self.loops += usize::from(looping && !over_budget);
             self.forcing = self.thinking.markers.forced_close.iter().copied().collect();
         }
         self.forcing.pop_front()
+    }
+
+    /// Blocks closed early because their last tokens went round in a loop.
+    pub fn loops_closed(&self) -> usize {
+        self.loops
     }
 
     /// Whether the next token is inside a thinking block.
@@ -131,6 +155,7 @@ impl ThinkingTracker {
             self.inside = true;
             self.forced = false;
             self.spent += 1;
+            self.block.clear();
             return Channel::Marker;
         }
         if id == markers.close && self.inside {
@@ -143,6 +168,7 @@ impl ThinkingTracker {
         }
         if self.inside {
             self.spent += 1;
+            self.block.push(id);
             Channel::Reasoning
         } else {
             Channel::Answer
@@ -174,6 +200,17 @@ impl ThinkingTracker {
     pub fn into_reasoning(self) -> String {
         self.reasoning_text.whole
     }
+}
+
+/// Whether `tokens` end in a loop: one sequence of up to [`LOOP_MAX_PERIOD`]
+/// tokens repeated over the last [`LOOP_MIN_SPAN`] tokens, or three times
+/// its length if longer.
+fn repeats(tokens: &[u32]) -> bool {
+    let n = tokens.len();
+    (1..=LOOP_MAX_PERIOD).any(|period| {
+        let span = LOOP_MIN_SPAN.max(3 * period);
+        span <= n && (n - span + period..n).all(|i| tokens[i] == tokens[i - period])
+    })
 }
 
 /// Text with its leading whitespace dropped and its trailing whitespace held
@@ -310,6 +347,35 @@ mod tests {
         let ids: Vec<u32> = out.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [NEWLINE, CLOSE, BLANK, 20, 21]);
         assert_eq!(out[3].1, Channel::Answer);
+    }
+
+    #[test]
+    fn a_block_going_round_in_a_loop_is_closed_and_varied_thinking_is_not() {
+        // A 5-token sequence over and over: closed once 48 tokens repeat it.
+        let cycle = [20, 21, 22, 23, 24];
+        let written: Vec<u32> = std::iter::once(OPEN)
+            .chain(cycle.iter().copied().cycle().take(200))
+            .collect();
+        let out = run(None, &[], &written);
+        let close = out.iter().position(|&(id, _)| id == CLOSE).expect("closed");
+        // The open marker, 48 tokens of the same 5 over and over, then the
+        // forced line break.
+        assert_eq!(close, 1 + LOOP_MIN_SPAN + 1, "{out:?}");
+        // A long period needs three rounds.
+        let long: Vec<u32> = (100..160).collect();
+        let written: Vec<u32> = std::iter::once(OPEN)
+            .chain(long.iter().copied().cycle().take(400))
+            .collect();
+        let close = run(None, &[], &written)
+            .iter()
+            .position(|&(id, _)| id == CLOSE)
+            .unwrap();
+        assert_eq!(close, 1 + 3 * 60 + 1);
+        // Varied thinking runs to its end.
+        let varied: Vec<u32> = std::iter::once(OPEN)
+            .chain((0..300).map(|i| 100 + (i * 7919) % 97))
+            .collect();
+        assert!(run(None, &[], &varied).iter().all(|&(id, _)| id != CLOSE));
     }
 
     #[test]

@@ -193,11 +193,20 @@ fn qwen35_gets_its_cards_values_per_mode() {
     assert!(model.thinking.is_some());
     let hints = model.sampling_hints;
     assert_eq!(
-        (hints.thinking.temperature, hints.thinking.top_p, hints.thinking.presence_penalty),
+        (
+            hints.thinking.temperature,
+            hints.thinking.top_p,
+            hints.thinking.presence_penalty
+        ),
         (Some(1.0), Some(0.95), Some(1.5))
     );
     assert_eq!(
-        (hints.direct.temperature, hints.direct.top_p, hints.direct.top_k, hints.direct.presence_penalty),
+        (
+            hints.direct.temperature,
+            hints.direct.top_p,
+            hints.direct.top_k,
+            hints.direct.presence_penalty
+        ),
         (Some(0.7), Some(0.8), Some(20), Some(1.5))
     );
 }
