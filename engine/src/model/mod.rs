@@ -71,7 +71,7 @@ pub enum Model {
 }
 
 /// The architectures this engine runs, as GGUF and Hugging Face name them.
-const SUPPORTED: &str = "llama, qwen2, qwen3, qwen3_5 (Hugging Face)";
+const SUPPORTED: &str = "llama, qwen2, qwen3, qwen35 (GGUF) / qwen3_5 (Hugging Face)";
 
 /// The next-token logits of hidden states `[n, d]` through the final norm
 /// and the output matrix: `n` rows of the vocabulary's size.
@@ -113,6 +113,15 @@ impl Model {
                 let arch = file
                     .get_str("general.architecture")
                     .ok_or_else(|| ModelError::Malformed("general.architecture is missing".into()))?;
+                if arch == "qwen35" {
+                    let config = qwen35::Qwen35Config::from_gguf(file)?;
+                    return Ok(Model::Qwen35(qwen35::Qwen35::load(
+                        source,
+                        config,
+                        Quantization::Keep,
+                        device,
+                    )?));
+                }
                 let family = decoder::Family::named(arch).ok_or_else(|| unsupported(arch))?;
                 (arch, decoder::DecoderConfig::from_gguf(file, family)?)
             }

@@ -31,10 +31,14 @@
 //! state ([`RecurrentState`]), carried from one forward pass to the next
 //! beside the attention layers' KV cache.
 //!
-//! Sources: Hugging Face directories (`Qwen3_5ForCausalLM`, and the text
-//! part of `Qwen3_5ForConditionalGeneration`, under `model.language_model.`
-//! with its config in `text_config`), whose RMSNorm1p weights are stored as
-//! `w` (the `1 +` is added at load).
+//! Sources, each with its names and fix-ups (see [`Names`]): Hugging Face
+//! directories (`Qwen3_5ForCausalLM`, and the text part of
+//! `Qwen3_5ForConditionalGeneration`, under `model.language_model.` with its
+//! config in `text_config`), whose RMSNorm1p weights are stored as `w` (the
+//! `1 +` is added at load) and `A_log` as is; and `qwen35` GGUF files as
+//! llama.cpp's converter writes them, with `1 + w` and `−exp(A_log)` baked
+//! in and, where key heads serve several value heads, the value heads in
+//! tiled order (see `tests/fixtures/qwen/qwen35_gguf.md`).
 
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -44,6 +48,7 @@ use serde_json::Value;
 use super::source::{Checkpoint, WeightSource};
 use super::weights::{QLinear, Quantization, load_floats, load_vector};
 use super::{KvCache, ModelError, ModelInfo};
+use crate::gguf::GgufFile;
 use crate::ops::{self, RopeStyle};
 
 /// Dimensions no real model comes near; a config past them is malformed.
@@ -79,6 +84,10 @@ pub struct Qwen35Config {
     pub context_length: usize,
     pub vocab_size: usize,
     pub tied_output: bool,
+    /// Value heads in tiled order (value head g served by key head g mod Hk,
+    /// as llama.cpp's converter reorders them) instead of grouped (value head
+    /// h served by key head h / (Hv/Hk), as transformers keeps them).
+    pub tiled_value_heads: bool,
 }
 
 impl Qwen35Config {
@@ -103,25 +112,9 @@ impl Qwen35Config {
                     _ => Err(ModelError::Malformed(format!("config.json: layer type {t} is unknown"))),
                 })
                 .collect::<Result<Vec<_>, _>>()?,
-            None => {
-                let interval = number("full_attention_interval").unwrap_or(4).max(1) as usize;
-                (0..block_count)
-                    .map(|i| {
-                        if (i + 1) % interval == 0 {
-                            LayerKind::Full
-                        } else {
-                            LayerKind::Linear
-                        }
-                    })
-                    .collect()
-            }
+            None => every_nth_full(block_count, number("full_attention_interval").unwrap_or(4) as usize),
         };
-        if layers.len() != block_count {
-            return Err(ModelError::Malformed(format!(
-                "config.json: {} layer types for {block_count} layers",
-                layers.len()
-            )));
-        }
+        check_layer_count(&layers, block_count)?;
         let (rope_theta, partial) = super::decoder::hf_rope(text, 10_000_000.0, 0.25)?;
         let heads = required("num_attention_heads")?;
         let head_dim = required("head_dim")?;
@@ -151,8 +144,72 @@ impl Qwen35Config {
                 .or_else(|| config.get("tie_word_embeddings"))
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            tiled_value_heads: false,
         };
         config.checked()
+    }
+
+    /// From the metadata of a `qwen35` GGUF file as llama.cpp's converter
+    /// writes it (`qwen35.ssm.*` for the DeltaNet: `state_size` Dk,
+    /// `group_count` Hk, `time_step_rank` Hv, `inner_size` Hv·Dv).
+    pub fn from_gguf(file: &GgufFile) -> Result<Qwen35Config, ModelError> {
+        let required = |name: &str| {
+            file.get_u64(&format!("qwen35.{name}"))
+                .filter(|&v| v > 0 && v <= MAX_DIMENSION)
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::Malformed(format!("metadata qwen35.{name} is missing or out of range")))
+        };
+        let block_count = required("block_count")?;
+        let layers = match file
+            .metadata("qwen35.attention.recurrent_layers")
+            .and_then(|v| v.as_array())
+        {
+            Some(flags) => flags
+                .iter()
+                .map(|flag| match flag.as_bool() {
+                    Some(true) => Ok(LayerKind::Linear),
+                    Some(false) => Ok(LayerKind::Full),
+                    None => Err(ModelError::Malformed(
+                        "qwen35.attention.recurrent_layers holds a non-bool".into(),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => every_nth_full(block_count, required("full_attention_interval").unwrap_or(4)),
+        };
+        check_layer_count(&layers, block_count)?;
+        let linear_value_heads = required("ssm.time_step_rank")?;
+        let inner = required("ssm.inner_size")?;
+        if !inner.is_multiple_of(linear_value_heads) {
+            return Err(ModelError::Malformed(format!(
+                "qwen35.ssm.inner_size {inner} over {linear_value_heads} value heads"
+            )));
+        }
+        let head_dim = required("attention.key_length")?;
+        let vocab_size = file
+            .tensor("token_embd.weight")
+            .and_then(|t| t.dims.get(1).map(|&v| v as usize))
+            .ok_or_else(|| ModelError::Malformed("tensor token_embd.weight is missing".into()))?;
+        Qwen35Config {
+            layers,
+            embedding_length: required("embedding_length")?,
+            feed_forward_length: required("feed_forward_length")?,
+            heads: required("attention.head_count")?,
+            kv_heads: required("attention.head_count_kv")?,
+            head_dim,
+            rotary_dim: required("rope.dimension_count").unwrap_or(head_dim / 4),
+            rope_theta: file.get_f64("qwen35.rope.freq_base").unwrap_or(10_000_000.0) as f32,
+            linear_key_heads: required("ssm.group_count")?,
+            linear_value_heads,
+            linear_key_dim: required("ssm.state_size")?,
+            linear_value_dim: inner / linear_value_heads,
+            conv_kernel: required("ssm.conv_kernel")?,
+            rms_eps: file.get_f64("qwen35.attention.layer_norm_rms_epsilon").unwrap_or(1e-6) as f32,
+            context_length: required("context_length")?,
+            vocab_size,
+            tied_output: file.tensor("output.weight").is_none(),
+            tiled_value_heads: true,
+        }
+        .checked()
     }
 
     fn checked(self) -> Result<Qwen35Config, ModelError> {
@@ -198,6 +255,32 @@ impl Qwen35Config {
             conv: vec![0.0; (self.conv_kernel - 1) * self.conv_dim()],
             state: vec![0.0; self.linear_value_heads * self.linear_key_dim * self.linear_value_dim],
         }
+    }
+}
+
+/// Layer kinds when a source lists none: every `interval`-th layer is full
+/// attention (the 4th, 8th, ...), the rest DeltaNet.
+fn every_nth_full(layers: usize, interval: usize) -> Vec<LayerKind> {
+    let interval = interval.max(1);
+    (0..layers)
+        .map(|i| {
+            if (i + 1) % interval == 0 {
+                LayerKind::Full
+            } else {
+                LayerKind::Linear
+            }
+        })
+        .collect()
+}
+
+fn check_layer_count(kinds: &[LayerKind], layers: usize) -> Result<(), ModelError> {
+    if kinds.len() == layers {
+        Ok(())
+    } else {
+        Err(ModelError::Malformed(format!(
+            "{} layer kinds for {layers} layers",
+            kinds.len()
+        )))
     }
 }
 
@@ -271,12 +354,108 @@ pub struct Qwen35 {
     vector_parameters: usize,
 }
 
-/// Where a source keeps the text model's tensors.
-fn prefix(source: &WeightSource) -> &'static str {
-    if source.has("model.language_model.embed_tokens.weight") {
-        "model.language_model."
-    } else {
-        "model."
+/// The tensors of the model, named as each source names them.
+#[derive(Clone, Copy)]
+enum Part {
+    AttnNorm,
+    FfnNorm,
+    Gate,
+    Up,
+    Down,
+    Qkv,
+    Z,
+    A,
+    B,
+    Conv,
+    /// HF: `A_log`; GGUF: `ssm_a`, which is `−exp(A_log)`.
+    Decay,
+    DtBias,
+    DeltaNorm,
+    DeltaOut,
+    Q,
+    K,
+    V,
+    O,
+    QNorm,
+    KNorm,
+}
+
+/// How a source names and stores the model's tensors.
+struct Names {
+    gguf: bool,
+    /// Hugging Face: `model.` or `model.language_model.`.
+    prefix: &'static str,
+}
+
+impl Names {
+    fn of(source: &WeightSource) -> Names {
+        match source {
+            WeightSource::Gguf(_) => Names { gguf: true, prefix: "" },
+            WeightSource::HuggingFace(_) if source.has("model.language_model.embed_tokens.weight") => Names {
+                gguf: false,
+                prefix: "model.language_model.",
+            },
+            WeightSource::HuggingFace(_) => Names {
+                gguf: false,
+                prefix: "model.",
+            },
+        }
+    }
+
+    fn layer(&self, layer: usize, part: Part) -> String {
+        let (gguf, hf) = match part {
+            Part::AttnNorm => ("attn_norm.weight", "input_layernorm.weight"),
+            Part::FfnNorm => ("post_attention_norm.weight", "post_attention_layernorm.weight"),
+            Part::Gate => ("ffn_gate.weight", "mlp.gate_proj.weight"),
+            Part::Up => ("ffn_up.weight", "mlp.up_proj.weight"),
+            Part::Down => ("ffn_down.weight", "mlp.down_proj.weight"),
+            Part::Qkv => ("attn_qkv.weight", "linear_attn.in_proj_qkv.weight"),
+            Part::Z => ("attn_gate.weight", "linear_attn.in_proj_z.weight"),
+            Part::A => ("ssm_alpha.weight", "linear_attn.in_proj_a.weight"),
+            Part::B => ("ssm_beta.weight", "linear_attn.in_proj_b.weight"),
+            Part::Conv => ("ssm_conv1d.weight", "linear_attn.conv1d.weight"),
+            Part::Decay => ("ssm_a", "linear_attn.A_log"),
+            Part::DtBias => ("ssm_dt.bias", "linear_attn.dt_bias"),
+            Part::DeltaNorm => ("ssm_norm.weight", "linear_attn.norm.weight"),
+            Part::DeltaOut => ("ssm_out.weight", "linear_attn.out_proj.weight"),
+            Part::Q => ("attn_q.weight", "self_attn.q_proj.weight"),
+            Part::K => ("attn_k.weight", "self_attn.k_proj.weight"),
+            Part::V => ("attn_v.weight", "self_attn.v_proj.weight"),
+            Part::O => ("attn_output.weight", "self_attn.o_proj.weight"),
+            Part::QNorm => ("attn_q_norm.weight", "self_attn.q_norm.weight"),
+            Part::KNorm => ("attn_k_norm.weight", "self_attn.k_norm.weight"),
+        };
+        if self.gguf {
+            format!("blk.{layer}.{gguf}")
+        } else {
+            format!("{}layers.{layer}.{hf}", self.prefix)
+        }
+    }
+
+    /// The embedding table, the final norm and the output matrix.
+    fn top(&self) -> [String; 3] {
+        if self.gguf {
+            [
+                "token_embd.weight".into(),
+                "output_norm.weight".into(),
+                "output.weight".into(),
+            ]
+        } else {
+            [
+                format!("{}embed_tokens.weight", self.prefix),
+                format!("{}norm.weight", self.prefix),
+                "lm_head.weight".into(),
+            ]
+        }
+    }
+
+    /// The conv weight's shape: Hugging Face `[C, 1, K]`, GGUF squeezed `[C, K]`.
+    fn conv_shape(&self, channels: usize, kernel: usize) -> Vec<usize> {
+        if self.gguf {
+            vec![channels, kernel]
+        } else {
+            vec![channels, 1, kernel]
+        }
     }
 }
 
@@ -293,67 +472,74 @@ impl Qwen35 {
     ) -> Result<Qwen35, ModelError> {
         let c = &config;
         let d = c.embedding_length;
-        let top = prefix(source);
+        let names = Names::of(source);
         let linear = |name: String, out_features: usize, in_features: usize| {
             QLinear::load(source, &name, [out_features, in_features], quant, device)
         };
-        // Hugging Face stores the zero-centred norms' `w`; the model multiplies by `1 + w`.
+        // The zero-centred norms multiply by `1 + w`: Hugging Face stores
+        // `w`, GGUF files `1 + w` already.
         let norm1p = |name: String, len: usize| -> Result<Tensor<1>, ModelError> {
-            Ok(load_vector(source, &name, len, device)? + 1.0)
+            let weight = load_vector(source, &name, len, device)?;
+            Ok(if names.gguf { weight } else { weight + 1.0 })
         };
         let mut vector_parameters = d;
         let mut layers = Vec::with_capacity(c.layers.len());
         for (i, kind) in c.layers.iter().enumerate() {
-            let at = |part: &str| format!("{top}layers.{i}.{part}");
+            let at = |part: Part| names.layer(i, part);
             let mixer = match kind {
                 LayerKind::Linear => {
                     let (hv, dv) = (c.linear_value_heads, c.linear_value_dim);
                     let conv_dim = c.conv_dim();
-                    let a_log = load_floats(source, &at("linear_attn.A_log"), &[hv])?;
+                    let decay = load_floats(source, &at(Part::Decay), &[hv])?;
                     vector_parameters += conv_dim * c.conv_kernel + 2 * hv + dv;
                     Mixer::Linear(DeltaNet {
-                        in_qkv: linear(at("linear_attn.in_proj_qkv.weight"), conv_dim, d)?,
-                        in_z: linear(at("linear_attn.in_proj_z.weight"), hv * dv, d)?,
-                        in_a: linear(at("linear_attn.in_proj_a.weight"), hv, d)?,
-                        in_b: linear(at("linear_attn.in_proj_b.weight"), hv, d)?,
-                        conv: load_floats(source, &at("linear_attn.conv1d.weight"), &[conv_dim, 1, c.conv_kernel])?,
-                        decay: a_log.iter().map(|a| -a.exp()).collect(),
-                        dt_bias: load_floats(source, &at("linear_attn.dt_bias"), &[hv])?,
-                        norm: load_floats(source, &at("linear_attn.norm.weight"), &[dv])?,
-                        out: linear(at("linear_attn.out_proj.weight"), d, hv * dv)?,
+                        in_qkv: linear(at(Part::Qkv), conv_dim, d)?,
+                        in_z: linear(at(Part::Z), hv * dv, d)?,
+                        in_a: linear(at(Part::A), hv, d)?,
+                        in_b: linear(at(Part::B), hv, d)?,
+                        conv: load_floats(source, &at(Part::Conv), &names.conv_shape(conv_dim, c.conv_kernel))?,
+                        decay: if names.gguf {
+                            decay
+                        } else {
+                            decay.iter().map(|a| -a.exp()).collect()
+                        },
+                        dt_bias: load_floats(source, &at(Part::DtBias), &[hv])?,
+                        norm: load_floats(source, &at(Part::DeltaNorm), &[dv])?,
+                        out: linear(at(Part::DeltaOut), d, hv * dv)?,
                     })
                 }
                 LayerKind::Full => {
                     let (q_width, kv_width) = (c.heads * c.head_dim, c.kv_heads * c.head_dim);
                     vector_parameters += 2 * c.head_dim;
                     Mixer::Full(GatedAttention {
-                        q: linear(at("self_attn.q_proj.weight"), 2 * q_width, d)?,
-                        k: linear(at("self_attn.k_proj.weight"), kv_width, d)?,
-                        v: linear(at("self_attn.v_proj.weight"), kv_width, d)?,
-                        q_norm: norm1p(at("self_attn.q_norm.weight"), c.head_dim)?,
-                        k_norm: norm1p(at("self_attn.k_norm.weight"), c.head_dim)?,
-                        o: linear(at("self_attn.o_proj.weight"), d, q_width)?,
+                        q: linear(at(Part::Q), 2 * q_width, d)?,
+                        k: linear(at(Part::K), kv_width, d)?,
+                        v: linear(at(Part::V), kv_width, d)?,
+                        q_norm: norm1p(at(Part::QNorm), c.head_dim)?,
+                        k_norm: norm1p(at(Part::KNorm), c.head_dim)?,
+                        o: linear(at(Part::O), d, q_width)?,
                     })
                 }
             };
             vector_parameters += 2 * d;
             layers.push(Layer {
-                attn_norm: norm1p(at("input_layernorm.weight"), d)?,
+                attn_norm: norm1p(at(Part::AttnNorm), d)?,
                 mixer,
-                ffn_norm: norm1p(at("post_attention_layernorm.weight"), d)?,
-                gate: linear(at("mlp.gate_proj.weight"), c.feed_forward_length, d)?,
-                up: linear(at("mlp.up_proj.weight"), c.feed_forward_length, d)?,
-                down: linear(at("mlp.down_proj.weight"), d, c.feed_forward_length)?,
+                ffn_norm: norm1p(at(Part::FfnNorm), d)?,
+                gate: linear(at(Part::Gate), c.feed_forward_length, d)?,
+                up: linear(at(Part::Up), c.feed_forward_length, d)?,
+                down: linear(at(Part::Down), d, c.feed_forward_length)?,
             });
         }
-        let embedding = linear(format!("{top}embed_tokens.weight"), c.vocab_size, d)?;
+        let [embedding, output_norm, output] = names.top();
+        let embedding = linear(embedding, c.vocab_size, d)?;
         let output = if c.tied_output {
             None
         } else {
-            Some(linear("lm_head.weight".into(), c.vocab_size, d)?)
+            Some(linear(output, c.vocab_size, d)?)
         };
         Ok(Qwen35 {
-            output_norm: norm1p(format!("{top}norm.weight"), d)?,
+            output_norm: norm1p(output_norm, d)?,
             embedding,
             layers,
             output,
@@ -477,7 +663,7 @@ impl Qwen35 {
                 l2_normalize(head, 1.0);
             }
             for vh in 0..hv {
-                let kh = vh / (hv / hk);
+                let kh = if c.tiled_value_heads { vh % hk } else { vh / (hv / hk) };
                 let (q, k, v) = (
                     &q[kh * dk..(kh + 1) * dk],
                     &k[kh * dk..(kh + 1) * dk],
