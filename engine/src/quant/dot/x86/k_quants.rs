@@ -114,6 +114,7 @@ pub(super) unsafe fn q45_k_body<D: ByteDot, const FIVE_BITS: bool, const RA: usi
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * block_bytes);
+                prefetch_next_tile(block, block_bytes, RW * row_bytes);
                 let (sc16, mins16) = k_scale_vectors(block.add(scales_at));
                 let dw = broadcast_f16(block.add(d_at));
                 let dminw = broadcast_f16(block.add(dmin_at));
@@ -180,6 +181,7 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * size_of::<BlockQ6K>());
+                prefetch_next_tile(block, size_of::<BlockQ6K>(), RW * row_bytes);
                 let scales8 = _mm_loadu_si128(block.add(SCALES_AT).cast());
                 // −32·sc_j per group, against the activation's 16 group sums.
                 let offset16 = _mm256_sub_epi16(
@@ -234,5 +236,25 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
             }
         }
         finish(&acc)
+    }
+}
+
+/// Asks for the block `tile_bytes` further on: the same block of the same row
+/// of the next tile. Rows are contiguous, so a tile's rows sweep their span
+/// of memory block by block while the next span is fetched. A tile reads
+/// several rows a block at a time, and short rows (a 2048-wide matrix's are
+/// 8 Q6_K blocks) make streams too short for the hardware prefetcher to pick
+/// up: without this the loads wait on memory. Past the matrix's end the
+/// address is never read (prefetches do not fault), and it is computed with
+/// wrapping arithmetic.
+///
+/// Safety: none needed beyond a valid `block` pointer's provenance.
+#[inline(always)]
+pub(super) unsafe fn prefetch_next_tile(block: *const u8, block_bytes: usize, tile_bytes: usize) {
+    let ahead = block.wrapping_add(tile_bytes);
+    let mut line = 0;
+    while line < block_bytes {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
+        line += 64;
     }
 }
