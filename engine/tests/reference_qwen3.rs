@@ -22,7 +22,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use common::{argmax, ids, max_diff, rows};
+use common::{argmax, greedy_ids, ids, max_diff, rows};
 use serde_json::Value;
 use switchyard_engine::model::source::WeightSource;
 use switchyard_engine::model::weights::Quantization;
@@ -129,20 +129,11 @@ fn decoding_token_by_token_gives_the_logits_of_the_whole_pass() {
 
 #[test]
 fn greedy_decoding_picks_transformers_ids() {
-    let (model, device) = model();
+    let (model, _) = model();
     let expected = expected();
     let greedy = &expected["greedy"];
-    let mut tokens = ids(&greedy["prompt_ids"]);
     let wanted = ids(&greedy["new_ids"]);
-    let mut kv = cache(&model, &device, tokens.len() + wanted.len());
-    let mut logits = model.forward(&tokens, &mut kv);
-    let mut picked = Vec::new();
-    for _ in 0..wanted.len() {
-        let next = argmax(&logits);
-        picked.push(next);
-        tokens.push(next);
-        logits = model.forward(&[next], &mut kv);
-    }
+    let picked = greedy_ids(&model, &ids(&greedy["prompt_ids"]), wanted.len());
     assert_eq!(picked, wanted);
 }
 

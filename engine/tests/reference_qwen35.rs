@@ -23,7 +23,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use common::{argmax, ids, max_diff, rows};
+use common::{argmax, greedy_ids, ids, max_diff, rows};
 use serde_json::Value;
 use switchyard_engine::model::source::WeightSource;
 use switchyard_engine::model::weights::Quantization;
@@ -161,18 +161,10 @@ fn decoding_token_by_token_and_in_split_chunks_gives_the_whole_pass() {
 #[test]
 fn greedy_decoding_picks_transformers_ids() {
     for fixture in FIXTURES {
-        let (model, device) = model(fixture);
+        let (model, _) = model(fixture);
         let greedy = &expected(fixture)["greedy"];
-        let prompt = ids(&greedy["prompt_ids"]);
         let expected_ids = ids(&greedy["new_ids"]);
-        let mut state = cache(&model, &device, prompt.len() + expected_ids.len());
-        let mut logits = model.forward(&prompt, &mut state);
-        let mut generated = Vec::new();
-        for _ in 0..expected_ids.len() {
-            let next = argmax(&logits);
-            generated.push(next);
-            logits = model.forward(&[next], &mut state);
-        }
+        let generated = greedy_ids(&model, &ids(&greedy["prompt_ids"]), expected_ids.len());
         assert_eq!(generated, expected_ids, "{fixture}");
     }
 }

@@ -56,3 +56,17 @@ pub fn argmax(row: &[f32]) -> u32 {
         .max_by(|&a, &b| row[a].total_cmp(&row[b]))
         .expect("a non-empty row") as u32
 }
+
+/// Greedy decoding: `n` ids, each the argmax of the logits after `prompt`
+/// and the ids before it, fed one at a time through a KV cache.
+pub fn greedy_ids(model: &switchyard_engine::model::Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache(prompt.len() + n, &burn::prelude::Device::flex());
+    let mut logits = model.forward(prompt, &mut cache);
+    let mut picked = Vec::with_capacity(n);
+    for _ in 0..n {
+        let next = argmax(&logits);
+        picked.push(next);
+        logits = model.forward(&[next], &mut cache);
+    }
+    picked
+}
