@@ -44,7 +44,9 @@ fn main() {
         .num_threads(threads)
         .build()
         .expect("thread pool");
-    let Model::Decoder(llama) = &local.model;
+    let Model::Decoder(llama) = &local.model else {
+        panic!("SmolLM2 is a Llama decoder");
+    };
     let sizes = [32, 64, 128, 256, 512, prompt_tokens];
     // Per size: (whole prefill, slowest chunk) of each round.
     let mut runs: Vec<Vec<(Duration, Duration)>> = vec![Vec::new(); sizes.len()];

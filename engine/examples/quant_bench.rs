@@ -8,6 +8,8 @@
 //! lm_head), each layer with its own weights, so that the 96 MB do not sit in cache
 //! as a single repeated matrix would. Weights are random but valid blocks.
 //!
+//! Then GEMV per format (Q8_0, Q6_K, Q4_K) at Qwen3-1.7B's MLP shapes, as GB/s of weights.
+//!
 //! Last, the load-time quantizers: MB/s of f32 weights in, per target format, on a
 //! Qwen2.5-1.5B MLP matrix (SmolLM2's 576 columns are no whole number of K-quant
 //! super-blocks), on all of rayon's threads as a model load runs them.
@@ -175,6 +177,38 @@ fn main() {
                 1e3 / ms,
                 total_mb / ms
             );
+        }
+    }
+
+    // One GEMV per format at Qwen3-1.7B's MLP shapes (gate/up 2048 -> 6144, down
+    // 6144 -> 2048), 8 copies each so the 80-150 MB do not sit in cache: the
+    // bytes of weights streamed per second on a rayon worker, as decode runs them.
+    let copies = 8;
+    println!("\nGEMV at Qwen3-1.7B's MLP shapes, {copies} copies of each, on a rayon worker: GB/s of weights");
+    for format in [QuantFormat::Q8_0, QuantFormat::Q6_K, QuantFormat::Q4_K] {
+        for (k, n) in [(2048, 6144), (6144, 2048)] {
+            let mats: Vec<Vec<u8>> = (0..copies).map(|_| random_weights(&mut rng, format, n, k)).collect();
+            let bytes = mats.iter().map(Vec::len).sum::<usize>() as f64;
+            let x: Vec<f32> = (0..k).map(|_| rng.unit()).collect();
+            let mut out = vec![0f32; n];
+            for &kernel in kernels.iter().filter(|k| **k != Kernel::Scalar) {
+                let (median, min) = rayon::scope(|_| {
+                    time_runs(budget, || {
+                        for data in &mats {
+                            let w = QuantMatrix::new(format, n, k, data).unwrap();
+                            matmul_with_kernel(kernel, black_box(&x), 1, &w, &mut out);
+                        }
+                    })
+                });
+                println!(
+                    "{:<6} {:>11} {:<11} {:>6.1} GB/s (best {:.1})",
+                    format.name(),
+                    format!("{k}×{n}"),
+                    kernel.name(),
+                    bytes / median.as_secs_f64() / 1e9,
+                    bytes / min.as_secs_f64() / 1e9
+                );
+            }
         }
     }
 

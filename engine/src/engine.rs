@@ -42,7 +42,8 @@ use crate::generate::{
 use crate::model::source::WeightSource;
 use crate::model::weights::Quantization;
 use crate::model::{KvSlot, Model, ModelError};
-use crate::sampling::SamplingHints;
+use crate::sampling::{ModeHints, SamplingHints};
+use crate::thinking::ThinkingMarkers;
 use crate::tokenizer::{ChatEncodeError, Tokenizer};
 
 /// A model with everything needed to talk to it.
@@ -50,8 +51,11 @@ pub struct LocalModel {
     pub model: Model,
     pub tokenizer: Arc<Tokenizer>,
     pub template: Option<Arc<ChatTemplate>>,
-    /// The sampling its publisher recommends (a checkpoint's `generation_config.json`).
-    pub sampling_hints: SamplingHints,
+    /// The sampling its publisher recommends, per mode (a checkpoint's
+    /// `generation_config.json`, and its card's values per mode).
+    pub sampling_hints: ModeHints,
+    /// Its thinking markers, when it thinks natively.
+    pub thinking: Option<ThinkingMarkers>,
     pub context_length: usize,
     pub device: Device,
 }
@@ -182,7 +186,7 @@ impl LocalModel {
         }
         .map_err(|e| LoadError::Tokenizer(e.to_string()))?;
         let model = Model::load(&source, quant, &device).map_err(LoadError::Model)?;
-        let sampling_hints = match &source {
+        let generation_config = match &source {
             WeightSource::HuggingFace(checkpoint) => checkpoint
                 .generation_config
                 .as_ref()
@@ -190,6 +194,8 @@ impl LocalModel {
                 .unwrap_or_default(),
             WeightSource::Gguf(_) => SamplingHints::default(),
         };
+        let thinking = ThinkingMarkers::detect(&tokenizer);
+        let sampling_hints = ModeHints::recommended(model.info().architecture, thinking.is_some(), generation_config);
         let template = match tokenizer.chat_template() {
             Some(source) => Some(Arc::new(
                 ChatTemplate::new(source).map_err(|e| LoadError::Template(e.to_string()))?,
@@ -203,6 +209,7 @@ impl LocalModel {
             tokenizer: Arc::new(tokenizer),
             template,
             sampling_hints,
+            thinking,
             context_length,
             device,
         })
@@ -386,13 +393,32 @@ pub struct Engine {
     kv_cache_bytes: Arc<AtomicUsize>,
     tokenizer: Arc<Tokenizer>,
     template: Option<Arc<ChatTemplate>>,
+    thinking: Option<ThinkingMarkers>,
     context_length: usize,
     queue_capacity: usize,
 }
 
 impl Engine {
+    /// Memory the states of finished requests may keep by default, for the
+    /// next turns of their conversations (see [`Engine::start_with`]).
+    pub const DEFAULT_STATE_CACHE_BYTES: usize = 128 << 20;
+
     /// Starts the worker. `queue_capacity` jobs may wait behind the running one.
     pub fn start(model: LocalModel, threads: usize, queue_capacity: usize) -> std::io::Result<Engine> {
+        Self::start_with(model, threads, queue_capacity, Self::DEFAULT_STATE_CACHE_BYTES)
+    }
+
+    /// As [`Engine::start`], keeping up to `state_cache_bytes` of finished
+    /// requests' states (KV caches, recurrent states and their snapshots): a
+    /// request that starts with what one of them ran (a conversation's next
+    /// turn) runs only the rest. The least recently used go first; one is
+    /// always kept, whatever its size (it is the memory the next request runs in).
+    pub fn start_with(
+        model: LocalModel,
+        threads: usize,
+        queue_capacity: usize,
+        state_cache_bytes: usize,
+    ) -> std::io::Result<Engine> {
         let queue = Arc::new(Queue::default());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -405,12 +431,13 @@ impl Engine {
             kv_cache_bytes: kv_cache_bytes.clone(),
             tokenizer: model.tokenizer.clone(),
             template: model.template.clone(),
+            thinking: model.thinking.clone(),
             context_length: model.context_length,
             queue_capacity,
         };
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || Worker::new(model, pool, queue, kv_cache_bytes).run())?;
+            .spawn(move || Worker::new(model, pool, queue, kv_cache_bytes, state_cache_bytes).run())?;
         Ok(engine)
     }
 
@@ -461,6 +488,11 @@ impl Engine {
     pub fn context_length(&self) -> usize {
         self.context_length
     }
+
+    /// The model's thinking markers, when it thinks natively.
+    pub fn thinking(&self) -> Option<&ThinkingMarkers> {
+        self.thinking.as_ref()
+    }
 }
 
 impl Drop for Engine {
@@ -471,14 +503,19 @@ impl Drop for Engine {
     }
 }
 
-/// The engine's worker: runs one job at a time, one KV cache serving them all,
-/// except that a long prefill pauses between its chunks while a job waits.
+/// The engine's worker: runs one job at a time, except that a long prefill
+/// pauses between its chunks while a job waits. Each job runs in a [`KvSlot`]
+/// taken from those finished jobs left (the one holding the longest prefix of
+/// its prompt), and leaves it for the next.
 struct Worker {
     model: LocalModel,
     pool: rayon::ThreadPool,
     queue: Arc<Queue>,
     kv_cache_bytes: Arc<AtomicUsize>,
-    slot: KvSlot,
+    /// Slots of finished jobs, least recently used first.
+    slots: Vec<KvSlot>,
+    /// What `slots` may hold together (the most recent is kept whatever its size).
+    state_cache_bytes: usize,
     /// The prefill paused for the jobs waiting: at most one at a time, so at
     /// most two KV caches are held.
     paused: Option<Paused>,
@@ -500,13 +537,20 @@ struct Paused {
 }
 
 impl Worker {
-    fn new(model: LocalModel, pool: rayon::ThreadPool, queue: Arc<Queue>, kv_cache_bytes: Arc<AtomicUsize>) -> Worker {
+    fn new(
+        model: LocalModel,
+        pool: rayon::ThreadPool,
+        queue: Arc<Queue>,
+        kv_cache_bytes: Arc<AtomicUsize>,
+        state_cache_bytes: usize,
+    ) -> Worker {
         Worker {
             model,
             pool,
             queue,
             kv_cache_bytes,
-            slot: KvSlot::growing(),
+            slots: Vec::new(),
+            state_cache_bytes,
             paused: None,
         }
     }
@@ -547,15 +591,52 @@ impl Worker {
         if (job.sink)(JobEvent::Started).is_break() {
             return;
         }
-        let mut slot = std::mem::replace(&mut self.slot, KvSlot::growing());
+        let mut slot = self.take_slot(&job.request.prompt_tokens);
         self.serve(job, &mut slot, 0, Duration::ZERO);
-        self.keep_larger(slot);
+        self.give_back(slot);
     }
 
     /// Goes on with a paused prefill, on its own KV cache.
     fn resume(&mut self, mut paused: Paused) {
         self.serve(paused.job, &mut paused.slot, paused.prefilled, paused.spent);
-        self.keep_larger(paused.slot);
+        self.give_back(paused.slot);
+    }
+
+    /// The slot for a job with this prompt: the one whose conversation it
+    /// continues; else a new one while the kept slots leave room in the
+    /// budget (their conversations may come back; a prefix this prompt merely
+    /// shares with one, a system prompt, is run again); else the one sharing
+    /// the longest prefix with it, or the least recently used one.
+    fn take_slot(&mut self, prompt: &[u32]) -> KvSlot {
+        let reuse: Vec<usize> = self.slots.iter().map(|slot| slot.reusable(prompt)).collect();
+        let best = (0..self.slots.len()).max_by_key(|&i| (reuse[i], i));
+        if let Some(i) = best.filter(|&i| self.slots[i].continued_by(prompt)) {
+            return self.slots.remove(i);
+        }
+        if self.held_bytes() < self.state_cache_bytes || self.slots.is_empty() {
+            return KvSlot::growing();
+        }
+        match best.filter(|&i| reuse[i] > 0) {
+            Some(i) => self.slots.remove(i),
+            None => self.slots.remove(0),
+        }
+    }
+
+    /// Keeps a finished job's slot, most recently used, dropping the least
+    /// recently used ones past the budget.
+    fn give_back(&mut self, slot: KvSlot) {
+        // A paused prefill took its slot along and left an empty one.
+        if slot.bytes() > 0 {
+            self.slots.push(slot);
+        }
+        while self.slots.len() > 1 && self.held_bytes() > self.state_cache_bytes {
+            self.slots.remove(0);
+        }
+        self.publish_cache_bytes(0);
+    }
+
+    fn held_bytes(&self) -> usize {
+        self.slots.iter().map(KvSlot::bytes).sum()
     }
 
     /// Runs `job` on `slot` from `resume_at`, to its end or to a pause.
@@ -603,21 +684,12 @@ impl Worker {
         let _ = (job.sink)(JobEvent::Done(result));
     }
 
-    /// Keeps the larger of the worker's KV cache and `slot` for the jobs to
-    /// come (the smaller one is freed).
-    fn keep_larger(&mut self, slot: KvSlot) {
-        if slot.bytes() > self.slot.bytes() {
-            self.slot = slot;
-        }
-        self.publish_cache_bytes(0);
-    }
-
-    /// Publishes the KV cache memory held: the worker's, a paused prefill's,
-    /// and `running` bytes of a job's cache not yet given back to the worker.
+    /// Publishes the KV cache memory held: the kept slots', a paused
+    /// prefill's, and `running` bytes of a job's slot not yet given back.
     fn publish_cache_bytes(&self, running: usize) {
         let paused = self.paused.as_ref().map_or(0, |paused| paused.slot.bytes());
         self.kv_cache_bytes
-            .store(self.slot.bytes() + running + paused, Ordering::Relaxed);
+            .store(self.held_bytes() + running + paused, Ordering::Relaxed);
     }
 }
 

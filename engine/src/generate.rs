@@ -13,6 +13,11 @@
 //! that ends inside a multi-byte UTF-8 character (the [`StreamDecoder`] waits
 //! for the rest), and text that could be the start of a stop string (we wait
 //! until it either completes the stop string, which is then cut, or cannot).
+//!
+//! A model that thinks natively ([`Thinking`]) writes its reasoning and its
+//! answer in two channels; each event says which ([`TokenEvent::reasoning`]),
+//! stop strings apply to the answer only, and a thinking budget is kept by
+//! feeding the tokens that close the block (see [`crate::thinking`]).
 
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
@@ -21,6 +26,7 @@ use burn::prelude::*;
 
 use crate::model::{KvSlot, Model};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
+use crate::thinking::{Channel, Thinking, ThinkingTracker};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// The most alternatives OpenAI lets a client ask for per token.
@@ -43,6 +49,9 @@ pub struct GenerationRequest {
     /// it the generation stops with [`GenerateError::DeadlinePassed`]. `None`:
     /// no bound (the CLI, offline evaluation).
     pub deadline: Option<Instant>,
+    /// The model's thinking markers and budget: its output is split into
+    /// reasoning and answer. `None`: all of it is the answer.
+    pub thinking: Option<Thinking>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,14 +94,25 @@ pub struct TokenEvent {
     pub token: Option<SampledToken>,
     /// Text that became final with this event (may be empty, or span earlier tokens).
     pub text: String,
+    /// Whether this is reasoning (the token is a thinking marker or inside a
+    /// thinking block, and the text is reasoning text), not the answer.
+    pub reasoning: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct GenerationOutput {
     pub prompt_tokens: usize,
-    /// Generated tokens, the end-of-turn token excluded.
+    /// Generated tokens, the end-of-turn token excluded (reasoning included).
     pub tokens: Vec<SampledToken>,
+    /// The answer's text.
     pub text: String,
+    /// The reasoning's text (empty without thinking).
+    pub reasoning: String,
+    /// Of `tokens`, those in thinking blocks, their markers included.
+    pub reasoning_tokens: usize,
+    /// Of the prompt's tokens, those whose state came from the cache (an
+    /// earlier request's), not run again.
+    pub cached_tokens: usize,
     pub finish_reason: FinishReason,
     /// The [`MAX_TOP_LOGPROBS`] most likely tokens after the prompt, most likely
     /// first, with their log-probs (from prefill).
@@ -168,10 +188,16 @@ impl std::error::Error for GenerateError {}
 /// chunks and every token as it is sampled, and may stop generation by
 /// returning `Break`. The KV cache comes from `slot`.
 ///
+/// The slot's cache is reused: the prompt's first tokens that the slot
+/// holds the state of (a conversation's earlier turns, see
+/// [`KvSlot::reusable`]) are not run again, and their count is reported
+/// ([`GenerationOutput::cached_tokens`]). A model with a recurrent state has
+/// it snapshotted at the prompt's last turn boundary (after its last
+/// end-of-turn token) on the way, for the next turn to start from.
+///
 /// With `resume_at` > 0, the prefill goes on from there: `slot` holds the
 /// first `resume_at` positions of this same prompt, from a run of this request
-/// stopped between its chunks (at a multiple of [`Model::PREFILL_CHUNK`], so
-/// the chunks and the result are those of a run without the stop).
+/// stopped between its chunks.
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
     model: &Model,
@@ -202,14 +228,28 @@ pub fn generate(
         return Err(deadline_passed(resume_at, 0));
     }
     let max_tokens = request.max_tokens.min(context_length - prompt.len());
-    let cache = if resume_at > 0 {
-        assert!(
-            resume_at < prompt.len() && resume_at.is_multiple_of(Model::PREFILL_CHUNK),
-            "a prefill resumes between its chunks"
-        );
-        slot.resume(resume_at)
+    let start = if resume_at > 0 {
+        assert!(resume_at < prompt.len(), "a prefill resumes within its prompt");
+        slot.resume(resume_at);
+        resume_at
     } else {
-        slot.prepare(model, prompt.len() + max_tokens, context_length, device)
+        let reuse = slot.reusable(prompt);
+        slot.prepare_reusing(model, prompt, reuse, prompt.len() + max_tokens, context_length, device)
+            .1
+    };
+    let cached_tokens = if resume_at > 0 { 0 } else { start };
+    // A recurrent state cannot be cut back to a shorter prefix: it is
+    // snapshotted where the next turn's prompt will part from this one.
+    let turn_ends = tokenizer.end_of_turn_ids();
+    let turn_end = prompt
+        .iter()
+        .rposition(|id| turn_ends.contains(id))
+        .map_or(0, |at| at + 1);
+    slot.set_turn_end(turn_end);
+    let boundary = Some(turn_end).filter(|&at| at > start && at < prompt.len() && slot.has_recurrent_state());
+    let parts: Vec<(usize, usize)> = match boundary {
+        Some(at) => vec![(start, at), (at, prompt.len())],
+        None => vec![(start, prompt.len())],
     };
     let mut sampler = Sampler::new(request.sampling.clone());
     let mut stops: Vec<u32> = if request.ignore_eos {
@@ -223,17 +263,27 @@ pub fn generate(
 
     let started = Instant::now();
     let mut stopped_at = None;
-    let prefilled = model.forward_in_chunks(&prompt[resume_at..], cache, |positions| {
-        let positions = resume_at + positions;
-        if past_deadline() {
-            stopped_at = Some(positions);
-            return ControlFlow::Break(());
+    let mut prefilled = None;
+    for (part, &(from, to)) in parts.iter().enumerate() {
+        if part > 0 {
+            slot.mark();
         }
-        on_progress(Progress::Prefilled {
-            positions,
-            prompt_tokens: prompt.len(),
-        })
-    });
+        let cache = slot.cache().expect("prepared above");
+        prefilled = model.forward_in_chunks(&prompt[from..to], cache, |positions| {
+            let positions = from + positions;
+            if past_deadline() {
+                stopped_at = Some(positions);
+                return ControlFlow::Break(());
+            }
+            on_progress(Progress::Prefilled {
+                positions,
+                prompt_tokens: prompt.len(),
+            })
+        });
+        if prefilled.is_none() {
+            break;
+        }
+    }
     let prefill_time = started.elapsed();
     let mut logits = match (prefilled, stopped_at) {
         (Some(logits), _) => logits,
@@ -243,6 +293,9 @@ pub fn generate(
                 prompt_tokens: prompt.len(),
                 tokens: Vec::new(),
                 text: String::new(),
+                reasoning: String::new(),
+                reasoning_tokens: 0,
+                cached_tokens,
                 finish_reason: FinishReason::Cancelled,
                 first_step_top: Vec::new(),
                 prefill_time,
@@ -258,16 +311,56 @@ pub fn generate(
 
     let decode_started = Instant::now();
     let mut tokens = Vec::new();
+    let mut thinking = request
+        .thinking
+        .clone()
+        .map(|thinking| ThinkingTracker::new(thinking, prompt));
+    // After a thinking block closes, the answer's leading whitespace goes.
+    let mut trim_answer_start = false;
     let finish_reason = loop {
-        let token = sampler.sample(&logits, request.top_logprobs);
-        if stops.contains(&token.id) {
+        let forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
+        let token = match forced {
+            Some(id) => sampler.force(&logits, id, request.top_logprobs),
+            None => sampler.sample(&logits, request.top_logprobs),
+        };
+        if forced.is_none() && stops.contains(&token.id) {
             break FinishReason::Stop;
         }
-        let piece = decoder.push(token.id);
-        let (final_text, hit_stop) = text.push(&piece);
+        let channel = thinking.as_mut().map_or(Channel::Answer, |t| t.take(token.id));
+        let (final_text, hit_stop) = match (channel, thinking.as_mut()) {
+            (Channel::Marker, Some(thinking)) => {
+                // Bytes of a character cut off by the marker end the channel it ends.
+                let rest = decoder.finish();
+                let (tail, reasoning) = if thinking.inside() {
+                    (text.push(&rest).0, false)
+                } else {
+                    let tail = thinking.reasoning(&rest);
+                    thinking.end_block();
+                    trim_answer_start = true;
+                    (tail, true)
+                };
+                if !tail.is_empty() {
+                    let event = TokenEvent {
+                        token: None,
+                        text: tail,
+                        reasoning,
+                    };
+                    let _ = on_progress(Progress::Token(&event));
+                }
+                (String::new(), false)
+            }
+            (Channel::Reasoning, Some(thinking)) => (thinking.reasoning(&decoder.push(token.id)), false),
+            _ => {
+                let piece = decoder.push(token.id);
+                let piece = if trim_answer_start { piece.trim_start() } else { &piece };
+                trim_answer_start &= piece.is_empty();
+                text.push(piece)
+            }
+        };
         let event = TokenEvent {
             token: Some(token.clone()),
             text: final_text,
+            reasoning: channel != Channel::Answer,
         };
         tokens.push(token);
         let control = on_progress(Progress::Token(&event));
@@ -283,25 +376,52 @@ pub fn generate(
         if past_deadline() {
             return Err(deadline_passed(prompt.len(), tokens.len()));
         }
-        logits = model.forward(&[tokens.last().expect("just pushed").id], cache);
+        let next = tokens.last().expect("just pushed").id;
+        logits = model.forward(&[next], slot.cache().expect("prepared above"));
+        slot.record(next);
     };
     let decode_time = decode_started.elapsed();
-    if finish_reason != FinishReason::Stop || !text.stopped() {
-        // Whatever the decoder and the stop filter still hold is final now.
-        let rest = decoder.finish();
-        let (mut tail, _) = text.push(&rest);
-        tail.push_str(&text.flush());
-        if !tail.is_empty() {
-            let event = TokenEvent {
-                token: None,
-                text: tail,
-            };
-            let _ = on_progress(Progress::Token(&event));
+    let rest = decoder.finish();
+    match thinking.as_mut() {
+        Some(thinking) if thinking.inside() => {
+            // It ended inside a block: the rest is reasoning.
+            let tail = thinking.reasoning(&rest);
+            thinking.end_block();
+            if !tail.is_empty() {
+                let event = TokenEvent {
+                    token: None,
+                    text: tail,
+                    reasoning: true,
+                };
+                let _ = on_progress(Progress::Token(&event));
+            }
         }
+        _ if finish_reason != FinishReason::Stop || !text.stopped() => {
+            // Whatever the decoder and the stop filter still hold is final now.
+            let rest = if trim_answer_start { rest.trim_start() } else { &rest };
+            let (mut tail, _) = text.push(rest);
+            tail.push_str(&text.flush());
+            if !tail.is_empty() {
+                let event = TokenEvent {
+                    token: None,
+                    text: tail,
+                    reasoning: false,
+                };
+                let _ = on_progress(Progress::Token(&event));
+            }
+        }
+        _ => {}
+    }
+    let reasoning_tokens = thinking.as_ref().map_or(0, ThinkingTracker::spent);
+    if let Some(loops) = thinking.as_ref().map(ThinkingTracker::loops_closed).filter(|&n| n > 0) {
+        tracing::info!(loops, reasoning_tokens, "thinking went round in a loop and was closed");
     }
     Ok(GenerationOutput {
         prompt_tokens: prompt.len(),
         text: text.into_text(),
+        reasoning: thinking.map(ThinkingTracker::into_reasoning).unwrap_or_default(),
+        reasoning_tokens,
+        cached_tokens,
         tokens,
         finish_reason,
         first_step_top,

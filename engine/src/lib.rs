@@ -9,7 +9,8 @@
 //! - [`ops`]: our Burn backend-extension ops (quantized linear, norms, RoPE, KV store, attention).
 //! - [`attention`]: attention over the f16 KV cache, reference and vector paths.
 //! - [`model`]: weight sources (GGUF, Hugging Face), architectures, their weights, the KV cache.
-//! - [`tokenizer`], [`chat_template`], [`sampling`], [`generate`]: text in, tokens out.
+//! - [`tokenizer`], [`chat_template`], [`sampling`], [`generate`]: text in, tokens out;
+//!   [`thinking`]: the reasoning of models that think in `<think>` blocks, and its budget.
 //! - [`packed`]: many short byte strings in one buffer (vocabularies, merge lists).
 //! - [`engine`]: a loaded model on its own threads behind a bounded queue.
 pub mod attention;
@@ -22,4 +23,5 @@ pub mod ops;
 pub mod packed;
 pub mod quant;
 pub mod sampling;
+pub mod thinking;
 pub mod tokenizer;

@@ -42,6 +42,8 @@ pub struct SamplingHints {
     pub top_k: Option<usize>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    /// OpenAI's, as Qwen3.5's card recommends it against repetition loops.
+    pub presence_penalty: Option<f32>,
 }
 
 impl SamplingHints {
@@ -70,7 +72,106 @@ impl SamplingHints {
                 .map(|k| k as usize),
             min_p: number("min_p", |p| (0.0..=1.0).contains(&p)),
             repetition_penalty: number("repetition_penalty", |r| r > 0.0),
+            presence_penalty: number("presence_penalty", |p| (-2.0..=2.0).contains(&p)),
         }
+    }
+}
+
+/// The sampling recommended for each mode of a model: with thinking, and
+/// without. Models that do not think use `thinking` for everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ModeHints {
+    /// Answers with thinking on, and every answer of a model that does not think.
+    pub thinking: SamplingHints,
+    /// Answers with thinking off.
+    pub direct: SamplingHints,
+}
+
+/// What model cards recommend per mode, for families whose recommendations
+/// differ by mode (a checkpoint's `generation_config.json` holds one set, the
+/// thinking one): (architecture, thinking, direct).
+const CARD_RECOMMENDATIONS: &[(&str, SamplingHints, SamplingHints)] = &[
+    (
+        // Qwen3.5's card, general tasks: thinking "temperature=1.0, top_p=0.95,
+        // top_k=20, min_p=0.0, presence_penalty=1.5"; non-thinking
+        // "temperature=0.7, top_p=0.8, top_k=20, min_p=0.0, presence_penalty=1.5".
+        "qwen35",
+        SamplingHints {
+            temperature: Some(1.0),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: Some(1.5),
+        },
+        SamplingHints {
+            temperature: Some(0.7),
+            top_p: Some(0.8),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: Some(1.5),
+        },
+    ),
+    (
+        // Qwen3's card: "For thinking mode, use Temperature=0.6, TopP=0.95, TopK=20,
+        // and MinP=0 ... For non-thinking mode, we suggest using Temperature=0.7,
+        // TopP=0.8, TopK=20, and MinP=0."
+        "qwen3",
+        SamplingHints {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: None,
+        },
+        SamplingHints {
+            temperature: Some(0.7),
+            top_p: Some(0.8),
+            top_k: Some(20),
+            min_p: Some(0.0),
+            repetition_penalty: None,
+            presence_penalty: None,
+        },
+    ),
+];
+
+impl SamplingHints {
+    /// Each value from here, else from `under`.
+    pub fn or(self, under: SamplingHints) -> SamplingHints {
+        SamplingHints {
+            temperature: self.temperature.or(under.temperature),
+            top_p: self.top_p.or(under.top_p),
+            top_k: self.top_k.or(under.top_k),
+            min_p: self.min_p.or(under.min_p),
+            repetition_penalty: self.repetition_penalty.or(under.repetition_penalty),
+            presence_penalty: self.presence_penalty.or(under.presence_penalty),
+        }
+    }
+}
+
+impl ModeHints {
+    /// The recommendations for a model of `architecture` whose checkpoint
+    /// gives `config`: `config` for both modes, except that a model that
+    /// `thinks` and whose family's card recommends values per mode gets the
+    /// card's thinking values under `config`'s, and the card's direct values
+    /// over `config`'s (which are the thinking ones) without thinking.
+    pub fn recommended(architecture: &str, thinks: bool, config: SamplingHints) -> ModeHints {
+        match CARD_RECOMMENDATIONS.iter().find(|(arch, ..)| *arch == architecture) {
+            Some((_, thinking, direct)) if thinks => ModeHints {
+                thinking: config.or(*thinking),
+                direct: direct.or(config),
+            },
+            _ => ModeHints {
+                thinking: config,
+                direct: config,
+            },
+        }
+    }
+
+    pub fn for_mode(&self, thinking: bool) -> SamplingHints {
+        if thinking { self.thinking } else { self.direct }
     }
 }
 
@@ -212,6 +313,23 @@ impl Sampler {
         SampledToken {
             id,
             logprob: logits[id as usize] - log_z,
+            top,
+        }
+    }
+
+    /// Takes `id` as the next token whatever `logits` say (a forced token),
+    /// reporting its log-prob and alternatives as [`Sampler::sample`] does, and
+    /// recording it for the penalties.
+    pub fn force(&mut self, logits: &[f32], id: u32, top_logprobs: usize) -> SampledToken {
+        let log_z = log_sum_exp(logits);
+        let top = top_k_indices(logits, top_logprobs)
+            .into_iter()
+            .map(|i| (i as u32, logits[i] - log_z))
+            .collect();
+        *self.counts.entry(id).or_insert(0) += 1;
+        SampledToken {
+            id,
+            logprob: logits.get(id as usize).map_or(f32::NEG_INFINITY, |l| l - log_z),
             top,
         }
     }
@@ -450,7 +568,13 @@ mod tests {
                 top_k: Some(20),
                 min_p: None,
                 repetition_penalty: None,
+                presence_penalty: None,
             }
+        );
+        let qwen35 = serde_json::json!({ "temperature": 1.0, "presence_penalty": 1.5 });
+        assert_eq!(
+            SamplingHints::from_generation_config(&qwen35).presence_penalty,
+            Some(1.5)
         );
         let greedy = serde_json::json!({ "do_sample": false, "temperature": 0.7, "top_p": 7.0 });
         let hints = SamplingHints::from_generation_config(&greedy);
@@ -463,5 +587,47 @@ mod tests {
             SamplingHints::from_generation_config(&serde_json::json!({})),
             SamplingHints::default()
         );
+    }
+
+    #[test]
+    fn a_thinking_qwen3_gets_its_cards_values_per_mode_and_others_one_set() {
+        let config = SamplingHints {
+            temperature: Some(0.6),
+            top_p: Some(0.95),
+            top_k: Some(20),
+            repetition_penalty: Some(1.05),
+            ..SamplingHints::default()
+        };
+        let qwen3 = ModeHints::recommended("qwen3", true, config);
+        assert_eq!(
+            qwen3.for_mode(true),
+            SamplingHints {
+                min_p: Some(0.0),
+                ..config
+            }
+        );
+        let direct = qwen3.for_mode(false);
+        assert_eq!(
+            (
+                direct.temperature,
+                direct.top_p,
+                direct.top_k,
+                direct.min_p,
+                direct.repetition_penalty
+            ),
+            (Some(0.7), Some(0.8), Some(20), Some(0.0), Some(1.05))
+        );
+        // A GGUF file gives no generation config: the card's values alone.
+        assert_eq!(
+            ModeHints::recommended("qwen3", true, SamplingHints::default())
+                .thinking
+                .temperature,
+            Some(0.6)
+        );
+        // A Qwen3 without thinking markers, or another family: one set.
+        for (arch, thinks) in [("qwen3", false), ("llama", true)] {
+            let hints = ModeHints::recommended(arch, thinks, config);
+            assert_eq!((hints.thinking, hints.direct), (config, config));
+        }
     }
 }

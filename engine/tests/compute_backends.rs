@@ -45,6 +45,7 @@ mod ndarray {
             top_logprobs: 5,
             ignore_eos: true,
             deadline: None,
+            thinking: None,
         };
         model
             .generate(&request, |_| ControlFlow::Continue(()))

@@ -192,10 +192,14 @@ fn the_kv_cache_is_kept_between_jobs_and_answers_do_not_change() {
     assert_eq!(wait(), long_alone);
     assert_eq!(wait(), short_alone);
     assert_eq!(wait(), long_alone);
-    // SmolLM2: 30 layers, keys and values of 3 heads × 64 dims in f16, for the
-    // long request's positions rounded up to the slot's step.
-    let positions = (long.prompt_tokens.len() + 300).div_ceil(256) * 256;
-    assert_eq!(engine.kv_cache_bytes(), positions * 30 * 2 * 3 * 64 * 2);
+    // Both conversations' states are kept (well within the default budget):
+    // SmolLM2's 30 layers, keys and values of 3 heads × 64 dims in f16, for
+    // each request's positions rounded up to the slot's step.
+    let positions = |r: &GenerationRequest| (r.prompt_tokens.len() + r.max_tokens).div_ceil(256) * 256;
+    assert_eq!(
+        engine.kv_cache_bytes(),
+        (positions(&long) + positions(&short)) * 30 * 2 * 3 * 64 * 2
+    );
 }
 
 fn request_for(model: &LocalModel, question: &str, max_tokens: usize) -> GenerationRequest {
@@ -216,6 +220,7 @@ fn request_template(max_tokens: usize) -> GenerationRequest {
         top_logprobs: 0,
         ignore_eos: true,
         deadline: None,
+        thinking: None,
     }
 }
 

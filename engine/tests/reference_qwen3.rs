@@ -22,7 +22,7 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use burn::prelude::*;
-use common::ids;
+use common::{argmax, ids, max_diff, rows};
 use serde_json::Value;
 use switchyard_engine::model::source::WeightSource;
 use switchyard_engine::model::weights::Quantization;
@@ -57,30 +57,6 @@ fn model() -> (Model, Device) {
         Model::load(&source, Quantization::Keep, &device).expect("the model loads"),
         device,
     )
-}
-
-fn rows(value: &Value) -> Vec<Vec<f32>> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        })
-        .collect()
-}
-
-fn max_diff(ours: &[f32], theirs: &[f32]) -> f32 {
-    assert_eq!(ours.len(), theirs.len());
-    ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
-}
-
-fn argmax(row: &[f32]) -> u32 {
-    (0..row.len()).max_by(|&a, &b| row[a].total_cmp(&row[b])).unwrap() as u32
 }
 
 fn cache(model: &Model, device: &Device, capacity: usize) -> KvCache {

@@ -66,6 +66,7 @@ fn greedy(case: &Value, max_tokens: usize) -> GenerationOutput {
         top_logprobs: 0,
         ignore_eos: false,
         deadline: None,
+        thinking: None,
     };
     model()
         .generate(&request, |_| ControlFlow::Continue(()))
@@ -254,7 +255,9 @@ fn a_prompt_prefilled_in_chunks_gives_the_logits_of_one_whole_pass() {
             break;
         }
     }
-    let Model::Decoder(llama) = &local.model;
+    let Model::Decoder(llama) = &local.model else {
+        panic!("SmolLM2 is a Llama decoder");
+    };
     let log_softmax = |logits: Vec<f32>| {
         let log_z = sampling::log_sum_exp(&logits);
         logits.iter().map(|l| l - log_z).collect::<Vec<f32>>()

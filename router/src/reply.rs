@@ -68,6 +68,9 @@ pub struct Finished {
     pub usage: Usage,
     /// Of `usage.completion_tokens`, those spent reasoning.
     pub reasoning_tokens: u64,
+    /// Of `usage.prompt_tokens`, those whose state an earlier request left
+    /// (a conversation's earlier turns), not run again.
+    pub cached_tokens: u64,
     /// The answer stopped at the client's own `max_tokens`.
     pub client_limited: bool,
 }

@@ -26,6 +26,21 @@ fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
     policy
 }
 
+/// Runs a Python script with the daemon's `/v1` URL as its argument; it must print `ok`.
+fn run_sdk_script(daemon: &Daemon, script: &str) {
+    let output = Command::new(python())
+        .args(["-c", script, &daemon.url("/v1")])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "stdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+}
+
 #[test]
 fn the_local_model_answers_the_openai_sdk_streamed_and_not() {
     let model = default_model();
@@ -52,17 +67,7 @@ else:
     raise AssertionError("an over-long prompt must be refused")
 print("ok")
 "#;
-    let output = Command::new(python())
-        .args(["-c", script, &daemon.url("/v1")])
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim() == "ok",
-        "stdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        daemon.log()
-    );
+    run_sdk_script(&daemon, script);
 }
 
 #[tokio::test]
@@ -625,4 +630,173 @@ async fn the_daemon_serves_a_qwen3_and_passes_template_kwargs() {
         tokens(&off)
     );
     assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
+
+/// A policy serving the tiny thinking Qwen3 (`qwen3_thinking/`: Qwen3.5's
+/// template, `<think>` tokens, Qwen3's generation_config) with a thinking
+/// budget of 6 tokens; every `auto` request is tier `local` (thinking off).
+fn thinking_policy() -> String {
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/qwen/qwen3_thinking");
+    format!(
+        "backends:
+  local:
+    - name: qwen3
+      model_path: {}
+      quant: none
+      threads: 2
+      context_length: 512
+      default_max_tokens: 24
+      reasoning: true
+      reasoning_max_tokens: 6
+routing:
+  local_backend: qwen3
+  thresholds: {{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }}
+# A random model's answers are weak; here they are not climbed.
+ladder: {{ enabled: false }}
+",
+        model.display()
+    )
+}
+
+/// Thinking on and off through the openai SDK: `reasoning_content` (whole and
+/// streamed, never in `content`), `reasoning_tokens`, the budget that forces
+/// `</think>`, the client's `max_tokens` covering thinking, the switches
+/// (`chat_template_kwargs`, `reasoning_effort`, the routed tier), and each
+/// mode's sampling defaults (Qwen3's generation_config with thinking, its
+/// card's values without).
+#[test]
+fn a_thinking_model_thinks_on_and_off_within_its_budget_through_the_openai_sdk() {
+    let daemon = Daemon::start(&thinking_policy(), &[]);
+    let script = r#"
+import sys, openai
+client = openai.OpenAI(base_url=sys.argv[1], api_key="unused", max_retries=0, timeout=120)
+messages = [{"role": "user", "content": "What is 2+2?"}]
+def ask(model="qwen3", thinking=None, **kw):
+    extra = dict(kw.pop("extra_body", {}))
+    if thinking is not None:
+        extra["chat_template_kwargs"] = {"enable_thinking": thinking}
+    return client.chat.completions.create(model=model, messages=messages, extra_body=extra, **kw)
+def reasoning_of(reply):
+    return reply.choices[0].message.model_extra.get("reasoning_content")
+def reasoning_tokens(reply):
+    return reply.usage.completion_tokens_details.reasoning_tokens
+
+# Thinking on: the template opens <think>; after 6 tokens the budget forces "\n</think>\n\n"
+# (2 more reasoning tokens: the line break and the marker), then the answer.
+on = ask(thinking=True, temperature=1.0, seed=11)
+reasoning = reasoning_of(on)
+content = on.choices[0].message.content
+assert reasoning, on
+assert reasoning_tokens(on) == 6 + 2, on.usage
+assert on.usage.completion_tokens > reasoning_tokens(on), on.usage
+for marker in ("<think>", "</think>"):
+    assert marker not in content and marker not in reasoning, on
+# Streamed, the same answer in the two channels.
+chunks = list(ask(thinking=True, temperature=1.0, seed=11, stream=True, stream_options={"include_usage": True}))
+streamed_reasoning = "".join(c.choices[0].delta.model_extra.get("reasoning_content") or "" for c in chunks if c.choices)
+streamed_content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert (streamed_reasoning, streamed_content) == (reasoning, content), (streamed_reasoning, streamed_content, on)
+assert reasoning_tokens(chunks[-1]) == reasoning_tokens(on), chunks[-1]
+
+# Thinking off: the template writes an empty block (2 more prompt tokens), no reasoning.
+off = ask(thinking=False, temperature=1.0, seed=11)
+assert reasoning_tokens(off) == 0 and reasoning_of(off) is None, off
+assert off.usage.prompt_tokens == on.usage.prompt_tokens + 2, (on.usage, off.usage)
+
+# reasoning_effort switches it when chat_template_kwargs does not; so does the routed tier
+# (every `auto` request here is tier `local`: thinking off).
+for effort, prompt_tokens in (("none", off.usage.prompt_tokens), ("minimal", off.usage.prompt_tokens),
+                              ("low", on.usage.prompt_tokens), ("high", on.usage.prompt_tokens)):
+    reply = ask(reasoning_effort=effort, temperature=0)
+    assert reply.usage.prompt_tokens == prompt_tokens, (effort, reply.usage)
+    assert (reasoning_tokens(reply) > 0) == (prompt_tokens == on.usage.prompt_tokens), (effort, reply.usage)
+auto = ask(model="auto", temperature=0)
+assert auto.usage.prompt_tokens == off.usage.prompt_tokens and reasoning_tokens(auto) == 0, auto.usage
+# An explicit switch wins over the tier.
+auto_on = ask(model="auto", thinking=True, temperature=0)
+assert auto_on.usage.prompt_tokens == on.usage.prompt_tokens and reasoning_tokens(auto_on) > 0, auto_on.usage
+# The local-reasoning tier is thinking on: one pass, the model's own block, within the budget.
+raw = client.chat.completions.with_raw_response.create(
+    model="auto", messages=messages, temperature=0, extra_headers={"x-switchyard-tier": "local-reasoning"})
+tiered = raw.parse()
+assert raw.headers["x-switchyard-route"] == "local-reasoning", dict(raw.headers)
+assert tiered.usage.prompt_tokens == on.usage.prompt_tokens and reasoning_tokens(tiered) == 8, tiered.usage
+
+# An earlier turn's thinking, sent back as reasoning_content, is dropped from the prompt as the
+# template drops it; the last assistant turn after the last user turn keeps it.
+def prompt_tokens(conversation):
+    return client.chat.completions.create(model="qwen3", messages=conversation, max_tokens=1,
+                                          extra_body={"chat_template_kwargs": {"enable_thinking": False}}).usage.prompt_tokens
+earlier = {"role": "assistant", "content": "4", "reasoning_content": "two and two make four, " * 8}
+plain = {"role": "assistant", "content": "4"}
+again = {"role": "user", "content": "And 3+3?"}
+assert prompt_tokens(messages + [earlier, again]) == prompt_tokens(messages + [plain, again])
+assert prompt_tokens(messages + [earlier]) > prompt_tokens(messages + [plain]) + 8
+
+# The client's max_tokens covers thinking: 4 tokens are all thinking, cut for length.
+short = ask(thinking=True, temperature=0, max_tokens=4)
+assert short.choices[0].finish_reason == "length", short
+assert reasoning_tokens(short) == 4 and short.usage.completion_tokens == 4, short.usage
+assert short.choices[0].message.content == "", short
+
+# Sampling defaults per mode: with thinking, generation_config.json's (0.6, 0.95, top_k 20);
+# without, Qwen3's card's non-thinking values (0.7, 0.8, top_k 20, min_p 0).
+def text(reply):
+    return (reasoning_of(reply) or "") + "|" + reply.choices[0].message.content
+thinking_values = {"temperature": 0.6, "top_p": 0.95, "extra_body": {"top_k": 20}}
+direct_values = {"temperature": 0.7, "top_p": 0.8, "extra_body": {"top_k": 20, "min_p": 0.0}}
+for seed in (1, 2, 3):
+    assert text(ask(thinking=True, seed=seed)) == text(ask(thinking=True, seed=seed, **thinking_values)), seed
+    assert text(ask(thinking=False, seed=seed)) == text(ask(thinking=False, seed=seed, **direct_values)), seed
+assert any(text(ask(thinking=False, seed=s)) != text(ask(thinking=False, seed=s, **thinking_values))
+           for s in (1, 2, 3)), "the modes' defaults differ, and it shows"
+print("ok")
+"#;
+    run_sdk_script(&daemon, script);
+}
+
+/// A conversation's second turn reuses what the first left in the engine:
+/// the prompt tokens it did not run again are reported as OpenAI reports
+/// cached ones (`usage.prompt_tokens_details.cached_tokens`), and the answer
+/// is the one a daemon that never saw turn one gives.
+#[tokio::test]
+async fn a_second_turn_reuses_the_first_turns_state_and_answers_the_same() {
+    let model = default_model();
+    let policy = local_policy(&[("smollm2", model.to_str().unwrap())], 2048);
+    let daemon = Daemon::start(&policy, &[]);
+    let ask = |messages: Value| json!({ "model": "smollm2", "max_tokens": 24, "temperature": 0, "messages": messages });
+    let question = json!({ "role": "user", "content": "What is the capital of France?" });
+    let first = send(&daemon, &ask(json!([question])), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let cached = |r: &switchyard_e2e::routed::Routed| {
+        r.body["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cached(&first), 0);
+    let answer = first.body["choices"][0]["message"]["content"].as_str().unwrap();
+    let second_turn = ask(json!([
+        question,
+        { "role": "assistant", "content": answer },
+        { "role": "user", "content": "And of Italy?" },
+    ]));
+    let second = send(&daemon, &second_turn, &[]).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    let first_prompt = first.body["usage"]["prompt_tokens"].as_u64().unwrap();
+    assert!(
+        cached(&second) >= first_prompt - 4,
+        "{} of turn one's {first_prompt}",
+        cached(&second)
+    );
+    let cold = Daemon::start(&policy, &[]);
+    let fresh = send(&cold, &second_turn, &[]).await;
+    assert_eq!(cached(&fresh), 0);
+    assert_eq!(
+        fresh.body["choices"], second.body["choices"],
+        "the same answer as a cold run"
+    );
+    assert_eq!(
+        fresh.body["usage"]["prompt_tokens"],
+        second.body["usage"]["prompt_tokens"]
+    );
 }

@@ -157,28 +157,7 @@ impl DecoderConfig {
         let heads = required("num_attention_heads")?;
         let kv_heads = number("num_key_value_heads").map_or(heads, |v| v as usize);
         let head_dim = number("head_dim").map_or(embedding_length / heads, |v| v as usize);
-        let rope = config.get("rope_parameters").filter(|v| v.is_object());
-        let scaling = config.get("rope_scaling").filter(|v| !v.is_null());
-        let rope_type = rope
-            .or(scaling)
-            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
-            .and_then(Value::as_str)
-            .unwrap_or("default");
-        if rope_type != "default" {
-            return Err(ModelError::Unsupported(format!(
-                "RoPE scaling of type {rope_type:?} (only unscaled RoPE is implemented)"
-            )));
-        }
-        let rope_theta = rope
-            .and_then(|r| r.get("rope_theta"))
-            .or_else(|| config.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10_000.0);
-        let partial = rope
-            .and_then(|r| r.get("partial_rotary_factor"))
-            .or_else(|| config.get("partial_rotary_factor"))
-            .and_then(Value::as_f64)
-            .unwrap_or(1.0);
+        let (rope_theta, partial) = hf_rope(config, 10_000.0, 1.0)?;
         DecoderConfig {
             family,
             block_count: required("num_hidden_layers")?,
@@ -216,6 +195,32 @@ impl DecoderConfig {
         }
         Ok(self)
     }
+}
+
+/// RoPE's θ and the rotated fraction of each head from a Hugging Face
+/// `config.json`, in the form transformers 4.x writes (`rope_theta`,
+/// `rope_scaling`) or 5.x (`rope_parameters`), with the architecture's
+/// defaults; scaled RoPE (YaRN, linear, ...) is refused.
+pub(super) fn hf_rope(config: &Value, theta: f64, partial: f64) -> Result<(f64, f64), ModelError> {
+    let rope = config.get("rope_parameters").filter(|v| v.is_object());
+    let scaling = config.get("rope_scaling").filter(|v| !v.is_null());
+    let rope_type = rope
+        .or(scaling)
+        .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    if rope_type != "default" {
+        return Err(ModelError::Unsupported(format!(
+            "RoPE scaling of type {rope_type:?} (only unscaled RoPE is implemented)"
+        )));
+    }
+    let number = |name: &str, default: f64| {
+        rope.and_then(|r| r.get(name))
+            .or_else(|| config.get(name))
+            .and_then(Value::as_f64)
+            .unwrap_or(default)
+    };
+    Ok((number("rope_theta", theta), number("partial_rotary_factor", partial)))
 }
 
 /// The parts of the model, named as each source names them.
@@ -392,17 +397,6 @@ impl Decoder {
                 &layer.down,
             ]);
         }
-        let mut bytes_by_format: Vec<(crate::quant::QuantFormat, usize)> = Vec::new();
-        for matrix in &matrices {
-            match bytes_by_format.iter_mut().find(|(f, _)| *f == matrix.format) {
-                Some((_, bytes)) => *bytes += matrix.byte_len(),
-                None => bytes_by_format.push((matrix.format, matrix.byte_len())),
-            }
-        }
-        let quant = bytes_by_format
-            .iter()
-            .max_by_key(|(_, bytes)| *bytes)
-            .map_or("F32", |(f, _)| f.name());
         // Norms and biases, kept in f32.
         let per_layer_vectors = 2 * c.embedding_length
             + self.layers.first().map_or(0, |l| {
@@ -410,12 +404,7 @@ impl Decoder {
                     + l.qk_norms.as_ref().map_or(0, |_| 2 * c.head_dim)
             });
         let vectors = c.block_count * per_layer_vectors + c.embedding_length;
-        ModelInfo {
-            architecture: c.family.name(),
-            quant,
-            parameters: (matrices.iter().map(|m| m.out_features * m.in_features).sum::<usize>() + vectors) as u64,
-            weight_bytes: (matrices.iter().map(|m| m.byte_len()).sum::<usize>() + 4 * vectors) as u64,
-        }
+        super::info_of(c.family.name(), &matrices, vectors)
     }
 
     /// Runs `tokens` at positions `cache.len()..`; returns the last position's
@@ -464,14 +453,17 @@ impl Decoder {
 
     /// The next-token logits of hidden states `[n, d]`, `n` rows of the vocabulary's size.
     pub fn logits(&self, hidden: Tensor<2>) -> Vec<f32> {
-        let h = ops::rms_norm(hidden, &self.output_norm, self.config.rms_eps);
-        let logits = self.output.as_ref().unwrap_or(&self.embedding).forward(h);
-        logits.into_data().try_into_vec::<f32>().expect("logits are f32")
+        super::output_logits(
+            hidden,
+            &self.output_norm,
+            self.config.rms_eps,
+            self.output.as_ref().unwrap_or(&self.embedding),
+        )
     }
 }
 
 /// RMSNorm over each `head_dim`-wide head of `x` `[s, heads·head_dim]`.
-fn head_norm(x: Tensor<2>, weight: &Tensor<1>, head_dim: usize, eps: f32) -> Tensor<2> {
+pub(super) fn head_norm(x: Tensor<2>, weight: &Tensor<1>, head_dim: usize, eps: f32) -> Tensor<2> {
     let [s, width] = x.dims();
     let heads = ops::rms_norm(x.reshape([s * width / head_dim, head_dim]), weight, eps);
     heads.reshape([s, width])

@@ -5,8 +5,10 @@
 //! layers, norms, RoPE, attention) live in [`crate::ops`] and [`weights`].
 //!
 //! - [`decoder`]: the dense decoder family: Llama, Qwen2/Qwen2.5, Qwen3.
+//! - [`qwen35`]: Qwen3.5, Gated DeltaNet layers with gated attention layers.
 
 pub mod decoder;
+pub mod qwen35;
 pub mod source;
 pub mod weights;
 
@@ -65,10 +67,41 @@ pub struct ModelInfo {
 /// A loaded model of any supported architecture.
 pub enum Model {
     Decoder(decoder::Decoder),
+    Qwen35(qwen35::Qwen35),
 }
 
 /// The architectures this engine runs, as GGUF and Hugging Face name them.
-const SUPPORTED: &str = "llama, qwen2, qwen3";
+const SUPPORTED: &str = "llama, qwen2, qwen3, qwen35 (GGUF) / qwen3_5 (Hugging Face)";
+
+/// The next-token logits of hidden states `[n, d]` through the final norm
+/// and the output matrix: `n` rows of the vocabulary's size.
+pub(crate) fn output_logits(hidden: Tensor<2>, norm: &Tensor<1>, eps: f32, output: &weights::QLinear) -> Vec<f32> {
+    let h = crate::ops::rms_norm(hidden, norm, eps);
+    let logits = output.forward(h);
+    logits.into_data().try_into_vec::<f32>().expect("logits are f32")
+}
+
+/// A model's [`ModelInfo`] from its matrices and its count of f32 values
+/// outside them (norms, biases, ...), kept in f32.
+pub(crate) fn info_of(architecture: &'static str, matrices: &[&weights::QLinear], vectors: usize) -> ModelInfo {
+    let mut bytes_by_format: Vec<(crate::quant::QuantFormat, usize)> = Vec::new();
+    for matrix in matrices {
+        match bytes_by_format.iter_mut().find(|(f, _)| *f == matrix.format) {
+            Some((_, bytes)) => *bytes += matrix.byte_len(),
+            None => bytes_by_format.push((matrix.format, matrix.byte_len())),
+        }
+    }
+    let quant = bytes_by_format
+        .iter()
+        .max_by_key(|(_, bytes)| *bytes)
+        .map_or("F32", |(f, _)| f.name());
+    ModelInfo {
+        architecture,
+        quant,
+        parameters: (matrices.iter().map(|m| m.out_features * m.in_features).sum::<usize>() + vectors) as u64,
+        weight_bytes: (matrices.iter().map(|m| m.byte_len()).sum::<usize>() + 4 * vectors) as u64,
+    }
+}
 
 impl Model {
     /// Builds the model its source names: a GGUF file's `general.architecture`,
@@ -80,6 +113,15 @@ impl Model {
                 let arch = file
                     .get_str("general.architecture")
                     .ok_or_else(|| ModelError::Malformed("general.architecture is missing".into()))?;
+                if arch == "qwen35" {
+                    let config = qwen35::Qwen35Config::from_gguf(file)?;
+                    return Ok(Model::Qwen35(qwen35::Qwen35::load(
+                        source,
+                        config,
+                        Quantization::Keep,
+                        device,
+                    )?));
+                }
                 let family = decoder::Family::named(arch).ok_or_else(|| unsupported(arch))?;
                 (arch, decoder::DecoderConfig::from_gguf(file, family)?)
             }
@@ -89,6 +131,10 @@ impl Model {
                     .get("model_type")
                     .and_then(serde_json::Value::as_str)
                     .ok_or_else(|| ModelError::Malformed("config.json has no model_type".into()))?;
+                if matches!(arch, "qwen3_5" | "qwen3_5_text") {
+                    let config = qwen35::Qwen35::hf_config(checkpoint)?;
+                    return Ok(Model::Qwen35(qwen35::Qwen35::load(source, config, quant, device)?));
+                }
                 let family = decoder::Family::named(arch).ok_or_else(|| unsupported(arch))?;
                 (arch, decoder::Decoder::hf_config(checkpoint, family)?)
             }
@@ -104,18 +150,21 @@ impl Model {
     pub fn info(&self) -> ModelInfo {
         match self {
             Model::Decoder(m) => m.info(),
+            Model::Qwen35(m) => m.info(),
         }
     }
 
     pub fn context_length(&self) -> usize {
         match self {
             Model::Decoder(m) => m.config.context_length,
+            Model::Qwen35(m) => m.config.context_length,
         }
     }
 
     pub fn vocab_size(&self) -> usize {
         match self {
             Model::Decoder(m) => m.config.vocab_size,
+            Model::Qwen35(m) => m.config.vocab_size,
         }
     }
 
@@ -129,6 +178,28 @@ impl Model {
                 capacity,
                 device,
             ),
+            Model::Qwen35(m) => {
+                let c = &m.config;
+                let mut cache = KvCache::new(c.attention_layers(), c.kv_heads, c.head_dim, capacity, device);
+                cache.recurrent = (0..c.linear_layers()).map(|_| c.new_state()).collect();
+                cache
+            }
+        }
+    }
+
+    /// Every position's hidden state after `tokens` (run at the cache's next positions).
+    fn forward_every(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
+        match self {
+            Model::Decoder(m) => m.forward_every(tokens, cache),
+            Model::Qwen35(m) => m.forward_every(tokens, cache),
+        }
+    }
+
+    /// The next-token logits of hidden states `[n, d]`.
+    fn logits(&self, hidden: Tensor<2>) -> Vec<f32> {
+        match self {
+            Model::Decoder(m) => m.logits(hidden),
+            Model::Qwen35(m) => m.logits(hidden),
         }
     }
 
@@ -156,20 +227,18 @@ impl Model {
         mut between_chunks: impl FnMut(usize) -> ControlFlow<()>,
     ) -> Option<Vec<f32>> {
         assert!(!tokens.is_empty(), "a forward pass runs at least one token");
-        match self {
-            Model::Decoder(m) => {
-                let mut run = 0;
-                let mut last = None;
-                for part in tokens.chunks(Self::PREFILL_CHUNK) {
-                    if run > 0 && between_chunks(run).is_break() {
-                        return None;
-                    }
-                    last = Some(m.forward(part, cache));
-                    run += part.len();
-                }
-                Some(m.logits(last.expect("at least one chunk")))
+        let mut run = 0;
+        let mut last = None;
+        for part in tokens.chunks(Self::PREFILL_CHUNK) {
+            if run > 0 && between_chunks(run).is_break() {
+                return None;
             }
+            let hidden = self.forward_every(part, cache);
+            let [s, d] = hidden.dims();
+            last = Some(hidden.slice([s - 1..s, 0..d]));
+            run += part.len();
         }
+        Some(self.logits(last.expect("at least one chunk")))
     }
 
     /// Runs `tokens` at the cache's next positions; returns the logits of
@@ -178,12 +247,10 @@ impl Model {
     /// [`Model::forward`]).
     pub fn forward_all(&self, tokens: &[u32], cache: &mut KvCache) -> Vec<f32> {
         assert!(!tokens.is_empty(), "a forward pass runs at least one token");
-        match self {
-            Model::Decoder(m) => tokens
-                .chunks(Self::PREFILL_CHUNK)
-                .flat_map(|part| m.logits(m.forward_every(part, cache)))
-                .collect(),
-        }
+        tokens
+            .chunks(Self::PREFILL_CHUNK)
+            .flat_map(|part| self.logits(self.forward_every(part, cache)))
+            .collect()
     }
 
     /// Runs `tokens` at the cache's next positions; returns the log-probability
@@ -195,17 +262,13 @@ impl Model {
         let vocab = self.vocab_size();
         let mut token_logprobs = Vec::with_capacity(tokens.len() - 1);
         let mut next = Vec::new();
-        match self {
-            Model::Decoder(m) => {
-                for (chunk, part) in tokens.chunks(Self::PREFILL_CHUNK).enumerate() {
-                    let logits = m.logits(m.forward_every(part, cache));
-                    for (i, row) in logits.chunks_exact(vocab).enumerate() {
-                        let log_z = crate::sampling::log_sum_exp(row);
-                        match tokens.get(chunk * Self::PREFILL_CHUNK + i + 1) {
-                            Some(&following) => token_logprobs.push(row[following as usize] - log_z),
-                            None => next = row.iter().map(|&l| l - log_z).collect(),
-                        }
-                    }
+        for (chunk, part) in tokens.chunks(Self::PREFILL_CHUNK).enumerate() {
+            let logits = self.logits(self.forward_every(part, cache));
+            for (i, row) in logits.chunks_exact(vocab).enumerate() {
+                let log_z = crate::sampling::log_sum_exp(row);
+                match tokens.get(chunk * Self::PREFILL_CHUNK + i + 1) {
+                    Some(&following) => token_logprobs.push(row[following as usize] - log_z),
+                    None => next = row.iter().map(|&l| l - log_z).collect(),
                 }
             }
         }
@@ -216,13 +279,16 @@ impl Model {
     pub const PREFILL_CHUNK: usize = 128;
 }
 
-/// Keys and values of every layer for the positions run so far, in half
-/// precision (see [`crate::attention`]). It is sized before a request runs
-/// (prompt plus the longest answer it may get) and never grows during it;
-/// [`KvSlot`] keeps one from request to request.
+/// A sequence's state after the positions run so far: the keys and values of
+/// every attention layer, in half precision (see [`crate::attention`]), and
+/// the recurrent state of every linear-attention layer (Qwen3.5's DeltaNet).
+/// It is sized before a request runs (prompt plus the longest answer it may
+/// get) and never grows during it; [`KvSlot`] keeps one from request to request.
 pub struct KvCache {
-    /// Per layer: keys and values, `[kv_heads, capacity, head_dim]`, f16 bits in `U16` tensors.
+    /// Per attention layer: keys and values, `[kv_heads, capacity, head_dim]`, f16 bits in `U16` tensors.
     layers: Vec<(Tensor<3, Int>, Tensor<3, Int>)>,
+    /// Per linear-attention layer, in layer order.
+    recurrent: Vec<qwen35::RecurrentState>,
     len: usize,
     capacity: usize,
 }
@@ -237,6 +303,7 @@ impl KvCache {
         };
         KvCache {
             layers: (0..layers).map(|_| (empty(), empty())).collect(),
+            recurrent: Vec::new(),
             len: 0,
             capacity,
         }
@@ -255,17 +322,23 @@ impl KvCache {
         self.capacity
     }
 
-    /// Memory held by the keys and values (two bytes each), whatever is filled.
+    /// Memory held by the keys and values (two bytes each), whatever is
+    /// filled, and by the recurrent states.
     pub fn bytes(&self) -> usize {
-        self.layers
+        let kv: usize = self
+            .layers
             .iter()
             .map(|(k, v)| (k.shape().num_elements() + v.shape().num_elements()) * std::mem::size_of::<u16>())
-            .sum()
+            .sum();
+        kv + self.recurrent.iter().map(qwen35::RecurrentState::bytes).sum::<usize>()
     }
 
-    /// Forgets every position; the memory stays for the next request.
+    /// Forgets every position; the memory stays for the next request. Stale
+    /// keys and values are never read (attention reads the filled positions
+    /// only), but a recurrent state is read whole: it is zeroed.
     fn clear(&mut self) {
         self.len = 0;
+        self.recurrent.iter_mut().for_each(qwen35::RecurrentState::clear);
     }
 
     /// Writes `k` and `v` (`[s, kv_heads × head_dim]`) at positions `len..len + s` of `layer`.
@@ -295,12 +368,27 @@ impl KvCache {
 /// request has run; a [`KvSlot::exact`] one, for a single generation, holds
 /// just what that generation needs.
 ///
+/// A slot also remembers which tokens its cache holds, so that the next
+/// request that starts with them (a conversation's next turn) runs only what
+/// is new: keys and values can be cut back to any shorter prefix, but a
+/// recurrent state (Qwen3.5's DeltaNet) cannot be rolled back token by token,
+/// so it is snapshotted at the turn boundary of each prompt (see
+/// [`KvSlot::mark`]) and a later request reuses either the whole history or
+/// that snapshot.
+///
 /// Stale keys and values past the filled positions are never read: attention
 /// only looks at positions before the one it computes.
 pub struct KvSlot {
     cache: Option<KvCache>,
     /// Capacity is allocated in multiples of this many positions.
     step: usize,
+    /// The tokens whose state the cache holds (its `len()` first ones are valid).
+    tokens: Vec<u32>,
+    /// The recurrent state after the first `.0` tokens, for models that have one.
+    snapshot: Option<(usize, Vec<qwen35::RecurrentState>)>,
+    /// Where the last prompt's conversation ended (after its last
+    /// end-of-turn token): a request sharing that much continues it.
+    turn_end: usize,
 }
 
 impl KvSlot {
@@ -313,18 +401,56 @@ impl KvSlot {
         KvSlot {
             cache: None,
             step: Self::STEP,
+            tokens: Vec::new(),
+            snapshot: None,
+            turn_end: 0,
         }
     }
 
     /// For one generation: sized to the request exactly.
     pub fn exact() -> KvSlot {
-        KvSlot { cache: None, step: 1 }
+        KvSlot {
+            step: 1,
+            ..KvSlot::growing()
+        }
     }
 
-    /// An empty cache with room for `positions`, reusing the slot's memory when
-    /// it is large enough.
-    pub fn prepare(&mut self, model: &Model, positions: usize, context_length: usize, device: &Device) -> &mut KvCache {
+    /// How many of `prompt`'s first tokens this slot can give the state of:
+    /// the prefix it shares with the tokens the cache holds (at most all of
+    /// the prompt but its last token, whose logits are needed), cut back for a
+    /// model with a recurrent state to the whole history or the snapshot.
+    pub fn reusable(&self, prompt: &[u32]) -> usize {
+        let Some(cache) = &self.cache else { return 0 };
+        let held = &self.tokens[..cache.len().min(self.tokens.len())];
+        let shared = held.iter().zip(prompt).take_while(|(a, b)| a == b).count();
+        let usable = shared.min(prompt.len().saturating_sub(1));
+        if cache.recurrent.is_empty() {
+            return usable;
+        }
+        if usable == held.len() {
+            return usable;
+        }
+        match &self.snapshot {
+            Some((position, _)) if *position <= usable => *position,
+            _ => 0,
+        }
+    }
+
+    /// A cache with room for `positions`, holding the state of `prompt`'s
+    /// first `reuse` tokens (as [`KvSlot::reusable`] said; 0: empty), reusing
+    /// the slot's memory when it is large enough. A cache too small is
+    /// replaced by an empty larger one.
+    pub fn prepare_reusing(
+        &mut self,
+        model: &Model,
+        prompt: &[u32],
+        reuse: usize,
+        positions: usize,
+        context_length: usize,
+        device: &Device,
+    ) -> (&mut KvCache, usize) {
         let fits = self.cache.as_ref().is_some_and(|c| c.capacity() >= positions);
+        let mut reuse = if fits { reuse } else { 0 };
         if !fits {
             // Free the old cache before allocating the larger one.
             self.cache = None;
@@ -333,8 +459,60 @@ impl KvSlot {
             self.cache = Some(model.new_cache(capacity, device));
         }
         let cache = self.cache.as_mut().expect("allocated above");
-        cache.clear();
-        cache
+        if reuse > 0 && reuse < cache.len() && !cache.recurrent.is_empty() {
+            match &self.snapshot {
+                Some((position, states)) if *position == reuse => cache.recurrent.clone_from(states),
+                _ => reuse = 0,
+            }
+        }
+        if reuse == 0 {
+            cache.clear();
+            self.snapshot = None;
+        } else {
+            cache.len = reuse;
+        }
+        self.tokens.clear();
+        self.tokens.extend_from_slice(prompt);
+        (cache, reuse)
+    }
+
+    /// An empty cache with room for `positions`, reusing the slot's memory when
+    /// it is large enough.
+    pub fn prepare(&mut self, model: &Model, positions: usize, context_length: usize, device: &Device) -> &mut KvCache {
+        self.prepare_reusing(model, &[], 0, positions, context_length, device).0
+    }
+
+    /// Whether `prompt` continues the conversation this slot last served:
+    /// it reuses at least all of that prompt's finished turns.
+    pub fn continued_by(&self, prompt: &[u32]) -> bool {
+        self.turn_end > 0 && self.reusable(prompt) >= self.turn_end
+    }
+
+    /// Records where the prompt being served ends its last finished turn.
+    pub fn set_turn_end(&mut self, position: usize) {
+        self.turn_end = position;
+    }
+
+    /// Snapshots the recurrent state as it is now, at `cache.len()` positions
+    /// (a turn boundary of the prompt), for a later request to start from.
+    pub fn mark(&mut self) {
+        if let Some(cache) = &self.cache
+            && !cache.recurrent.is_empty()
+        {
+            match &mut self.snapshot {
+                Some((position, states)) => {
+                    *position = cache.len();
+                    states.clone_from(&cache.recurrent);
+                }
+                None => self.snapshot = Some((cache.len(), cache.recurrent.clone())),
+            }
+        }
+    }
+
+    /// Records tokens fed after the prompt (the answer), so that a later
+    /// request can find them in the cache.
+    pub fn record(&mut self, token: u32) {
+        self.tokens.push(token);
     }
 
     /// The cache as a stopped prefill left it, holding `filled` positions, to
@@ -345,8 +523,22 @@ impl KvSlot {
         cache
     }
 
-    /// Memory the slot holds.
+    /// The cache, when the slot holds one.
+    pub fn cache(&mut self) -> Option<&mut KvCache> {
+        self.cache.as_mut()
+    }
+
+    /// Whether the slot's cache holds a recurrent state (see [`KvSlot::mark`]).
+    pub fn has_recurrent_state(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| !c.recurrent.is_empty())
+    }
+
+    /// Memory the slot holds: its cache and its snapshot.
     pub fn bytes(&self) -> usize {
-        self.cache.as_ref().map_or(0, KvCache::bytes)
+        let snapshot = self
+            .snapshot
+            .as_ref()
+            .map_or(0, |(_, states)| states.iter().map(qwen35::RecurrentState::bytes).sum());
+        self.cache.as_ref().map_or(0, KvCache::bytes) + snapshot
     }
 }

@@ -164,13 +164,21 @@ impl QLinear {
 
 /// A small f32 vector (norm weights, biases), dequantized at load.
 pub fn load_vector(source: &WeightSource, name: &str, len: usize, device: &Device) -> Result<Tensor<1>, ModelError> {
+    let values = load_floats(source, name, &[len])?;
+    Ok(Tensor::<1>::from_data(TensorData::new(values, [len]), device))
+}
+
+/// A small float tensor of exactly `shape`, dequantized to f32 values on the host.
+pub fn load_floats(source: &WeightSource, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
     let weight = required(source, name)?;
-    if weight.shape != [len] {
+    if weight.shape != shape {
         return Err(ModelError::Malformed(format!(
-            "{name} is {}, expected [{len}]",
-            describe_shape(&weight.shape)
+            "{name} is {}, expected {}",
+            describe_shape(&weight.shape),
+            describe_shape(shape)
         )));
     }
+    let len = shape.iter().product();
     let matrix = QuantMatrix::new(weight.format, 1, len, &weight.bytes)
         .map_err(|why| ModelError::Malformed(format!("{name}: {why}")))?;
     let mut values = vec![0f32; len];
@@ -181,7 +189,7 @@ pub fn load_vector(source: &WeightSource, name: &str, len: usize, device: &Devic
             "{name} holds a non-finite value at {bad}"
         )));
     }
-    Ok(Tensor::<1>::from_data(TensorData::new(values, [len]), device))
+    Ok(values)
 }
 
 fn required<'a>(source: &'a WeightSource, name: &str) -> Result<Weight<'a>, ModelError> {

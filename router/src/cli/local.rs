@@ -7,16 +7,21 @@ use std::process::ExitCode;
 
 use serde_json::{Map, Value, json};
 use switchyard_engine::engine::{ComputeBackend, LoadOptions, LocalModel, default_threads, encode_conversation};
-use switchyard_engine::generate::GenerationRequest;
+use switchyard_engine::generate::{GenerationRequest, TokenEvent};
 use switchyard_engine::model::weights::Quantization;
 use switchyard_engine::sampling::SamplingParams;
+use switchyard_engine::thinking::Thinking;
 
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("prompt").required(true).args(["raw_prompt", "prompt_ids"])))]
+#[command(group(clap::ArgGroup::new("prompt_source").required(true).args(["prompt", "raw_prompt", "prompt_ids"])))]
 pub struct GenerateArgs {
     /// GGUF model file, or Hugging Face model directory.
     #[arg(long)]
     model: PathBuf,
+    /// A user message, rendered with the model's chat template (with
+    /// `enable_thinking` as --thinking says, when given).
+    #[arg(long)]
+    prompt: Option<String>,
     /// Prompt text, tokenized as is: special tokens are parsed, no chat template is applied.
     #[arg(long)]
     raw_prompt: Option<String>,
@@ -44,6 +49,50 @@ pub struct GenerateArgs {
     /// Generate exactly --max-tokens tokens, through end-of-turn tokens (benchmarks).
     #[arg(long)]
     ignore_eos: bool,
+    #[command(flatten)]
+    thinking: ThinkingArgs,
+}
+
+/// Thinking, for a model that thinks natively (`<think>` blocks).
+#[derive(clap::Args)]
+pub struct ThinkingArgs {
+    /// `on`: the model may think (within --thinking-budget); `off`: it does not
+    /// (its template is told so, and a block it opens anyway is closed at once).
+    /// Unset: as the model and its template do by default. Either way the
+    /// output's reasoning is told apart from its answer.
+    #[arg(long, value_parser = ["on", "off"])]
+    thinking: Option<String>,
+    /// Thinking tokens at most, after which `</think>` is forced and the answer follows.
+    #[arg(long)]
+    thinking_budget: Option<usize>,
+}
+
+impl ThinkingArgs {
+    /// The thinking of a generation on `model`, and the template's
+    /// `enable_thinking`; an error when thinking is asked of a model that
+    /// does not think.
+    fn resolve(&self, model: &LocalModel) -> Result<(Option<Thinking>, Map<String, Value>), String> {
+        let on = self.thinking.as_deref().map(|mode| mode == "on");
+        let Some(markers) = &model.thinking else {
+            return match (on, self.thinking_budget) {
+                (None, None) => Ok((None, Map::new())),
+                _ => Err("--thinking and --thinking-budget need a model that thinks in <think> blocks".into()),
+            };
+        };
+        let budget = match on {
+            Some(false) => Some(0),
+            _ => self.thinking_budget,
+        };
+        let mut extra = Map::new();
+        if let Some(on) = on {
+            extra.insert("enable_thinking".into(), Value::Bool(on));
+        }
+        let thinking = Thinking {
+            markers: markers.clone(),
+            budget,
+        };
+        Ok((Some(thinking), extra))
+    }
 }
 
 #[derive(clap::Args)]
@@ -66,6 +115,8 @@ pub struct ChatArgs {
     /// Burn backend to compute on: flex, or ndarray (for comparison; builds with the `ndarray` feature).
     #[arg(long, default_value_t = ComputeBackend::Flex)]
     backend: ComputeBackend,
+    #[command(flatten)]
+    thinking: ThinkingArgs,
 }
 
 fn parse_quant(name: &str) -> Result<Quantization, String> {
@@ -99,19 +150,35 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // Clap requires one of the two.
-    let prompt_tokens = match &args.prompt_ids {
-        Some(ids) => ids.clone(),
-        None => match model
+    let (thinking, extra) = match args.thinking.resolve(&model) {
+        Ok(resolved) => resolved,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Clap requires one of the three.
+    let prompt_tokens = match (&args.prompt_ids, &args.prompt) {
+        (Some(ids), _) => Ok(ids.clone()),
+        (None, Some(prompt)) => encode_conversation(
+            &model.tokenizer,
+            model.template.as_deref(),
+            model.context_length,
+            &json!([{ "role": "user", "content": prompt }]),
+            &extra,
+        )
+        .map_err(|err| err.to_string()),
+        (None, None) => model
             .tokenizer
             .encode(args.raw_prompt.as_deref().unwrap_or_default(), true)
-        {
-            Ok(tokens) => tokens,
-            Err(err) => {
-                eprintln!("switchyard: cannot tokenize the prompt: {err}");
-                return ExitCode::FAILURE;
-            }
-        },
+            .map_err(|err| format!("cannot tokenize the prompt: {err}")),
+    };
+    let prompt_tokens = match prompt_tokens {
+        Ok(tokens) => tokens,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            return ExitCode::FAILURE;
+        }
     };
     let request = GenerationRequest {
         prompt_tokens: prompt_tokens.clone(),
@@ -126,13 +193,14 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
         top_logprobs: 0,
         ignore_eos: args.ignore_eos,
         deadline: None,
+        thinking,
     };
     let stream = !args.json;
+    let mut shown = Shown::default();
     let result = pool.install(|| {
         model.generate(&request, |event| {
             if stream {
-                print!("{}", event.text);
-                let _ = std::io::stdout().flush();
+                shown.print(event);
             }
             ControlFlow::Continue(())
         })
@@ -149,6 +217,8 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
             "prompt_tokens": prompt_tokens,
             "tokens": output.tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
             "text": output.text,
+            "reasoning": output.reasoning,
+            "reasoning_tokens": output.reasoning_tokens,
             "first_step_top5": output.first_step_top.iter().take(5).map(|&(id, lp)| json!([id, lp])).collect::<Vec<_>>(),
             "prefill_tokens_per_s": output.prefill_tokens_per_s(),
             "decode_tokens_per_s": output.decode_tokens_per_s(),
@@ -179,6 +249,13 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
         eprintln!("switchyard: {} has no chat template", args.model.display());
         return ExitCode::FAILURE;
     }
+    let (thinking, extra) = match args.thinking.resolve(&model) {
+        Ok(resolved) => resolved,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let mut messages: Vec<Value> = args
         .system
         .iter()
@@ -211,7 +288,7 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
             model.template.as_deref(),
             model.context_length,
             &conversation,
-            &Map::new(),
+            &extra,
         );
         let prompt_tokens = match encoded {
             Ok(tokens) => tokens,
@@ -233,17 +310,22 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
             top_logprobs: 0,
             ignore_eos: false,
             deadline: None,
+            thinking: thinking.clone(),
         };
+        let mut shown = Shown::default();
         let result = pool.install(|| {
             model.generate(&request, |event| {
-                print!("{}", event.text);
-                let _ = std::io::stdout().flush();
+                shown.print(event);
                 ControlFlow::Continue(())
             })
         });
         println!();
         match result {
-            Ok(output) => messages.push(json!({"role": "assistant", "content": output.text})),
+            Ok(output) => messages.push(json!({
+                "role": "assistant",
+                "content": output.text,
+                "reasoning_content": output.reasoning,
+            })),
             Err(err) => {
                 eprintln!("switchyard: {err}");
                 messages.pop();
@@ -251,4 +333,29 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// Prints text as it comes, the reasoning on standard error between
+/// `<think>` and `</think>` lines, the answer on standard output.
+#[derive(Default)]
+struct Shown {
+    in_reasoning: bool,
+}
+
+impl Shown {
+    fn print(&mut self, event: &TokenEvent) {
+        if event.text.is_empty() {
+            return;
+        }
+        if event.reasoning != self.in_reasoning {
+            eprintln!("{}", if event.reasoning { "<think>" } else { "\n</think>" });
+            self.in_reasoning = event.reasoning;
+        }
+        if event.reasoning {
+            eprint!("{}", event.text);
+        } else {
+            print!("{}", event.text);
+            let _ = std::io::stdout().flush();
+        }
+    }
 }

@@ -163,6 +163,7 @@ mod tests {
             finish_reason: reason,
             usage: Usage::default(),
             reasoning_tokens: 0,
+            cached_tokens: 0,
             client_limited,
         })
     }

@@ -184,6 +184,8 @@ pub struct Finish {
     pub usage: Usage,
     /// Of `usage.completion_tokens`, those spent reasoning.
     pub reasoning_tokens: u64,
+    /// Of `usage.prompt_tokens`, those served from cached state.
+    pub cached_tokens: u64,
 }
 
 impl Finish {
@@ -193,6 +195,7 @@ impl Finish {
             reason: finished.finish_reason.as_openai(),
             usage: finished.usage,
             reasoning_tokens: finished.reasoning_tokens,
+            cached_tokens: finished.cached_tokens,
         }
     }
 }
@@ -226,7 +229,7 @@ impl Completion {
                 "logprobs": logprobs,
                 "finish_reason": finish.reason,
             }],
-            "usage": usage_json(finish.usage, finish.reasoning_tokens),
+            "usage": usage_json(&finish),
         })
     }
 
@@ -257,7 +260,7 @@ impl Completion {
                 "created": self.created,
                 "model": self.model,
                 "choices": [],
-                "usage": usage_json(finish.usage, finish.reasoning_tokens),
+                "usage": usage_json(&finish),
             });
             out.extend_from_slice(&sse::encode_data(&usage.to_string()));
         }
@@ -277,12 +280,14 @@ impl Completion {
     }
 }
 
-fn usage_json(usage: Usage, reasoning_tokens: u64) -> Value {
+fn usage_json(finish: &Finish) -> Value {
+    let usage = finish.usage;
     json!({
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        "completion_tokens_details": { "reasoning_tokens": reasoning_tokens },
+        "prompt_tokens_details": { "cached_tokens": finish.cached_tokens },
+        "completion_tokens_details": { "reasoning_tokens": finish.reasoning_tokens },
     })
 }
 
@@ -332,6 +337,7 @@ mod tests {
                 completion_tokens: 7,
             },
             reasoning_tokens: 3,
+            cached_tokens: 5,
         }
     }
 
@@ -367,6 +373,7 @@ mod tests {
         assert_eq!(
             body["usage"],
             json!({ "prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19,
+                    "prompt_tokens_details": { "cached_tokens": 5 },
                     "completion_tokens_details": { "reasoning_tokens": 3 } })
         );
         // No reasoning, no `reasoning_content`; a cut answer says `length`.
@@ -487,6 +494,7 @@ mod tests {
                 completion_tokens: 7,
             },
             reasoning_tokens: 3,
+            cached_tokens: 0,
             client_limited: false,
         }
     }

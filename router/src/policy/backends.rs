@@ -47,8 +47,16 @@ pub struct LocalBackendConfig {
     pub(super) max_queue_wait_ms: Option<Spanned<u64>>,
     /// `max_tokens` for requests that give none (default: the rest of the context).
     pub(super) default_max_tokens: Option<Spanned<u64>>,
-    /// Token budget of the reasoning pass (`local-reasoning`, or a client's
-    /// `reasoning_effort`), on top of the answer's own `max_tokens`.
+    /// Memory (MiB) the states of finished requests may keep for their
+    /// conversations' next turns (KV caches, recurrent states); the least
+    /// recently used go first, and the last one is always kept.
+    #[serde(default = "default_state_cache_mb")]
+    pub(super) state_cache_mb: Spanned<u64>,
+    /// Token budget of the reasoning (`local-reasoning`, or a client's
+    /// `reasoning_effort`): for a model that thinks natively, its thinking
+    /// budget (past it `</think>` is forced and the answer follows; the
+    /// thinking counts against the request's `max_completion_tokens`); for
+    /// others, the reasoning pass's, on top of the answer's own `max_tokens`.
     #[serde(default = "default_reasoning_max_tokens")]
     pub(super) reasoning_max_tokens: Spanned<u64>,
     /// Whether this model serves the `local-reasoning` tier. `false` for a
@@ -63,6 +71,12 @@ pub struct LocalBackendConfig {
     /// `generation_config.json` fills in where this leaves a value unset.
     #[serde(default)]
     pub sampling: SamplingDefaults,
+    /// Sampling for answers of a model that thinks natively (Qwen3) with
+    /// thinking on; each value unset here comes from `sampling`, then from
+    /// the model's recommendation for thinking. `sampling` (over the model's
+    /// recommendation without thinking) is for answers with thinking off.
+    #[serde(default)]
+    pub thinking_sampling: SamplingDefaults,
 }
 
 impl LocalBackendConfig {
@@ -107,6 +121,10 @@ impl LocalBackendConfig {
     pub fn reasoning_max_tokens(&self) -> u64 {
         self.reasoning_max_tokens.value
     }
+
+    pub fn state_cache_bytes(&self) -> usize {
+        (self.state_cache_mb.value as usize).saturating_mul(1 << 20)
+    }
 }
 
 /// Sampling for requests that leave a parameter out. Each value unset here
@@ -120,6 +138,7 @@ pub struct SamplingDefaults {
     pub top_k: Option<usize>,
     pub min_p: Option<f32>,
     pub repetition_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
 }
 
 /// The sampling a local model's requests start from, every value known.
@@ -130,6 +149,7 @@ pub struct SamplingBase {
     pub top_k: usize,
     pub min_p: f32,
     pub repetition_penalty: f32,
+    pub presence_penalty: f32,
 }
 
 impl SamplingBase {
@@ -141,12 +161,25 @@ impl SamplingBase {
             top_k: self.top_k,
             min_p: self.min_p,
             repetition_penalty: self.repetition_penalty,
+            presence_penalty: self.presence_penalty,
             ..SamplingParams::default()
         }
     }
 }
 
 impl SamplingDefaults {
+    /// Each value from here, else from `under`.
+    pub fn or(&self, under: &SamplingDefaults) -> SamplingDefaults {
+        SamplingDefaults {
+            temperature: self.temperature.or(under.temperature),
+            top_p: self.top_p.or(under.top_p),
+            top_k: self.top_k.or(under.top_k),
+            min_p: self.min_p.or(under.min_p),
+            repetition_penalty: self.repetition_penalty.or(under.repetition_penalty),
+            presence_penalty: self.presence_penalty.or(under.presence_penalty),
+        }
+    }
+
     /// Each value from here, else from the model's `hints`, else the engine's
     /// own (OpenAI's) default.
     pub fn over(&self, hints: &SamplingHints) -> SamplingBase {
@@ -160,6 +193,10 @@ impl SamplingDefaults {
                 .repetition_penalty
                 .or(hints.repetition_penalty)
                 .unwrap_or(engine.repetition_penalty),
+            presence_penalty: self
+                .presence_penalty
+                .or(hints.presence_penalty)
+                .unwrap_or(engine.presence_penalty),
         }
     }
 }
@@ -174,6 +211,10 @@ fn default_reasoning() -> bool {
 
 fn default_reasoning_max_tokens() -> Spanned<u64> {
     unspanned(256)
+}
+
+fn default_state_cache_mb() -> Spanned<u64> {
+    unspanned((switchyard_engine::engine::Engine::DEFAULT_STATE_CACHE_BYTES >> 20) as u64)
 }
 
 fn default_queue_capacity() -> Spanned<usize> {
@@ -433,6 +474,14 @@ impl BackendsConfig {
             }
             if let Err(why) = backend.sampling.over(&SamplingHints::default()).params().validate() {
                 problems.push(Problem::at(&backend.name, format!("sampling defaults: {why}")));
+            }
+            if let Err(why) = backend
+                .thinking_sampling
+                .over(&SamplingHints::default())
+                .params()
+                .validate()
+            {
+                problems.push(Problem::at(&backend.name, format!("thinking_sampling: {why}")));
             }
             for limit in [&backend.context_length, &backend.default_max_tokens]
                 .into_iter()

@@ -319,6 +319,9 @@ routing:
         let found = problems(&with_local("sampling: { temperature: 3.0 }"));
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(found[0].message.contains("temperature"), "{found:?}");
+        let found = problems(&with_local("thinking_sampling: { top_p: 1.5 }"));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.contains("thinking_sampling: top_p"), "{found:?}");
     }
 
     #[test]

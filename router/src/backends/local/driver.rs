@@ -174,6 +174,9 @@ impl Driver {
         };
         usage.prompt_tokens += output.prompt_tokens as u64;
         usage.completion_tokens += output.tokens.len() as u64;
+        // A model that thinks natively counts its thinking in the answer pass.
+        reasoning_tokens += output.reasoning_tokens as u64;
+        let cached_tokens = output.cached_tokens as u64;
         let speed = &crate::metrics::metrics().local_tokens_per_second;
         speed
             .with_label_values(&[self.name.as_str(), "prefill"])
@@ -188,13 +191,15 @@ impl Driver {
             finish_reason: output.finish_reason,
             usage,
             reasoning_tokens,
+            cached_tokens,
             client_limited: self.plan.client_limited && output.tokens.len() >= self.plan.generation.max_tokens,
         };
         let _ = self.sender.send(Event::Finished(finished));
     }
 
-    /// Relays one pass's tokens as events until it ends; `None` when it failed
-    /// or the receiver went away.
+    /// Relays one pass's tokens as events until it ends (all of them as
+    /// reasoning for a `reasoning` pass; else as the engine tells them apart);
+    /// `None` when it failed or the receiver went away.
     async fn forward(
         &self,
         next: &mut Option<Update>,
@@ -210,7 +215,7 @@ impl Driver {
             match update {
                 Some(Update::Token(event)) => {
                     text.push_str(&event.text);
-                    let event = if reasoning {
+                    let event = if reasoning || event.reasoning {
                         Event::Reasoning {
                             text: event.text,
                             token: event.token,

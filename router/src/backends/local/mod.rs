@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use switchyard_engine::engine::{Engine, LoadOptions, LocalModel};
 use switchyard_engine::generate::GenerateError;
 use switchyard_engine::model::ModelInfo;
-use switchyard_engine::sampling::SamplingHints;
+use switchyard_engine::sampling::ModeHints;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::openai::request::ChatRequest;
@@ -102,8 +102,11 @@ pub struct LocalBackend {
     /// What the loaded model is; `None` when it did not load.
     info: Option<ModelInfo>,
     default_max_tokens: Option<u64>,
-    /// The policy's sampling defaults over the model's own.
+    /// The policy's sampling defaults over the model's own, without thinking
+    /// (and for every answer of a model that does not think natively).
     sampling: SamplingBase,
+    /// The same for answers with native thinking on.
+    thinking_sampling: SamplingBase,
     /// Everything of the configuration that the loaded engine depends on: a
     /// reloaded policy with the same identity keeps this backend (and its model).
     identity: String,
@@ -123,15 +126,20 @@ impl LocalBackend {
             ..LoadOptions::default()
         };
         let mut info = None;
-        let mut hints = SamplingHints::default();
+        let mut hints = ModeHints::default();
         let engine = LocalModel::load_with(&path, &options)
             .map_err(|err| format!("cannot load {}: {err}", path.display()))
             .and_then(|model| {
                 info = Some(model.model.info());
                 hints = model.sampling_hints;
-                Engine::start(model, config.threads(), config.queue_capacity())
-                    .map(Arc::new)
-                    .map_err(|err| format!("cannot start the engine: {err}"))
+                Engine::start_with(
+                    model,
+                    config.threads(),
+                    config.queue_capacity(),
+                    config.state_cache_bytes(),
+                )
+                .map(Arc::new)
+                .map_err(|err| format!("cannot start the engine: {err}"))
             });
         match (&engine, &info) {
             (Ok(engine), info) => tracing::info!(
@@ -152,7 +160,8 @@ impl LocalBackend {
             name: config.name().to_string(),
             engine,
             default_max_tokens: config.default_max_tokens(),
-            sampling: config.sampling.over(&hints),
+            sampling: config.sampling.over(&hints.direct),
+            thinking_sampling: config.thinking_sampling.or(&config.sampling).over(&hints.thinking),
             reasoning_max_tokens: config.reasoning_max_tokens(),
             reasons: config.reasoning,
             max_queue_wait: config.max_queue_wait(),
@@ -166,7 +175,7 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}",
             config.name(),
             policy_dir.join(config.model_path()).display(),
             config.quant(),
@@ -176,14 +185,29 @@ impl LocalBackend {
             config.max_queue_wait(),
             config.default_max_tokens(),
             config.sampling,
+            config.thinking_sampling,
             config.reasoning_max_tokens(),
             config.reasoning,
+            config.state_cache_bytes(),
         )
     }
 
     /// Whether this model serves the `local-reasoning` tier.
     pub fn reasons(&self) -> bool {
         self.reasons
+    }
+
+    /// Whether a model that thinks natively thinks for `request`: as its
+    /// `chat_template_kwargs.enable_thinking` says, else as `request.reasoning`
+    /// (the client's `reasoning_effort`, or the tier it was routed to) when
+    /// this backend reasons at all.
+    pub(super) fn thinks(&self, request: &ChatRequest) -> bool {
+        let asked = request
+            .body
+            .get("chat_template_kwargs")
+            .and_then(|kwargs| kwargs.get("enable_thinking"))
+            .and_then(serde_json::Value::as_bool);
+        asked.unwrap_or(request.reasoning && self.reasons)
     }
 
     /// The engine's load and memory, for metrics; `None` when the model did not load.
@@ -268,10 +292,15 @@ impl LocalBackend {
 
     /// Starts generating an answer and returns its events as they come. The
     /// request is refused here (not in the events) when it is invalid, does not
-    /// fit, or the queue is full. With `request.reasoning` the model first
-    /// reasons (prompted step by step, within `reasoning_max_tokens`), then
-    /// answers with its reasoning in view; the reasoning comes back as
-    /// `reasoning_content`, never in `content`.
+    /// fit, or the queue is full.
+    ///
+    /// A model that thinks natively thinks when the request's
+    /// `chat_template_kwargs.enable_thinking` says so, or, when it says
+    /// nothing, with `request.reasoning` (see [`LocalBackend::thinks`]); its
+    /// thinking stops at `reasoning_max_tokens`. Another model, with
+    /// `request.reasoning`, first reasons (prompted step by step, within
+    /// `reasoning_max_tokens`), then answers with its reasoning in view. Either
+    /// way the reasoning comes back as `reasoning_content`, never in `content`.
     pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, BackendError> {
         self.generate_within(request, request_id, self.max_queue_wait.map(QueueWait::whole), None)
             .await
@@ -302,7 +331,9 @@ impl LocalBackend {
         // Every pass of the answer (reasoning, then answer) ends at the deadline.
         plan.generation.deadline = deadline.map(tokio::time::Instant::into_std);
         let (sender, events) = mpsc::unbounded_channel();
-        let reasoning = request.reasoning && self.reasons;
+        // Models that think natively think in the one pass; others reason
+        // in a pass of their own when the request (or its tier) asks.
+        let reasoning = engine.thinking().is_none() && request.reasoning && self.reasons;
         let first_pass = if reasoning {
             plan.reasoning_pass(&encoder, self.reasoning_max_tokens).await?
         } else {

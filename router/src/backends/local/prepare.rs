@@ -8,6 +8,7 @@ use serde_json::{Map, Value, json};
 use switchyard_engine::engine::{Engine, PromptError, encode_conversation};
 use switchyard_engine::generate::GenerationRequest;
 use switchyard_engine::sampling::SamplingParams;
+use switchyard_engine::thinking::Thinking;
 use switchyard_engine::tokenizer::Tokenizer;
 use tokio::sync::Semaphore;
 
@@ -89,7 +90,23 @@ impl LocalBackend {
                 Some(_) => Err(BackendError::rejected(format!("'{field}' must be a number."), field)),
             }
         };
-        let defaults = self.sampling;
+        // A model that thinks natively is told explicitly whether to, and
+        // its thinking is bounded (to nothing when off: a block it opens
+        // anyway is closed at once).
+        let thinks = self.thinks(request);
+        let thinking = engine.thinking().map(|markers| Thinking {
+            markers: markers.clone(),
+            budget: Some(if thinks { self.reasoning_max_tokens as usize } else { 0 }),
+        });
+        let mut extra = extra;
+        if thinking.is_some() {
+            extra.insert("enable_thinking".into(), Value::Bool(thinks));
+        }
+        let defaults = if thinking.is_some() && thinks {
+            self.thinking_sampling
+        } else {
+            self.sampling
+        };
         let top_k = match body.get("top_k") {
             None | Some(Value::Null) => defaults.top_k,
             Some(v) => v
@@ -103,7 +120,7 @@ impl LocalBackend {
             top_p: asked.top_p.unwrap_or(defaults.top_p),
             top_k,
             min_p: extra_number("min_p", defaults.min_p)?,
-            presence_penalty: asked.presence_penalty.unwrap_or(0.0),
+            presence_penalty: asked.presence_penalty.unwrap_or(defaults.presence_penalty),
             frequency_penalty: asked.frequency_penalty.unwrap_or(0.0),
             repetition_penalty: extra_number("repetition_penalty", defaults.repetition_penalty)?,
             seed: asked.seed,
@@ -118,7 +135,20 @@ impl LocalBackend {
         let extra = Arc::new(extra);
         let prompt_tokens = encoder.encode(messages.clone(), extra.clone()).await?;
         let room = (context - prompt_tokens.len()) as u64;
-        let max_tokens = request.max_tokens.or(self.default_max_tokens).unwrap_or(room).min(room) as usize;
+        // The client's limit covers thinking and answer (as OpenAI's
+        // `max_completion_tokens` covers reasoning); the backend's default is
+        // the answer's, with the thinking budget on top.
+        let thinking_budget = match &thinking {
+            Some(Thinking {
+                budget: Some(budget), ..
+            }) => *budget as u64,
+            _ => 0,
+        };
+        let max_tokens = request
+            .max_tokens
+            .or(self.default_max_tokens.map(|answer| answer + thinking_budget))
+            .unwrap_or(room)
+            .min(room) as usize;
         Ok(Plan {
             generation: GenerationRequest {
                 prompt_tokens,
@@ -130,6 +160,7 @@ impl LocalBackend {
                 top_logprobs: top_logprobs.max(2),
                 ignore_eos: false,
                 deadline: None,
+                thinking,
             },
             messages,
             extra,

@@ -3,7 +3,7 @@
 use std::arch::x86_64::*;
 use std::mem::offset_of;
 
-use super::{ByteDot, broadcast_f16, finish, load_256, prefetch};
+use super::{ByteDot, broadcast_f16, finish, load_256};
 use crate::quant::activation::Q8KRow;
 use crate::quant::formats::{BlockQ4K, BlockQ5K, BlockQ6K};
 
@@ -115,9 +115,7 @@ pub(super) unsafe fn q45_k_body<D: ByteDot, const FIVE_BITS: bool, const RA: usi
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * block_bytes);
-                if RW > 1 {
-                    prefetch(block.wrapping_add(RW * row_bytes), block_bytes);
-                }
+                prefetch_next_tile(block, block_bytes, RW * row_bytes);
                 let (sc16, mins16) = k_scale_vectors(block.add(scales_at));
                 let dw = broadcast_f16(block.add(d_at));
                 let dminw = broadcast_f16(block.add(dmin_at));
@@ -184,9 +182,7 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * size_of::<BlockQ6K>());
-                if RW > 1 {
-                    prefetch(block.wrapping_add(RW * row_bytes), size_of::<BlockQ6K>());
-                }
+                prefetch_next_tile(block, size_of::<BlockQ6K>(), RW * row_bytes);
                 // The 16 scales as i16, s0..s7 in the low half and s8..s15 in the
                 // high half; each half of the block then takes its eight, repeated
                 // in both halves, for in-lane shuffles (`PAIR_I16`).
@@ -244,5 +240,25 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
             }
         }
         finish(&acc)
+    }
+}
+
+/// Asks for the block `tile_bytes` further on: the same block of the same row
+/// of the next tile. Rows are contiguous, so a tile's rows sweep their span
+/// of memory block by block while the next span is fetched. A tile reads
+/// several rows a block at a time, and short rows (a 2048-wide matrix's are
+/// 8 Q6_K blocks) make streams too short for the hardware prefetcher to pick
+/// up: without this the loads wait on memory. Past the matrix's end the
+/// address is never read (prefetches do not fault), and it is computed with
+/// wrapping arithmetic.
+///
+/// Safety: none needed beyond a valid `block` pointer's provenance.
+#[inline(always)]
+pub(super) unsafe fn prefetch_next_tile(block: *const u8, block_bytes: usize, tile_bytes: usize) {
+    let ahead = block.wrapping_add(tile_bytes);
+    let mut line = 0;
+    while line < block_bytes {
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
+        line += 64;
     }
 }

@@ -140,23 +140,6 @@ pub(super) unsafe fn nibbles_32(p: *const u8) -> __m256i {
     }
 }
 
-/// Asks for the cache lines of the `bytes` bytes at `p` ahead of their use.
-///
-/// Decode tiles walk 8 weight rows a block at a time, eight short interleaved
-/// streams that the hardware prefetchers follow poorly: without this, Q6_K decode
-/// at Qwen3-1.7B's shapes read ~5 GB/s of the ~24 the machine has, stalled on the
-/// weight loads. Each block asks for the same block of the row one tile further
-/// on, so a whole tile (13–40 KB at these widths) is in flight ahead of use. An
-/// address past the matrix is harmless: prefetches never fault.
-#[inline(always)]
-pub(super) unsafe fn prefetch(p: *const u8, bytes: usize) {
-    let mut at = 0;
-    while at < bytes {
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(at).cast()) };
-        at += 64;
-    }
-}
-
 #[inline(always)]
 pub(super) unsafe fn load_256(p: *const i8) -> __m256i {
     unsafe { _mm256_loadu_si256(p.cast()) }
