@@ -58,7 +58,11 @@ fn main() {
     let threads: usize = args.get(1).map_or(2, |t| t.parse().expect("threads"));
     let steps: usize = args.get(2).map_or(10, |t| t.parse().expect("steps"));
     if args.iter().any(|a| a == "--in-cache") {
-        return in_cache(format, threads);
+        let m = args
+            .iter()
+            .find_map(|a| a.strip_prefix("--m="))
+            .map_or(1, |m| m.parse().expect("m"));
+        return in_cache(format, threads, m);
     }
     let (d, ffn, kv, vocab, layers) = (2048, 6144, 1024, 151936, 28);
     // (inputs, outputs) of each matmul of a layer, in order.
@@ -101,33 +105,32 @@ fn main() {
 }
 
 /// The kernels' compute rate without DRAM in the way: 256 rows of 2048 (430 KB in
-/// Q6_K) that stay in L2, multiplied over and over on one thread.
-fn in_cache(format: QuantFormat, threads: usize) {
+/// Q6_K) that stay in L2, multiplied by `m` activation rows over and over.
+fn in_cache(format: QuantFormat, threads: usize, m: usize) {
     let (n, k) = (256, 2048);
     let mut rng = XorShift(7);
     let data = random_weights(&mut rng, format, n, k);
     let w = QuantMatrix::new(format, n, k, &data).unwrap();
-    let x: Vec<f32> = (0..k).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
-    let mut out = vec![0f32; n];
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
+    let mut out = vec![0f32; m * n];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-    let reps = 2000;
+    let reps = 2000 / m.max(1) + 1;
     let mut best = f64::INFINITY;
     pool.install(|| {
         for _ in 0..5 {
             let start = Instant::now();
             for _ in 0..reps {
-                matmul(black_box(&x), 1, &w, &mut out);
+                matmul(black_box(&x), m, &w, &mut out);
             }
             best = best.min(start.elapsed().as_secs_f64());
         }
     });
     let per_call = best / reps as f64;
     println!(
-        "{} {format} in cache ({} KB), {threads} threads: {:.1} µs per 256×2048 GEMV, {:.1} GB/s, {:.1} ns per block-row",
+        "{} {format} in cache ({} KB), {threads} threads, m = {m}: {:.1} µs per call, {:.2} ns per block × activation row",
         kernel_name(),
         data.len() / 1024,
         per_call * 1e6,
-        data.len() as f64 / per_call / 1e9,
-        per_call * 1e9 / (n * k / 256) as f64
+        per_call * 1e9 / (m * n * k / 256) as f64
     );
 }
