@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use memmap2::Mmap;
+use memmap2::{Mmap, UncheckedAdvice};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
@@ -77,6 +77,21 @@ impl WeightSource {
                 }))
             }
             WeightSource::HuggingFace(checkpoint) => checkpoint.weight(name),
+        }
+    }
+
+    /// Tells the OS that bytes `range` of tensor `name` (as [`WeightSource::weight`]
+    /// hands them out) have been read and will not be again, so that their memory
+    /// need not stay counted to this process.
+    ///
+    /// A Hugging Face checkpoint's tensors are borrowed from mapped files, and
+    /// every mapped page read stays resident until the mapping goes: loading a
+    /// 3.4 GB BF16 checkpoint quantized to 1.4 GB peaked at 4.7 GB. Releasing
+    /// each slice of rows once it is quantized keeps the peak near the quantized
+    /// size. (GGUF tensors are read into buffers of their own; nothing to do.)
+    pub fn release(&self, name: &str, range: std::ops::Range<usize>) {
+        if let WeightSource::HuggingFace(checkpoint) = self {
+            checkpoint.release(name, range);
         }
     }
 
@@ -181,6 +196,24 @@ impl Checkpoint {
             shape: located.shape.clone(),
             bytes: Cow::Borrowed(&self.files[located.file][located.range.clone()]),
         }))
+    }
+
+    /// See [`WeightSource::release`].
+    fn release(&self, name: &str, range: std::ops::Range<usize>) {
+        let Some(located) = self.tensors.get(name) else {
+            return;
+        };
+        let start = located.range.start + range.start.min(located.range.len());
+        let end = located.range.start + range.end.min(located.range.len());
+        if start >= end {
+            return;
+        }
+        // SAFETY: the mapping is read-only and shared with the file: dropped
+        // pages are read back from the file if touched again, with the same
+        // bytes, so borrowed slices of it stay valid and unchanged. Failure only
+        // means the pages stay resident.
+        let _ =
+            unsafe { self.files[located.file].unchecked_advise_range(UncheckedAdvice::DontNeed, start, end - start) };
     }
 
     /// Every tensor name, for messages and tools.

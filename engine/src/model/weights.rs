@@ -107,8 +107,11 @@ impl QLinear {
         } else {
             weight.format
         };
+        let stored_row_bytes = matrix.row_bytes();
         let data = if format == weight.format {
-            weight.bytes.into_owned()
+            let data = weight.bytes.into_owned();
+            source.release(name, 0..data.len());
+            data
         } else {
             // A slice of rows at a time: a large vocabulary's embedding
             // table in f32 is over a gigabyte, more than the model's whole
@@ -121,6 +124,7 @@ impl QLinear {
                 for (r, row) in values.chunks_exact_mut(in_features).enumerate() {
                     matrix.dequantize_row(first + r, row);
                 }
+                source.release(name, first * stored_row_bytes..(first + rows) * stored_row_bytes);
                 let part =
                     crate::quant::quantize::quantize_matrix(format, rows, in_features, values).map_err(|why| {
                         ModelError::Malformed(format!("{name}: cannot quantize to {}: {why}", format.name()))
@@ -179,6 +183,7 @@ pub fn load_floats(source: &WeightSource, name: &str, shape: &[usize]) -> Result
         .map_err(|why| ModelError::Malformed(format!("{name}: {why}")))?;
     let mut values = vec![0f32; len];
     matrix.dequantize_row(0, &mut values);
+    source.release(name, 0..weight.bytes.len());
     if let Some(bad) = values.iter().position(|v| !v.is_finite()) {
         return Err(ModelError::Malformed(format!(
             "{name} holds a non-finite value at {bad}"

@@ -3,6 +3,7 @@
 use std::arch::x86_64::*;
 use std::mem::offset_of;
 
+use super::k_quants::prefetch_next_tile;
 use super::{ByteDot, broadcast_f16, finish, hsum, load_256, nibbles_32};
 use crate::quant::activation::{GROUP_BLOCKS, GROUP_ORDER, Q8_BLOCK, Q8Row};
 use crate::quant::formats::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
@@ -288,6 +289,9 @@ pub(super) unsafe fn grouped_q8_body<D: ByteDot, const FORMAT: u8, const RA: usi
             }
             for r in 0..RW {
                 let row = w.add(r * row_bytes + b0 * block_bytes);
+                if RA == 1 {
+                    prefetch_next_tile(row, GROUP_BLOCKS * block_bytes, RW * row_bytes);
+                }
                 // Weight side, shared by the RA activation rows: per block pair,
                 // elements 0..16 of both blocks, then 16..32 of both.
                 let mut w_lo = [_mm256_setzero_si256(); 4];

@@ -42,21 +42,22 @@ const fn splat_i16_masks() -> [[u8; 32]; 8] {
 }
 static SPLAT_I16: [[u8; 32]; 8] = splat_i16_masks();
 
-/// `vpshufb` masks that put i8 element 2m in bytes 0..8 and 2m + 1 in 8..16.
-const fn pair_i8_masks() -> [[u8; 16]; 8] {
-    let mut masks = [[0u8; 16]; 8];
-    let mut m = 0;
-    while m < 8 {
+/// `vpshufb` masks that repeat i16 element 2g across the low 128-bit half of a
+/// register and element 2g + 1 across the high half.
+const fn pair_i16_masks() -> [[u8; 32]; 4] {
+    let mut masks = [[0u8; 32]; 4];
+    let mut g = 0;
+    while g < 4 {
         let mut t = 0;
-        while t < 16 {
-            masks[m][t] = (2 * m + t / 8) as u8;
+        while t < 32 {
+            masks[g][t] = (2 * (2 * g + t / 16) + t % 2) as u8;
             t += 1;
         }
-        m += 1;
+        g += 1;
     }
     masks
 }
-static PAIR_I8: [[u8; 16]; 8] = pair_i8_masks();
+static PAIR_I16: [[u8; 32]; 4] = pair_i16_masks();
 
 /// The eight 6-bit scales of a Q4_K/Q5_K super-block as i16 in one register (each
 /// repeated in both 128-bit halves, ready for [`SPLAT_I16`]), and the eight mins as
@@ -114,7 +115,9 @@ pub(super) unsafe fn q45_k_body<D: ByteDot, const FIVE_BITS: bool, const RA: usi
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * block_bytes);
-                prefetch_next_tile(block, block_bytes, RW * row_bytes);
+                if RA == 1 {
+                    prefetch_next_tile(block, block_bytes, RW * row_bytes);
+                }
                 let (sc16, mins16) = k_scale_vectors(block.add(scales_at));
                 let dw = broadcast_f16(block.add(d_at));
                 let dminw = broadcast_f16(block.add(dmin_at));
@@ -176,18 +179,24 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
     const D_AT: usize = offset_of!(BlockQ6K, d);
     unsafe {
         let low4 = _mm256_set1_epi8(0x0F);
-        let low2 = _mm256_set1_epi8(0x03);
+        let high2 = _mm256_set1_epi8(0x30);
         let mut acc = [[_mm256_setzero_ps(); RW]; RA];
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * size_of::<BlockQ6K>());
-                prefetch_next_tile(block, size_of::<BlockQ6K>(), RW * row_bytes);
-                let scales8 = _mm_loadu_si128(block.add(SCALES_AT).cast());
+                if RA == 1 {
+                    prefetch_next_tile(block, size_of::<BlockQ6K>(), RW * row_bytes);
+                }
+                // The 16 scales as i16, s0..s7 in the low half and s8..s15 in the
+                // high half; each half of the block then takes its eight, repeated
+                // in both halves, for in-lane shuffles (`PAIR_I16`).
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(SCALES_AT).cast()));
+                let halves = [
+                    _mm256_permute2x128_si256::<0x00>(sc16, sc16),
+                    _mm256_permute2x128_si256::<0x11>(sc16, sc16),
+                ];
                 // −32·sc_j per group, against the activation's 16 group sums.
-                let offset16 = _mm256_sub_epi16(
-                    _mm256_setzero_si256(),
-                    _mm256_slli_epi16::<5>(_mm256_cvtepi8_epi16(scales8)),
-                );
+                let offset16 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(sc16));
                 let dw = broadcast_f16(block.add(D_AT));
                 let mut isum = [_mm256_setzero_si256(); RA];
                 for i in 0..RA {
@@ -198,31 +207,30 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
                     let ql0 = _mm256_loadu_si256(block.add(QL_AT + 64 * h).cast());
                     let ql1 = _mm256_loadu_si256(block.add(QL_AT + 64 * h + 32).cast());
                     let qh = _mm256_loadu_si256(block.add(QH_AT + 32 * h).cast());
+                    // Bits 2g, 2g + 1 of qh[l] are bits 4, 5 of quant g's element l.
+                    // (16-bit shifts: what crosses into the neighbouring byte is masked off.)
                     let quants = [
                         _mm256_or_si256(
                             _mm256_and_si256(ql0, low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(qh, low2)),
+                            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), high2),
                         ),
                         _mm256_or_si256(
                             _mm256_and_si256(ql1, low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), low2)),
+                            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), high2),
                         ),
                         _mm256_or_si256(
                             _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<4>(qh), low2)),
+                            _mm256_and_si256(qh, high2),
                         ),
                         _mm256_or_si256(
                             _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                            _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<6>(qh), low2)),
+                            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), high2),
                         ),
                     ];
                     for (g, &q) in quants.iter().enumerate() {
-                        // Groups of 16: elements 128h + 32g + 0..16 and + 16..32.
-                        let pair = 4 * h + g;
-                        let sc = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(
-                            scales8,
-                            _mm_loadu_si128(PAIR_I8[pair].as_ptr().cast()),
-                        ));
+                        // Groups of 16: elements 128h + 32g + 0..16 and + 16..32,
+                        // scales 8h + 2g and 8h + 2g + 1.
+                        let sc = _mm256_shuffle_epi8(halves[h], _mm256_loadu_si256(PAIR_I16[g].as_ptr().cast()));
                         for i in 0..RA {
                             let a = load_256(acts[i].qs.add(256 * b + 128 * h + 32 * g));
                             isum[i] = D::dpwssd(isum[i], _mm256_maddubs_epi16(q, a), sc);
@@ -247,6 +255,10 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
 /// up: without this the loads wait on memory. Past the matrix's end the
 /// address is never read (prefetches do not fault), and it is computed with
 /// wrapping arithmetic.
+///
+/// Decode only (one activation row): prefill reads each panel of weight rows
+/// once per group of activation rows, from L2 after the first, where the
+/// prefetches are pure overhead (SmolLM2 prefill ran ~6% slower with them).
 ///
 /// Safety: none needed beyond a valid `block` pointer's provenance.
 #[inline(always)]
