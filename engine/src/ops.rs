@@ -70,7 +70,7 @@ pub trait EngineOps: Backend {
 }
 
 fn format_of(id: u32) -> QuantFormat {
-    QuantFormat::from_ggml_type(id).expect("weights are checked when the model loads")
+    QuantFormat::from_id(id).expect("weights are checked when the model loads")
 }
 
 /// A CPU backend's tensor primitive seen as host memory: what [`host`] reads
@@ -377,7 +377,7 @@ pub fn q_linear(x: Tensor<2>, w: &Tensor<1, Int>, format: QuantFormat, n: usize,
     Tensor::from_dispatch(<Dispatch as EngineOps>::q_linear(
         x.into_dispatch(),
         w.clone().into_dispatch(),
-        format.ggml_type(),
+        format.id(),
         n,
         k,
     ))
@@ -386,7 +386,7 @@ pub fn q_linear(x: Tensor<2>, w: &Tensor<1, Int>, format: QuantFormat, n: usize,
 pub fn q_embedding(table: &Tensor<1, Int>, format: QuantFormat, rows: usize, k: usize, ids: &[u32]) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as EngineOps>::q_embedding(
         table.clone().into_dispatch(),
-        format.ggml_type(),
+        format.id(),
         rows,
         k,
         ids.to_vec(),

@@ -28,6 +28,7 @@ use serde_json::Value;
 use switchyard_engine::model::source::WeightSource;
 use switchyard_engine::model::weights::Quantization;
 use switchyard_engine::model::{KvCache, Model};
+use switchyard_engine::quant::QuantFormat;
 
 /// Max abs difference allowed against transformers' float32 and float64 logits.
 const TOLERANCE: f32 = 2e-3;
@@ -225,4 +226,81 @@ fn llama_cpp_agrees_on_the_gguf_file() {
             }
         }
     }
+}
+
+/// `qwen3_5_mlx6` and `qwen3_5_asym_mlx6` are `qwen3_5_vlstyle` and
+/// `qwen3_5_asym` as mlx-lm converts and quantizes them (6 bits, groups of
+/// 64, bfloat16 scales and biases; `make_qwen35_mlx.py`, whose packer gives
+/// `mx.quantize`'s codes, scales and biases exactly), and `*/dequantized` the
+/// values those files mean, as a float32 Hugging Face directory.
+///
+/// Tolerance. The repacked blocks hold the same codes, scales and biases
+/// (`quant::mlx`'s tests), and the kernels compute the dot products of those
+/// values to within the 8-bit rounding of each matmul's input (`quant::dot`'s
+/// tests), so the two runs differ by that rounding alone. These tiny random
+/// models amplify small changes a lot (6-bit quantization itself moves their
+/// logits by 11% to 34% of their RMS, where it moves a trained model's by a
+/// few percent), so the bound is relative, not a fixed number: loading the
+/// dequantized directory with Q8_0 at load rounds the same inputs the same
+/// way *and* every weight to 8 bits, so its error variance is the sum of the
+/// two and the MLX run's must come out below it. Taken over all sequences
+/// (squared errors added), MLX's difference must be smaller than Q8_0's; a
+/// single sequence, one draw of the rounding, may come within 25% of it.
+/// Measured: MLX 3.0% to 9.0% of the logits' RMS, Q8_0 3.7% to 14%. A wrong
+/// group, scale or code moves them by 30% or more.
+#[test]
+fn mlx_six_bit_conversions_give_their_values_logits() {
+    let rms = |v: &[f32]| (v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+    let (mut mlx_total, mut q8_total) = (0f64, 0f64);
+    for (fixture, expected_from) in [("qwen3_5_mlx6", "qwen3_5"), ("qwen3_5_asym_mlx6", "qwen3_5_asym")] {
+        let path = dir(fixture);
+        let device = Device::flex();
+        let load = |path: &Path, quant| Model::load(&WeightSource::open(path).unwrap(), quant, &device).unwrap();
+        // A quantization asked for at load applies to float weights only:
+        // MLX's blocks stay as they are.
+        let model = load(&path, Quantization::default());
+        let info = model.info();
+        assert_eq!(info.architecture, "qwen35", "{fixture}");
+        assert_eq!(info.quant, "A6_64", "{fixture}");
+        let reference = load(&path.join("dequantized"), Quantization::Keep);
+        let q8 = load(&path.join("dequantized"), Quantization::To(QuantFormat::Q8_0));
+        assert_eq!(info.parameters, reference.info().parameters, "{fixture}");
+        for sequence in expected(expected_from)["sequences"].as_array().unwrap() {
+            let tokens = ids(&sequence["input_ids"]);
+            let run = |model: &Model| model.forward_all(&tokens, &mut cache(model, &device, tokens.len()));
+            let theirs = run(&reference);
+            let relative_to = |logits: Vec<f32>| {
+                let diff: Vec<f32> = logits.iter().zip(&theirs).map(|(a, b)| a - b).collect();
+                rms(&diff) / rms(&theirs)
+            };
+            let (mlx, q8_0) = (relative_to(run(&model)), relative_to(run(&q8)));
+            eprintln!(
+                "{fixture}, length {}: MLX {:.2}%, Q8_0 at load {:.2}% of the logits' RMS",
+                tokens.len(),
+                100.0 * mlx,
+                100.0 * q8_0
+            );
+            assert!(
+                mlx <= 1.25 * q8_0,
+                "{fixture}, length {}: {mlx} against {q8_0}",
+                tokens.len()
+            );
+            mlx_total += mlx * mlx;
+            q8_total += q8_0 * q8_0;
+        }
+        // Decoding token by token gives the whole pass.
+        let tokens = ids(&expected(expected_from)["sequences"][2]["input_ids"]);
+        let whole = model.forward_all(&tokens, &mut cache(&model, &device, tokens.len()));
+        let mut stepped = cache(&model, &device, tokens.len());
+        let vocab = model.vocab_size();
+        for (position, &token) in tokens.iter().enumerate() {
+            let row = model.forward_all(&[token], &mut stepped);
+            let diff = max_diff(&row, &whole[position * vocab..(position + 1) * vocab]);
+            assert!(diff <= STEP_TOLERANCE, "{fixture}, position {position}: {diff}");
+        }
+    }
+    assert!(
+        mlx_total < q8_total,
+        "MLX {mlx_total} against Q8_0 {q8_total} (sums of squares)"
+    );
 }

@@ -383,23 +383,55 @@ enum Part {
 /// How a source names and stores the model's tensors.
 struct Names {
     gguf: bool,
-    /// Hugging Face: `model.` or `model.language_model.`.
+    /// Hugging Face: `model.` or `model.language_model.`; MLX (mlx-lm's
+    /// conversion of the published checkpoints): `language_model.model.`.
     prefix: &'static str,
+    /// The conv weight's shape as stored: GGUF squeezes it to `[C, K]`, Hugging
+    /// Face has `[C, 1, K]`, MLX `[C, K, 1]` (the same values in the same order).
+    conv_layout: ConvLayout,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ConvLayout {
+    Squeezed,
+    Torch,
+    Mlx,
 }
 
 impl Names {
     fn of(source: &WeightSource) -> Names {
-        match source {
-            WeightSource::Gguf(_) => Names { gguf: true, prefix: "" },
-            WeightSource::HuggingFace(_) if source.has("model.language_model.embed_tokens.weight") => Names {
-                gguf: false,
-                prefix: "model.language_model.",
+        let prefix = ["model.language_model.", "language_model.model.", "model."]
+            .into_iter()
+            .find(|prefix| source.has(&format!("{prefix}embed_tokens.weight")))
+            .unwrap_or("model.");
+        let mut names = Names {
+            gguf: matches!(source, WeightSource::Gguf(_)),
+            prefix: if matches!(source, WeightSource::Gguf(_)) {
+                ""
+            } else {
+                prefix
             },
-            WeightSource::HuggingFace(_) => Names {
-                gguf: false,
-                prefix: "model.",
-            },
+            conv_layout: ConvLayout::Squeezed,
+        };
+        if !names.gguf {
+            // mlx-lm moves the conv's kernel axis last when it converts a
+            // checkpoint, and adds the norms' 1 at the same time: the conv's
+            // shape tells which of the two a directory holds (as mlx-lm itself
+            // decides whether to convert).
+            let mlx = (0..)
+                .map(|layer| names.layer(layer, Part::Conv))
+                .take(64)
+                .find_map(|name| source.weight(&name).ok().flatten())
+                .is_some_and(|conv| conv.shape.len() == 3 && conv.shape[2] == 1 && conv.shape[1] != 1);
+            names.conv_layout = if mlx { ConvLayout::Mlx } else { ConvLayout::Torch };
         }
+        names
+    }
+
+    /// Whether the zero-centred norms are stored as `1 + w` (GGUF, MLX) rather
+    /// than `w` (Hugging Face).
+    fn norms_baked(&self) -> bool {
+        self.conv_layout != ConvLayout::Torch
     }
 
     fn layer(&self, layer: usize, part: Part) -> String {
@@ -441,20 +473,26 @@ impl Names {
                 "output.weight".into(),
             ]
         } else {
+            // `lm_head` sits beside the text model: `lm_head.weight`, or
+            // `language_model.lm_head.weight` in MLX's nesting.
+            let outer = if self.prefix == "language_model.model." {
+                "language_model."
+            } else {
+                ""
+            };
             [
                 format!("{}embed_tokens.weight", self.prefix),
                 format!("{}norm.weight", self.prefix),
-                "lm_head.weight".into(),
+                format!("{outer}lm_head.weight"),
             ]
         }
     }
 
-    /// The conv weight's shape: Hugging Face `[C, 1, K]`, GGUF squeezed `[C, K]`.
     fn conv_shape(&self, channels: usize, kernel: usize) -> Vec<usize> {
-        if self.gguf {
-            vec![channels, kernel]
-        } else {
-            vec![channels, 1, kernel]
+        match self.conv_layout {
+            ConvLayout::Squeezed => vec![channels, kernel],
+            ConvLayout::Torch => vec![channels, 1, kernel],
+            ConvLayout::Mlx => vec![channels, kernel, 1],
         }
     }
 }
@@ -477,10 +515,10 @@ impl Qwen35 {
             QLinear::load(source, &name, [out_features, in_features], quant, device)
         };
         // The zero-centred norms multiply by `1 + w`: Hugging Face stores
-        // `w`, GGUF files `1 + w` already.
+        // `w`, GGUF and MLX files `1 + w` already.
         let norm1p = |name: String, len: usize| -> Result<Tensor<1>, ModelError> {
             let weight = load_vector(source, &name, len, device)?;
-            Ok(if names.gguf { weight } else { weight + 1.0 })
+            Ok(if names.norms_baked() { weight } else { weight + 1.0 })
         };
         let mut vector_parameters = d;
         let mut layers = Vec::with_capacity(c.layers.len());

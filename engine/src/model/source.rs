@@ -24,6 +24,7 @@ use serde_json::Value;
 use super::ModelError;
 use crate::gguf::GgufFile;
 use crate::quant::QuantFormat;
+use crate::quant::mlx::{self, MlxMatrix, ScaleType};
 
 /// One tensor of a source.
 pub struct Weight<'a> {
@@ -185,9 +186,11 @@ impl Checkpoint {
             Dtype::F32 => QuantFormat::F32,
             Dtype::F16 => QuantFormat::F16,
             Dtype::BF16 => QuantFormat::BF16,
+            Dtype::U32 => return self.mlx_weight(name, located).map(Some),
             other => {
                 return Err(ModelError::Unsupported(format!(
-                    "tensor {name:?} is {other:?} (supported in safetensors: F32, F16, BF16)"
+                    "tensor {name:?} is {other:?} (supported in safetensors: F32, F16, BF16, and MLX's U32 \
+                     affine-quantized matrices)"
                 )));
             }
         };
@@ -196,6 +199,108 @@ impl Checkpoint {
             shape: located.shape.clone(),
             bytes: Cow::Borrowed(&self.files[located.file][located.range.clone()]),
         }))
+    }
+
+    /// An MLX affine-quantized matrix (`name` is U32, with `.scales` and
+    /// `.biases` beside it), repacked into our blocks; see [`crate::quant::mlx`].
+    fn mlx_weight(&self, name: &str, packed: &Located) -> Result<Weight<'_>, ModelError> {
+        let bad = |why: String| ModelError::Malformed(format!("{name}: {why}"));
+        let module = name
+            .strip_suffix(".weight")
+            .ok_or_else(|| bad("a U32 tensor that is not a quantized matrix's weight".into()))?;
+        let part = |what: &str| {
+            self.tensors.get(&format!("{module}.{what}")).ok_or_else(|| {
+                ModelError::Unsupported(format!(
+                    "{name} is U32 without {module}.{what}: not an MLX affine-quantized matrix"
+                ))
+            })
+        };
+        let (scales, biases) = (part("scales")?, part("biases")?);
+        let (bits, group) = self.mlx_quantization(module)?;
+        let scale_type = match scales.dtype {
+            Dtype::F16 => ScaleType::F16,
+            Dtype::BF16 => ScaleType::BF16,
+            Dtype::F32 => ScaleType::F32,
+            other => return Err(bad(format!("scales are {other:?}"))),
+        };
+        if biases.dtype != scales.dtype {
+            return Err(bad(format!(
+                "scales are {:?} but biases {:?}",
+                scales.dtype, biases.dtype
+            )));
+        }
+        let [rows, words] = packed.shape[..] else {
+            return Err(bad(format!("the packed weight is {:?}, not a matrix", packed.shape)));
+        };
+        if !(words * 32).is_multiple_of(bits) {
+            return Err(bad(format!("{words} words per row are not whole {bits}-bit values")));
+        }
+        let cols = words * 32 / bits;
+        if scales.shape != [rows, cols / group] || biases.shape != scales.shape {
+            return Err(bad(format!(
+                "{bits}-bit groups of {group}: a [{rows}, {words}] packed weight needs scales and biases of \
+                 [{rows}, {}], found {:?} and {:?}",
+                cols / group,
+                scales.shape,
+                biases.shape
+            )));
+        }
+        let bytes = |located: &Located| &self.files[located.file][located.range.clone()];
+        let matrix = MlxMatrix {
+            bits,
+            group,
+            rows,
+            cols,
+            packed: bytes(packed),
+            scales: bytes(scales),
+            biases: bytes(biases),
+            scale_type,
+        };
+        let (format, data) = mlx::repack(&matrix).map_err(|why| ModelError::Unsupported(format!("{name}: {why}")))?;
+        for what in ["weight", "scales", "biases"] {
+            self.release(&format!("{module}.{what}"), 0..usize::MAX);
+        }
+        Ok(Weight {
+            format,
+            shape: vec![rows, cols],
+            bytes: Cow::Owned(data),
+        })
+    }
+
+    /// MLX's `bits` and `group_size` for `module`: its own entry in
+    /// `config.json`'s `quantization` (mlx-lm writes per-layer choices there
+    /// under the module's path), else the top-level values.
+    fn mlx_quantization(&self, module: &str) -> Result<(usize, usize), ModelError> {
+        let settings = self
+            .config
+            .get("quantization")
+            .or_else(|| self.config.get("quantization_config"))
+            .ok_or_else(|| {
+                ModelError::Malformed(format!(
+                    "{module} is quantized (U32) but config.json has no \"quantization\" section"
+                ))
+            })?;
+        let own = settings.get(module).filter(|v| v.is_object()).unwrap_or(settings);
+        let mode = own.get("mode").or_else(|| settings.get("mode")).and_then(Value::as_str);
+        if let Some(mode) = mode.filter(|&mode| mode != "affine") {
+            return Err(ModelError::Unsupported(format!(
+                "{module}: MLX quantization mode {mode:?} (supported: affine)"
+            )));
+        }
+        let number = |key: &str| {
+            own.get(key)
+                .or_else(|| settings.get(key))
+                .and_then(Value::as_u64)
+                .map(|v| v as usize)
+                .ok_or_else(|| ModelError::Malformed(format!("config.json's quantization has no {key} for {module}")))
+        };
+        let (bits, group) = (number("bits")?, number("group_size")?);
+        if !(1..=8).contains(&bits) || group == 0 {
+            return Err(ModelError::Malformed(format!(
+                "config.json's quantization for {module}: {bits} bits, groups of {group}"
+            )));
+        }
+        Ok((bits, group))
     }
 
     /// See [`WeightSource::release`].

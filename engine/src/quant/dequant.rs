@@ -7,8 +7,8 @@
 //! embedding lookup (one row per token), so it needs to be correct, not fast.
 
 use super::formats::{
-    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlBlock, QuantFormat, bf16_to_f32, blocks,
-    f16_to_f32, k_scales_mins,
+    BlockA6_64, BlockA8_64, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, GgmlBlock, QuantFormat,
+    bf16_to_f32, blocks, f16_to_f32, k_scales_mins,
 };
 
 /// Decodes one row of `format` (`row.len() == format.row_bytes(out.len())`) into `out`.
@@ -45,6 +45,8 @@ pub fn dequantize_row(format: QuantFormat, row: &[u8], out: &mut [f32]) {
         QuantFormat::Q4_K => each_block(row, out, dequantize_q4_k),
         QuantFormat::Q5_K => each_block(row, out, dequantize_q5_k),
         QuantFormat::Q6_K => each_block(row, out, dequantize_q6_k),
+        QuantFormat::A6_64 => each_block(row, out, dequantize_a6),
+        QuantFormat::A8_64 => each_block(row, out, dequantize_a8),
     }
 }
 
@@ -127,6 +129,21 @@ fn dequantize_q6_k(block: &BlockQ6K, out: &mut [f32]) {
         let q = q6_k_quant(block, e) as i32 - 32;
         // ggml: d * sc[is] * q, evaluated left to right.
         *o = d * block.scales[e / 16] as f32 * q as f32;
+    }
+}
+
+/// `s·q + b`, as MLX dequantizes (`w = scale · q + bias`).
+fn dequantize_a6(block: &BlockA6_64, out: &mut [f32]) {
+    let (s, b) = (f16_to_f32(block.s), f16_to_f32(block.b));
+    for (e, o) in out.iter_mut().enumerate() {
+        *o = s * block.quant(e) as f32 + b;
+    }
+}
+
+fn dequantize_a8(block: &BlockA8_64, out: &mut [f32]) {
+    let (s, b) = (f16_to_f32(block.s), f16_to_f32(block.b));
+    for (o, &q) in out.iter_mut().zip(&block.qs) {
+        *o = s * q as f32 + b;
     }
 }
 

@@ -1,4 +1,5 @@
-//! The GGML tensor encodings we read from GGUF files, as data.
+//! The weight encodings we compute with, as data: GGML's, as GGUF files store
+//! them, and two of our own for MLX's affine quantization.
 //!
 //! Every quantized format stores a row as a run of fixed-size blocks. Each block
 //! is a `#[repr(C)]` struct here whose size is checked at compile time against the
@@ -43,7 +44,10 @@ pub fn bf16_to_f32(bytes: [u8; 2]) -> f32 {
 /// The weight encodings we have kernels for, named as ggml names them.
 ///
 /// `Q4_K` and friends keep ggml's spelling so that log lines, error messages and
-/// GGUF tooling all agree on one name per format.
+/// GGUF tooling all agree on one name per format. `A6_64` and `A8_64` are ours:
+/// the affine groups of MLX's 6- and 8-bit quantization (`w = s·q + b` per 64
+/// elements), repacked at load into blocks our kernels read (see
+/// [`BlockA6_64`]); MLX's 4-bit groups are exactly [`QuantFormat::Q4_1`] blocks.
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QuantFormat {
@@ -56,11 +60,13 @@ pub enum QuantFormat {
     Q4_K,
     Q5_K,
     Q6_K,
+    A6_64,
+    A8_64,
 }
 
 impl QuantFormat {
     /// Every format, for tests and tools that iterate over them.
-    pub const ALL: [QuantFormat; 9] = [
+    pub const ALL: [QuantFormat; 11] = [
         QuantFormat::F32,
         QuantFormat::F16,
         QuantFormat::BF16,
@@ -70,16 +76,20 @@ impl QuantFormat {
         QuantFormat::Q4_K,
         QuantFormat::Q5_K,
         QuantFormat::Q6_K,
+        QuantFormat::A6_64,
+        QuantFormat::A8_64,
     ];
 
     /// The format of a GGUF tensor's `ggml_type` id, if we can compute with it.
     pub fn from_ggml_type(id: u32) -> Option<QuantFormat> {
-        QuantFormat::ALL.into_iter().find(|format| format.ggml_type() == id)
+        QuantFormat::ALL
+            .into_iter()
+            .find(|format| format.ggml_type() == Some(id))
     }
 
-    /// The `ggml_type` id (`enum ggml_type` in ggml.h).
-    pub fn ggml_type(self) -> u32 {
-        match self {
+    /// The `ggml_type` id (`enum ggml_type` in ggml.h); `None` for our own formats.
+    pub fn ggml_type(self) -> Option<u32> {
+        Some(match self {
             QuantFormat::F32 => 0,
             QuantFormat::F16 => 1,
             QuantFormat::Q4_0 => 2,
@@ -89,7 +99,22 @@ impl QuantFormat {
             QuantFormat::Q5_K => 13,
             QuantFormat::Q6_K => 14,
             QuantFormat::BF16 => 30,
-        }
+            QuantFormat::A6_64 | QuantFormat::A8_64 => return None,
+        })
+    }
+
+    /// Our id for the format (its place in [`QuantFormat::ALL`]), as the backend
+    /// operations carry it.
+    pub fn id(self) -> u32 {
+        QuantFormat::ALL
+            .iter()
+            .position(|&format| format == self)
+            .expect("ALL lists every format") as u32
+    }
+
+    /// The format with [`QuantFormat::id`] `id`.
+    pub fn from_id(id: u32) -> Option<QuantFormat> {
+        QuantFormat::ALL.get(id as usize).copied()
     }
 
     /// Elements per block: 1 for the float types, 32 or 256 for quantized ones.
@@ -102,6 +127,8 @@ impl QuantFormat {
             QuantFormat::Q4_K => BlockQ4K::ELEMS,
             QuantFormat::Q5_K => BlockQ5K::ELEMS,
             QuantFormat::Q6_K => BlockQ6K::ELEMS,
+            QuantFormat::A6_64 => BlockA6_64::ELEMS,
+            QuantFormat::A8_64 => BlockA8_64::ELEMS,
         }
     }
 
@@ -116,6 +143,8 @@ impl QuantFormat {
             QuantFormat::Q4_K => BlockQ4K::BYTES,
             QuantFormat::Q5_K => BlockQ5K::BYTES,
             QuantFormat::Q6_K => BlockQ6K::BYTES,
+            QuantFormat::A6_64 => BlockA6_64::BYTES,
+            QuantFormat::A8_64 => BlockA8_64::BYTES,
         }
     }
 
@@ -140,6 +169,8 @@ impl QuantFormat {
             QuantFormat::Q4_K => "Q4_K",
             QuantFormat::Q5_K => "Q5_K",
             QuantFormat::Q6_K => "Q6_K",
+            QuantFormat::A6_64 => "A6_64",
+            QuantFormat::A8_64 => "A8_64",
         }
     }
 
@@ -155,6 +186,8 @@ impl QuantFormat {
             // The `_1` formats have an offset (`m`), whose contribution needs the block
             // sum of the input: Q8_1 carries it.
             QuantFormat::Q4_1 => ActivationFormat::Q8_1,
+            // Two Q8 blocks per group; the bias term uses their exact sums.
+            QuantFormat::A6_64 | QuantFormat::A8_64 => ActivationFormat::Q8_1,
             QuantFormat::Q4_K | QuantFormat::Q5_K | QuantFormat::Q6_K => ActivationFormat::Q8_K,
         }
     }
@@ -382,6 +415,48 @@ ggml_block! {
     { ql: [u8; 128], qh: [u8; 64], scales: [i8; 16], d: F16Bytes }
 }
 
+ggml_block! {
+    /// Ours: 64 weights `s·q + b`, q in 0..64 (MLX's affine 6-bit group of 64,
+    /// repacked). Element e's low 4 bits are in `ql[e % 32]`, the low nibble for
+    /// e < 32 and the high one above; its high 2 bits are in `qh[e % 16]` at
+    /// shift `2·(e / 16)`. So one 32-byte load of `ql` splits into elements 0..32
+    /// and 32..64 in order, each lining up with a Q8 activation block.
+    BlockA6_64, elems = 64, bytes = 52,
+    { s: F16Bytes, b: F16Bytes, ql: [u8; 32], qh: [u8; 16] }
+}
+
+ggml_block! {
+    /// Ours: 64 weights `s·q + b`, q in 0..256 (MLX's affine 8-bit group of 64).
+    BlockA8_64, elems = 64, bytes = 68,
+    { s: F16Bytes, b: F16Bytes, qs: [u8; 64] }
+}
+
+impl BlockA6_64 {
+    /// The 6-bit quant of element `e` (0..64).
+    #[inline(always)]
+    pub fn quant(&self, e: usize) -> u8 {
+        let low = (self.ql[e % 32] >> (4 * (e / 32))) & 0x0F;
+        let high = (self.qh[e % 16] >> (2 * (e / 16))) & 3;
+        low | (high << 4)
+    }
+
+    /// The block of quants `q` (each below 64) with scale and bias bytes `s`, `b`.
+    pub fn pack(s: F16Bytes, b: F16Bytes, q: &[u8; 64]) -> BlockA6_64 {
+        let mut block = BlockA6_64 {
+            s,
+            b,
+            ql: [0; 32],
+            qh: [0; 16],
+        };
+        for (e, &q) in q.iter().enumerate() {
+            debug_assert!(q < 64);
+            block.ql[e % 32] |= (q & 0x0F) << (4 * (e / 32));
+            block.qh[e % 16] |= (q >> 4) << (2 * (e / 16));
+        }
+        block
+    }
+}
+
 /// `block_q8_K` (activation side only), for its size: our in-memory activation rows
 /// keep the same numbers in separate arrays (see `activation`).
 #[repr(C)]
@@ -465,8 +540,12 @@ mod tests {
     #[test]
     fn ggml_type_ids_round_trip() {
         for format in QuantFormat::ALL {
-            assert_eq!(QuantFormat::from_ggml_type(format.ggml_type()), Some(format));
+            if let Some(id) = format.ggml_type() {
+                assert_eq!(QuantFormat::from_ggml_type(id), Some(format));
+            }
+            assert_eq!(QuantFormat::from_id(format.id()), Some(format));
         }
+        assert_eq!(QuantFormat::A6_64.ggml_type(), None);
         assert_eq!(QuantFormat::from_ggml_type(3), Some(QuantFormat::Q4_1));
         assert_eq!(QuantFormat::from_ggml_type(30), Some(QuantFormat::BF16));
         // Q8_1 and Q8_K are activation formats, never weights here; Q5_0 has no kernel.
@@ -487,6 +566,8 @@ mod tests {
             (QuantFormat::Q4_K, 256, 144),
             (QuantFormat::Q5_K, 256, 176),
             (QuantFormat::Q6_K, 256, 210),
+            (QuantFormat::A6_64, 64, 52),
+            (QuantFormat::A8_64, 64, 68),
         ];
         for (format, elems, bytes) in expected {
             assert_eq!((format.block_elems(), format.block_bytes()), (elems, bytes), "{format}");
@@ -544,6 +625,19 @@ mod tests {
                 assert_eq!((sc[j], mins[j]), k_scale_min(j, &packed), "{packed:?} field {j}");
             }
         }
+    }
+
+    #[test]
+    fn a6_blocks_pack_and_unpack_every_quant() {
+        let q: [u8; 64] = std::array::from_fn(|e| ((e * 37 + 11) % 64) as u8);
+        let block = BlockA6_64::pack([1, 2], [3, 4], &q);
+        for (e, &q) in q.iter().enumerate() {
+            assert_eq!(block.quant(e), q, "element {e}");
+        }
+        let mut bytes = [0u8; 52];
+        block.write(&mut bytes);
+        assert_eq!(BlockA6_64::read(&bytes), block);
+        assert_eq!(&bytes[..4], &[1, 2, 3, 4]);
     }
 
     #[test]

@@ -236,6 +236,7 @@ mod tests {
             // Ten 32-blocks: one group of eight and a tail; floats not a multiple of 8.
             let k = match format.block_elems() {
                 256 => 512,
+                64 => 320,
                 32 => 320,
                 _ => 100,
             };
@@ -254,6 +255,7 @@ mod tests {
             QuantFormat::Q4_1,
             QuantFormat::Q8_0,
             QuantFormat::Q6_K,
+            QuantFormat::A6_64,
             QuantFormat::F16,
         ] {
             let k = if format.block_elems() == 256 { 768 } else { 576 };

@@ -38,6 +38,7 @@
 //! - [`activation`]: quantizing input rows.
 //! - [`quantize`](mod@quantize): quantizing f32 weights at load, for checkpoints
 //!   that are not GGUF (error-minimising searches as in llama.cpp).
+//! - [`mlx`]: MLX's affine-quantized matrices, repacked into our blocks at load.
 //! - [`dot`]: dot-product kernels and the run-time choice between them.
 //! - [`matmul`](mod@matmul): tiling and threads.
 
@@ -46,6 +47,7 @@ pub mod dequant;
 pub mod dot;
 pub mod formats;
 pub mod matmul;
+pub mod mlx;
 pub mod quantize;
 
 #[cfg(test)]

@@ -80,6 +80,18 @@ pub fn weights(rng: &mut StdRng, format: QuantFormat, rows: usize, k: usize, sca
             ]
             .concat(),
             QuantFormat::Q6_K => [&random_bytes(rng, 128 + 64 + 16)[..], &scale(rng, scales, 0.002)].concat(),
+            QuantFormat::A6_64 => [
+                &scale(rng, scales, 0.003)[..],
+                &scale(rng, scales, 0.1),
+                &random_bytes(rng, 48),
+            ]
+            .concat(),
+            QuantFormat::A8_64 => [
+                &scale(rng, scales, 0.0008)[..],
+                &scale(rng, scales, 0.1),
+                &random_bytes(rng, 64),
+            ]
+            .concat(),
         };
         debug_assert_eq!(block.len(), format.block_bytes());
         out.extend_from_slice(&block);

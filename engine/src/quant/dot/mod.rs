@@ -187,6 +187,8 @@ pub fn dot_reference(format: QuantFormat, w: &[u8], acts: &Activations, i: usize
         (QuantFormat::Q4_K, Activations::Q8K(a)) => scalar::dot_q4_k(w, &a[i]),
         (QuantFormat::Q5_K, Activations::Q8K(a)) => scalar::dot_q5_k(w, &a[i]),
         (QuantFormat::Q6_K, Activations::Q8K(a)) => scalar::dot_q6_k(w, &a[i]),
+        (QuantFormat::A6_64, Activations::Q8(a)) => scalar::dot_a6(w, &a[i]),
+        (QuantFormat::A8_64, Activations::Q8(a)) => scalar::dot_a8(w, &a[i]),
         (format, _) => panic!("activations were not quantized for {format}"),
     }
 }
@@ -269,6 +271,7 @@ mod tests {
     fn test_cols(format: QuantFormat) -> usize {
         match format.block_elems() {
             256 => 3 * 256,
+            64 => 7 * 64,
             32 => 19 * 32,
             // Float rows: not a multiple of 8, to exercise the tails.
             _ => 611,

@@ -9,7 +9,8 @@
 use crate::quant::activation::{Q8KRow, Q8Row};
 use crate::quant::dequant::q6_k_quant;
 use crate::quant::formats::{
-    BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, bf16_to_f32, blocks, f16_to_f32, k_scales_mins,
+    BlockA6_64, BlockA8_64, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, bf16_to_f32, blocks,
+    f16_to_f32, k_scales_mins,
 };
 
 /// Σ w·x for an F32 weight row.
@@ -46,6 +47,47 @@ fn check_q8(w: &[u8], block_bytes: usize, a: &Q8Row) {
         a.blocks() * block_bytes,
         "weight row and activation row differ in length"
     );
+}
+
+/// Σ over 64-element groups of `s·Σ_h d_h·Σ q·a + b·Σ_h d_h·Σa`, over the
+/// group's two Q8 blocks h: the affine formats' `s·q + b` against Q8 blocks,
+/// with the exact block sums (not Q8_1's f16 `s`).
+fn dot_affine<B: crate::quant::formats::GgmlBlock>(
+    w: &[u8],
+    a: &Q8Row,
+    scale_bias: impl Fn(&B) -> (f32, f32),
+    quant: impl Fn(&B, usize) -> u8,
+) -> f32 {
+    assert!(a.is_consistent());
+    assert_eq!(
+        w.len() * 2,
+        a.blocks() * B::BYTES,
+        "weight row and activation row differ in length"
+    );
+    let mut sum = 0f32;
+    for (g, block) in blocks::<B>(w).enumerate() {
+        let (s, b) = scale_bias(&block);
+        let (mut dot, mut offset) = (0f32, 0f32);
+        for h in 0..2 {
+            let at = 2 * g + h;
+            let qa = &a.qs[32 * at..32 * at + 32];
+            let isum: i32 = (0..32).map(|j| quant(&block, 32 * h + j) as i32 * qa[j] as i32).sum();
+            dot += a.d[at] * isum as f32;
+            offset += a.d[at] * a.sum[at] as f32;
+        }
+        sum += s * dot + b * offset;
+    }
+    sum
+}
+
+/// [`QuantFormat::A6_64`](crate::quant::QuantFormat::A6_64) against Q8 blocks.
+pub fn dot_a6(w: &[u8], a: &Q8Row) -> f32 {
+    dot_affine::<BlockA6_64>(w, a, |b| (f16_to_f32(b.s), f16_to_f32(b.b)), |b, e| b.quant(e))
+}
+
+/// [`QuantFormat::A8_64`](crate::quant::QuantFormat::A8_64) against Q8 blocks.
+pub fn dot_a8(w: &[u8], a: &Q8Row) -> f32 {
+    dot_affine::<BlockA8_64>(w, a, |b| (f16_to_f32(b.s), f16_to_f32(b.b)), |b, e| b.qs[e])
 }
 
 /// Σ over blocks of `(d_w·d_x) · Σ (q − 8)·a`.

@@ -13,10 +13,10 @@ use crate::quant::formats::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
 /// What the Q8 tile bodies read from an activation row, as raw pointers.
 #[derive(Clone, Copy)]
 pub(super) struct Q8Ptrs {
-    qs: *const i8,
-    d: *const f32,
+    pub(super) qs: *const i8,
+    pub(super) d: *const f32,
     s: *const f32,
-    sum: *const i32,
+    pub(super) sum: *const i32,
     group_qs: *const i8,
     group_d: *const f32,
     group_s: *const f32,

@@ -16,6 +16,7 @@
 //!   conversion per eight blocks; the per-block bodies handle the last `blocks % 8`.
 //! - Q4_K, Q5_K, Q6_K: one 256-element super-block per step, scales applied to
 //!   i16 pair sums (`vpmaddwd`/`vpdpwssd`), mins and offsets through Q8_K's sums.
+//! - A6_64, A8_64 (MLX's affine groups): [`affine_body`], one group of 64 per step.
 //! - F32, F16, BF16: FMA over f32, 8 elements per step.
 //!
 //! Nothing here is safe to call without its preconditions; [`dot_rows`] at the
@@ -25,12 +26,14 @@
 // the same row number; iterator chains would hide that.
 #![allow(clippy::needless_range_loop)]
 
+mod affine;
 mod blocks32;
 mod floats;
 mod k_quants;
 
 use std::arch::x86_64::*;
 
+use self::affine::{A6, A8, affine_body};
 use self::blocks32::{Q4_0, Q4_1, Q8_0, Q8Ptrs, grouped_q8_body};
 use self::floats::{FLOAT_BF16, FLOAT_F16, FLOAT_F32, float_body};
 use self::k_quants::{Q8KPtrs, q6_k_body, q45_k_body};
@@ -237,6 +240,8 @@ entry_points!(q8_0_rows, Q8Ptrs, grouped_q8_body, Q8_0);
 entry_points!(q4_k_rows, Q8KPtrs, q45_k_body, false);
 entry_points!(q5_k_rows, Q8KPtrs, q45_k_body, true);
 entry_points!(q6_k_rows, Q8KPtrs, q6_k_body);
+entry_points!(a6_rows, Q8Ptrs, affine_body, A6);
+entry_points!(a8_rows, Q8Ptrs, affine_body, A8);
 entry_points!(f32_rows, *const f32, float_body, FLOAT_F32);
 entry_points!(f16_rows, *const f32, float_body, FLOAT_F16);
 entry_points!(bf16_rows, *const f32, float_body, FLOAT_BF16);
@@ -308,14 +313,18 @@ pub(super) fn dot_rows(kernel: Kernel, w: &QuantMatrix, acts: ActRows, out: &mut
     // activation rows against `units` in each arm.
     match acts {
         ActRows::Q8(acts) => {
+            // One Q8 block of 32 per weight block, two per affine group of 64.
+            let q8_blocks = w.cols / crate::quant::activation::Q8_BLOCK;
             assert!(
-                acts.iter().all(|a| a.is_consistent() && a.blocks() == units),
+                acts.iter().all(|a| a.is_consistent() && a.blocks() == q8_blocks),
                 "activations do not match the weights"
             );
             let (run4, run1): (RowsFn<Q8Ptrs, 4>, RowsFn<Q8Ptrs, 1>) = match format {
                 QuantFormat::Q4_0 => (q4_0_rows::<4>, q4_0_rows::<1>),
                 QuantFormat::Q4_1 => (q4_1_rows::<4>, q4_1_rows::<1>),
                 QuantFormat::Q8_0 => (q8_0_rows::<4>, q8_0_rows::<1>),
+                QuantFormat::A6_64 => (a6_rows::<4>, a6_rows::<1>),
+                QuantFormat::A8_64 => (a8_rows::<4>, a8_rows::<1>),
                 other => panic!("{other} does not pair with Q8_0/Q8_1 activations"),
             };
             in_groups_of_4(
