@@ -162,8 +162,50 @@ pub(super) unsafe fn q45_k_body<D: ByteDot, const FIVE_BITS: bool, const RA: usi
     }
 }
 
+/// The four registers of Q6_K quants (0..64, unsigned) of half `h` of the
+/// block at `block`: groups of 32 elements `128h + 32g ..`, g = 0..4.
+#[inline(always)]
+unsafe fn q6_k_quants(block: *const u8, h: usize) -> [__m256i; 4] {
+    const QL_AT: usize = offset_of!(BlockQ6K, ql);
+    const QH_AT: usize = offset_of!(BlockQ6K, qh);
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let high2 = _mm256_set1_epi8(0x30);
+        let ql0 = _mm256_loadu_si256(block.add(QL_AT + 64 * h).cast());
+        let ql1 = _mm256_loadu_si256(block.add(QL_AT + 64 * h + 32).cast());
+        let qh = _mm256_loadu_si256(block.add(QH_AT + 32 * h).cast());
+        // Bits 2g, 2g + 1 of qh[l] are bits 4, 5 of quant g's element l.
+        // (16-bit shifts: what crosses into the neighbouring byte is masked off.)
+        [
+            _mm256_or_si256(
+                _mm256_and_si256(ql0, low4),
+                _mm256_and_si256(_mm256_slli_epi16::<4>(qh), high2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(ql1, low4),
+                _mm256_and_si256(_mm256_slli_epi16::<2>(qh), high2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
+                _mm256_and_si256(qh, high2),
+            ),
+            _mm256_or_si256(
+                _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(qh), high2),
+            ),
+        ]
+    }
+}
+
 /// Q6_K × Q8_K: `(d_w·d_x)·Σ_j sc_j·Σ (q − 32)·a` over groups j of 16. The −32 is
 /// folded in through the activation's group sums: `Σ_j sc_j·Σ q·a − 32·Σ_j sc_j·bsum_j`.
+///
+/// Decode (one activation row) unpacks each group and uses it at once.
+/// Prefill (several) first unpacks a block's eight groups and their scales into
+/// `staged`, in L1, then runs each activation row over them: kept in registers
+/// across the rows they did not fit and were spilled anyway, with more besides
+/// (a 4-row tile measured 9.0 against 6.7 ns per block and activation row,
+/// weights in L2, alternating runs).
 ///
 /// Safety: as [`q45_k_body`] with 210-byte blocks.
 #[inline(always)]
@@ -173,14 +215,11 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
     blocks: usize,
     acts: [Q8KPtrs; RA],
 ) -> [[f32; RW]; RA] {
-    const QL_AT: usize = offset_of!(BlockQ6K, ql);
-    const QH_AT: usize = offset_of!(BlockQ6K, qh);
     const SCALES_AT: usize = offset_of!(BlockQ6K, scales);
     const D_AT: usize = offset_of!(BlockQ6K, d);
     unsafe {
-        let low4 = _mm256_set1_epi8(0x0F);
-        let high2 = _mm256_set1_epi8(0x30);
         let mut acc = [[_mm256_setzero_ps(); RW]; RA];
+        let mut staged = [[_mm256_setzero_si256(); 2]; 8];
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * size_of::<BlockQ6K>());
@@ -195,6 +234,11 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
                     _mm256_permute2x128_si256::<0x00>(sc16, sc16),
                     _mm256_permute2x128_si256::<0x11>(sc16, sc16),
                 ];
+                // Groups of 16: elements 128h + 32g + 0..16 and + 16..32, scales
+                // 8h + 2g and 8h + 2g + 1.
+                let scale = |h: usize, g: usize| {
+                    _mm256_shuffle_epi8(halves[h], _mm256_loadu_si256(PAIR_I16[g].as_ptr().cast()))
+                };
                 // −32·sc_j per group, against the activation's 16 group sums.
                 let offset16 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(sc16));
                 let dw = broadcast_f16(block.add(D_AT));
@@ -203,37 +247,23 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
                     let bsums = _mm256_loadu_si256(acts[i].bsums.add(16 * b).cast());
                     isum[i] = D::dpwssd(isum[i], bsums, offset16);
                 }
-                for h in 0..2 {
-                    let ql0 = _mm256_loadu_si256(block.add(QL_AT + 64 * h).cast());
-                    let ql1 = _mm256_loadu_si256(block.add(QL_AT + 64 * h + 32).cast());
-                    let qh = _mm256_loadu_si256(block.add(QH_AT + 32 * h).cast());
-                    // Bits 2g, 2g + 1 of qh[l] are bits 4, 5 of quant g's element l.
-                    // (16-bit shifts: what crosses into the neighbouring byte is masked off.)
-                    let quants = [
-                        _mm256_or_si256(
-                            _mm256_and_si256(ql0, low4),
-                            _mm256_and_si256(_mm256_slli_epi16::<4>(qh), high2),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(ql1, low4),
-                            _mm256_and_si256(_mm256_slli_epi16::<2>(qh), high2),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql0), low4),
-                            _mm256_and_si256(qh, high2),
-                        ),
-                        _mm256_or_si256(
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(ql1), low4),
-                            _mm256_and_si256(_mm256_srli_epi16::<2>(qh), high2),
-                        ),
-                    ];
-                    for (g, &q) in quants.iter().enumerate() {
-                        // Groups of 16: elements 128h + 32g + 0..16 and + 16..32,
-                        // scales 8h + 2g and 8h + 2g + 1.
-                        let sc = _mm256_shuffle_epi8(halves[h], _mm256_loadu_si256(PAIR_I16[g].as_ptr().cast()));
-                        for i in 0..RA {
-                            let a = load_256(acts[i].qs.add(256 * b + 128 * h + 32 * g));
-                            isum[i] = D::dpwssd(isum[i], _mm256_maddubs_epi16(q, a), sc);
+                if RA == 1 {
+                    for h in 0..2 {
+                        for (g, &q) in q6_k_quants(block, h).iter().enumerate() {
+                            let a = load_256(acts[0].qs.add(256 * b + 128 * h + 32 * g));
+                            isum[0] = D::dpwssd(isum[0], _mm256_maddubs_epi16(q, a), scale(h, g));
+                        }
+                    }
+                } else {
+                    for h in 0..2 {
+                        for (g, q) in q6_k_quants(block, h).into_iter().enumerate() {
+                            staged[4 * h + g] = [q, scale(h, g)];
+                        }
+                    }
+                    for i in 0..RA {
+                        let a = acts[i].qs.add(256 * b);
+                        for (j, [q, sc]) in staged.iter().enumerate() {
+                            isum[i] = D::dpwssd(isum[i], _mm256_maddubs_epi16(*q, load_256(a.add(32 * j))), *sc);
                         }
                     }
                 }
