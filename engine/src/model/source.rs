@@ -35,6 +35,9 @@ pub struct Weight<'a> {
     pub bytes: Cow<'a, [u8]>,
 }
 
+/// Rows of an MLX matrix repacked together at load.
+const MLX_ROWS_AT_ONCE: usize = 4096;
+
 /// A model's weights and configuration.
 pub enum WeightSource {
     Gguf(GgufFile),
@@ -246,20 +249,38 @@ impl Checkpoint {
             )));
         }
         let bytes = |located: &Located| &self.files[located.file][located.range.clone()];
-        let matrix = MlxMatrix {
-            bits,
-            group,
-            rows,
-            cols,
-            packed: bytes(packed),
-            scales: bytes(scales),
-            biases: bytes(biases),
-            scale_type,
-        };
-        let (format, data) = mlx::repack(&matrix).map_err(|why| ModelError::Unsupported(format!("{name}: {why}")))?;
-        for what in ["weight", "scales", "biases"] {
-            self.release(&format!("{module}.{what}"), 0..usize::MAX);
+        let (packed_bytes, scale_bytes, bias_bytes) = (bytes(packed), bytes(scales), bytes(biases));
+        // A slice of rows at a time, each slice's mapped pages released once
+        // repacked: a 248k-token embedding's codes would otherwise stay
+        // resident beside their repacked copy until the whole matrix is done.
+        let (packed_row, scale_row) = (packed_bytes.len() / rows.max(1), scale_bytes.len() / rows.max(1));
+        let mut data = Vec::new();
+        let mut format = None;
+        for first in (0..rows).step_by(MLX_ROWS_AT_ONCE) {
+            let last = (first + MLX_ROWS_AT_ONCE).min(rows);
+            let matrix = MlxMatrix {
+                bits,
+                group,
+                rows: last - first,
+                cols,
+                packed: &packed_bytes[first * packed_row..last * packed_row],
+                scales: &scale_bytes[first * scale_row..last * scale_row],
+                biases: &bias_bytes[first * scale_row..last * scale_row],
+                scale_type,
+            };
+            let (part_format, part) =
+                mlx::repack(&matrix).map_err(|why| ModelError::Unsupported(format!("{name}: {why}")))?;
+            if data.is_empty() {
+                data.reserve_exact(part.len() / (last - first) * rows);
+            }
+            data.extend_from_slice(&part);
+            format = Some(part_format);
+            self.release(&format!("{module}.weight"), first * packed_row..last * packed_row);
+            for what in ["scales", "biases"] {
+                self.release(&format!("{module}.{what}"), first * scale_row..last * scale_row);
+            }
         }
+        let format = format.ok_or_else(|| bad("a matrix of no rows".into()))?;
         Ok(Weight {
             format,
             shape: vec![rows, cols],

@@ -204,13 +204,20 @@ unsafe fn load_2x128(lo: *const u8, hi: *const u8) -> __m256i {
 }
 
 /// The 16-bit fields at byte 0 (and byte 2) of 8 consecutive blocks of
-/// `block_bytes`, in [`GROUP_ORDER`], widened to f32: `(d, m)`. Eight scalar loads
-/// (measured faster than a `vpgatherdd` on Zen 4), a byte shuffle and a cross-lane
-/// permute to split the halves, two conversions.
+/// `block_bytes`, in [`GROUP_ORDER`], widened to f32: `(d, m)`.
 #[inline(always)]
 unsafe fn group_scales(first: *const u8, block_bytes: usize) -> (__m256, __m256) {
+    unsafe { f16_pairs(std::array::from_fn(|j| first.add(GROUP_ORDER[j] * block_bytes))) }
+}
+
+/// The two f16 at each of the eight addresses (bytes 0..2 and 2..4), widened
+/// to f32 in that order: `(first halves, second halves)`. Eight scalar loads
+/// (measured faster than a `vpgatherdd` on Zen 4), a byte shuffle and a
+/// cross-lane permute to split the halves, two conversions.
+#[inline(always)]
+pub(super) unsafe fn f16_pairs(at: [*const u8; 8]) -> (__m256, __m256) {
     unsafe {
-        let at = |j: usize| first.add(GROUP_ORDER[j] * block_bytes).cast::<i32>().read_unaligned();
+        let at = |j: usize| at[j].cast::<i32>().read_unaligned();
         let fields = _mm256_setr_epi32(at(0), at(1), at(2), at(3), at(4), at(5), at(6), at(7));
         // Per 128-bit lane: the four low halves, then the four high halves.
         let split = _mm256_shuffle_epi8(

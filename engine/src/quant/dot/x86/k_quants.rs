@@ -162,6 +162,14 @@ pub(super) unsafe fn q45_k_body<D: ByteDot, const FIVE_BITS: bool, const RA: usi
     }
 }
 
+/// Scales 2g and 2g + 1 of a Q6_K half's eight (`half`: each i16 repeated in
+/// both 128-bit lanes), for its groups of 16 elements `32g + 0..16` (low lane)
+/// and `32g + 16..32` (high lane).
+#[inline(always)]
+unsafe fn pair_scales(half: __m256i, g: usize) -> __m256i {
+    unsafe { _mm256_shuffle_epi8(half, _mm256_loadu_si256(PAIR_I16[g].as_ptr().cast())) }
+}
+
 /// The four registers of Q6_K quants (0..64, unsigned) of half `h` of the
 /// block at `block`: groups of 32 elements `128h + 32g ..`, g = 0..4.
 #[inline(always)]
@@ -234,11 +242,6 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
                     _mm256_permute2x128_si256::<0x00>(sc16, sc16),
                     _mm256_permute2x128_si256::<0x11>(sc16, sc16),
                 ];
-                // Groups of 16: elements 128h + 32g + 0..16 and + 16..32, scales
-                // 8h + 2g and 8h + 2g + 1.
-                let scale = |h: usize, g: usize| {
-                    _mm256_shuffle_epi8(halves[h], _mm256_loadu_si256(PAIR_I16[g].as_ptr().cast()))
-                };
                 // −32·sc_j per group, against the activation's 16 group sums.
                 let offset16 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(sc16));
                 let dw = broadcast_f16(block.add(D_AT));
@@ -251,13 +254,13 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
                     for h in 0..2 {
                         for (g, &q) in q6_k_quants(block, h).iter().enumerate() {
                             let a = load_256(acts[0].qs.add(256 * b + 128 * h + 32 * g));
-                            isum[0] = D::dpwssd(isum[0], _mm256_maddubs_epi16(q, a), scale(h, g));
+                            isum[0] = D::dpwssd(isum[0], _mm256_maddubs_epi16(q, a), pair_scales(halves[h], g));
                         }
                     }
                 } else {
                     for h in 0..2 {
                         for (g, q) in q6_k_quants(block, h).into_iter().enumerate() {
-                            staged[4 * h + g] = [q, scale(h, g)];
+                            staged[4 * h + g] = [q, pair_scales(halves[h], g)];
                         }
                     }
                     for i in 0..RA {
