@@ -155,12 +155,23 @@ def tokenizer_json():
                       "rstrip": False, "normalized": False, "special": True})
     for i in range(first_special + len(specials), CONFIG["vocab_size"]):
         vocab[f"filler{i:06d}"] = i
+    tokenizer, config = byte_level_bpe(vocab, merges, added, fx.QWEN2_PATTERN)
+    config["model_max_length"] = 131072
+    n = len(vocab) + len(added)
+    assert n == CONFIG["vocab_size"], n
+    return tokenizer, config
+
+
+def byte_level_bpe(vocab, merges, added, pattern):
+    """tokenizer.json (a byte-level BPE with `pattern` as its pre-tokenizer split) and
+    tokenizer_config.json as Qwen's tokenizers have them, for `vocab`, `merges` and the
+    `added` tokens."""
     byte_level = {"add_prefix_space": False, "trim_offsets": False, "use_regex": False}
     tokenizer = {
         "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
         "normalizer": {"type": "NFC"},
         "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": fx.QWEN2_PATTERN}, "behavior": "Isolated", "invert": False},
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
             {"type": "ByteLevel", **byte_level},
         ]},
         "post_processor": {"type": "ByteLevel", **byte_level},
@@ -174,11 +185,9 @@ def tokenizer_json():
         "added_tokens_decoder": {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip",
                                                                    "single_word", "special")} for t in added},
         "bos_token": None, "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>", "errors": "replace",
-        "model_max_length": 131072, "pad_token": "<|endoftext|>", "split_special_tokens": False,
+        "pad_token": "<|endoftext|>", "split_special_tokens": False,
         "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
     }
-    n = len(vocab) + len(added)
-    assert n == CONFIG["vocab_size"], n
     return tokenizer, config
 
 
@@ -205,10 +214,15 @@ def cmd_checkpoint(args):
 
 
 def cmd_convert(args):
-    """convert_hf_to_gguf.py, unmodified but for the pre-tokenizer hash (as make_qwen3_gguf.py)."""
+    convert(args.dir, args.out, args.converter_dir)
+
+
+def convert(model_dir, out, converter_dir, pre="qwen2", extra_args=()):
+    """convert_hf_to_gguf.py, unmodified but for the pre-tokenizer hash (as make_qwen3_gguf.py):
+    a hash missing from its table gives `pre`; `extra_args` go to the converter (e.g. --no-mtp)."""
     import runpy
 
-    converter_dir = Path(args.converter_dir).resolve()
+    converter_dir = Path(converter_dir).resolve()
     converter = converter_dir / "convert_hf_to_gguf.py"
     sys.path.insert(0, str(converter_dir))
     sys.path.insert(1, str(converter_dir / "gguf-py"))
@@ -220,13 +234,14 @@ def cmd_convert(args):
         try:
             return original(self, tok)
         except NotImplementedError:
-            print("convert: pre-tokenizer hash not in the converter's table -> 'qwen2'", file=sys.stderr)
-            return "qwen2"
+            print(f"convert: pre-tokenizer hash not in the converter's table -> {pre!r}", file=sys.stderr)
+            return pre
 
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
-    out = Path(args.out)
+    out = Path(out)
     tmp = out.with_suffix(".partial")
-    sys.argv = [str(converter), str(Path(args.dir).resolve()), "--outtype", "bf16", "--outfile", str(tmp)]
+    sys.argv = [str(converter), str(Path(model_dir).resolve()), "--outtype", "bf16", "--outfile", str(tmp),
+                *extra_args]
     runpy.run_path(str(converter), run_name="__main__")
     tmp.rename(out)
 
