@@ -43,6 +43,7 @@
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
+use rayon::prelude::*;
 use serde_json::Value;
 
 use super::source::{Checkpoint, WeightSource};
@@ -672,11 +673,11 @@ impl Qwen35 {
         );
         let conv_dim = c.conv_dim();
         let kernel = c.conv_kernel;
-        let mut out = vec![0f32; s * hv * dv];
-        let mut mixed = vec![0f32; conv_dim];
-        let mut kv = vec![0f32; dv];
         let q_scale = 1.0 / (dk as f32).sqrt();
-        for t in 0..s {
+        // The causal conv and the q/k normalisation, every position (cheap,
+        // and the conv state runs through the positions in order).
+        let mut mixed = vec![0f32; s * conv_dim];
+        for (t, mixed) in mixed.chunks_exact_mut(conv_dim).enumerate() {
             let row = &qkv[t * conv_dim..(t + 1) * conv_dim];
             // Causal depthwise conv over the last K rows, then SiLU.
             for (ch, value) in mixed.iter_mut().enumerate() {
@@ -693,49 +694,66 @@ impl Qwen35 {
                 state.conv[last..].copy_from_slice(row);
             }
             let (q, rest) = mixed.split_at_mut(hk * dk);
-            let (k, v) = rest.split_at_mut(hk * dk);
             for head in q.chunks_exact_mut(dk) {
                 l2_normalize(head, q_scale);
             }
-            for head in k.chunks_exact_mut(dk) {
+            for head in rest[..hk * dk].chunks_exact_mut(dk) {
                 l2_normalize(head, 1.0);
             }
-            for vh in 0..hv {
+        }
+        // The delta rule, each value head over all positions on its own
+        // (heads are independent): one parallel split per layer rather than
+        // one per position; on one thread the heads' loops kept a core idle.
+        let head_outputs: Vec<Vec<f32>> = state
+            .state
+            .par_chunks_mut(dk * dv)
+            .enumerate()
+            .map(|(vh, s_h)| {
                 let kh = if c.tiled_value_heads { vh % hk } else { vh / (hv / hk) };
-                let (q, k, v) = (
-                    &q[kh * dk..(kh + 1) * dk],
-                    &k[kh * dk..(kh + 1) * dk],
-                    &v[vh * dv..(vh + 1) * dv],
-                );
-                let beta = sigmoid_f32(b[t * hv + vh]);
-                let g = m.decay[vh] * softplus(a[t * hv + vh] + m.dt_bias[vh]);
-                let decay = g.exp();
-                let s_h = &mut state.state[vh * dk * dv..(vh + 1) * dk * dv];
-                s_h.iter_mut().for_each(|x| *x *= decay);
-                kv.fill(0.0);
-                for (i, &ki) in k.iter().enumerate() {
-                    for (acc, &sij) in kv.iter_mut().zip(&s_h[i * dv..(i + 1) * dv]) {
-                        *acc += sij * ki;
+                let mut head_out = vec![0f32; s * dv];
+                let mut kv = vec![0f32; dv];
+                for (t, o) in head_out.chunks_exact_mut(dv).enumerate() {
+                    let mixed = &mixed[t * conv_dim..(t + 1) * conv_dim];
+                    let (q, k, v) = (
+                        &mixed[kh * dk..(kh + 1) * dk],
+                        &mixed[hk * dk + kh * dk..hk * dk + (kh + 1) * dk],
+                        &mixed[2 * hk * dk + vh * dv..2 * hk * dk + (vh + 1) * dv],
+                    );
+                    let beta = sigmoid_f32(b[t * hv + vh]);
+                    let g = m.decay[vh] * softplus(a[t * hv + vh] + m.dt_bias[vh]);
+                    let decay = g.exp();
+                    s_h.iter_mut().for_each(|x| *x *= decay);
+                    kv.fill(0.0);
+                    for (i, &ki) in k.iter().enumerate() {
+                        for (acc, &sij) in kv.iter_mut().zip(&s_h[i * dv..(i + 1) * dv]) {
+                            *acc += sij * ki;
+                        }
+                    }
+                    for (delta, &vj) in kv.iter_mut().zip(v) {
+                        *delta = (vj - *delta) * beta;
+                    }
+                    for (i, (&ki, &qi)) in k.iter().zip(q).enumerate() {
+                        let s_row = &mut s_h[i * dv..(i + 1) * dv];
+                        for ((sij, &delta), oj) in s_row.iter_mut().zip(&kv).zip(o.iter_mut()) {
+                            *sij += ki * delta;
+                            *oj += *sij * qi;
+                        }
+                    }
+                    // Gated RMSNorm of the head's output.
+                    let mean_square = o.iter().map(|x| x * x).sum::<f32>() / dv as f32;
+                    let scale = 1.0 / (mean_square + c.rms_eps).sqrt();
+                    let z = &z[(t * hv + vh) * dv..(t * hv + vh + 1) * dv];
+                    for ((oj, &w), &zj) in o.iter_mut().zip(&m.norm).zip(z) {
+                        *oj = *oj * scale * w * silu(zj);
                     }
                 }
-                for (delta, &vj) in kv.iter_mut().zip(v) {
-                    *delta = (vj - *delta) * beta;
-                }
-                let o = &mut out[(t * hv + vh) * dv..(t * hv + vh + 1) * dv];
-                for (i, (&ki, &qi)) in k.iter().zip(q).enumerate() {
-                    let s_row = &mut s_h[i * dv..(i + 1) * dv];
-                    for ((sij, &delta), oj) in s_row.iter_mut().zip(&kv).zip(o.iter_mut()) {
-                        *sij += ki * delta;
-                        *oj += *sij * qi;
-                    }
-                }
-                // Gated RMSNorm of the head's output.
-                let mean_square = o.iter().map(|x| x * x).sum::<f32>() / dv as f32;
-                let scale = 1.0 / (mean_square + c.rms_eps).sqrt();
-                let z = &z[(t * hv + vh) * dv..(t * hv + vh + 1) * dv];
-                for ((oj, &w), &zj) in o.iter_mut().zip(&m.norm).zip(z) {
-                    *oj = *oj * scale * w * silu(zj);
-                }
+                head_out
+            })
+            .collect();
+        let mut out = vec![0f32; s * hv * dv];
+        for (vh, head_out) in head_outputs.iter().enumerate() {
+            for (t, o) in head_out.chunks_exact(dv).enumerate() {
+                out[(t * hv + vh) * dv..(t * hv + vh + 1) * dv].copy_from_slice(o);
             }
         }
         let out = Tensor::<2>::from_data(TensorData::new(out, [s, hv * dv]), &device);
