@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
+use crate::constraint::Constraint;
 use crate::model::{KvSlot, Model};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
 use crate::thinking::{Channel, Thinking, ThinkingTracker};
@@ -52,6 +53,9 @@ pub struct GenerationRequest {
     /// The model's thinking markers and budget: its output is split into
     /// reasoning and answer. `None`: all of it is the answer.
     pub thinking: Option<Thinking>,
+    /// A grammar the answer must follow (outside a thinking block); the
+    /// answer ends when the grammar is complete.
+    pub constraint: Option<Constraint>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -317,13 +321,57 @@ pub fn generate(
         .map(|thinking| ThinkingTracker::new(thinking, prompt));
     // After a thinking block closes, the answer's leading whitespace goes.
     let mut trim_answer_start = false;
+    let mut constraint = request.constraint.as_ref().map(Constraint::fresh);
     let finish_reason = loop {
-        let forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
-        let token = match forced {
-            Some(id) => sampler.force(&logits, id, request.top_logprobs),
-            None => sampler.sample(&logits, request.top_logprobs),
+        let mut forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
+        // The grammar holds outside a thinking block (and not over the
+        // whitespace forced after one).
+        let thinking_forced = forced.is_some();
+        let constrained = constraint
+            .as_mut()
+            .filter(|_| !thinking.as_ref().is_some_and(ThinkingTracker::inside));
+        let token = match (forced, constrained) {
+            (Some(id), _) => sampler.force(&logits, id, request.top_logprobs),
+            (None, Some(constraint)) => {
+                if constraint.is_finished() {
+                    break FinishReason::Stop;
+                }
+                match constraint.forced().first() {
+                    Some(&id) => {
+                        forced = Some(id);
+                        sampler.force(&logits, id, request.top_logprobs)
+                    }
+                    None => {
+                        // The sampler's own choice when the grammar allows it
+                        // (a few µs to check), else the choice among what it allows.
+                        let choice = sampler.propose(&logits);
+                        let id = if constraint.allows(choice) {
+                            choice
+                        } else {
+                            let mut masked = logits.clone();
+                            if !constraint.mask(&mut masked) {
+                                break FinishReason::Stop;
+                            }
+                            sampler.propose(&masked)
+                        };
+                        forced = Some(id);
+                        sampler.force(&logits, id, request.top_logprobs)
+                    }
+                }
+            }
+            (None, None) => sampler.sample(&logits, request.top_logprobs),
         };
-        if forced.is_none() && stops.contains(&token.id) {
+        if let Some(constraint) = constraint
+            .as_mut()
+            .filter(|_| !thinking_forced && !thinking.as_ref().is_some_and(ThinkingTracker::inside))
+        {
+            if stops.contains(&token.id) && constraint.may_end() {
+                break FinishReason::Stop;
+            }
+            if constraint.accept(token.id).is_err() {
+                break FinishReason::Stop;
+            }
+        } else if forced.is_none() && stops.contains(&token.id) {
             break FinishReason::Stop;
         }
         let channel = thinking.as_mut().map_or(Channel::Answer, |t| t.take(token.id));

@@ -15,6 +15,7 @@
 //! - [`engine`]: a loaded model on its own threads behind a bounded queue.
 pub mod attention;
 pub mod chat_template;
+pub mod constraint;
 pub mod engine;
 pub mod generate;
 pub mod gguf;

@@ -317,6 +317,18 @@ impl Sampler {
         }
     }
 
+    /// Chooses the next token as [`Sampler::sample`] does, without recording
+    /// it: the caller may refuse it (a grammar) and choose again.
+    pub fn propose(&mut self, logits: &[f32]) -> u32 {
+        if self.needs_adjusting() {
+            let mut adjusted = logits.to_vec();
+            self.apply_penalties(&mut adjusted);
+            self.choose(&adjusted)
+        } else {
+            self.choose(logits)
+        }
+    }
+
     /// Takes `id` as the next token whatever `logits` say (a forced token),
     /// reporting its log-prob and alternatives as [`Sampler::sample`] does, and
     /// recording it for the penalties.

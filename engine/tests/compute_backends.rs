@@ -46,6 +46,7 @@ mod ndarray {
             ignore_eos: true,
             deadline: None,
             thinking: None,
+            constraint: None,
         };
         model
             .generate(&request, |_| ControlFlow::Continue(()))

@@ -221,6 +221,7 @@ fn request_template(max_tokens: usize) -> GenerationRequest {
         ignore_eos: true,
         deadline: None,
         thinking: None,
+        constraint: None,
     }
 }
 

@@ -67,6 +67,7 @@ fn greedy(case: &Value, max_tokens: usize) -> GenerationOutput {
         ignore_eos: false,
         deadline: None,
         thinking: None,
+        constraint: None,
     };
     model()
         .generate(&request, |_| ControlFlow::Continue(()))

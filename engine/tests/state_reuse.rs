@@ -54,6 +54,7 @@ fn request(prompt_tokens: Vec<u32>) -> GenerationRequest {
         ignore_eos: false,
         deadline: None,
         thinking: None,
+        constraint: None,
     }
 }
 

@@ -65,6 +65,7 @@ fn run(
             markers: model.thinking.clone().expect("the fixture thinks"),
             budget,
         }),
+        constraint: None,
     };
     let mut events = Vec::new();
     let output = model

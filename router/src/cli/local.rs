@@ -194,6 +194,7 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
         ignore_eos: args.ignore_eos,
         deadline: None,
         thinking,
+        constraint: None,
     };
     let stream = !args.json;
     let mut shown = Shown::default();
@@ -311,6 +312,7 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
             ignore_eos: false,
             deadline: None,
             thinking: thinking.clone(),
+            constraint: None,
         };
         let mut shown = Shown::default();
         let result = pool.install(|| {

@@ -161,6 +161,7 @@ impl LocalBackend {
                 ignore_eos: false,
                 deadline: None,
                 thinking,
+                constraint: None,
             },
             messages,
             extra,
