@@ -586,6 +586,64 @@ fn generate_runs_a_qwen3_gguf_on_prompt_ids() {
     }
 }
 
+/// `generate --json-schema` keeps even a random model's answer inside the
+/// schema (the tiny thinking Qwen3, sampled at temperature 1), and a schema
+/// keyword the compiler does not support stops it with a message naming it.
+#[test]
+fn generate_follows_a_json_schema_and_names_an_unsupported_keyword() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/qwen/qwen3_thinking");
+    let schema_path = daemon::scratch_dir("json-schema").join("schema.json");
+    let schema = json!({
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "enum": ["Paris", "Lima"]},
+            "days": {"type": "integer", "minimum": 1, "maximum": 9},
+        },
+        "required": ["city", "days"],
+        "additionalProperties": false,
+    });
+    std::fs::write(&schema_path, schema.to_string()).unwrap();
+    for seed in ["1", "2", "3"] {
+        let output = Command::new(daemon::binary())
+            .args(["generate", "--model"])
+            .arg(&fixture)
+            .args([
+                "--quant",
+                "none",
+                "--prompt",
+                "A trip?",
+                "--thinking",
+                "off",
+                "--temperature",
+                "1",
+            ])
+            .args(["--seed", seed, "--max-tokens", "100", "--json", "--json-schema"])
+            .arg(&schema_path)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let report: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+        let answer: Value = serde_json::from_str(report["text"].as_str().unwrap()).expect("the answer parses");
+        assert!(
+            ["Paris", "Lima"].contains(&answer["city"].as_str().unwrap()),
+            "{answer}"
+        );
+        assert!((1..=9).contains(&answer["days"].as_i64().unwrap()), "{answer}");
+        assert_eq!(answer.as_object().unwrap().len(), 2, "{answer}");
+    }
+    std::fs::write(&schema_path, json!({"type": "array", "uniqueItems": true}).to_string()).unwrap();
+    let output = Command::new(daemon::binary())
+        .args(["generate", "--model"])
+        .arg(&fixture)
+        .args(["--quant", "none", "--prompt", "A trip?", "--json-schema"])
+        .arg(&schema_path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("uniqueItems"), "{stderr}");
+}
+
 /// The daemon serves a Qwen3 (the tiny random one of the engine's fixtures,
 /// as llama.cpp's converter writes it, with its Qwen3 chat template): it says
 /// what the model is, and `chat_template_kwargs` reach the template (thinking

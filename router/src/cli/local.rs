@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use serde_json::{Map, Value, json};
+use switchyard_engine::constraint::{Grammar, Grammars};
 use switchyard_engine::engine::{ComputeBackend, LoadOptions, LocalModel, default_threads, encode_conversation};
 use switchyard_engine::generate::{GenerationRequest, TokenEvent};
 use switchyard_engine::model::weights::Quantization;
@@ -51,6 +52,30 @@ pub struct GenerateArgs {
     ignore_eos: bool,
     #[command(flatten)]
     thinking: ThinkingArgs,
+    /// The answer must be valid against this JSON Schema (a file).
+    #[arg(long, group = "grammar")]
+    json_schema: Option<PathBuf>,
+    /// The answer must be a JSON object.
+    #[arg(long, group = "grammar")]
+    json_object: bool,
+    /// The answer must match this regular expression.
+    #[arg(long, group = "grammar")]
+    regex: Option<String>,
+}
+
+impl GenerateArgs {
+    /// The grammar asked for, if any.
+    fn grammar(&self) -> Result<Option<Grammar>, String> {
+        if let Some(path) = &self.json_schema {
+            let text = std::fs::read_to_string(path).map_err(|err| format!("{}: {err}", path.display()))?;
+            let schema = serde_json::from_str(&text).map_err(|err| format!("{}: {err}", path.display()))?;
+            return Ok(Some(Grammar::JsonSchema(schema)));
+        }
+        if self.json_object {
+            return Ok(Some(Grammar::JsonObject));
+        }
+        Ok(self.regex.clone().map(Grammar::Regex))
+    }
 }
 
 /// Thinking, for a model that thinks natively (`<think>` blocks).
@@ -180,6 +205,21 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The grammar is compiled against the model's vocabulary before anything runs.
+    let constraint = match args.grammar().and_then(|grammar| {
+        grammar
+            .map(|grammar| {
+                let end = model.tokenizer.end_of_turn_ids().first().copied().unwrap_or(0);
+                Grammars::new(model.tokenizer.clone(), model.model.vocab_size(), end)?.constraint(&grammar)
+            })
+            .transpose()
+    }) {
+        Ok(constraint) => constraint,
+        Err(err) => {
+            eprintln!("switchyard: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     let request = GenerationRequest {
         prompt_tokens: prompt_tokens.clone(),
         max_tokens: args.max_tokens,
@@ -194,7 +234,7 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
         ignore_eos: args.ignore_eos,
         deadline: None,
         thinking,
-        constraint: None,
+        constraint,
     };
     let stream = !args.json;
     let mut shown = Shown::default();
