@@ -262,7 +262,14 @@ pub fn generate(
         tokenizer.end_of_turn_ids()
     };
     stops.extend(&request.stop_tokens);
-    let mut text = StopStringFilter::new(&request.stop_strings);
+    // A grammar decides where a constrained answer ends: a stop string could
+    // only cut it short of valid.
+    let stop_strings: &[String] = if request.constraint.is_some() {
+        &[]
+    } else {
+        &request.stop_strings
+    };
+    let mut text = StopStringFilter::new(stop_strings);
     let mut decoder = StreamDecoder::new(tokenizer);
 
     let started = Instant::now();

@@ -32,6 +32,10 @@ fn model() -> &'static (LocalModel, Grammars) {
 
 /// The answer to a short prompt under `grammar`, sampled with `seed`.
 fn answer(grammar: &Grammar, seed: u64) -> (String, FinishReason) {
+    answer_with_stops(grammar, seed, Vec::new())
+}
+
+fn answer_with_stops(grammar: &Grammar, seed: u64, stop_strings: Vec<String>) -> (String, FinishReason) {
     let (model, grammars) = model();
     let constraint = grammars.constraint(grammar).expect("the grammar compiles");
     let prompt = model
@@ -47,7 +51,7 @@ fn answer(grammar: &Grammar, seed: u64) -> (String, FinishReason) {
             ..SamplingParams::default()
         },
         stop_tokens: Vec::new(),
-        stop_strings: Vec::new(),
+        stop_strings,
         top_logprobs: 0,
         ignore_eos: false,
         deadline: None,
@@ -246,6 +250,26 @@ fn any_json_object_and_regexes_hold_too() {
         );
     }
     assert!(finished >= 5, "{finished} of 10 objects finished");
+}
+
+/// Stop strings would only cut a constrained answer short of valid: the
+/// grammar decides where it ends.
+#[test]
+fn stop_strings_do_not_cut_a_constrained_answer() {
+    let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": false});
+    for seed in 0..3 {
+        let (text, finish) = answer_with_stops(
+            &Grammar::JsonSchema(schema.clone()),
+            seed,
+            vec!["\"".into(), ":".into()],
+        );
+        assert_eq!(finish, FinishReason::Stop);
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{text:?}: {err}"));
+        assert!(
+            value["a"].is_i64() || value["a"].is_u64() || value["a"].is_f64(),
+            "{text:?}"
+        );
+    }
 }
 
 #[test]
