@@ -19,55 +19,9 @@ use std::time::{Duration, Instant};
 
 use switchyard_engine::quant::{Kernel, QuantFormat, QuantMatrix, kernel_name, matmul_with_kernel, quantize};
 
-/// A small deterministic generator: enough randomness for weights, no dependency.
-struct XorShift(u64);
+mod common;
 
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
-    }
-}
-
-/// Random bytes with every f16 scale field overwritten by a small finite value.
-fn random_weights(rng: &mut XorShift, format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
-    let row_bytes = format.row_bytes(cols).expect("whole blocks");
-    let mut data: Vec<u8> = (0..rows * row_bytes).map(|_| rng.next() as u8).collect();
-    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
-    let scale_fields: &[usize] = match format {
-        QuantFormat::Q4_0 | QuantFormat::Q8_0 => &[0],
-        QuantFormat::Q4_1 | QuantFormat::Q4_K | QuantFormat::Q5_K => &[0, 2],
-        QuantFormat::Q6_K => &[208],
-        _ => &[],
-    };
-    for block in data.chunks_exact_mut(format.block_bytes()) {
-        for &at in scale_fields {
-            block[at..at + 2].copy_from_slice(&scale);
-        }
-    }
-    if format.block_elems() == 1 {
-        // Float formats: replace the random bit patterns (NaNs) by small values.
-        let values: Vec<f32> = (0..rows * cols).map(|_| rng.unit()).collect();
-        data = match format {
-            QuantFormat::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            QuantFormat::F16 => values
-                .iter()
-                .flat_map(|v| half::f16::from_f32(*v).to_bits().to_le_bytes())
-                .collect(),
-            _ => values
-                .iter()
-                .flat_map(|v| half::bf16::from_f32(*v).to_bits().to_le_bytes())
-                .collect(),
-        };
-    }
-    data
-}
+use common::{XorShift, random_weights};
 
 /// Median and minimum time of `f` over repeated runs lasting about `budget`. On a
 /// shared machine the minimum shows what the code can do, the median what it did.

@@ -14,39 +14,9 @@ use std::time::Instant;
 
 use switchyard_engine::quant::{QuantFormat, QuantMatrix, kernel_name, matmul};
 
-/// A small deterministic generator: enough randomness for weights, no dependency.
-struct XorShift(u64);
+mod common;
 
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
-/// Random bytes with every f16 scale field set to a small finite value.
-fn random_weights(rng: &mut XorShift, format: QuantFormat, rows: usize, cols: usize) -> Vec<u8> {
-    let row_bytes = format.row_bytes(cols).expect("whole blocks");
-    let mut data = vec![0u8; rows * row_bytes];
-    for chunk in data.chunks_mut(8) {
-        let bytes = rng.next().to_le_bytes();
-        chunk.copy_from_slice(&bytes[..chunk.len()]);
-    }
-    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
-    let scale_fields: &[usize] = match format {
-        QuantFormat::Q4_K | QuantFormat::Q5_K => &[0, 2],
-        QuantFormat::Q6_K => &[208],
-        _ => &[0],
-    };
-    for block in data.chunks_exact_mut(format.block_bytes()) {
-        for &at in scale_fields {
-            block[at..at + 2].copy_from_slice(&scale);
-        }
-    }
-    data
-}
+use common::{XorShift, random_weights};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
