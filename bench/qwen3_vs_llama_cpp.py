@@ -467,11 +467,8 @@ def cmd_bench(args):
         Path(args.json_out).write_text(json.dumps(result, indent=1) + "\n")
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("checkpoint")
-    p.add_argument("dir")
+def add_shared_commands(sub):
+    """The subcommands both benchmarks against llama.cpp take: convert, quantize, bandwidth."""
     p = sub.add_parser("convert")
     p.add_argument("dir")
     p.add_argument("out")
@@ -486,6 +483,14 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--mib", type=int, default=1024)
     p.add_argument("--passes", type=int, default=5)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("checkpoint")
+    p.add_argument("dir")
+    add_shared_commands(sub)
     p = sub.add_parser("bench")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--workdir", required=True)
