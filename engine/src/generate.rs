@@ -330,55 +330,46 @@ pub fn generate(
     let mut trim_answer_start = false;
     let mut constraint = request.constraint.as_ref().map(Constraint::fresh);
     let finish_reason = loop {
-        let mut forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
+        let forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
         // The grammar holds outside a thinking block (and not over the
         // whitespace forced after one).
-        let thinking_forced = forced.is_some();
-        let constrained = constraint
-            .as_mut()
-            .filter(|_| !thinking.as_ref().is_some_and(ThinkingTracker::inside));
-        let token = match (forced, constrained) {
+        let in_block = thinking.as_ref().is_some_and(ThinkingTracker::inside);
+        let grammar = constraint.as_mut().filter(|_| forced.is_none() && !in_block);
+        let constrained = grammar.is_some();
+        let token = match (forced, grammar) {
             (Some(id), _) => sampler.force(&logits, id, request.top_logprobs),
-            (None, Some(constraint)) => {
-                if constraint.is_finished() {
+            (None, Some(grammar)) => {
+                if grammar.is_finished() {
                     break FinishReason::Stop;
                 }
-                match constraint.forced().first() {
-                    Some(&id) => {
-                        forced = Some(id);
-                        sampler.force(&logits, id, request.top_logprobs)
-                    }
+                let id = match grammar.forced().first() {
+                    Some(&id) => id,
                     None => {
                         // The sampler's own choice when the grammar allows it
                         // (a few µs to check), else the choice among what it allows.
                         let choice = sampler.propose(&logits);
-                        let id = if constraint.allows(choice) {
+                        if grammar.allows(choice) {
                             choice
                         } else {
                             let mut masked = logits.clone();
-                            if !constraint.mask(&mut masked) {
+                            if !grammar.mask(&mut masked) {
                                 break FinishReason::Stop;
                             }
                             sampler.propose(&masked)
-                        };
-                        forced = Some(id);
-                        sampler.force(&logits, id, request.top_logprobs)
+                        }
                     }
+                };
+                if stops.contains(&id) && grammar.may_end() {
+                    break FinishReason::Stop;
                 }
+                if grammar.accept(id).is_err() {
+                    break FinishReason::Stop;
+                }
+                sampler.force(&logits, id, request.top_logprobs)
             }
             (None, None) => sampler.sample(&logits, request.top_logprobs),
         };
-        if let Some(constraint) = constraint
-            .as_mut()
-            .filter(|_| !thinking_forced && !thinking.as_ref().is_some_and(ThinkingTracker::inside))
-        {
-            if stops.contains(&token.id) && constraint.may_end() {
-                break FinishReason::Stop;
-            }
-            if constraint.accept(token.id).is_err() {
-                break FinishReason::Stop;
-            }
-        } else if forced.is_none() && stops.contains(&token.id) {
+        if !constrained && forced.is_none() && stops.contains(&token.id) {
             break FinishReason::Stop;
         }
         let channel = thinking.as_mut().map_or(Channel::Answer, |t| t.take(token.id));

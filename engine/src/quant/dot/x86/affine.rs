@@ -18,7 +18,7 @@ use std::mem::offset_of;
 
 use super::blocks32::{Q8Ptrs, f16_pairs};
 use super::k_quants::prefetch_next_tile;
-use super::{ByteDot, broadcast_f16, hsum, load_256};
+use super::{ByteDot, broadcast_f16, finish, load_256};
 use crate::quant::formats::{BlockA6_64, BlockA8_64};
 
 /// Which affine format a body decodes.
@@ -160,12 +160,7 @@ pub(super) unsafe fn affine_body<D: ByteDot, const FORMAT: u8, const RA: usize, 
                 }
             }
         }
-        let mut out = [[0f32; RW]; RA];
-        for i in 0..RA {
-            for r in 0..RW {
-                out[i][r] = hsum(acc[i][r]);
-            }
-        }
+        let mut out = finish(&acc);
         let done = STEP_GROUPS * steps;
         if done < groups {
             let tail = affine_groups::<D, FORMAT, RA, RW>(w, row_bytes, done..groups, acts);
@@ -243,6 +238,6 @@ unsafe fn affine_groups<D: ByteDot, const FORMAT: u8, const RA: usize, const RW:
                 }
             }
         }
-        super::finish(&acc)
+        finish(&acc)
     }
 }
