@@ -254,8 +254,9 @@ impl Checkpoint {
         // repacked: a 248k-token embedding's codes would otherwise stay
         // resident beside their repacked copy until the whole matrix is done.
         let (packed_row, scale_row) = (packed_bytes.len() / rows.max(1), scale_bytes.len() / rows.max(1));
-        let mut data = Vec::new();
-        let mut format = None;
+        let unsupported = |why: String| ModelError::Unsupported(format!("{name}: {why}"));
+        let format = mlx::format_for(bits, group).map_err(unsupported)?;
+        let mut data = Vec::with_capacity(rows * format.row_bytes(cols).unwrap_or(0));
         for first in (0..rows).step_by(MLX_ROWS_AT_ONCE) {
             let last = (first + MLX_ROWS_AT_ONCE).min(rows);
             let matrix = MlxMatrix {
@@ -268,19 +269,12 @@ impl Checkpoint {
                 biases: &bias_bytes[first * scale_row..last * scale_row],
                 scale_type,
             };
-            let (part_format, part) =
-                mlx::repack(&matrix).map_err(|why| ModelError::Unsupported(format!("{name}: {why}")))?;
-            if data.is_empty() {
-                data.reserve_exact(part.len() / (last - first) * rows);
-            }
-            data.extend_from_slice(&part);
-            format = Some(part_format);
+            data.extend_from_slice(&mlx::repack(&matrix).map_err(unsupported)?);
             self.release(&format!("{module}.weight"), first * packed_row..last * packed_row);
             for what in ["scales", "biases"] {
                 self.release(&format!("{module}.{what}"), first * scale_row..last * scale_row);
             }
         }
-        let format = format.ok_or_else(|| bad("a matrix of no rows".into()))?;
         Ok(Weight {
             format,
             shape: vec![rows, cols],

@@ -68,13 +68,15 @@ pub struct MlxMatrix<'a> {
 /// What [`repack`] supports, for messages.
 pub const SUPPORTED: &str = "4-bit in groups of 32, 64 or 128; 6- and 8-bit in groups of 64 or 128";
 
-/// The format MLX's `bits`/`group` repack into, if we have one.
-pub fn format_for(bits: usize, group: usize) -> Option<QuantFormat> {
+/// The format MLX's `bits`/`group` repack into; an error says what is supported.
+pub fn format_for(bits: usize, group: usize) -> Result<QuantFormat, String> {
     match (bits, group) {
-        (4, 32 | 64 | 128) => Some(QuantFormat::Q4_1),
-        (6, 64 | 128) => Some(QuantFormat::A6_64),
-        (8, 64 | 128) => Some(QuantFormat::A8_64),
-        _ => None,
+        (4, 32 | 64 | 128) => Ok(QuantFormat::Q4_1),
+        (6, 64 | 128) => Ok(QuantFormat::A6_64),
+        (8, 64 | 128) => Ok(QuantFormat::A8_64),
+        _ => Err(format!(
+            "MLX {bits}-bit quantization in groups of {group} has no kernel here (supported: {SUPPORTED})"
+        )),
     }
 }
 
@@ -99,13 +101,8 @@ fn to_f16(value: f32) -> F16Bytes {
 ///
 /// # Errors
 /// An unsupported `bits`/`group`, or arrays whose sizes do not fit the shape.
-pub fn repack(m: &MlxMatrix) -> Result<(QuantFormat, Vec<u8>), String> {
-    let format = format_for(m.bits, m.group).ok_or_else(|| {
-        format!(
-            "MLX {}-bit quantization in groups of {} has no kernel here (supported: {SUPPORTED})",
-            m.bits, m.group
-        )
-    })?;
+pub fn repack(m: &MlxMatrix) -> Result<Vec<u8>, String> {
+    let format = format_for(m.bits, m.group)?;
     if !m.cols.is_multiple_of(m.group) {
         return Err(format!("{} columns are not whole groups of {}", m.cols, m.group));
     }
@@ -161,7 +158,7 @@ pub fn repack(m: &MlxMatrix) -> Result<(QuantFormat, Vec<u8>), String> {
             }
         }
     }
-    Ok((format, out))
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -227,8 +224,8 @@ mod tests {
                     biases: &biases,
                     scale_type,
                 };
-                let (format, bytes) = repack(&matrix).unwrap();
-                assert_eq!(Some(format), format_for(bits, group));
+                let bytes = repack(&matrix).unwrap();
+                let format = format_for(bits, group).unwrap();
                 let row_bytes = format.row_bytes(cols).unwrap();
                 for r in 0..rows {
                     let mut got = vec![0f32; cols];
