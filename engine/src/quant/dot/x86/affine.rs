@@ -25,6 +25,29 @@ use crate::quant::formats::{BlockA6_64, BlockA8_64};
 pub(super) const A6: u8 = 0;
 pub(super) const A8: u8 = 1;
 
+/// A block's size and the offsets of its scale and bias.
+const fn layout(format: u8) -> (usize, usize, usize) {
+    if format == A6 {
+        (
+            size_of::<BlockA6_64>(),
+            offset_of!(BlockA6_64, s),
+            offset_of!(BlockA6_64, b),
+        )
+    } else {
+        (
+            size_of::<BlockA8_64>(),
+            offset_of!(BlockA8_64, s),
+            offset_of!(BlockA8_64, b),
+        )
+    }
+}
+
+/// What a block's integer dot carries per unit of Σa (the 8-bit format's
+/// `q − 128` through the signed dot), removed with the activation's block sums.
+const fn sum_bias<D: ByteDot, const FORMAT: u8>() -> i32 {
+    if FORMAT == A8 { D::SIGNED_BIAS - 128 } else { 0 }
+}
+
 /// Groups per step of the grouped loop.
 const STEP_GROUPS: usize = 4;
 
@@ -105,13 +128,8 @@ pub(super) unsafe fn affine_body<D: ByteDot, const FORMAT: u8, const RA: usize, 
     groups: usize,
     acts: [Q8Ptrs; RA],
 ) -> [[f32; RW]; RA] {
-    let block_bytes = if FORMAT == A6 {
-        size_of::<BlockA6_64>()
-    } else {
-        size_of::<BlockA8_64>()
-    };
-    // What the 8-bit dot carries per unit of Σa, removed with the block sums.
-    let bias = if FORMAT == A8 { D::SIGNED_BIAS - 128 } else { 0 };
+    let (block_bytes, _, _) = layout(FORMAT);
+    let bias = sum_bias::<D, FORMAT>();
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); RW]; RA];
         let steps = groups / STEP_GROUPS;
@@ -187,20 +205,8 @@ unsafe fn affine_groups<D: ByteDot, const FORMAT: u8, const RA: usize, const RW:
     range: std::ops::Range<usize>,
     acts: [Q8Ptrs; RA],
 ) -> [[f32; RW]; RA] {
-    let (block_bytes, s_at, b_at) = if FORMAT == A6 {
-        (
-            size_of::<BlockA6_64>(),
-            offset_of!(BlockA6_64, s),
-            offset_of!(BlockA6_64, b),
-        )
-    } else {
-        (
-            size_of::<BlockA8_64>(),
-            offset_of!(BlockA8_64, s),
-            offset_of!(BlockA8_64, b),
-        )
-    };
-    let bias = if FORMAT == A8 { D::SIGNED_BIAS - 128 } else { 0 };
+    let (block_bytes, s_at, b_at) = layout(FORMAT);
+    let bias = sum_bias::<D, FORMAT>();
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); RW]; RA];
         for g in range {
