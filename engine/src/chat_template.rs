@@ -34,6 +34,8 @@ use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Kwargs, Serde, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};
 
+use crate::tool_calls::ToolFormat;
+
 const TEMPLATE_NAME: &str = "chat_template";
 
 /// Why a template could not be compiled or rendered.
@@ -82,6 +84,8 @@ pub struct ChatTemplate {
     env: Environment<'static>,
     /// Whether the template loops over message content, i.e. understands content part lists.
     iterates_content: bool,
+    /// How the template shows its model to write tool calls, if it offers tools.
+    tool_format: Option<ToolFormat>,
 }
 
 impl fmt::Debug for ChatTemplate {
@@ -97,6 +101,7 @@ impl ChatTemplate {
     pub fn new(source: &str) -> Result<ChatTemplate, TemplateError> {
         let source = strip_generation_tags(source);
         let iterates_content = loops_over_content(&source);
+        let tool_format = ToolFormat::of_template(&source);
 
         let mut env = Environment::new();
         let syntax = SyntaxConfig::builder()
@@ -124,7 +129,16 @@ impl ChatTemplate {
                 line: e.line(),
                 message: describe(&e),
             })?;
-        Ok(ChatTemplate { env, iterates_content })
+        Ok(ChatTemplate {
+            env,
+            iterates_content,
+            tool_format,
+        })
+    }
+
+    /// How the model writes tool calls; `None` when the template offers no tools.
+    pub fn tool_format(&self) -> Option<ToolFormat> {
+        self.tool_format
     }
 
     /// Renders the prompt for `messages` (a JSON list of `{role, content, ...}` objects,

@@ -9,7 +9,8 @@
 //! few µs) and the whole vocabulary's mask is computed only when the choice is
 //! refused ([`Constraint::mask`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use llguidance::api::{GrammarWithLexer, TopLevelGrammar};
 use llguidance::toktrie::{InferenceCapabilities, TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
@@ -26,7 +27,27 @@ pub enum Grammar {
     JsonObject,
     /// A full match of this regular expression.
     Regex(String),
+    /// A grammar in llguidance's Lark syntax (tool calls: free text, then
+    /// calls whose arguments follow their tools' schemas).
+    Lark(String),
 }
+
+impl Grammar {
+    /// The grammar as one string, for the compiled-grammar cache.
+    fn key(&self) -> String {
+        match self {
+            Grammar::JsonSchema(schema) => format!("schema:{schema}"),
+            Grammar::JsonObject => "json_object".into(),
+            Grammar::Regex(rx) => format!("regex:{rx}"),
+            Grammar::Lark(lark) => format!("lark:{lark}"),
+        }
+    }
+}
+
+/// Compiled grammars kept per model: a client sends the same schema or tools
+/// with every request, and compiling costs milliseconds where a step costs
+/// microseconds. Past this many, the cache starts over.
+const COMPILED_KEPT: usize = 256;
 
 /// Our vocabulary as llguidance sees it.
 struct Vocabulary {
@@ -53,6 +74,7 @@ impl TokenizerEnv for Vocabulary {
 #[derive(Clone)]
 pub struct Grammars {
     factory: Arc<ParserFactory>,
+    compiled: Arc<Mutex<HashMap<String, Constraint>>>,
 }
 
 impl std::fmt::Debug for Grammars {
@@ -62,6 +84,12 @@ impl std::fmt::Debug for Grammars {
 }
 
 impl Grammars {
+    /// As [`Grammars::new`], ending at the tokenizer's end-of-turn token.
+    pub fn of(tokenizer: Arc<Tokenizer>, vocab_size: usize) -> Result<Grammars, String> {
+        let end = tokenizer.end_of_turn_ids().first().copied().unwrap_or(0);
+        Grammars::new(tokenizer, vocab_size, end)
+    }
+
     /// The vocabulary of `tokenizer` padded to the model's `vocab_size` rows
     /// (ids past the tokenizer's are never allowed), ending at `end` (the
     /// end-of-turn token that closes a constrained answer).
@@ -93,28 +121,34 @@ impl Grammars {
         factory.set_stderr_log_level(0);
         Ok(Grammars {
             factory: Arc::new(factory),
+            compiled: Arc::default(),
         })
+    }
+
+    /// As [`Grammars::constraint`], compiled once per grammar and kept (see
+    /// [`COMPILED_KEPT`]); errors are not kept.
+    pub fn cached(&self, grammar: &Grammar) -> Result<Constraint, String> {
+        let key = grammar.key();
+        if let Some(constraint) = self.compiled.lock().expect("grammar cache").get(&key) {
+            return Ok(constraint.fresh());
+        }
+        let constraint = self.constraint(grammar)?;
+        let mut compiled = self.compiled.lock().expect("grammar cache");
+        if compiled.len() >= COMPILED_KEPT {
+            compiled.clear();
+        }
+        compiled.insert(key, constraint.fresh());
+        Ok(constraint)
     }
 
     /// A constraint for one answer; an error names what the grammar asks
     /// that cannot be compiled (an unsupported schema keyword, a bad regex).
     pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, String> {
-        // JSON as compact text (`, ` and `: ` between items, no other
-        // whitespace): what OpenAI's structured outputs return, and without
-        // it a weak model can pad an answer with whitespace until it runs out
-        // of tokens.
-        let compact = |mut schema: serde_json::Value| {
-            if let Some(object) = schema.as_object_mut() {
-                object
-                    .entry("x-guidance")
-                    .or_insert_with(|| serde_json::json!({"whitespace_flexible": false}));
-            }
-            TopLevelGrammar::from_json_schema(schema)
-        };
         let top = match grammar {
-            Grammar::JsonSchema(schema) => compact(schema.clone()),
-            Grammar::JsonObject => compact(serde_json::json!({"type": "object"})),
+            Grammar::JsonSchema(schema) => TopLevelGrammar::from_json_schema(laid_out(schema.clone())),
+            Grammar::JsonObject => TopLevelGrammar::from_json_schema(laid_out(serde_json::json!({"type": "object"}))),
             Grammar::Regex(rx) => TopLevelGrammar::from_grammar(GrammarWithLexer::from_regex(rx)),
+            Grammar::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
         };
         let parser = self.factory.create_parser(top).map_err(|err| err.to_string())?;
         let matcher = Matcher::new(Ok(parser));
@@ -123,6 +157,21 @@ impl Grammars {
         }
         Ok(Constraint { matcher })
     }
+}
+
+/// `schema` with the layout of the JSON it allows (unless it sets its own
+/// `x-guidance`): `, ` between items and `: ` after keys, no other
+/// whitespace. It is how models write JSON in their training (Python's
+/// `json.dumps`, the tool-call examples of their chat templates), and without
+/// a fixed layout a weak model can pad an answer with whitespace until it runs
+/// out of tokens.
+pub fn laid_out(mut schema: serde_json::Value) -> serde_json::Value {
+    if let Some(object) = schema.as_object_mut() {
+        object.entry("x-guidance").or_insert_with(
+            || serde_json::json!({ "whitespace_flexible": false, "item_separator": ", ", "key_separator": ": " }),
+        );
+    }
+    schema
 }
 
 /// One answer's progress through its grammar.

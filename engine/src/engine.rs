@@ -30,12 +30,13 @@ use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
 use crate::chat_template::ChatTemplate;
+use crate::constraint::{Constraint, Grammar, Grammars};
 use crate::generate::{
     GenerateError, GenerationOutput, GenerationRequest, Progress, TokenEvent, check_prompt, generate,
 };
@@ -396,6 +397,9 @@ pub struct Engine {
     thinking: Option<ThinkingMarkers>,
     context_length: usize,
     queue_capacity: usize,
+    /// The model's grammar compiler, built at first use.
+    grammars: Arc<OnceLock<Result<Grammars, String>>>,
+    vocab_size: usize,
 }
 
 impl Engine {
@@ -434,6 +438,8 @@ impl Engine {
             thinking: model.thinking.clone(),
             context_length: model.context_length,
             queue_capacity,
+            grammars: Arc::default(),
+            vocab_size: model.model.vocab_size(),
         };
         std::thread::Builder::new()
             .name("engine".into())
@@ -483,6 +489,17 @@ impl Engine {
 
     pub fn template(&self) -> Option<&Arc<ChatTemplate>> {
         self.template.as_ref()
+    }
+
+    /// A constraint for one answer, compiled against the model's vocabulary
+    /// (the vocabulary's token trie is built at the first, then kept, as are
+    /// the compiled grammars; see [`Grammars::cached`]).
+    pub fn constraint(&self, grammar: &Grammar) -> Result<Constraint, String> {
+        self.grammars
+            .get_or_init(|| Grammars::of(self.tokenizer.clone(), self.vocab_size))
+            .as_ref()
+            .map_err(Clone::clone)?
+            .cached(grammar)
     }
 
     pub fn context_length(&self) -> usize {

@@ -10,7 +10,9 @@
 //! - [`attention`]: attention over the f16 KV cache, reference and vector paths.
 //! - [`model`]: weight sources (GGUF, Hugging Face), architectures, their weights, the KV cache.
 //! - [`tokenizer`], [`chat_template`], [`sampling`], [`generate`]: text in, tokens out;
-//!   [`thinking`]: the reasoning of models that think in `<think>` blocks, and its budget.
+//!   [`thinking`]: the reasoning of models that think in `<think>` blocks, and its budget;
+//!   [`constraint`]: grammars that hold an answer (JSON Schema, regex, Lark);
+//!   [`tool_calls`]: tool calls in each model family's format, as grammars and read back.
 //! - [`packed`]: many short byte strings in one buffer (vocabularies, merge lists).
 //! - [`engine`]: a loaded model on its own threads behind a bounded queue.
 pub mod attention;
@@ -26,3 +28,4 @@ pub mod quant;
 pub mod sampling;
 pub mod thinking;
 pub mod tokenizer;
+pub mod tool_calls;

@@ -208,10 +208,7 @@ pub fn generate(args: &GenerateArgs) -> ExitCode {
     // The grammar is compiled against the model's vocabulary before anything runs.
     let constraint = match args.grammar().and_then(|grammar| {
         grammar
-            .map(|grammar| {
-                let end = model.tokenizer.end_of_turn_ids().first().copied().unwrap_or(0);
-                Grammars::new(model.tokenizer.clone(), model.model.vocab_size(), end)?.constraint(&grammar)
-            })
+            .map(|grammar| Grammars::of(model.tokenizer.clone(), model.model.vocab_size())?.constraint(&grammar))
             .transpose()
     }) {
         Ok(constraint) => constraint,
