@@ -135,11 +135,12 @@ impl Reason {
 /// Why a local model cannot take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ineligible {
-    /// Tools or function calling, or a conversation that holds tool calls or results.
+    /// Tools, or a conversation that holds tool calls or results, for a model
+    /// whose chat template offers no tools; tools of a kind other than `function`.
     Tools,
     /// Images, audio or other non-text content.
     Images,
-    /// `response_format` (JSON mode or a schema).
+    /// A `response_format` schema the grammar compiler cannot hold an answer to.
     JsonMode,
     /// Other fields a local model cannot honour (`logit_bias`, `n` > 1, ...).
     Fields,

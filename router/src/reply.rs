@@ -51,12 +51,32 @@ pub enum ChatReply {
     Relayed(Relayed),
 }
 
-/// One piece of a local answer, in order: reasoning (if any), content, then
-/// one `Finished` or `Failed`.
+/// One piece of a local answer, in order: reasoning (if any), content and
+/// tool calls, then one `Finished` or `Failed`. A token goes with the piece its
+/// text completes (a piece may have none).
 #[derive(Debug, Clone)]
 pub enum Event {
-    Reasoning { text: String, token: Option<SampledToken> },
-    Content { text: String, token: Option<SampledToken> },
+    Reasoning {
+        text: String,
+        token: Option<SampledToken>,
+    },
+    Content {
+        text: String,
+        token: Option<SampledToken>,
+    },
+    /// Tool call number `index` (from 0) opens.
+    ToolCall {
+        index: usize,
+        id: String,
+        name: String,
+        token: Option<SampledToken>,
+    },
+    /// More of call `index`'s arguments (a JSON object's text, in order).
+    ToolArguments {
+        index: usize,
+        text: String,
+        token: Option<SampledToken>,
+    },
     Finished(Finished),
     Failed(BackendError),
 }
@@ -73,6 +93,8 @@ pub struct Finished {
     pub cached_tokens: u64,
     /// The answer stopped at the client's own `max_tokens`.
     pub client_limited: bool,
+    /// Tool calls the answer made.
+    pub tool_calls: usize,
 }
 
 /// The local model's answer.

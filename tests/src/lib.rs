@@ -68,6 +68,23 @@ pub fn default_model() -> std::path::PathBuf {
     path.canonicalize().expect("the model path resolves")
 }
 
+/// Runs the test Python (see [`python`]) with `args`: it must succeed and
+/// print `ok`; otherwise the test fails showing its output and `daemon`'s log.
+pub fn python_says_ok<S: AsRef<std::ffi::OsStr>>(daemon: &Daemon, args: &[S]) {
+    let output = std::process::Command::new(python())
+        .args(args)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "{:?}: stdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
+        args.last().map(AsRef::as_ref),
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+}
+
 /// The Python with the `openai` SDK: `SWITCHYARD_TEST_PYTHON`, else the
 /// workspace's `.venv` that tests/run.sh creates.
 pub fn python() -> std::path::PathBuf {

@@ -244,10 +244,16 @@ fn what_the_local_model_cannot_serve_goes_remote_whatever_its_score() {
         decision.fallbacks.local.is_none(),
         "the local model is no fallback for it"
     );
+    // JSON the local model can be held to stays local; a schema it cannot
+    // (a keyword its grammar compiler lacks) goes remote.
     let mut json_mode = ask("auto", "List three colours.");
     json_mode["response_format"] = json!({ "type": "json_object" });
+    assert_eq!(route(&setup.decide(json_mode, &none).unwrap()).0, Tier::Local);
+    let mut unique = ask("auto", "List three colours.");
+    unique["response_format"] = json!({ "type": "json_schema",
+        "json_schema": { "name": "colours", "schema": { "type": "array", "uniqueItems": true } } });
     assert_eq!(
-        route(&setup.decide(json_mode, &none).unwrap()),
+        route(&setup.decide(unique, &none).unwrap()),
         (Tier::Remote, Reason::IneligibleJson, "cloud")
     );
     let long = ask("auto", &"word ".repeat(20_000));

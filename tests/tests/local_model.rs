@@ -9,7 +9,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, python};
+use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, python_says_ok};
 
 fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
     let mut policy = String::from("backends:\n  local:\n");
@@ -28,17 +28,7 @@ fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
 
 /// Runs a Python script with the daemon's `/v1` URL as its argument; it must print `ok`.
 fn run_sdk_script(daemon: &Daemon, script: &str) {
-    let output = Command::new(python())
-        .args(["-c", script, &daemon.url("/v1")])
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success() && stdout.trim() == "ok",
-        "stdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
-        String::from_utf8_lossy(&output.stderr),
-        daemon.log()
-    );
+    python_says_ok(daemon, &["-c", script, &daemon.url("/v1")]);
 }
 
 #[test]

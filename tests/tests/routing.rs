@@ -340,7 +340,8 @@ async fn what_the_local_model_cannot_serve_goes_remote() {
     let mut tools = ask("what's the weather?");
     tools["tools"] = json!([{ "type": "function", "function": { "name": "weather", "parameters": {} } }]);
     let mut json_mode = ask("list three colours as JSON");
-    json_mode["response_format"] = json!({ "type": "json_object" });
+    json_mode["response_format"] = json!({ "type": "json_schema",
+        "json_schema": { "name": "colours", "schema": { "type": "array", "uniqueItems": true } } });
     let mut image = ask("");
     image["messages"][0]["content"] = json!([{ "type": "text", "text": "what is this?" }, { "type": "image_url", "image_url": { "url": "data:image/png;base64,AAAA" } }]);
     let long = ask(&"lorem ipsum dolor sit amet ".repeat(400));
@@ -350,6 +351,17 @@ async fn what_the_local_model_cannot_serve_goes_remote() {
     plain["response_format"] = json!({ "type": "text" });
     let r = send(&daemon, &plain, &[]).await;
     assert_eq!((r.status, r.route.as_str()), (200, "local"), "{}", r.body);
+    // JSON the local model's grammar holds stays local, and parses.
+    let mut colours = ask("list three colours as JSON");
+    colours["response_format"] = json!({ "type": "json_schema", "json_schema": { "name": "colours", "strict": true,
+        "schema": { "type": "object", "properties": { "colours": { "type": "array", "items": { "type": "string", "maxLength": 12 }, "maxItems": 3 } },
+                    "required": ["colours"], "additionalProperties": false } } });
+    colours["max_tokens"] = json!(120);
+    let r = send(&daemon, &colours, &[]).await;
+    assert_eq!((r.status, r.route.as_str()), (200, "local"), "{}", r.body);
+    let content = r.body["choices"][0]["message"]["content"].as_str().unwrap();
+    let answer: Value = serde_json::from_str(content).unwrap_or_else(|err| panic!("{content:?}: {err}"));
+    assert!(answer["colours"].as_array().is_some_and(|c| c.len() <= 3), "{answer}");
     for (body, reason) in [
         (tools, "ineligible-tools"),
         (json_mode, "ineligible-json"),

@@ -59,7 +59,10 @@ impl Signals {
     pub fn observe(&mut self, event: &Event) {
         let (text, token) = match event {
             Event::Reasoning { token, .. } => (None, token),
-            Event::Content { text, token } => (Some(text), token),
+            // A call's name and arguments are its answer.
+            Event::Content { text, token }
+            | Event::ToolCall { name: text, token, .. }
+            | Event::ToolArguments { text, token, .. } => (Some(text), token),
             Event::Finished(finished) => {
                 self.finished = Some(*finished);
                 return;
@@ -165,6 +168,7 @@ mod tests {
             reasoning_tokens: 0,
             cached_tokens: 0,
             client_limited,
+            tool_calls: 0,
         })
     }
 

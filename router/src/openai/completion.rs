@@ -95,12 +95,23 @@ fn write_local(answer: LocalAnswer, asked: Asked) -> Written {
             let mut reasoning = String::new();
             let mut content = String::new();
             let mut tokens = Vec::new();
+            let mut calls: Vec<ToolCall> = Vec::new();
             for event in events {
                 match event {
                     Event::Reasoning { text, .. } => reasoning.push_str(&text),
                     Event::Content { text, token } => {
                         content.push_str(&text);
                         tokens.extend(token);
+                    }
+                    Event::ToolCall { id, name, .. } => calls.push(ToolCall {
+                        id,
+                        name,
+                        arguments: String::new(),
+                    }),
+                    Event::ToolArguments { index, text, .. } => {
+                        if let Some(call) = calls.get_mut(index) {
+                            call.arguments.push_str(&text);
+                        }
                     }
                     Event::Finished(_) | Event::Failed(_) => {}
                 }
@@ -109,7 +120,7 @@ fn write_local(answer: LocalAnswer, asked: Asked) -> Written {
                 .logprobs
                 .then(|| logprobs_json(&tokens, asked.top_logprobs, |id| vocabulary.token_bytes(id)));
             let reasoning = (finished.reasoning_tokens > 0).then(|| reasoning.trim());
-            let body = completion.whole(&content, reasoning, logprobs, Finish::of(&finished));
+            let body = completion.whole(&content, reasoning, &calls, logprobs, Finish::of(&finished));
             Written::Whole {
                 body: Bytes::from(body.to_string()),
                 usage: Some(finished.usage),
@@ -144,6 +155,11 @@ fn write_local(answer: LocalAnswer, asked: Asked) -> Written {
                                 completion.content_event(&text, logprobs)
                             }
                         }
+                        Event::ToolCall { index, id, name, .. } => completion.tool_call_event(index, &id, &name),
+                        Event::ToolArguments { index, text, .. } if !text.is_empty() => {
+                            completion.tool_arguments_event(index, &text)
+                        }
+                        Event::ToolArguments { .. } => Bytes::new(),
                         Event::Finished(finished) => {
                             *done = true;
                             *filled.lock().expect("usage cell") = Some(finished.usage);
@@ -176,10 +192,19 @@ pub struct Completion {
     pub model: String,
 }
 
+/// A tool call of a whole answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments object's text.
+    pub arguments: String,
+}
+
 /// How a finished answer ended and what it used.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Finish {
-    /// OpenAI's `finish_reason`: `stop` or `length`.
+    /// OpenAI's `finish_reason`: `stop`, `length` or `tool_calls`.
     pub reason: &'static str,
     pub usage: Usage,
     /// Of `usage.completion_tokens`, those spent reasoning.
@@ -191,8 +216,12 @@ pub struct Finish {
 impl Finish {
     /// How a local answer's finish is written.
     fn of(finished: &Finished) -> Finish {
+        let reason = match finished.finish_reason.as_openai() {
+            "stop" if finished.tool_calls > 0 => "tool_calls",
+            reason => reason,
+        };
         Finish {
-            reason: finished.finish_reason.as_openai(),
+            reason,
             usage: finished.usage,
             reasoning_tokens: finished.reasoning_tokens,
             cached_tokens: finished.cached_tokens,
@@ -211,12 +240,35 @@ impl Completion {
     }
 
     /// The whole `chat.completion`: one choice, its message (with
-    /// `reasoning_content` when the answer reasoned), log-probabilities when
-    /// asked for, and the usage.
-    pub fn whole(&self, content: &str, reasoning: Option<&str>, logprobs: Option<Value>, finish: Finish) -> Value {
+    /// `reasoning_content` when the answer reasoned, and its tool calls, when
+    /// it made some: then its content is null unless it wrote text too),
+    /// log-probabilities when asked for, and the usage.
+    pub fn whole(
+        &self,
+        content: &str,
+        reasoning: Option<&str>,
+        calls: &[ToolCall],
+        logprobs: Option<Value>,
+        finish: Finish,
+    ) -> Value {
         let mut message = json!({ "role": "assistant", "content": content, "refusal": null });
         if let Some(reasoning) = reasoning {
             message["reasoning_content"] = Value::String(reasoning.to_string());
+        }
+        if !calls.is_empty() {
+            let trimmed = content.trim();
+            message["content"] = if trimmed.is_empty() {
+                Value::Null
+            } else {
+                Value::String(trimmed.to_string())
+            };
+            message["tool_calls"] = calls
+                .iter()
+                .map(|call| {
+                    json!({ "id": call.id, "type": "function",
+                            "function": { "name": call.name, "arguments": call.arguments } })
+                })
+                .collect();
         }
         json!({
             "id": self.id,
@@ -246,6 +298,19 @@ impl Completion {
     /// A piece of content, with its tokens' log-probabilities when asked for.
     pub fn content_event(&self, text: &str, logprobs: Option<Value>) -> Bytes {
         self.chunk(json!({ "content": text }), logprobs, None)
+    }
+
+    /// A tool call opens: its index, id and function name (arguments follow).
+    pub fn tool_call_event(&self, index: usize, id: &str, name: &str) -> Bytes {
+        let call = json!({ "index": index, "id": id, "type": "function",
+                           "function": { "name": name, "arguments": "" } });
+        self.chunk(json!({ "tool_calls": [call] }), None, None)
+    }
+
+    /// More of a tool call's arguments.
+    pub fn tool_arguments_event(&self, index: usize, text: &str) -> Bytes {
+        let call = json!({ "index": index, "function": { "arguments": text } });
+        self.chunk(json!({ "tool_calls": [call] }), None, None)
     }
 
     /// The end of a stream: the chunk with the finish reason, the usage chunk
@@ -356,7 +421,7 @@ mod tests {
 
     #[test]
     fn a_whole_answer_is_a_chat_completion_with_its_usage() {
-        let body = completion().whole("Paris.", Some("The capital..."), None, finish("stop"));
+        let body = completion().whole("Paris.", Some("The capital..."), &[], None, finish("stop"));
         assert_eq!(body["object"], "chat.completion");
         assert_eq!(
             (&body["id"], &body["created"], &body["model"]),
@@ -377,7 +442,7 @@ mod tests {
                     "completion_tokens_details": { "reasoning_tokens": 3 } })
         );
         // No reasoning, no `reasoning_content`; a cut answer says `length`.
-        let body = completion().whole("Par", None, None, finish("length"));
+        let body = completion().whole("Par", None, &[], None, finish("length"));
         assert!(body["choices"][0]["message"].get("reasoning_content").is_none());
         assert_eq!(body["choices"][0]["finish_reason"], "length");
     }
@@ -496,6 +561,7 @@ mod tests {
             reasoning_tokens: 3,
             cached_tokens: 0,
             client_limited: false,
+            tool_calls: 0,
         }
     }
 

@@ -8,13 +8,14 @@
 //! it has one: a request is refused the same way whichever tier the router
 //! picks, and a bad one never costs a paid round trip. Everything stays in
 //! [`ChatRequest::body`] exactly as the client sent it, in the client's key
-//! order, and passes through to a remote backend (tools, response_format and
-//! vendor extras unchecked).
+//! order, and passes through to a remote backend (vendor extras unchecked;
+//! `tools`, `tool_choice` and `response_format` checked in `structured`).
 
 use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::json;
+use super::structured::{OutputFormat, ToolsAsked};
 
 /// No model anywhere accepts more output tokens than this; a larger `max_tokens`
 /// is a client bug, answered here rather than by a paid round trip.
@@ -36,6 +37,10 @@ pub struct ChatRequest {
     pub sampling: Sampling,
     /// What it asks of a backend beyond text in and text out.
     pub asks: Asks,
+    /// The tools it offers, with `tool_choice` and `parallel_tool_calls`.
+    pub tools: Option<ToolsAsked>,
+    /// `response_format`.
+    pub format: OutputFormat,
     /// Whether a local model should reason before answering: asked by the
     /// client with `reasoning_effort` (anything but `none`/`minimal`), or set by
     /// the router for the `local-reasoning` tier; ignored by a local backend
@@ -135,6 +140,8 @@ impl ChatRequest {
 
         let sampling = Sampling::parse(&body)?;
         let asks = Asks::of(&body);
+        let tools = ToolsAsked::of(&body)?;
+        let format = OutputFormat::of(&body)?;
 
         let reasoning = match body.get("reasoning_effort") {
             None | Some(Value::Null) => false,
@@ -150,6 +157,8 @@ impl ChatRequest {
             max_tokens,
             sampling,
             asks,
+            tools,
+            format,
             reasoning,
         })
     }
@@ -437,7 +446,7 @@ impl Sampling {
     }
 }
 
-fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
+pub(super) fn wrong_type(param: &str, expected: &str, got: &Value) -> ApiError {
     ApiError::invalid(
         format!(
             "Invalid type for '{param}': expected {expected}, but got {}.",
@@ -459,7 +468,7 @@ pub fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-fn truncate(text: &str) -> &str {
+pub(super) fn truncate(text: &str) -> &str {
     match text.char_indices().nth(40) {
         Some((cut, _)) => &text[..cut],
         None => text,

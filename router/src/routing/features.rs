@@ -12,6 +12,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::openai::request::ChatRequest;
+use crate::openai::structured::{OutputFormat, ToolChoice};
 
 #[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Features {
@@ -23,8 +24,15 @@ pub struct Features {
     pub chars: u64,
     pub turns: u32,
     pub has_tools: bool,
+    /// Function tools offered (when `tool_choice` is not `none`).
+    pub tools: u32,
+    /// Whether a call is required (`tool_choice` `required` or a named function).
+    pub tool_call_required: bool,
     pub has_images: bool,
     pub json_mode: bool,
+    /// The size of the tools' and the response schema's JSON, in bytes: the
+    /// model reads the tools in its prompt, and a larger schema is a longer answer.
+    pub schema_bytes: u64,
     /// Fenced code blocks (```).
     pub code_blocks: u32,
     /// Lines that look like code (braces, semicolons, `def`/`fn`/`function`, indentation).
@@ -108,6 +116,17 @@ impl Features {
         features.chars = user_text.chars;
         let all_text = TokenEstimate::joined(messages.iter().flat_map(|m| content_texts(&m["content"])));
         features.prompt_tokens_estimate = all_text.tokens() + 4 * messages.len() as u64;
+        if let Some(tools) = request.tools.as_ref().filter(|t| t.choice != ToolChoice::None) {
+            features.tools = tools.functions.len() as u32;
+            features.tool_call_required = matches!(tools.choice, ToolChoice::Required | ToolChoice::Named(_));
+            let bytes = body["tools"].to_string().len() as u64;
+            features.schema_bytes += bytes;
+            // The tools are rendered into the prompt: JSON, about 3 bytes a token.
+            features.prompt_tokens_estimate += bytes.div_ceil(3);
+        }
+        if let OutputFormat::JsonSchema { schema, .. } = &request.format {
+            features.schema_bytes += schema.to_string().len() as u64;
+        }
         features.turns = messages.iter().filter(|m| m["role"] == "user").count() as u32;
         features.has_tools = request.asks.tools;
         features.json_mode = request.asks.json_mode;

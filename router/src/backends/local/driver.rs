@@ -9,7 +9,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent};
 use switchyard_engine::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
+use switchyard_engine::sampling::SampledToken;
 use switchyard_engine::tokenizer::Tokenizer;
+use switchyard_engine::tool_calls::{CallParser, Piece};
 use tokio::sync::{mpsc, oneshot};
 
 use super::prepare::{Plan, PromptEncoder};
@@ -152,7 +154,10 @@ impl Driver {
         let mut next = Some(head);
         let mut reasoning_text = String::new();
         if reasoning {
-            let Some(output) = self.forward(&mut next, &mut updates, true, &mut reasoning_text).await else {
+            let Some(output) = self
+                .forward(&mut next, &mut updates, true, &mut reasoning_text, None)
+                .await
+            else {
                 return;
             };
             usage.prompt_tokens += output.prompt_tokens as u64;
@@ -169,8 +174,28 @@ impl Driver {
             updates = answer_updates;
         }
         let mut content = String::new();
-        let Some(output) = self.forward(&mut next, &mut updates, false, &mut content).await else {
+        let mut calls = self.plan.calls.as_ref().map(|reading| Calls {
+            parser: reading.parser(),
+            // One id stem per answer; each call adds its index.
+            stem: format!("call_{}", &uuid::Uuid::new_v4().simple().to_string()[..20]),
+        });
+        let Some(output) = self
+            .forward(&mut next, &mut updates, false, &mut content, calls.as_mut())
+            .await
+        else {
             return;
+        };
+        let tool_calls = match calls.as_mut() {
+            Some(calls) => {
+                let rest = calls.parser.finish();
+                for event in calls.events(rest, None) {
+                    if self.sender.send(event).is_err() {
+                        return;
+                    }
+                }
+                calls.parser.calls()
+            }
+            None => 0,
         };
         usage.prompt_tokens += output.prompt_tokens as u64;
         usage.completion_tokens += output.tokens.len() as u64;
@@ -193,12 +218,14 @@ impl Driver {
             reasoning_tokens,
             cached_tokens,
             client_limited: self.plan.client_limited && output.tokens.len() >= self.plan.generation.max_tokens,
+            tool_calls,
         };
         let _ = self.sender.send(Event::Finished(finished));
     }
 
     /// Relays one pass's tokens as events until it ends (all of them as
-    /// reasoning for a `reasoning` pass; else as the engine tells them apart);
+    /// reasoning for a `reasoning` pass; else as the engine tells them apart,
+    /// the answer's text read for tool `calls` when it may make them);
     /// `None` when it failed or the receiver went away.
     async fn forward(
         &self,
@@ -206,6 +233,7 @@ impl Driver {
         updates: &mut mpsc::UnboundedReceiver<Update>,
         reasoning: bool,
         text: &mut String,
+        mut calls: Option<&mut Calls>,
     ) -> Option<GenerationOutput> {
         loop {
             let update = match next.take() {
@@ -215,19 +243,24 @@ impl Driver {
             match update {
                 Some(Update::Token(event)) => {
                     text.push_str(&event.text);
-                    let event = if reasoning || event.reasoning {
-                        Event::Reasoning {
+                    let events = match calls.as_deref_mut() {
+                        _ if reasoning || event.reasoning => vec![Event::Reasoning {
                             text: event.text,
                             token: event.token,
+                        }],
+                        Some(calls) => {
+                            let pieces = calls.parser.push(&event.text);
+                            calls.events(pieces, event.token)
                         }
-                    } else {
-                        Event::Content {
+                        None => vec![Event::Content {
                             text: event.text,
                             token: event.token,
-                        }
+                        }],
                     };
-                    // The client is gone: dropping `updates` stops the engine.
-                    self.sender.send(event).ok()?;
+                    for event in events {
+                        // The client is gone: dropping `updates` stops the engine.
+                        self.sender.send(event).ok()?;
+                    }
                 }
                 Some(Update::Done(Ok(output))) => return Some(output),
                 Some(Update::Done(Err(err))) => {
@@ -244,6 +277,47 @@ impl Driver {
 
     fn fail(&self, err: BackendError) {
         let _ = self.sender.send(Event::Failed(err));
+    }
+}
+
+/// An answer's tool calls as they are read.
+struct Calls {
+    parser: CallParser,
+    stem: String,
+}
+
+impl Calls {
+    /// The events of what one token's text completed; the token goes with the
+    /// first (or alone, with no text, when the text is still held).
+    fn events(&self, pieces: Vec<Piece>, token: Option<SampledToken>) -> Vec<Event> {
+        let mut token = token;
+        let mut events: Vec<Event> = pieces
+            .into_iter()
+            .map(|piece| match piece {
+                Piece::Text(text) => Event::Content {
+                    text,
+                    token: token.take(),
+                },
+                Piece::Call { index, name } => Event::ToolCall {
+                    index,
+                    id: format!("{}{index}", self.stem),
+                    name,
+                    token: token.take(),
+                },
+                Piece::Arguments { index, text } => Event::ToolArguments {
+                    index,
+                    text,
+                    token: token.take(),
+                },
+            })
+            .collect();
+        if token.is_some() {
+            events.push(Event::Content {
+                text: String::new(),
+                token,
+            });
+        }
+        events
     }
 }
 

@@ -35,6 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchyard_engine::constraint::Grammar;
 use switchyard_engine::engine::{Engine, LoadOptions, LocalModel};
 use switchyard_engine::generate::GenerateError;
 use switchyard_engine::model::ModelInfo;
@@ -42,6 +43,7 @@ use switchyard_engine::sampling::ModeHints;
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::openai::request::ChatRequest;
+use crate::openai::structured::ToolChoice;
 use crate::outcome::{BackendError, Ineligible};
 use crate::policy::{LocalBackendConfig, SamplingBase};
 use crate::reply::ChatReply;
@@ -52,14 +54,7 @@ pub use prepare::{ANSWER_INSTRUCTION, REASONING_INSTRUCTION};
 
 /// Fields a local model cannot honour; a request that needs them must go to a
 /// backend that can (the router will route them; named directly, they are a 400).
-const UNSUPPORTED_FIELDS: &[&str] = &[
-    "tools",
-    "functions",
-    "response_format",
-    "logit_bias",
-    "audio",
-    "prediction",
-];
+const UNSUPPORTED_FIELDS: &[&str] = &["functions", "function_call", "logit_bias", "audio", "prediction"];
 
 /// Prompts rendered and tokenized at once, on tokio's blocking threads. While
 /// `tokenizers` works, a prompt holds several times its text in memory (an
@@ -141,6 +136,19 @@ impl LocalBackend {
                 .map(Arc::new)
                 .map_err(|err| format!("cannot start the engine: {err}"))
             });
+        // The vocabulary's token trie for constrained answers (JSON, tools) is
+        // built now, not on the first request that needs it.
+        let grammar_started = Instant::now();
+        if let Ok(engine) = &engine
+            && let Err(err) = engine.constraint(&Grammar::JsonObject)
+        {
+            tracing::warn!(
+                backend = config.name(),
+                reason = err,
+                "constrained answers are unavailable"
+            );
+        }
+        let grammar_ms = grammar_started.elapsed().as_millis() as u64;
         match (&engine, &info) {
             (Ok(engine), info) => tracing::info!(
                 backend = config.name(),
@@ -152,6 +160,8 @@ impl LocalBackend {
                 context_tokens = engine.context_length(),
                 threads = config.threads(),
                 load_ms = started.elapsed().as_millis() as u64,
+                grammar_ms,
+                tool_format = engine.template().and_then(|t| t.tool_format()).map_or("none", |f| f.name()),
                 "local model loaded"
             ),
             (Err(reason), _) => tracing::error!(backend = config.name(), reason, "local backend is unavailable"),
@@ -251,11 +261,13 @@ impl LocalBackend {
         let engine = self.engine.as_ref().map_err(|_| Ineligible::Unavailable)?;
         let body = &request.body;
         let asks = &request.asks;
-        if asks.tools {
+        let tool_format = engine.template().and_then(|template| template.tool_format());
+        let calls_tools = request
+            .tools
+            .as_ref()
+            .is_some_and(|tools| tools.choice != ToolChoice::None);
+        if (calls_tools || asks.tool_turn.is_some()) && tool_format.is_none() {
             return Err(Ineligible::Tools);
-        }
-        if asks.json_mode {
-            return Err(Ineligible::JsonMode);
         }
         if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f)) || request.sampling.n.is_some_and(|n| n != 1) {
             return Err(Ineligible::Fields);
@@ -263,8 +275,10 @@ impl LocalBackend {
         if asks.non_text {
             return Err(Ineligible::Images);
         }
-        if asks.tool_turn.is_some() {
-            return Err(Ineligible::Tools);
+        // The answer's grammar (compiled once per schema and kept): what the
+        // model cannot be held to goes to a backend that may answer it.
+        if let Err(refused) = prepare::answer_form(engine, request, tool_format, &self.name) {
+            return Err(refused.why);
         }
         // The same sound floor that refuses a pinned request before tokenizing
         // (the estimate is usually higher; this makes sure of it).

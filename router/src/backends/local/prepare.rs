@@ -5,16 +5,19 @@
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
+use switchyard_engine::constraint::{Constraint, Grammar};
 use switchyard_engine::engine::{Engine, PromptError, encode_conversation};
 use switchyard_engine::generate::GenerationRequest;
 use switchyard_engine::sampling::SamplingParams;
 use switchyard_engine::thinking::Thinking;
 use switchyard_engine::tokenizer::Tokenizer;
+use switchyard_engine::tool_calls::{CallMode, CallParser, ToolFormat, ToolSpec, call_grammar};
 use tokio::sync::Semaphore;
 
 use super::{LocalBackend, UNSUPPORTED_FIELDS};
 use crate::openai::request::ChatRequest;
-use crate::outcome::BackendError;
+use crate::openai::structured::{OutputFormat, ToolChoice};
+use crate::outcome::{BackendError, Ineligible};
 
 impl LocalBackend {
     pub(super) fn encoder(&self, engine: &Arc<Engine>) -> PromptEncoder {
@@ -43,15 +46,19 @@ impl LocalBackend {
                 field,
             ));
         }
-        if let Some(param) = &request.asks.tool_turn {
+        let tool_format = engine.template().and_then(|template| template.tool_format());
+        if let Some(param) = &request.asks.tool_turn
+            && tool_format.is_none()
+        {
             return Err(BackendError::rejected(
                 format!(
-                    "Backend `{}` is a local model without tool support; it cannot read the tool call or tool result in '{param}'.",
+                    "Backend `{}` is a local model without tool support (its chat template offers no tools); it cannot read the tool call or tool result in '{param}'.",
                     self.name
                 ),
                 param,
             ));
         }
+        let calls = answer_form(engine, request, tool_format, &self.name).map_err(|refused| refused.error)?;
         let context = engine.context_length();
         if let Some((text_bytes, fewest)) = fewest_prompt_tokens(engine.tokenizer(), &body["messages"])
             && fewest >= context
@@ -69,7 +76,7 @@ impl LocalBackend {
             ));
         }
         let messages = text_only_messages(&body["messages"], &self.name)?;
-        let extra: Map<String, Value> = match body.get("chat_template_kwargs") {
+        let mut extra: Map<String, Value> = match body.get("chat_template_kwargs") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(kwargs)) => kwargs.clone(),
             Some(_) => {
@@ -98,7 +105,12 @@ impl LocalBackend {
             markers: markers.clone(),
             budget: Some(if thinks { self.reasoning_max_tokens as usize } else { 0 }),
         });
-        let mut extra = extra;
+        // The tools are shown whenever they are offered to a model that takes
+        // them, `tool_choice: none` too (it may not call them, but may know of
+        // them, and the conversation's prompt stays the same turn to turn).
+        if tool_format.is_some() && request.tools.is_some() {
+            extra.insert("tools".into(), offered_functions(&body["tools"]));
+        }
         if thinking.is_some() {
             extra.insert("enable_thinking".into(), Value::Bool(thinks));
         }
@@ -161,8 +173,9 @@ impl LocalBackend {
                 ignore_eos: false,
                 deadline: None,
                 thinking,
-                constraint: None,
+                constraint: calls.constraint,
             },
+            calls: calls.reading,
             messages,
             extra,
             client_limited: request.max_tokens.is_some_and(|m| m as usize == max_tokens),
@@ -249,6 +262,137 @@ pub(super) struct Plan {
     /// Whether `max_tokens` is the client's own limit (an answer cut there is
     /// what the client asked for, not a weakness of the model).
     pub(super) client_limited: bool,
+    /// How to read tool calls out of the answer, when it may make them.
+    pub(super) calls: Option<CallReading>,
+}
+
+/// How an answer's tool calls are written, and the tools they may call.
+#[derive(Debug, Clone)]
+pub(super) struct CallReading {
+    pub(super) format: ToolFormat,
+    pub(super) tools: Vec<ToolSpec>,
+}
+
+impl CallReading {
+    pub(super) fn parser(&self) -> CallParser {
+        CallParser::new(self.format, &self.tools)
+    }
+}
+
+/// What holds the answer's form: its grammar, and how to read its calls.
+pub(super) struct AnswerForm {
+    constraint: Option<Constraint>,
+    reading: Option<CallReading>,
+}
+
+/// The grammar that holds the answer to the request's tools (unless
+/// `tool_choice` is `none`) or `response_format`, compiled (and cached) for
+/// the model; a schema the compiler cannot hold to is refused naming what it
+/// does not support.
+pub(super) fn answer_form(
+    engine: &Engine,
+    request: &ChatRequest,
+    tool_format: Option<ToolFormat>,
+    backend: &str,
+) -> Result<AnswerForm, FormRefused> {
+    let refuse = |why: Ineligible, message: String, param: &str| FormRefused {
+        why,
+        error: BackendError::rejected(message, param),
+    };
+    let compile = |grammar: &Grammar, why: Ineligible, param: &str| {
+        engine.constraint(grammar).map_err(|err| {
+            refuse(
+                why,
+                format!("Backend `{backend}` cannot hold its answer to '{param}': {err}"),
+                param,
+            )
+        })
+    };
+    let tools = request.tools.as_ref().filter(|tools| tools.choice != ToolChoice::None);
+    if let Some(tools) = tools {
+        if tools.other_kinds {
+            return Err(refuse(
+                Ineligible::Tools,
+                format!("Backend `{backend}` is a local model; it calls tools of type 'function' only."),
+                "tools",
+            ));
+        }
+        let Some(format) = tool_format else {
+            return Err(refuse(
+                Ineligible::Tools,
+                format!(
+                    "Backend `{backend}` is a local model without tool support (its chat template offers no tools)."
+                ),
+                "tools",
+            ));
+        };
+        if request.format != OutputFormat::Text {
+            return Err(refuse(
+                Ineligible::Fields,
+                format!("Backend `{backend}` does not combine tools with a JSON 'response_format'."),
+                "response_format",
+            ));
+        }
+        let specs: Vec<ToolSpec> = tools
+            .functions
+            .iter()
+            .map(|function| ToolSpec {
+                name: function.name.clone(),
+                parameters: function.parameters.clone(),
+            })
+            .collect();
+        let mode = match &tools.choice {
+            ToolChoice::Named(name) => CallMode::Named(name.clone()),
+            ToolChoice::Required => CallMode::Required,
+            _ => CallMode::Auto,
+        };
+        let grammar = call_grammar(format, &specs, &mode, tools.parallel).map_err(|err| {
+            refuse(
+                Ineligible::Tools,
+                format!("Backend `{backend}` cannot hold its answer to 'tools': {err}"),
+                "tools",
+            )
+        })?;
+        let grammar = Grammar::Lark(grammar);
+        return Ok(AnswerForm {
+            constraint: Some(compile(&grammar, Ineligible::Tools, "tools")?),
+            reading: Some(CallReading { format, tools: specs }),
+        });
+    }
+    let constraint = match &request.format {
+        OutputFormat::Text => None,
+        OutputFormat::JsonObject => Some(compile(&Grammar::JsonObject, Ineligible::JsonMode, "response_format")?),
+        OutputFormat::JsonSchema { schema, .. } => Some(compile(
+            &Grammar::JsonSchema(schema.clone()),
+            Ineligible::JsonMode,
+            "response_format.json_schema.schema",
+        )?),
+    };
+    Ok(AnswerForm {
+        constraint,
+        reading: None,
+    })
+}
+
+/// Why a local model cannot hold an answer to the form asked: what the
+/// router reads (`why`), and what a client that named the model is told.
+pub(super) struct FormRefused {
+    pub(super) why: Ineligible,
+    pub(super) error: BackendError,
+}
+
+/// The client's function tools as the chat template takes them (OpenAI's
+/// objects, as transformers passes them).
+fn offered_functions(tools: &Value) -> Value {
+    Value::Array(
+        tools
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|tool| tool["type"] == "function")
+            .cloned()
+            .collect(),
+    )
 }
 
 impl Plan {
@@ -275,6 +419,8 @@ impl Plan {
             prompt_tokens,
             max_tokens: budget.min(room) as usize,
             stop_strings: Vec::new(),
+            // The reasoning is free text; only the answer is held to a form.
+            constraint: None,
             ..self.generation.clone()
         })
     }
@@ -333,8 +479,9 @@ pub(super) fn fewest_prompt_tokens(tokenizer: &Tokenizer, messages: &Value) -> O
     Some((text_bytes, tokenizer.fewest_tokens(text_bytes)? + messages.len()))
 }
 
-/// The messages with any content-part arrays flattened to text; images and
-/// audio are refused.
+/// The messages with any content-part arrays flattened to text (images and
+/// audio are refused), no content as empty text, and tool calls' arguments
+/// as objects.
 fn text_only_messages(messages: &Value, backend: &str) -> Result<Value, BackendError> {
     let mut out = Vec::new();
     for (i, message) in messages.as_array().into_iter().flatten().enumerate() {
@@ -359,6 +506,23 @@ fn text_only_messages(messages: &Value, backend: &str) -> Result<Value, BackendE
                 }
             }
             message["content"] = Value::String(text);
+        }
+        // An assistant turn that only called tools has no content; templates
+        // test it as a string (Qwen3's `'</think>' in message.content`), so it
+        // is the empty string, as vLLM and llama.cpp's server pass it.
+        if message.get("content").is_none_or(Value::is_null) {
+            message["content"] = Value::String(String::new());
+        }
+        // Templates read a call's arguments as a mapping (Qwen3.5's iterates
+        // over them, Llama 3's writes them with `tojson`); OpenAI sends them as
+        // a JSON string.
+        if let Some(Value::Array(calls)) = message.get_mut("tool_calls") {
+            for call in calls {
+                let arguments = &mut call["function"]["arguments"];
+                if let Some(Ok(object @ Value::Object(_))) = arguments.as_str().map(serde_json::from_str::<Value>) {
+                    *arguments = object;
+                }
+            }
         }
         out.push(message);
     }

@@ -1,0 +1,81 @@
+//! Tools and structured outputs answered by the local model: tiny random
+//! Qwen checkpoints (Qwen3's template, whose calls are JSON in `<tool_call>`
+//! tags, and Qwen3.5's, whose calls are XML), driven by the official openai
+//! SDK; and where such requests go when the local model cannot take them.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+use switchyard_e2e::routed::send;
+use switchyard_e2e::{Daemon, python_says_ok};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/qwen")
+}
+
+/// Both tiny Qwens as local backends; `auto` stays on the first.
+fn policy() -> String {
+    format!(
+        "backends:
+  local:
+    - name: qwen3
+      model_path: {}
+      threads: 2
+      context_length: 2048
+    - name: qwen3-5
+      model_path: {}
+      quant: none
+      threads: 2
+      context_length: 2048
+routing:
+  local_backend: qwen3
+  thresholds: {{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }}
+ladder: {{ enabled: false }}
+",
+        fixtures().join("qwen3.gguf").display(),
+        fixtures().join("qwen3_thinking").display()
+    )
+}
+
+#[test]
+fn tool_calls_and_schemas_through_the_openai_sdk_in_both_qwen_formats() {
+    let daemon = Daemon::start(&policy(), &[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/structured_check.py");
+    for model in ["qwen3", "qwen3-5"] {
+        python_says_ok(
+            &daemon,
+            &[script.as_os_str(), daemon.url("/v1").as_ref(), model.as_ref()],
+        );
+    }
+    assert!(!daemon.log().contains("panicked"), "{}", daemon.log());
+}
+
+/// Routed (`auto`), a request with tools stays on a local model whose
+/// template offers tools, and says why it went where it went.
+#[tokio::test]
+async fn routed_tool_requests_stay_local_when_the_model_calls_tools() {
+    let daemon = Daemon::start(&policy(), &[]);
+    let body = json!({
+        "model": "auto", "max_tokens": 300, "temperature": 0,
+        "messages": [{ "role": "user", "content": "Weather in Lima?" }],
+        "tools": [{ "type": "function", "function": { "name": "get_weather",
+            "parameters": { "type": "object", "properties": { "city": { "type": "string", "maxLength": 8 } },
+                            "required": ["city"], "additionalProperties": false } } }],
+        "tool_choice": "required",
+    });
+    let reply = send(&daemon, &body, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        (reply.route.as_str(), reply.backend.as_str()),
+        ("local", "qwen3"),
+        "{}",
+        reply.text
+    );
+    let call = &reply.body["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{}", reply.text);
+    let arguments: serde_json::Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert!(
+        arguments["city"].as_str().is_some_and(|c| c.chars().count() <= 8),
+        "{arguments}"
+    );
+}
