@@ -329,8 +329,24 @@ pub fn generate(
     // After a thinking block closes, the answer's leading whitespace goes.
     let mut trim_answer_start = false;
     let mut constraint = request.constraint.as_ref().map(Constraint::fresh);
+    // Whether the answer (outside thinking) has begun.
+    let mut answering = false;
     let finish_reason = loop {
-        let forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
+        let mut forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
+        // Before its answer a thinking model may open a block, whatever the
+        // grammar of the answer says (a call required from the first token
+        // still lets Qwen3 think first).
+        if forced.is_none()
+            && constraint.is_some()
+            && !answering
+            && let Some(open) = thinking
+                .as_ref()
+                .filter(|t| t.may_open())
+                .map(ThinkingTracker::open_marker)
+            && sampler.propose(&logits) == open
+        {
+            forced = Some(open);
+        }
         // The grammar holds outside a thinking block (and not over the
         // whitespace forced after one).
         let in_block = thinking.as_ref().is_some_and(ThinkingTracker::inside);
@@ -373,6 +389,7 @@ pub fn generate(
             break FinishReason::Stop;
         }
         let channel = thinking.as_mut().map_or(Channel::Answer, |t| t.take(token.id));
+        answering |= channel == Channel::Answer;
         let (final_text, hit_stop) = match (channel, thinking.as_mut()) {
             (Channel::Marker, Some(thinking)) => {
                 // Bytes of a character cut off by the marker end the channel it ends.

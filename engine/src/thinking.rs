@@ -142,6 +142,17 @@ impl ThinkingTracker {
         self.loops
     }
 
+    /// Whether the model may open a thinking block now: it is outside one,
+    /// with budget left (none when thinking is off).
+    pub fn may_open(&self) -> bool {
+        !self.inside && self.thinking.budget.is_none_or(|budget| self.spent < budget)
+    }
+
+    /// The marker that opens a block.
+    pub fn open_marker(&self) -> u32 {
+        self.thinking.markers.open
+    }
+
     /// Whether the next token is inside a thinking block.
     pub fn inside(&self) -> bool {
         self.inside

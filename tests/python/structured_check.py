@@ -2,7 +2,7 @@
 `openai` SDK, on a local model (a tiny random checkpoint: only the daemon's
 constraint makes its output valid).
 
-Usage: python structured_check.py BASE_URL MODEL
+Usage: python structured_check.py BASE_URL MODEL [thinks]
 
 Exits 0 and prints "ok" when: a forced tool call, whole and streamed, names
 the tool and its arguments validate; the call's result goes back in a second
@@ -101,6 +101,7 @@ def expect_400(call, says):
 
 def main():
     base_url, model = sys.argv[1], sys.argv[2]
+    thinks = sys.argv[3:] == ["thinks"]
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     named = {"type": "function", "function": {"name": "get_weather"}}
@@ -167,6 +168,19 @@ def main():
     for call in finished:
         check_arguments(call.function.name, call.function.arguments)
     assert len({c.id for c in calls}) == len(calls), calls
+
+    # Thinking on (a model that thinks): it thinks freely (here within the
+    # backend's budget of 8 tokens), then the call is held to the tools.
+    thought = thinks and client.chat.completions.create(
+        model=model, messages=ask, tools=[WEATHER, CLOCK], tool_choice=named,
+        extra_body={"chat_template_kwargs": {"enable_thinking": True}}, **sampling
+    )
+    if thinks:
+        assert thought.choices[0].message.model_extra.get("reasoning_content"), thought
+        assert thought.usage.completion_tokens_details.reasoning_tokens > 0, thought.usage
+        calls = thought.choices[0].message.tool_calls
+        assert calls and thought.choices[0].finish_reason == "tool_calls", thought
+        check_arguments("get_weather", calls[0].function.arguments)
 
     # Structured outputs through the SDK's own helpers.
     trip_ask = [{"role": "user", "content": "Plan a trip as JSON."}]

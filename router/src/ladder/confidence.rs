@@ -213,6 +213,42 @@ mod tests {
         assert_eq!(judge(&unsure[..2]), None, "too few tokens to judge confidence");
     }
 
+    /// A tool call is an answer: not empty, and its arguments' tokens are
+    /// judged like text.
+    #[test]
+    fn tool_calls_are_judged_by_their_arguments() {
+        let token = |logprob: f32| {
+            Some(SampledToken {
+                id: 1,
+                logprob,
+                top: vec![(1, logprob), (2, logprob - 0.5)],
+            })
+        };
+        let call = |logprob: f32| {
+            vec![
+                Event::ToolCall {
+                    index: 0,
+                    id: "call_0".into(),
+                    name: "get_weather".into(),
+                    token: token(logprob),
+                },
+                Event::ToolArguments {
+                    index: 0,
+                    text: "{\"city\": ".into(),
+                    token: token(logprob),
+                },
+                Event::ToolArguments {
+                    index: 0,
+                    text: "\"Paris\"}".into(),
+                    token: token(logprob),
+                },
+                finished(FinishReason::Stop, false),
+            ]
+        };
+        assert_eq!(judge(&call(-0.1)), None);
+        assert_eq!(judge(&call(-3.0)), Some(Weakness::LowConfidence));
+    }
+
     #[test]
     fn loops_need_three_repeats_over_twelve_words() {
         assert!(is_looping(&"yes ".repeat(12)));
