@@ -102,7 +102,7 @@ pub fn board() -> &'static Mutex<Board> {
     BOARD.get_or_init(Mutex::default)
 }
 
-fn status_class(status: u16) -> &'static str {
+pub(crate) fn status_class(status: u16) -> &'static str {
     match status {
         200..=299 => "2xx",
         400..=499 => "4xx",

@@ -1,5 +1,6 @@
 //! Prometheus metrics: their definitions and the registry `/metrics` serves.
 //!
+//! Requests passed through to other endpoints are counted by `http::passthrough`.
 //! Every chat request ends in exactly one record (`accounting::RequestRecord`),
 //! made when its answer is complete (for streams: when the stream ends or the
 //! client goes away); the record writes the request metrics defined here, and
@@ -31,6 +32,8 @@ const PER_TOKEN_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1,
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
+    pub passthrough: IntCounterVec,
+    pub passthrough_bytes: IntCounterVec,
     pub duration: HistogramVec,
     pub ttft: HistogramVec,
     pub time_per_output_token: HistogramVec,
@@ -76,6 +79,16 @@ impl Metrics {
                 "switchyard_requests_total",
                 "Chat requests answered, by route, backend, outcome (status class) and reason code.",
                 &["route", "backend", "outcome", "reason"],
+            ),
+            passthrough: counter(
+                "switchyard_passthrough_requests_total",
+                "Requests to the API's other endpoints (files, audio, ...), passed through to a remote backend, by endpoint (the path's first segment after /v1), backend and outcome (status class).",
+                &["endpoint", "backend", "outcome"],
+            ),
+            passthrough_bytes: counter(
+                "switchyard_passthrough_bytes_total",
+                "Body bytes passed through, by endpoint and direction (upload: to the upstream; download: to the client).",
+                &["endpoint", "direction"],
             ),
             duration: histogram(
                 "switchyard_request_duration_seconds",
@@ -239,6 +252,8 @@ impl Metrics {
         let r = &m.registry;
         let register = |c: Box<dyn prometheus::core::Collector>| r.register(c).expect("unique metric names");
         register(Box::new(m.requests.clone()));
+        register(Box::new(m.passthrough.clone()));
+        register(Box::new(m.passthrough_bytes.clone()));
         register(Box::new(m.duration.clone()));
         register(Box::new(m.ttft.clone()));
         register(Box::new(m.time_per_output_token.clone()));

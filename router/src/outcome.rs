@@ -76,10 +76,13 @@ pub enum Reason {
     WeakRefusal,
     /// ...or the model was unsure of its tokens.
     WeakConfidence,
+    /// An endpoint with no local counterpart (files, audio, ...): passed
+    /// through to a remote backend.
+    RemoteOnlyEndpoint,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::ModelPinned,
         Reason::ScoreLow,
         Reason::ScoreAmbiguous,
@@ -102,6 +105,7 @@ impl Reason {
         Reason::WeakRepetition,
         Reason::WeakRefusal,
         Reason::WeakConfidence,
+        Reason::RemoteOnlyEndpoint,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -128,6 +132,7 @@ impl Reason {
             Reason::WeakRepetition => "weak-repetition",
             Reason::WeakRefusal => "weak-refusal",
             Reason::WeakConfidence => "weak-confidence",
+            Reason::RemoteOnlyEndpoint => "remote-only-endpoint",
         }
     }
 }

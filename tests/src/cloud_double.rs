@@ -30,6 +30,13 @@
 //! | `error-first-event` | streamed: an in-band OpenAI error event first, then as `echo` |
 //! | `broken-mid-stream` | streamed: the role chunk and one content chunk, then `data: {broken json`, then the rest |
 //!
+//! Other endpoints, for the pass-through: `POST /v1/files` (multipart, as
+//! OpenAI takes it: the file's bytes are counted, and kept when under 1 MiB)
+//! and `GET /v1/files/{id}/content`, `POST /v1/audio/transcriptions`
+//! (multipart: "heard N bytes of NAME with MODEL"), `POST /v1/moderations`
+//! (JSON), and `GET /v1/slow-download` (a chunk every 50 ms for a minute).
+//! Each records its path, key and request id ([`CloudDouble::passed`]).
+//!
 //! Every request is recorded (headers of interest and JSON body), and streams
 //! that end because the other side went away are counted, as are answers
 //! held by a stall whose caller went away.
@@ -42,9 +49,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
+use axum::extract::{Multipart, Path};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
@@ -70,11 +78,40 @@ pub struct DoubleState {
     pub stall: std::sync::atomic::AtomicBool,
     /// Answers held by `stall` whose caller went away before they were sent.
     pub stalls_abandoned: AtomicUsize,
+    /// Calls to other endpoints.
+    pub passed: Mutex<Vec<Passed>>,
+    /// Files uploaded.
+    pub files: Mutex<Vec<StoredFile>>,
+}
+
+/// A call to an endpoint other than chat.
+#[derive(Debug, Clone)]
+pub struct Passed {
+    pub path: String,
+    pub authorization: Option<String>,
+    pub request_id: Option<String>,
+}
+
+/// An uploaded file: its size, and its bytes when under 1 MiB.
+#[derive(Debug, Clone)]
+pub struct StoredFile {
+    pub id: String,
+    pub name: String,
+    pub purpose: String,
+    pub size: usize,
+    pub bytes: Option<Bytes>,
 }
 
 pub fn router(state: Arc<DoubleState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/files", post(upload_file))
+        .route("/v1/files/{id}/content", get(file_content))
+        .route("/v1/audio/transcriptions", post(transcribe))
+        .route("/v1/moderations", post(moderate))
+        .route("/v1/slow-download", get(slow_download))
+        // OpenAI takes files up to 512 MB; axum's default limit is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
 
@@ -85,12 +122,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: Arc<DoubleState>) {
 
 async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "We could not parse the JSON body of your request.",
-            "invalid_request_error",
-            None,
-        );
+        return not_json();
     };
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     state.requests.lock().unwrap().push(RecordedRequest {
@@ -469,6 +501,138 @@ fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> R
         .into_response()
 }
 
+/// OpenAI's 400 for a body that is not JSON.
+fn not_json() -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "We could not parse the JSON body of your request.",
+        "invalid_request_error",
+        None,
+    )
+}
+
+fn record_passed(state: &DoubleState, path: &str, headers: &HeaderMap) {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    state.passed.lock().unwrap().push(Passed {
+        path: path.to_string(),
+        authorization: text("authorization"),
+        request_id: text("x-request-id"),
+    });
+}
+
+/// The multipart fields of an upload: text fields whole, the `file` field
+/// counted chunk by chunk (kept when under 1 MiB) with its file name.
+async fn read_upload(
+    mut form: Multipart,
+) -> Result<(std::collections::HashMap<String, String>, String, usize, Option<Bytes>), Response> {
+    let bad = |message: String| error(StatusCode::BAD_REQUEST, &message, "invalid_request_error", None);
+    let mut fields = std::collections::HashMap::new();
+    let mut file = None;
+    while let Some(mut field) = form.next_field().await.map_err(|e| bad(e.to_string()))? {
+        let name = field.name().unwrap_or("").to_string();
+        if name == "file" {
+            let filename = field.file_name().unwrap_or("upload").to_string();
+            let (mut size, mut kept) = (0usize, Vec::new());
+            while let Some(chunk) = field.chunk().await.map_err(|e| bad(e.to_string()))? {
+                size += chunk.len();
+                if size <= 1 << 20 {
+                    kept.extend_from_slice(&chunk);
+                }
+            }
+            file = Some((filename, size, (size <= 1 << 20).then(|| Bytes::from(kept))));
+        } else {
+            fields.insert(name, field.text().await.map_err(|e| bad(e.to_string()))?);
+        }
+    }
+    let (filename, size, bytes) = file.ok_or_else(|| bad("Missing required parameter: 'file'.".into()))?;
+    Ok((fields, filename, size, bytes))
+}
+
+async fn upload_file(State(state): State<Arc<DoubleState>>, headers: HeaderMap, form: Multipart) -> Response {
+    record_passed(&state, "/v1/files", &headers);
+    let (fields, filename, size, bytes) = match read_upload(form).await {
+        Ok(upload) => upload,
+        Err(response) => return response,
+    };
+    let purpose = fields.get("purpose").cloned().unwrap_or_default();
+    let mut files = state.files.lock().unwrap();
+    let id = format!("file-double{}", files.len() + 1);
+    files.push(StoredFile {
+        id: id.clone(),
+        name: filename.clone(),
+        purpose: purpose.clone(),
+        size,
+        bytes,
+    });
+    let mut response = axum::Json(json!({
+        "id": id, "object": "file", "bytes": size, "created_at": 1_700_000_000,
+        "filename": filename, "purpose": purpose, "status": "processed",
+    }))
+    .into_response();
+    response
+        .headers_mut()
+        .insert("x-ratelimit-remaining-requests", "4999".parse().unwrap());
+    response
+}
+
+async fn file_content(State(state): State<Arc<DoubleState>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    record_passed(&state, &format!("/v1/files/{id}/content"), &headers);
+    let files = state.files.lock().unwrap();
+    match files.iter().find(|f| f.id == id).and_then(|f| f.bytes.as_ref()) {
+        Some(bytes) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes.clone()).into_response(),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("No such File object: {id}"),
+            "invalid_request_error",
+            None,
+        ),
+    }
+}
+
+async fn transcribe(State(state): State<Arc<DoubleState>>, headers: HeaderMap, form: Multipart) -> Response {
+    record_passed(&state, "/v1/audio/transcriptions", &headers);
+    match read_upload(form).await {
+        Ok((fields, filename, size, _)) => {
+            let model = fields.get("model").cloned().unwrap_or_default();
+            axum::Json(json!({ "text": format!("heard {size} bytes of {filename} with {model}") })).into_response()
+        }
+        Err(response) => response,
+    }
+}
+
+async fn moderate(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: Bytes) -> Response {
+    record_passed(&state, "/v1/moderations", &headers);
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return not_json();
+    };
+    axum::Json(json!({
+        "id": "modr-double", "model": body["model"].as_str().unwrap_or("omni-moderation-latest"),
+        "results": [{ "flagged": false, "categories": {}, "category_scores": {} }],
+    }))
+    .into_response()
+}
+
+async fn slow_download(State(state): State<Arc<DoubleState>>, headers: HeaderMap) -> Response {
+    record_passed(&state, "/v1/slow-download", &headers);
+    let mut guard = AbandonGuard {
+        state: state.clone(),
+        finished: false,
+    };
+    let chunks = futures_util::stream::unfold(0u32, |n| async move {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (n < 1200).then(|| (Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 1024])), n + 1))
+    })
+    .chain(futures_util::stream::once(async move {
+        guard.mark_finished();
+        Ok(Bytes::new())
+    }));
+    (
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        Body::from_stream(chunks),
+    )
+        .into_response()
+}
+
 /// A running double on its own thread and runtime, for synchronous test code.
 pub struct CloudDouble {
     pub addr: SocketAddr,
@@ -521,6 +685,11 @@ impl CloudDouble {
     /// Makes the `switchable` model hold its answers (on) or release them (off).
     pub fn set_stall(&self, on: bool) {
         self.state.stall.store(on, Ordering::SeqCst);
+    }
+
+    /// Calls to other endpoints.
+    pub fn passed(&self) -> Vec<Passed> {
+        self.state.passed.lock().unwrap().clone()
     }
 
     /// Answers held by a stall whose caller went away.

@@ -59,6 +59,14 @@ impl Backend {
         }
     }
 
+    /// The remote backend, for what only it does (passing other endpoints through).
+    pub fn as_remote(&self) -> Option<&RemoteBackend> {
+        match self {
+            Backend::Remote(remote) => Some(remote),
+            Backend::Local(_) => None,
+        }
+    }
+
     /// The local backend, for what only it does (the ladder's rungs).
     pub fn as_local(&self) -> Option<&LocalBackend> {
         match self {

@@ -56,7 +56,10 @@ const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
 pub struct RemoteBackend {
     name: String,
+    /// The chat endpoint.
     url: String,
+    /// What the API's paths follow, e.g. `https://api.openai.com/v1`.
+    base_url: String,
     model: String,
     api_key: Result<Option<HeaderValue>, String>,
     /// The environment variable holding the key, for messages that point at it.
@@ -110,6 +113,7 @@ impl RemoteBackend {
         RemoteBackend {
             name: config.name().to_string(),
             url,
+            base_url: config.base_url().trim_end_matches('/').to_string(),
             model: config.model().to_string(),
             api_key,
             key_env: config.api_key_env().map(str::to_string),
@@ -280,31 +284,9 @@ impl RemoteBackend {
             Ok(Ok(response)) => response,
         };
 
+        let response = self.successful(response, deadline).await?;
         let status = response.status();
         let headers = relayed_headers(response.headers());
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            // Our key for this upstream is wrong. Its body is not read: it may
-            // quote the key, and it tells the client nothing it could act on.
-            return Err(BackendError::UpstreamAuth {
-                backend: self.name.clone(),
-                status,
-                key_env: self.key_env.clone(),
-            });
-        }
-        if !status.is_success() {
-            let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
-            let body = self
-                .read_body(response, deadline, MAX_ERROR_BODY_BYTES)
-                .await
-                .unwrap_or_default();
-            return Err(BackendError::Upstream(Box::new(UpstreamError::from_body(
-                &self.name,
-                status,
-                &body,
-                retry_after,
-                self.secret.as_deref(),
-            ))));
-        }
 
         if !request.stream {
             let body = self.read_body(response, deadline, MAX_COMPLETION_BYTES).await?;
@@ -361,6 +343,86 @@ impl RemoteBackend {
             headers,
             usage: usage_cell,
         }))
+    }
+
+    /// Passes a request for another endpoint of the API through: `path`
+    /// (with its query) after the base URL, the client's `headers` that
+    /// describe the body and what it accepts, the body streamed as it comes,
+    /// our key and `x-request-id` added. The answer comes back unread once
+    /// its head has arrived (within `total_ms`), for its body to be
+    /// streamed to the client; dropping it closes the upstream call. An error
+    /// status is an error here, its body kept as for chat (credentials
+    /// redacted, a non-OpenAI body described by its size). Not retried: the
+    /// body may be a stream that cannot be sent twice.
+    pub async fn forward(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &HeaderMap,
+        body: reqwest::Body,
+        request_id: &str,
+    ) -> Result<reqwest::Response, BackendError> {
+        let api_key = self.api_key.as_ref().map_err(|reason| BackendError::Unavailable {
+            backend: self.name.clone(),
+            reason: reason.clone(),
+        })?;
+        let mut upstream = self
+            .http
+            .request(method, format!("{}{path}", self.base_url))
+            .header("x-request-id", request_id)
+            .body(body);
+        for (name, value) in headers {
+            if FORWARDED_REQUEST_HEADERS.contains(&name.as_str()) || name.as_str().starts_with("openai-") {
+                upstream = upstream.header(name, value);
+            }
+        }
+        if let Some(key) = api_key {
+            upstream = upstream.header(header::AUTHORIZATION, key.clone());
+        }
+        let started = Instant::now();
+        // The answer's head comes after the whole upload: bounded by the
+        // call's total time, not by the first byte of a model's answer.
+        let response = match tokio::time::timeout(self.timeouts.total(), upstream.send()).await {
+            Err(_) => return Err(self.timeout(self.timeouts.total())),
+            Ok(Err(err)) if err.is_timeout() => return Err(self.timeout(self.timeouts.connect())),
+            Ok(Err(err)) => return Err(self.unreachable(&err)),
+            Ok(Ok(response)) => response,
+        };
+        self.successful(response, started + self.timeouts.total()).await
+    }
+
+    /// The upstream's answer if it is a success; else the error it is: our
+    /// key refused (401/403: its body is not read, it may quote the key and
+    /// tells the client nothing it could act on), or the upstream's error,
+    /// what is safe of its body kept (read within `deadline`).
+    async fn successful(
+        &self,
+        response: reqwest::Response,
+        deadline: Instant,
+    ) -> Result<reqwest::Response, BackendError> {
+        let status = response.status();
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return Err(BackendError::UpstreamAuth {
+                backend: self.name.clone(),
+                status,
+                key_env: self.key_env.clone(),
+            });
+        }
+        if status.is_success() {
+            return Ok(response);
+        }
+        let retry_after = response.headers().get(header::RETRY_AFTER).cloned();
+        let body = self
+            .read_body(response, deadline, MAX_ERROR_BODY_BYTES)
+            .await
+            .unwrap_or_default();
+        Err(BackendError::Upstream(Box::new(UpstreamError::from_body(
+            &self.name,
+            status,
+            &body,
+            retry_after,
+            self.secret.as_deref(),
+        ))))
     }
 
     /// Reads a whole body within the request deadline, the idle bound
@@ -460,6 +522,18 @@ fn retry_after(err: &BackendError) -> Option<Duration> {
 }
 
 /// Upstream headers a client of the provider would act on.
+/// A client's headers a passed-through request keeps (with any `openai-*`,
+/// such as `openai-beta`): those that say what the body is and what the
+/// client accepts. Its `authorization` never goes: ours replaces it.
+const FORWARDED_REQUEST_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "content-encoding",
+    "accept",
+    "accept-encoding",
+    "idempotency-key",
+];
+
 fn relayed_headers(upstream: &HeaderMap) -> HeaderMap {
     let mut relayed = HeaderMap::new();
     for (name, value) in upstream {

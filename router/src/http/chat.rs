@@ -265,7 +265,7 @@ fn header_value(text: &str) -> HeaderValue {
 /// [`DRAIN_MAX_BYTES`] and [`DRAIN_TIMEOUT`]: HTTP clients that are still
 /// writing when the server closes the connection report a broken pipe instead
 /// of the 413, and the client deserves to see why it was refused.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

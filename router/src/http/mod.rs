@@ -10,6 +10,7 @@ pub mod headers;
 mod health;
 mod models;
 mod observe;
+mod passthrough;
 
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
@@ -20,7 +21,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 use crate::auth::Caller;
 use crate::live::LivePolicy;
@@ -51,6 +52,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
+        // Every other endpoint of the API goes to a remote backend as it is.
+        .route("/v1/{*endpoint}", any(passthrough::forward))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .merge(api)

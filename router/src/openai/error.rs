@@ -430,6 +430,7 @@ fn route_message(e: &RouteError) -> String {
         // Found spent when the call was about to go out (calls in flight
         // took the rest), with no local answer to fall back on.
         Reason::BudgetExhausted => "this request cannot be answered locally".to_string(),
+        Reason::RemoteOnlyEndpoint => "this endpoint has no local counterpart".to_string(),
         _ => format!("the local model cannot serve it ({})", why.as_str()),
     };
     match e {

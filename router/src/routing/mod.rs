@@ -170,6 +170,22 @@ impl Routing {
         })
     }
 
+    /// The remote backend that serves the API's other endpoints (files,
+    /// audio, images, ...): the first of `remote_backends`.
+    pub fn passthrough_backend(&self) -> Option<&Arc<Backend>> {
+        self.remotes.first()
+    }
+
+    /// Whether the policy has privacy rules.
+    pub fn has_privacy_rules(&self) -> bool {
+        !self.privacy.is_empty()
+    }
+
+    /// The privacy rule `text` matches, if any.
+    pub fn privacy_match(&self, text: &str) -> Option<&str> {
+        self.privacy.first_match(text)
+    }
+
     /// Whether `model` names a routing profile (`auto` or an alias).
     pub fn is_profile(&self, model: &str) -> bool {
         self.profiles.contains_key(model)
