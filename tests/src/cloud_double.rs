@@ -105,6 +105,7 @@ pub struct StoredFile {
 pub fn router(state: Arc<DoubleState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(legacy_completion))
         .route("/v1/files", post(upload_file))
         .route("/v1/files/{id}/content", get(file_content))
         .route("/v1/audio/transcriptions", post(transcribe))
@@ -499,6 +500,49 @@ fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> R
         axum::Json(json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })),
     )
         .into_response()
+}
+
+/// A legacy text completion: "Echo: <prompt>", whole or streamed word by
+/// word (with the usage chunk when `stream_options.include_usage` asks).
+async fn legacy_completion(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: Bytes) -> Response {
+    record_passed(&state, "/v1/completions", &headers);
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return not_json();
+    };
+    let Some(prompt) = body["prompt"].as_str() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "Missing required parameter: 'prompt'.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    let text = format!(" Echo: {prompt}");
+    let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    let usage = json!({ "prompt_tokens": prompt.split_whitespace().count(), "completion_tokens": words.len(),
+                        "total_tokens": prompt.split_whitespace().count() + words.len() });
+    let object = |choices: Value| {
+        json!({ "id": "cmpl-double", "object": "text_completion", "created": 1_700_000_000,
+                                          "model": body["model"], "choices": choices })
+    };
+    if !body["stream"].as_bool().unwrap_or(false) {
+        let mut whole = object(json!([{ "text": text, "index": 0, "logprobs": null, "finish_reason": "stop" }]));
+        whole["usage"] = usage;
+        return axum::Json(whole).into_response();
+    }
+    let mut events: Vec<String> = words
+        .iter()
+        .map(|w| object(json!([{ "text": w, "index": 0, "logprobs": null, "finish_reason": null }])).to_string())
+        .collect();
+    events.push(object(json!([{ "text": "", "index": 0, "logprobs": null, "finish_reason": "stop" }])).to_string());
+    if body["stream_options"]["include_usage"].as_bool().unwrap_or(false) {
+        let mut last = object(json!([]));
+        last["usage"] = usage;
+        events.push(last.to_string());
+    }
+    events.push("[DONE]".into());
+    let sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
 }
 
 /// OpenAI's 400 for a body that is not JSON.

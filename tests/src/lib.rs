@@ -49,6 +49,35 @@ pub fn policy_for(double_url: &str, extra: &str) -> String {
     policy
 }
 
+/// A policy with the embedded model as local backend `smollm2` (2 threads;
+/// `local` adds settings to its entry, one per line) and the double's `echo`
+/// backend, the routing naming both (`routing` adds lines to it), and `extra`
+/// appended (ladder, privacy, budgets, ...).
+pub fn local_and_echo_policy(double_url: &str, local: &[&str], routing: &[&str], extra: &str) -> String {
+    let indented =
+        |lines: &[&str], indent: &str| lines.iter().map(|line| format!("{indent}{line}\n")).collect::<String>();
+    format!(
+        "backends:
+  local:
+    - name: smollm2
+      model_path: {model}
+      threads: 2
+{local}  remote:
+    - name: echo
+      base_url: {double_url}
+      api_key_env: DOUBLE_API_KEY
+      model: echo
+      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
+routing:
+  local_backend: smollm2
+  remote_backends: [echo]
+{routing}{extra}",
+        model = default_model().display(),
+        local = indented(local, "      "),
+        routing = indented(routing, "  "),
+    )
+}
+
 /// The upstream key the tests give the daemon; it must never leak.
 pub const DOUBLE_API_KEY: &str = "sk-double-SECRET-7f3a9c";
 

@@ -83,3 +83,21 @@ fn serve_refuses_an_invalid_policy_with_its_location() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains(":3:1: ") && stderr.contains("extra"), "{stderr}");
 }
+
+/// Legacy text completions through the SDK: the local model continues the
+/// prompt as written; a remote backend gets the request at its own
+/// `/completions`.
+#[test]
+fn legacy_completions_through_the_openai_sdk_local_and_remote() {
+    let double = CloudDouble::start();
+    let policy = switchyard_e2e::local_and_echo_policy(&double.base_url(), &["context_length: 512"], &[], "");
+    let daemon = Daemon::start(&policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/completions_check.py");
+    switchyard_e2e::python_says_ok(&daemon, &[script.as_os_str(), daemon.url("/v1").as_ref()]);
+    let legacy: Vec<_> = double
+        .passed()
+        .into_iter()
+        .filter(|c| c.path == "/v1/completions")
+        .collect();
+    assert_eq!(legacy.len(), 2, "the remote calls went to /completions");
+}

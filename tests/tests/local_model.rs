@@ -9,7 +9,9 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, python_says_ok};
+use switchyard_e2e::{
+    CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, local_and_echo_policy, python_says_ok,
+};
 
 fn local_policy(backends: &[(&str, &str)], context_length: u64) -> String {
     let mut policy = String::from("backends:\n  local:\n");
@@ -325,30 +327,16 @@ async fn a_control_token_typed_in_a_message_reaches_the_model_as_text() {
 /// The local model and the cloud double's `echo` backend; `auto` picks the
 /// local model for anything it can serve.
 fn local_and_remote_policy(double: &CloudDouble) -> String {
-    format!(
-        "\
-backends:
-  local:
-    - name: smollm2
-      model_path: {model}
-      threads: 2
-      context_length: 1024
-      queue_capacity: 4
-      default_max_tokens: 8
-      reasoning: false
-  remote:
-    - name: echo
-      base_url: {url}
-      api_key_env: DOUBLE_API_KEY
-      model: echo
-      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
-routing:
-  local_backend: smollm2
-  remote_backends: [echo]
-  thresholds: {{ local_below: 1.0, remote_above: 1.0, ambiguous: remote }}
-",
-        model = default_model().display(),
-        url = double.base_url(),
+    local_and_echo_policy(
+        &double.base_url(),
+        &[
+            "context_length: 1024",
+            "queue_capacity: 4",
+            "default_max_tokens: 8",
+            "reasoning: false",
+        ],
+        &["thresholds: { local_below: 1.0, remote_above: 1.0, ambiguous: remote }"],
+        "",
     )
 }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use switchyard_e2e::routed::send;
 use switchyard_e2e::{
-    CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, sample, without_reasoning,
+    CloudDouble, DOUBLE_API_KEY, Daemon, daemon, http_client, local_and_echo_policy, sample, without_reasoning,
 };
 
 const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local-reasoning }";
@@ -24,34 +24,21 @@ const ALL_AMBIGUOUS: &str = "{ local_below: 0.0, remote_above: 1.0, ambiguous: l
 /// reasoning), streamed or not, so a stream is judged on the same tokens
 /// whatever the machine's load, not on as many as 1.5 s allowed.
 fn policy(double: &CloudDouble, thresholds: &str, extra: &str) -> String {
-    format!(
-        "\
-backends:
-  local:
-    - name: smollm2
-      model_path: {model}
-      threads: 2
-      context_length: 1024
-      queue_capacity: 8
-      default_max_tokens: 8
-      reasoning_max_tokens: 16
-  remote:
-    - name: echo
-      base_url: {url}
-      api_key_env: DOUBLE_API_KEY
-      model: echo
-      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
-routing:
-  local_backend: smollm2
-  remote_backends: [echo]
-  thresholds: {thresholds}
-  aliases:
-    auto-quality: {ALL_REMOTE}
-    auto-fast: {ALL_LOCAL}
-ladder: {{ precommit_tokens: 64, precommit_ms: 60000 }}
-{extra}",
-        model = default_model().display(),
-        url = double.base_url(),
+    local_and_echo_policy(
+        &double.base_url(),
+        &[
+            "context_length: 1024",
+            "queue_capacity: 8",
+            "default_max_tokens: 8",
+            "reasoning_max_tokens: 16",
+        ],
+        &[
+            &format!("thresholds: {thresholds}"),
+            "aliases:",
+            &format!("  auto-quality: {ALL_REMOTE}"),
+            &format!("  auto-fast: {ALL_LOCAL}"),
+        ],
+        &format!("ladder: {{ precommit_tokens: 64, precommit_ms: 60000 }}\n{extra}"),
     )
 }
 

@@ -266,9 +266,17 @@ impl RemoteBackend {
 
         let started = Instant::now();
         let deadline = started + self.timeouts.total();
+        // A legacy completion goes to the legacy endpoint, as the client sent it.
+        let legacy_url;
+        let url = if request.legacy.is_some() {
+            legacy_url = format!("{}/completions", self.base_url);
+            &legacy_url
+        } else {
+            &self.url
+        };
         let mut upstream = self
             .http
-            .post(&self.url)
+            .post(url)
             .header(header::CONTENT_TYPE, "application/json")
             .header("x-request-id", request_id)
             .body(payload);

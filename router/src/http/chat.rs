@@ -36,6 +36,34 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    answer(state, request_id, caller, headers, body, ChatRequest::parse).await
+}
+
+/// `POST /v1/completions` (legacy text completions): routed and answered as
+/// chat is, the prompt read as one user turn; a local model continues the
+/// prompt as written (no chat template), a remote one gets the request at its
+/// own `/completions`.
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    Extension(RequestId(request_id)): Extension<RequestId>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    answer(state, request_id, caller, headers, body, ChatRequest::parse_completion).await
+}
+
+/// How a request's body becomes a [`ChatRequest`].
+type Parse = fn(&[u8]) -> Result<ChatRequest, ApiError>;
+
+async fn answer(
+    state: Arc<AppState>,
+    request_id: Arc<str>,
+    caller: Option<Extension<Caller>>,
+    headers: HeaderMap,
+    body: Body,
+    parse: Parse,
+) -> Response {
     let started = Instant::now();
     let caller = caller.map_or(Caller::Anonymous, |Extension(caller)| caller);
     // The policy in force when the request arrived serves it to the end.
@@ -81,7 +109,7 @@ pub async fn chat_completions(
         None
     };
     let prepared = if bytes.len() <= INLINE_PREPARE_MAX_BYTES {
-        prepare(&state, &live, &caller, &headers, &bytes)
+        prepare(&state, &live, &caller, &headers, &bytes, parse)
     } else {
         // A large body takes milliseconds of CPU to parse and score: off the
         // async workers (which also answer `/healthz` and every stream), and a
@@ -90,7 +118,7 @@ pub async fn chat_completions(
         let _turn = LARGE_BODY_TURNS.acquire().await.expect("the semaphore is never closed");
         let (state, live, caller, headers) = (state.clone(), live.clone(), caller.clone(), headers.clone());
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| prepare(&state, &live, &caller, &headers, &bytes)))
+        tokio::task::spawn_blocking(move || span.in_scope(|| prepare(&state, &live, &caller, &headers, &bytes, parse)))
             .await
             .expect("preparing a request does not panic")
     };
@@ -186,8 +214,9 @@ fn prepare(
     caller: &Caller,
     headers: &HeaderMap,
     bytes: &[u8],
+    parse: Parse,
 ) -> Result<(ChatRequest, Decision, f64), ApiError> {
-    let request = tracing::debug_span!("parse").in_scope(|| ChatRequest::parse(bytes))?;
+    let request = tracing::debug_span!("parse").in_scope(|| parse(bytes))?;
     let hints = headers::hints(headers)?;
     let deciding = Instant::now();
     let decision = tracing::debug_span!("decide").in_scope(|| {

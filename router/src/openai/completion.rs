@@ -17,7 +17,7 @@ use serde_json::{Value, json};
 use switchyard_engine::sampling::SampledToken;
 
 use super::error::ApiError;
-use super::request::ChatRequest;
+use super::request::{ChatRequest, LegacyPrompt};
 use super::sse;
 use crate::reply::{ChatReply, Event, Finished, LocalAnswer, LocalEvents, Relayed, Usage, UsageCell};
 
@@ -37,6 +37,18 @@ pub enum Written {
         /// The answer's usage, once known (by the stream's end).
         usage: UsageCell,
     },
+}
+
+impl Written {
+    /// A whole local answer's body, with its usage.
+    fn local_whole(body: &Value, finished: &Finished) -> Written {
+        Written::Whole {
+            body: Bytes::from(body.to_string()),
+            usage: Some(finished.usage),
+            headers: HeaderMap::new(),
+            status: StatusCode::OK,
+        }
+    }
 }
 
 /// Writes `reply` as `request` asked for it: streamed or whole, with the
@@ -61,7 +73,140 @@ pub fn write(reply: ChatReply, request: &ChatRequest) -> Written {
             headers,
             usage,
         },
-        ChatReply::Local(answer) => write_local(answer, Asked::of(request)),
+        ChatReply::Local(answer) => match &request.legacy {
+            Some(legacy) => write_legacy(answer, legacy, request.include_usage),
+            None => write_local(answer, Asked::of(request)),
+        },
+    }
+}
+
+/// A local answer to a legacy completion, as `text_completion` objects: the
+/// text (after the prompt, with `echo`), legacy `logprobs` (tokens,
+/// token_logprobs, top_logprobs, text_offset), the finish and the usage.
+fn write_legacy(answer: LocalAnswer, legacy: &LegacyPrompt, include_usage: bool) -> Written {
+    let LocalAnswer {
+        model,
+        vocabulary,
+        events,
+    } = answer;
+    let completion = Completion::new(&model);
+    let id = completion.id.replacen("chatcmpl-", "cmpl-", 1);
+    let object = move |choice: Value, usage: Option<Value>| {
+        let mut object = json!({
+            "id": id, "object": "text_completion", "created": completion.created,
+            "model": completion.model, "choices": [choice],
+        });
+        if let Some(usage) = usage {
+            object["usage"] = usage;
+        }
+        object
+    };
+    let echoed = if legacy.echo {
+        legacy.text.clone()
+    } else {
+        String::new()
+    };
+    let top = legacy.logprobs;
+    // Legacy log-probabilities of `tokens`, their text starting at `offset` of the answer's.
+    let logprobs = move |tokens: &[SampledToken], mut offset: usize| {
+        top.map(|top| {
+            let text = |id: u32| String::from_utf8_lossy(vocabulary.token_bytes(id)).into_owned();
+            let mut entry = json!({ "tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": [] });
+            for token in tokens {
+                let piece = text(token.id);
+                entry["tokens"].as_array_mut().expect("array").push(json!(piece));
+                entry["token_logprobs"]
+                    .as_array_mut()
+                    .expect("array")
+                    .push(json!(token.logprob));
+                let alternatives: serde_json::Map<String, Value> = token
+                    .top
+                    .iter()
+                    .take(top as usize)
+                    .map(|&(id, lp)| (text(id), json!(lp)))
+                    .collect();
+                entry["top_logprobs"]
+                    .as_array_mut()
+                    .expect("array")
+                    .push(Value::Object(alternatives));
+                entry["text_offset"].as_array_mut().expect("array").push(json!(offset));
+                offset += piece.len();
+            }
+            entry
+        })
+    };
+    match events {
+        LocalEvents::Whole { events, finished } => {
+            let mut text = echoed.clone();
+            let mut tokens = Vec::new();
+            for event in events {
+                if let Event::Content { text: piece, token } = event {
+                    text.push_str(&piece);
+                    tokens.extend(token);
+                }
+            }
+            let finish = Finish::of(&finished);
+            let choice = json!({ "text": text, "index": 0, "logprobs": logprobs(&tokens, echoed.len()),
+                                 "finish_reason": finish.reason });
+            Written::local_whole(&object(choice, Some(usage_json(&finish))), &finished)
+        }
+        LocalEvents::Stream(events) => {
+            let usage = UsageCell::default();
+            let filled = usage.clone();
+            let chunk = move |object: Value| sse::encode_data(&object.to_string());
+            let first = (!echoed.is_empty()).then(|| {
+                chunk(object(
+                    json!({ "text": echoed, "index": 0, "logprobs": null, "finish_reason": null }),
+                    None,
+                ))
+            });
+            let mut offset = echoed.len();
+            let chunks = events
+                .scan(false, move |done, event| {
+                    if *done {
+                        return std::future::ready(None);
+                    }
+                    let bytes = match event {
+                        Event::Content { text, token } if !text.is_empty() || token.is_some() => {
+                            let logprobs = logprobs(token.as_slice(), offset);
+                            offset += text.len();
+                            chunk(object(
+                                json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": null }),
+                                None,
+                            ))
+                        }
+                        Event::Finished(finished) => {
+                            *done = true;
+                            *filled.lock().expect("usage cell") = Some(finished.usage);
+                            let finish = Finish::of(&finished);
+                            let mut out = chunk(object(
+                                json!({ "text": "", "index": 0, "logprobs": null, "finish_reason": finish.reason }),
+                                None,
+                            ))
+                            .to_vec();
+                            if include_usage {
+                                let mut usage = object(json!(null), Some(usage_json(&finish)));
+                                usage["choices"] = json!([]);
+                                out.extend_from_slice(&chunk(usage));
+                            }
+                            out.extend_from_slice(&sse::encode_data(sse::DONE));
+                            Bytes::from(out)
+                        }
+                        Event::Failed(err) => {
+                            *done = true;
+                            sse::error_event(&ApiError::from(err))
+                        }
+                        _ => Bytes::new(),
+                    };
+                    std::future::ready(Some(bytes))
+                })
+                .filter(|bytes| std::future::ready(!bytes.is_empty()));
+            Written::Stream {
+                events: futures_util::stream::iter(first).chain(chunks).boxed(),
+                headers: HeaderMap::new(),
+                usage,
+            }
+        }
     }
 }
 
@@ -121,12 +266,7 @@ fn write_local(answer: LocalAnswer, asked: Asked) -> Written {
                 .then(|| logprobs_json(&tokens, asked.top_logprobs, |id| vocabulary.token_bytes(id)));
             let reasoning = (finished.reasoning_tokens > 0).then(|| reasoning.trim());
             let body = completion.whole(&content, reasoning, &calls, logprobs, Finish::of(&finished));
-            Written::Whole {
-                body: Bytes::from(body.to_string()),
-                usage: Some(finished.usage),
-                headers: HeaderMap::new(),
-                status: StatusCode::OK,
-            }
+            Written::local_whole(&body, &finished)
         }
         LocalEvents::Stream(events) => {
             let usage = UsageCell::default();

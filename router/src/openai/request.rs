@@ -41,6 +41,8 @@ pub struct ChatRequest {
     pub tools: Option<ToolsAsked>,
     /// `response_format`.
     pub format: OutputFormat,
+    /// A legacy completion's prompt (`/v1/completions`); `None` for chat.
+    pub legacy: Option<LegacyPrompt>,
     /// Whether a local model should reason before answering: asked by the
     /// client with `reasoning_effort` (anything but `none`/`minimal`), or set by
     /// the router for the `local-reasoning` tier; ignored by a local backend
@@ -49,24 +51,113 @@ pub struct ChatRequest {
     pub reasoning: bool,
 }
 
-impl ChatRequest {
-    pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Err(ApiError::InvalidJson(
-                "the body is empty; expected a JSON object".into(),
-            ));
-        }
-        let value = json::parse_bounded(bytes, json::MAX_JSON_VALUES).map_err(|err| match err {
-            json::BodyError::Syntax(err) => ApiError::InvalidJson(err.to_string()),
-            json::BodyError::TooManyValues(limit) => ApiError::BodyTooComplex { limit_values: limit },
-        })?;
-        let Value::Object(body) = value else {
-            return Err(ApiError::InvalidRequest {
-                message: format!("The request body must be a JSON object, not {}.", kind_of(&value)),
-                param: None,
-            });
-        };
+/// A legacy text completion (`/v1/completions`): its prompt, which routing
+/// and the local model read as the one user turn of a conversation.
+#[derive(Debug, Clone)]
+pub struct LegacyPrompt {
+    /// The prompt's text (several prompts joined by blank lines, for routing).
+    pub text: String,
+    /// What a local model cannot take as a prompt, as the param to name: a
+    /// list of several prompts, token ids, `suffix`, `best_of` over 1, `echo`
+    /// with `logprobs`.
+    pub unservable_locally: Option<&'static str>,
+    /// `echo`: the answer's text starts with the prompt.
+    pub echo: bool,
+    /// `logprobs`: how many alternatives each token's entry lists (0 to 5).
+    pub logprobs: Option<u32>,
+    /// `[{"role": "user", "content": text}]`.
+    messages: Value,
+}
 
+impl ChatRequest {
+    /// The conversation: the body's `messages`, or a legacy prompt as one user turn.
+    pub fn messages(&self) -> &Value {
+        match &self.legacy {
+            Some(legacy) => &legacy.messages,
+            None => &self.body["messages"],
+        }
+    }
+
+    /// A legacy completion request (`/v1/completions`): `prompt` (a string, a
+    /// list of strings, or token ids), `echo`, `logprobs` (an integer up to 5),
+    /// `suffix`, `best_of`, `max_tokens` (16 when absent, as OpenAI's), and
+    /// the sampling fields chat has.
+    pub fn parse_completion(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        let body = json_object(bytes)?;
+        let (text, mut unservable) = match body.get("prompt") {
+            None | Some(Value::Null) => {
+                return Err(ApiError::invalid("Missing required parameter: 'prompt'.", "prompt"));
+            }
+            Some(Value::String(text)) => (text.clone(), None),
+            Some(Value::Array(items)) if items.is_empty() => {
+                return Err(ApiError::invalid(
+                    "Invalid 'prompt': empty array. Expected an array with minimum length 1.",
+                    "prompt",
+                ));
+            }
+            Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+                let texts: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+                (texts.join("\n\n"), (texts.len() > 1).then_some("prompt"))
+            }
+            Some(Value::Array(items)) if items.iter().all(|i| i.is_u64() || i.is_array()) => {
+                (String::new(), Some("prompt"))
+            }
+            Some(other) => {
+                return Err(wrong_type(
+                    "prompt",
+                    "a string, an array of strings, or an array of token ids",
+                    other,
+                ));
+            }
+        };
+        let echo = match body.get("echo") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(echo)) => *echo,
+            Some(other) => return Err(wrong_type("echo", "a boolean", other)),
+        };
+        let logprobs = match body.get("logprobs") {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 5) => n.as_u64().map(|n| n as u32),
+            Some(other) => {
+                return Err(ApiError::invalid(
+                    format!("Invalid 'logprobs': expected an integer from 0 to 5, but got {other}."),
+                    "logprobs",
+                ));
+            }
+        };
+        if body.get("suffix").is_some_and(|s| !s.is_null()) {
+            unservable = unservable.or(Some("suffix"));
+        }
+        if body.get("best_of").and_then(Value::as_u64).is_some_and(|b| b > 1) {
+            unservable = unservable.or(Some("best_of"));
+        }
+        if echo && logprobs.is_some() {
+            unservable = unservable.or(Some("echo"));
+        }
+        // Chat's checks for the fields the two share (`logprobs` is an
+        // integer here, checked above).
+        let messages = serde_json::json!([{ "role": "user", "content": text }]);
+        let mut shared = body.clone();
+        shared.remove("logprobs");
+        shared.insert("messages".into(), messages.clone());
+        let mut request = ChatRequest::from_object(shared)?;
+        request.body = body;
+        request.max_tokens = request.max_tokens.or(Some(LEGACY_DEFAULT_MAX_TOKENS));
+        request.legacy = Some(LegacyPrompt {
+            messages,
+            text,
+            unservable_locally: unservable,
+            echo,
+            logprobs,
+        });
+        Ok(request)
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        ChatRequest::from_object(json_object(bytes)?)
+    }
+
+    fn from_object(body: Map<String, Value>) -> Result<ChatRequest, ApiError> {
         let model = match body.get("model") {
             Some(Value::String(model)) if !model.is_empty() => model.clone(),
             None | Some(Value::Null) => {
@@ -160,6 +251,7 @@ impl ChatRequest {
             tools,
             format,
             reasoning,
+            legacy: None,
         })
     }
 
@@ -177,6 +269,29 @@ impl ChatRequest {
         } else {
             "max_tokens"
         }
+    }
+}
+
+/// `max_tokens` of a legacy completion that sets none, as OpenAI's.
+pub const LEGACY_DEFAULT_MAX_TOKENS: u64 = 16;
+
+/// The body as a JSON object, within the parser's bounds.
+fn json_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::InvalidJson(
+            "the body is empty; expected a JSON object".into(),
+        ));
+    }
+    let value = json::parse_bounded(bytes, json::MAX_JSON_VALUES).map_err(|err| match err {
+        json::BodyError::Syntax(err) => ApiError::InvalidJson(err.to_string()),
+        json::BodyError::TooManyValues(limit) => ApiError::BodyTooComplex { limit_values: limit },
+    })?;
+    match value {
+        Value::Object(body) => Ok(body),
+        other => Err(ApiError::InvalidRequest {
+            message: format!("The request body must be a JSON object, not {}.", kind_of(&other)),
+            param: None,
+        }),
     }
 }
 
@@ -723,5 +838,49 @@ mod tests {
         let err = ChatRequest::parse(b"{\"model\":\"m\xff\xfe\"}").unwrap_err();
         assert_eq!(err.code(), "invalid_json");
         assert_eq!(ChatRequest::parse(b"  ").unwrap_err().code(), "invalid_json");
+    }
+
+    #[test]
+    fn legacy_completions_read_their_prompt_as_one_user_turn() {
+        let read = |body: &str| ChatRequest::parse_completion(body.as_bytes());
+        let request = read(r#"{"model":"m","prompt":"Once upon","echo":true,"logprobs":2,"temperature":0.5}"#).unwrap();
+        let legacy = request.legacy.as_ref().unwrap();
+        assert_eq!(
+            (legacy.text.as_str(), legacy.echo, legacy.logprobs),
+            ("Once upon", true, Some(2))
+        );
+        assert_eq!(request.messages()[0]["content"], "Once upon");
+        assert_eq!(
+            request.max_tokens,
+            Some(LEGACY_DEFAULT_MAX_TOKENS),
+            "16 when absent, as OpenAI's"
+        );
+        assert_eq!(request.sampling.temperature, Some(0.5));
+        assert!(!request.body.contains_key("messages"), "the body goes upstream as sent");
+        assert_eq!(
+            legacy.unservable_locally,
+            Some("echo"),
+            "echo with logprobs needs the prompt's"
+        );
+        for (body, local) in [
+            (r#"{"model":"m","prompt":["a","b"]}"#, Some("prompt")),
+            (r#"{"model":"m","prompt":[1,2,3]}"#, Some("prompt")),
+            (r#"{"model":"m","prompt":"a","suffix":"b"}"#, Some("suffix")),
+            (r#"{"model":"m","prompt":"a","best_of":3}"#, Some("best_of")),
+            (r#"{"model":"m","prompt":["a"],"max_tokens":5}"#, None),
+        ] {
+            assert_eq!(read(body).unwrap().legacy.unwrap().unservable_locally, local, "{body}");
+        }
+        for (body, param) in [
+            (r#"{"model":"m"}"#, "prompt"),
+            (r#"{"model":"m","prompt":[]}"#, "prompt"),
+            (r#"{"model":"m","prompt":{"a":1}}"#, "prompt"),
+            (r#"{"model":"m","prompt":"a","logprobs":6}"#, "logprobs"),
+            (r#"{"model":"m","prompt":"a","echo":"yes"}"#, "echo"),
+            (r#"{"model":"m","prompt":"a","temperature":3}"#, "temperature"),
+        ] {
+            let err = read(body).unwrap_err().to_json();
+            assert_eq!(err["error"]["param"], param, "{body}: {err}");
+        }
     }
 }

@@ -73,7 +73,7 @@ pub fn text_for_scoring(request: &ChatRequest) -> String {
 }
 
 fn user_messages(request: &ChatRequest) -> impl Iterator<Item = &Value> {
-    let messages = request.body["messages"].as_array().map_or(&[][..], Vec::as_slice);
+    let messages = request.messages().as_array().map_or(&[][..], Vec::as_slice);
     messages.iter().filter(|message| message["role"] == "user")
 }
 
@@ -105,7 +105,7 @@ impl Features {
     /// The features of a chat request (its scored text plus what it asks of the backend).
     pub fn extract(request: &ChatRequest, scored_text: &str) -> Features {
         let body = &request.body;
-        let messages = body["messages"].as_array().map_or(&[][..], Vec::as_slice);
+        let messages = request.messages().as_array().map_or(&[][..], Vec::as_slice);
         let mut features = Features::from_text(scored_text);
         // The size of the user's text is that of all of it, also past what is
         // scored; the context the backend must hold is every message, not

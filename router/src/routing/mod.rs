@@ -327,7 +327,7 @@ impl Routing {
             Some(session) => SessionKeys::named(caller_name.unwrap_or(""), session),
             None => SessionKeys::from_messages(
                 caller_name.unwrap_or(""),
-                request.body["messages"].as_array().map_or(&[][..], Vec::as_slice),
+                request.messages().as_array().map_or(&[][..], Vec::as_slice),
             ),
         });
         let situation = Situation {

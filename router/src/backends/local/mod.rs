@@ -217,7 +217,8 @@ impl LocalBackend {
             .get("chat_template_kwargs")
             .and_then(|kwargs| kwargs.get("enable_thinking"))
             .and_then(serde_json::Value::as_bool);
-        asked.unwrap_or(request.reasoning && self.reasons)
+        // A legacy completion continues its prompt as written.
+        request.legacy.is_none() && asked.unwrap_or(request.reasoning && self.reasons)
     }
 
     /// The engine's load and memory, for metrics; `None` when the model did not load.
@@ -259,7 +260,6 @@ impl LocalBackend {
     /// from the request's fields and an estimate of its prompt length.
     pub fn eligibility(&self, request: &ChatRequest, prompt_tokens_estimate: u64) -> Result<(), Ineligible> {
         let engine = self.engine.as_ref().map_err(|_| Ineligible::Unavailable)?;
-        let body = &request.body;
         let asks = &request.asks;
         let tool_format = engine.template().and_then(|template| template.tool_format());
         let calls_tools = request
@@ -269,7 +269,10 @@ impl LocalBackend {
         if (calls_tools || asks.tool_turn.is_some()) && tool_format.is_none() {
             return Err(Ineligible::Tools);
         }
-        if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f)) || request.sampling.n.is_some_and(|n| n != 1) {
+        if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f))
+            || request.sampling.n.is_some_and(|n| n != 1)
+            || request.legacy.as_ref().is_some_and(|l| l.unservable_locally.is_some())
+        {
             return Err(Ineligible::Fields);
         }
         if asks.non_text {
@@ -282,7 +285,8 @@ impl LocalBackend {
         }
         // The same sound floor that refuses a pinned request before tokenizing
         // (the estimate is usually higher; this makes sure of it).
-        let fewest = fewest_prompt_tokens(engine.tokenizer(), &body["messages"]).map_or(0, |(_, fewest)| fewest as u64);
+        let fewest =
+            fewest_prompt_tokens(engine.tokenizer(), request.messages()).map_or(0, |(_, fewest)| fewest as u64);
         let needed = prompt_tokens_estimate.max(fewest) + request.max_tokens.unwrap_or(0);
         if needed >= engine.context_length() as u64 {
             return Err(Ineligible::Context);
@@ -347,7 +351,7 @@ impl LocalBackend {
         let (sender, events) = mpsc::unbounded_channel();
         // Models that think natively think in the one pass; others reason
         // in a pass of their own when the request (or its tier) asks.
-        let reasoning = engine.thinking().is_none() && request.reasoning && self.reasons;
+        let reasoning = engine.thinking().is_none() && request.reasoning && self.reasons && request.legacy.is_none();
         let first_pass = if reasoning {
             plan.reasoning_pass(&encoder, self.reasoning_max_tokens).await?
         } else {

@@ -60,7 +60,7 @@ impl LocalBackend {
         }
         let calls = answer_form(engine, request, tool_format, &self.name).map_err(|refused| refused.error)?;
         let context = engine.context_length();
-        if let Some((text_bytes, fewest)) = fewest_prompt_tokens(engine.tokenizer(), &body["messages"])
+        if let Some((text_bytes, fewest)) = fewest_prompt_tokens(engine.tokenizer(), request.messages())
             && fewest >= context
         {
             return Err(BackendError::ContextLengthExceeded {
@@ -69,13 +69,22 @@ impl LocalBackend {
                 ),
             });
         }
+        if let Some(param) = request.legacy.as_ref().and_then(|l| l.unservable_locally) {
+            return Err(BackendError::rejected(
+                format!(
+                    "Backend `{}` is a local model: it completes one text prompt, without '{param}' (a list of several prompts, token ids, 'suffix', 'best_of' over 1, 'echo' with 'logprobs').",
+                    self.name
+                ),
+                param,
+            ));
+        }
         if request.sampling.n.is_some_and(|n| n != 1) {
             return Err(BackendError::rejected(
                 format!("Backend `{}` generates one choice ('n' must be 1).", self.name),
                 "n",
             ));
         }
-        let messages = text_only_messages(&body["messages"], &self.name)?;
+        let messages = text_only_messages(request.messages(), &self.name)?;
         let mut extra: Map<String, Value> = match body.get("chat_template_kwargs") {
             None | Some(Value::Null) => Map::new(),
             Some(Value::Object(kwargs)) => kwargs.clone(),
@@ -101,10 +110,13 @@ impl LocalBackend {
         // its thinking is bounded (to nothing when off: a block it opens
         // anyway is closed at once).
         let thinks = self.thinks(request);
-        let thinking = engine.thinking().map(|markers| Thinking {
-            markers: markers.clone(),
-            budget: Some(if thinks { self.reasoning_max_tokens as usize } else { 0 }),
-        });
+        let thinking = engine
+            .thinking()
+            .filter(|_| request.legacy.is_none())
+            .map(|markers| Thinking {
+                markers: markers.clone(),
+                budget: Some(if thinks { self.reasoning_max_tokens as usize } else { 0 }),
+            });
         // The tools are shown whenever they are offered to a model that takes
         // them, `tool_choice: none` too (it may not call them, but may know of
         // them, and the conversation's prompt stays the same turn to turn).
@@ -145,7 +157,12 @@ impl LocalBackend {
         let top_logprobs = asked.top_logprobs.unwrap_or(0) as usize;
         let messages = Arc::new(messages);
         let extra = Arc::new(extra);
-        let prompt_tokens = encoder.encode(messages.clone(), extra.clone()).await?;
+        let prompt_tokens = match &request.legacy {
+            // A legacy prompt is the model's input as written (special tokens
+            // spelled in it are those tokens, as llama.cpp's server reads them).
+            Some(legacy) => encoder.encode_text(legacy.text.clone()).await?,
+            None => encoder.encode(messages.clone(), extra.clone()).await?,
+        };
         let room = (context - prompt_tokens.len()) as u64;
         // The client's limit covers thinking and answer (as OpenAI's
         // `max_completion_tokens` covers reasoning); the backend's default is
@@ -212,6 +229,34 @@ impl PromptEncoder {
             backend: self.backend.clone(),
             reason: format!("preparing the prompt failed: {err}"),
         })?
+    }
+}
+
+impl PromptEncoder {
+    /// Tokenizes a raw prompt, refusing one that leaves no room in the context window.
+    async fn encode_text(&self, text: String) -> Result<Vec<u32>, BackendError> {
+        let _turn = self.turns.acquire().await.expect("the semaphore is never closed");
+        let engine = self.engine.clone();
+        let tokens = tokio::task::spawn_blocking(move || engine.tokenizer().encode(&text, true))
+            .await
+            .map_err(|err| BackendError::Unavailable {
+                backend: self.backend.clone(),
+                reason: format!("preparing the prompt failed: {err}"),
+            })?
+            .map_err(|err| BackendError::rejected(format!("Cannot tokenize the prompt: {err}"), "prompt"))?;
+        let context = self.engine.context_length();
+        if tokens.len() >= context {
+            return Err(BackendError::ContextLengthExceeded {
+                message: format!(
+                    "This model's maximum context length is {context} tokens. However, your prompt resulted in {} tokens.",
+                    tokens.len()
+                ),
+            });
+        }
+        if tokens.is_empty() {
+            return Err(BackendError::rejected("The prompt is empty.", "prompt"));
+        }
+        Ok(tokens)
     }
 }
 
