@@ -36,6 +36,15 @@ impl Usage {
         }
         serde_json::from_value(usage.clone()).ok()
     }
+
+    /// The `usage` of a Responses API object (`input_tokens`, `output_tokens`).
+    pub fn from_response(value: &serde_json::Value) -> Option<Usage> {
+        let usage = value.get("usage").filter(|u| !u.is_null())?;
+        Some(Usage {
+            prompt_tokens: usage["input_tokens"].as_u64()?,
+            completion_tokens: usage["output_tokens"].as_u64()?,
+        })
+    }
 }
 
 /// Where a streamed answer's usage is left for the request's record, filled

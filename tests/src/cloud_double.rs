@@ -106,6 +106,7 @@ pub fn router(state: Arc<DoubleState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(legacy_completion))
+        .route("/v1/responses", post(responses))
         .route("/v1/files", post(upload_file))
         .route("/v1/files/{id}/content", get(file_content))
         .route("/v1/audio/transcriptions", post(transcribe))
@@ -542,6 +543,80 @@ async fn legacy_completion(State(state): State<Arc<DoubleState>>, headers: Heade
     }
     events.push("[DONE]".into());
     let sse: String = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
+}
+
+/// The Responses API: "Echo: <input>" (the input's last user text) as one
+/// message, whole or as the event stream (created, the item's events, the
+/// text in word deltas, completed with the usage).
+async fn responses(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: Bytes) -> Response {
+    record_passed(&state, "/v1/responses", &headers);
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return not_json();
+    };
+    let input = match &body["input"] {
+        Value::String(text) => text.clone(),
+        Value::Array(items) => items
+            .iter()
+            .rev()
+            .find(|i| i["role"] == "user")
+            .map(|i| match &i["content"] {
+                Value::String(text) => text.clone(),
+                parts => parts[0]["text"].as_str().unwrap_or("").to_string(),
+            })
+            .unwrap_or_default(),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Missing required parameter: 'input'.",
+                "invalid_request_error",
+                None,
+            );
+        }
+    };
+    let text = format!("Echo: {input}");
+    let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
+    let message = |text: &str, status: &str| {
+        json!({ "type": "message", "id": "msg_double", "status": status, "role": "assistant",
+                                                 "content": [{ "type": "output_text", "text": text, "annotations": [] }] })
+    };
+    let response = |status: &str, output: Value, usage: Value| {
+        json!({
+            "id": "resp_double", "object": "response", "created_at": 1_700_000_000, "status": status,
+            "model": body["model"], "output": output, "parallel_tool_calls": true, "tool_choice": "auto", "tools": [],
+            "error": null, "incomplete_details": null, "usage": usage,
+        })
+    };
+    let usage = json!({ "input_tokens": input.split_whitespace().count(), "output_tokens": words.len(),
+                        "total_tokens": input.split_whitespace().count() + words.len(),
+                        "input_tokens_details": { "cached_tokens": 0 }, "output_tokens_details": { "reasoning_tokens": 0 } });
+    if !body["stream"].as_bool().unwrap_or(false) {
+        return axum::Json(response("completed", json!([message(&text, "completed")]), usage)).into_response();
+    }
+    let mut events = vec![
+        json!({ "type": "response.created", "response": response("in_progress", json!([]), Value::Null) }),
+        json!({ "type": "response.output_item.added", "output_index": 0, "item": message("", "in_progress") }),
+        json!({ "type": "response.content_part.added", "item_id": "msg_double", "output_index": 0, "content_index": 0,
+                "part": { "type": "output_text", "text": "", "annotations": [] } }),
+    ];
+    events.extend(words.iter().map(|w| {
+        json!({ "type": "response.output_text.delta", "item_id": "msg_double",
+        "output_index": 0, "content_index": 0, "delta": w, "logprobs": [] })
+    }));
+    events.push(
+        json!({ "type": "response.output_text.done", "item_id": "msg_double", "output_index": 0,
+                        "content_index": 0, "text": text, "logprobs": [] }),
+    );
+    events.push(json!({ "type": "response.output_item.done", "output_index": 0, "item": message(&text, "completed") }));
+    events.push(json!({ "type": "response.completed", "response": response("completed", json!([message(&text, "completed")]), usage) }));
+    let sse: String = events
+        .iter_mut()
+        .enumerate()
+        .map(|(i, event)| {
+            event["sequence_number"] = json!(i);
+            format!("event: {}\ndata: {event}\n\n", event["type"].as_str().unwrap())
+        })
+        .collect();
     ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
 }
 

@@ -81,3 +81,39 @@ async fn routed_tool_requests_stay_local_when_the_model_calls_tools() {
         "{arguments}"
     );
 }
+
+/// The Responses API through the SDK: answered by the tiny Qwen3.5 (plain,
+/// streamed, a function call and its round trip, structured output,
+/// reasoning), relayed from a remote backend.
+#[test]
+fn the_responses_api_through_the_openai_sdk_local_and_remote() {
+    let double = switchyard_e2e::CloudDouble::start();
+    let policy = policy().replace(
+        "routing:\n",
+        &format!(
+            "  remote:
+    - name: echo
+      base_url: {}
+      api_key_env: DOUBLE_API_KEY
+      model: echo
+      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
+routing:
+  remote_backends: [echo]
+",
+            double.base_url()
+        ),
+    );
+    let daemon = Daemon::start(&policy, &[("DOUBLE_API_KEY", switchyard_e2e::DOUBLE_API_KEY)]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/responses_check.py");
+    let url = daemon.url("/v1");
+    python_says_ok(
+        &daemon,
+        &[script.as_os_str(), url.as_ref(), "qwen3-5".as_ref(), "echo".as_ref()],
+    );
+    let remote: Vec<_> = double
+        .passed()
+        .into_iter()
+        .filter(|c| c.path == "/v1/responses")
+        .collect();
+    assert_eq!(remote.len(), 2, "the remote calls went to /responses");
+}

@@ -256,8 +256,12 @@ impl RemoteBackend {
             ));
         }
 
-        let strip_usage = request.stream && !request.include_usage;
-        let mut body = request.body.clone();
+        // A Responses request goes to `/responses` as the client sent it (its
+        // stream's last event carries the usage); a legacy completion to
+        // `/completions`; chat asks for the usage chunk.
+        let responses = request.responses.as_ref().map(|r| &r.original);
+        let strip_usage = request.stream && !request.include_usage && responses.is_none();
+        let mut body = responses.unwrap_or(&request.body).clone();
         body.insert("model".into(), Value::String(self.model.clone()));
         if strip_usage {
             body.insert("stream_options".into(), serde_json::json!({ "include_usage": true }));
@@ -266,11 +270,13 @@ impl RemoteBackend {
 
         let started = Instant::now();
         let deadline = started + self.timeouts.total();
-        // A legacy completion goes to the legacy endpoint, as the client sent it.
-        let legacy_url;
-        let url = if request.legacy.is_some() {
-            legacy_url = format!("{}/completions", self.base_url);
-            &legacy_url
+        let other_url;
+        let url = if responses.is_some() {
+            other_url = format!("{}/responses", self.base_url);
+            &other_url
+        } else if request.legacy.is_some() {
+            other_url = format!("{}/completions", self.base_url);
+            &other_url
         } else {
             &self.url
         };
@@ -300,10 +306,13 @@ impl RemoteBackend {
             let body = self.read_body(response, deadline, MAX_COMPLETION_BYTES).await?;
             let parsed: Value = serde_json::from_slice(&body)
                 .map_err(|err| self.invalid(format!("the completion is not JSON ({err})")))?;
-            if !parsed.get("choices").is_some_and(Value::is_array) {
-                return Err(self.invalid("the completion has no `choices` array".into()));
+            let (items, usage) = match responses {
+                Some(_) => ("output", Usage::from_response(&parsed)),
+                None => ("choices", Usage::from_value(&parsed)),
+            };
+            if !parsed.get(items).is_some_and(Value::is_array) {
+                return Err(self.invalid(format!("the answer has no `{items}` array")));
             }
-            let usage = Usage::from_value(&parsed);
             self.log_usage(request_id, "complete", usage, started);
             return Ok(ChatReply::Relayed(Relayed::Complete {
                 body,
@@ -330,6 +339,7 @@ impl RemoteBackend {
             answered: false,
             failure: None,
             strip_usage,
+            responses: responses.is_some(),
             usage: None,
             usage_cell: usage_cell.clone(),
             idle: self.timeouts.idle(),
@@ -591,6 +601,9 @@ struct RelayState {
     answered: bool,
     failure: Option<BackendError>,
     strip_usage: bool,
+    /// A Responses stream: events named by their `type`, ending with the
+    /// response's last event (no `[DONE]`).
+    responses: bool,
     usage: Option<Usage>,
     usage_cell: UsageCell,
     idle: Duration,
@@ -687,7 +700,51 @@ impl RelayState {
         }
     }
 
+    /// One event of a Responses stream, relayed with its `event:` name; its
+    /// terminal event carries the usage and ends the stream.
+    fn relay_response_event(&mut self, data: String) {
+        let event: Value = match serde_json::from_str(&data) {
+            Ok(event @ Value::Object(_)) => event,
+            _ => {
+                return self.fail(BackendError::UpstreamInvalid {
+                    backend: self.backend.clone(),
+                    detail: "an event is not a JSON object".into(),
+                });
+            }
+        };
+        let Some(kind) = event["type"].as_str() else {
+            return self.fail(BackendError::UpstreamInvalid {
+                backend: self.backend.clone(),
+                detail: "an event has no `type`".into(),
+            });
+        };
+        if kind == "error" {
+            let error = UpstreamError::from_body(
+                &self.backend,
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({ "error": event }).to_string().as_bytes(),
+                None,
+                self.secret.as_deref(),
+            );
+            return self.fail(BackendError::Upstream(Box::new(error)));
+        }
+        self.answered = true;
+        let terminal = matches!(kind, "response.completed" | "response.incomplete" | "response.failed");
+        if let Some(usage) = Usage::from_response(&event["response"]) {
+            self.usage = Some(usage);
+            *self.usage_cell.lock().expect("usage cell") = Some(usage);
+        }
+        self.pending
+            .push_back(Ok(Bytes::from(format!("event: {kind}\ndata: {data}\n\n"))));
+        if terminal {
+            self.finish("complete");
+        }
+    }
+
     fn relay_data(&mut self, data: String) {
+        if self.responses {
+            return self.relay_response_event(data);
+        }
         if data == sse::DONE {
             if !self.answered {
                 return self.fail(BackendError::UpstreamInvalid {

@@ -1,6 +1,7 @@
-//! `POST /v1/chat/completions`: read the body within its limit, validate it,
-//! decide where it goes (`routing`), have it answered (`ladder`), and send
-//! the outcome as `openai` writes it.
+//! `POST /v1/chat/completions`, and the endpoints answered as chat is
+//! (`/v1/completions`, `/v1/responses`: see [`Api`]): read the body within its
+//! limit, validate it, decide where it goes (`routing`), have it answered
+//! (`ladder`), and send the outcome as `openai` writes it.
 
 use std::sync::Arc;
 
@@ -29,28 +30,51 @@ use crate::outcome::Tier;
 use crate::policy::Price;
 use crate::routing::{self, Decision};
 
-pub async fn chat_completions(
-    State(state): State<Arc<AppState>>,
-    Extension(RequestId(request_id)): Extension<RequestId>,
-    caller: Option<Extension<Caller>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    answer(state, request_id, caller, headers, body, ChatRequest::parse).await
+/// An endpoint answered as chat is: how its body becomes a [`ChatRequest`].
+/// Written for its client by `openai::completion`, by the request's API.
+pub trait Api {
+    fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError>;
 }
 
-/// `POST /v1/completions` (legacy text completions): routed and answered as
-/// chat is, the prompt read as one user turn; a local model continues the
-/// prompt as written (no chat template), a remote one gets the request at its
-/// own `/completions`.
-pub async fn completions(
+/// `POST /v1/chat/completions`.
+pub struct Chat;
+
+/// `POST /v1/completions` (legacy text completions): the prompt read as one
+/// user turn; a local model continues it as written (no chat template), a
+/// remote one gets the request at its own `/completions`.
+pub struct Legacy;
+
+/// `POST /v1/responses` (the Responses API): the chat request it amounts
+/// to; a local answer is written as a Responses object or event stream, a
+/// remote backend gets the request at its own `/responses`.
+pub struct Responses;
+
+impl Api for Chat {
+    fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse(bytes)
+    }
+}
+
+impl Api for Legacy {
+    fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse_completion(bytes)
+    }
+}
+
+impl Api for Responses {
+    fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        ChatRequest::parse_responses(bytes)
+    }
+}
+
+pub async fn handle<A: Api>(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    answer(state, request_id, caller, headers, body, ChatRequest::parse_completion).await
+    answer(state, request_id, caller, headers, body, A::parse).await
 }
 
 /// How a request's body becomes a [`ChatRequest`].

@@ -49,8 +49,9 @@ pub struct RequestId(pub Arc<str>);
 
 pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
-        .route("/v1/chat/completions", post(chat::chat_completions))
-        .route("/v1/completions", post(chat::completions))
+        .route("/v1/chat/completions", post(chat::handle::<chat::Chat>))
+        .route("/v1/completions", post(chat::handle::<chat::Legacy>))
+        .route("/v1/responses", post(chat::handle::<chat::Responses>))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         // Every other endpoint of the API goes to a remote backend as it is.

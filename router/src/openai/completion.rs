@@ -18,6 +18,7 @@ use switchyard_engine::sampling::SampledToken;
 
 use super::error::ApiError;
 use super::request::{ChatRequest, LegacyPrompt};
+use super::responses::{self, ResponseWriter};
 use super::sse;
 use crate::reply::{ChatReply, Event, Finished, LocalAnswer, LocalEvents, Relayed, Usage, UsageCell};
 
@@ -73,10 +74,76 @@ pub fn write(reply: ChatReply, request: &ChatRequest) -> Written {
             headers,
             usage,
         },
-        ChatReply::Local(answer) => match &request.legacy {
-            Some(legacy) => write_legacy(answer, legacy, request.include_usage),
-            None => write_local(answer, Asked::of(request)),
+        ChatReply::Local(answer) => match (&request.legacy, &request.responses) {
+            (Some(legacy), _) => write_legacy(answer, legacy, request.include_usage),
+            (None, Some(responses)) => write_responses(answer, &responses.original),
+            (None, None) => write_local(answer, Asked::of(request)),
         },
+    }
+}
+
+/// A local answer to a Responses request, as the Responses API writes it
+/// (see [`ResponseWriter`]).
+fn write_responses(answer: LocalAnswer, original: &serde_json::Map<String, Value>) -> Written {
+    let mut writer = ResponseWriter::new(&answer.model, original);
+    let usage_of = |finished: &Finished| {
+        responses::usage(
+            finished.usage.prompt_tokens,
+            finished.usage.completion_tokens,
+            finished.cached_tokens,
+            finished.reasoning_tokens,
+        )
+    };
+    let incomplete = |finished: &Finished| Finish::of(finished).reason == "length";
+    match answer.events {
+        LocalEvents::Whole { events, finished } => {
+            for event in events {
+                match event {
+                    Event::Reasoning { text, .. } => drop(writer.reasoning(&text)),
+                    Event::Content { text, .. } => drop(writer.text(&text)),
+                    Event::ToolCall { id, name, .. } => drop(writer.call(&id, &name)),
+                    Event::ToolArguments { index, text, .. } => drop(writer.arguments(index, &text)),
+                    Event::Finished(_) | Event::Failed(_) => {}
+                }
+            }
+            let body = writer.whole(usage_of(&finished), incomplete(&finished));
+            Written::local_whole(&body, &finished)
+        }
+        LocalEvents::Stream(events) => {
+            let usage = UsageCell::default();
+            let filled = usage.clone();
+            let start = Bytes::from(writer.start());
+            let chunks = events
+                .scan((false, writer), move |(done, writer), event| {
+                    if *done {
+                        return std::future::ready(None);
+                    }
+                    let text = match event {
+                        Event::Reasoning { text, .. } => writer.reasoning(&text),
+                        Event::Content { text, .. } => writer.text(&text),
+                        Event::ToolCall { id, name, .. } => writer.call(&id, &name),
+                        Event::ToolArguments { index, text, .. } => writer.arguments(index, &text),
+                        Event::Finished(finished) => {
+                            *done = true;
+                            *filled.lock().expect("usage cell") = Some(finished.usage);
+                            writer.finish(usage_of(&finished), incomplete(&finished))
+                        }
+                        Event::Failed(err) => {
+                            *done = true;
+                            writer.error(&ApiError::from(err).to_json()["error"])
+                        }
+                    };
+                    std::future::ready(Some(Bytes::from(text)))
+                })
+                .filter(|bytes| std::future::ready(!bytes.is_empty()));
+            Written::Stream {
+                events: futures_util::stream::once(std::future::ready(start))
+                    .chain(chunks)
+                    .boxed(),
+                headers: HeaderMap::new(),
+                usage,
+            }
+        }
     }
 }
 

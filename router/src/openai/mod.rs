@@ -4,5 +4,6 @@ pub mod completion;
 pub mod error;
 pub mod json;
 pub mod request;
+pub mod responses;
 pub mod sse;
 pub mod structured;

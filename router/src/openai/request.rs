@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::json;
+use super::responses::ResponsesRequest;
 use super::structured::{OutputFormat, ToolsAsked};
 
 /// No model anywhere accepts more output tokens than this; a larger `max_tokens`
@@ -43,6 +44,8 @@ pub struct ChatRequest {
     pub format: OutputFormat,
     /// A legacy completion's prompt (`/v1/completions`); `None` for chat.
     pub legacy: Option<LegacyPrompt>,
+    /// A Responses request as sent (`/v1/responses`); `None` for chat.
+    pub responses: Option<ResponsesRequest>,
     /// Whether a local model should reason before answering: asked by the
     /// client with `reasoning_effort` (anything but `none`/`minimal`), or set by
     /// the router for the `local-reasoning` tier; ignored by a local backend
@@ -157,6 +160,29 @@ impl ChatRequest {
         ChatRequest::from_object(json_object(bytes)?)
     }
 
+    /// A Responses API request (`/v1/responses`), read as the chat request it
+    /// amounts to (see [`super::responses`]); the original is kept for a
+    /// remote backend.
+    pub fn parse_responses(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
+        let original = json_object(bytes)?;
+        let (chat, unservable_locally) = super::responses::to_chat(&original)?;
+        let mut request = ChatRequest::from_object(chat)?;
+        request.responses = Some(ResponsesRequest {
+            original,
+            unservable_locally,
+        });
+        Ok(request)
+    }
+
+    /// What a local model cannot serve of this request's own API (legacy
+    /// completions, Responses), as the param to name.
+    pub fn unservable_locally(&self) -> Option<&'static str> {
+        self.legacy
+            .as_ref()
+            .and_then(|l| l.unservable_locally)
+            .or(self.responses.as_ref().and_then(|r| r.unservable_locally))
+    }
+
     fn from_object(body: Map<String, Value>) -> Result<ChatRequest, ApiError> {
         let model = match body.get("model") {
             Some(Value::String(model)) if !model.is_empty() => model.clone(),
@@ -252,6 +278,7 @@ impl ChatRequest {
             format,
             reasoning,
             legacy: None,
+            responses: None,
         })
     }
 

@@ -271,7 +271,7 @@ impl LocalBackend {
         }
         if UNSUPPORTED_FIELDS.iter().any(|f| request.uses(f))
             || request.sampling.n.is_some_and(|n| n != 1)
-            || request.legacy.as_ref().is_some_and(|l| l.unservable_locally.is_some())
+            || request.unservable_locally().is_some()
         {
             return Err(Ineligible::Fields);
         }

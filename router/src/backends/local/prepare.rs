@@ -69,10 +69,15 @@ impl LocalBackend {
                 ),
             });
         }
-        if let Some(param) = request.legacy.as_ref().and_then(|l| l.unservable_locally) {
+        if let Some(param) = request.unservable_locally() {
+            let what = if request.legacy.is_some() {
+                "it completes one text prompt, without a list of several prompts, token ids, 'suffix', 'best_of' over 1, or 'echo' with 'logprobs'"
+            } else {
+                "it keeps no responses or conversations ('previous_response_id', 'conversation', 'background', 'prompt'), and calls function tools only"
+            };
             return Err(BackendError::rejected(
                 format!(
-                    "Backend `{}` is a local model: it completes one text prompt, without '{param}' (a list of several prompts, token ids, 'suffix', 'best_of' over 1, 'echo' with 'logprobs').",
+                    "Backend `{}` is a local model: {what}; it cannot serve '{param}'.",
                     self.name
                 ),
                 param,
