@@ -449,11 +449,22 @@ impl Engine {
 
     /// Queues a job, or refuses it at once when `queue_capacity` jobs already wait.
     pub fn submit(&self, job: Job) -> Result<(), EngineBusy> {
+        self.enqueue(Queued::Generate(job))
+    }
+
+    /// Queues a batch of embeddings behind the waiting jobs, or refuses it
+    /// at once when `queue_capacity` jobs already wait. Inputs must be
+    /// non-empty and fit the context window.
+    pub fn submit_embeddings(&self, job: EmbedJob) -> Result<(), EngineBusy> {
+        self.enqueue(Queued::Embed(job))
+    }
+
+    fn enqueue(&self, item: Queued) -> Result<(), EngineBusy> {
         let mut state = self.queue.state.lock().expect("engine queue");
         if state.waiting.len() >= self.queue_capacity {
             return Err(EngineBusy);
         }
-        state.waiting.push_back(job);
+        state.waiting.push_back(item);
         self.queue.ready.notify_one();
         Ok(())
     }
@@ -590,7 +601,10 @@ impl Worker {
                     if let Some(paused) = paused {
                         paused.others_served = true;
                     }
-                    self.start(job);
+                    match job {
+                        Queued::Generate(job) => self.start(job),
+                        Queued::Embed(job) => self.embed(job),
+                    }
                 }
                 (None, Some(_)) => {
                     let paused = self.paused.take().expect("matched above");
@@ -611,6 +625,19 @@ impl Worker {
         let mut slot = self.take_slot(&job.request.prompt_tokens);
         self.serve(job, &mut slot, 0, Duration::ZERO);
         self.give_back(slot);
+    }
+
+    /// Computes a batch of embeddings, each input on a cache of its own
+    /// (the kept conversations' states are not touched).
+    fn embed(&mut self, job: EmbedJob) {
+        let model = &self.model;
+        let embeddings = self.pool.install(|| {
+            job.inputs
+                .iter()
+                .map(|tokens| model.model.embed(tokens, &model.device))
+                .collect()
+        });
+        (job.reply)(embeddings);
     }
 
     /// Goes on with a paused prefill, on its own KV cache.
@@ -720,15 +747,38 @@ struct Queue {
 #[derive(Default)]
 struct QueueState {
     continuations: VecDeque<Job>,
-    waiting: VecDeque<Job>,
+    waiting: VecDeque<Queued>,
     closed: bool,
+}
+
+/// What waits for the worker: a generation, or embeddings to compute.
+// A handful wait at a time (the queue's capacity): boxing would cost an
+// allocation per request for nothing.
+#[allow(clippy::large_enum_variant)]
+enum Queued {
+    Generate(Job),
+    Embed(EmbedJob),
+}
+
+/// Inputs to embed, and where their embeddings go (one per input, in order).
+pub struct EmbedJob {
+    pub inputs: Vec<Vec<u32>>,
+    pub reply: Box<dyn FnOnce(Vec<Vec<f32>>) + Send>,
+}
+
+impl QueueState {
+    fn pop(&mut self) -> Option<Queued> {
+        self.continuations
+            .pop_front()
+            .map(Queued::Generate)
+            .or_else(|| self.waiting.pop_front())
+    }
 }
 
 impl Queue {
     /// The next job to run, if one waits now.
-    fn try_next(&self) -> Option<Job> {
-        let mut state = self.queue_lock();
-        state.continuations.pop_front().or_else(|| state.waiting.pop_front())
+    fn try_next(&self) -> Option<Queued> {
+        self.queue_lock().pop()
     }
 
     /// Whether a job waits.
@@ -738,10 +788,10 @@ impl Queue {
     }
 
     /// The next job to run; `None` once the engine is dropped and nothing is left.
-    fn next(&self) -> Option<Job> {
+    fn next(&self) -> Option<Queued> {
         let mut state = self.queue_lock();
         loop {
-            if let Some(job) = state.continuations.pop_front().or_else(|| state.waiting.pop_front()) {
+            if let Some(job) = state.pop() {
                 return Some(job);
             }
             if state.closed {

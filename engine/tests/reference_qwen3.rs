@@ -320,3 +320,36 @@ fn llama_cpp_agrees_on_the_gguf_file() {
         }
     }
 }
+
+/// Last-token pooling (Qwen3-Embedding's): the embedding of the fixture's
+/// length-7 sequence is transformers' final-norm output at its last position
+/// (`debug_len7.hidden_states.final_norm`), L2-normalised. The half-precision
+/// KV cache moves it a little (measured below); a wrong position, a missing
+/// norm or no normalisation moves it by far more (checked).
+#[test]
+fn embeddings_are_the_last_positions_final_norm_output_normalised() {
+    let (model, device) = model();
+    let debug = &expected()["debug_len7"];
+    let tokens = ids(&debug["input_ids"]);
+    let rows = rows(&debug["hidden_states"]["final_norm"]);
+    let normalise = |row: &[f32]| {
+        let norm = row.iter().map(|x| x * x).sum::<f32>().sqrt();
+        row.iter().map(|x| x / norm).collect::<Vec<f32>>()
+    };
+    let reference = normalise(rows.last().unwrap());
+    let embedding = model.embed(&tokens, &device);
+    assert_eq!(embedding.len(), reference.len());
+    let diff = max_diff(&embedding, &reference);
+    eprintln!("embedding vs transformers: max |diff| {diff:.2e}");
+    assert!(diff < EMBEDDING_TOLERANCE, "max |diff| {diff}");
+    // What the check tells apart: the position before the last, and the
+    // unnormalised vector, are far off.
+    assert!(max_diff(&normalise(&rows[rows.len() - 2]), &embedding) > 100.0 * EMBEDDING_TOLERANCE);
+    assert!(max_diff(rows.last().unwrap(), &embedding) > 100.0 * EMBEDDING_TOLERANCE);
+    // A prefix's embedding is its own last position, on a cache of its own.
+    let prefix = model.embed(&tokens[..4], &device);
+    assert!(max_diff(&prefix, &normalise(&rows[3])) < EMBEDDING_TOLERANCE);
+}
+
+/// Max abs difference of a normalised embedding from transformers' (measured 1.7e-4).
+const EMBEDDING_TOLERANCE: f32 = 2e-3;

@@ -107,6 +107,7 @@ pub fn router(state: Arc<DoubleState>) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(legacy_completion))
         .route("/v1/responses", post(responses))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/files", post(upload_file))
         .route("/v1/files/{id}/content", get(file_content))
         .route("/v1/audio/transcriptions", post(transcribe))
@@ -565,14 +566,7 @@ async fn responses(State(state): State<Arc<DoubleState>>, headers: HeaderMap, bo
                 parts => parts[0]["text"].as_str().unwrap_or("").to_string(),
             })
             .unwrap_or_default(),
-        _ => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "Missing required parameter: 'input'.",
-                "invalid_request_error",
-                None,
-            );
-        }
+        _ => return missing("input"),
     };
     let text = format!("Echo: {input}");
     let words: Vec<String> = text.split_inclusive(' ').map(str::to_string).collect();
@@ -618,6 +612,53 @@ async fn responses(State(state): State<Arc<DoubleState>>, headers: HeaderMap, bo
         })
         .collect();
     ([(header::CONTENT_TYPE, "text/event-stream")], sse).into_response()
+}
+
+/// Embeddings: for each input, 4 numbers from its length (a string's
+/// characters), float or base64 as asked.
+async fn embeddings(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: Bytes) -> Response {
+    record_passed(&state, "/v1/embeddings", &headers);
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return not_json();
+    };
+    let inputs: Vec<usize> = match &body["input"] {
+        Value::String(text) => vec![text.chars().count()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().map_or(1, |t| t.chars().count()))
+            .collect(),
+        _ => return missing("input"),
+    };
+    let base64 = body["encoding_format"] == "base64";
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, &n)| {
+            let vector = [n as f32, 1.0, 0.5, -0.25];
+            let embedding = if base64 {
+                use base64::Engine as _;
+                let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+                json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                json!(vector)
+            };
+            json!({ "object": "embedding", "index": index, "embedding": embedding })
+        })
+        .collect();
+    let tokens: usize = inputs.iter().sum();
+    axum::Json(json!({ "object": "list", "data": data, "model": body["model"],
+                       "usage": { "prompt_tokens": tokens, "total_tokens": tokens } }))
+    .into_response()
+}
+
+/// OpenAI's 400 for a missing parameter.
+fn missing(param: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        &format!("Missing required parameter: '{param}'."),
+        "invalid_request_error",
+        None,
+    )
 }
 
 /// OpenAI's 400 for a body that is not JSON.

@@ -63,18 +63,27 @@ pub fn local_and_echo_policy(double_url: &str, local: &[&str], routing: &[&str],
       model_path: {model}
       threads: 2
 {local}  remote:
-    - name: echo
-      base_url: {double_url}
-      api_key_env: DOUBLE_API_KEY
-      model: echo
-      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
-routing:
+{remote}routing:
   local_backend: smollm2
   remote_backends: [echo]
 {routing}{extra}",
         model = default_model().display(),
         local = indented(local, "      "),
+        remote = echo_remote(double_url),
         routing = indented(routing, "  "),
+    )
+}
+
+/// A policy's remote backend `echo` on the double at `double_url` (for a
+/// `backends:` section's `remote:` list, indented as one).
+pub fn echo_remote(double_url: &str) -> String {
+    format!(
+        "    - name: echo
+      base_url: {double_url}
+      api_key_env: DOUBLE_API_KEY
+      model: echo
+      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
+"
     )
 }
 

@@ -91,16 +91,8 @@ fn the_responses_api_through_the_openai_sdk_local_and_remote() {
     let policy = policy().replace(
         "routing:\n",
         &format!(
-            "  remote:
-    - name: echo
-      base_url: {}
-      api_key_env: DOUBLE_API_KEY
-      model: echo
-      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
-routing:
-  remote_backends: [echo]
-",
-            double.base_url()
+            "  remote:\n{}routing:\n  remote_backends: [echo]\n",
+            switchyard_e2e::echo_remote(&double.base_url())
         ),
     );
     let daemon = Daemon::start(&policy, &[("DOUBLE_API_KEY", switchyard_e2e::DOUBLE_API_KEY)]);

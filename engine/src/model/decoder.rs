@@ -304,7 +304,7 @@ pub struct Decoder {
     pub config: DecoderConfig,
     embedding: QLinear,
     layers: Vec<Layer>,
-    output_norm: Tensor<1>,
+    pub(super) output_norm: Tensor<1>,
     /// `None`: tied to the embedding table.
     output: Option<QLinear>,
 }

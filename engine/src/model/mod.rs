@@ -203,6 +203,40 @@ impl Model {
         }
     }
 
+    /// The final norm's output of hidden states `[n, d]` (what the output
+    /// head reads), `n` rows of `d`.
+    fn final_hidden(&self, hidden: Tensor<2>) -> Vec<f32> {
+        let (norm, eps) = match self {
+            Model::Decoder(m) => (&m.output_norm, m.config.rms_eps),
+            Model::Qwen35(m) => (&m.output_norm, m.config.rms_eps),
+        };
+        crate::ops::rms_norm(hidden, norm, eps)
+            .into_data()
+            .try_into_vec::<f32>()
+            .expect("hidden states are f32")
+    }
+
+    /// The embedding of `tokens` (a sequence of its own, run on a cache of
+    /// its own): the final norm's output at the last position, L2-normalised.
+    /// This is last-token pooling, as Qwen3-Embedding pools (its tokenizer
+    /// ends each input with `<|endoftext|>`).
+    pub fn embed(&self, tokens: &[u32], device: &Device) -> Vec<f32> {
+        assert!(!tokens.is_empty(), "an embedding reads at least one token");
+        let mut cache = self.new_cache(tokens.len(), device);
+        let mut last = None;
+        for part in tokens.chunks(Self::PREFILL_CHUNK) {
+            let hidden = self.forward_every(part, &mut cache);
+            let [s, d] = hidden.dims();
+            last = Some(hidden.slice([s - 1..s, 0..d]));
+        }
+        let mut pooled = self.final_hidden(last.expect("at least one chunk"));
+        let norm = pooled.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
+        if norm > 0.0 {
+            pooled.iter_mut().for_each(|x| *x = (f64::from(*x) / norm) as f32);
+        }
+        pooled
+    }
+
     /// Runs `tokens` at the cache's next positions; returns the logits of the last one.
     ///
     /// A long prompt runs in chunks of at most [`Model::PREFILL_CHUNK`] positions:

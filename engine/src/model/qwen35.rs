@@ -349,7 +349,7 @@ pub struct Qwen35 {
     pub config: Qwen35Config,
     embedding: QLinear,
     layers: Vec<Layer>,
-    output_norm: Tensor<1>,
+    pub(super) output_norm: Tensor<1>,
     output: Option<QLinear>,
     /// Per-layer and top-level f32 values (norms, conv, decay), for the parameter count.
     vector_parameters: usize,

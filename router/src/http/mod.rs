@@ -6,6 +6,7 @@
 //! that answered, or `switchyard` when the proxy answered by itself).
 
 mod chat;
+mod embeddings;
 pub mod headers;
 mod health;
 mod models;
@@ -52,6 +53,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat::handle::<chat::Chat>))
         .route("/v1/completions", post(chat::handle::<chat::Legacy>))
         .route("/v1/responses", post(chat::handle::<chat::Responses>))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(models::list))
         .route("/v1/models/{*model}", get(models::retrieve))
         // Every other endpoint of the API goes to a remote backend as it is.

@@ -40,7 +40,7 @@ const RELAYED_RESPONSE_HEADERS: &[&str] = &[
     "retry-after",
 ];
 
-pub async fn forward(
+pub(super) async fn forward(
     State(state): State<Arc<AppState>>,
     Extension(RequestId(request_id)): Extension<RequestId>,
     request: Request,

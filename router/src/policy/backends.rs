@@ -65,6 +65,11 @@ pub struct LocalBackendConfig {
     /// plainly, tier `local`, and a weak local answer climbs straight to remote.
     #[serde(default = "default_reasoning")]
     pub reasoning: bool,
+    /// Whether this model serves `/v1/embeddings` (an embedding model such as
+    /// Qwen3-Embedding: the final hidden state at the input's last token,
+    /// normalised). A model named for embeddings without it is refused.
+    #[serde(default)]
+    pub embeddings: bool,
     /// Sampling for requests that leave a parameter out. OpenAI's own defaults
     /// (temperature 1, top_p 1) suit large models; small ones do better with the
     /// values their authors publish, which a checkpoint's

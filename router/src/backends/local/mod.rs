@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_engine::constraint::Grammar;
-use switchyard_engine::engine::{Engine, LoadOptions, LocalModel};
+use switchyard_engine::engine::{EmbedJob, Engine, LoadOptions, LocalModel};
 use switchyard_engine::generate::GenerateError;
 use switchyard_engine::model::ModelInfo;
 use switchyard_engine::sampling::ModeHints;
@@ -47,6 +47,13 @@ use crate::openai::structured::ToolChoice;
 use crate::outcome::{BackendError, Ineligible};
 use crate::policy::{LocalBackendConfig, SamplingBase};
 use crate::reply::ChatReply;
+
+/// One input of an embeddings request.
+#[derive(Debug, Clone)]
+pub enum EmbeddingInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
 use driver::{Driver, InFlight, Update, busy, engine_stopped, generation_error, submit};
 pub use driver::{Generation, QueueWait};
 use prepare::fewest_prompt_tokens;
@@ -90,6 +97,8 @@ pub struct LocalBackend {
     /// Whether the model serves the `local-reasoning` tier (a client's
     /// `reasoning_effort` is ignored when it does not).
     reasons: bool,
+    /// Whether the model serves `/v1/embeddings`.
+    embeds: bool,
     /// How long a request may wait for its turn before it counts as busy.
     max_queue_wait: Option<Duration>,
     /// Answers being generated or waiting (for metrics).
@@ -174,6 +183,7 @@ impl LocalBackend {
             thinking_sampling: config.thinking_sampling.or(&config.sampling).over(&hints.thinking),
             reasoning_max_tokens: config.reasoning_max_tokens(),
             reasons: config.reasoning,
+            embeds: config.embeddings,
             max_queue_wait: config.max_queue_wait(),
             in_flight: Arc::default(),
             info,
@@ -185,7 +195,7 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}",
             config.name(),
             policy_dir.join(config.model_path()).display(),
             config.quant(),
@@ -199,12 +209,84 @@ impl LocalBackend {
             config.reasoning_max_tokens(),
             config.reasoning,
             config.state_cache_bytes(),
+            config.embeddings,
         )
     }
 
     /// Whether this model serves the `local-reasoning` tier.
     pub fn reasons(&self) -> bool {
         self.reasons
+    }
+
+    /// Whether this model serves `/v1/embeddings`.
+    pub fn embeds(&self) -> bool {
+        self.embeds
+    }
+
+    /// The embeddings of `inputs` (text, or token ids), one per input, in
+    /// order, and the tokens they read. An input longer than the context
+    /// window is a 400 naming it; a full queue is a 429.
+    pub async fn embed(&self, inputs: Vec<EmbeddingInput>) -> Result<(Vec<Vec<f32>>, u64), BackendError> {
+        let engine = self.engine()?.clone();
+        let context = engine.context_length();
+        let vocab = engine.tokenizer().vocab_size() as u32;
+        let tokenized = tokio::task::spawn_blocking({
+            let engine = engine.clone();
+            move || {
+                inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, input)| {
+                        let tokens = match input {
+                            EmbeddingInput::Text(text) => engine
+                                .tokenizer()
+                                .encode(&text, true)
+                                .map_err(|err| BackendError::rejected(format!("Cannot tokenize input {i}: {err}"), "input"))?,
+                            EmbeddingInput::Tokens(tokens) => tokens,
+                        };
+                        if tokens.is_empty() {
+                            return Err(BackendError::rejected(format!("Input {i} is empty."), "input"));
+                        }
+                        if let Some(bad) = tokens.iter().find(|&&t| t >= vocab) {
+                            return Err(BackendError::rejected(
+                                format!("Input {i} holds token id {bad}, past the model's vocabulary of {vocab}."),
+                                "input",
+                            ));
+                        }
+                        if tokens.len() > context {
+                            return Err(BackendError::ContextLengthExceeded {
+                                message: format!(
+                                    "This model's maximum context length is {context} tokens. However, input {i} is {} tokens.",
+                                    tokens.len()
+                                ),
+                            });
+                        }
+                        Ok(tokens)
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            }
+        })
+        .await
+        .map_err(|err| BackendError::Unavailable {
+            backend: self.name.clone(),
+            reason: format!("preparing the inputs failed: {err}"),
+        })??;
+        let tokens: u64 = tokenized.iter().map(|t| t.len() as u64).sum();
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let job = EmbedJob {
+            inputs: tokenized,
+            reply: Box::new(move |embeddings| {
+                let _ = sender.send(embeddings);
+            }),
+        };
+        engine.submit_embeddings(job).map_err(|_| {
+            busy(
+                &self.name,
+                format!("{} requests are already waiting", engine.queue_capacity()),
+            )
+        })?;
+        let embeddings = receiver.await.map_err(|_| engine_stopped(&self.name))?;
+        Ok((embeddings, tokens))
     }
 
     /// Whether a model that thinks natively thinks for `request`: as its
