@@ -25,6 +25,11 @@ if ! .venv/bin/python -c 'import openai' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi
 
+# The official openai Node SDK, for the Node client test (pinned in tests/node).
+if [ ! -d tests/node/node_modules/openai ]; then
+  npm ci --prefix tests/node --no-audit --no-fund --silent
+fi
+
 # The embedded default model, for the engine's reference tests and the daemon's
 # local backend (a no-op when it is already there and verified).
 scripts/fetch-default-model.sh >/dev/null

@@ -101,3 +101,51 @@ fn legacy_completions_through_the_openai_sdk_local_and_remote() {
         .collect();
     assert_eq!(legacy.len(), 2, "the remote calls went to /completions");
 }
+
+/// The official openai Node SDK (tests/node, installed by tests/run.sh),
+/// unchanged: chat, the Responses API, legacy completions, local embeddings,
+/// files and audio through the pass-through.
+#[test]
+fn the_openai_node_sdk_works_through_the_daemon() {
+    let double = CloudDouble::start();
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/qwen");
+    let policy = format!(
+        "backends:
+  local:
+    - name: qwen
+      model_path: {}
+      quant: none
+      threads: 2
+      context_length: 2048
+    - name: embed
+      model_path: {}
+      threads: 2
+      embeddings: true
+  remote:
+{}routing:
+  local_backend: qwen
+  remote_backends: [echo]
+",
+        fixtures.join("qwen3_thinking").display(),
+        fixtures.join("qwen3.gguf").display(),
+        switchyard_e2e::echo_remote(&double.base_url())
+    );
+    let daemon = Daemon::start(&policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    let node = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    assert!(
+        node.join("node_modules/openai").exists(),
+        "tests/node/node_modules is missing: run tests/run.sh (it runs npm ci there)"
+    );
+    let output = Command::new("node")
+        .arg(node.join("check.mjs"))
+        .args([daemon.url("/v1").as_str(), "qwen", "embed", "echo"])
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "stdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        daemon.log()
+    );
+}

@@ -1,0 +1,73 @@
+// The official openai Node SDK, unchanged, against a running Switchyard:
+// chat, the Responses API (plain, streamed, a function tool), legacy
+// completions, embeddings (local, base64 as the SDK asks by default), and
+// files and audio through the pass-through.
+//
+// Usage: node check.mjs BASE_URL LOCAL_MODEL EMBEDDING_MODEL REMOTE_MODEL
+// Prints "ok" when every check holds.
+
+import assert from "node:assert/strict";
+import OpenAI, { toFile } from "openai";
+
+const [baseURL, local, embed, remote] = process.argv.slice(2);
+const client = new OpenAI({ baseURL, apiKey: "unused", maxRetries: 0, timeout: 120_000 });
+
+const chat = await client.chat.completions.create({
+  model: local, messages: [{ role: "user", content: "Hi" }], max_tokens: 6, temperature: 0,
+});
+assert.equal(chat.object, "chat.completion");
+assert.equal(typeof chat.choices[0].message.content, "string");
+let streamed = "";
+for await (const chunk of await client.chat.completions.create({
+  model: local, messages: [{ role: "user", content: "Hi" }], max_tokens: 6, temperature: 0, stream: true,
+})) {
+  streamed += chunk.choices[0]?.delta?.content ?? "";
+}
+assert.equal(streamed, chat.choices[0].message.content);
+
+const response = await client.responses.create({ model: local, input: "Hi", max_output_tokens: 6, temperature: 0 });
+assert.equal(response.object, "response");
+assert.equal(typeof response.output_text, "string");
+const events = [];
+for await (const event of await client.responses.create({ model: local, input: "Hi", max_output_tokens: 6, temperature: 0, stream: true })) {
+  events.push(event);
+}
+assert.equal(events[0].type, "response.created");
+const deltas = events.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join("");
+assert.equal(deltas, response.output_text);
+
+const tool = {
+  type: "function", name: "get_weather", strict: true,
+  parameters: { type: "object", properties: { city: { type: "string", maxLength: 12 } }, required: ["city"], additionalProperties: false },
+};
+const called = await client.responses.create({
+  model: local, input: "Weather in Lima?", tools: [tool], tool_choice: { type: "function", name: "get_weather" },
+  temperature: 1, max_output_tokens: 300,
+});
+const call = called.output.find((item) => item.type === "function_call");
+assert.equal(call.name, "get_weather");
+assert.ok(JSON.parse(call.arguments).city.length <= 12);
+
+const legacy = await client.completions.create({ model: remote, prompt: "hello there" });
+assert.equal(legacy.choices[0].text, " Echo: hello there");
+
+const embedded = await client.embeddings.create({ model: embed, input: ["a b", "c"] });
+assert.equal(embedded.data.length, 2);
+const norm = Math.hypot(...embedded.data[0].embedding);
+assert.ok(Math.abs(norm - 1) < 1e-5, `norm ${norm}`);
+
+const bytes = Buffer.from("line one\nline two\n".repeat(1000));
+const file = await client.files.create({ file: await toFile(bytes, "data.jsonl"), purpose: "batch" });
+assert.equal(file.bytes, bytes.length);
+const content = Buffer.from(await (await client.files.content(file.id)).arrayBuffer());
+assert.ok(content.equals(bytes));
+const heard = await client.audio.transcriptions.create({ model: "whisper-1", file: await toFile(Buffer.alloc(3000), "a.wav") });
+assert.equal(heard.text, "heard 3000 bytes of a.wav with whisper-1");
+
+try {
+  await client.chat.completions.create({ model: local, messages: [] });
+  assert.fail("expected a 400");
+} catch (err) {
+  assert.ok(err instanceof OpenAI.BadRequestError, String(err));
+}
+console.log("ok");
