@@ -52,9 +52,10 @@ LLAMA_CPP_RUN = textwrap.dedent(
 )
 
 
-def ours(binary, model, threads, mode, schema_path, max_tokens):
+def ours(binary, model, threads, mode, schema_path, max_tokens, thinking_off):
     argv = [binary, "generate", "--model", model, "--prompt", PROMPT, "--max-tokens", str(max_tokens),
             "--temperature", "0", "--threads", str(threads), "--json"]
+    argv += ["--thinking", "off"] if thinking_off else []
     argv += {"free": [], "json_object": ["--json-object"], "schema": ["--json-schema", schema_path]}[mode]
     out = subprocess.run(argv, capture_output=True, text=True, check=False)
     if out.returncode != 0:
@@ -80,6 +81,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=200)
+    ap.add_argument("--thinking-off", action="store_true", help="for a model that thinks (Qwen3, Qwen3.5)")
     args = ap.parse_args()
     with open(args.schema_file, "w") as f:
         json.dump(SCHEMA, f)
@@ -87,7 +89,7 @@ def main():
     runs = {(side, mode): [] for side in ("ours", "theirs") for mode in modes}
     for _ in range(args.runs):
         for mode in modes:
-            runs[("ours", mode)].append(ours(args.switchyard, args.model, args.threads, mode, args.schema_file, args.max_tokens))
+            runs[("ours", mode)].append(ours(args.switchyard, args.model, args.threads, mode, args.schema_file, args.max_tokens, args.thinking_off))
             runs[("theirs", mode)].append(theirs(args.python, args.model, args.threads, mode, args.max_tokens))
     for (side, mode), results in runs.items():
         if mode != "free":

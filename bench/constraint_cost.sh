@@ -4,7 +4,14 @@
 # JSON object, and a JSON schema.
 #
 # Usage: bench/constraint_cost.sh [THREADS] [RUNS] [GGUF]
-# LLAMA_VENV as in bench/llama_cpp_venvs.sh (llama-cpp-python built for this CPU).
+# LLAMA_VENV as in bench/llama_cpp_venvs.sh (llama-cpp-python built for this CPU);
+# THINKING_OFF=1 for a model that thinks (ours is told --thinking off).
+# At Qwen3.5's 248k vocabulary: a tiny random Qwen3.5 with that tokenizer, as
+# llama.cpp's converter writes it (the converter environment of
+# bench/llama_cpp_venvs.sh):
+#   QWEN35_TINY=1 QWEN35_VOCAB=248320 python3 bench/qwen35_vs_llama_cpp.py checkpoint DIR
+#   QWEN35_TINY=1 QWEN35_VOCAB=248320 python3 bench/qwen35_vs_llama_cpp.py convert DIR OUT.gguf --converter-dir SRC
+#   THINKING_OFF=1 bench/constraint_cost.sh 2 5 OUT.gguf
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
@@ -21,4 +28,5 @@ cargo build --release --quiet -p switchyard
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 python3 bench/constraint_cost.py --model "$MODEL" --switchyard target/release/switchyard \
-  --python "$LLAMA_VENV/bin/python" --schema-file "$scratch/schema.json" --threads "$THREADS" --runs "$RUNS"
+  --python "$LLAMA_VENV/bin/python" --schema-file "$scratch/schema.json" --threads "$THREADS" --runs "$RUNS" \
+  ${THINKING_OFF:+--thinking-off}
