@@ -1,4 +1,4 @@
-"""Qwen3-1.7B-shaped random checkpoint: Switchyard's engine against llama.cpp, and the
+"""Qwen3-1.7B-shaped random checkpoint (QWEN3_SHAPE=0.6b: Qwen3-0.6B's shape): Switchyard's engine against llama.cpp, and the
 machine's memory-bandwidth ceiling. Driven by bench/qwen3_vs_llama_cpp.sh; each step is a
 subcommand so each runs in the Python environment it needs.
 
@@ -55,6 +55,9 @@ CONFIG = {
     "use_sliding_window": False,
     "vocab_size": 151936,
 }
+# QWEN3_SHAPE=0.6b: Qwen/Qwen3-0.6B's (and Qwen3-Embedding-0.6B's) dimensions instead.
+if os.environ.get("QWEN3_SHAPE") == "0.6b":
+    CONFIG.update({"hidden_size": 1024, "intermediate_size": 3072})
 SEED = 1234
 
 # ---------------------------------------------------------------------------------------------
@@ -250,7 +253,7 @@ def convert(model_dir, out, converter_dir, pre="qwen2", extra_args=()):
 # With `pure`, every 2-D weight (token_embd included) takes the ftype's base type, Q6_K or
 # Q4_K, instead of llama.cpp's mixes (Q4_K_S/M put token_embd in Q6_K and some attn_v /
 # ffn_down in Q5_K/Q6_K): the same types our quantize-at-load writes.
-FTYPES = {"q6_k": 18, "q4_k": 14}
+FTYPES = {"q8_0": 7, "q6_k": 18, "q4_k": 14}
 
 
 def cmd_quantize(args):
