@@ -166,7 +166,7 @@ impl ChatRequest {
     pub fn parse_responses(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         let original = json_object(bytes)?;
         let (chat, unservable_locally) = super::responses::to_chat(&original)?;
-        let mut request = ChatRequest::from_object(chat)?;
+        let mut request = ChatRequest::from_object(chat).map_err(super::responses::in_responses_terms)?;
         request.responses = Some(ResponsesRequest {
             original,
             unservable_locally,

@@ -64,6 +64,32 @@ fn content(value: &Value, param: &str) -> Result<Value, ApiError> {
     }
 }
 
+/// Chat's names in an error about the chat request a Responses request
+/// amounts to, put back in the Responses API's terms (`text.format.name`,
+/// not `response_format.json_schema.name`).
+pub fn in_responses_terms(err: ApiError) -> ApiError {
+    const NAMES: &[(&str, &str)] = &[
+        ("response_format.json_schema.", "text.format."),
+        ("response_format", "text.format"),
+        ("max_completion_tokens", "max_output_tokens"),
+        ("messages", "input"),
+        ("reasoning_effort", "reasoning.effort"),
+    ];
+    let rename = |text: &str| {
+        NAMES
+            .iter()
+            .find(|(chat, _)| text.contains(chat))
+            .map_or(text.to_string(), |(chat, ours)| text.replace(chat, ours))
+    };
+    match err {
+        ApiError::InvalidRequest { message, param } => ApiError::InvalidRequest {
+            message: rename(&message),
+            param: param.map(|p| rename(&p)),
+        },
+        other => other,
+    }
+}
+
 /// The chat request a Responses request amounts to, and the field a local
 /// model could not serve (if any).
 pub fn to_chat(body: &Map<String, Value>) -> Result<(Map<String, Value>, Option<&'static str>), ApiError> {
@@ -521,5 +547,15 @@ mod tests {
             .unwrap_err()
             .to_json();
         assert_eq!(err["error"]["param"], "input");
+        // Errors about the chat request it amounts to speak the Responses API's names.
+        let body = json!({ "model": "m", "input": "x", "text": { "format": { "type": "json_schema", "name": "a b", "schema": {} } } });
+        let err = crate::openai::request::ChatRequest::parse_responses(body.to_string().as_bytes())
+            .unwrap_err()
+            .to_json();
+        assert_eq!(err["error"]["param"], "text.format.name", "{err}");
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains("'text.format.name'"),
+            "{err}"
+        );
     }
 }
