@@ -1,7 +1,8 @@
 //! Every other endpoint of the API (`/v1/files`, `/v1/audio/...`,
 //! `/v1/images/...`, batches, moderations, vector stores, fine-tuning, and
-//! whatever comes next under `/v1/`): passed through to the routing's first
-//! remote backend, with the client's key checked (the `/v1` routes' middleware)
+//! whatever comes next under `/v1/`): passed through to the policy's
+//! `routing.passthrough_backend` (default: the first of `remote_backends`),
+//! with the client's key checked (the `/v1` routes' middleware)
 //! and ours put in its place.
 //!
 //! Bodies stream both ways as they come, multipart and binary included: an

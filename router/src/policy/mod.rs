@@ -206,6 +206,25 @@ routing:
     }
 
     #[test]
+    fn the_passthrough_backend_is_the_first_remote_unless_named() {
+        let policy = Policy::parse(MINIMAL).unwrap();
+        assert_eq!(policy.routing.passthrough_backend(), Some("cloud"));
+        let named = MINIMAL.replace("routing:\n", "routing:\n  passthrough_backend: cloud\n");
+        assert_eq!(
+            Policy::parse(&named).unwrap().routing.passthrough_backend(),
+            Some("cloud")
+        );
+        let unknown = MINIMAL.replace("routing:\n", "routing:\n  passthrough_backend: files-only\n");
+        let at = problems(&unknown);
+        assert!(
+            at.iter().any(|p| p
+                .message
+                .contains("passthrough_backend \"files-only\" is not a configured remote backend")),
+            "{at:?}"
+        );
+    }
+
+    #[test]
     fn minimal_policy_loads_with_defaults() {
         let policy = Policy::parse(MINIMAL).unwrap();
         assert_eq!(policy.server.listen.value, "127.0.0.1:8080");

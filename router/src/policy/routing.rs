@@ -24,6 +24,10 @@ pub struct RoutingConfig {
     /// savings are measured against (default: the first of `remote_backends`,
     /// else the first remote backend).
     pub(super) baseline_backend: Option<Spanned<String>>,
+    /// The remote backend that serves the API's other endpoints (files,
+    /// audio, images, ..., and embeddings for a model not served here),
+    /// passed through as sent (default: the first of `remote_backends`).
+    pub(super) passthrough_backend: Option<Spanned<String>>,
     /// The profile of `model: "auto"`.
     #[serde(default = "default_thresholds")]
     pub(super) thresholds: Spanned<Thresholds>,
@@ -41,6 +45,14 @@ impl RoutingConfig {
 
     pub fn remote_backends(&self) -> impl Iterator<Item = &str> {
         self.remote_backends.iter().map(|name| name.value.as_str())
+    }
+
+    /// See [`RoutingConfig::passthrough_backend`]'s field.
+    pub fn passthrough_backend(&self) -> Option<&str> {
+        self.passthrough_backend
+            .as_ref()
+            .map(|name| name.value.as_str())
+            .or_else(|| self.remote_backends().next())
     }
 
     pub fn thresholds(&self) -> Thresholds {
@@ -309,6 +321,17 @@ impl Policy {
                 format!(
                     "baseline_backend {:?} is not a configured remote backend",
                     baseline.value
+                ),
+            ));
+        }
+        if let Some(passthrough) = &routing.passthrough_backend
+            && !is_remote(&passthrough.value)
+        {
+            problems.push(Problem::at(
+                passthrough,
+                format!(
+                    "passthrough_backend {:?} is not a configured remote backend",
+                    passthrough.value
                 ),
             ));
         }

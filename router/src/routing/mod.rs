@@ -126,6 +126,7 @@ pub struct Routing {
     profiles: HashMap<String, Thresholds>,
     local: Option<Arc<Backend>>,
     remotes: Vec<Arc<Backend>>,
+    passthrough: Option<Arc<Backend>>,
     privacy: PrivacyRules,
     budgets: Option<BudgetLimits>,
     sticky: bool,
@@ -164,6 +165,7 @@ impl Routing {
             profiles,
             local: routing.local_backend().and_then(by_name),
             remotes: routing.remote_backends().filter_map(by_name).collect(),
+            passthrough: routing.passthrough_backend().and_then(by_name),
             privacy: PrivacyRules::from_config(&policy.privacy).map_err(|e| format!("privacy rules: {e}"))?,
             budgets: policy.budgets.as_ref().map(BudgetLimits::from_config),
             sticky: routing.sessions.sticky,
@@ -171,9 +173,10 @@ impl Routing {
     }
 
     /// The remote backend that serves the API's other endpoints (files,
-    /// audio, images, ...): the first of `remote_backends`.
+    /// audio, images, ...): the policy's `passthrough_backend`, else the
+    /// first of `remote_backends`.
     pub fn passthrough_backend(&self) -> Option<&Arc<Backend>> {
-        self.remotes.first()
+        self.passthrough.as_ref()
     }
 
     /// Whether the policy has privacy rules.
