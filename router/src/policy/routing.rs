@@ -313,27 +313,18 @@ impl Policy {
                 problems.push(Problem::at(remote, format!("{:?} is listed twice", remote.value)));
             }
         }
-        if let Some(baseline) = &routing.baseline_backend
-            && !is_remote(&baseline.value)
-        {
-            problems.push(Problem::at(
-                baseline,
-                format!(
-                    "baseline_backend {:?} is not a configured remote backend",
-                    baseline.value
-                ),
-            ));
-        }
-        if let Some(passthrough) = &routing.passthrough_backend
-            && !is_remote(&passthrough.value)
-        {
-            problems.push(Problem::at(
-                passthrough,
-                format!(
-                    "passthrough_backend {:?} is not a configured remote backend",
-                    passthrough.value
-                ),
-            ));
+        for (key, name) in [
+            ("baseline_backend", &routing.baseline_backend),
+            ("passthrough_backend", &routing.passthrough_backend),
+        ] {
+            if let Some(name) = name
+                && !is_remote(&name.value)
+            {
+                problems.push(Problem::at(
+                    name,
+                    format!("{key} {:?} is not a configured remote backend", name.value),
+                ));
+            }
         }
         if routing.local_backend.is_none() && routing.remote_backends.is_empty() {
             problems.push(Problem {
