@@ -17,6 +17,8 @@ from typing import Literal
 import openai
 import pydantic
 
+from checks import refused_param
+
 WEATHER = {
     "type": "function",
     "name": "get_weather",
@@ -99,6 +101,8 @@ def main():
     events = list(client.responses.create(model=remote, input="hello there", stream=True))
     assert events[-1].type == "response.completed" and events[-1].response.output_text == "Echo: hello there", events[-1]
 
+    unique = {"format": {"type": "json_schema", "name": "u", "schema": {"type": "array", "uniqueItems": True}}}
+    assert refused_param(lambda: client.responses.create(model=local, input="Hi", text=unique)) == "text.format.schema"
     try:
         client.responses.create(model=local, input="Hi", previous_response_id="resp_1")
     except openai.BadRequestError as err:

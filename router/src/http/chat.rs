@@ -189,6 +189,8 @@ async fn answer(
             record.reservation = answered.reservation;
             respond(completion::write(answered.reply, &request), record, &state.past_drain)
         }
+        // A Responses client reads the Responses API's names.
+        Err(err) if request.responses.is_some() => refused(record, crate::openai::responses::in_responses_terms(err)),
         Err(err) => refused(record, err),
     };
     let out = response.headers_mut();

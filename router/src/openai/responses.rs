@@ -18,6 +18,7 @@
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use crate::outcome::BackendError;
 
 /// What a Responses request carries beyond the chat request it amounts to.
 #[derive(Debug, Clone)]
@@ -65,7 +66,8 @@ fn content(value: &Value, param: &str) -> Result<Value, ApiError> {
 }
 
 /// Chat's names in an error about the chat request a Responses request
-/// amounts to, put back in the Responses API's terms (`text.format.name`,
+/// amounts to (found reading it, or by the local backend), put back in the
+/// Responses API's terms (`text.format.name`,
 /// not `response_format.json_schema.name`).
 pub fn in_responses_terms(err: ApiError) -> ApiError {
     const NAMES: &[(&str, &str)] = &[
@@ -86,6 +88,10 @@ pub fn in_responses_terms(err: ApiError) -> ApiError {
             message: rename(&message),
             param: param.map(|p| rename(&p)),
         },
+        ApiError::Backend(BackendError::Rejected { message, param }) => ApiError::Backend(BackendError::Rejected {
+            message: rename(&message),
+            param: param.map(|p| rename(&p)),
+        }),
         other => other,
     }
 }
