@@ -1,23 +1,19 @@
 #!/usr/bin/env bash
-# Constrained decoding's cost per token, Switchyard against llama.cpp's grammar
-# sampling on the same GGUF (default: the embedded SmolLM2-135M), free, any
-# JSON object, and a JSON schema.
+# Constrained decoding's added cost per generated token, Switchyard (llguidance) against
+# llama.cpp's grammar sampling (llama-cpp-python), any JSON object and a JSON schema, on the same
+# GGUF: SmolLM2-135M, then a tiny random Qwen3.5 with Qwen3.5's 248,320-token vocabulary (written
+# from a converter-made fixture with the PyPI `gguf` package, no torch; see bench/constraint_cost.py).
 #
-# Usage: bench/constraint_cost.sh [THREADS] [RUNS] [GGUF]
-# LLAMA_VENV as in bench/llama_cpp_venvs.sh (llama-cpp-python built for this CPU);
-# THINKING_OFF=1 for a model that thinks (ours is told --thinking off).
-# At Qwen3.5's 248k vocabulary: a tiny random Qwen3.5 with that tokenizer, as
-# llama.cpp's converter writes it (the converter environment of
-# bench/llama_cpp_venvs.sh):
-#   QWEN35_TINY=1 QWEN35_VOCAB=248320 python3 bench/qwen35_vs_llama_cpp.py checkpoint DIR
-#   QWEN35_TINY=1 QWEN35_VOCAB=248320 python3 bench/qwen35_vs_llama_cpp.py convert DIR OUT.gguf --converter-dir SRC
-#   THINKING_OFF=1 bench/constraint_cost.sh 2 5 OUT.gguf
+# Usage: bench/constraint_cost.sh [THREADS] [RUNS] [smollm2|248k|both]
+# LLAMA_VENV as in bench/llama_cpp_venvs.sh (llama-cpp-python 0.3.36 built for this CPU);
+# GGUF_VENV: a venv for the `gguf` package (made here when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
 RUNS=${2:-5}
-MODEL=${3:-$(scripts/fetch-default-model.sh)}
+WHICH=${3:-both}
 LLAMA_VENV=${LLAMA_VENV:-bench/.venv-llama}
+GGUF_VENV=${GGUF_VENV:-target/bench/.venv-gguf}
 if ! "$LLAMA_VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
   echo "building llama-cpp-python from source for this CPU (one time, ~12 min)" >&2
   python3 -m venv "$LLAMA_VENV"
@@ -27,6 +23,24 @@ fi
 cargo build --release --quiet -p switchyard
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-python3 bench/constraint_cost.py --model "$MODEL" --switchyard target/release/switchyard \
-  --python "$LLAMA_VENV/bin/python" --schema-file "$scratch/schema.json" --threads "$THREADS" --runs "$RUNS" \
-  ${THINKING_OFF:+--thinking-off}
+bench() {
+  python3 bench/constraint_cost.py bench --switchyard target/release/switchyard --python "$LLAMA_VENV/bin/python" \
+    --schema-file "$scratch/schema.json" --threads "$THREADS" --runs "$RUNS" "$@"
+}
+if [[ $WHICH != 248k ]]; then
+  bench --model "$(scripts/fetch-default-model.sh)"
+fi
+if [[ $WHICH != smollm2 ]]; then
+  VOCAB_GGUF=target/bench/qwen35-tiny-248k-fixture.gguf
+  if [[ ! -f $VOCAB_GGUF ]]; then
+    if ! "$GGUF_VENV/bin/python" -c 'import gguf' 2>/dev/null; then
+      python3 -m venv "$GGUF_VENV"
+      "$GGUF_VENV/bin/pip" install --quiet 'gguf==0.19.0' >&2
+    fi
+    mkdir -p target/bench
+    "$GGUF_VENV/bin/python" bench/constraint_cost.py gguf "$VOCAB_GGUF"
+  fi
+  # A real Qwen3.5-2B step at Q6_K, 2 threads (docs/engine.md, 2026-12-04:
+  # OURS_ON_GGUF=1 bench/qwen35_vs_llama_cpp.sh 2 3 128): ours 12.11 tok/s, llama.cpp 10.44 tok/s.
+  bench --model "$VOCAB_GGUF" --thinking-off --reference-step-ms-ours 82.6 --reference-step-ms-llama 95.8
+fi
