@@ -110,40 +110,52 @@ fn write_responses(answer: LocalAnswer, original: &serde_json::Map<String, Value
             Written::local_whole(&body, &finished)
         }
         LocalEvents::Stream(events) => {
-            let usage = UsageCell::default();
-            let filled = usage.clone();
             let start = Bytes::from(writer.start());
-            let chunks = events
-                .scan((false, writer), move |(done, writer), event| {
-                    if *done {
-                        return std::future::ready(None);
-                    }
-                    let text = match event {
-                        Event::Reasoning { text, .. } => writer.reasoning(&text),
-                        Event::Content { text, .. } => writer.text(&text),
-                        Event::ToolCall { id, name, .. } => writer.call(&id, &name),
-                        Event::ToolArguments { index, text, .. } => writer.arguments(index, &text),
-                        Event::Finished(finished) => {
-                            *done = true;
-                            *filled.lock().expect("usage cell") = Some(finished.usage);
-                            writer.finish(usage_of(&finished), incomplete(&finished))
-                        }
-                        Event::Failed(err) => {
-                            *done = true;
-                            writer.error(&ApiError::from(err).to_json()["error"])
-                        }
-                    };
-                    std::future::ready(Some(Bytes::from(text)))
+            local_stream(Some(start), events, move |event| {
+                Bytes::from(match event {
+                    Event::Reasoning { text, .. } => writer.reasoning(&text),
+                    Event::Content { text, .. } => writer.text(&text),
+                    Event::ToolCall { id, name, .. } => writer.call(&id, &name),
+                    Event::ToolArguments { index, text, .. } => writer.arguments(index, &text),
+                    Event::Finished(finished) => writer.finish(usage_of(&finished), incomplete(&finished)),
+                    Event::Failed(err) => writer.error(&ApiError::from(err).to_json()["error"]),
                 })
-                .filter(|bytes| std::future::ready(!bytes.is_empty()));
-            Written::Stream {
-                events: futures_util::stream::once(std::future::ready(start))
-                    .chain(chunks)
-                    .boxed(),
-                headers: HeaderMap::new(),
-                usage,
-            }
+            })
         }
+    }
+}
+
+/// A streamed local answer as SSE bytes: `head` first, then each event as
+/// `write` turns it into bytes (empty pieces left out), up to the event that
+/// ends the answer (`Finished`, whose usage fills the stream's cell, or
+/// `Failed`).
+fn local_stream(
+    head: Option<Bytes>,
+    events: BoxStream<'static, Event>,
+    mut write: impl FnMut(Event) -> Bytes + Send + 'static,
+) -> Written {
+    let usage = UsageCell::default();
+    let filled = usage.clone();
+    let chunks = events
+        .scan(false, move |done, event| {
+            if *done {
+                return std::future::ready(None);
+            }
+            match &event {
+                Event::Finished(finished) => {
+                    *done = true;
+                    *filled.lock().expect("usage cell") = Some(finished.usage);
+                }
+                Event::Failed(_) => *done = true,
+                _ => {}
+            }
+            std::future::ready(Some(write(event)))
+        })
+        .filter(|bytes| std::future::ready(!bytes.is_empty()));
+    Written::Stream {
+        events: futures_util::stream::iter(head).chain(chunks).boxed(),
+        headers: HeaderMap::new(),
+        usage,
     }
 }
 
@@ -218,8 +230,6 @@ fn write_legacy(answer: LocalAnswer, legacy: &LegacyPrompt, include_usage: bool)
             Written::local_whole(&object(choice, Some(usage_json(&finish))), &finished)
         }
         LocalEvents::Stream(events) => {
-            let usage = UsageCell::default();
-            let filled = usage.clone();
             let chunk = move |object: Value| sse::encode_data(&object.to_string());
             let first = (!echoed.is_empty()).then(|| {
                 chunk(object(
@@ -228,51 +238,33 @@ fn write_legacy(answer: LocalAnswer, legacy: &LegacyPrompt, include_usage: bool)
                 ))
             });
             let mut offset = echoed.len();
-            let chunks = events
-                .scan(false, move |done, event| {
-                    if *done {
-                        return std::future::ready(None);
+            local_stream(first, events, move |event| match event {
+                Event::Content { text, token } if !text.is_empty() || token.is_some() => {
+                    let logprobs = logprobs(token.as_slice(), offset);
+                    offset += text.len();
+                    chunk(object(
+                        json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": null }),
+                        None,
+                    ))
+                }
+                Event::Finished(finished) => {
+                    let finish = Finish::of(&finished);
+                    let mut out = chunk(object(
+                        json!({ "text": "", "index": 0, "logprobs": null, "finish_reason": finish.reason }),
+                        None,
+                    ))
+                    .to_vec();
+                    if include_usage {
+                        let mut usage = object(json!(null), Some(usage_json(&finish)));
+                        usage["choices"] = json!([]);
+                        out.extend_from_slice(&chunk(usage));
                     }
-                    let bytes = match event {
-                        Event::Content { text, token } if !text.is_empty() || token.is_some() => {
-                            let logprobs = logprobs(token.as_slice(), offset);
-                            offset += text.len();
-                            chunk(object(
-                                json!({ "text": text, "index": 0, "logprobs": logprobs, "finish_reason": null }),
-                                None,
-                            ))
-                        }
-                        Event::Finished(finished) => {
-                            *done = true;
-                            *filled.lock().expect("usage cell") = Some(finished.usage);
-                            let finish = Finish::of(&finished);
-                            let mut out = chunk(object(
-                                json!({ "text": "", "index": 0, "logprobs": null, "finish_reason": finish.reason }),
-                                None,
-                            ))
-                            .to_vec();
-                            if include_usage {
-                                let mut usage = object(json!(null), Some(usage_json(&finish)));
-                                usage["choices"] = json!([]);
-                                out.extend_from_slice(&chunk(usage));
-                            }
-                            out.extend_from_slice(&sse::encode_data(sse::DONE));
-                            Bytes::from(out)
-                        }
-                        Event::Failed(err) => {
-                            *done = true;
-                            sse::error_event(&ApiError::from(err))
-                        }
-                        _ => Bytes::new(),
-                    };
-                    std::future::ready(Some(bytes))
-                })
-                .filter(|bytes| std::future::ready(!bytes.is_empty()));
-            Written::Stream {
-                events: futures_util::stream::iter(first).chain(chunks).boxed(),
-                headers: HeaderMap::new(),
-                usage,
-            }
+                    out.extend_from_slice(&sse::encode_data(sse::DONE));
+                    Bytes::from(out)
+                }
+                Event::Failed(err) => sse::error_event(&ApiError::from(err)),
+                _ => Bytes::new(),
+            })
         }
     }
 }
@@ -336,57 +328,33 @@ fn write_local(answer: LocalAnswer, asked: Asked) -> Written {
             Written::local_whole(&body, &finished)
         }
         LocalEvents::Stream(events) => {
-            let usage = UsageCell::default();
-            let filled = usage.clone();
             let role = completion.role_event();
-            let chunks = events
-                .scan(false, move |done, event| {
-                    if *done {
-                        return std::future::ready(None);
-                    }
-                    let bytes = match event {
-                        Event::Reasoning { text, .. } if !text.is_empty() => completion.reasoning_event(&text),
-                        Event::Reasoning { .. } => Bytes::new(),
-                        Event::Content { text, token } => {
-                            let logprobs = match (&token, asked.logprobs) {
-                                (Some(token), true) => {
-                                    Some(logprobs_json(std::slice::from_ref(token), asked.top_logprobs, |id| {
-                                        vocabulary.token_bytes(id)
-                                    }))
-                                }
-                                _ => None,
-                            };
-                            if text.is_empty() && logprobs.is_none() {
-                                Bytes::new()
-                            } else {
-                                completion.content_event(&text, logprobs)
-                            }
+            local_stream(Some(role), events, move |event| match event {
+                Event::Reasoning { text, .. } if !text.is_empty() => completion.reasoning_event(&text),
+                Event::Reasoning { .. } => Bytes::new(),
+                Event::Content { text, token } => {
+                    let logprobs = match (&token, asked.logprobs) {
+                        (Some(token), true) => {
+                            Some(logprobs_json(std::slice::from_ref(token), asked.top_logprobs, |id| {
+                                vocabulary.token_bytes(id)
+                            }))
                         }
-                        Event::ToolCall { index, id, name, .. } => completion.tool_call_event(index, &id, &name),
-                        Event::ToolArguments { index, text, .. } if !text.is_empty() => {
-                            completion.tool_arguments_event(index, &text)
-                        }
-                        Event::ToolArguments { .. } => Bytes::new(),
-                        Event::Finished(finished) => {
-                            *done = true;
-                            *filled.lock().expect("usage cell") = Some(finished.usage);
-                            completion.finish_events(Finish::of(&finished), asked.include_usage)
-                        }
-                        Event::Failed(err) => {
-                            *done = true;
-                            sse::error_event(&ApiError::from(err))
-                        }
+                        _ => None,
                     };
-                    std::future::ready(Some(bytes))
-                })
-                .filter(|bytes| std::future::ready(!bytes.is_empty()));
-            Written::Stream {
-                events: futures_util::stream::once(std::future::ready(role))
-                    .chain(chunks)
-                    .boxed(),
-                headers: HeaderMap::new(),
-                usage,
-            }
+                    if text.is_empty() && logprobs.is_none() {
+                        Bytes::new()
+                    } else {
+                        completion.content_event(&text, logprobs)
+                    }
+                }
+                Event::ToolCall { index, id, name, .. } => completion.tool_call_event(index, &id, &name),
+                Event::ToolArguments { index, text, .. } if !text.is_empty() => {
+                    completion.tool_arguments_event(index, &text)
+                }
+                Event::ToolArguments { .. } => Bytes::new(),
+                Event::Finished(finished) => completion.finish_events(Finish::of(&finished), asked.include_usage),
+                Event::Failed(err) => sse::error_event(&ApiError::from(err)),
+            })
         }
     }
 }
