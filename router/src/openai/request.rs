@@ -113,11 +113,7 @@ impl ChatRequest {
                 ));
             }
         };
-        let echo = match body.get("echo") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(echo)) => *echo,
-            Some(other) => return Err(wrong_type("echo", "a boolean", other)),
-        };
+        let echo = optional_bool(&body, "echo", "echo")?.unwrap_or(false);
         let logprobs = match body.get("logprobs") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 5) => n.as_u64().map(|n| n as u32),
@@ -202,11 +198,7 @@ impl ChatRequest {
 
         validate_messages(body.get("messages"))?;
 
-        let stream = match body.get("stream") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(stream)) => *stream,
-            Some(other) => return Err(wrong_type("stream", "a boolean", other)),
-        };
+        let stream = optional_bool(&body, "stream", "stream")?.unwrap_or(false);
 
         let include_usage = match body.get("stream_options") {
             None | Some(Value::Null) => false,
@@ -217,13 +209,7 @@ impl ChatRequest {
                         "stream_options",
                     ));
                 }
-                match options.get("include_usage") {
-                    None | Some(Value::Null) => false,
-                    Some(Value::Bool(include)) => *include,
-                    Some(other) => {
-                        return Err(wrong_type("stream_options.include_usage", "a boolean", other));
-                    }
-                }
+                optional_bool(options, "include_usage", "stream_options.include_usage")?.unwrap_or(false)
             }
             Some(other) => return Err(wrong_type("stream_options", "an object", other)),
         };
@@ -296,6 +282,15 @@ impl ChatRequest {
         } else {
             "max_tokens"
         }
+    }
+}
+
+/// A boolean field of `object`, named `param` in the error when it is not one.
+pub(super) fn optional_bool(object: &Map<String, Value>, key: &str, param: &str) -> Result<Option<bool>, ApiError> {
+    match object.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(value)) => Ok(Some(*value)),
+        Some(other) => Err(wrong_type(param, "a boolean", other)),
     }
 }
 

@@ -96,15 +96,7 @@ fn field<'a>(object: &'a Map<String, Value>, key: &str) -> &'a Value {
 
 /// `strict` as a boolean (absent: false).
 fn strict_flag(object: &Map<String, Value>, param: &str) -> Result<bool, ApiError> {
-    match field(object, "strict") {
-        Value::Null => Ok(false),
-        Value::Bool(strict) => Ok(*strict),
-        other => Err(super::request::wrong_type(
-            &format!("{param}.strict"),
-            "a boolean",
-            other,
-        )),
-    }
+    Ok(super::request::optional_bool(object, "strict", &format!("{param}.strict"))?.unwrap_or(false))
 }
 
 /// A schema where one must be an object.
@@ -230,11 +222,8 @@ impl ToolsAsked {
                 ));
             }
         };
-        let parallel = match field(body, "parallel_tool_calls") {
-            Value::Null => true,
-            Value::Bool(parallel) => *parallel,
-            other => return Err(super::request::wrong_type("parallel_tool_calls", "a boolean", other)),
-        };
+        let parallel =
+            super::request::optional_bool(body, "parallel_tool_calls", "parallel_tool_calls")?.unwrap_or(true);
         Ok(offered.then_some(ToolsAsked {
             functions,
             choice,
