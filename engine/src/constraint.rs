@@ -126,18 +126,21 @@ impl Grammars {
     }
 
     /// As [`Grammars::constraint`], compiled once per grammar and kept (see
-    /// [`COMPILED_KEPT`]); errors are not kept.
+    /// [`COMPILED_KEPT`]); errors are not kept. What it returns shares the
+    /// kept grammar's state: an answer takes a [`Constraint::fresh`] copy
+    /// before it advances it (the generate loop does), so checking a grammar
+    /// or carrying it in a request costs no copy of that state.
     pub fn cached(&self, grammar: &Grammar) -> Result<Constraint, String> {
         let key = grammar.key();
         if let Some(constraint) = self.compiled.lock().expect("grammar cache").get(&key) {
-            return Ok(constraint.fresh());
+            return Ok(constraint.clone());
         }
         let constraint = self.constraint(grammar)?;
         let mut compiled = self.compiled.lock().expect("grammar cache");
         if compiled.len() >= COMPILED_KEPT {
             compiled.clear();
         }
-        compiled.insert(key, constraint.fresh());
+        compiled.insert(key, constraint.clone());
         Ok(constraint)
     }
 
