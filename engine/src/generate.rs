@@ -556,12 +556,7 @@ impl StopStringFilter {
         let hold = self
             .stops
             .iter()
-            .flat_map(|stop| {
-                (1..stop.len().min(self.pending.len() + 1))
-                    .rev()
-                    .filter(|&n| stop.is_char_boundary(n))
-                    .find(|&n| self.pending.ends_with(&stop[..n]))
-            })
+            .map(|stop| partial_suffix(&self.pending, stop))
             .max()
             .unwrap_or(0);
         let cut = self.pending.len() - hold;
@@ -583,6 +578,16 @@ impl StopStringFilter {
     fn into_text(self) -> String {
         self.emitted
     }
+}
+
+/// The length of the longest end of `text` that is a proper beginning of
+/// `marker`: text that may turn out to be the marker once more comes (a stop
+/// string, a tool call's tag), and so is held back.
+pub(crate) fn partial_suffix(text: &str, marker: &str) -> usize {
+    (1..marker.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..]))
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

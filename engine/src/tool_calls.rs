@@ -20,6 +20,7 @@
 use serde_json::{Map, Value, json};
 
 use crate::constraint::laid_out;
+use crate::generate::partial_suffix;
 
 /// How a model writes its tool calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -618,15 +619,6 @@ fn value_text(text: &str, string: bool) -> String {
     } else {
         text.to_string()
     }
-}
-
-/// The length of the longest end of `text` that begins `marker` (text that
-/// may turn out to be the marker once more comes).
-fn partial_suffix(text: &str, marker: &str) -> usize {
-    (1..marker.len().min(text.len() + 1))
-        .rev()
-        .find(|&n| text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..]))
-        .unwrap_or(0)
 }
 
 fn floor_char_boundary(text: &str, mut at: usize) -> usize {
