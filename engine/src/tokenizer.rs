@@ -473,6 +473,23 @@ impl Tokenizer {
         Ok(self.with_bos_and_eos(encoding.get_ids()))
     }
 
+    /// Text → ids as the model's tokenizer prepares a text on its own (an
+    /// embedding input, as transformers' `tokenizer(text)` does): through the
+    /// `tokenizer.json` post-processor when there is one (Qwen3-Embedding's
+    /// appends `<|endoftext|>`, the token its last-token pooling reads), else
+    /// by the BOS/EOS flags (a GGUF's `add_bos_token`/`add_eos_token`, as
+    /// llama.cpp reads them).
+    pub fn encode_document(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        if self.inner.get_post_processor().is_none() {
+            return self.encode(text, true);
+        }
+        let encoding = self
+            .inner
+            .encode_fast(text, true)
+            .map_err(|e| error(format!("cannot encode: {e}")))?;
+        Ok(encoding.get_ids().to_vec())
+    }
+
     /// `text` with every control-token string in it (`<|im_end|>`, ...) and every
     /// [`PLACEHOLDER_START`] replaced by a placeholder, or `None` when it holds neither
     /// (the common case, which costs one scan and no copy). Apply it to every string a
@@ -1125,6 +1142,32 @@ mod tests {
             .into_iter()
             .map(|(s, _, _)| s.to_string())
             .collect()
+    }
+
+    #[test]
+    fn a_document_is_encoded_through_the_tokenizers_post_processor() {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/qwen3_thinking");
+        let plain = Tokenizer::from_tokenizer_json(&fixture.join("tokenizer.json")).unwrap();
+        let text = "an embedding's input";
+        assert_eq!(plain.encode_document(text).unwrap(), plain.encode(text, true).unwrap());
+        // Qwen3-Embedding's tokenizer.json: the text, then <|endoftext|>.
+        let dir = std::env::temp_dir().join(format!("switchyard-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixture.join("tokenizer_config.json"), dir.join("tokenizer_config.json")).unwrap();
+        let mut json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture.join("tokenizer.json")).unwrap()).unwrap();
+        json["post_processor"] = serde_json::json!({
+            "type": "TemplateProcessing",
+            "single": [{ "Sequence": { "id": "A", "type_id": 0 } }, { "SpecialToken": { "id": "<|endoftext|>", "type_id": 0 } }],
+            "pair": [{ "Sequence": { "id": "A", "type_id": 0 } }, { "Sequence": { "id": "B", "type_id": 1 } }],
+            "special_tokens": { "<|endoftext|>": { "id": "<|endoftext|>", "ids": [0], "tokens": ["<|endoftext|>"] } },
+        });
+        std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+        let embedding = Tokenizer::from_tokenizer_json(&dir.join("tokenizer.json")).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut expected = plain.encode(text, true).unwrap();
+        expected.push(0);
+        assert_eq!(embedding.encode_document(text).unwrap(), expected);
     }
 
     #[test]

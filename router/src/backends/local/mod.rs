@@ -240,7 +240,7 @@ impl LocalBackend {
                         let tokens = match input {
                             EmbeddingInput::Text(text) => engine
                                 .tokenizer()
-                                .encode(&text, true)
+                                .encode_document(&text)
                                 .map_err(|err| BackendError::rejected(format!("Cannot tokenize input {i}: {err}"), "input"))?,
                             EmbeddingInput::Tokens(tokens) => tokens,
                         };
