@@ -1,4 +1,5 @@
-//! One record per chat request, made when its answer is complete: it feeds
+//! One record per request (chat, completions, Responses, embeddings and the
+//! calls passed through), made when its answer is complete: it feeds
 //! the Prometheus metrics, the budget ledger, the status page and one log
 //! line, so the four always agree.
 //!
@@ -34,6 +35,8 @@ use crate::routing::budget::{Ledger, Reservation};
 /// What a request came to.
 pub struct RequestRecord {
     pub request_id: Arc<str>,
+    /// The API endpoint (see [`crate::metrics::endpoint_label`]).
+    pub endpoint: &'static str,
     pub started: Instant,
     /// When the backend was called (parse and decision done).
     pub backend_started: Option<Instant>,
@@ -64,6 +67,7 @@ pub struct RequestRecord {
 #[derive(Debug, Clone, Serialize)]
 pub struct Recent {
     pub at_unix_ms: u64,
+    pub endpoint: &'static str,
     pub route: &'static str,
     pub backend: String,
     pub reason: &'static str,
@@ -80,10 +84,20 @@ pub struct Recent {
 pub struct Board {
     pub recent: VecDeque<Recent>,
     pub by_route: std::collections::BTreeMap<&'static str, u64>,
+    pub by_endpoint: std::collections::BTreeMap<&'static str, EndpointTotals>,
     pub cost_usd: f64,
     pub baseline_usd: f64,
     /// Recent latencies per route, for percentiles.
     pub latencies_ms: std::collections::BTreeMap<&'static str, VecDeque<f64>>,
+}
+
+/// One endpoint's running totals, for the status page.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct EndpointTotals {
+    pub requests: u64,
+    pub errors: u64,
+    pub cost_usd: f64,
+    pub saved_usd: f64,
 }
 
 /// The status recorded for a request whose client went away before its
@@ -114,8 +128,10 @@ pub(crate) fn status_class(status: u16) -> &'static str {
 impl RequestRecord {
     /// A record of a request not yet routed (route `none`, reason `refused`
     /// until a decision says otherwise), answered by `backend` so far.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         request_id: Arc<str>,
+        endpoint: &'static str,
         started: Instant,
         backend: &str,
         baseline: Option<(String, Price)>,
@@ -125,6 +141,7 @@ impl RequestRecord {
     ) -> RequestRecord {
         RequestRecord {
             request_id,
+            endpoint,
             started,
             backend_started: None,
             decision_seconds: None,
@@ -156,11 +173,12 @@ impl RequestRecord {
         let route = self.route;
         let usage_known = usage.is_some();
         let usage = usage.unwrap_or_default();
-        let cost = self.price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
-        let baseline = self
-            .baseline
-            .as_ref()
-            .map(|(name, price)| (name, price.cost_usd(usage.prompt_tokens, usage.completion_tokens)));
+        // A call is billed when it was answered (a per-call price included);
+        // a refused or failed one costs nothing.
+        let billed = usage_known || self.status < 400;
+        let cost_at = |price: &Price| if billed { price.cost_of(&usage) } else { 0.0 };
+        let cost = cost_at(&self.price);
+        let baseline = self.baseline.as_ref().map(|(name, price)| (name, cost_at(price)));
         let saved = baseline.map_or(0.0, |(_, b)| b - cost);
         // The real cost replaces the call's hold on the budgets in one step.
         // Without usage (the client left before the usage chunk) the hold is
@@ -178,7 +196,13 @@ impl RequestRecord {
         }
         if self.metrics {
             let m = metrics();
-            m.count_request(route, &self.backend, status_class(self.status), self.reason);
+            m.count_request(
+                self.endpoint,
+                route,
+                &self.backend,
+                status_class(self.status),
+                self.reason,
+            );
             m.for_route(route, |children| {
                 children.duration.observe(seconds(total));
                 if self.status < 400 {
@@ -199,7 +223,7 @@ impl RequestRecord {
                     children.decision.observe(decision);
                 }
             });
-            if usage.prompt_tokens + usage.completion_tokens > 0 {
+            if cost > 0.0 || usage.prompt_tokens + usage.completion_tokens > 0 {
                 m.for_backend(&self.backend, |children| {
                     children.tokens_in.inc_by(usage.prompt_tokens);
                     children.tokens_out.inc_by(usage.completion_tokens);
@@ -224,6 +248,7 @@ impl RequestRecord {
                 at_unix_ms: SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_millis() as u64),
+                endpoint: self.endpoint,
                 route,
                 backend: self.backend.clone(),
                 reason: self.reason,
@@ -235,6 +260,11 @@ impl RequestRecord {
                 completion_tokens: usage.completion_tokens,
             });
             *board.by_route.entry(route).or_default() += 1;
+            let totals = board.by_endpoint.entry(self.endpoint).or_default();
+            totals.requests += 1;
+            totals.errors += u64::from(self.status >= 400);
+            totals.cost_usd += cost;
+            totals.saved_usd += saved;
             board.cost_usd += cost;
             board.baseline_usd += cost + saved;
             let window = board.latencies_ms.entry(route).or_default();
@@ -245,6 +275,7 @@ impl RequestRecord {
         }
         tracing::info!(
             request_id = %self.request_id,
+            endpoint = self.endpoint,
             route,
             backend = self.backend,
             reason = self.reason,
@@ -294,6 +325,9 @@ pub struct Recorded {
     /// The streaming stage, a child of the request's span (so its log lines
     /// carry the request id); it closes when the body is dropped.
     span: tracing::Span,
+    /// Whether the body is an event stream, which ends with an error event
+    /// when cut at shutdown; any other body just ends.
+    events: bool,
 }
 
 impl Recorded {
@@ -313,7 +347,21 @@ impl Recorded {
             first_byte: None,
             past_drain: Some(Box::pin(past_drain.clone().cancelled_owned())),
             span,
+            events: true,
         }
+    }
+
+    /// A body of any other kind (a file, JSON, audio) passed through: cut at
+    /// shutdown, it just ends.
+    pub fn opaque(
+        inner: BoxStream<'static, Bytes>,
+        record: RequestRecord,
+        usage: UsageCell,
+        past_drain: &CancellationToken,
+    ) -> Recorded {
+        let mut recorded = Recorded::new(inner, record, usage, past_drain);
+        recorded.events = false;
+        recorded
     }
 
     /// Ends the stream now: its client gets the error event returned, then
@@ -325,6 +373,10 @@ impl Recorded {
         self.inner = futures_util::stream::empty().boxed();
         if let Some(record) = &mut self.record {
             record.status = error.status().as_u16();
+        }
+        if !self.events {
+            tracing::warn!("the shutdown drain ran out: the body is cut");
+            return Bytes::new();
         }
         tracing::warn!("the shutdown drain ran out: the stream ends with a server_shutting_down error");
         crate::openai::sse::error_event(&error)

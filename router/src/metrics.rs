@@ -1,12 +1,14 @@
 //! Prometheus metrics: their definitions and the registry `/metrics` serves.
 //!
-//! Requests passed through to other endpoints are counted by `http::passthrough`.
-//! Every chat request ends in exactly one record (`accounting::RequestRecord`),
+//! Every request (chat, completions, Responses, embeddings, and the calls
+//! passed through to other endpoints) ends in exactly one record
+//! (`accounting::RequestRecord`),
 //! made when its answer is complete (for streams: when the stream ends or the
 //! client goes away); the record writes the request metrics defined here, and
 //! the local backend and the budget ledger set their gauges. Labels are low-cardinality by
-//! construction: tiers, backend names from the policy, status classes and the
-//! fixed reason codes; never prompts, keys or caller names.
+//! construction: tiers, backend names from the policy, status classes, the
+//! API's known endpoints ([`endpoint_label`]) and the fixed reason codes; never
+//! prompts, keys, ids or caller names.
 //!
 //! Names follow Prometheus conventions: `_total` counters, `_seconds`
 //! histograms, `_usd` money.
@@ -32,7 +34,6 @@ const PER_TOKEN_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1,
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
-    pub passthrough: IntCounterVec,
     pub passthrough_bytes: IntCounterVec,
     pub duration: HistogramVec,
     pub ttft: HistogramVec,
@@ -77,13 +78,8 @@ impl Metrics {
             registry: Registry::new(),
             requests: counter(
                 "switchyard_requests_total",
-                "Chat requests answered, by route, backend, outcome (status class) and reason code.",
-                &["route", "backend", "outcome", "reason"],
-            ),
-            passthrough: counter(
-                "switchyard_passthrough_requests_total",
-                "Requests to the API's other endpoints (files, audio, ...), passed through to a remote backend, by endpoint (the path's first segment after /v1), backend and outcome (status class).",
-                &["endpoint", "backend", "outcome"],
+                "Requests answered, by API endpoint (chat, completions, responses, embeddings, files, audio, ...), route, backend, outcome (status class) and reason code.",
+                &["endpoint", "route", "backend", "outcome", "reason"],
             ),
             passthrough_bytes: counter(
                 "switchyard_passthrough_bytes_total",
@@ -252,7 +248,6 @@ impl Metrics {
         let r = &m.registry;
         let register = |c: Box<dyn prometheus::core::Collector>| r.register(c).expect("unique metric names");
         register(Box::new(m.requests.clone()));
-        register(Box::new(m.passthrough.clone()));
         register(Box::new(m.passthrough_bytes.clone()));
         register(Box::new(m.duration.clone()));
         register(Box::new(m.ttft.clone()));
@@ -350,7 +345,7 @@ impl<K, V> Cache<K, V> {
 thread_local! {
     static ROUTES: Cache<&'static str, RouteChildren> = const { Cache::new() };
     static BACKENDS: Cache<String, BackendChildren> = const { Cache::new() };
-    static REQUESTS: Cache<(&'static str, String, &'static str, &'static str), IntCounter> = const { Cache::new() };
+    static REQUESTS: Cache<(&'static str, &'static str, String, &'static str, &'static str), IntCounter> = const { Cache::new() };
 }
 
 impl Metrics {
@@ -393,19 +388,72 @@ impl Metrics {
         })
     }
 
-    /// Counts one request by route, backend, status class and reason.
-    pub fn count_request(&self, route: &'static str, backend: &str, status_class: &'static str, reason: &'static str) {
+    /// Counts one request by endpoint, route, backend, status class and reason.
+    pub fn count_request(
+        &self,
+        endpoint: &'static str,
+        route: &'static str,
+        backend: &str,
+        status_class: &'static str,
+        reason: &'static str,
+    ) {
         REQUESTS.with(|cache| {
             cache.with(
-                |(r, b, s, why)| *r == route && b == backend && *s == status_class && *why == reason,
+                |(e, r, b, s, why)| {
+                    *e == endpoint && *r == route && b == backend && *s == status_class && *why == reason
+                },
                 || {
-                    let counter = self.requests.with_label_values(&[route, backend, status_class, reason]);
-                    ((route, backend.to_string(), status_class, reason), counter)
+                    let counter = self
+                        .requests
+                        .with_label_values(&[endpoint, route, backend, status_class, reason]);
+                    ((endpoint, route, backend.to_string(), status_class, reason), counter)
                 },
                 IntCounter::inc,
             )
         })
     }
+}
+
+/// The endpoints of OpenAI's API, by the first segment of their path after
+/// `/v1/`: the values of the `endpoint` label.
+const ENDPOINTS: &[&str] = &[
+    "chat",
+    "completions",
+    "responses",
+    "embeddings",
+    "models",
+    "files",
+    "uploads",
+    "batches",
+    "audio",
+    "images",
+    "videos",
+    "moderations",
+    "fine_tuning",
+    "vector_stores",
+    "assistants",
+    "threads",
+    "conversations",
+    "containers",
+    "evals",
+    "realtime",
+    "chatkit",
+    "organization",
+];
+
+/// A request path's `endpoint` label: its first segment after `/v1/` when it
+/// is one of OpenAI's endpoints, else `other` (never an id, never a
+/// client-chosen value).
+pub fn endpoint_label(path: &str) -> &'static str {
+    let segment = path
+        .strip_prefix("/v1/")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or("");
+    ENDPOINTS
+        .iter()
+        .find(|known| **known == segment)
+        .copied()
+        .unwrap_or("other")
 }
 
 pub fn seconds(d: Duration) -> f64 {

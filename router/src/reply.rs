@@ -25,6 +25,9 @@ pub struct Usage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Seconds of audio billed (a transcription's `usage.seconds`).
+    #[serde(default)]
+    pub seconds: u64,
 }
 
 impl Usage {
@@ -37,12 +40,31 @@ impl Usage {
         serde_json::from_value(usage.clone()).ok()
     }
 
+    /// A `usage` object of any of the API's forms: chat and embeddings
+    /// (`prompt_tokens`, `completion_tokens`), Responses, images and
+    /// transcriptions by tokens (`input_tokens`, `output_tokens`), or
+    /// transcriptions by duration (`seconds`, rounded up).
+    pub fn from_object(usage: &serde_json::Value) -> Option<Usage> {
+        let usage = usage.as_object()?;
+        let count = |names: [&str; 2]| names.iter().find_map(|name| usage.get(*name)?.as_u64());
+        let seconds = usage.get("seconds").and_then(serde_json::Value::as_f64);
+        let found = Usage {
+            prompt_tokens: count(["prompt_tokens", "input_tokens"]).unwrap_or(0),
+            completion_tokens: count(["completion_tokens", "output_tokens"]).unwrap_or(0),
+            seconds: seconds
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map_or(0, |s| s.ceil() as u64),
+        };
+        (found != Usage::default() || usage.contains_key("total_tokens")).then_some(found)
+    }
+
     /// The `usage` of a Responses API object (`input_tokens`, `output_tokens`).
     pub fn from_response(value: &serde_json::Value) -> Option<Usage> {
         let usage = value.get("usage").filter(|u| !u.is_null())?;
         Some(Usage {
             prompt_tokens: usage["input_tokens"].as_u64()?,
             completion_tokens: usage["output_tokens"].as_u64()?,
+            seconds: 0,
         })
     }
 }

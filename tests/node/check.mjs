@@ -1,7 +1,8 @@
 // The official openai Node SDK, unchanged, against a running Switchyard:
-// chat, the Responses API (plain, streamed, a function tool), legacy
-// completions, embeddings (local, base64 as the SDK asks by default), and
-// files and audio through the pass-through.
+// chat, the Responses API (plain, streamed, a function tool, structured
+// output, a remote answer relayed), legacy completions, embeddings (local and
+// remote, base64 as the SDK asks by default), and files and audio through the
+// pass-through.
 //
 // Usage: node check.mjs BASE_URL LOCAL_MODEL EMBEDDING_MODEL REMOTE_MODEL
 // Prints "ok" when every check holds.
@@ -48,6 +49,31 @@ const call = called.output.find((item) => item.type === "function_call");
 assert.equal(call.name, "get_weather");
 assert.ok(JSON.parse(call.arguments).city.length <= 12);
 
+// Structured output: the Responses API's text.format and chat's
+// response_format, each a JSON Schema the local answer is held to.
+const trip = {
+  type: "object",
+  properties: { city: { type: "string", maxLength: 16 }, days: { type: "integer", minimum: 1, maximum: 9 }, train: { type: "boolean" } },
+  required: ["city", "days", "train"], additionalProperties: false,
+};
+const planned = await client.responses.create({
+  model: local, input: "Plan a trip.", text: { format: { type: "json_schema", name: "trip", schema: trip, strict: true } },
+  reasoning: { effort: "minimal" }, temperature: 0, max_output_tokens: 80,
+});
+assert.equal(planned.status, "completed");
+const plan = JSON.parse(planned.output_text);
+assert.deepEqual(Object.keys(plan).sort(), ["city", "days", "train"]);
+assert.ok(Number.isInteger(plan.days) && plan.days >= 1 && plan.days <= 9 && typeof plan.train === "boolean", planned.output_text);
+const chatPlan = await client.chat.completions.create({
+  model: local, messages: [{ role: "user", content: "Plan a trip." }], reasoning_effort: "minimal", temperature: 0, max_tokens: 80,
+  response_format: { type: "json_schema", json_schema: { name: "trip", schema: trip, strict: true } },
+});
+assert.equal(chatPlan.choices[0].finish_reason, "stop");
+assert.ok(JSON.parse(chatPlan.choices[0].message.content).city.length <= 16);
+
+const relayed = await client.responses.create({ model: remote, input: "hello there" });
+assert.equal(relayed.output_text, "Echo: hello there");
+
 const legacy = await client.completions.create({ model: remote, prompt: "hello there" });
 assert.equal(legacy.choices[0].text, " Echo: hello there");
 
@@ -55,6 +81,10 @@ const embedded = await client.embeddings.create({ model: embed, input: ["a b", "
 assert.equal(embedded.data.length, 2);
 const norm = Math.hypot(...embedded.data[0].embedding);
 assert.ok(Math.abs(norm - 1) < 1e-5, `norm ${norm}`);
+
+const remoteEmbedded = await client.embeddings.create({ model: "text-embedding-3-small", input: ["abc", "de"] });
+assert.deepEqual(remoteEmbedded.data.map((d) => Array.from(d.embedding)), [[3, 1, 0.5, -0.25], [2, 1, 0.5, -0.25]]);
+assert.equal(remoteEmbedded.usage.prompt_tokens, 5);
 
 const bytes = Buffer.from("line one\nline two\n".repeat(1000));
 const file = await client.files.create({ file: await toFile(bytes, "data.jsonl"), purpose: "batch" });

@@ -754,7 +754,17 @@ async fn transcribe(State(state): State<Arc<DoubleState>>, headers: HeaderMap, f
     match read_upload(form).await {
         Ok((fields, filename, size, _)) => {
             let model = fields.get("model").cloned().unwrap_or_default();
-            axum::Json(json!({ "text": format!("heard {size} bytes of {filename} with {model}") })).into_response()
+            let text = format!("heard {size} bytes of {filename} with {model}");
+            // As OpenAI reports it: whisper by the audio's duration (here as
+            // if it were 16 kHz 16-bit mono), the gpt-4o models by tokens.
+            let usage = if model.starts_with("whisper") {
+                json!({ "type": "duration", "seconds": (size as f64 / 32_000.0).ceil() })
+            } else {
+                let (audio, words) = (size / 1000, text.split_whitespace().count());
+                json!({ "type": "tokens", "input_tokens": audio, "input_token_details": { "text_tokens": 0, "audio_tokens": audio },
+                        "output_tokens": words, "total_tokens": audio + words })
+            };
+            axum::Json(json!({ "text": text, "usage": usage })).into_response()
         }
         Err(response) => response,
     }

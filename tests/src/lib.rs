@@ -143,6 +143,31 @@ pub fn http_client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
+/// `GET path` on the daemon, as text.
+pub async fn get_text(daemon: &Daemon, path: &str) -> String {
+    let response = http_client().get(daemon.url(path)).send().await.unwrap();
+    response.text().await.unwrap()
+}
+
+/// `GET path` on the daemon, as JSON.
+pub async fn get_json(daemon: &Daemon, path: &str) -> serde_json::Value {
+    serde_json::from_str(&get_text(daemon, path).await).unwrap()
+}
+
+/// A multipart form as the openai SDKs send an upload: the text `fields`,
+/// then `bytes` as the `file` part named `file_name`.
+pub fn upload_form(fields: &[(&str, &str)], file_name: &str, bytes: Vec<u8>) -> reqwest::multipart::Form {
+    let form = fields
+        .iter()
+        .fold(reqwest::multipart::Form::new(), |form, (name, value)| {
+            form.text(name.to_string(), value.to_string())
+        });
+    form.part(
+        "file",
+        reqwest::multipart::Part::bytes(bytes).file_name(file_name.to_string()),
+    )
+}
+
 /// The value of a Prometheus series in exposition text, summed over its label
 /// sets (0 when absent).
 pub fn sample(text: &str, series: &str) -> f64 {

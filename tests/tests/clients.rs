@@ -103,8 +103,9 @@ fn legacy_completions_through_the_openai_sdk_local_and_remote() {
 }
 
 /// The official openai Node SDK (tests/node, installed by tests/run.sh),
-/// unchanged: chat, the Responses API, legacy completions, local embeddings,
-/// files and audio through the pass-through.
+/// unchanged: chat, the Responses API (structured output included), legacy
+/// completions, local and remote embeddings, files and audio through the
+/// pass-through.
 #[test]
 fn the_openai_node_sdk_works_through_the_daemon() {
     let double = CloudDouble::start();

@@ -35,7 +35,9 @@ privacy:
 ",
         fixtures().join("qwen3.gguf").display(),
         fixtures().join("qwen3_thinking").display(),
+        // The upstream's embedding price: what a local answer saves.
         switchyard_e2e::echo_remote(&double.base_url())
+            + "      endpoint_prices:\n        - { endpoint: embeddings, input_per_mtok_usd: 1000 }\n"
     );
     Daemon::start(&policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)])
 }
@@ -98,5 +100,20 @@ async fn local_embeddings_equal_transformers_and_private_text_stays_local() {
     assert_eq!(private.status(), 200);
     assert_eq!(private.headers()["x-switchyard-backend"], "embed");
     assert_eq!(private.headers()["x-switchyard-reason"], "privacy-rule");
+    let private: Value = private.json().await.unwrap();
     assert!(double.passed().is_empty(), "nothing went out");
+
+    // Both answered locally, free, saving what the upstream charges a token.
+    let tokens =
+        reply["usage"]["prompt_tokens"].as_u64().unwrap() + private["usage"]["prompt_tokens"].as_u64().unwrap();
+    let status = switchyard_e2e::get_json(&daemon, "/status.json").await;
+    let embeddings = &status["endpoints"]["embeddings"];
+    assert_eq!(embeddings["requests"], 2, "{status}");
+    assert_eq!(embeddings["cost_usd"], 0.0, "{status}");
+    let saved = embeddings["saved_usd"].as_f64().unwrap();
+    assert!(
+        (saved - tokens as f64 * 1000.0 / 1e6).abs() < 1e-12,
+        "{saved} for {tokens} tokens: {status}"
+    );
+    assert_eq!(status["recent"][0]["route"], "local", "{status}");
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, http_client, policy_for, python_says_ok};
+use switchyard_e2e::{
+    CloudDouble, DOUBLE_API_KEY, Daemon, get_json, get_text, http_client, policy_for, python_says_ok, upload_form,
+};
 
 const AUTH: &str = "auth:\n  keys:\n    - name: sdk\n      key_env: SDK_KEY\n";
 const CLIENT_KEY: &str = "sk-client-passthrough";
@@ -70,10 +72,7 @@ async fn a_hundred_megabyte_upload_streams_through_with_flat_memory() {
     let daemon = start(&double, "");
     let http = http_client();
     // Warm up (first connections, TLS-free pools, allocator arenas).
-    let small = reqwest::multipart::Form::new().text("purpose", "batch").part(
-        "file",
-        reqwest::multipart::Part::bytes(vec![1u8; 1000]).file_name("a.jsonl"),
-    );
+    let small = upload_form(&[("purpose", "batch")], "a.jsonl", vec![1u8; 1000]);
     let warm = http
         .post(daemon.url("/v1/files"))
         .bearer_auth(CLIENT_KEY)
@@ -163,20 +162,131 @@ async fn a_private_body_is_refused_and_never_sent() {
     let plain = ask("a plain sentence").await.unwrap();
     assert_eq!(plain.status(), 200);
     assert_eq!(double.passed().len(), 1);
-    let metrics = http
-        .get(daemon.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&daemon, "/metrics").await;
     assert!(
         metrics.contains(
-            r#"switchyard_passthrough_requests_total{backend="echo",endpoint="moderations",outcome="2xx"} 1"#
+            r#"switchyard_requests_total{backend="echo",endpoint="moderations",outcome="2xx",reason="remote-only-endpoint",route="remote"} 1"#
         ) && metrics.contains(
-            r#"switchyard_passthrough_requests_total{backend="echo",endpoint="moderations",outcome="4xx"} 1"#
+            r#"switchyard_requests_total{backend="switchyard",endpoint="moderations",outcome="4xx",reason="privacy-rule",route="none"} 1"#
         ),
         "{metrics}"
     );
+}
+
+/// The value of the metric line that starts with `series` (labels included).
+fn metric(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in {metrics}"))
+}
+
+#[tokio::test]
+async fn priced_calls_are_charged_what_their_usage_says_and_the_budget_stops_them() {
+    let double = CloudDouble::start();
+    // Prices large enough to see: embeddings by the request's model, audio
+    // by the minute, moderations by the call; files are not priced.
+    let prices = "      endpoint_prices:
+        - { endpoint: embeddings, model: text-embedding-3-small, input_per_mtok_usd: 1000 }
+        - { endpoint: audio/transcriptions, per_minute_usd: 0.06 }
+        - { endpoint: moderations, per_call_usd: 0.2 }
+";
+    let retry = "      retry: { max_attempts: 1 }\n";
+    let policy = policy_for(
+        &double.base_url(),
+        &format!("{AUTH}budgets:\n  state_file: spend.json\n  global: {{ daily_usd: 1.0 }}\n"),
+    )
+    .replacen(retry, &format!("{retry}{prices}"), 1);
+    let daemon = Daemon::start(&policy, &[("DOUBLE_API_KEY", DOUBLE_API_KEY), ("SDK_KEY", CLIENT_KEY)]);
+    let http = http_client();
+    let post = |path: &str, body: Value| http.post(daemon.url(path)).bearer_auth(CLIENT_KEY).json(&body).send();
+
+    // 24 characters: the double counts them as tokens. 24 * 1000 / 1e6.
+    let embedded = post(
+        "/v1/embeddings",
+        json!({ "model": "text-embedding-3-small", "input": ["twelve chars", "twelve chars"] }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(embedded.status(), 200);
+    // Another model of the same endpoint has no price: free to the budgets.
+    let unpriced = post(
+        "/v1/embeddings",
+        json!({ "model": "text-embedding-3-large", "input": "x" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(unpriced.status(), 200);
+    // 96,000 bytes of "audio": 3 seconds, billed as 3/60 minutes.
+    let form = upload_form(&[("model", "whisper-1")], "a.wav", vec![0u8; 96_000]);
+    let heard = http
+        .post(daemon.url("/v1/audio/transcriptions"))
+        .bearer_auth(CLIENT_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(heard.status(), 200);
+    let embeddings_cost = 24.0 * 1000.0 / 1e6;
+    let audio_cost = 3.0 / 60.0 * 0.06;
+    let metrics = get_text(&daemon, "/metrics").await;
+    let spent = metric(&metrics, r#"switchyard_cost_usd_total{backend="echo"}"#);
+    assert!(
+        (spent - embeddings_cost - audio_cost).abs() < 1e-9,
+        "{spent}: {metrics}"
+    );
+
+    // Moderations at 0.20 a call: admitted while the budget lasts (each holds
+    // its price while it runs), then refused without going out.
+    let spent_before = embeddings_cost + audio_cost;
+    let affordable = ((1.0 - spent_before) / 0.2).ceil() as usize;
+    for _ in 0..affordable {
+        let answered = post("/v1/moderations", json!({ "input": "a plain sentence" }))
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), 200);
+    }
+    let sent = double.passed().len();
+    let refused = post("/v1/moderations", json!({ "input": "a plain sentence" }))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 402);
+    assert_eq!(refused.headers()["x-switchyard-reason"], "budget-exhausted");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exhausted", "{body}");
+    assert_eq!(double.passed().len(), sent, "the refused call never went out");
+    // What is not priced still passes: the budget guards money, not files.
+    let file = upload_form(&[("purpose", "batch")], "a.jsonl", b"{}\n".to_vec());
+    let uploaded = http
+        .post(daemon.url("/v1/files"))
+        .bearer_auth(CLIENT_KEY)
+        .multipart(file)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(uploaded.status(), 200);
+
+    // The ledger, the metrics and the status page agree.
+    let total = spent_before + 0.2 * affordable as f64;
+    let metrics = get_text(&daemon, "/metrics").await;
+    let spent = metric(&metrics, r#"switchyard_cost_usd_total{backend="echo"}"#);
+    assert!((spent - total).abs() < 1e-9, "{spent} against {total}");
+    let budget = metric(&metrics, r#"switchyard_budget_spent_usd{period="day",scope="global"}"#);
+    assert!((budget - total).abs() < 1e-9, "{budget} against {total}");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"switchyard_requests_total{backend="switchyard",endpoint="moderations",outcome="4xx",reason="budget-exhausted",route="none"}"#
+        ),
+        1.0
+    );
+    let status = get_json(&daemon, "/status.json").await;
+    let endpoints = &status["endpoints"];
+    assert_eq!(endpoints["embeddings"]["requests"], 2, "{status}");
+    assert_eq!(endpoints["moderations"]["requests"], affordable as u64 + 1, "{status}");
+    assert_eq!(endpoints["moderations"]["errors"], 1, "{status}");
+    assert_eq!(endpoints["files"]["requests"], 1, "{status}");
+    let moderation_cost = endpoints["moderations"]["cost_usd"].as_f64().unwrap();
+    assert!((moderation_cost - 0.2 * affordable as f64).abs() < 1e-9, "{status}");
+    assert_eq!(status["recent"][0]["endpoint"], "files", "{status}");
 }

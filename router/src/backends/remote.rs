@@ -45,7 +45,7 @@ use super::breaker::{Breaker, BreakerState, Refused};
 use crate::openai::request::ChatRequest;
 use crate::openai::sse::{self, Chunk, SseDecoder, SseEvent};
 use crate::outcome::{BackendError, UpstreamError};
-use crate::policy::{Price, RemoteBackendConfig, RetryConfig, Timeouts};
+use crate::policy::{EndpointPrices, Price, RemoteBackendConfig, RetryConfig, Timeouts};
 use crate::reply::{ChatReply, Relayed, Usage, UsageCell};
 
 /// Largest non-streamed completion we accept from upstream. A chat completion of
@@ -69,6 +69,7 @@ pub struct RemoteBackend {
     /// `scheme://host:port` of `url`, to keep it out of error messages.
     origin: String,
     price: Price,
+    endpoint_prices: EndpointPrices,
     timeouts: Timeouts,
     max_output_tokens: Option<u64>,
     retry: RetryConfig,
@@ -120,6 +121,7 @@ impl RemoteBackend {
             secret,
             origin,
             price: config.price,
+            endpoint_prices: config.endpoint_prices.clone(),
             timeouts: config.timeouts.clone(),
             max_output_tokens: config.max_output_tokens(),
             retry: config.retry.clone(),
@@ -130,6 +132,11 @@ impl RemoteBackend {
 
     pub fn price(&self) -> Price {
         self.price
+    }
+
+    /// What it charges for calls other than chat (embeddings, audio, ...).
+    pub fn endpoint_prices(&self) -> &EndpointPrices {
+        &self.endpoint_prices
     }
 
     pub fn name(&self) -> &str {

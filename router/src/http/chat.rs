@@ -33,6 +33,8 @@ use crate::routing::{self, Decision};
 /// An endpoint answered as chat is: how its body becomes a [`ChatRequest`].
 /// Written for its client by `openai::completion`, by the request's API.
 pub trait Api {
+    /// The endpoint's label in metrics, the status page and logs.
+    const ENDPOINT: &'static str;
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError>;
 }
 
@@ -50,18 +52,21 @@ pub struct Legacy;
 pub struct Responses;
 
 impl Api for Chat {
+    const ENDPOINT: &'static str = "chat";
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         ChatRequest::parse(bytes)
     }
 }
 
 impl Api for Legacy {
+    const ENDPOINT: &'static str = "completions";
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         ChatRequest::parse_completion(bytes)
     }
 }
 
 impl Api for Responses {
+    const ENDPOINT: &'static str = "responses";
     fn parse(bytes: &[u8]) -> Result<ChatRequest, ApiError> {
         ChatRequest::parse_responses(bytes)
     }
@@ -74,7 +79,7 @@ pub async fn handle<A: Api>(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    answer(state, request_id, caller, headers, body, A::parse).await
+    answer(state, request_id, caller, headers, body, A::ENDPOINT, A::parse).await
 }
 
 /// How a request's body becomes a [`ChatRequest`].
@@ -86,6 +91,7 @@ async fn answer(
     caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     body: Body,
+    endpoint: &'static str,
     parse: Parse,
 ) -> Response {
     let started = Instant::now();
@@ -95,6 +101,7 @@ async fn answer(
     // Dropped unfinished (the client went away), the record writes itself.
     let mut record = RequestRecord::new(
         request_id.clone(),
+        endpoint,
         started,
         SELF_BACKEND,
         live.baseline.clone(),
@@ -275,8 +282,7 @@ fn respond(reply: Written, mut record: RequestRecord, past_drain: &CancellationT
                 .headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             if let Some(usage) = usage {
-                let cost = price.cost_usd(usage.prompt_tokens, usage.completion_tokens);
-                response.headers_mut().insert(COST, cost_header(cost));
+                response.headers_mut().insert(COST, cost_header(price.cost_of(&usage)));
             }
             record.status = status.as_u16();
             record.finish(usage, None);

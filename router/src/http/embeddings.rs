@@ -15,6 +15,7 @@
 //! computed in one job on the engine.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Extension, Request, State};
@@ -24,26 +25,61 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::headers::{REASON, ROUTE};
-use super::{AppState, BACKEND, RequestId};
+use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
+use crate::accounting::RequestRecord;
+use crate::auth::Caller;
 use crate::backends::Backend;
 use crate::backends::local::EmbeddingInput;
+use crate::live::Live;
 use crate::openai::error::ApiError;
 use crate::outcome::{Reason, RouteError, Tier};
+use crate::reply::Usage;
+use crate::routing::caller_name;
+
+/// The endpoint's label in metrics, the status page and logs.
+const ENDPOINT: &str = "embeddings";
 
 pub async fn embeddings(
     State(state): State<Arc<AppState>>,
     Extension(request_id): Extension<RequestId>,
+    caller: Option<Extension<Caller>>,
     request: Request,
 ) -> Response {
+    let started = Instant::now();
     let live = state.policy.current();
+    let record = || {
+        let caller = caller
+            .as_ref()
+            .and_then(|Extension(c)| caller_name(c))
+            .map(str::to_string);
+        RequestRecord::new(
+            request_id.0.clone(),
+            ENDPOINT,
+            started,
+            SELF_BACKEND,
+            baseline(&live),
+            caller,
+            live.ledger.clone(),
+            live.metrics_enabled,
+        )
+    };
+    let refused = |mut record: RequestRecord, err: ApiError| {
+        if let ApiError::Route(route) = &err {
+            record.reason = route.reason().as_str();
+        }
+        let response = err.into_response();
+        record.status = response.status().as_u16();
+        record.finish(None, None);
+        response
+    };
     let (parts, body) = request.into_parts();
     let bytes = match super::chat::read_body(&parts.headers, body, live.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(record(), err),
     };
     let asked = match Asked::parse(&bytes) {
         Ok(asked) => asked,
-        Err(err) => return err.into_response(),
+        Err(err) => return refused(record(), err),
     };
     let local_embedder = || {
         live.backends
@@ -60,24 +96,24 @@ pub async fn embeddings(
             (Some(local), None) => (Some(local), Reason::ScoreLow),
             (Some(local), Some(_)) => (Some(local), Reason::PrivacyRule),
             (None, _) => {
-                return ApiError::invalid(
+                let err = ApiError::invalid(
                     format!(
                         "The policy has no local embedding model for '{}'; name the remote provider's embedding model (e.g. text-embedding-3-small).",
                         asked.model
                     ),
                     "model",
-                )
-                .into_response();
+                );
+                return refused(record(), err);
             }
         },
         _ => match (&private, local_embedder()) {
             (Some(_), Some(local)) => (Some(local), Reason::PrivacyRule),
             (Some(rule), None) => {
-                return ApiError::Route(RouteError::PrivacyUnservable {
+                let err = ApiError::Route(RouteError::PrivacyUnservable {
                     rule: rule.clone(),
                     why: Reason::RemoteOnlyEndpoint,
-                })
-                .into_response();
+                });
+                return refused(record(), err);
             }
             (None, _) => (None, Reason::RemoteOnlyEndpoint),
         },
@@ -85,9 +121,20 @@ pub async fn embeddings(
     let Some(backend) = backend else {
         // Not for a local model: to the remote as it came.
         let request = Request::from_parts(parts, Body::from(bytes));
-        return super::passthrough::forward(State(state), Extension(request_id), request).await;
+        return super::passthrough::forward(State(state.clone()), Extension(request_id.clone()), caller, request).await;
     };
-    let mut response = answer_locally(&backend, asked).await;
+    let mut record = record();
+    record.route = Tier::Local.as_str();
+    record.backend = backend.name().to_string();
+    record.reason = reason.as_str();
+    record.backend_started = Some(Instant::now());
+    let (mut response, tokens) = answer_locally(&backend, asked).await;
+    record.status = response.status().as_u16();
+    let usage = tokens.map(|prompt_tokens| Usage {
+        prompt_tokens,
+        ..Usage::default()
+    });
+    record.finish(usage, None);
     let headers = response.headers_mut();
     if let Ok(name) = HeaderValue::from_str(backend.name()) {
         headers.insert(BACKEND, name);
@@ -97,33 +144,44 @@ pub async fn embeddings(
     response
 }
 
-async fn answer_locally(backend: &Backend, asked: Asked) -> Response {
+/// What a remote embeddings call would have cost instead of a local one: the
+/// pass-through backend's first price for `embeddings`.
+fn baseline(live: &Live) -> Option<(String, crate::policy::Price)> {
+    let remote = live.routing.passthrough_backend()?.as_remote()?;
+    let price = remote.endpoint_prices().first_for(ENDPOINT)?;
+    Some((remote.name().to_string(), price))
+}
+
+/// The local answer, and the tokens it read when it was answered.
+async fn answer_locally(backend: &Backend, asked: Asked) -> (Response, Option<u64>) {
+    match embed_locally(backend, asked).await {
+        Ok((response, tokens)) => (response, Some(tokens)),
+        Err(err) => (err.into_response(), None),
+    }
+}
+
+async fn embed_locally(backend: &Backend, asked: Asked) -> Result<(Response, u64), ApiError> {
     let Some(local) = backend.as_local().filter(|l| l.embeds()) else {
-        return ApiError::invalid(
+        return Err(ApiError::invalid(
             format!(
                 "Backend `{}` is not an embedding model (a local backend serves embeddings with `embeddings: true`).",
                 backend.name()
             ),
             "model",
-        )
-        .into_response();
+        ));
     };
-    let (embeddings, tokens) = match local.embed(asked.inputs).await {
-        Ok(answer) => answer,
-        Err(err) => return ApiError::Backend(err).into_response(),
-    };
+    let (embeddings, tokens) = local.embed(asked.inputs).await.map_err(ApiError::Backend)?;
     let mut data = Vec::with_capacity(embeddings.len());
     for (index, mut embedding) in embeddings.into_iter().enumerate() {
         if let Some(dimensions) = asked.dimensions {
             if dimensions > embedding.len() {
-                return ApiError::invalid(
+                return Err(ApiError::invalid(
                     format!(
                         "Invalid 'dimensions': this model's embeddings have {} dimensions; {dimensions} is more.",
                         embedding.len()
                     ),
                     "dimensions",
-                )
-                .into_response();
+                ));
             }
             embedding.truncate(dimensions);
             let norm = embedding.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
@@ -143,7 +201,7 @@ async fn answer_locally(backend: &Backend, asked: Asked) -> Response {
         "object": "list", "data": data, "model": local.name(),
         "usage": { "prompt_tokens": tokens, "total_tokens": tokens },
     });
-    axum::Json(body).into_response()
+    Ok((axum::Json(body).into_response(), tokens))
 }
 
 /// An embeddings request, checked as OpenAI checks it.

@@ -113,6 +113,7 @@ pub async fn status_json(State(state): State<Arc<AppState>>) -> Json<Value> {
         .collect();
     Json(json!({
         "routes": board.by_route,
+        "endpoints": board.by_endpoint,
         "cost_usd": board.cost_usd,
         "baseline_usd": board.baseline_usd,
         "savings_usd": board.baseline_usd - board.cost_usd,

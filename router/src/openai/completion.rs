@@ -575,6 +575,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 12,
                 completion_tokens: 7,
+                seconds: 0,
             },
             reasoning_tokens: 3,
             cached_tokens: 5,
@@ -732,6 +733,7 @@ mod tests {
             usage: Usage {
                 prompt_tokens: 12,
                 completion_tokens: 7,
+                seconds: 0,
             },
             reasoning_tokens: 3,
             cached_tokens: 0,

@@ -258,6 +258,7 @@ mod tests {
         let usage = Usage {
             prompt_tokens: 3,
             completion_tokens: 2,
+            seconds: 0,
         };
         for (data, expected) in [
             (

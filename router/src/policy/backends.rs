@@ -240,6 +240,11 @@ pub struct RemoteBackendConfig {
     /// code written against the provider works unchanged behind Switchyard.
     pub(super) model: Spanned<String>,
     pub price: Price,
+    /// What this upstream charges for calls other than its chat model's:
+    /// embeddings, audio, images, ... (see [`EndpointPrice`]). A call none of
+    /// them prices is free as far as the budgets know.
+    #[serde(default)]
+    pub endpoint_prices: EndpointPrices,
     #[serde(default)]
     pub timeouts: Timeouts,
     /// Largest `max_tokens` the upstream model accepts; requests above it are
@@ -270,6 +275,84 @@ impl RemoteBackendConfig {
 
     pub fn max_output_tokens(&self) -> Option<u64> {
         self.max_output_tokens.as_ref().map(|m| m.value)
+    }
+}
+
+/// A remote backend's `endpoint_prices`, in the policy's order.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct EndpointPrices(Vec<EndpointPrice>);
+
+impl EndpointPrices {
+    /// The price of a call to `endpoint` (the path after `/v1/`) for
+    /// `model`: the first entry of `endpoint_prices` whose endpoint is that
+    /// path or a parent of it (`audio` prices `audio/transcriptions`) and whose
+    /// model, if it names one, is the request's. With `model` unknown (a
+    /// multipart body), only entries naming no model apply.
+    pub fn of(&self, endpoint: &str, model: Option<&str>) -> Option<Price> {
+        self.0
+            .iter()
+            .find(|entry| {
+                entry.covers(endpoint) && entry.model.as_ref().is_none_or(|m| Some(m.value.as_str()) == model)
+            })
+            .map(EndpointPrice::price)
+    }
+
+    /// Whether some price of `endpoint` depends on the request's model.
+    pub fn by_model(&self, endpoint: &str) -> bool {
+        self.0
+            .iter()
+            .any(|entry| entry.model.is_some() && entry.covers(endpoint))
+    }
+
+    /// The first price of `endpoint`, whatever model it names: what a local
+    /// answer to that endpoint saves.
+    pub fn first_for(&self, endpoint: &str) -> Option<Price> {
+        self.0
+            .iter()
+            .find(|entry| entry.covers(endpoint))
+            .map(EndpointPrice::price)
+    }
+}
+
+/// One price of a remote backend's `endpoint_prices`, e.g.
+/// `{ endpoint: embeddings, model: text-embedding-3-small, input_per_mtok_usd: 0.02 }`
+/// or `{ endpoint: images/generations, per_call_usd: 0.04 }`. Tokens are read
+/// from the answer's `usage` (`prompt_tokens`/`completion_tokens` or
+/// `input_tokens`/`output_tokens`), minutes from a transcription's
+/// `usage.seconds`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointPrice {
+    /// The path after `/v1/`, or a parent of it.
+    pub(super) endpoint: Spanned<String>,
+    /// The request's `model` (JSON bodies); absent, any model.
+    pub(super) model: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) input_per_mtok_usd: f64,
+    #[serde(default)]
+    pub(super) output_per_mtok_usd: f64,
+    #[serde(default)]
+    pub(super) per_call_usd: f64,
+    #[serde(default)]
+    pub(super) per_minute_usd: f64,
+}
+
+impl EndpointPrice {
+    /// Whether the entry's endpoint is `endpoint` or a parent of it.
+    fn covers(&self, endpoint: &str) -> bool {
+        endpoint
+            .strip_prefix(self.endpoint.value.trim_matches('/'))
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
+
+    fn price(&self) -> Price {
+        Price {
+            input_per_mtok_usd: self.input_per_mtok_usd,
+            output_per_mtok_usd: self.output_per_mtok_usd,
+            per_call_usd: self.per_call_usd,
+            per_minute_usd: self.per_minute_usd,
+        }
     }
 }
 
@@ -340,12 +423,17 @@ impl Default for BreakerConfig {
     }
 }
 
-/// Prices in USD per million tokens, as providers publish them.
+/// Prices in USD per million tokens, as providers publish them, and what a
+/// provider may add per call (a request fee, an image) or per minute of audio.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Price {
     pub input_per_mtok_usd: f64,
     pub output_per_mtok_usd: f64,
+    #[serde(default)]
+    pub per_call_usd: f64,
+    #[serde(default)]
+    pub per_minute_usd: f64,
 }
 
 impl Price {
@@ -353,10 +441,31 @@ impl Price {
     pub const FREE: Price = Price {
         input_per_mtok_usd: 0.0,
         output_per_mtok_usd: 0.0,
+        per_call_usd: 0.0,
+        per_minute_usd: 0.0,
     };
 
+    /// What one answered call with these tokens costs.
     pub fn cost_usd(&self, prompt_tokens: u64, completion_tokens: u64) -> f64 {
-        (prompt_tokens as f64 * self.input_per_mtok_usd + completion_tokens as f64 * self.output_per_mtok_usd) / 1e6
+        self.per_call_usd
+            + (prompt_tokens as f64 * self.input_per_mtok_usd + completion_tokens as f64 * self.output_per_mtok_usd)
+                / 1e6
+    }
+
+    /// What one answered call costs, audio minutes included.
+    pub fn cost_of(&self, usage: &crate::reply::Usage) -> f64 {
+        self.cost_usd(usage.prompt_tokens, usage.completion_tokens) + usage.seconds as f64 / 60.0 * self.per_minute_usd
+    }
+
+    fn problem(&self) -> Option<&'static str> {
+        let ok = |p: f64| p.is_finite() && p >= 0.0;
+        let all = [
+            self.input_per_mtok_usd,
+            self.output_per_mtok_usd,
+            self.per_call_usd,
+            self.per_minute_usd,
+        ];
+        (!all.into_iter().all(ok)).then_some("prices must be finite and not negative")
     }
 }
 
@@ -414,10 +523,20 @@ impl BackendsConfig {
             if backend.model.value.trim().is_empty() {
                 problems.push(Problem::at(&backend.model, "model must not be empty"));
             }
-            let price = backend.price;
-            let price_ok = |p: f64| p.is_finite() && p >= 0.0;
-            if !price_ok(price.input_per_mtok_usd) || !price_ok(price.output_per_mtok_usd) {
-                problems.push(Problem::at(&backend.name, "prices must be finite and not negative"));
+            if let Some(problem) = backend.price.problem() {
+                problems.push(Problem::at(&backend.name, problem));
+            }
+            for entry in &backend.endpoint_prices.0 {
+                if let Some(problem) = entry.price().problem() {
+                    problems.push(Problem::at(&entry.endpoint, problem));
+                }
+                let path = entry.endpoint.value.trim_matches('/');
+                if path.is_empty() || path.starts_with("v1/") || path.contains(char::is_whitespace) {
+                    problems.push(Problem::at(
+                        &entry.endpoint,
+                        "endpoint is the path after /v1/, e.g. embeddings or audio/transcriptions",
+                    ));
+                }
             }
             let t = &backend.timeouts;
             for timeout in [&t.connect_ms, &t.first_byte_ms, &t.idle_ms, &t.total_ms] {

@@ -225,6 +225,60 @@ routing:
     }
 
     #[test]
+    fn endpoint_prices_match_by_path_and_model_in_order() {
+        let priced = MINIMAL.replace(
+            "      price: { input_per_mtok_usd: 1.0, output_per_mtok_usd: 2.0 }\n",
+            "      price: { input_per_mtok_usd: 1.0, output_per_mtok_usd: 2.0 }
+      endpoint_prices:
+        - { endpoint: embeddings, model: small, input_per_mtok_usd: 0.02 }
+        - { endpoint: embeddings, input_per_mtok_usd: 0.5 }
+        - { endpoint: audio, per_minute_usd: 0.006 }
+        - { endpoint: /images/generations/, per_call_usd: 0.04 }
+",
+        );
+        let policy = Policy::parse(&priced).unwrap();
+        let prices = &policy.backends.remote[0].endpoint_prices;
+        let input = |price: Option<Price>| price.map(|p| p.input_per_mtok_usd);
+        assert_eq!(input(prices.of("embeddings", Some("small"))), Some(0.02));
+        assert_eq!(input(prices.of("embeddings", Some("large"))), Some(0.5));
+        assert_eq!(input(prices.of("embeddings", None)), Some(0.5));
+        assert_eq!(
+            prices.of("audio/transcriptions", None).map(|p| p.per_minute_usd),
+            Some(0.006)
+        );
+        assert_eq!(
+            prices.of("images/generations", None).map(|p| p.per_call_usd),
+            Some(0.04)
+        );
+        assert_eq!(prices.of("images/edits", None), None, "a sibling is not covered");
+        assert_eq!(prices.of("audiobooks", None), None, "a segment is matched whole");
+        assert_eq!(prices.of("files", None), None);
+        assert!(prices.by_model("embeddings") && !prices.by_model("audio/speech"));
+        assert_eq!(input(prices.first_for("embeddings")), Some(0.02));
+
+        for (entry, message) in [
+            (
+                "{ endpoint: embeddings, per_call_usd: -1 }",
+                "prices must be finite and not negative",
+            ),
+            (
+                "{ endpoint: /v1/embeddings, per_call_usd: 1 }",
+                "endpoint is the path after /v1/",
+            ),
+            ("{ endpoint: '', per_call_usd: 1 }", "endpoint is the path after /v1/"),
+        ] {
+            let text = MINIMAL.replace(
+                "      price: { input_per_mtok_usd: 1.0, output_per_mtok_usd: 2.0 }\n",
+                &format!(
+                    "      price: {{ input_per_mtok_usd: 1.0, output_per_mtok_usd: 2.0 }}\n      endpoint_prices:\n        - {entry}\n"
+                ),
+            );
+            let at = problems(&text);
+            assert!(at.iter().any(|p| p.message.contains(message)), "{entry}: {at:?}");
+        }
+    }
+
+    #[test]
     fn minimal_policy_loads_with_defaults() {
         let policy = Policy::parse(MINIMAL).unwrap();
         assert_eq!(policy.server.listen.value, "127.0.0.1:8080");
@@ -435,7 +489,19 @@ routing:
         let price = Price {
             input_per_mtok_usd: 2.5,
             output_per_mtok_usd: 10.0,
+            ..Price::FREE
         };
         assert!((price.cost_usd(1_000_000, 500_000) - 7.5).abs() < 1e-12);
+        let per_call = Price {
+            per_call_usd: 0.04,
+            per_minute_usd: 0.006,
+            ..price
+        };
+        let usage = crate::reply::Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 0,
+            seconds: 90,
+        };
+        assert!((per_call.cost_of(&usage) - (2.5 + 0.04 + 0.009)).abs() < 1e-12);
     }
 }

@@ -87,14 +87,25 @@ impl BudgetClaim {
     /// budget (counting calls in flight) is spent.
     pub fn admit(&self, backend: &Backend) -> Result<Option<Reservation>, ApiError> {
         let usd = price_of(backend).cost_usd(self.prompt_tokens, self.output_tokens);
-        if usd <= 0.0 {
-            return Ok(None);
-        }
-        self.ledger
-            .try_reserve(&self.limits, self.caller.as_deref(), usd)
-            .map(Some)
-            .ok_or(ApiError::Route(RouteError::BudgetExhausted { why: self.why }))
+        reserve(&self.ledger, &self.limits, self.caller.as_deref(), usd, self.why)
     }
+}
+
+/// Holds `usd` against the budgets; nothing for a free call.
+fn reserve(
+    ledger: &Arc<Ledger>,
+    limits: &BudgetLimits,
+    caller: Option<&str>,
+    usd: f64,
+    why: Reason,
+) -> Result<Option<Reservation>, ApiError> {
+    if usd <= 0.0 {
+        return Ok(None);
+    }
+    ledger
+        .try_reserve(limits, caller, usd)
+        .map(Some)
+        .ok_or(ApiError::Route(RouteError::BudgetExhausted { why }))
 }
 
 /// Output tokens a request may be billed for: `max_tokens` (or
@@ -200,6 +211,24 @@ impl Routing {
 
     pub fn budgets(&self) -> Option<&BudgetLimits> {
         self.budgets.as_ref()
+    }
+
+    /// Admits a call outside chat (a priced pass-through or remote
+    /// embeddings call) that may cost `usd`: `Ok(None)` when it is free or the
+    /// policy sets no budgets, `Err` when the caller's budgets (counting calls
+    /// in flight) are spent. No local model can stand in for these.
+    pub fn admit_call(
+        &self,
+        ledger: Option<&Arc<Ledger>>,
+        caller: &Caller,
+        usd: f64,
+    ) -> Result<Option<Reservation>, ApiError> {
+        match (ledger, &self.budgets) {
+            (Some(ledger), Some(limits)) => {
+                reserve(ledger, limits, caller_name(caller), usd, Reason::RemoteOnlyEndpoint)
+            }
+            _ => Ok(None),
+        }
     }
 
     /// The one entry point: where a validated request goes and why. A
