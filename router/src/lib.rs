@@ -29,6 +29,7 @@
 //! The command line (`main.rs`, `cli/`) sits on top of the library.
 
 pub mod accounting;
+pub mod audit;
 pub mod auth;
 pub mod backends;
 pub mod http;

@@ -47,6 +47,9 @@ enum Command {
         #[command(subcommand)]
         command: cli::route::RouteCommand,
     },
+    /// Replay logged traffic through a policy: where it would go, what it
+    /// would cost, what it would save (summary.json, report.html).
+    Audit(cli::audit::AuditArgs),
     /// The escalation ladder.
     Ladder {
         #[command(subcommand)]
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
             command: LadderCommand::Eval(args),
         } => cli::ladder::eval(&args),
         Command::Route { command } => cli::route::run(&command),
+        Command::Audit(args) => cli::audit::run(&args),
     }
 }
 

@@ -168,6 +168,31 @@ pub fn upload_form(fields: &[(&str, &str)], file_name: &str, bytes: Vec<u8>) -> 
     )
 }
 
+/// Headless Chromium on `url` with `extra` flags (`--dump-dom`,
+/// `--screenshot=FILE`), a window of `window` (`1400,1150`) and its profile
+/// in `dir`: its output when it exits.
+pub fn chromium(dir: &std::path::Path, window: &str, extra: &[String], url: &str) -> std::process::Output {
+    std::process::Command::new(tool("chromium"))
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--virtual-time-budget=5000",
+        ])
+        .arg(format!("--window-size={window}"))
+        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
+        .args(extra)
+        .arg(url)
+        .output()
+        .unwrap()
+}
+
 /// The value of a Prometheus series in exposition text, summed over its label
 /// sets (0 when absent).
 pub fn sample(text: &str, series: &str) -> f64 {

@@ -331,27 +331,8 @@ async fn the_status_page_renders_live_numbers_in_chromium() {
     let daemon = start(&double);
     let sent = traffic(&daemon).await;
     let dir = daemon::scratch_dir("chromium");
-    let chromium = |extra: &[String]| {
-        Command::new(tool("chromium"))
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--hide-scrollbars",
-                "--window-size=1400,1150",
-                "--virtual-time-budget=5000",
-            ])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-            .args(extra)
-            .arg(daemon.url("/"))
-            .output()
-            .unwrap()
-    };
+    let url = daemon.url("/");
+    let chromium = |extra: &[String]| switchyard_e2e::chromium(&dir, "1400,1150", extra, &url);
     let dom = chromium(&["--dump-dom".to_string()]);
     let html = String::from_utf8_lossy(&dom.stdout).to_string();
     assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));

@@ -5,7 +5,9 @@
 //! - [`local`]: `switchyard generate` and `switchyard chat`, the local engine from the terminal.
 //! - [`route`]: `switchyard route ...`, the difficulty model: score, evaluate, train, explain, time.
 //! - [`ladder`]: `switchyard ladder eval`, what confidence-based escalation buys on labelled data.
+//! - [`audit`]: `switchyard audit`, logged traffic replayed through a policy.
 
+pub mod audit;
 pub mod ladder;
 pub mod local;
 pub mod route;

@@ -334,6 +334,13 @@ impl LocalBackend {
         &self.name
     }
 
+    /// The tokens `text` makes for this model's tokenizer (literal text: a
+    /// control token's string counts as the text it is), if it loaded.
+    pub fn count_tokens(&self, text: &str) -> Option<u64> {
+        let engine = self.engine.as_ref().ok()?;
+        engine.tokenizer().encode(text, false).ok().map(|ids| ids.len() as u64)
+    }
+
     pub fn readiness(&self) -> Result<(), String> {
         self.engine.as_ref().map(|_| ()).map_err(Clone::clone)
     }

@@ -1,0 +1,339 @@
+//! `switchyard audit`: replays a team's logged requests through a policy and
+//! writes what it would have cost and where it would have gone
+//! (`summary.json`, `report.html`), with `--sample N --local` the local
+//! model's own answers to N of them compared with the logged ones.
+//!
+//! Each replayed request is appended to `OUT/rows.jsonl` as it is done, so an
+//! interrupted audit run again with the same `--out` carries on where it
+//! stopped (a line cut by the interruption is dropped and done again).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::hash::{Hash, Hasher};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+use switchyard::audit::summary::summarise;
+use switchyard::audit::{LocalCheck, Logged, Replayed, Replayer, report};
+use switchyard::backends::local::LocalBackend;
+use switchyard::live::Live;
+use switchyard::openai::request::ChatRequest;
+use switchyard::policy::Policy;
+use switchyard::reply::Event;
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// Logged traffic: JSON Lines of request bodies, batch-file lines, or
+    /// logged calls (`request`, `response`, `usage`, `latency_ms`, `cost_usd`, `timestamp`).
+    #[arg(long)]
+    input: PathBuf,
+    /// The policy to replay them through.
+    #[arg(long)]
+    policy: PathBuf,
+    /// Where `summary.json`, `report.html` and `rows.jsonl` go.
+    #[arg(long)]
+    out: PathBuf,
+    /// The model each request is replayed as: a routing profile (`auto`,
+    /// an alias), so the policy routes it.
+    #[arg(long, default_value = "auto")]
+    model: String,
+    /// The days the log covers, for the monthly projection (default: the
+    /// span of its timestamps).
+    #[arg(long)]
+    period_days: Option<f64>,
+    /// Answer this many logged requests (ones with a logged answer) with the
+    /// local model and compare (needs --local).
+    #[arg(long, default_value_t = 0, requires = "local")]
+    sample: usize,
+    /// Run the policy's local model for the sampled requests.
+    #[arg(long)]
+    local: bool,
+    /// The most tokens a sampled local answer may take.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: u64,
+}
+
+pub fn run(args: &AuditArgs) -> ExitCode {
+    match audit(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The lines already replayed in `rows.jsonl` (and the unreadable ones in
+/// `skipped.jsonl`), with each file cut back to its last whole line.
+fn resume(path: &Path) -> Result<Vec<Value>, String> {
+    let Ok(mut file) = OpenOptions::new().read(true).write(true).open(path) else {
+        return Ok(Vec::new());
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let whole = text.rfind('\n').map_or(0, |at| at + 1);
+    if whole < text.len() {
+        file.set_len(whole as u64)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    text[..whole]
+        .lines()
+        .map(|line| serde_json::from_str(line).map_err(|e| format!("{}: {e}", path.display())))
+        .collect()
+}
+
+fn append(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Writes `text` to `path` whole or not at all.
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Whether line `line` is among the sampled: a fixed pseudo-random share of
+/// the lines, the same on every run (so a resumed audit samples the same).
+fn sampled(line: usize, share: f64) -> bool {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (line, "switchyard-audit").hash(&mut hasher);
+    (hasher.finish() as f64 / u64::MAX as f64) < share
+}
+
+fn audit(args: &AuditArgs) -> Result<(), String> {
+    let policy = Policy::load(&args.policy).map_err(|e| e.in_file(&args.policy))?;
+    let live = Live::build(&policy, None).map_err(|e| e.in_file(&args.policy))?;
+    std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let rows_path = args.out.join("rows.jsonl");
+    let skipped_path = args.out.join("skipped.jsonl");
+    let mut rows: Vec<Replayed> = resume(&rows_path)?
+        .into_iter()
+        .map(|v| serde_json::from_value(v).map_err(|e| format!("{}: {e}", rows_path.display())))
+        .collect::<Result<_, _>>()?;
+    let skipped = resume(&skipped_path)?;
+    let mut done: HashSet<usize> = rows.iter().map(|r| r.line).collect();
+    done.extend(skipped.iter().filter_map(|s| s["line"].as_u64().map(|l| l as usize)));
+    let mut unreadable = skipped.len();
+    if !done.is_empty() {
+        eprintln!("resuming: {} lines already replayed", done.len());
+    }
+
+    let open_input = || File::open(&args.input).map_err(|e| format!("{}: {e}", args.input.display()));
+    let total = BufReader::new(open_input()?)
+        .lines()
+        .map_while(Result::ok)
+        .filter(|l| !l.trim().is_empty())
+        .count();
+    let local = if args.local {
+        let local = live
+            .backends
+            .all()
+            .iter()
+            .find_map(|b| b.as_local().filter(|l| !l.embeds()))
+            .ok_or("--local: the policy has no local model")?;
+        local.readiness().map_err(|e| format!("--local: {e}"))?;
+        Some(local)
+    } else {
+        None
+    };
+    let share = if total == 0 {
+        0.0
+    } else {
+        (args.sample as f64 * 1.5 / total as f64).min(1.0)
+    };
+    let mut sampled_so_far = rows.iter().filter(|r| r.local.is_some()).count();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let replayer = Replayer::new(&live);
+    let mut rows_file = append(&rows_path)?;
+    let mut skipped_file = append(&skipped_path)?;
+    let progress = std::io::stderr().is_terminal();
+    let started = Instant::now();
+    let mut line_no = 0usize;
+    let mut seen = 0usize;
+    for line in BufReader::new(open_input()?).lines() {
+        line_no += 1;
+        let line = line.map_err(|e| format!("{}:{line_no}: {e}", args.input.display()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        seen += 1;
+        if progress && (seen.is_multiple_of(50) || seen == total) {
+            eprint!(
+                "\r{seen}/{total} requests ({:.0}%), {:.0}s",
+                100.0 * seen as f64 / total.max(1) as f64,
+                started.elapsed().as_secs_f64()
+            );
+        }
+        if done.contains(&line_no) {
+            continue;
+        }
+        let parsed = serde_json::from_str::<Value>(&line)
+            .map_err(|e| format!("not JSON: {e}"))
+            .and_then(|row| Logged::parse(&row, line_no, &args.model));
+        let logged = match parsed {
+            Ok(logged) => logged,
+            Err(why) => {
+                unreadable += 1;
+                let entry = json!({ "line": line_no, "error": why });
+                writeln!(skipped_file, "{entry}").map_err(|e| e.to_string())?;
+                continue;
+            }
+        };
+        let mut row = replayer.replay(line_no, &logged);
+        if let (Some(local), Some(answer)) = (&local, &logged.answer)
+            && sampled_so_far < args.sample
+            && sampled(line_no, share)
+        {
+            row.local = Some(runtime.block_on(check_locally(local, &logged, answer, args.max_tokens))?);
+            sampled_so_far += 1;
+        }
+        // One write per row: an interruption loses at most the row being written.
+        let mut text = serde_json::to_string(&row).map_err(|e| e.to_string())?;
+        text.push('\n');
+        rows_file.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+        rows.push(row);
+    }
+    if progress {
+        eprintln!();
+    }
+    rows_file.flush().map_err(|e| e.to_string())?;
+    if args.sample > sampled_so_far {
+        eprintln!(
+            "warning: sampled {sampled_so_far} of the {} asked (only lines with a logged answer are compared)",
+            args.sample
+        );
+    }
+    rows.sort_by_key(|r| r.line);
+    let summary = summarise(&rows, unreadable, args.period_days);
+    let summary_json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
+    write_atomically(&args.out.join("summary.json"), &summary_json)?;
+    let source = format!("{} through {}", args.input.display(), args.policy.display());
+    write_atomically(&args.out.join("report.html"), &report::render(&summary, &source))?;
+    eprintln!(
+        "{} requests ({} unreadable lines): {:.1}% kept local, ${:.4} as logged, ${:.4} under the policy; {}",
+        summary.rows,
+        unreadable,
+        100.0 * summary.at_policy.local_share,
+        summary.cost.logged_usd,
+        summary.cost.policy_usd,
+        args.out.join("report.html").display()
+    );
+    Ok(())
+}
+
+/// The local model's answer to a logged request, compared with the logged answer.
+async fn check_locally(
+    local: &LocalBackend,
+    logged: &Logged,
+    answer: &str,
+    max_tokens: u64,
+) -> Result<LocalCheck, String> {
+    let body = json!({
+        "model": local.name(),
+        "messages": logged.request.messages(),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "chat_template_kwargs": { "enable_thinking": false },
+    });
+    let request = ChatRequest::parse(body.to_string().as_bytes()).map_err(|e| e.message())?;
+    let started = Instant::now();
+    let mut generation = local
+        .generate(&request, "audit")
+        .await
+        .map_err(|e| format!("the local model failed: {e:?}"))?;
+    let (mut text, mut tokens) = (String::new(), 0);
+    while let Some(event) = generation.events.recv().await {
+        match event {
+            Event::Content { text: piece, .. } => text.push_str(&piece),
+            Event::Finished(finished) => {
+                tokens = finished.usage.completion_tokens;
+                break;
+            }
+            Event::Failed(err) => return Err(format!("the local model failed: {err:?}")),
+            _ => {}
+        }
+    }
+    let (agreement, method) = agreement(&text, answer);
+    Ok(LocalCheck {
+        agreement,
+        method: method.to_string(),
+        latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        completion_tokens: tokens,
+    })
+}
+
+/// Words of a text, lower-cased, punctuation dropped.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// How far `ours` agrees with `logged`: a short logged answer (a letter, a
+/// number, a few words: a task with one answer) must be matched exactly,
+/// word for word, by ours or by the start of ours; a longer one is compared
+/// by word-overlap F1 (as SQuAD scores open answers).
+pub fn agreement(ours: &str, logged: &str) -> (f64, &'static str) {
+    let (ours, logged) = (words(ours), words(logged));
+    if logged.len() <= 3 {
+        let matches = !logged.is_empty() && ours.len() >= logged.len() && ours[..logged.len()] == logged[..];
+        return (f64::from(u8::from(matches)), "exact");
+    }
+    let mut counts = std::collections::HashMap::new();
+    for w in &logged {
+        *counts.entry(w.as_str()).or_insert(0i64) += 1;
+    }
+    let mut common = 0i64;
+    for w in &ours {
+        if let Some(n) = counts.get_mut(w.as_str())
+            && *n > 0
+        {
+            *n -= 1;
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return (0.0, "similarity");
+    }
+    let precision = common as f64 / ours.len() as f64;
+    let recall = common as f64 / logged.len() as f64;
+    (2.0 * precision * recall / (precision + recall), "similarity")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_answers_match_exactly_and_long_ones_by_overlap() {
+        assert_eq!(agreement("B. Paris", "B"), (1.0, "exact"));
+        assert_eq!(agreement("The answer is B", "B"), (0.0, "exact"));
+        assert_eq!(agreement("42", "42."), (1.0, "exact"));
+        let (f1, method) = agreement("the cat sat on the mat today", "a cat sat on the mat");
+        assert_eq!(method, "similarity");
+        let (precision, recall) = (5.0 / 7.0, 5.0 / 6.0);
+        assert!(
+            (f1 - 2.0 * precision * recall / (precision + recall)).abs() < 1e-12,
+            "{f1}"
+        );
+        assert_eq!(
+            agreement("nothing alike here", "completely different words entirely").0,
+            0.0
+        );
+    }
+}

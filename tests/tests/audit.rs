@@ -1,0 +1,231 @@
+//! `switchyard audit` on a public prompt set turned into request logs (the
+//! held-out GSM8K rows of RouteLLM's data, in each of the log forms): its
+//! summary agrees with `route eval` on the same rows, counts what it cannot
+//! read, projects a month from the timestamps, finds the private request,
+//! resumes after an interruption without counting a row twice, and its report
+//! renders in headless Chromium.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{Value, json};
+use switchyard_e2e::{daemon, default_model};
+
+fn switchyard(args: &[&str]) -> (bool, String, String) {
+    let output = Command::new(daemon::binary()).args(args).output().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
+fn gsm8k() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../router/data/routing/routellm/routellm_gsm8k_test.jsonl")
+}
+
+const START: u64 = 1_796_083_200; // 2026-12-01T00:00:00Z
+const EMAIL: &str = "write to jane.doe@example.com about it";
+
+/// The labelled rows as a week of logged calls: every third a plain logged
+/// call, every third a batch-file line, the rest plain request bodies
+/// carrying their labels; one unreadable line; one private request.
+fn write_log(dir: &Path) -> (PathBuf, usize) {
+    let rows: Vec<Value> = std::fs::read_to_string(gsm8k())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let mut lines = Vec::new();
+    let step = 7 * 86_400 / (rows.len() as u64 - 1);
+    for (i, row) in rows.iter().enumerate() {
+        let messages = json!([{ "role": "user", "content": row["prompt"] }]);
+        let labels = |mut line: Value| {
+            for key in ["id", "category", "labels", "strong", "weak", "source", "label_kind"] {
+                line[key] = row[key].clone();
+            }
+            line
+        };
+        let at = START + i as u64 * step;
+        let line = match i % 3 {
+            0 => labels(json!({
+                "request": { "model": "gpt-4o", "messages": messages },
+                "response": { "choices": [{ "message": { "role": "assistant", "content": "The answer is 42." } }],
+                              "usage": { "prompt_tokens": 80, "completion_tokens": 120 } },
+                "latency_ms": 900 + i, "timestamp": at,
+            })),
+            1 => labels(json!({
+                "custom_id": format!("batch-{i}"), "method": "POST", "url": "/v1/chat/completions",
+                "body": { "model": "gpt-4o", "messages": messages }, "timestamp": at,
+            })),
+            _ => labels(json!({ "model": "gpt-4o", "messages": messages, "timestamp": at })),
+        };
+        lines.push(line.to_string());
+    }
+    lines.push("this line is not JSON".to_string());
+    lines.push(
+        json!({ "model": "gpt-4o", "messages": [{ "role": "user", "content": EMAIL }], "timestamp": START })
+            .to_string(),
+    );
+    let path = dir.join("traffic.jsonl");
+    std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+    (path, rows.len())
+}
+
+fn write_policy(dir: &Path) -> PathBuf {
+    let policy = format!(
+        "backends:
+  local:
+    - name: smollm2
+      model_path: {}
+      threads: 2
+  remote:
+    - name: cloud
+      base_url: http://127.0.0.1:9/v1
+      model: gpt-4o
+      price: {{ input_per_mtok_usd: 2.5, output_per_mtok_usd: 10.0 }}
+routing:
+  local_backend: smollm2
+  remote_backends: [cloud]
+privacy:
+  detectors: [email]
+",
+        default_model().display()
+    );
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, policy).unwrap();
+    path
+}
+
+fn audit(input: &Path, policy: &Path, out: &Path) -> Value {
+    let (ok, _, err) = switchyard(&[
+        "audit",
+        "--input",
+        input.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn audit_agrees_with_route_eval_resumes_and_its_report_renders() {
+    let dir = daemon::scratch_dir("audit");
+    let (log, labelled) = write_log(&dir);
+    let policy = write_policy(&dir);
+    let out = dir.join("audit");
+    let summary = audit(&log, &policy, &out);
+
+    assert_eq!(summary["rows"], labelled as u64 + 1, "{summary}");
+    assert_eq!(summary["unreadable_lines"], 1);
+    let routed: u64 = summary["by_route"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(routed, labelled as u64 + 1);
+    assert_eq!(summary["privacy"]["requests"], 1, "{summary}");
+    assert_eq!(summary["privacy"]["by_rule"]["email"], 1);
+    assert_eq!(
+        summary["by_category"]["gsm8k"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|n| n.as_u64().unwrap())
+            .sum::<u64>(),
+        labelled as u64
+    );
+
+    // The router's ranking of the labelled rows is `route eval`'s.
+    let (ok, table, err) = switchyard(&["route", "eval", "--input", gsm8k().to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let line = table.lines().find(|l| l.starts_with("| switchyard")).unwrap();
+    let eval_apgr: f64 = line.split('|').nth(2).unwrap().trim().parse().unwrap();
+    let quality = &summary["quality"];
+    assert_eq!(quality["labelled_rows"], labelled as u64);
+    let apgr = quality["router"]["apgr"].as_f64().unwrap();
+    assert!(
+        (apgr - eval_apgr).abs() < 5e-4,
+        "audit {apgr} against route eval {eval_apgr}"
+    );
+    assert!((quality["random"]["apgr"].as_f64().unwrap() - 0.5).abs() < 0.05);
+
+    // Money: logged calls at their usage, the rest at the prompt's tokens
+    // counted with the local model's tokenizer; a week scaled to a month.
+    let cost = &summary["cost"];
+    let (logged, policy_cost) = (
+        cost["logged_usd"].as_f64().unwrap(),
+        cost["policy_usd"].as_f64().unwrap(),
+    );
+    assert!(logged > 0.0 && policy_cost < logged, "{cost}");
+    assert!((cost["period_days"].as_f64().unwrap() - 7.0).abs() < 0.01, "{cost}");
+    let monthly = cost["monthly"]["logged_usd"].as_f64().unwrap();
+    assert!((monthly - logged * 365.25 / 12.0 / cost["period_days"].as_f64().unwrap()).abs() < 1e-9);
+    let tokens = &summary["tokens"];
+    assert_eq!(tokens["from_logged_usage"], (labelled as u64).div_ceil(3), "{tokens}");
+    assert_eq!(tokens["estimated"], 0, "{tokens}");
+    // The curve runs from all remote to all local, the policy on it.
+    let curve = summary["curve"].as_array().unwrap();
+    assert!(
+        curve.first().unwrap()["local_share"].as_f64().unwrap() < 0.01,
+        "{curve:?}"
+    );
+    assert!(
+        curve.last().unwrap()["local_share"].as_f64().unwrap() > 0.99,
+        "{curve:?}"
+    );
+    assert!(curve.first().unwrap()["quality"].as_f64().unwrap() >= curve.last().unwrap()["quality"].as_f64().unwrap());
+
+    // Interrupted half way (the last row cut mid-line), then run again: the
+    // same summary, no row counted twice.
+    let rows_path = out.join("rows.jsonl");
+    let text = std::fs::read_to_string(&rows_path).unwrap();
+    let half: Vec<&str> = text.lines().take(labelled / 2).collect();
+    std::fs::write(
+        &rows_path,
+        format!(
+            "{}\n{}",
+            half.join("\n"),
+            &text.lines().nth(labelled / 2).unwrap()[..20]
+        ),
+    )
+    .unwrap();
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    let resumed = audit(&log, &policy, &out);
+    assert_eq!(resumed, summary, "a resumed audit sums up the same");
+    assert_eq!(
+        std::fs::read_to_string(&rows_path).unwrap().lines().count(),
+        labelled + 1
+    );
+
+    // The report, self-contained, drawn in a real browser.
+    let report = out.join("report.html");
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(
+        !html.contains("http://") && !html.contains("https://") && !html.contains("<script"),
+        "self-contained"
+    );
+    let url = format!("file://{}", report.display());
+    let chromium = |extra: &[String]| switchyard_e2e::chromium(&dir, "1300,1800", extra, &url);
+    let dom = chromium(&["--dump-dom".to_string()]);
+    assert!(dom.status.success(), "{}", String::from_utf8_lossy(&dom.stderr));
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for chart in ["routes", "cost", "curve", "categories"] {
+        assert!(dom.contains(&format!("<svg id=\"{chart}\"")), "chart {chart}: {dom}");
+    }
+    assert_eq!(
+        dom.matches("class=\"bar\"").count(),
+        summary["by_route"].as_object().unwrap().len() + 3 + 2
+    );
+    assert!(dom.contains(&format!("id=\"apgr\">{apgr:.4}<")), "{dom}");
+    let shot = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/audit-report.png");
+    let taken = chromium(&[format!("--screenshot={}", shot.display())]);
+    assert!(taken.status.success(), "{}", String::from_utf8_lossy(&taken.stderr));
+    let png = std::fs::read(&shot).unwrap();
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot");
+    println!("audit report screenshot: {}", shot.display());
+}
