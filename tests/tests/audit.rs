@@ -97,8 +97,8 @@ privacy:
     path
 }
 
-fn audit(input: &Path, policy: &Path, out: &Path) -> Value {
-    let (ok, _, err) = switchyard(&[
+fn audit(input: &Path, policy: &Path, out: &Path, extra: &[&str]) -> Value {
+    let mut args = vec![
         "audit",
         "--input",
         input.to_str().unwrap(),
@@ -106,7 +106,9 @@ fn audit(input: &Path, policy: &Path, out: &Path) -> Value {
         policy.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (ok, _, err) = switchyard(&args);
     assert!(ok, "{err}");
     serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap()
 }
@@ -117,7 +119,7 @@ fn audit_agrees_with_route_eval_resumes_and_its_report_renders() {
     let (log, labelled) = write_log(&dir);
     let policy = write_policy(&dir);
     let out = dir.join("audit");
-    let summary = audit(&log, &policy, &out);
+    let summary = audit(&log, &policy, &out, &[]);
 
     assert_eq!(summary["rows"], labelled as u64 + 1, "{summary}");
     assert_eq!(summary["unreadable_lines"], 1);
@@ -195,7 +197,7 @@ fn audit_agrees_with_route_eval_resumes_and_its_report_renders() {
     )
     .unwrap();
     std::fs::remove_file(out.join("summary.json")).unwrap();
-    let resumed = audit(&log, &policy, &out);
+    let resumed = audit(&log, &policy, &out, &[]);
     assert_eq!(resumed, summary, "a resumed audit sums up the same");
     assert_eq!(
         std::fs::read_to_string(&rows_path).unwrap().lines().count(),
@@ -228,4 +230,34 @@ fn audit_agrees_with_route_eval_resumes_and_its_report_renders() {
     let png = std::fs::read(&shot).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a real screenshot");
     println!("audit report screenshot: {}", shot.display());
+}
+
+#[test]
+fn sampled_requests_are_answered_by_the_local_model_and_compared() {
+    let dir = daemon::scratch_dir("audit-local");
+    let (log, _) = write_log(&dir);
+    let policy = write_policy(&dir);
+    let out = dir.join("audit");
+    let summary = audit(&log, &policy, &out, &["--sample", "6", "--local", "--max-tokens", "12"]);
+    let agreement = &summary["agreement"];
+    assert_eq!(agreement["sampled"], 6, "{agreement}");
+    // The logged answers ("The answer is 42.") are open answers: similarity.
+    assert_eq!(agreement["similarity"][0], 6, "{agreement}");
+    let mean = agreement["mean"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&mean), "{agreement}");
+    let measured = &summary["latency"]["local_measured_ms"];
+    assert_eq!(measured["n"], 6, "{measured}");
+    assert!(measured["p50"].as_f64().unwrap() > 0.0);
+    let rows = std::fs::read_to_string(out.join("rows.jsonl")).unwrap();
+    let checked: Vec<Value> = rows
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| !r["local"].is_null())
+        .collect();
+    assert_eq!(checked.len(), 6);
+    assert!(
+        checked
+            .iter()
+            .all(|r| r["local"]["completion_tokens"].as_u64().unwrap() <= 12)
+    );
 }

@@ -102,12 +102,12 @@ fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Whether line `line` is among the sampled: a fixed pseudo-random share of
-/// the lines, the same on every run (so a resumed audit samples the same).
-fn sampled(line: usize, share: f64) -> bool {
+/// A line's place in the sampling order: a hash of its number, the same on
+/// every run (so a resumed audit samples the same lines).
+fn rank(line: usize) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (line, "switchyard-audit").hash(&mut hasher);
-    (hasher.finish() as f64 / u64::MAX as f64) < share
+    hasher.finish()
 }
 
 fn audit(args: &AuditArgs) -> Result<(), String> {
@@ -129,11 +129,21 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
     }
 
     let open_input = || File::open(&args.input).map_err(|e| format!("{}: {e}", args.input.display()));
-    let total = BufReader::new(open_input()?)
-        .lines()
-        .map_while(Result::ok)
-        .filter(|l| !l.trim().is_empty())
-        .count();
+    // A first pass counts the requests and draws the sample: of the lines
+    // that hold a logged answer, the N whose line numbers hash lowest (the
+    // same lines on every run, spread over the whole log).
+    let mut total = 0usize;
+    let mut answered = Vec::new();
+    for (index, line) in BufReader::new(open_input()?).lines().map_while(Result::ok).enumerate() {
+        if !line.trim().is_empty() {
+            total += 1;
+            if line.contains("\"response\"") {
+                answered.push((rank(index + 1), index + 1));
+            }
+        }
+    }
+    answered.sort_unstable();
+    let sample: HashSet<usize> = answered.iter().take(args.sample).map(|(_, line)| *line).collect();
     let local = if args.local {
         let local = live
             .backends
@@ -146,12 +156,6 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
     } else {
         None
     };
-    let share = if total == 0 {
-        0.0
-    } else {
-        (args.sample as f64 * 1.5 / total as f64).min(1.0)
-    };
-    let mut sampled_so_far = rows.iter().filter(|r| r.local.is_some()).count();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -195,11 +199,9 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
         };
         let mut row = replayer.replay(line_no, &logged);
         if let (Some(local), Some(answer)) = (&local, &logged.answer)
-            && sampled_so_far < args.sample
-            && sampled(line_no, share)
+            && sample.contains(&line_no)
         {
             row.local = Some(runtime.block_on(check_locally(local, &logged, answer, args.max_tokens))?);
-            sampled_so_far += 1;
         }
         // One write per row: an interruption loses at most the row being written.
         let mut text = serde_json::to_string(&row).map_err(|e| e.to_string())?;
@@ -211,9 +213,10 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
         eprintln!();
     }
     rows_file.flush().map_err(|e| e.to_string())?;
-    if args.sample > sampled_so_far {
+    let sampled = rows.iter().filter(|r| r.local.is_some()).count();
+    if args.sample > sampled {
         eprintln!(
-            "warning: sampled {sampled_so_far} of the {} asked (only lines with a logged answer are compared)",
+            "warning: sampled {sampled} of the {} asked (only lines with a logged answer are compared)",
             args.sample
         );
     }
