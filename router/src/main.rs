@@ -50,6 +50,9 @@ enum Command {
     /// Replay logged traffic through a policy: where it would go, what it
     /// would cost, what it would save (summary.json, report.html).
     Audit(cli::audit::AuditArgs),
+    /// Choose the routing thresholds that keep a target share of the remote
+    /// model's quality at a stated confidence, and write them into the policy.
+    Calibrate(cli::calibrate::CalibrateArgs),
     /// The escalation ladder.
     Ladder {
         #[command(subcommand)]
@@ -89,6 +92,7 @@ fn main() -> ExitCode {
         } => cli::ladder::eval(&args),
         Command::Route { command } => cli::route::run(&command),
         Command::Audit(args) => cli::audit::run(&args),
+        Command::Calibrate(args) => cli::calibrate::run(&args),
     }
 }
 

@@ -261,3 +261,41 @@ fn sampled_requests_are_answered_by_the_local_model_and_compared() {
             .all(|r| r["local"]["completion_tokens"].as_u64().unwrap() <= 12)
     );
 }
+
+#[test]
+fn calibrate_writes_thresholds_that_keep_the_target_into_the_policy() {
+    let dir = daemon::scratch_dir("calibrate");
+    let policy = write_policy(&dir);
+    let original = std::fs::read_to_string(&policy)
+        .unwrap()
+        .replace("routing:\n", "routing:\n  # tuned by hand last spring\n  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }  # keep\n");
+    std::fs::write(&policy, &original).unwrap();
+    let (ok, out, err) = switchyard(&[
+        "calibrate",
+        "--input",
+        gsm8k().to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+        "--target-quality",
+        "0.9",
+        "--confidence",
+        "0.9",
+    ]);
+    assert!(ok, "{err}");
+    let printed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(printed["rows"], 362, "{printed}");
+    let threshold = printed["threshold"].as_f64().unwrap();
+    let share = printed["expected_local_share"].as_f64().unwrap();
+    assert!(share > 0.0 && share < 1.0, "{printed}");
+    assert!(printed["retention_on_these_rows"].as_f64().unwrap() >= 0.9, "{printed}");
+    // `ambiguous: remote`: everything below the threshold is local.
+    assert_eq!(printed["local_below"], printed["threshold"]);
+    let written = std::fs::read_to_string(&policy).unwrap();
+    let expected = original.replace(
+        "{ local_below: 0.3, remote_above: 0.7, ambiguous: remote }  # keep",
+        &format!("{{ local_below: {threshold:.4}, remote_above: 0.7000, ambiguous: remote }}  # keep"),
+    );
+    assert_eq!(written, expected, "only the thresholds change; comments stay");
+    let (ok, _, err) = switchyard(&["policy", "check", policy.to_str().unwrap()]);
+    assert!(ok, "{err}");
+}

@@ -6,8 +6,10 @@
 //! - [`route`]: `switchyard route ...`, the difficulty model: score, evaluate, train, explain, time.
 //! - [`ladder`]: `switchyard ladder eval`, what confidence-based escalation buys on labelled data.
 //! - [`audit`]: `switchyard audit`, logged traffic replayed through a policy.
+//! - [`calibrate`]: `switchyard calibrate`, thresholds from evidence, written into the policy.
 
 pub mod audit;
+pub mod calibrate;
 pub mod ladder;
 pub mod local;
 pub mod route;

@@ -132,7 +132,7 @@ fn model_or_shipped(path: Option<&Path>) -> Result<&'static DifficultyModel, Str
 
 /// A row as the chat request the daemon would see: its `prompt` as one user
 /// turn, or its OpenAI `messages`.
-fn row_request(row: &Value) -> Result<ChatRequest, String> {
+pub(crate) fn row_request(row: &Value) -> Result<ChatRequest, String> {
     let messages = match (&row["prompt"], row.get("messages")) {
         (Value::String(prompt), _) => json!([{ "role": "user", "content": prompt }]),
         (Value::Null, Some(messages)) => messages.clone(),
@@ -144,7 +144,7 @@ fn row_request(row: &Value) -> Result<ChatRequest, String> {
 }
 
 /// A row's score as the daemon computes it for the same request.
-fn score_request(model: &DifficultyModel, request: &ChatRequest) -> f32 {
+pub(crate) fn score_request(model: &DifficultyModel, request: &ChatRequest) -> f32 {
     let text = text_for_scoring(request);
     model.score(&Features::extract(request, &text), &text)
 }

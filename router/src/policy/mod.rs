@@ -31,6 +31,7 @@
 //! made into them. Everything is re-exported here.
 
 mod backends;
+pub mod edit;
 mod problem;
 mod routing;
 mod server;

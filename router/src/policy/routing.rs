@@ -71,12 +71,14 @@ impl RoutingConfig {
 /// policy's: the quartiles of its score on held-out MMLU (docs/routing.md,
 /// "Held-out MMLU"). A quarter of such prompts stay local, a quarter go remote.
 fn default_thresholds() -> Spanned<Thresholds> {
-    unspanned(Thresholds {
-        local_below: 0.537,
-        remote_above: 0.578,
-        ambiguous: AmbiguousChoice::LocalReasoning,
-    })
+    unspanned(BUILT_IN_THRESHOLDS)
 }
+
+pub(super) const BUILT_IN_THRESHOLDS: Thresholds = Thresholds {
+    local_below: 0.537,
+    remote_above: 0.578,
+    ambiguous: AmbiguousChoice::LocalReasoning,
+};
 
 /// A routing profile: `local` below `local_below`, `remote` from `remote_above`
 /// up, and in between whatever `ambiguous` says.

@@ -6,6 +6,7 @@
 //! - [`decide`]: the decision as a pure function of what is known.
 //! - [`privacy`]: detectors and patterns that keep a request local.
 //! - [`budget`]: remote spend, kept across restarts, and budget pacing.
+//! - [`calibration`]: thresholds chosen from labelled or shadow evidence.
 //! - [`sessions`]: sticky conversations, whose tier only goes up.
 //!
 //! [`Routing::decide`] is the one entry point: a validated request and its
@@ -16,6 +17,7 @@
 //! `x-switchyard-reason` and used as a metric label.
 
 pub mod budget;
+pub mod calibration;
 pub mod decide;
 pub mod difficulty;
 pub mod features;

@@ -88,14 +88,7 @@ pub fn oracle(rows: &[Scored]) -> Quality {
 /// Random routing, averaged over `repeats` seeded shuffles.
 pub fn random(rows: &[Scored], repeats: usize, seed: u64) -> Quality {
     let mut state = seed;
-    let mut next = || {
-        // SplitMix64.
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut next = || super::train::splitmix(&mut state);
     let (q_weak, q_strong) = qualities(rows);
     let mut total = Quality {
         apgr: 0.0,
