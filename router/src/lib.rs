@@ -43,4 +43,5 @@ pub mod policy;
 pub mod reply;
 pub mod routing;
 pub mod server;
+pub mod shadow;
 pub mod telemetry;

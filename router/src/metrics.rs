@@ -35,6 +35,9 @@ pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub passthrough_bytes: IntCounterVec,
+    pub shadow: IntCounterVec,
+    pub shadow_agreement: Histogram,
+    pub shadow_would_save: Counter,
     pub duration: HistogramVec,
     pub ttft: HistogramVec,
     pub time_per_output_token: HistogramVec,
@@ -86,6 +89,24 @@ impl Metrics {
                 "Body bytes passed through, by endpoint and direction (upload: to the upstream; download: to the client).",
                 &["endpoint", "direction"],
             ),
+            shadow: counter(
+                "switchyard_shadow_requests_total",
+                "Requests answered remotely in shadow mode, by the route the routing would have chosen and what became of their local comparison (compared, unsampled, busy, preempted, failed, no-local-model).",
+                &["would_route", "outcome"],
+            ),
+            shadow_agreement: Histogram::with_opts(
+                HistogramOpts::new(
+                    "switchyard_shadow_agreement",
+                    "Agreement of the local model's shadow answers with the remote ones (1 = the same).",
+                )
+                .buckets(vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]),
+            )
+            .expect("valid histogram"),
+            shadow_would_save: Counter::new(
+                "switchyard_shadow_would_save_usd_total",
+                "What shadowed requests the routing would have kept local cost remotely, in USD: the saving routing would bring.",
+            )
+            .expect("valid counter"),
             duration: histogram(
                 "switchyard_request_duration_seconds",
                 "End-to-end request latency, to the last byte of the answer.",
@@ -249,6 +270,9 @@ impl Metrics {
         let register = |c: Box<dyn prometheus::core::Collector>| r.register(c).expect("unique metric names");
         register(Box::new(m.requests.clone()));
         register(Box::new(m.passthrough_bytes.clone()));
+        register(Box::new(m.shadow.clone()));
+        register(Box::new(m.shadow_agreement.clone()));
+        register(Box::new(m.shadow_would_save.clone()));
         register(Box::new(m.duration.clone()));
         register(Box::new(m.ttft.clone()));
         register(Box::new(m.time_per_output_token.clone()));

@@ -79,10 +79,13 @@ pub enum Reason {
     /// An endpoint with no local counterpart (files, audio, ...): passed
     /// through to a remote backend.
     RemoteOnlyEndpoint,
+    /// Shadow mode: answered by the remote model as before Switchyard; the
+    /// routing's own decision is only recorded (and sometimes tried locally).
+    Shadow,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::ModelPinned,
         Reason::ScoreLow,
         Reason::ScoreAmbiguous,
@@ -106,6 +109,7 @@ impl Reason {
         Reason::WeakRefusal,
         Reason::WeakConfidence,
         Reason::RemoteOnlyEndpoint,
+        Reason::Shadow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -133,6 +137,7 @@ impl Reason {
             Reason::WeakRefusal => "weak-refusal",
             Reason::WeakConfidence => "weak-confidence",
             Reason::RemoteOnlyEndpoint => "remote-only-endpoint",
+            Reason::Shadow => "shadow",
         }
     }
 }

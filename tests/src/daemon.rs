@@ -177,6 +177,12 @@ impl Daemon {
         self.dir.join("policy.yaml")
     }
 
+    /// Kills the daemon at once (SIGKILL), as a crash or an OOM kill would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

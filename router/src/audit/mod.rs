@@ -456,9 +456,66 @@ fn category_of(features: &Features, request: &ChatRequest) -> String {
     }
 }
 
+/// Words of a text, lower-cased, punctuation dropped.
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// How far `ours` agrees with `logged`: a short logged answer (a letter, a
+/// number, a few words: a task with one answer) must be matched exactly,
+/// word for word, by ours or by the start of ours; a longer one is compared
+/// by word-overlap F1 (as SQuAD scores open answers).
+pub fn agreement(ours: &str, logged: &str) -> (f64, &'static str) {
+    let (ours, logged) = (words(ours), words(logged));
+    if logged.len() <= 3 {
+        let matches = !logged.is_empty() && ours.len() >= logged.len() && ours[..logged.len()] == logged[..];
+        return (f64::from(u8::from(matches)), "exact");
+    }
+    let mut counts = std::collections::HashMap::new();
+    for w in &logged {
+        *counts.entry(w.as_str()).or_insert(0i64) += 1;
+    }
+    let mut common = 0i64;
+    for w in &ours {
+        if let Some(n) = counts.get_mut(w.as_str())
+            && *n > 0
+        {
+            *n -= 1;
+            common += 1;
+        }
+    }
+    if common == 0 {
+        return (0.0, "similarity");
+    }
+    let precision = common as f64 / ours.len() as f64;
+    let recall = common as f64 / logged.len() as f64;
+    (2.0 * precision * recall / (precision + recall), "similarity")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_answers_match_exactly_and_long_ones_by_overlap() {
+        assert_eq!(agreement("B. Paris", "B"), (1.0, "exact"));
+        assert_eq!(agreement("The answer is B", "B"), (0.0, "exact"));
+        assert_eq!(agreement("42", "42."), (1.0, "exact"));
+        let (f1, method) = agreement("the cat sat on the mat today", "a cat sat on the mat");
+        assert_eq!(method, "similarity");
+        let (precision, recall) = (5.0 / 7.0, 5.0 / 6.0);
+        assert!(
+            (f1 - 2.0 * precision * recall / (precision + recall)).abs() < 1e-12,
+            "{f1}"
+        );
+        assert_eq!(
+            agreement("nothing alike here", "completely different words entirely").0,
+            0.0
+        );
+    }
 
     #[test]
     fn each_log_form_is_read() {

@@ -26,9 +26,11 @@ use crate::live::Live;
 use crate::openai::completion::{self, Written};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
-use crate::outcome::Tier;
-use crate::policy::Price;
-use crate::routing::{self, Decision};
+use crate::outcome::{Reason, Tier};
+use crate::policy::{Mode, Price};
+use crate::routing::sessions::Sessions;
+use crate::routing::{self, Decision, Hints};
+use crate::shadow::Shadowed;
 
 /// An endpoint answered as chat is: how its body becomes a [`ChatRequest`].
 /// Written for its client by `openai::completion`, by the request's API.
@@ -153,10 +155,26 @@ async fn answer(
             .await
             .expect("preparing a request does not panic")
     };
-    let (request, decision, decision_seconds) = match prepared {
+    let Prepared {
+        request,
+        decision,
+        decision_seconds,
+        shadowed,
+    } = match prepared {
         Ok(prepared) => prepared,
         Err(err) => return refused(record, err),
     };
+    let shadowed = shadowed.map(|would| {
+        let routing = &live.routing;
+        Shadowed::new(
+            &would,
+            &request,
+            &request_id,
+            &decision,
+            routing.shadow(),
+            routing.shadow_file().to_path_buf(),
+        )
+    });
     record.decision_seconds = Some(decision_seconds);
     record.score = decision.score;
     // What the record says if the client leaves before the answer: the decision.
@@ -194,7 +212,12 @@ async fn answer(
     let mut response = match answer {
         Ok(answered) => {
             record.reservation = answered.reservation;
-            respond(completion::write(answered.reply, &request), record, &state.past_drain)
+            let written = completion::write(answered.reply, &request);
+            let written = match shadowed {
+                Some(shadowed) if tier == Tier::Remote => shadowed.watch(written),
+                _ => written,
+            };
+            respond(written, record, &state.past_drain)
         }
         // A Responses client reads the Responses API's names.
         Err(err) if request.responses.is_some() => refused(record, crate::openai::responses::in_responses_terms(err)),
@@ -248,11 +271,11 @@ fn prepare(
     headers: &HeaderMap,
     bytes: &[u8],
     parse: Parse,
-) -> Result<(ChatRequest, Decision, f64), ApiError> {
+) -> Result<Prepared, ApiError> {
     let request = tracing::debug_span!("parse").in_scope(|| parse(bytes))?;
     let hints = headers::hints(headers)?;
     let deciding = Instant::now();
-    let decision = tracing::debug_span!("decide").in_scope(|| {
+    let mut decision = tracing::debug_span!("decide").in_scope(|| {
         live.routing.decide(
             &request,
             caller,
@@ -262,7 +285,42 @@ fn prepare(
             &state.sessions,
         )
     })?;
-    Ok((request, decision, deciding.elapsed().as_secs_f64()))
+    // Shadow mode: answered remotely as before, the decision kept aside. A
+    // rule that keeps the request off the remote (privacy) still holds: it
+    // is then routed as decided. The remote decision does not touch the
+    // conversation's sticky tier, which follows the routing's own decisions.
+    let mut shadowed = None;
+    if live.routing.mode_of(&request.model) == Mode::Shadow {
+        let remote = Hints {
+            tier: Some(Tier::Remote),
+            ..hints.clone()
+        };
+        let aside = Sessions::new(std::time::Duration::from_secs(1), 1);
+        if let Ok(mut primary) =
+            live.routing
+                .decide(&request, caller, &remote, &live.backends, live.ledger.as_ref(), &aside)
+            && primary.tier == Tier::Remote
+        {
+            primary.reason = Reason::Shadow;
+            primary.score = decision.score;
+            shadowed = Some(std::mem::replace(&mut decision, primary));
+        }
+    }
+    Ok(Prepared {
+        request,
+        decision,
+        decision_seconds: deciding.elapsed().as_secs_f64(),
+        shadowed,
+    })
+}
+
+/// A parsed request and where it goes; in shadow mode, where the routing
+/// would have sent it.
+struct Prepared {
+    request: ChatRequest,
+    decision: Decision,
+    decision_seconds: f64,
+    shadowed: Option<Decision>,
 }
 
 /// The HTTP response for a written reply, with its cost when known; the

@@ -36,9 +36,63 @@ pub struct RoutingConfig {
     pub(super) aliases: std::collections::BTreeMap<String, Spanned<Thresholds>>,
     #[serde(default)]
     pub sessions: SessionsConfig,
+    /// `route` (default): requests go where the routing sends them.
+    /// `shadow`: each still goes to the remote model and its client gets
+    /// that answer; a sampled share is also answered locally in the
+    /// background and compared (see `shadow`). An alias may set its own.
+    #[serde(default)]
+    pub(super) mode: Mode,
+    #[serde(default)]
+    pub shadow: ShadowConfig,
+}
+
+/// Whether a routing profile routes, or only shadows.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    #[default]
+    Route,
+    Shadow,
+}
+
+/// Shadow mode's local work and its record.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// The share of shadowed requests also answered locally, in [0, 1].
+    pub sample: f64,
+    /// Local shadow answers at once; a sampled request finding them all busy
+    /// (or the local model serving clients) is skipped.
+    pub max_concurrent: usize,
+    /// The most tokens a shadow answer may take.
+    pub max_tokens: u64,
+    /// The file comparisons are appended to, relative to the policy file.
+    pub file: String,
+    /// When the file passes this size it is rotated (`FILE.1`, `FILE.2`, ...).
+    pub max_file_mb: u64,
+    /// Rotated files kept.
+    pub keep_files: usize,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        ShadowConfig {
+            sample: 0.1,
+            max_concurrent: 1,
+            max_tokens: 256,
+            file: "shadow.jsonl".to_string(),
+            max_file_mb: 64,
+            keep_files: 3,
+        }
+    }
 }
 
 impl RoutingConfig {
+    /// `routing.mode`: the mode of every profile that sets none.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     pub fn local_backend(&self) -> Option<&str> {
         self.local_backend.as_ref().map(|name| name.value.as_str())
     }
@@ -78,6 +132,7 @@ pub(super) const BUILT_IN_THRESHOLDS: Thresholds = Thresholds {
     local_below: 0.537,
     remote_above: 0.578,
     ambiguous: AmbiguousChoice::LocalReasoning,
+    mode: None,
 };
 
 /// A routing profile: `local` below `local_below`, `remote` from `remote_above`
@@ -88,6 +143,9 @@ pub struct Thresholds {
     pub local_below: f32,
     pub remote_above: f32,
     pub ambiguous: AmbiguousChoice,
+    /// This profile's mode, over `routing.mode`.
+    #[serde(default)]
+    pub mode: Option<Mode>,
 }
 
 /// Where a request whose score falls between the two thresholds goes: the local
@@ -336,6 +394,14 @@ impl Policy {
             });
         }
         check_thresholds(&routing.thresholds, problems);
+        let shadow = &routing.shadow;
+        if !(0.0..=1.0).contains(&shadow.sample) || shadow.max_concurrent == 0 || shadow.max_file_mb == 0 {
+            problems.push(Problem {
+                line: 0,
+                column: 0,
+                message: "routing.shadow needs 0 <= sample <= 1, max_concurrent >= 1 and max_file_mb >= 1".into(),
+            });
+        }
         for (alias, thresholds) in &routing.aliases {
             if !is_model_name(alias) || alias == AUTO_MODEL || backend_names.contains(alias.as_str()) {
                 problems.push(Problem::at(

@@ -195,6 +195,7 @@ mod tests {
                 local_below: 0.3,
                 remote_above: 0.7,
                 ambiguous: AmbiguousChoice::LocalReasoning,
+                mode: None,
             },
             local: Ok(()),
             local_reasons: true,

@@ -34,7 +34,7 @@ use crate::backends::{Backend, Backends};
 use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::outcome::{Ineligible, Reason, RouteError, Tier};
-use crate::policy::{AUTO_MODEL, Policy, Price, Thresholds};
+use crate::policy::{AUTO_MODEL, Mode, Policy, Price, ShadowConfig, Thresholds};
 use budget::{BudgetLimits, Ledger, Pacing, Reservation};
 use decide::{Situation, Verdict};
 use privacy::PrivacyRules;
@@ -143,6 +143,10 @@ pub struct Routing {
     privacy: PrivacyRules,
     budgets: Option<BudgetLimits>,
     sticky: bool,
+    mode: Mode,
+    shadow: ShadowConfig,
+    /// `shadow.file`, resolved against the policy file's directory.
+    shadow_file: std::path::PathBuf,
 }
 
 /// What the routing needs to know of a request besides its body.
@@ -182,6 +186,9 @@ impl Routing {
             privacy: PrivacyRules::from_config(&policy.privacy).map_err(|e| format!("privacy rules: {e}"))?,
             budgets: policy.budgets.as_ref().map(BudgetLimits::from_config),
             sticky: routing.sessions.sticky,
+            mode: routing.mode(),
+            shadow: routing.shadow.clone(),
+            shadow_file: policy.base_dir.join(&routing.shadow.file),
         })
     }
 
@@ -200,6 +207,23 @@ impl Routing {
     /// The privacy rule `text` matches, if any.
     pub fn privacy_match(&self, text: &str) -> Option<&str> {
         self.privacy.first_match(text)
+    }
+
+    /// Whether requests for `model` are routed or only shadowed: a
+    /// profile's own mode, else `routing.mode`; a named backend is routed.
+    pub fn mode_of(&self, model: &str) -> Mode {
+        self.profiles
+            .get(model)
+            .map_or(Mode::Route, |thresholds| thresholds.mode.unwrap_or(self.mode))
+    }
+
+    pub fn shadow(&self) -> &ShadowConfig {
+        &self.shadow
+    }
+
+    /// Where shadow comparisons are written.
+    pub fn shadow_file(&self) -> &std::path::Path {
+        &self.shadow_file
     }
 
     /// Whether `model` names a routing profile (`auto` or an alias).
