@@ -68,7 +68,11 @@ fn every_dashboard_expression_parses() {
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("switchyard_"))
         {
-            let base = name.trim_end_matches("_bucket");
+            // A histogram's series: its buckets, sum and count.
+            let base = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(name);
             assert!(exported.contains(&format!("\"{base}\"")), "{base} is not exported");
         }
     }

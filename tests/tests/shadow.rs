@@ -73,7 +73,11 @@ async fn clients_get_the_remote_answer_byte_for_byte_and_the_comparisons_are_rec
     assert_eq!(answered.headers()["x-switchyard-route"], "remote");
     assert_eq!(answered.headers()["x-switchyard-reason"], "shadow");
     let ours = answered.bytes().await.unwrap();
-    assert_eq!(ours, upstream_bytes(&double, &asked).await, "the client gets the upstream's bytes");
+    assert_eq!(
+        ours,
+        upstream_bytes(&double, &asked).await,
+        "the client gets the upstream's bytes"
+    );
     // One comparison at a time: the next request waits for it, or is skipped.
     assert_eq!(shadow_lines(&daemon, 1).len(), 1);
 
@@ -88,7 +92,11 @@ async fn clients_get_the_remote_answer_byte_for_byte_and_the_comparisons_are_rec
         .await
         .unwrap();
     let ours = ours.bytes().await.unwrap();
-    assert_eq!(ours, upstream_bytes(&double, &streamed).await, "the stream is the upstream's");
+    assert_eq!(
+        ours,
+        upstream_bytes(&double, &streamed).await,
+        "the stream is the upstream's"
+    );
 
     let lines = shadow_lines(&daemon, 2);
     assert_eq!(lines.len(), 2, "both compared: {lines:?}");
