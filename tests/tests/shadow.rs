@@ -121,6 +121,28 @@ async fn clients_get_the_remote_answer_byte_for_byte_and_the_comparisons_are_rec
         2.0,
         "two client requests, both remote: {metrics}"
     );
+
+    // The audit reads the shadow file beside a log.
+    let out = daemon.dir().join("audit");
+    let log = daemon.dir().join("log.jsonl");
+    std::fs::write(&log, format!("{}\n", ask("Hello there"))).unwrap();
+    let audited = std::process::Command::new(switchyard_e2e::daemon::binary())
+        .args([
+            "audit",
+            "--input",
+            log.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .args(["--policy", daemon.policy_path().to_str().unwrap()])
+        .args(["--shadow", daemon.dir().join("shadow.jsonl").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(audited.status.success(), "{}", String::from_utf8_lossy(&audited.stderr));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["shadow"]["compared"], 2, "{}", summary["shadow"]);
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("id=\"shadow-agreement\""));
 }
 
 #[tokio::test]

@@ -216,6 +216,20 @@ pub fn render(summary: &Summary, source: &str) -> String {
                 .map_or(String::new(), |(n, v)| format!("; open answers {n}, similarity {v:.3}")),
         )
     });
+    let shadow = summary.shadow.as_ref().map_or(String::new(), |sh| {
+        let rows: String = sh
+            .by_would_route
+            .iter()
+            .map(|(route, (n, mean))| format!("<tr><td>{}</td><td>{n}</td><td>{mean:.3}</td></tr>", escape(route)))
+            .collect();
+        format!(
+            r#"<div class="card"><h2>Shadow mode on live traffic</h2><p>{} requests answered remotely were also answered locally: mean agreement <b id="shadow-agreement">{:.3}</b>. Of their {} remote cost, routing would have saved {}.</p><table><tr><th>would route</th><th>compared</th><th>agreement</th></tr>{rows}</table></div>"#,
+            sh.compared,
+            sh.mean_agreement,
+            usd(sh.primary_cost_usd),
+            usd(sh.would_save_usd),
+        )
+    });
     let period = summary
         .cost
         .period_days
@@ -245,7 +259,7 @@ th {{ color: #8b98a5; font-weight: 500; font-size: 12px; }}
 <div class="card wide"><h2>Cost and quality over thresholds</h2>{curve_chart}<p class="dim">Each point moves one threshold: requests scoring at or above it go remote. Rules (privacy, what the local model cannot serve) keep their routes. The dot is the policy as written.</p></div>
 <div class="card"><h2>Share kept local, by category</h2>{category_chart}</div>
 <div class="card"><h2>Latency</h2><table><tr><th></th><th>n</th><th>p50</th><th>p95</th><th>p99</th></tr>{lat_remote}{lat_moved}{lat_local}</table></div>
-{quality}{agreement}
+{quality}{agreement}{shadow}
 <div class="card wide"><h2>What drives the remaining cloud spend</h2><table><tr><th>request</th><th>category</th><th>score</th><th>reason</th><th>cost</th><th>text</th></tr>{spenders}</table></div>
 </main></body></html>
 "#,

@@ -36,6 +36,56 @@ pub struct Summary {
     pub top_remote_spend: Vec<Spender>,
     /// The remaining cloud spend per category, most first.
     pub remote_spend_by_category: Vec<(String, f64)>,
+    /// What shadow mode observed on live traffic (`--shadow FILE`).
+    pub shadow: Option<ShadowFigures>,
+}
+
+/// Shadow mode's comparisons, from its file.
+#[derive(Debug, Serialize)]
+pub struct ShadowFigures {
+    pub compared: usize,
+    pub mean_agreement: f64,
+    /// Per route the routing would have taken: comparisons and mean agreement.
+    pub by_would_route: BTreeMap<String, (usize, f64)>,
+    /// The remote cost of the compared requests, and of those the routing
+    /// would have kept local (what routing would have saved on them).
+    pub primary_cost_usd: f64,
+    pub would_save_usd: f64,
+    pub local_latency_ms: Option<Percentiles>,
+}
+
+/// The figures of shadow mode's file lines (`agreement`, `would_route`,
+/// `primary_cost_usd`, `local_latency_ms`); lines without an agreement are skipped.
+pub fn shadow_figures(lines: &[serde_json::Value]) -> Option<ShadowFigures> {
+    let compared: Vec<&serde_json::Value> = lines.iter().filter(|l| l["agreement"].is_number()).collect();
+    if compared.is_empty() {
+        return None;
+    }
+    let agreement = |l: &serde_json::Value| l["agreement"].as_f64().unwrap_or(0.0);
+    let mut by_would_route: BTreeMap<String, (usize, f64)> = BTreeMap::new();
+    for line in &compared {
+        let entry = by_would_route
+            .entry(line["would_route"].as_str().unwrap_or("unknown").to_string())
+            .or_default();
+        entry.0 += 1;
+        entry.1 += agreement(line);
+    }
+    for entry in by_would_route.values_mut() {
+        entry.1 /= entry.0 as f64;
+    }
+    let cost = |l: &&serde_json::Value| l["primary_cost_usd"].as_f64().unwrap_or(0.0);
+    Some(ShadowFigures {
+        compared: compared.len(),
+        mean_agreement: compared.iter().map(|l| agreement(l)).sum::<f64>() / compared.len() as f64,
+        by_would_route,
+        primary_cost_usd: compared.iter().map(cost).sum(),
+        would_save_usd: compared
+            .iter()
+            .filter(|l| l["would_route"].as_str().is_some_and(is_local))
+            .map(cost)
+            .sum(),
+        local_latency_ms: percentiles(compared.iter().filter_map(|l| l["local_latency_ms"].as_f64()).collect()),
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -206,7 +256,12 @@ fn point(rows: &[Replayed], threshold: Option<f64>) -> CurvePoint {
 
 /// The summary of `rows`. `period_days` overrides the span the rows'
 /// timestamps show.
-pub fn summarise(rows: &[Replayed], unreadable_lines: usize, period_days: Option<f64>) -> Summary {
+pub fn summarise(
+    rows: &[Replayed],
+    unreadable_lines: usize,
+    period_days: Option<f64>,
+    shadow: Option<ShadowFigures>,
+) -> Summary {
     let mut by_route = BTreeMap::new();
     let mut by_reason = BTreeMap::new();
     let mut by_category: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
@@ -398,6 +453,7 @@ pub fn summarise(rows: &[Replayed], unreadable_lines: usize, period_days: Option
         agreement,
         top_remote_spend,
         remote_spend_by_category,
+        shadow,
     }
 }
 
@@ -445,7 +501,7 @@ mod tests {
                 )
             })
             .collect();
-        let summary = summarise(&rows, 0, None);
+        let summary = summarise(&rows, 0, None, None);
         assert_eq!(summary.cost.logged_usd, 10.0);
         assert_eq!(summary.cost.policy_usd, 4.0);
         assert_eq!(summary.at_policy.local_share, 0.6);
@@ -463,5 +519,21 @@ mod tests {
         assert_eq!(summary.quality.as_ref().unwrap().retention, 0.9);
         assert_eq!(summary.top_remote_spend.len(), 4);
         assert_eq!(summary.by_category["even"]["local"], 3);
+    }
+
+    #[test]
+    fn shadow_lines_sum_up_by_the_route_they_would_take() {
+        let lines = vec![
+            serde_json::json!({ "agreement": 1.0, "would_route": "local", "primary_cost_usd": 0.5, "local_latency_ms": 100.0 }),
+            serde_json::json!({ "agreement": 0.5, "would_route": "local", "primary_cost_usd": 0.25, "local_latency_ms": 300.0 }),
+            serde_json::json!({ "agreement": 0.0, "would_route": "remote", "primary_cost_usd": 1.0, "local_latency_ms": 200.0 }),
+            serde_json::json!({ "half": "a line cut by a kill is skipped" }),
+        ];
+        let figures = shadow_figures(&lines).unwrap();
+        assert_eq!((figures.compared, figures.mean_agreement), (3, 0.5));
+        assert_eq!(figures.by_would_route["local"], (2, 0.75));
+        assert_eq!((figures.primary_cost_usd, figures.would_save_usd), (1.75, 0.75));
+        assert_eq!(figures.local_latency_ms.unwrap().p50, 200.0);
+        assert!(shadow_figures(&lines[3..]).is_none());
     }
 }

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use serde_json::{Value, json};
-use switchyard::audit::summary::summarise;
+use switchyard::audit::summary::{shadow_figures, summarise};
 use switchyard::audit::{LocalCheck, Logged, Replayed, Replayer, agreement, report};
 use switchyard::backends::local::LocalBackend;
 use switchyard::live::Live;
@@ -54,6 +54,10 @@ pub struct AuditArgs {
     /// The most tokens a sampled local answer may take.
     #[arg(long, default_value_t = 256)]
     max_tokens: u64,
+    /// Shadow mode's file (`shadow.file`): its comparisons of live traffic
+    /// join the summary.
+    #[arg(long)]
+    shadow: Option<PathBuf>,
 }
 
 pub fn run(args: &AuditArgs) -> ExitCode {
@@ -221,7 +225,16 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
         );
     }
     rows.sort_by_key(|r| r.line);
-    let summary = summarise(&rows, unreadable, args.period_days);
+    let shadow = match &args.shadow {
+        None => None,
+        Some(path) => {
+            // A last line cut by a kill is not JSON: it is skipped.
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let lines: Vec<Value> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            shadow_figures(&lines)
+        }
+    };
+    let summary = summarise(&rows, unreadable, args.period_days, shadow);
     let summary_json = serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?;
     write_atomically(&args.out.join("summary.json"), &summary_json)?;
     let source = format!("{} through {}", args.input.display(), args.policy.display());
