@@ -49,7 +49,24 @@ impl Live {
     /// Builds what a checked policy describes, sharing what `previous` already
     /// has: loaded local models, and the spend ledger when its file is the same.
     /// What stops it is a problem of the policy, like those its check finds.
+    /// The daemon's own: its ledger keeps the budget state file for itself
+    /// (see [`Ledger::open_exclusive`]).
     pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, PolicyError> {
+        Live::build_with(policy, previous, Ledger::open_exclusive)
+    }
+
+    /// For the command-line tools (`audit`, `route explain`, ...): the same,
+    /// reading the budget state without keeping the file, so they run beside
+    /// the daemon.
+    pub fn build_offline(policy: &Policy) -> Result<Live, PolicyError> {
+        Live::build_with(policy, None, Ledger::open)
+    }
+
+    fn build_with(
+        policy: &Policy,
+        previous: Option<&Live>,
+        open_ledger: fn(&Path) -> Result<Ledger, String>,
+    ) -> Result<Live, PolicyError> {
         let invalid = |problem| PolicyError::Invalid(vec![problem]);
         let keys = ClientKeys::from_config(&policy.auth).map_err(invalid)?;
         let ledger = match &policy.budgets {
@@ -59,7 +76,7 @@ impl Live {
                 match previous.and_then(|p| p.ledger.as_ref()).filter(|l| l.path() == path) {
                     Some(ledger) => Some(ledger.clone()),
                     None => Some(Arc::new(
-                        Ledger::open(&path).map_err(|err| invalid(budgets.state_file_problem(err)))?,
+                        open_ledger(&path).map_err(|err| invalid(budgets.state_file_problem(err)))?,
                     )),
                 }
             }

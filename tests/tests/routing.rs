@@ -473,6 +473,34 @@ fn a_budget_file_with_an_impossible_spend_stops_the_start_naming_the_file_and_th
     }
 }
 
+#[test]
+fn a_second_daemon_on_the_same_budget_file_is_refused_until_the_first_is_gone() {
+    let double = CloudDouble::start();
+    let shared = daemon::scratch_dir("shared-budget").join("spend.json");
+    let policy = switchyard_e2e::policy_for(
+        &double.base_url(),
+        &format!(
+            "budgets:\n  state_file: {}\n  global: {{ daily_usd: 0.4 }}\n",
+            shared.display()
+        ),
+    );
+    let env = [("DOUBLE_API_KEY", DOUBLE_API_KEY)];
+    let mut first = Daemon::start_in(daemon::scratch_dir("first"), &policy, &env);
+    let (code, output) = daemon::refused_start(daemon::scratch_dir("second"), "127.0.0.1:0", &policy, &env);
+    assert_ne!(code, Some(0), "{output}");
+    assert!(
+        output.contains(&format!(
+            "budget state file {} is kept by another running Switchyard (pid {})",
+            shared.display(),
+            first.pid()
+        )) && output.contains("spending the budget twice"),
+        "{output}"
+    );
+    // The lock goes with its process, however it ends.
+    first.kill();
+    let _third = Daemon::start_in(daemon::scratch_dir("third"), &policy, &env);
+}
+
 #[tokio::test]
 async fn a_deleted_policy_file_is_logged_the_policy_in_force_stays_and_its_return_is_reloaded() {
     let double = CloudDouble::start();

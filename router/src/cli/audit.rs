@@ -116,7 +116,7 @@ fn rank(line: usize) -> u64 {
 
 fn audit(args: &AuditArgs) -> Result<(), String> {
     let policy = Policy::load(&args.policy).map_err(|e| e.in_file(&args.policy))?;
-    let live = Live::build(&policy, None).map_err(|e| e.in_file(&args.policy))?;
+    let live = Live::build_offline(&policy).map_err(|e| e.in_file(&args.policy))?;
     std::fs::create_dir_all(&args.out).map_err(|e| format!("{}: {e}", args.out.display()))?;
     let rows_path = args.out.join("rows.jsonl");
     let skipped_path = args.out.join("skipped.jsonl");

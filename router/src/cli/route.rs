@@ -408,7 +408,7 @@ fn decide_unhinted(live: &Live, request: &ChatRequest, sessions: &Sessions) -> R
 
 fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
     let policy = Policy::load(policy_path).map_err(|e| e.in_file(policy_path))?;
-    let live = Live::build(&policy, None).map_err(|e| e.in_file(policy_path))?;
+    let live = Live::build_offline(&policy).map_err(|e| e.in_file(policy_path))?;
     let request = request_for(prompt)?;
     let text = text_for_scoring(&request);
     let features = Features::extract(&request, &text);
@@ -447,7 +447,7 @@ fn bench(policy_path: &Path, iterations: usize) -> Result<(), String> {
         return Err("--iterations must be at least 1".into());
     }
     let policy = Policy::load(policy_path).map_err(|e| e.in_file(policy_path))?;
-    let live = Live::build(&policy, None).map_err(|e| e.in_file(policy_path))?;
+    let live = Live::build_offline(&policy).map_err(|e| e.in_file(policy_path))?;
     let sessions = Sessions::new(std::time::Duration::from_secs(60), 100_000);
     let paragraph = "The committee reviewed the quarterly figures, compared them with the forecast, and asked \
         whether the 12% rise in costs (mostly cloud inference at $0.60 per million tokens) could be cut by \

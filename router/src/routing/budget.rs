@@ -56,6 +56,9 @@ pub struct Ledger {
     /// it, so it never returns (and lets the process exit) before the file holds
     /// the spend it saw; and two writers never share the temporary file.
     writing: Mutex<()>,
+    /// The open `STATE_FILE.lock`, whose advisory lock says this process keeps
+    /// the file (see [`Ledger::open_exclusive`]); released when the ledger goes.
+    _lock: Option<std::fs::File>,
 }
 
 /// What was spent (kept on disk) and what calls in flight may still spend.
@@ -254,6 +257,53 @@ impl Ledger {
     /// to start on it, so the operator learns the ledger is corrupt before any
     /// money moves, rather than from a budget that misbehaves later.
     pub fn open(path: &Path) -> Result<Ledger, String> {
+        Ledger::read(path, None)
+    }
+
+    /// As [`Ledger::open`], for the daemon that keeps the file: it takes an
+    /// advisory lock on `STATE_FILE.lock` (flock, released when the process
+    /// ends, however it ends) and refuses when another process holds it. Two
+    /// daemons sharing one state file would each keep their own ledger and
+    /// overwrite each other's spend, together spending the budget twice.
+    pub fn open_exclusive(path: &Path) -> Result<Ledger, String> {
+        use std::io::{Seek, Write};
+        use std::os::fd::AsRawFd;
+        let mut lock_name = path.as_os_str().to_owned();
+        lock_name.push(".lock");
+        let lock_path = PathBuf::from(lock_name);
+        let mut lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|err| format!("cannot open {}: {err}", lock_path.display()))?;
+        // SAFETY: flock on a descriptor this function owns, open until the ledger drops it.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            let holder = holder.trim();
+            return Err(format!(
+                "budget state file {} is kept by another running Switchyard{}: two daemons with one state file each keep their own ledger and overwrite the other's spend, spending the budget twice. Give each daemon its own state_file (each then has its own budget); budgets shared by replicas need a shared state store, which Switchyard does not have yet",
+                path.display(),
+                if holder.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {holder})")
+                }
+            ));
+        }
+        let pid = std::process::id().to_string();
+        let written = lock
+            .set_len(0)
+            .and_then(|()| lock.rewind())
+            .and_then(|()| lock.write_all(pid.as_bytes()));
+        if let Err(err) = written {
+            tracing::warn!(file = %lock_path.display(), "cannot write the pid into the lock file: {err}");
+        }
+        Ledger::read(path, Some(lock))
+    }
+
+    fn read(path: &Path, lock: Option<std::fs::File>) -> Result<Ledger, String> {
         let state: SpendState = match std::fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map_err(|err| format!("budget state file {} is not valid: {err}", path.display()))?,
@@ -274,6 +324,7 @@ impl Ledger {
             }),
             dirty: AtomicBool::new(false),
             writing: Mutex::new(()),
+            _lock: lock,
         })
     }
 
@@ -479,6 +530,23 @@ mod tests {
 
     fn temp_path(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("switchyard-budget-{}-{name}.json", std::process::id()))
+    }
+
+    #[test]
+    fn one_ledger_keeps_a_state_file_at_a_time() {
+        let path = temp_path("exclusive");
+        let first = Ledger::open_exclusive(&path).unwrap();
+        let refused = Ledger::open_exclusive(&path).unwrap_err();
+        assert!(refused.contains("kept by another running Switchyard"), "{refused}");
+        assert!(Ledger::open(&path).is_ok(), "reading without keeping is allowed");
+        drop(first);
+        assert!(
+            Ledger::open_exclusive(&path).is_ok(),
+            "free again once the first is gone"
+        );
+        let mut lock = path.into_os_string();
+        lock.push(".lock");
+        let _ = std::fs::remove_file(lock);
     }
 
     #[test]
