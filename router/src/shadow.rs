@@ -156,12 +156,13 @@ impl Shadowed {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            running.fetch_sub(1, Ordering::SeqCst);
+            drop(Slot);
             return;
         };
         runtime.spawn(async move {
+            // Released however the comparison ends, a panic included.
+            let _slot = Slot;
             let result = self.compare(&local, &text, usage, primary_cost).await;
-            in_flight().fetch_sub(1, Ordering::SeqCst);
             let name = match result {
                 Ok(line) => {
                     metrics()
@@ -242,6 +243,15 @@ impl Shadowed {
 fn in_flight() -> &'static AtomicUsize {
     static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
     &IN_FLIGHT
+}
+
+/// One comparison's place in [`in_flight`], given back when dropped.
+struct Slot;
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        in_flight().fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Whether a request is in the sample: a hash of its id under `share`.
