@@ -116,6 +116,11 @@ pub fn board() -> &'static Mutex<Board> {
     BOARD.get_or_init(Mutex::default)
 }
 
+/// Whether requests to `endpoint` are answers of a model, timed per route.
+fn is_answer(endpoint: &str) -> bool {
+    matches!(endpoint, "chat" | "completions" | "responses")
+}
+
 pub(crate) fn status_class(status: u16) -> &'static str {
     match status {
         200..=299 => "2xx",
@@ -203,7 +208,14 @@ impl RequestRecord {
                 status_class(self.status),
                 self.reason,
             );
+            // The latency histograms are the answers' (chat, completions,
+            // Responses): an upload's or an embedding's time says nothing of
+            // how fast a route answers.
+            let answers = is_answer(self.endpoint);
             m.for_route(route, |children| {
+                if !answers {
+                    return;
+                }
                 children.duration.observe(seconds(total));
                 if self.status < 400 {
                     let ttft = first_byte.map_or(total, |t| t.duration_since(self.started));
@@ -267,11 +279,13 @@ impl RequestRecord {
             totals.saved_usd += saved;
             board.cost_usd += cost;
             board.baseline_usd += cost + saved;
-            let window = board.latencies_ms.entry(route).or_default();
-            if window.len() == LATENCY_WINDOW {
-                window.pop_front();
+            if is_answer(self.endpoint) {
+                let window = board.latencies_ms.entry(route).or_default();
+                if window.len() == LATENCY_WINDOW {
+                    window.pop_front();
+                }
+                window.push_back(latency_ms);
             }
-            window.push_back(latency_ms);
         }
         tracing::info!(
             request_id = %self.request_id,

@@ -59,7 +59,9 @@ impl Live {
     /// reading the budget state without keeping the file, so they run beside
     /// the daemon.
     pub fn build_offline(policy: &Policy) -> Result<Live, PolicyError> {
-        Live::build_with(policy, None, Ledger::open)
+        let mut live = Live::build_with(policy, None, Ledger::open)?;
+        live.routing.assume_remotes_ready();
+        Ok(live)
     }
 
     fn build_with(
@@ -73,7 +75,10 @@ impl Live {
             None => None,
             Some(budgets) => {
                 let path = policy.base_dir.join(budgets.state_file());
-                match previous.and_then(|p| p.ledger.as_ref()).filter(|l| l.path() == path) {
+                match previous
+                    .and_then(|p| p.ledger.as_ref())
+                    .filter(|l| same_file(l.path(), &path))
+                {
                     Some(ledger) => Some(ledger.clone()),
                     None => Some(Arc::new(
                         open_ledger(&path).map_err(|err| invalid(budgets.state_file_problem(err)))?,
@@ -95,6 +100,21 @@ impl Live {
             metrics_enabled: policy.server.metrics,
         })
     }
+}
+
+/// Whether two paths name the same file (`spend.json` and `./spend.json`),
+/// whether or not it exists yet.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let canonical = |p: &Path| {
+        let dir = p
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        dir.canonicalize()
+            .ok()
+            .map(|dir| dir.join(p.file_name().unwrap_or_default()))
+    };
+    a == b || matches!((canonical(a), canonical(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// Where the daemon listens, and what set it (`server.listen`, or `--listen`

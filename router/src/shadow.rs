@@ -136,6 +136,11 @@ impl Shadowed {
             outcome("unsampled");
             return;
         };
+        // An answer with no text (tool calls only) has nothing to compare.
+        if text.trim().is_empty() {
+            outcome("no-text");
+            return;
+        }
         let Some(local) = self.local.clone() else {
             outcome("no-local-model");
             return;
@@ -313,18 +318,25 @@ impl Drop for Tap {
     }
 }
 
-/// The content a chat completion stream carried: its chunks' `delta.content`.
+/// The text a stream carried, in any of the three APIs' forms: a chat
+/// chunk's `delta.content`, a legacy completion chunk's `text`, a Responses
+/// `response.output_text.delta` event's `delta`.
 fn sse_text(bytes: &[u8]) -> String {
     let mut text = String::new();
     for line in String::from_utf8_lossy(bytes).lines() {
         let Some(data) = line.strip_prefix("data:") else {
             continue;
         };
-        if let Ok(chunk) = serde_json::from_str::<Value>(data.trim())
-            && let Some(piece) = chunk["choices"][0]["delta"]["content"].as_str()
-        {
-            text.push_str(piece);
-        }
+        let Ok(event) = serde_json::from_str::<Value>(data.trim()) else {
+            continue;
+        };
+        let choice = &event["choices"][0];
+        let piece = if event["type"] == "response.output_text.delta" {
+            event["delta"].as_str()
+        } else {
+            choice["delta"]["content"].as_str().or_else(|| choice["text"].as_str())
+        };
+        text.push_str(piece.unwrap_or(""));
     }
     text
 }
@@ -340,7 +352,12 @@ fn append(path: &Path, config: &ShadowConfig, line: &Value) -> std::io::Result<(
     let mut text = line.to_string();
     text.push('\n');
     let mut open = log_file().lock().expect("shadow file lock");
-    let full = std::fs::metadata(path).is_ok_and(|m| m.len() + text.len() as u64 > config.max_file_mb << 20);
+    let size = std::fs::metadata(path).map(|m| m.len());
+    if size.is_err() {
+        // Moved or deleted under us (logrotate, a person): start a new one.
+        *open = None;
+    }
+    let full = size.is_ok_and(|len| len + text.len() as u64 > config.max_file_mb << 20);
     if full {
         *open = None;
         for k in (1..config.keep_files).rev() {
@@ -374,6 +391,10 @@ mod tests {
     fn stream_text_is_read_from_its_chunks() {
         let stream = b"data: {\"choices\":[{\"delta\":{\"role\":\"assistant\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\ndata: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n";
         assert_eq!(sse_text(stream), "Hello");
+        let responses = b"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"Hi\"}\n\nevent: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{}}\n\n";
+        assert_eq!(sse_text(responses), "Hi");
+        let legacy = b"data: {\"choices\":[{\"text\":\"Once\"}]}\n\ndata: {\"choices\":[{\"text\":\" upon\"}]}\n\ndata: [DONE]\n\n";
+        assert_eq!(sse_text(legacy), "Once upon");
     }
 
     #[test]
@@ -390,6 +411,11 @@ mod tests {
         for _ in 0..10 {
             append(&path, &config, &line).unwrap();
         }
+        // Deleted under the daemon: the next line starts a new file.
+        std::fs::remove_file(rotated(&path, 2)).unwrap();
+        std::fs::rename(&path, rotated(&path, 2)).unwrap();
+        append(&path, &config, &json!({ "after": "a move" })).unwrap();
+        assert!(std::fs::read_to_string(&path).unwrap().contains("a move"));
         let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
         assert!(size(&path) <= 1 << 20 && size(&rotated(&path, 1)) <= 1 << 20);
         assert!(size(&rotated(&path, 2)) > 0 && size(&rotated(&path, 3)) == 0);

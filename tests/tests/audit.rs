@@ -293,7 +293,10 @@ fn calibrate_writes_thresholds_that_keep_the_target_into_the_policy() {
     let written = std::fs::read_to_string(&policy).unwrap();
     let expected = original.replace(
         "{ local_below: 0.3, remote_above: 0.7, ambiguous: remote }  # keep",
-        &format!("{{ local_below: {threshold:.4}, remote_above: 0.7000, ambiguous: remote }}  # keep"),
+        &format!(
+            "{{ local_below: {}, remote_above: 0.7, ambiguous: remote }}  # keep",
+            threshold as f32
+        ),
     );
     assert_eq!(written, expected, "only the thresholds change; comments stay");
     let (ok, _, err) = switchyard(&["policy", "check", policy.to_str().unwrap()]);

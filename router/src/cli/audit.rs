@@ -205,7 +205,12 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
         if let (Some(local), Some(answer)) = (&local, &logged.answer)
             && sample.contains(&line_no)
         {
-            row.local = Some(runtime.block_on(check_locally(local, &logged, answer, args.max_tokens))?);
+            // A request the local model cannot take (too long, refused) is
+            // reported and left uncompared; the audit goes on.
+            match runtime.block_on(check_locally(local, &logged, answer, args.max_tokens)) {
+                Ok(check) => row.local = Some(check),
+                Err(why) => eprintln!("\nwarning: line {line_no}: not compared: {why}"),
+            }
         }
         // One write per row: an interruption loses at most the row being written.
         let mut text = serde_json::to_string(&row).map_err(|e| e.to_string())?;

@@ -108,12 +108,17 @@ fn calibrate_policy(args: &CalibrateArgs) -> Result<(), String> {
     println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
     if !args.dry_run {
         let edited = edit::set_thresholds(&text, local_below, remote_above)?;
-        let partial = args.policy.with_extension("calibrating");
+        // The file a symlink names is the one changed, and it keeps its
+        // permissions.
+        let target = std::fs::canonicalize(&args.policy).map_err(|e| format!("{}: {e}", args.policy.display()))?;
+        let permissions = std::fs::metadata(&target).map(|m| m.permissions());
+        let partial = target.with_extension("calibrating");
         std::fs::write(&partial, edited)
-            .and_then(|()| std::fs::rename(&partial, &args.policy))
-            .map_err(|e| format!("{}: {e}", args.policy.display()))?;
+            .and_then(|()| permissions.and_then(|p| std::fs::set_permissions(&partial, p)))
+            .and_then(|()| std::fs::rename(&partial, &target))
+            .map_err(|e| format!("{}: {e}", target.display()))?;
         eprintln!(
-            "{}: routing.thresholds set to local_below {local_below:.4}, remote_above {remote_above:.4}; about {:.0}% of traffic like this stays local",
+            "{}: routing.thresholds set to local_below {local_below}, remote_above {remote_above}; about {:.0}% of traffic like this stays local",
             args.policy.display(),
             100.0 * calibrated.local_share
         );

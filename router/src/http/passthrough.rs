@@ -147,16 +147,23 @@ pub(super) async fn forward(
             (body, None, length)
         };
 
-    // A priced call holds what it may cost before it goes: its per-call price
+    // A priced call (prices apply to POSTs: creating, not polling or
+    // downloading) holds what it may cost before it goes: its per-call price
     // and its input at most one token a byte (no tokenizer makes more).
-    // Output tokens are not bounded in advance; they are charged when known.
-    if let Some(price) = prices.of(endpoint_path, model.as_deref()) {
+    // Output tokens are not bounded in advance; they are charged when known,
+    // from an answer asked for uncompressed so its usage can be read.
+    let mut headers = parts.headers;
+    let priced = (parts.method == axum::http::Method::POST)
+        .then(|| prices.of(endpoint_path, model.as_deref()))
+        .flatten();
+    if let Some(price) = priced {
         let bound = price.cost_usd(body_bytes.unwrap_or(0), 0);
         match live.routing.admit_call(live.ledger.as_ref(), &caller, bound) {
             Ok(reservation) => record.reservation = reservation,
             Err(err) => return refused(record, err),
         }
         record.price = price;
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_static("identity"));
     }
     record.route = Tier::Remote.as_str();
     record.backend = remote.name().to_string();
@@ -168,7 +175,7 @@ pub(super) async fn forward(
         parts.uri.query().map_or(String::new(), |q| format!("?{q}"))
     );
     let answer = remote
-        .forward(parts.method.clone(), &upstream_path, &parts.headers, body, &request_id)
+        .forward(parts.method.clone(), &upstream_path, &headers, body, &request_id)
         .await;
     let mut response = match answer {
         Ok(upstream) => {

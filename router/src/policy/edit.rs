@@ -24,7 +24,9 @@ pub fn set_thresholds(text: &str, local_below: f32, remote_above: f32) -> Result
         .iter()
         .position(|l| is_content(l) && indent(l) == 0)
         .map_or(lines.len(), |i| routing + 1 + i);
-    let number = |v: f32| format!("{v:.4}");
+    // Every digit the threshold has: rounded, it could move past the score
+    // of a request on the other side of it.
+    let number = |v: f32| format!("{v}");
     let key = Regex::new(r"^(\s*)thresholds\s*:").expect("valid regex");
     let child_indent = lines[routing + 1..end]
         .iter()
@@ -75,7 +77,7 @@ pub fn set_thresholds(text: &str, local_below: f32, remote_above: f32) -> Result
     let edited = out.concat();
     let parsed = Policy::parse(&edited).map_err(|err| format!("the edited policy does not parse: {err}"))?;
     let set = parsed.routing.thresholds();
-    let close = |a: f32, b: f32| (a - b).abs() < 1e-4;
+    let close = |a: f32, b: f32| a == b;
     if !close(set.local_below, local_below) || !close(set.remote_above, remote_above) {
         return Err("the edit did not set the thresholds (an unusual layout?); edit them by hand".into());
     }
@@ -108,7 +110,7 @@ routing:
             edited,
             POLICY.replace(
                 "{ local_below: 0.3, remote_above: 0.7, ambiguous: remote }  # tuned",
-                "{ local_below: 0.5500, remote_above: 0.6100, ambiguous: remote }  # tuned"
+                "{ local_below: 0.55, remote_above: 0.61, ambiguous: remote }  # tuned"
             )
         );
     }
@@ -121,7 +123,7 @@ routing:
         );
         let edited = set_thresholds(&block, 0.4, 0.5).unwrap();
         assert!(
-            edited.contains("    # below: local\n    local_below: 0.4000\n    remote_above: 0.5000\n"),
+            edited.contains("    # below: local\n    local_below: 0.4\n    remote_above: 0.5\n"),
             "{edited}"
         );
         assert!(
@@ -135,7 +137,7 @@ routing:
         );
         let edited = set_thresholds(&missing, 0.4, 0.5).unwrap();
         assert!(
-            edited.contains("routing:\n  thresholds: { local_below: 0.4000, remote_above: 0.5000, ambiguous: "),
+            edited.contains("routing:\n  thresholds: { local_below: 0.4, remote_above: 0.5, ambiguous: "),
             "{edited}"
         );
         assert!(set_thresholds("backends: {}\n", 0.4, 0.5).is_err());

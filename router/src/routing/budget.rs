@@ -271,6 +271,10 @@ impl Ledger {
         let mut lock_name = path.as_os_str().to_owned();
         lock_name.push(".lock");
         let lock_path = PathBuf::from(lock_name);
+        // The state file's folder may not exist yet (the first flush makes it).
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
+        }
         let mut lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -534,6 +538,12 @@ mod tests {
 
     #[test]
     fn one_ledger_keeps_a_state_file_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("switchyard-budget-{}-new-folder", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let fresh = Ledger::open_exclusive(&dir.join("state/spend.json"));
+        assert!(fresh.is_ok(), "a folder not made yet is made: {:?}", fresh.err());
+        drop(fresh);
+        std::fs::remove_dir_all(&dir).unwrap();
         let path = temp_path("exclusive");
         let first = Ledger::open_exclusive(&path).unwrap();
         let refused = Ledger::open_exclusive(&path).unwrap_err();

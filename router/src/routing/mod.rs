@@ -147,6 +147,9 @@ pub struct Routing {
     shadow: ShadowConfig,
     /// `shadow.file`, resolved against the policy file's directory.
     shadow_file: std::path::PathBuf,
+    /// Offline (the audit, `route explain`): remote backends count as
+    /// ready whether or not their keys are set here.
+    offline: bool,
 }
 
 /// What the routing needs to know of a request besides its body.
@@ -189,6 +192,7 @@ impl Routing {
             mode: routing.mode(),
             shadow: routing.shadow.clone(),
             shadow_file: policy.base_dir.join(&routing.shadow.file),
+            offline: false,
         })
     }
 
@@ -221,6 +225,13 @@ impl Routing {
         &self.shadow
     }
 
+    /// Decides as a serving daemon would with every remote backend up: for
+    /// the tools that replay traffic offline, where upstream keys are often
+    /// not set.
+    pub fn assume_remotes_ready(&mut self) {
+        self.offline = true;
+    }
+
     /// Where shadow comparisons are written.
     pub fn shadow_file(&self) -> &std::path::Path {
         &self.shadow_file
@@ -249,10 +260,16 @@ impl Routing {
         caller: &Caller,
         usd: f64,
     ) -> Result<Option<Reservation>, ApiError> {
+        // A priced call is checked even when nothing of it can be bounded in
+        // advance (a per-minute price, a body of unknown length): a spent
+        // budget refuses it, and its hold of zero is settled with its cost.
         match (ledger, &self.budgets) {
-            (Some(ledger), Some(limits)) => {
-                reserve(ledger, limits, caller_name(caller), usd, Reason::RemoteOnlyEndpoint)
-            }
+            (Some(ledger), Some(limits)) => ledger
+                .try_reserve(limits, caller_name(caller), usd.max(0.0))
+                .map(Some)
+                .ok_or(ApiError::Route(RouteError::BudgetExhausted {
+                    why: Reason::RemoteOnlyEndpoint,
+                })),
             _ => Ok(None),
         }
     }
@@ -308,6 +325,7 @@ impl Routing {
     /// The remote backends that can take a call now, in order of preference.
     fn ready_remotes(&self) -> impl Iterator<Item = &Arc<Backend>> {
         self.remotes.iter().filter(|b| match b.as_ref() {
+            Backend::Remote(_) if self.offline => true,
             Backend::Remote(remote) => remote.readiness().is_ok() && !remote.breaker().is_open(),
             Backend::Local(_) => false,
         })
