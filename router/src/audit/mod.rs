@@ -87,8 +87,25 @@ impl Endpoint {
     fn of_body(body: &Value) -> Option<Endpoint> {
         if body.get("messages").is_some() {
             Some(Endpoint::Chat)
-        } else if body.get("input").is_some() {
-            Some(Endpoint::Responses)
+        } else if let Some(input) = body.get("input") {
+            // Embeddings and moderations take `input` too: a body is read as
+            // a Responses request when something says so (a field only the
+            // Responses API has, input items, or a model that is not an
+            // embedding or moderation model).
+            let responses_only = [
+                "instructions",
+                "max_output_tokens",
+                "text",
+                "reasoning",
+                "tools",
+                "previous_response_id",
+            ]
+            .iter()
+            .any(|key| body.get(*key).is_some());
+            let items = input.as_array().is_some_and(|items| items.iter().any(Value::is_object));
+            let model = body["model"].as_str().unwrap_or("").to_ascii_lowercase();
+            let other_api = model.contains("embed") || model.contains("moderation");
+            (responses_only || items || !other_api).then_some(Endpoint::Responses)
         } else if body.get("prompt").is_some() {
             Some(Endpoint::Completions)
         } else {
@@ -153,7 +170,8 @@ impl Logged {
                 Endpoint::of_path(path)
                     .ok_or_else(|| format!("`{url}` is not a chat, Responses or completions endpoint"))?
             }
-            None => Endpoint::of_body(&body).ok_or("no `messages`, `input` or `prompt` in the request")?,
+            None => Endpoint::of_body(&body)
+                .ok_or("not a chat, Responses or completions request (no `messages`, Responses `input` or `prompt`)")?,
         };
         let mut body = body;
         // A labelled row's prompt, or a legacy completion's, is one user turn.
@@ -563,6 +581,8 @@ mod tests {
         for bad in [
             json!([1]),
             json!({ "url": "/v1/embeddings", "body": { "input": "x" } }),
+            json!({ "model": "text-embedding-3-small", "input": ["a", "b"] }),
+            json!({ "model": "omni-moderation-latest", "input": "text" }),
             json!({ "hello": 1 }),
         ] {
             assert!(Logged::parse(&bad, 6, "auto").is_err(), "{bad}");
