@@ -47,7 +47,9 @@ const called = await client.responses.create({
 });
 const call = called.output.find((item) => item.type === "function_call");
 assert.equal(call.name, "get_weather");
-assert.ok(JSON.parse(call.arguments).city.length <= 12);
+// maxLength counts characters (code points), as JSON Schema does; JS .length counts UTF-16 units.
+const city = JSON.parse(call.arguments).city;
+assert.ok([...city].length <= 12, `${JSON.stringify(city)}: ${[...city].length} characters`);
 
 // Structured output: the Responses API's text.format and chat's
 // response_format, each a JSON Schema the local answer is held to.
@@ -69,7 +71,7 @@ const chatPlan = await client.chat.completions.create({
   response_format: { type: "json_schema", json_schema: { name: "trip", schema: trip, strict: true } },
 });
 assert.equal(chatPlan.choices[0].finish_reason, "stop");
-assert.ok(JSON.parse(chatPlan.choices[0].message.content).city.length <= 16);
+assert.ok([...JSON.parse(chatPlan.choices[0].message.content).city].length <= 16);
 
 const relayed = await client.responses.create({ model: remote, input: "hello there" });
 assert.equal(relayed.output_text, "Echo: hello there");
