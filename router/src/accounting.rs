@@ -339,9 +339,6 @@ pub struct Recorded {
     /// The streaming stage, a child of the request's span (so its log lines
     /// carry the request id); it closes when the body is dropped.
     span: tracing::Span,
-    /// Whether the body is an event stream, which ends with an error event
-    /// when cut at shutdown; any other body just ends.
-    events: bool,
 }
 
 impl Recorded {
@@ -361,21 +358,7 @@ impl Recorded {
             first_byte: None,
             past_drain: Some(Box::pin(past_drain.clone().cancelled_owned())),
             span,
-            events: true,
         }
-    }
-
-    /// A body of any other kind (a file, JSON, audio) passed through: cut at
-    /// shutdown, it just ends.
-    pub fn opaque(
-        inner: BoxStream<'static, Bytes>,
-        record: RequestRecord,
-        usage: UsageCell,
-        past_drain: &CancellationToken,
-    ) -> Recorded {
-        let mut recorded = Recorded::new(inner, record, usage, past_drain);
-        recorded.events = false;
-        recorded
     }
 
     /// Ends the stream now: its client gets the error event returned, then
@@ -387,10 +370,6 @@ impl Recorded {
         self.inner = futures_util::stream::empty().boxed();
         if let Some(record) = &mut self.record {
             record.status = error.status().as_u16();
-        }
-        if !self.events {
-            tracing::warn!("the shutdown drain ran out: the body is cut");
-            return Bytes::new();
         }
         tracing::warn!("the shutdown drain ran out: the stream ends with a server_shutting_down error");
         crate::openai::sse::error_event(&error)
