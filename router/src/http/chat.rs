@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::headers::{self, COST, DEGRADED, ESCALATED_FROM, REASON, ROUTE, SCORE};
-use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
+use super::{AppState, BACKEND, RequestId, SELF_BACKEND, refused};
 use crate::accounting::{Recorded, RequestRecord};
 use crate::auth::Caller;
 use crate::ladder::{self, Outcome};
@@ -111,24 +111,6 @@ async fn answer(
         live.ledger.clone(),
         live.metrics_enabled,
     );
-    // A request the policy refuses before any backend is called says why, like
-    // an answered one (a refusal after the call keeps its decision's reason).
-    let refused = |mut record: RequestRecord, err: ApiError| {
-        let reason = match &err {
-            ApiError::Route(route) if record.backend_started.is_none() => Some(route.reason()),
-            _ => None,
-        };
-        let mut response = err.into_response();
-        if let Some(reason) = reason {
-            response
-                .headers_mut()
-                .insert(REASON, HeaderValue::from_static(reason.as_str()));
-            record.reason = reason.as_str();
-        }
-        record.status = response.status().as_u16();
-        record.finish(None, None);
-        response
-    };
     let bytes = match read_body(&headers, body, live.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(err) => return refused(record, err),

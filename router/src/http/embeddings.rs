@@ -25,7 +25,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::headers::{REASON, ROUTE};
-use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
+use super::{AppState, BACKEND, RequestId, SELF_BACKEND, refused};
 use crate::accounting::RequestRecord;
 use crate::auth::Caller;
 use crate::backends::Backend;
@@ -62,15 +62,6 @@ pub async fn embeddings(
             live.ledger.clone(),
             live.metrics_enabled,
         )
-    };
-    let refused = |mut record: RequestRecord, err: ApiError| {
-        if let ApiError::Route(route) = &err {
-            record.reason = route.reason().as_str();
-        }
-        let response = err.into_response();
-        record.status = response.status().as_u16();
-        record.finish(None, None);
-        response
     };
     let (parts, body) = request.into_parts();
     let bytes = match super::chat::read_body(&parts.headers, body, live.max_body_bytes).await {

@@ -24,10 +24,31 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 
+use crate::accounting::RequestRecord;
 use crate::auth::Caller;
 use crate::live::LivePolicy;
 use crate::openai::error::ApiError;
 use crate::routing::sessions::Sessions;
+
+/// The answer to a request refused or failed with `err`, its record finished
+/// with the error's status; a refusal the routing made before any backend was
+/// called gives its reason to the record and to `x-switchyard-reason`.
+fn refused(mut record: RequestRecord, err: ApiError) -> Response {
+    let reason = match &err {
+        ApiError::Route(route) if record.backend_started.is_none() => Some(route.reason()),
+        _ => None,
+    };
+    let mut response = err.into_response();
+    if let Some(reason) = reason {
+        response
+            .headers_mut()
+            .insert(headers::REASON, HeaderValue::from_static(reason.as_str()));
+        record.reason = reason.as_str();
+    }
+    record.status = response.status().as_u16();
+    record.finish(None, None);
+    response
+}
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const BACKEND: HeaderName = HeaderName::from_static("x-switchyard-backend");

@@ -32,14 +32,14 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::extract::{Extension, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::headers::{REASON, ROUTE};
-use super::{AppState, BACKEND, RequestId, SELF_BACKEND};
+use super::{AppState, BACKEND, RequestId, SELF_BACKEND, refused};
 use crate::accounting::{CLIENT_CLOSED, RequestRecord};
 use crate::auth::Caller;
 use crate::openai::error::ApiError;
@@ -78,18 +78,6 @@ pub(super) async fn forward(
         live.ledger.clone(),
         live.metrics_enabled,
     );
-    let refused = |mut record: RequestRecord, err: ApiError| {
-        if let ApiError::Route(route) = &err {
-            record.reason = route.reason().as_str();
-        }
-        let mut response = err.into_response();
-        record.status = response.status().as_u16();
-        response
-            .headers_mut()
-            .insert(REASON, HeaderValue::from_static(record.reason));
-        record.finish(None, None);
-        response
-    };
     let Some(remote) = live.routing.passthrough_backend().and_then(|b| b.as_remote()) else {
         let err = ApiError::NotFound(format!(
             "{} {path} (no remote backend in the policy's routing to pass it to)",
@@ -219,7 +207,12 @@ pub(super) async fn forward(
                 // Failed before an answer: nothing was billed.
                 reservation.release();
             }
-            return refused(record, ApiError::Backend(err));
+            // Still the pass-through's answer: it says so, as a relayed one does.
+            let mut response = refused(record, ApiError::Backend(err));
+            response
+                .headers_mut()
+                .insert(REASON, HeaderValue::from_static(Reason::RemoteOnlyEndpoint.as_str()));
+            return response;
         }
     };
     let headers = response.headers_mut();
