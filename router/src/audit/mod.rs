@@ -32,7 +32,7 @@ use crate::openai::request::ChatRequest;
 use crate::policy::Price;
 use crate::reply::Usage;
 use crate::routing::difficulty::data;
-use crate::routing::features::{Features, text_for_scoring};
+use crate::routing::features::{Features, content_texts, text_for_scoring};
 use crate::routing::sessions::Sessions;
 use crate::routing::{Hints, price_of};
 
@@ -372,7 +372,12 @@ impl<'a> Replayer<'a> {
         let logged_cost_usd = logged
             .cost_usd
             .unwrap_or_else(|| baseline.as_ref().map_or(0.0, cost_at));
-        let privacy_rule = self.live.routing.privacy_match(&all_text).map(str::to_string);
+        // What the daemon's privacy rules read: everything sent upstream.
+        let privacy_rule = self
+            .live
+            .routing
+            .privacy_match(&crate::routing::privacy::egress_text(&request.body))
+            .map(str::to_string);
         let category = logged
             .category
             .clone()
@@ -435,24 +440,12 @@ impl<'a> Replayer<'a> {
     }
 }
 
-/// Every message's text, joined a line apart (what the upstream reads).
+/// Every message's text, a line apart: what the upstream reads of the
+/// conversation, for its token count.
 fn all_message_text(request: &ChatRequest) -> String {
-    let mut text = String::new();
-    for message in request.messages().as_array().into_iter().flatten() {
-        match &message["content"] {
-            Value::String(content) => text.push_str(content),
-            Value::Array(parts) => {
-                for part in parts {
-                    if let Some(piece) = part["text"].as_str() {
-                        text.push_str(piece);
-                    }
-                }
-            }
-            _ => {}
-        }
-        text.push('\n');
-    }
-    text
+    let messages = request.messages().as_array().map_or(&[][..], Vec::as_slice);
+    let pieces: Vec<&str> = messages.iter().flat_map(|m| content_texts(&m["content"])).collect();
+    pieces.join("\n")
 }
 
 /// A request's category when the log gives none: what it asks of the model.

@@ -90,7 +90,7 @@ pub(crate) fn push_content(text: &mut String, content: &Value) {
 }
 
 /// A message's text pieces: its string content, or the text of its parts.
-fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
+pub(crate) fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
     let (whole, parts) = match content {
         Value::String(s) => (Some(s.as_str()), &[][..]),
         Value::Array(parts) => (None, parts.as_slice()),
