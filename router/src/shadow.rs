@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
@@ -26,12 +26,13 @@ use serde_json::{Value, json};
 
 use crate::audit::{agreement, answer_text};
 use crate::backends::Backend;
+use crate::backends::local::{GreedyEnd, LocalBackend};
 use crate::metrics::metrics;
 use crate::openai::completion::Written;
 use crate::openai::request::ChatRequest;
 use crate::outcome::Tier;
 use crate::policy::{Price, ShadowConfig};
-use crate::reply::{Event, Usage};
+use crate::reply::Usage;
 use crate::routing::Decision;
 
 /// A shadowed request: what the routing would have done, and what its
@@ -193,37 +194,24 @@ impl Shadowed {
         primary_cost: f64,
     ) -> Result<Value, &'static str> {
         let local = local.as_local().ok_or("failed")?;
-        let body = json!({
-            "model": local.name(),
-            "messages": self.request.messages(),
-            "max_tokens": self.config.max_tokens,
-            "temperature": 0,
-            "chat_template_kwargs": { "enable_thinking": self.would == Tier::LocalReasoning },
-        });
-        let request = ChatRequest::parse(body.to_string().as_bytes()).map_err(|_| "failed")?;
         let started = Instant::now();
-        let mut generation = local
-            .generate(&request, &format!("{}-shadow", self.request_id))
+        // A client's request waits for the local model: give way.
+        let give_way = |local: &LocalBackend| local.load_figures().is_some_and(|f| f.queued > 0);
+        let thinking = self.would == Tier::LocalReasoning;
+        let request_id = format!("{}-shadow", self.request_id);
+        let (answer, tokens) = local
+            .greedy_answer(
+                self.request.messages(),
+                self.config.max_tokens,
+                thinking,
+                &request_id,
+                give_way,
+            )
             .await
-            .map_err(|_| "failed")?;
-        let mut answer = String::new();
-        let mut watch = tokio::time::interval(Duration::from_millis(10));
-        let tokens = loop {
-            tokio::select! {
-                event = generation.events.recv() => match event {
-                    Some(Event::Content { text, .. }) => answer.push_str(&text),
-                    Some(Event::Finished(finished)) => break finished.usage.completion_tokens,
-                    Some(Event::Failed(_)) | None => return Err("failed"),
-                    Some(_) => {}
-                },
-                _ = watch.tick() => {
-                    // A client's request waits for the local model: give way.
-                    if local.load_figures().is_some_and(|f| f.queued > 0) {
-                        return Err("preempted");
-                    }
-                }
-            }
-        };
+            .map_err(|end| match end {
+                GreedyEnd::Failed(_) => "failed",
+                GreedyEnd::GaveWay => "preempted",
+            })?;
         let (agreement, method) = agreement(&answer, text);
         Ok(json!({
             "at_unix_s": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),

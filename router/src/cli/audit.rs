@@ -18,11 +18,9 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use switchyard::audit::summary::{shadow_figures, summarise};
 use switchyard::audit::{LocalCheck, Logged, Replayed, Replayer, agreement, report};
-use switchyard::backends::local::LocalBackend;
+use switchyard::backends::local::{GreedyEnd, LocalBackend};
 use switchyard::live::Live;
-use switchyard::openai::request::ChatRequest;
 use switchyard::policy::Policy;
-use switchyard::reply::Event;
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
@@ -263,31 +261,14 @@ async fn check_locally(
     answer: &str,
     max_tokens: u64,
 ) -> Result<LocalCheck, String> {
-    let body = json!({
-        "model": local.name(),
-        "messages": logged.request.messages(),
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "chat_template_kwargs": { "enable_thinking": false },
-    });
-    let request = ChatRequest::parse(body.to_string().as_bytes()).map_err(|e| e.message())?;
     let started = Instant::now();
-    let mut generation = local
-        .generate(&request, "audit")
+    let (text, tokens) = local
+        .greedy_answer(logged.request.messages(), max_tokens, false, "audit", |_| false)
         .await
-        .map_err(|e| format!("the local model failed: {e:?}"))?;
-    let (mut text, mut tokens) = (String::new(), 0);
-    while let Some(event) = generation.events.recv().await {
-        match event {
-            Event::Content { text: piece, .. } => text.push_str(&piece),
-            Event::Finished(finished) => {
-                tokens = finished.usage.completion_tokens;
-                break;
-            }
-            Event::Failed(err) => return Err(format!("the local model failed: {err:?}")),
-            _ => {}
-        }
-    }
+        .map_err(|end| match end {
+            GreedyEnd::Failed(why) => why,
+            GreedyEnd::GaveWay => "the local model gave way".to_string(),
+        })?;
     let (agreement, method) = agreement(&text, answer);
     Ok(LocalCheck {
         agreement,

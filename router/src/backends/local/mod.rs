@@ -46,7 +46,7 @@ use crate::openai::request::ChatRequest;
 use crate::openai::structured::ToolChoice;
 use crate::outcome::{BackendError, Ineligible};
 use crate::policy::{LocalBackendConfig, SamplingBase};
-use crate::reply::ChatReply;
+use crate::reply::{ChatReply, Event};
 
 /// One input of an embeddings request.
 #[derive(Debug, Clone)]
@@ -73,6 +73,15 @@ const UNSUPPORTED_FIELDS: &[&str] = &["functions", "function_call", "logit_bias"
 /// behind a long one; more would not finish sooner on the cores the engine
 /// leaves free.
 const PROMPTS_ENCODED_AT_ONCE: usize = 2;
+
+/// Why [`LocalBackend::greedy_answer`] gave no answer.
+#[derive(Debug)]
+pub enum GreedyEnd {
+    /// The request or the generation failed; what happened.
+    Failed(String),
+    /// `give_way` asked it to stop.
+    GaveWay,
+}
 
 /// What the local engine is doing and holding, read for `/metrics` and the status page.
 #[derive(Debug, Clone, Copy)]
@@ -411,6 +420,50 @@ impl LocalBackend {
     pub async fn generate(&self, request: &ChatRequest, request_id: &str) -> Result<Generation, BackendError> {
         self.generate_within(request, request_id, self.max_queue_wait.map(QueueWait::whole), None)
             .await
+    }
+
+    /// The model's greedy answer to `messages` (thinking on or off as
+    /// `thinking` says, at most `max_tokens`): its text and completion tokens,
+    /// for comparing with another model's answer (the audit, shadow mode).
+    /// `give_way` is asked every 10 ms; when it says so the answer is dropped
+    /// (and the engine's work with it).
+    pub async fn greedy_answer(
+        &self,
+        messages: &serde_json::Value,
+        max_tokens: u64,
+        thinking: bool,
+        request_id: &str,
+        give_way: impl Fn(&LocalBackend) -> bool,
+    ) -> Result<(String, u64), GreedyEnd> {
+        let body = serde_json::json!({
+            "model": self.name,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "chat_template_kwargs": { "enable_thinking": thinking },
+        });
+        let request =
+            ChatRequest::parse(body.to_string().as_bytes()).map_err(|err| GreedyEnd::Failed(err.message()))?;
+        let failed = |err: BackendError| GreedyEnd::Failed(format!("the local model failed: {err:?}"));
+        let mut generation = self.generate(&request, request_id).await.map_err(failed)?;
+        let mut text = String::new();
+        let mut watch = tokio::time::interval(Duration::from_millis(10));
+        loop {
+            tokio::select! {
+                event = generation.events.recv() => match event {
+                    Some(Event::Content { text: piece, .. }) => text.push_str(&piece),
+                    Some(Event::Finished(finished)) => return Ok((text, finished.usage.completion_tokens)),
+                    Some(Event::Failed(err)) => return Err(failed(err)),
+                    None => return Err(GreedyEnd::Failed("the local model stopped".into())),
+                    Some(_) => {}
+                },
+                _ = watch.tick() => {
+                    if give_way(self) {
+                        return Err(GreedyEnd::GaveWay);
+                    }
+                }
+            }
+        }
     }
 
     /// The backend's `max_queue_wait_ms`, if it has one.
