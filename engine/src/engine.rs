@@ -262,6 +262,19 @@ impl LocalModel {
             next_logprobs,
         })
     }
+
+    /// The log-probabilities of the token after the prompt, one per
+    /// vocabulary entry: [`LocalModel::read_prompt`]'s `next_logprobs`, at the
+    /// cost of a prefill (the output head runs on the last position only).
+    pub fn next_logprobs(&self, tokens: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        check_prompt(tokens, &self.model, self.context_length, 0)?;
+        let mut slot = KvSlot::exact();
+        let cache = slot.prepare(&self.model, tokens.len(), self.context_length, &self.device);
+        let mut logits = self.model.forward(tokens, cache);
+        let norm = crate::sampling::log_sum_exp(&logits);
+        logits.iter_mut().for_each(|l| *l -= norm);
+        Ok(logits)
+    }
 }
 
 /// Why a conversation has no prompt ([`encode_conversation`]).

@@ -58,6 +58,25 @@ pub struct GenerationRequest {
     pub constraint: Option<Constraint>,
 }
 
+impl GenerationRequest {
+    /// A prompt answered with `sampling` for at most `max_tokens`, and nothing
+    /// else: no stop strings, log-probs, deadline, thinking or grammar.
+    pub fn new(prompt_tokens: Vec<u32>, max_tokens: usize, sampling: SamplingParams) -> GenerationRequest {
+        GenerationRequest {
+            prompt_tokens,
+            max_tokens,
+            sampling,
+            stop_tokens: Vec::new(),
+            stop_strings: Vec::new(),
+            top_logprobs: 0,
+            ignore_eos: false,
+            deadline: None,
+            thinking: None,
+            constraint: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
     /// An end-of-turn token or a stop string.

@@ -57,18 +57,7 @@ fn cases(file: &str) -> Vec<Value> {
 }
 
 fn greedy(case: &Value, max_tokens: usize) -> GenerationOutput {
-    let request = GenerationRequest {
-        prompt_tokens: ids(&case["prompt_tokens"]),
-        max_tokens,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: Vec::new(),
-        stop_strings: Vec::new(),
-        top_logprobs: 0,
-        ignore_eos: false,
-        deadline: None,
-        thinking: None,
-        constraint: None,
-    };
+    let request = GenerationRequest::new(ids(&case["prompt_tokens"]), max_tokens, SamplingParams::greedy());
     model()
         .generate(&request, |_| ControlFlow::Continue(()))
         .expect("generation runs")
@@ -231,10 +220,20 @@ fn reading_a_prompt_gives_the_log_probs_of_its_prefixes() {
             assert!((g - w).abs() < 1e-3, "after {end} tokens: read {g}, forward {w}");
         }
     }
-    assert!(matches!(
-        local.read_prompt(&[]),
-        Err(switchyard_engine::generate::GenerateError::EmptyPrompt)
-    ));
+    // The next token's distribution alone, from a plain prefill.
+    let next = local.next_logprobs(&tokens).expect("the prompt is read");
+    for (g, w) in next.iter().zip(&reading.next_logprobs) {
+        assert!((g - w).abs() < 1e-3, "next_logprobs {g}, read_prompt {w}");
+    }
+    for empty in [
+        local.read_prompt(&[]).map(|r| r.next_logprobs),
+        local.next_logprobs(&[]),
+    ] {
+        assert!(matches!(
+            empty,
+            Err(switchyard_engine::generate::GenerateError::EmptyPrompt)
+        ));
+    }
 }
 
 /// A prompt prefilled in chunks of [`Model::PREFILL_CHUNK`] positions (what

@@ -44,18 +44,7 @@ fn prompt(model: &LocalModel, messages: &Value) -> Vec<u32> {
 }
 
 fn request(prompt_tokens: Vec<u32>) -> GenerationRequest {
-    GenerationRequest {
-        prompt_tokens,
-        max_tokens: 24,
-        sampling: SamplingParams::greedy(),
-        stop_tokens: Vec::new(),
-        stop_strings: Vec::new(),
-        top_logprobs: 0,
-        ignore_eos: false,
-        deadline: None,
-        thinking: None,
-        constraint: None,
-    }
+    GenerationRequest::new(prompt_tokens, 24, SamplingParams::greedy())
 }
 
 /// Runs a request on the engine and waits for its output.

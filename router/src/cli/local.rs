@@ -144,11 +144,11 @@ pub struct ChatArgs {
     thinking: ThinkingArgs,
 }
 
-fn parse_quant(name: &str) -> Result<Quantization, String> {
+pub(crate) fn parse_quant(name: &str) -> Result<Quantization, String> {
     Quantization::parse(name).ok_or_else(|| format!("expected one of {}", Quantization::NAMES))
 }
 
-fn load(
+pub(crate) fn load(
     path: &Path,
     threads: Option<usize>,
     backend: ComputeBackend,
@@ -336,20 +336,13 @@ pub fn chat(args: &ChatArgs) -> ExitCode {
                 continue;
             }
         };
+        let sampling = SamplingParams {
+            temperature: args.temperature,
+            ..SamplingParams::default()
+        };
         let request = GenerationRequest {
-            prompt_tokens,
-            max_tokens: args.max_tokens,
-            sampling: SamplingParams {
-                temperature: args.temperature,
-                ..SamplingParams::default()
-            },
-            stop_tokens: Vec::new(),
-            stop_strings: Vec::new(),
-            top_logprobs: 0,
-            ignore_eos: false,
-            deadline: None,
             thinking: thinking.clone(),
-            constraint: None,
+            ..GenerationRequest::new(prompt_tokens, args.max_tokens, sampling)
         };
         let mut shown = Shown::default();
         let result = pool.install(|| {
