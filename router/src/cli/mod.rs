@@ -3,13 +3,15 @@
 //! the research behind the routing model.
 //!
 //! - [`local`]: `switchyard generate` and `switchyard chat`, the local engine from the terminal.
-//! - [`route`]: `switchyard route ...`, the difficulty model: score, evaluate, train, explain, time.
+//! - [`route`]: `switchyard route ...`, the difficulty model: score, evaluate, train, explain, time;
+//!   [`label`]: `route label`, the local model's own correctness as labels.
 //! - [`ladder`]: `switchyard ladder eval`, what confidence-based escalation buys on labelled data.
 //! - [`audit`]: `switchyard audit`, logged traffic replayed through a policy.
 //! - [`calibrate`]: `switchyard calibrate`, thresholds from evidence, written into the policy.
 
 pub mod audit;
 pub mod calibrate;
+pub mod label;
 pub mod ladder;
 pub mod local;
 pub mod route;

@@ -67,6 +67,9 @@ pub enum RouteCommand {
         #[arg(long)]
         loso: bool,
     },
+    /// Label checkable rows (with a gold `answer`) with the local model's own
+    /// correctness, as the weak side `route train` learns from.
+    Label(super::label::LabelArgs),
     /// Explain the decision for one prompt under a policy.
     Explain {
         #[arg(long)]
@@ -109,6 +112,7 @@ pub fn run(command: &RouteCommand) -> ExitCode {
                 train(data_dir, out_dir, &settings)
             }
         }
+        RouteCommand::Label(args) => super::label::label(args),
         RouteCommand::Explain { policy, prompt } => explain(policy, prompt),
         RouteCommand::Bench { policy, iterations } => bench(policy, *iterations),
     };

@@ -29,6 +29,7 @@
 //! [`Tokenizer::escape_control_text`]: switchyard_engine::tokenizer::Tokenizer::escape_control_text
 
 mod driver;
+mod fingerprint;
 mod prepare;
 
 use std::path::Path;
@@ -56,6 +57,7 @@ pub enum EmbeddingInput {
 }
 use driver::{Driver, InFlight, Update, busy, engine_stopped, generation_error, submit};
 pub use driver::{Generation, QueueWait};
+pub use fingerprint::fingerprint;
 use prepare::fewest_prompt_tokens;
 pub use prepare::{ANSWER_INSTRUCTION, REASONING_INSTRUCTION};
 
@@ -125,6 +127,8 @@ pub struct LocalBackend {
     identity: String,
     /// Turns to render and tokenize a prompt, [`PROMPTS_ENCODED_AT_ONCE`] of them.
     prompt_turns: Arc<Semaphore>,
+    /// The model file or directory, as the policy names it (resolved).
+    model_path: std::path::PathBuf,
 }
 
 impl LocalBackend {
@@ -198,7 +202,13 @@ impl LocalBackend {
             info,
             identity: Self::identity_of(config, policy_dir),
             prompt_turns: Arc::new(Semaphore::new(PROMPTS_ENCODED_AT_ONCE)),
+            model_path: path,
         }
+    }
+
+    /// The model file or directory it loads.
+    pub fn model_path(&self) -> &Path {
+        &self.model_path
     }
 
     /// See [`LocalBackend::identity`].
