@@ -52,7 +52,32 @@ impl Live {
     /// The daemon's own: its ledger keeps the budget state file for itself
     /// (see [`Ledger::open_exclusive`]).
     pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, PolicyError> {
-        Live::build_with(policy, previous, Ledger::open_exclusive)
+        let live = Live::build_with(policy, previous, Ledger::open_exclusive)?;
+        live.check_difficulty_model();
+        Ok(live)
+    }
+
+    /// Logs, off the async threads, whether the difficulty model was trained
+    /// on the local model's own answers (it hashes the model's weights).
+    fn check_difficulty_model(&self) {
+        let Some(local) = self.routing.local_backend().and_then(|b| b.as_local()) else {
+            return;
+        };
+        let path = local.model_path().to_path_buf();
+        let trained_for = self.routing.difficulty_model().trained_for.clone();
+        let model = match &trained_for {
+            Some(t) => t.model.clone(),
+            None => "cloud model pairs".to_string(),
+        };
+        let spawned = std::thread::Builder::new()
+            .name("difficulty-check".into())
+            .spawn(move || match crate::routing::difficulty::fits(trained_for.as_ref(), &path) {
+                Ok(()) => tracing::info!(model = %path.display(), trained_for = model, "the difficulty model was trained on this local model's answers"),
+                Err(why) => tracing::warn!(model = %path.display(), trained_for = model, "{why}"),
+            });
+        if let Err(err) = spawned {
+            tracing::warn!(reason = %err, "cannot check the difficulty model against the local model");
+        }
     }
 
     /// For the command-line tools (`audit`, `route explain`, ...): the same,

@@ -299,3 +299,172 @@ fn route_eval_reads_graded_multi_turn_chat_rows() {
     let (oracle, _) = figures(&out, "oracle");
     assert!(oracle > 1.0, "{out}");
 }
+
+/// The rows of a JSON Lines file.
+fn rows_of(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn route_label_and_train_give_a_router_for_the_local_model_that_serve_recognises() {
+    let model = switchyard_e2e::default_model();
+    let dir = daemon::scratch_dir("route-label");
+    let data_dir = dir.join("labelled");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    // 40 MMLU rows with their gold letters, a short-answer row, and one row
+    // without a gold answer (nothing to check it by: left out).
+    let sample = std::fs::read_to_string(data("routellm_mmlu_train_sample.jsonl")).unwrap();
+    let mut rows: Vec<String> = sample
+        .lines()
+        .filter(|l| l.contains("\"answer\""))
+        .take(40)
+        .map(String::from)
+        .collect();
+    rows.push(r#"{"id": "short/1", "source": "tiny", "prompt": "What is 6 times 7? Reply with the number only.", "answer": "42", "labels": {"gpt-4-1106-preview": 1.0}, "strong": "gpt-4-1106-preview"}"#.into());
+    rows.push(r#"{"id": "open/1", "source": "tiny", "prompt": "Write a haiku.", "labels": {"gpt-4-1106-preview": 1.0}, "strong": "gpt-4-1106-preview"}"#.into());
+    let input = dir.join("in.jsonl");
+    std::fs::write(&input, rows.join("\n")).unwrap();
+    let output = data_dir.join("routellm_mmlu.jsonl");
+    let label = || {
+        switchyard(&[
+            "route",
+            "label",
+            "--model",
+            model.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+            "--threads",
+            "2",
+        ])
+    };
+    let (ok, _, err) = label();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("41 rows labelled") && err.contains("1 without a gold answer"),
+        "{err}"
+    );
+    let sha = Command::new("sha256sum").arg(&model).output().unwrap();
+    let sha = String::from_utf8_lossy(&sha.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let name = format!("{}@{}", model.file_stem().unwrap().to_string_lossy(), &sha[..16]);
+    let labelled = rows_of(&output);
+    assert_eq!(labelled.len(), 41);
+    for row in &labelled {
+        assert_eq!(row["weak"], name.as_str(), "{row}");
+        assert_eq!(row["weak_sha256"], sha.as_str(), "{row}");
+        let label = row["labels"][&name].as_f64().unwrap();
+        assert!(label == 0.0 || label == 1.0, "{row}");
+        // What it was right or wrong about: its pick, for a multiple-choice row.
+        let said = row["predictions"][&name].as_str().unwrap();
+        if row["source"] == "routellm_mmlu" {
+            assert_eq!(label == 1.0, said == row["answer"].as_str().unwrap(), "{row}");
+            assert!(["A", "B", "C", "D"].contains(&said), "{row}");
+        }
+        // The cloud model's label is kept beside it.
+        assert!(row["labels"]["gpt-4-1106-preview"].is_number(), "{row}");
+    }
+    // Cut mid-row, it resumes: the same rows, each once, the same labels.
+    let whole = std::fs::read_to_string(&output).unwrap();
+    let cut = whole.len() - whole.lines().last().unwrap().len() / 2 - 1;
+    std::fs::write(&output, &whole[..cut]).unwrap();
+    let (ok, _, err) = label();
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("1 rows labelled") && err.contains("40 already there"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&output).unwrap(), whole);
+
+    // Trained on them, the artifact records the model; the held-out quarter
+    // (by prompt hash) is never trained on and is reported.
+    let out_dir = dir.join("out");
+    let (ok, _, err) = switchyard(&[
+        "route",
+        "train",
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--epochs",
+        "2",
+        "--out-dir",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let artifact = out_dir.join("difficulty.bin");
+    let bytes = std::fs::read(&artifact).unwrap();
+    assert!(
+        String::from_utf8_lossy(&bytes[..400]).contains(&sha),
+        "the artifact names the model"
+    );
+
+    // A weak side of two models is refused.
+    let mixed = dir.join("mixed");
+    std::fs::create_dir_all(&mixed).unwrap();
+    let mut other = labelled.clone();
+    for row in other.iter_mut().take(10) {
+        row["weak_sha256"] = Value::from("0".repeat(64));
+    }
+    let text: Vec<String> = other.iter().map(Value::to_string).collect();
+    std::fs::write(mixed.join("routellm_mmlu.jsonl"), text.join("\n")).unwrap();
+    let (ok, _, err) = switchyard(&[
+        "route",
+        "train",
+        "--data-dir",
+        mixed.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--out-dir",
+        dir.join("never").to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("several models"), "{err}");
+
+    // Served beside the model it was trained for, it is recognised; the
+    // shipped one, trained on cloud pairs, is not, and the log says what to do.
+    let double = CloudDouble::start();
+    let routing = format!("difficulty_model: {}", artifact.display());
+    let policy = switchyard_e2e::local_and_echo_policy(&double.base_url(), &[], &[&routing], "");
+    let served = daemon::Daemon::start(&policy, &[("DOUBLE_API_KEY", "x")]);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(served.until_logged("the difficulty model was trained on this local model's answers"));
+    assert!(!served.log().contains("route label"), "{}", served.log());
+    // The shipped model learned GPT-4 against Mixtral: said at the start.
+    let plain = switchyard_e2e::local_and_echo_policy(&double.base_url(), &[], &[], "");
+    let shipped = daemon::Daemon::start(&plain, &[("DOUBLE_API_KEY", "x")]);
+    runtime.block_on(shipped.until_logged("learned cloud model pairs"));
+    // A model of other weights is not the one.
+    let copy = dir.join("other.gguf");
+    let mut weights = std::fs::read(&model).unwrap();
+    let last = weights.len() - 1;
+    weights[last] ^= 1;
+    std::fs::write(&copy, weights).unwrap();
+    let policy = switchyard_e2e::local_and_echo_policy(&double.base_url(), &[], &[&routing], "")
+        .replace(&model.display().to_string(), &copy.display().to_string());
+    let other = daemon::Daemon::start(&policy, &[("DOUBLE_API_KEY", "x")]);
+    runtime.block_on(other.until_logged("switchyard route label"));
+    assert!(
+        other.log().contains(&format!("learned the answers of {name}")),
+        "{}",
+        other.log()
+    );
+    // A missing artifact stops the start, named.
+    let policy = switchyard_e2e::local_and_echo_policy(&double.base_url(), &[], &["difficulty_model: nowhere.bin"], "");
+    let (code, log) = daemon::refused_start(
+        daemon::scratch_dir("route-label-missing"),
+        "127.0.0.1:0",
+        &policy,
+        &[("DOUBLE_API_KEY", "x")],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        log.contains("routing.difficulty_model") && log.contains("nowhere.bin"),
+        "{log}"
+    );
+}

@@ -412,8 +412,7 @@ impl<'a> Replayer<'a> {
         };
         // The score the curve sorts by: the request's own, also for a request
         // a rule routed (it stays where the rule put it).
-        let score =
-            score.or_else(|| Some(crate::routing::difficulty::DifficultyModel::embedded().score(&features, &text)));
+        let score = score.or_else(|| Some(self.live.routing.difficulty_model().score(&features, &text)));
         Replayed {
             line,
             id: logged.id.clone(),

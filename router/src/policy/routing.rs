@@ -44,6 +44,10 @@ pub struct RoutingConfig {
     pub(super) mode: Mode,
     #[serde(default)]
     pub shadow: ShadowConfig,
+    /// A difficulty model file (`switchyard route train`'s `difficulty.bin`)
+    /// to score requests with instead of the shipped one, relative to the
+    /// policy file: one trained on the local model's own labels.
+    pub(super) difficulty_model: Option<Spanned<String>>,
 }
 
 /// Whether a routing profile routes, or only shadows.
@@ -107,6 +111,11 @@ impl RoutingConfig {
             .as_ref()
             .map(|name| name.value.as_str())
             .or_else(|| self.remote_backends().next())
+    }
+
+    /// See [`RoutingConfig::difficulty_model`]'s field.
+    pub fn difficulty_model(&self) -> Option<&str> {
+        self.difficulty_model.as_ref().map(|path| path.value.as_str())
     }
 
     pub fn thresholds(&self) -> Thresholds {

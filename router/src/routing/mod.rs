@@ -150,6 +150,8 @@ pub struct Routing {
     /// Offline (the audit, `route explain`): remote backends count as
     /// ready whether or not their keys are set here.
     offline: bool,
+    /// The policy's `difficulty_model`, loaded; `None`: the shipped one.
+    difficulty: Option<Arc<difficulty::DifficultyModel>>,
 }
 
 /// What the routing needs to know of a request besides its body.
@@ -181,6 +183,13 @@ impl Routing {
             profiles.insert(alias.to_string(), thresholds);
         }
         let by_name = |name: &str| backends.all().iter().find(|b| b.name() == name).cloned();
+        let difficulty = match routing.difficulty_model() {
+            None => None,
+            Some(path) => Some(Arc::new(
+                difficulty::DifficultyModel::load(&policy.base_dir.join(path))
+                    .map_err(|err| format!("routing.difficulty_model: {err}"))?,
+            )),
+        };
         Ok(Routing {
             profiles,
             local: routing.local_backend().and_then(by_name),
@@ -193,7 +202,20 @@ impl Routing {
             shadow: routing.shadow.clone(),
             shadow_file: policy.base_dir.join(&routing.shadow.file),
             offline: false,
+            difficulty,
         })
+    }
+
+    /// The local backend of the `local` tiers.
+    pub fn local_backend(&self) -> Option<&Arc<Backend>> {
+        self.local.as_ref()
+    }
+
+    /// The model that scores requests: the policy's `difficulty_model`, else the shipped one.
+    pub fn difficulty_model(&self) -> &difficulty::DifficultyModel {
+        self.difficulty
+            .as_deref()
+            .unwrap_or_else(|| difficulty::DifficultyModel::embedded())
     }
 
     /// The remote backend that serves the API's other endpoints (files,
@@ -293,7 +315,7 @@ impl Routing {
             let facts = RequestFacts {
                 caller,
                 hints,
-                score: difficulty::DifficultyModel::embedded().score(&features, &text),
+                score: self.difficulty_model().score(&features, &text),
                 prompt_tokens_estimate: features.prompt_tokens_estimate,
             };
             return self.route(request, &facts, ledger, sessions);

@@ -35,6 +35,9 @@ pub struct Example {
     /// whose stronger one says little about a frontier model. Only such rows
     /// train a paired model (see [`super::train`]).
     pub frontier: bool,
+    /// The local model whose answers the weak label is, for rows that
+    /// `switchyard route label` labelled (`weak` and `weak_sha256`).
+    pub weak_model: Option<super::TrainedFor>,
 }
 
 /// The held-out part of `routellm_mmlu`: a quarter, by prompt hash.
@@ -138,6 +141,13 @@ pub fn labelled(row: &Value) -> Result<Example, NotAnExample> {
     } else {
         f32::from(u8::from(strong > weak))
     };
+    let weak_model = match (&row["weak"], &row["weak_sha256"]) {
+        (Value::String(model), Value::String(sha256)) => Some(super::TrainedFor {
+            model: model.clone(),
+            sha256: sha256.clone(),
+        }),
+        _ => None,
+    };
     Ok(Example {
         id,
         source: source_name(source),
@@ -146,6 +156,7 @@ pub fn labelled(row: &Value) -> Result<Example, NotAnExample> {
         strong,
         weak,
         frontier,
+        weak_model,
     })
 }
 

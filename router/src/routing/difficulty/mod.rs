@@ -32,7 +32,19 @@ use super::features::{Features, SCORED_TEXT_MAX_BYTES, STRUCTURAL_FEATURES};
 /// Hash buckets of the text features (bucket 0 is padding, never a feature).
 pub const BUCKETS: u32 = 1 << 18;
 
-const MAGIC: &[u8; 8] = b"SYDIFF02";
+/// The file format: `SYDIFF03` adds what the model was trained for (a JSON
+/// header) to `SYDIFF02`, which is still read.
+const MAGIC: &[u8; 8] = b"SYDIFF03";
+const MAGIC_V2: &[u8; 8] = b"SYDIFF02";
+
+/// The local model whose own correctness a paired model's weak head learned
+/// (rows labelled by `switchyard route label`): its label name and the
+/// SHA-256 of its weights (see `backends::local::fingerprint`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TrainedFor {
+    pub model: String,
+    pub sha256: String,
+}
 
 /// What a model reads and how it scores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +99,9 @@ pub struct DifficultyModel {
     pub(crate) calibration: Calibration,
     /// Inverse document frequency per bucket (TF-IDF only).
     idf: Vec<f32>,
+    /// The local model the weak head learned, when it learned one (a model
+    /// trained on cloud model pairs has none).
+    pub trained_for: Option<TrainedFor>,
 }
 
 static EMBEDDED: OnceLock<DifficultyModel> = OnceLock::new();
@@ -128,6 +143,13 @@ impl DifficultyModel {
     pub fn load(path: &std::path::Path) -> Result<DifficultyModel, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         DifficultyModel::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Whether this model was trained for the local model at `model_path`
+    /// (hashes its weights: call it off the request path). `Err` says why
+    /// not, in words for the operator's log.
+    pub fn fits(&self, model_path: &std::path::Path) -> Result<(), String> {
+        fits(self.trained_for.as_ref(), model_path)
     }
 
     pub fn kind(&self) -> Kind {
@@ -195,10 +217,13 @@ impl DifficultyModel {
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let floats = self.bias.len() + self.structural.len() + self.weights.len() + 6 + self.idf.len();
-        let mut out = Vec::with_capacity(32 + 4 * floats);
+        let header = serde_json::json!({ "trained_for": self.trained_for }).to_string();
+        let mut out = Vec::with_capacity(32 + header.len() + 4 * floats);
         out.extend_from_slice(MAGIC);
         out.push(self.kind as u8);
         out.extend_from_slice(&BUCKETS.to_le_bytes());
+        out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+        out.extend_from_slice(header.as_bytes());
         for v in self
             .bias
             .iter()
@@ -215,8 +240,9 @@ impl DifficultyModel {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<DifficultyModel, String> {
-        let header = MAGIC.len() + 1 + 4;
-        if bytes.len() < header + 8 || &bytes[..MAGIC.len()] != MAGIC {
+        let fixed = MAGIC.len() + 1 + 4;
+        let magic = bytes.get(..MAGIC.len());
+        if bytes.len() < fixed + 8 || (magic != Some(MAGIC) && magic != Some(MAGIC_V2)) {
             return Err("not a Switchyard difficulty model of this version (bad magic or too short)".into());
         }
         let (body, tail) = bytes.split_at(bytes.len() - 8);
@@ -229,12 +255,29 @@ impl DifficultyModel {
             1 => Kind::TfIdf,
             other => return Err(format!("unknown difficulty model kind {other}")),
         };
-        let buckets = u32::from_le_bytes(body[MAGIC.len() + 1..header].try_into().expect("4 bytes"));
+        let buckets = u32::from_le_bytes(body[MAGIC.len() + 1..fixed].try_into().expect("4 bytes"));
         if buckets != BUCKETS {
             return Err(format!(
                 "difficulty model has {buckets} hash buckets; this build uses {BUCKETS}"
             ));
         }
+        let (header, trained_for) = if magic == Some(MAGIC_V2) {
+            (fixed, None)
+        } else {
+            let length = body
+                .get(fixed..fixed + 4)
+                .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize)
+                .ok_or("difficulty model header cut short")?;
+            let json = body
+                .get(fixed + 4..fixed + 4 + length)
+                .ok_or("difficulty model header cut short")?;
+            #[derive(serde::Deserialize)]
+            struct Header {
+                trained_for: Option<TrainedFor>,
+            }
+            let parsed: Header = serde_json::from_slice(json).map_err(|e| format!("difficulty model header: {e}"))?;
+            (fixed + 4 + length, parsed.trained_for)
+        };
         let mut floats = body[header..]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
@@ -252,6 +295,7 @@ impl DifficultyModel {
             weights,
             calibration: calibration.try_into().expect("6 floats"),
             idf,
+            trained_for,
         };
         let all = model.bias.iter().chain(&model.structural).chain(&model.weights);
         if all.chain(&model.calibration).chain(&model.idf).any(|v| !v.is_finite()) {
@@ -275,8 +319,31 @@ impl DifficultyModel {
             weights,
             calibration,
             idf,
+            trained_for: None,
         }
     }
+}
+
+/// See [`DifficultyModel::fits`].
+pub fn fits(trained_for: Option<&TrainedFor>, model_path: &std::path::Path) -> Result<(), String> {
+    let advice = "label it with `switchyard route label`, train with `switchyard route train` and set routing.difficulty_model (docs/routing.md, \"A router for your local model\")";
+    let Some(trained_for) = trained_for else {
+        return Err(format!(
+            "the difficulty model learned cloud model pairs (GPT-4 against Mixtral-8x7B), not {}'s answers: its score does not know where this model falls short; {advice}",
+            model_path.display()
+        ));
+    };
+    let sha256 =
+        crate::backends::local::fingerprint(model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
+    if sha256 == trained_for.sha256 {
+        return Ok(());
+    }
+    Err(format!(
+        "the difficulty model learned the answers of {} (sha256 {}), not of {} (sha256 {sha256}): its score does not know where this model falls short; {advice}",
+        trained_for.model,
+        trained_for.sha256,
+        model_path.display()
+    ))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -472,11 +539,27 @@ mod tests {
         assert!(heads[0] > 0.8 && heads[1] < 0.2, "{heads:?}");
         assert!(hard.score(&f, text) > 0.6);
         assert!(model(-4.0, 4.0).score(&f, text) < 0.4);
-        // The file keeps every part.
+        // The file keeps every part, what it was trained for included.
+        let mut hard = hard;
+        hard.trained_for = Some(TrainedFor {
+            model: "tiny@0123".into(),
+            sha256: "0123".repeat(16),
+        });
         let bytes = hard.to_bytes();
         let back = DifficultyModel::from_bytes(&bytes).unwrap();
         assert_eq!(back.to_bytes(), bytes);
+        assert_eq!(back.trained_for, hard.trained_for);
         assert_eq!(back.score(&f, text), hard.score(&f, text));
+        // A file of the previous version (no header) still reads, trained for nothing.
+        let mut v2 = MAGIC_V2.to_vec();
+        v2.extend_from_slice(&bytes[MAGIC.len()..MAGIC.len() + 5]);
+        let header = u32::from_le_bytes(bytes[MAGIC.len() + 5..MAGIC.len() + 9].try_into().unwrap()) as usize;
+        v2.extend_from_slice(&bytes[MAGIC.len() + 9 + header..bytes.len() - 8]);
+        let checksum = fnv1a(&v2);
+        v2.extend_from_slice(&checksum.to_le_bytes());
+        let old = DifficultyModel::from_bytes(&v2).unwrap();
+        assert_eq!(old.trained_for, None);
+        assert_eq!(old.score(&f, text), hard.score(&f, text));
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyMode
             Kind::TfIdf => "no training examples".into(),
         });
     }
+    let trained_for = match kind {
+        Kind::Paired => weak_model(&examples)?,
+        Kind::TfIdf => None,
+    };
     let heads = kind.heads();
     let idf = match kind {
         Kind::TfIdf => idf(&examples),
@@ -202,7 +206,29 @@ pub fn train(examples: &[Example], settings: &Settings) -> Result<DifficultyMode
             best = Some((validation_apgr, model));
         }
     }
-    Ok(best.expect("at least one epoch").1)
+    let mut model = best.expect("at least one epoch").1;
+    model.trained_for = trained_for;
+    Ok(model)
+}
+
+/// The one local model whose own correctness the rows' weak labels are, if
+/// they are one's: a weak head learns one model, so a mix is refused.
+fn weak_model(examples: &[&Example]) -> Result<Option<super::TrainedFor>, String> {
+    let mut models: Vec<Option<&super::TrainedFor>> = examples.iter().map(|e| e.weak_model.as_ref()).collect();
+    models.sort_by_key(|m| m.map(|m| (&m.model, &m.sha256)));
+    models.dedup();
+    match models.as_slice() {
+        [] | [None] => Ok(None),
+        [Some(model)] => Ok(Some((*model).clone())),
+        several => Err(format!(
+            "the weak labels are of several models ({}); a paired model learns one local model's answers: train on the rows labelled for it",
+            several
+                .iter()
+                .map(|m| m.map_or("cloud model pairs", |m| m.model.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// Fits a paired model's calibration on rows its heads never trained on: two
@@ -369,5 +395,41 @@ mod tests {
             train(&examples, &baseline).unwrap().to_bytes(),
             train(&mixed, &baseline).unwrap().to_bytes()
         );
+    }
+
+    #[test]
+    fn a_model_trained_on_one_local_models_labels_records_it_and_a_mix_is_refused() {
+        let examples = sample();
+        let settings = Settings {
+            epochs: 1,
+            ..Settings::default()
+        };
+        assert_eq!(train(&examples, &settings).unwrap().trained_for, None);
+        let local = |model: &str| super::super::TrainedFor {
+            model: model.into(),
+            sha256: format!("{model:0>64}"),
+        };
+        let labelled: Vec<Example> = examples
+            .iter()
+            .map(|e| Example {
+                weak_model: Some(local("tiny")),
+                ..e.clone()
+            })
+            .collect();
+        let model = train(&labelled, &settings).unwrap();
+        assert_eq!(model.trained_for, Some(local("tiny")));
+        assert_eq!(
+            super::super::DifficultyModel::from_bytes(&model.to_bytes())
+                .unwrap()
+                .trained_for,
+            Some(local("tiny"))
+        );
+        let mut mixed = labelled.clone();
+        mixed[0].weak_model = Some(local("other"));
+        let err = train(&mixed, &settings).err().expect("a mix of weak models");
+        assert!(err.contains("tiny") && err.contains("other"), "{err}");
+        mixed[0].weak_model = None;
+        let err = train(&mixed, &settings).err().expect("a mix with cloud pairs");
+        assert!(err.contains("cloud model pairs"), "{err}");
     }
 }
