@@ -321,7 +321,11 @@ async fn chat(State(state): State<Arc<DoubleState>>, headers: HeaderMap, body: B
         .and_then(|m| m["content"].as_str())
         .unwrap_or("")
         .to_string();
-    let reply = format!("Echo: {last_user}");
+    let reply = if model == "judge" {
+        judged(&last_user).to_string()
+    } else {
+        format!("Echo: {last_user}")
+    };
     let completion_tokens = reply.split_whitespace().count() as u64;
     let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens });
 
@@ -481,6 +485,33 @@ impl Drop for AbandonGuard {
         if !self.finished {
             self.state.streams_abandoned.fetch_add(1, Ordering::SeqCst);
         }
+    }
+}
+
+/// The `judge` model's verdict on an audit's comparison ("Request: ...
+/// Reference answer: ... Candidate answer: ..."): `Yes.` when the candidate
+/// holds every word of the reference, else `No.`.
+fn judged(prompt: &str) -> &'static str {
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_lowercase)
+            .collect()
+    };
+    let (Some((_, rest)), true) = (
+        prompt.split_once("Reference answer:\n"),
+        prompt.starts_with("Request:\n"),
+    ) else {
+        return "I cannot tell.";
+    };
+    let Some((reference, candidate)) = rest.split_once("\n\nCandidate answer:\n") else {
+        return "I cannot tell.";
+    };
+    let candidate = words(candidate);
+    if words(reference).iter().all(|w| candidate.contains(w)) {
+        "Yes."
+    } else {
+        "No."
     }
 }
 

@@ -263,6 +263,115 @@ fn sampled_requests_are_answered_by_the_local_model_and_compared() {
 }
 
 #[test]
+fn a_judge_model_decides_on_open_answers_at_a_stated_cost() {
+    let double = switchyard_e2e::CloudDouble::start();
+    let dir = daemon::scratch_dir("audit-judge");
+    let (log, _) = write_log(&dir);
+    let policy = dir.join("policy.yaml");
+    let judge = format!(
+        "    - name: judge\n      base_url: {}\n      api_key_env: DOUBLE_API_KEY\n      model: judge\n      price: {{ input_per_mtok_usd: 3.0, output_per_mtok_usd: 15.0 }}\n",
+        double.base_url()
+    );
+    let text = std::fs::read_to_string(write_policy(&dir))
+        .unwrap()
+        .replace("routing:\n", &format!("{judge}routing:\n"));
+    std::fs::write(&policy, text).unwrap();
+    let out = dir.join("audit");
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "audit",
+            "--input",
+            log.to_str().unwrap(),
+            "--policy",
+            policy.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Command::new(daemon::binary())
+            .args(&args)
+            .env("DOUBLE_API_KEY", switchyard_e2e::DOUBLE_API_KEY)
+            .output()
+            .unwrap()
+    };
+    let output = run(&[
+        "--out",
+        out.to_str().unwrap(),
+        "--sample",
+        "6",
+        "--local",
+        "--max-tokens",
+        "12",
+        "--judge",
+        "judge",
+    ]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    let agreement = &summary["agreement"];
+    // Every logged answer is open ("The answer is 42."): all six go to the judge.
+    assert_eq!(agreement["judged"][0], 6, "{agreement}");
+    assert!(agreement["similarity"].is_null(), "{agreement}");
+    // The judge saw the request, the logged answer and the local one, and its
+    // verdicts and its price are what the summary reports.
+    let calls: Vec<Value> = double
+        .requests()
+        .into_iter()
+        .filter(|r| r.body["model"] == "judge")
+        .map(|r| r.body)
+        .collect();
+    assert_eq!(calls.len(), 6);
+    let (mut yes, mut cost) = (0usize, 0.0f64);
+    for call in &calls {
+        let user = call["messages"][1]["content"].as_str().unwrap();
+        assert!(
+            user.starts_with("Request:\n") && user.contains("Reference answer:\nThe answer is 42."),
+            "{user}"
+        );
+        let candidate = user.split("Candidate answer:\n").nth(1).unwrap();
+        let words = |t: &str| -> Vec<String> {
+            t.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .map(str::to_lowercase)
+                .collect()
+        };
+        let said = words(candidate);
+        if ["the", "answer", "is", "42"]
+            .iter()
+            .all(|w| said.contains(&w.to_string()))
+        {
+            yes += 1;
+        }
+        let prompt_words: usize = call["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["content"].as_str().unwrap().split_whitespace().count())
+            .sum();
+        cost += (prompt_words as f64 * 3.0 + 15.0) / 1e6;
+        assert_eq!(call["temperature"], 0, "{call}");
+    }
+    let judged = agreement["judged"][1].as_f64().unwrap();
+    assert!((judged - yes as f64 / 6.0).abs() < 1e-9, "{agreement}");
+    assert!(
+        (agreement["judge_cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
+        "{agreement} against {cost}"
+    );
+    // The upstream key went to the judge, never to the report.
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("judged by a model 6") && !report.contains(switchyard_e2e::DOUBLE_API_KEY));
+    // A judge the policy does not have is named.
+    let output = run(&[
+        "--out",
+        dir.join("never").to_str().unwrap(),
+        "--sample",
+        "1",
+        "--local",
+        "--judge",
+        "oracle",
+    ]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("no remote backend named \"oracle\""));
+}
+
+#[test]
 fn calibrate_writes_thresholds_that_keep_the_target_into_the_policy() {
     let dir = daemon::scratch_dir("calibrate");
     let policy = write_policy(&dir);

@@ -311,6 +311,81 @@ pub struct LocalCheck {
     pub method: String,
     pub latency_ms: f64,
     pub completion_tokens: u64,
+    /// What the judge's verdict cost (`--judge`), when a judge gave it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge_cost_usd: Option<f64>,
+}
+
+/// What the judge model is told (`--judge`): one word back, no reasons.
+const JUDGE_INSTRUCTION: &str = "You compare two answers to the same request. The reference answer was accepted. \
+Decide whether the candidate answer would serve the person who made the request as well as the reference \
+answer does: the same facts, result or decision, even if worded differently. Reply with exactly one word: \
+yes or no.";
+
+/// Characters of the request and of each answer a judge is shown.
+const JUDGE_TEXT_CHARS: usize = 16_000;
+
+fn clipped(text: &str) -> &str {
+    match text.char_indices().nth(JUDGE_TEXT_CHARS) {
+        Some((at, _)) => &text[..at],
+        None => text,
+    }
+}
+
+/// The verdict in a judge's reply: its first word, `yes` or `no`.
+pub fn verdict(reply: &str) -> Result<bool, String> {
+    let first = reply
+        .split(|c: char| !c.is_alphanumeric())
+        .find(|w| !w.is_empty())
+        .unwrap_or_default()
+        .to_lowercase();
+    match first.as_str() {
+        "yes" => Ok(true),
+        "no" => Ok(false),
+        _ => Err(format!(
+            "the judge answered {:?}, not yes or no",
+            reply.chars().take(80).collect::<String>()
+        )),
+    }
+}
+
+/// A judge model's verdict on whether `candidate` answers `request` as well
+/// as `reference` does, and what the call cost under the backend's price.
+/// One call, temperature 0, at most 16 tokens.
+pub async fn judge(
+    remote: &crate::backends::remote::RemoteBackend,
+    request: &str,
+    reference: &str,
+    candidate: &str,
+    request_id: &str,
+) -> Result<(bool, f64), String> {
+    let body = json!({
+        "model": remote.name(),
+        "messages": [
+            { "role": "system", "content": JUDGE_INSTRUCTION },
+            { "role": "user", "content": format!(
+                "Request:\n{}\n\nReference answer:\n{}\n\nCandidate answer:\n{}",
+                clipped(request), clipped(reference), clipped(candidate)
+            ) },
+        ],
+        "temperature": 0,
+        "max_tokens": 16,
+    });
+    let request = ChatRequest::parse(body.to_string().as_bytes()).map_err(|e| e.message())?;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(120);
+    let reply = remote
+        .chat(&request, request_id, deadline)
+        .await
+        .map_err(|e| format!("the judge failed: {}", e.code()))?;
+    let crate::reply::ChatReply::Relayed(crate::reply::Relayed::Complete { body, usage, .. }) = reply else {
+        return Err("the judge's reply is not one chat completion".into());
+    };
+    let parsed: Value = serde_json::from_slice(&body).map_err(|e| format!("the judge's reply is not JSON: {e}"))?;
+    let text = parsed["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let usage = usage
+        .or_else(|| Usage::from_object(&parsed["usage"]))
+        .unwrap_or_default();
+    Ok((verdict(text)?, remote.price().cost_of(&usage)))
 }
 
 /// Characters of the user's text kept in a row.
@@ -508,6 +583,15 @@ pub fn agreement(ours: &str, logged: &str) -> (f64, &'static str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_judges_verdict_is_its_first_word() {
+        assert_eq!(verdict("Yes."), Ok(true));
+        assert_eq!(verdict("  no, the candidate misses the date"), Ok(false));
+        assert_eq!(verdict("**YES**"), Ok(true));
+        assert!(verdict("Maybe").unwrap_err().contains("Maybe"));
+        assert!(verdict("").is_err());
+    }
 
     #[test]
     fn short_answers_match_exactly_and_long_ones_by_overlap() {

@@ -207,13 +207,18 @@ pub fn render(summary: &Summary, source: &str) -> String {
             .map(|(c, (n, mean))| format!("<tr><td>{}</td><td>{n}</td><td>{mean:.3}</td></tr>", escape(c)))
             .collect();
         format!(
-            r#"<div class="card"><h2>The local model against the logged answers</h2><p>{} sampled, mean agreement <b id="agreement">{:.3}</b>{}{}.</p><table><tr><th>category</th><th>sampled</th><th>agreement</th></tr>{rows}</table></div>"#,
+            r#"<div class="card"><h2>The local model against the logged answers</h2><p>{} sampled, mean agreement <b id="agreement">{:.3}</b>{}{}{}.</p><table><tr><th>category</th><th>sampled</th><th>agreement</th></tr>{rows}</table></div>"#,
             a.sampled,
             a.mean,
             a.exact
                 .map_or(String::new(), |(n, v)| format!("; exact answers {n}, matching {}", percent(v))),
             a.similarity
                 .map_or(String::new(), |(n, v)| format!("; open answers {n}, similarity {v:.3}")),
+            a.judged.map_or(String::new(), |(n, v)| format!(
+                "; open answers judged by a model {n}, as good as the logged one {} (the judge cost ${:.4})",
+                percent(v),
+                a.judge_cost_usd
+            )),
         )
     });
     let shadow = summary.shadow.as_ref().map_or(String::new(), |sh| {

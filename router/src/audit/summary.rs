@@ -180,6 +180,11 @@ pub struct Agreement {
     pub mean: f64,
     pub exact: Option<(usize, f64)>,
     pub similarity: Option<(usize, f64)>,
+    /// Open answers a judge model compared (`--judge`): how many, and the
+    /// share it found as good as the logged one.
+    pub judged: Option<(usize, f64)>,
+    /// What the judge's calls cost.
+    pub judge_cost_usd: f64,
     pub by_category: BTreeMap<String, (usize, f64)>,
 }
 
@@ -411,6 +416,8 @@ pub fn summarise(
                 / sampled.len() as f64,
             exact: of("exact"),
             similarity: of("similarity"),
+            judged: of("judge"),
+            judge_cost_usd: sampled.iter().filter_map(|r| r.local.as_ref()?.judge_cost_usd).sum(),
             by_category,
         }
     });

@@ -17,10 +17,13 @@ use std::time::Instant;
 
 use serde_json::{Value, json};
 use switchyard::audit::summary::{shadow_figures, summarise};
-use switchyard::audit::{LocalCheck, Logged, Replayed, Replayer, agreement, report};
+use switchyard::audit::{LocalCheck, Logged, Replayed, Replayer, agreement, judge as judge_answer, report};
+use switchyard::backends::Backend;
 use switchyard::backends::local::{GreedyEnd, LocalBackend};
+use switchyard::backends::remote::RemoteBackend;
 use switchyard::live::Live;
 use switchyard::policy::Policy;
+use switchyard::routing::features::text_for_scoring;
 
 #[derive(clap::Args)]
 pub struct AuditArgs {
@@ -52,6 +55,11 @@ pub struct AuditArgs {
     /// The most tokens a sampled local answer may take.
     #[arg(long, default_value_t = 256)]
     max_tokens: u64,
+    /// A remote backend of the policy that judges the sampled open answers
+    /// (yes or no: as good as the logged one?) instead of word overlap: one
+    /// paid call per open answer, its cost reported (needs --local).
+    #[arg(long, requires = "local")]
+    judge: Option<String>,
     /// Shadow mode's file (`shadow.file`): its comparisons of live traffic
     /// join the summary.
     #[arg(long)]
@@ -158,6 +166,22 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
     } else {
         None
     };
+    let judge = match &args.judge {
+        None => None,
+        Some(name) => {
+            let remote = live
+                .backends
+                .all()
+                .iter()
+                .find_map(|b| match b.as_ref() {
+                    Backend::Remote(remote) if remote.name() == name => Some(remote),
+                    _ => None,
+                })
+                .ok_or_else(|| format!("--judge: the policy has no remote backend named {name:?}"))?;
+            remote.readiness().map_err(|e| format!("--judge: {e}"))?;
+            Some(remote)
+        }
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -205,7 +229,7 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
         {
             // A request the local model cannot take (too long, refused) is
             // reported and left uncompared; the audit goes on.
-            match runtime.block_on(check_locally(local, &logged, answer, args.max_tokens)) {
+            match runtime.block_on(check_locally(local, &logged, answer, args.max_tokens, judge)) {
                 Ok(check) => row.local = Some(check),
                 Err(why) => eprintln!("\nwarning: line {line_no}: not compared: {why}"),
             }
@@ -260,6 +284,7 @@ async fn check_locally(
     logged: &Logged,
     answer: &str,
     max_tokens: u64,
+    judge: Option<&RemoteBackend>,
 ) -> Result<LocalCheck, String> {
     let started = Instant::now();
     let (text, tokens) = local
@@ -269,11 +294,29 @@ async fn check_locally(
             GreedyEnd::Failed(why) => why,
             GreedyEnd::GaveWay => "the local model gave way".to_string(),
         })?;
-    let (agreement, method) = agreement(&text, answer);
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    let (mut agreement, mut method) = agreement(&text, answer);
+    let mut judge_cost_usd = None;
+    // An open answer goes to the judge, when there is one; a judge that
+    // fails or answers neither yes nor no leaves the word overlap.
+    if let Some(remote) = judge
+        && method == "similarity"
+    {
+        let request = text_for_scoring(&logged.request);
+        match judge_answer(remote, &request, answer, &text, &format!("audit-judge-{}", logged.id)).await {
+            Ok((verdict, cost)) => {
+                agreement = f64::from(u8::from(verdict));
+                method = "judge";
+                judge_cost_usd = Some(cost);
+            }
+            Err(why) => eprintln!("\nwarning: request {}: not judged: {why}", logged.id),
+        }
+    }
     Ok(LocalCheck {
         agreement,
         method: method.to_string(),
-        latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        latency_ms,
         completion_tokens: tokens,
+        judge_cost_usd,
     })
 }
