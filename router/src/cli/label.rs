@@ -182,18 +182,45 @@ pub fn short_answer_right(answer: &str, gold: &str) -> bool {
     }
 }
 
-/// The token ids that can begin an answer with `letter`: the letter alone and after a space.
+/// The token ids that can begin an answer with `letter`: the letter alone
+/// and after a space, each where it is one token of its own (BOS and EOS
+/// aside; a SentencePiece `▁` + `A` is not an answer's first token).
 fn letter_tokens(tokenizer: &Tokenizer, letter: char) -> Vec<u32> {
+    let markers = [tokenizer.bos_token(), tokenizer.eos_token()].map(|t| t.map(|(id, _)| id));
     let mut ids = Vec::new();
     for text in [letter.to_string(), format!(" {letter}")] {
-        if let Ok(encoded) = tokenizer.encode(&text, false)
-            && let Some(&first) = encoded.first()
-            && !ids.contains(&first)
+        let Ok(encoded) = tokenizer.encode(&text, false) else {
+            continue;
+        };
+        let body: Vec<u32> = encoded.into_iter().filter(|id| !markers.contains(&Some(*id))).collect();
+        if let [one] = body[..]
+            && !ids.contains(&one)
         {
-            ids.push(first);
+            ids.push(one);
         }
     }
     ids
+}
+
+/// Each option letter's first tokens; an error when a letter has none of its
+/// own or two letters share one (the pick would mean nothing).
+fn option_tokens(tokenizer: &Tokenizer, letters: &[char]) -> Result<Vec<Vec<u32>>, String> {
+    let tokens: Vec<Vec<u32>> = letters.iter().map(|&l| letter_tokens(tokenizer, l)).collect();
+    for (i, ids) in tokens.iter().enumerate() {
+        if ids.is_empty() {
+            return Err(format!(
+                "the option letter {} is not one token of this vocabulary",
+                letters[i]
+            ));
+        }
+        if let Some(j) = (0..i).find(|&j| tokens[j].iter().any(|id| ids.contains(id))) {
+            return Err(format!(
+                "the option letters {} and {} share a token",
+                letters[j], letters[i]
+            ));
+        }
+    }
+    Ok(tokens)
 }
 
 struct Labeller<'a> {
@@ -220,12 +247,12 @@ impl Labeller<'_> {
         let tokens = self.prompt(&user_text(row))?;
         match check {
             Check::Choice { letters, gold } => {
+                let options = option_tokens(&self.local.tokenizer, letters)?;
                 let logprobs = self.local.next_logprobs(&tokens).map_err(|e| e.to_string())?;
-                let scores: Vec<f32> = letters
+                let scores: Vec<f32> = options
                     .iter()
-                    .map(|&l| {
-                        letter_tokens(&self.local.tokenizer, l)
-                            .iter()
+                    .map(|ids| {
+                        ids.iter()
                             .filter_map(|&id| logprobs.get(id as usize).copied())
                             .fold(f32::NEG_INFINITY, f32::max)
                     })
@@ -249,39 +276,49 @@ impl Labeller<'_> {
     }
 }
 
-/// The `id` of a row, as a string: its `id`, else its line number.
-fn row_id(row: &Value, line: usize) -> String {
+/// The `id` of a row, as a string.
+fn row_id(row: &Value) -> Option<String> {
     match &row["id"] {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => format!("line {line}"),
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
     }
 }
 
-/// The ids an earlier run already wrote; a cut last line is dropped from the file.
-fn resume(output: &Path) -> Result<HashSet<String>, String> {
-    let Ok(text) = std::fs::read_to_string(output) else {
-        return Ok(HashSet::new());
+/// The ids an earlier run already wrote, checked to be `sha256`'s labels; a
+/// last line cut by an interruption (no newline at its end) is dropped from
+/// the file. A whole line that is not a labelled row is an error: the file is
+/// not this command's output.
+fn resume(output: &Path, sha256: &str) -> Result<HashSet<String>, String> {
+    let at = |why: String| format!("{}: {why}", output.display());
+    let bytes = match std::fs::read(output) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(HashSet::new()),
+        Err(e) => return Err(at(e.to_string())),
     };
+    let whole = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |at| at + 1);
     let mut done = HashSet::new();
-    let mut whole = 0;
-    for (i, line) in text.split_inclusive('\n').enumerate() {
-        let Ok(row) = serde_json::from_str::<Value>(line) else {
-            break;
-        };
-        if !line.ends_with('\n') {
-            break;
+    for (i, line) in bytes[..whole].split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
         }
-        done.insert(row_id(&row, i + 1));
-        whole += line.len();
+        let row: Value = serde_json::from_slice(line).map_err(|e| at(format!("line {}: {e}", i + 1)))?;
+        let id = row_id(&row).ok_or_else(|| at(format!("line {}: no `id`", i + 1)))?;
+        if row["weak_sha256"] != sha256 {
+            return Err(at(format!(
+                "line {}: labelled with another model (sha256 {}); give another --output",
+                i + 1,
+                row["weak_sha256"]
+            )));
+        }
+        done.insert(id);
     }
-    if whole < text.len() {
+    if whole < bytes.len() {
         let file = std::fs::OpenOptions::new()
             .write(true)
             .open(output)
-            .map_err(|e| format!("{}: {e}", output.display()))?;
-        file.set_len(whole as u64)
-            .map_err(|e| format!("{}: {e}", output.display()))?;
+            .map_err(|e| at(e.to_string()))?;
+        file.set_len(whole as u64).map_err(|e| at(e.to_string()))?;
     }
     Ok(done)
 }
@@ -292,8 +329,13 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
     let (local, pool) = load(&args.model, args.threads, ComputeBackend::default(), args.quant)?;
     let sha256 = fingerprint(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let name = args.name.clone().unwrap_or_else(|| {
-        let stem = args.model.file_stem().unwrap_or_default().to_string_lossy();
-        format!("{stem}@{}", &sha256[..16])
+        // A directory by its name (`Qwen2.5-0.5B-Instruct`), a file without its extension.
+        let stem = if args.model.is_dir() {
+            args.model.file_name()
+        } else {
+            args.model.file_stem()
+        };
+        format!("{}@{}", stem.unwrap_or_default().to_string_lossy(), &sha256[..16])
     });
     // Thinking off, said to the template, for a model that thinks.
     let (thinking, extra) = match &local.thinking {
@@ -312,7 +354,7 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
         thinking,
         max_tokens: args.max_tokens,
     };
-    let done = resume(&args.output)?;
+    let done = resume(&args.output, &sha256)?;
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -324,11 +366,31 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
         .collect();
     let unanswerable = rows.len() - checkable.len();
     checkable.truncate(args.limit.unwrap_or(usize::MAX));
+    // Resuming is by id: every checkable row needs one, once.
+    let mut ids = HashSet::new();
+    for (line, row, _) in &checkable {
+        let id = row_id(row).ok_or_else(|| {
+            format!(
+                "{}:{line}: no `id` (a labelled run resumes by id)",
+                args.input.display()
+            )
+        })?;
+        if !ids.insert(id.clone()) {
+            return Err(format!(
+                "{}:{line}: the id {id:?} is an earlier row's too",
+                args.input.display()
+            ));
+        }
+    }
+    let without_strong = checkable
+        .iter()
+        .filter(|(_, row, _)| !row["strong"].is_string())
+        .count();
     let total = checkable.len();
     let (mut labelled, mut right, mut failed) = (0usize, 0usize, 0usize);
     let mut last_shown = Instant::now();
     for (i, (line, row, check)) in checkable.iter().enumerate() {
-        let id = row_id(row, *line);
+        let id = row_id(row).expect("checked above");
         if done.contains(&id) {
             continue;
         }
@@ -357,10 +419,11 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
             .or_insert_with(|| json!({}))
             .as_object_mut()
             .map(|p| p.insert(name.clone(), json!(said)));
-        if object.get("strong").is_none_or(Value::is_null) {
-            object.remove("strong");
-        }
-        writeln!(out, "{}", Value::Object(object.clone())).map_err(|e| format!("{}: {e}", args.output.display()))?;
+        // One write per row: an interruption cuts at most the row being written.
+        let mut text = Value::Object(object.clone()).to_string();
+        text.push('\n');
+        out.write_all(text.as_bytes())
+            .map_err(|e| format!("{}: {e}", args.output.display()))?;
         labelled += 1;
         right += usize::from(correct);
         if last_shown.elapsed().as_millis() > 500 {
@@ -374,6 +437,11 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
         }
     }
     out.sync_all().map_err(|e| format!("{}: {e}", args.output.display()))?;
+    if without_strong > 0 {
+        eprintln!(
+            "\rwarning: {without_strong} rows name no `strong` model: route train and route eval need one beside the local label"
+        );
+    }
     eprintln!(
         "\r{name}: {labelled} rows labelled ({right} right, {:.1}%), {} already there, {failed} not answerable, {unanswerable} without a gold answer; {:.0} s",
         if labelled > 0 {
@@ -418,6 +486,23 @@ mod tests {
             check_of(&json!({ "prompt": "Q?", "answer": 42 })),
             Some(Check::Short { gold: "42".into() })
         );
+    }
+
+    #[test]
+    fn an_option_letter_is_its_own_token_never_bos() {
+        // Llama 3's vocabulary (byte-level BPE with a BOS).
+        let fixture =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../engine/tests/fixtures/hf_families/llama/tokenizer.json");
+        let tokenizer = Tokenizer::from_tokenizer_json(&fixture).unwrap();
+        let bos = tokenizer.bos_token().map(|(id, _)| id);
+        assert!(bos.is_some());
+        let options = option_tokens(&tokenizer, &['A', 'B', 'C', 'D']).unwrap();
+        for (letter, ids) in ['A', 'B', 'C', 'D'].iter().zip(&options) {
+            assert!(!ids.is_empty() && !ids.contains(&bos.unwrap()), "{letter}: {ids:?}");
+            for &id in ids {
+                assert_eq!(tokenizer.decode(&[id], true).trim(), letter.to_string());
+            }
+        }
     }
 
     #[test]

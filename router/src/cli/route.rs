@@ -416,7 +416,7 @@ fn explain(policy_path: &Path, prompt: &str) -> Result<(), String> {
     let request = request_for(prompt)?;
     let text = text_for_scoring(&request);
     let features = Features::extract(&request, &text);
-    let model = DifficultyModel::embedded();
+    let model = live.routing.difficulty_model();
     let heads = model.heads(&features, &text);
     let score = model.score_of(&heads);
     // The score's two halves: the calibrated chances that each model answers well.
