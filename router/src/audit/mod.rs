@@ -349,16 +349,24 @@ pub fn verdict(reply: &str) -> Result<bool, String> {
     }
 }
 
+/// What a judge said, and what asking it cost (paid even when its answer
+/// was not a verdict).
+pub struct Judgement {
+    pub verdict: Result<bool, String>,
+    pub cost_usd: f64,
+}
+
 /// A judge model's verdict on whether `candidate` answers `request` as well
 /// as `reference` does, and what the call cost under the backend's price.
-/// One call, temperature 0, at most 16 tokens.
+/// One call, temperature 0, at most 16 tokens: a chat model, not a
+/// reasoning one (which refuses both settings). `Err` when the call failed.
 pub async fn judge(
     remote: &crate::backends::remote::RemoteBackend,
     request: &str,
     reference: &str,
     candidate: &str,
     request_id: &str,
-) -> Result<(bool, f64), String> {
+) -> Result<Judgement, String> {
     let body = json!({
         "model": remote.name(),
         "messages": [
@@ -385,7 +393,10 @@ pub async fn judge(
     let usage = usage
         .or_else(|| Usage::from_object(&parsed["usage"]))
         .unwrap_or_default();
-    Ok((verdict(text)?, remote.price().cost_of(&usage)))
+    Ok(Judgement {
+        verdict: verdict(text),
+        cost_usd: remote.price().cost_of(&usage),
+    })
 }
 
 /// Characters of the user's text kept in a row.

@@ -229,6 +229,8 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
         {
             // A request the local model cannot take (too long, refused) is
             // reported and left uncompared; the audit goes on.
+            // A request a privacy rule keeps on the machine is never shown to a remote judge.
+            let judge = judge.filter(|_| row.privacy_rule.is_none());
             match runtime.block_on(check_locally(local, &logged, answer, args.max_tokens, judge)) {
                 Ok(check) => row.local = Some(check),
                 Err(why) => eprintln!("\nwarning: line {line_no}: not compared: {why}"),
@@ -298,16 +300,22 @@ async fn check_locally(
     let (mut agreement, mut method) = agreement(&text, answer);
     let mut judge_cost_usd = None;
     // An open answer goes to the judge, when there is one; a judge that
-    // fails or answers neither yes nor no leaves the word overlap.
+    // fails or answers neither yes nor no leaves the word overlap (and what
+    // the call cost, paid all the same).
     if let Some(remote) = judge
         && method == "similarity"
     {
         let request = text_for_scoring(&logged.request);
         match judge_answer(remote, &request, answer, &text, &format!("audit-judge-{}", logged.id)).await {
-            Ok((verdict, cost)) => {
-                agreement = f64::from(u8::from(verdict));
-                method = "judge";
-                judge_cost_usd = Some(cost);
+            Ok(judgement) => {
+                judge_cost_usd = Some(judgement.cost_usd);
+                match judgement.verdict {
+                    Ok(verdict) => {
+                        agreement = f64::from(u8::from(verdict));
+                        method = "judge";
+                    }
+                    Err(why) => eprintln!("\nwarning: request {}: not judged: {why}", logged.id),
+                }
             }
             Err(why) => eprintln!("\nwarning: request {}: not judged: {why}", logged.id),
         }
