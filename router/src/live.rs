@@ -53,18 +53,29 @@ impl Live {
     /// (see [`Ledger::open_exclusive`]).
     pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, PolicyError> {
         let live = Live::build_with(policy, previous, Ledger::open_exclusive)?;
-        live.check_difficulty_model();
+        // Once per pair: a reload that changes neither hashes nothing again.
+        if previous.is_none_or(|p| p.scoring_pair() != live.scoring_pair()) {
+            live.check_difficulty_model();
+        }
         Ok(live)
+    }
+
+    /// The local model's path and the local model the scoring artifact was
+    /// trained for: what [`Live::check_difficulty_model`] compares.
+    fn scoring_pair(&self) -> Option<(PathBuf, Option<crate::routing::difficulty::TrainedFor>)> {
+        let local = self.routing.local_backend().and_then(|b| b.as_local())?;
+        Some((
+            local.model_path().to_path_buf(),
+            self.routing.difficulty_model().trained_for.clone(),
+        ))
     }
 
     /// Logs, off the async threads, whether the difficulty model was trained
     /// on the local model's own answers (it hashes the model's weights).
     fn check_difficulty_model(&self) {
-        let Some(local) = self.routing.local_backend().and_then(|b| b.as_local()) else {
+        let Some((path, trained_for)) = self.scoring_pair() else {
             return;
         };
-        let path = local.model_path().to_path_buf();
-        let trained_for = self.routing.difficulty_model().trained_for.clone();
         let model = match &trained_for {
             Some(t) => t.model.clone(),
             None => "cloud model pairs".to_string(),
