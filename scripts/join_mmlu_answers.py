@@ -7,9 +7,8 @@ MMLU_DATA_DIR is the `data` folder of MMLU's release (Hendrycks et al., MIT
 licence), with `test/<subject>_test.csv` (question, four options, answer
 letter). A row matches a question when its prompt is the question in the
 routing data's format ("question\\nA. ...\\nB. ...\\nC. ...\\nD. ...\\nAnswer:"),
-or, failing that, when the text before its first option is the question's
-(letters and digits only, case ignored) and all such questions share one
-answer. Rows without a match are written unchanged; the count goes to stderr.
+or, failing that, when it is the same text in letters and digits (case,
+spacing and punctuation ignored) and all such questions share one answer. Rows without a match are written unchanged; the count goes to stderr.
 """
 
 import csv
@@ -19,8 +18,7 @@ from pathlib import Path
 
 
 def key(text):
-    stem = text.split("\nA.")[0]
-    return "".join(c.lower() for c in stem if c.isalnum())
+    return "".join(c.lower() for c in text if c.isalnum())
 
 
 def main():
@@ -32,7 +30,7 @@ def main():
         for path in sorted((data_dir / split).glob("*.csv")):
             with open(path, newline="", encoding="utf-8") as f:
                 for row in csv.reader(f):
-                    if len(row) != 6 or row[5] not in "ABCD":
+                    if len(row) != 6 or row[5] not in ("A", "B", "C", "D"):
                         continue
                     question, *options, answer = row
                     prompt = question + "".join(f"\n{l}. {o}" for l, o in zip("ABCD", options)) + "\nAnswer:"

@@ -375,7 +375,7 @@ fn route_label_and_train_give_a_router_for_the_local_model_that_serve_recognises
     // Cut mid-row, it resumes: the same rows, each once, the same labels.
     let whole = std::fs::read_to_string(&output).unwrap();
     let cut = whole.len() - whole.lines().last().unwrap().len() / 2 - 1;
-    std::fs::write(&output, &whole[..cut]).unwrap();
+    std::fs::write(&output, &whole.as_bytes()[..cut]).unwrap();
     let (ok, _, err) = label();
     assert!(ok, "{err}");
     assert!(
