@@ -300,6 +300,16 @@ fn route_eval_reads_graded_multi_turn_chat_rows() {
     assert!(oracle > 1.0, "{out}");
 }
 
+/// A file's SHA-256 as `sha256sum` prints it.
+fn sha256_of(path: &std::path::Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// The rows of a JSON Lines file.
 fn rows_of(path: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(path)
@@ -349,12 +359,7 @@ fn route_label_and_train_give_a_router_for_the_local_model_that_serve_recognises
         err.contains("41 rows labelled") && err.contains("1 without a gold answer"),
         "{err}"
     );
-    let sha = Command::new("sha256sum").arg(&model).output().unwrap();
-    let sha = String::from_utf8_lossy(&sha.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
+    let sha = sha256_of(&model);
     let name = format!("{}@{}", model.file_stem().unwrap().to_string_lossy(), &sha[..16]);
     let labelled = rows_of(&output);
     assert_eq!(labelled.len(), 41);
@@ -467,4 +472,26 @@ fn route_label_and_train_give_a_router_for_the_local_model_that_serve_recognises
         log.contains("routing.difficulty_model") && log.contains("nowhere.bin"),
         "{log}"
     );
+}
+
+#[test]
+fn the_shipped_router_for_smollm2_ranks_its_held_out_rows_above_random_and_the_cloud_pair_router() {
+    let input = data("smollm2/routellm_mmlu_smollm2_test.jsonl");
+    let artifact = format!("{}/../router/assets/difficulty-smollm2.bin", env!("CARGO_MANIFEST_DIR"));
+    let (ok, out, err) = switchyard(&["route", "eval", "--input", &input, "--model", &artifact]);
+    assert!(ok, "{err}");
+    let (ours, ours_cpt80) = figures(&out, "switchyard");
+    let (random, _) = figures(&out, "random");
+    let (ok, out_shipped, err) = switchyard(&["route", "eval", "--input", &input]);
+    assert!(ok, "{err}");
+    let (shipped, _) = figures(&out_shipped, "switchyard");
+    // Measured (docs/routing.md, "A router for your local model"): 0.571 / 0.685,
+    // the cloud pair's router 0.478, random 0.501.
+    assert!(ours >= 0.565 && ours_cpt80 <= 0.70, "{out}");
+    assert!(ours > random + 0.03 && ours > shipped + 0.05, "{out}\n{out_shipped}");
+    // It was trained for the embedded model's weights, and says so.
+    let model = switchyard_e2e::default_model();
+    let sha = sha256_of(&model);
+    let bytes = std::fs::read(&artifact).unwrap();
+    assert!(String::from_utf8_lossy(&bytes[..400]).contains(&sha));
 }
