@@ -17,7 +17,7 @@
 //! whole digest as `weak_sha256`, which `route train` records in the artifact.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -388,6 +388,8 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
         .count();
     let total = checkable.len();
     let (mut labelled, mut right, mut failed) = (0usize, 0usize, 0usize);
+    // A progress line for a person watching; none in a log.
+    let progress = std::io::stderr().is_terminal();
     let mut last_shown = Instant::now();
     for (i, (line, row, check)) in checkable.iter().enumerate() {
         let id = row_id(row).expect("checked above");
@@ -400,7 +402,7 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
             Err(why) => {
                 // A prompt the model cannot take (too long for its context): no label.
                 failed += 1;
-                eprintln!("\r{}", at(why));
+                eprintln!("{}{}", if progress { "\n" } else { "" }, at(why));
                 continue;
             }
         };
@@ -426,7 +428,7 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
             .map_err(|e| format!("{}: {e}", args.output.display()))?;
         labelled += 1;
         right += usize::from(correct);
-        if last_shown.elapsed().as_millis() > 500 {
+        if progress && last_shown.elapsed().as_millis() > 500 {
             last_shown = Instant::now();
             eprint!(
                 "\r{}/{total} rows, {:.1}% right, {:.1} rows/s",
@@ -437,13 +439,16 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
         }
     }
     out.sync_all().map_err(|e| format!("{}: {e}", args.output.display()))?;
+    if progress {
+        eprintln!();
+    }
     if without_strong > 0 {
         eprintln!(
-            "\rwarning: {without_strong} rows name no `strong` model: route train and route eval need one beside the local label"
+            "warning: {without_strong} rows name no `strong` model: route train and route eval need one beside the local label"
         );
     }
     eprintln!(
-        "\r{name}: {labelled} rows labelled ({right} right, {:.1}%), {} already there, {failed} not answerable, {unanswerable} without a gold answer; {:.0} s",
+        "{name}: {labelled} rows labelled ({right} right, {:.1}%), {} already there, {failed} not answerable, {unanswerable} without a gold answer; {:.0} s",
         if labelled > 0 {
             100.0 * right as f64 / labelled as f64
         } else {
