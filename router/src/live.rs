@@ -22,6 +22,14 @@ use crate::policy::{LadderConfig, Policy, PolicyError, Price, Problem};
 use crate::routing::Routing;
 use crate::routing::budget::Ledger;
 
+/// The local model (path and load-time quantization) and the local model
+/// the scoring artifact was trained for.
+type ScoringPair = (
+    PathBuf,
+    switchyard_engine::model::weights::Quantization,
+    Option<crate::routing::difficulty::TrainedFor>,
+);
+
 /// How often the policy file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -62,10 +70,11 @@ impl Live {
 
     /// The local model's path and the local model the scoring artifact was
     /// trained for: what [`Live::check_difficulty_model`] compares.
-    fn scoring_pair(&self) -> Option<(PathBuf, Option<crate::routing::difficulty::TrainedFor>)> {
+    fn scoring_pair(&self) -> Option<ScoringPair> {
         let local = self.routing.local_backend().and_then(|b| b.as_local())?;
         Some((
             local.model_path().to_path_buf(),
+            local.quant(),
             self.routing.difficulty_model().trained_for.clone(),
         ))
     }
@@ -73,7 +82,7 @@ impl Live {
     /// Logs, off the async threads, whether the difficulty model was trained
     /// on the local model's own answers (it hashes the model's weights).
     fn check_difficulty_model(&self) {
-        let Some((path, trained_for)) = self.scoring_pair() else {
+        let Some((path, quant, trained_for)) = self.scoring_pair() else {
             return;
         };
         let model = match &trained_for {
@@ -82,7 +91,7 @@ impl Live {
         };
         let spawned = std::thread::Builder::new()
             .name("difficulty-check".into())
-            .spawn(move || match crate::routing::difficulty::fits(trained_for.as_ref(), &path) {
+            .spawn(move || match crate::routing::difficulty::fits(trained_for.as_ref(), &path, quant) {
                 Ok(()) => tracing::info!(model = %path.display(), trained_for = model, "the difficulty model was trained on this local model's answers"),
                 Err(why) => tracing::warn!(model = %path.display(), trained_for = model, "{why}"),
             });

@@ -327,7 +327,7 @@ pub fn label(args: &LabelArgs) -> Result<(), String> {
     let started = Instant::now();
     let rows = data::read_jsonl_lines(&args.input)?;
     let (local, pool) = load(&args.model, args.threads, ComputeBackend::default(), args.quant)?;
-    let sha256 = fingerprint(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let sha256 = fingerprint(&args.model, args.quant).map_err(|e| format!("{}: {e}", args.model.display()))?;
     let name = args.name.clone().unwrap_or_else(|| {
         // A directory by its name (`Qwen2.5-0.5B-Instruct`), a file without its extension.
         let stem = if args.model.is_dir() {

@@ -40,6 +40,7 @@ use switchyard_engine::constraint::Grammar;
 use switchyard_engine::engine::{EmbedJob, Engine, LoadOptions, LocalModel};
 use switchyard_engine::generate::GenerateError;
 use switchyard_engine::model::ModelInfo;
+use switchyard_engine::model::weights::Quantization;
 use switchyard_engine::sampling::ModeHints;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -129,6 +130,8 @@ pub struct LocalBackend {
     prompt_turns: Arc<Semaphore>,
     /// The model file or directory, as the policy names it (resolved).
     model_path: std::path::PathBuf,
+    /// What a directory's float weights became at load.
+    quant: Quantization,
 }
 
 impl LocalBackend {
@@ -203,12 +206,18 @@ impl LocalBackend {
             identity: Self::identity_of(config, policy_dir),
             prompt_turns: Arc::new(Semaphore::new(PROMPTS_ENCODED_AT_ONCE)),
             model_path: path,
+            quant: config.quant(),
         }
     }
 
     /// The model file or directory it loads.
     pub fn model_path(&self) -> &Path {
         &self.model_path
+    }
+
+    /// What a directory's float weights become at load.
+    pub fn quant(&self) -> Quantization {
+        self.quant
     }
 
     /// See [`LocalBackend::identity`].

@@ -145,13 +145,6 @@ impl DifficultyModel {
         DifficultyModel::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
-    /// Whether this model was trained for the local model at `model_path`
-    /// (hashes its weights: call it off the request path). `Err` says why
-    /// not, in words for the operator's log.
-    pub fn fits(&self, model_path: &std::path::Path) -> Result<(), String> {
-        fits(self.trained_for.as_ref(), model_path)
-    }
-
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -324,8 +317,14 @@ impl DifficultyModel {
     }
 }
 
-/// See [`DifficultyModel::fits`].
-pub fn fits(trained_for: Option<&TrainedFor>, model_path: &std::path::Path) -> Result<(), String> {
+/// Whether a model trained for `trained_for` fits the local model at
+/// `model_path` loaded with `quant` (hashes its weights: call it off the
+/// request path). `Err` says why not, in words for the operator's log.
+pub fn fits(
+    trained_for: Option<&TrainedFor>,
+    model_path: &std::path::Path,
+    quant: switchyard_engine::model::weights::Quantization,
+) -> Result<(), String> {
     let advice = "label it with `switchyard route label`, train with `switchyard route train` and set routing.difficulty_model (docs/routing.md, \"A router for your local model\")";
     let Some(trained_for) = trained_for else {
         return Err(format!(
@@ -334,7 +333,7 @@ pub fn fits(trained_for: Option<&TrainedFor>, model_path: &std::path::Path) -> R
         ));
     };
     let sha256 =
-        crate::backends::local::fingerprint(model_path).map_err(|e| format!("{}: {e}", model_path.display()))?;
+        crate::backends::local::fingerprint(model_path, quant).map_err(|e| format!("{}: {e}", model_path.display()))?;
     if sha256 == trained_for.sha256 {
         return Ok(());
     }
