@@ -62,8 +62,10 @@ impl Live {
     pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, PolicyError> {
         let live = Live::build_with(policy, previous, Ledger::open_exclusive)?;
         // Once per pair: a reload that changes neither hashes nothing again.
-        if previous.is_none_or(|p| p.scoring_pair() != live.scoring_pair()) {
-            live.check_difficulty_model();
+        if let Some(pair) = live.scoring_pair()
+            && previous.is_none_or(|p| p.scoring_pair().as_ref() != Some(&pair))
+        {
+            check_difficulty_model(pair);
         }
         Ok(live)
     }
@@ -77,27 +79,6 @@ impl Live {
             local.quant(),
             self.routing.difficulty_model().trained_for.clone(),
         ))
-    }
-
-    /// Logs, off the async threads, whether the difficulty model was trained
-    /// on the local model's own answers (it hashes the model's weights).
-    fn check_difficulty_model(&self) {
-        let Some((path, quant, trained_for)) = self.scoring_pair() else {
-            return;
-        };
-        let model = match &trained_for {
-            Some(t) => t.model.clone(),
-            None => "cloud model pairs".to_string(),
-        };
-        let spawned = std::thread::Builder::new()
-            .name("difficulty-check".into())
-            .spawn(move || match crate::routing::difficulty::fits(trained_for.as_ref(), &path, quant) {
-                Ok(()) => tracing::info!(model = %path.display(), trained_for = model, "the difficulty model was trained on this local model's answers"),
-                Err(why) => tracing::warn!(model = %path.display(), trained_for = model, "{why}"),
-            });
-        if let Err(err) = spawned {
-            tracing::warn!(reason = %err, "cannot check the difficulty model against the local model");
-        }
     }
 
     /// For the command-line tools (`audit`, `route explain`, ...): the same,
@@ -144,6 +125,24 @@ impl Live {
             baseline: policy.baseline().map(|(name, price)| (name.to_string(), price)),
             metrics_enabled: policy.server.metrics,
         })
+    }
+}
+
+/// Logs, off the async threads, whether the difficulty model was trained on
+/// the local model's own answers (it hashes the model's weights).
+fn check_difficulty_model((path, quant, trained_for): ScoringPair) {
+    let model = match &trained_for {
+        Some(t) => t.model.clone(),
+        None => "cloud model pairs".to_string(),
+    };
+    let spawned = std::thread::Builder::new()
+        .name("difficulty-check".into())
+        .spawn(move || match crate::routing::difficulty::fits(trained_for.as_ref(), &path, quant) {
+            Ok(()) => tracing::info!(model = %path.display(), trained_for = model, "the difficulty model was trained on this local model's answers"),
+            Err(why) => tracing::warn!(model = %path.display(), trained_for = model, "{why}"),
+        });
+    if let Err(err) = spawned {
+        tracing::warn!(reason = %err, "cannot check the difficulty model against the local model");
     }
 }
 

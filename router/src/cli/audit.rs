@@ -18,7 +18,6 @@ use std::time::Instant;
 use serde_json::{Value, json};
 use switchyard::audit::summary::{shadow_figures, summarise};
 use switchyard::audit::{LocalCheck, Logged, Replayed, Replayer, agreement, judge as judge_answer, report};
-use switchyard::backends::Backend;
 use switchyard::backends::local::{GreedyEnd, LocalBackend};
 use switchyard::backends::remote::RemoteBackend;
 use switchyard::live::Live;
@@ -173,10 +172,7 @@ fn audit(args: &AuditArgs) -> Result<(), String> {
                 .backends
                 .all()
                 .iter()
-                .find_map(|b| match b.as_ref() {
-                    Backend::Remote(remote) if remote.name() == name => Some(remote),
-                    _ => None,
-                })
+                .find_map(|b| b.as_remote().filter(|remote| remote.name() == name))
                 .ok_or_else(|| format!("--judge: the policy has no remote backend named {name:?}"))?;
             remote.readiness().map_err(|e| format!("--judge: {e}"))?;
             Some(remote)

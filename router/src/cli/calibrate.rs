@@ -76,11 +76,7 @@ fn calibrate_policy(args: &CalibrateArgs) -> Result<(), String> {
     let text = std::fs::read_to_string(&args.policy).map_err(|e| format!("{}: {e}", args.policy.display()))?;
     let policy = Policy::load(&args.policy).map_err(|e| e.in_file(&args.policy))?;
     // The model the daemon would score with under this policy.
-    let configured = policy
-        .routing
-        .difficulty_model()
-        .map(|path| DifficultyModel::load(&policy.base_dir.join(path)))
-        .transpose()?;
+    let configured = DifficultyModel::of_policy(&policy)?;
     let model = configured.as_ref().unwrap_or_else(|| DifficultyModel::embedded());
     let mut rows = Vec::new();
     let mut without_evidence = 0usize;

@@ -24,14 +24,12 @@ use std::time::Instant;
 use serde_json::{Map, Value, json};
 use switchyard::backends::local::fingerprint;
 use switchyard::routing::difficulty::data;
-use switchyard_engine::engine::{LocalModel, encode_conversation};
+use switchyard_engine::engine::{ComputeBackend, LocalModel, encode_conversation};
 use switchyard_engine::generate::GenerationRequest;
+use switchyard_engine::model::weights::Quantization;
 use switchyard_engine::sampling::{SamplingParams, argmax};
 use switchyard_engine::thinking::Thinking;
 use switchyard_engine::tokenizer::Tokenizer;
-
-use switchyard_engine::engine::ComputeBackend;
-use switchyard_engine::model::weights::Quantization;
 
 use super::local::{load, parse_quant};
 

@@ -183,13 +183,7 @@ impl Routing {
             profiles.insert(alias.to_string(), thresholds);
         }
         let by_name = |name: &str| backends.all().iter().find(|b| b.name() == name).cloned();
-        let difficulty = match routing.difficulty_model() {
-            None => None,
-            Some(path) => Some(Arc::new(
-                difficulty::DifficultyModel::load(&policy.base_dir.join(path))
-                    .map_err(|err| format!("routing.difficulty_model: {err}"))?,
-            )),
-        };
+        let difficulty = difficulty::DifficultyModel::of_policy(policy)?.map(Arc::new);
         Ok(Routing {
             profiles,
             local: routing.local_backend().and_then(by_name),

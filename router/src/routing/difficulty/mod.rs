@@ -140,6 +140,19 @@ impl DifficultyModel {
         })
     }
 
+    /// The policy's `routing.difficulty_model`, loaded (its path is
+    /// relative to the policy file); `None` when the policy keeps the shipped one.
+    pub fn of_policy(policy: &crate::policy::Policy) -> Result<Option<DifficultyModel>, String> {
+        policy
+            .routing
+            .difficulty_model()
+            .map(|path| {
+                DifficultyModel::load(&policy.base_dir.join(path))
+                    .map_err(|err| format!("routing.difficulty_model: {err}"))
+            })
+            .transpose()
+    }
+
     pub fn load(path: &std::path::Path) -> Result<DifficultyModel, String> {
         let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
         DifficultyModel::from_bytes(&bytes).map_err(|e| format!("{}: {e}", path.display()))
