@@ -402,9 +402,47 @@ pub struct Job {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineBusy;
 
+/// How an engine runs ([`Engine::start_with`]).
+#[derive(Debug, Clone, Copy)]
+pub struct EngineOptions {
+    /// Compute threads (the kernels split rows across them).
+    pub threads: usize,
+    /// Jobs that may wait for a place in the batch; more are refused at once ([`EngineBusy`]).
+    pub queue_capacity: usize,
+    /// Memory the states of finished requests may keep for their
+    /// conversations' next turns (KV caches, recurrent states and their
+    /// snapshots): a request that starts with what one of them ran runs only
+    /// the rest. The least recently used go first; one is always kept,
+    /// whatever its size.
+    pub state_cache_bytes: usize,
+    /// Sequences decoded together at most (continuous batching); 1 runs one
+    /// request at a time.
+    pub max_sequences: usize,
+    /// Memory the running sequences' states may take together, each counted
+    /// at its largest (its prompt and its longest answer); a job that does
+    /// not fit waits for running ones to finish. One sequence always runs,
+    /// whatever its size.
+    pub max_state_bytes: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: default_threads(),
+            queue_capacity: 8,
+            state_cache_bytes: Engine::DEFAULT_STATE_CACHE_BYTES,
+            max_sequences: 8,
+            max_state_bytes: 512 << 20,
+        }
+    }
+}
+
 pub struct Engine {
     queue: Arc<Queue>,
     kv_cache_bytes: Arc<AtomicUsize>,
+    /// Sequences in the running batch.
+    running: Arc<AtomicUsize>,
+    max_sequences: usize,
     tokenizer: Arc<Tokenizer>,
     template: Option<Arc<ChatTemplate>>,
     thinking: Option<ThinkingMarkers>,
@@ -417,25 +455,32 @@ pub struct Engine {
 
 impl Engine {
     /// Memory the states of finished requests may keep by default, for the
-    /// next turns of their conversations (see [`Engine::start_with`]).
+    /// next turns of their conversations (see [`EngineOptions::state_cache_bytes`]).
     pub const DEFAULT_STATE_CACHE_BYTES: usize = 128 << 20;
 
-    /// Starts the worker. `queue_capacity` jobs may wait behind the running one.
+    /// Starts the worker with one sequence at a time. `queue_capacity` jobs
+    /// may wait behind the running one.
     pub fn start(model: LocalModel, threads: usize, queue_capacity: usize) -> std::io::Result<Engine> {
-        Self::start_with(model, threads, queue_capacity, Self::DEFAULT_STATE_CACHE_BYTES)
+        Self::start_with(
+            model,
+            EngineOptions {
+                threads,
+                queue_capacity,
+                max_sequences: 1,
+                ..EngineOptions::default()
+            },
+        )
     }
 
-    /// As [`Engine::start`], keeping up to `state_cache_bytes` of finished
-    /// requests' states (KV caches, recurrent states and their snapshots): a
-    /// request that starts with what one of them ran (a conversation's next
-    /// turn) runs only the rest. The least recently used go first; one is
-    /// always kept, whatever its size (it is the memory the next request runs in).
-    pub fn start_with(
-        model: LocalModel,
-        threads: usize,
-        queue_capacity: usize,
-        state_cache_bytes: usize,
-    ) -> std::io::Result<Engine> {
+    /// Starts the worker as `options` say.
+    pub fn start_with(model: LocalModel, options: EngineOptions) -> std::io::Result<Engine> {
+        let EngineOptions {
+            threads,
+            queue_capacity,
+            state_cache_bytes,
+            max_sequences,
+            max_state_bytes,
+        } = options;
         let queue = Arc::new(Queue::default());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads.max(1))
@@ -443,17 +488,21 @@ impl Engine {
             .build()
             .map_err(std::io::Error::other)?;
         let kv_cache_bytes = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicUsize::new(0));
         let engine = Engine {
             queue: queue.clone(),
             kv_cache_bytes: kv_cache_bytes.clone(),
+            running: running.clone(),
             tokenizer: model.tokenizer.clone(),
             template: model.template.clone(),
             thinking: model.thinking.clone(),
             context_length: model.context_length,
             queue_capacity,
+            max_sequences: max_sequences.max(1),
             grammars: Arc::default(),
             vocab_size: model.model.vocab_size(),
         };
+        let _ = (max_state_bytes, &running);
         std::thread::Builder::new()
             .name("engine".into())
             .spawn(move || Worker::new(model, pool, queue, kv_cache_bytes, state_cache_bytes).run())?;
@@ -505,6 +554,16 @@ impl Engine {
 
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity
+    }
+
+    /// Sequences in the running batch now (prefilling or decoding).
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
+
+    /// The most sequences the batch holds.
+    pub fn max_sequences(&self) -> usize {
+        self.max_sequences
     }
 
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 
 use serde_json::{Map, Value, json};
-use switchyard_engine::engine::{Engine, Job, JobEvent, LoadOptions, LocalModel, encode_conversation};
+use switchyard_engine::engine::{Engine, EngineOptions, Job, JobEvent, LoadOptions, LocalModel, encode_conversation};
 use switchyard_engine::generate::{FinishReason, GenerationOutput, GenerationRequest};
 use switchyard_engine::model::weights::Quantization;
 use switchyard_engine::sampling::SamplingParams;
@@ -159,7 +159,17 @@ fn interleaved_conversations_each_keep_their_state_within_the_budget() {
         ])
     };
     let cached_after_interleaving = |budget: usize| {
-        let engine = Engine::start_with(smollm2(), 2, 4, budget).unwrap();
+        let engine = Engine::start_with(
+            smollm2(),
+            EngineOptions {
+                threads: 2,
+                queue_capacity: 4,
+                state_cache_bytes: budget,
+                max_sequences: 1,
+                ..EngineOptions::default()
+            },
+        )
+        .unwrap();
         let a = run(&engine, request(prompt(&model, &user("volcanoes"))));
         let _b = run(
             &engine,

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_engine::constraint::Grammar;
-use switchyard_engine::engine::{EmbedJob, Engine, LoadOptions, LocalModel};
+use switchyard_engine::engine::{EmbedJob, Engine, EngineOptions, LoadOptions, LocalModel};
 use switchyard_engine::generate::GenerateError;
 use switchyard_engine::model::ModelInfo;
 use switchyard_engine::model::weights::Quantization;
@@ -154,9 +154,13 @@ impl LocalBackend {
                 hints = model.sampling_hints;
                 Engine::start_with(
                     model,
-                    config.threads(),
-                    config.queue_capacity(),
-                    config.state_cache_bytes(),
+                    EngineOptions {
+                        threads: config.threads(),
+                        queue_capacity: config.queue_capacity(),
+                        state_cache_bytes: config.state_cache_bytes(),
+                        max_sequences: 1,
+                        ..EngineOptions::default()
+                    },
                 )
                 .map(Arc::new)
                 .map_err(|err| format!("cannot start the engine: {err}"))
