@@ -1,48 +1,48 @@
 //! The engine as a service: one model on its own threads, fed by a bounded queue.
 //!
 //! A generation is CPU-bound for seconds, so it must never run on an async
-//! runtime's threads. [`Engine::start`] moves the model onto a worker thread that
-//! runs one job at a time on a dedicated rayon pool of `threads` threads (the
-//! kernels split rows across it). [`Engine::submit`] never blocks: when the
-//! queue is full it says so at once ([`EngineBusy`]), and the router decides what
-//! to do (send the request to the cloud, or answer 429).
+//! runtime's threads. [`Engine::start_with`] moves the model onto a worker
+//! thread that decodes up to `max_sequences` requests together (continuous
+//! batching, see [`Worker`]) on a dedicated rayon pool of `threads` threads
+//! (the kernels split rows across it). Decoding on a CPU is bound by reading
+//! the weights, so several sequences decoded together cost little more than
+//! one. [`Engine::submit`] never blocks: when the queue of jobs waiting for a
+//! place in the batch is full it says so at once ([`EngineBusy`]), and the
+//! router decides what to do (send the request to the cloud, or answer 429).
 //!
 //! Results go back through the job's own callback, which may stop the job
-//! (the client went away) by returning `Break`, between prefill chunks or on a
+//! (the client went away) by returning `Break`, between prefill pieces or on a
 //! token; the engine does not care what runtime, if any, sits on the other side.
 //! A job is also bounded by its request's deadline (see [`crate::generate`]):
 //! one whose deadline passed while it waited is dropped when its turn comes,
-//! and one still running at its deadline stops within a chunk or a step, so
-//! no prompt holds the engine longer than the deadline its client set.
+//! and one still running at its deadline stops within a step, so no prompt
+//! holds the engine longer than the deadline its client set.
 //!
 //! A job that continues an answer already under way (the answer pass after a
-//! reasoning pass) is submitted with [`Engine::submit_continuation`]: it goes
-//! ahead of the queue and is never refused, so an answer that has started is
-//! never starved by answers that have not.
+//! reasoning pass) is submitted with [`Engine::submit_continuation`]: it joins
+//! the batch ahead of the queue and is never refused, so an answer that has
+//! started is never starved by answers that have not.
 //!
-//! A long prompt does not hold the engine for its whole prefill: between its
-//! chunks, when a job waits, the prefill pauses (its KV cache set aside), the
-//! waiting job runs, and the prefill goes on where it stopped, chunk by chunk
-//! in turn with whatever waits (see [`Worker`]). The answer is the one it gives
-//! without pausing: it resumes at a chunk boundary, so its chunks are the same.
+//! A sequence's answer does not depend on the others in the batch: every row
+//! is computed on its own, bit for bit as it would be alone.
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
-use std::time::{Duration, Instant};
 
 use burn::prelude::*;
 
 use crate::chat_template::ChatTemplate;
 use crate::constraint::{Constraint, Grammar, Grammars};
 use crate::generate::{
-    GenerateError, GenerationOutput, GenerationRequest, Progress, TokenEvent, check_prompt, generate,
+    GenerateError, Generation, GenerationOutput, GenerationRequest, Input, Progress, Step, TokenEvent, check_prompt,
+    generate,
 };
 use crate::model::source::WeightSource;
 use crate::model::weights::Quantization;
-use crate::model::{KvSlot, Model, ModelError};
+use crate::model::{KvSlot, Model, ModelError, Segment};
 use crate::sampling::{ModeHints, SamplingHints};
 use crate::thinking::ThinkingMarkers;
 use crate::tokenizer::{ChatEncodeError, Tokenizer};
@@ -222,20 +222,18 @@ impl LocalModel {
         request: &GenerationRequest,
         mut on_token: impl FnMut(&TokenEvent) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
-        self.generate_in(&mut KvSlot::exact(), request, 0, |progress| match progress {
+        self.generate_in(&mut KvSlot::exact(), request, |progress| match progress {
             Progress::Token(event) => on_token(event),
             Progress::Prefilled { .. } => ControlFlow::Continue(()),
         })
     }
 
     /// Runs one generation on the calling thread, reusing `slot`'s KV cache
-    /// (resuming a prefill stopped at `resume_at`, see [`generate`]);
-    /// `on_progress` also sees the prefill between its chunks.
+    /// (see [`generate`]); `on_progress` also sees the prefill between its chunks.
     pub fn generate_in(
         &self,
         slot: &mut KvSlot,
         request: &GenerationRequest,
-        resume_at: usize,
         on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
     ) -> Result<GenerationOutput, GenerateError> {
         generate(
@@ -245,7 +243,6 @@ impl LocalModel {
             self.context_length,
             &self.device,
             slot,
-            resume_at,
             on_progress,
         )
     }
@@ -477,9 +474,8 @@ impl Engine {
         let EngineOptions {
             threads,
             queue_capacity,
-            state_cache_bytes,
             max_sequences,
-            max_state_bytes,
+            ..
         } = options;
         let queue = Arc::new(Queue::default());
         let pool = rayon::ThreadPoolBuilder::new()
@@ -502,10 +498,9 @@ impl Engine {
             grammars: Arc::default(),
             vocab_size: model.model.vocab_size(),
         };
-        let _ = (max_state_bytes, &running);
         std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || Worker::new(model, pool, queue, kv_cache_bytes, state_cache_bytes).run())?;
+            .spawn(move || Worker::new(model, pool, queue, kv_cache_bytes, running, &options).run())?;
         Ok(engine)
     }
 
@@ -603,37 +598,44 @@ impl Drop for Engine {
     }
 }
 
-/// The engine's worker: runs one job at a time, except that a long prefill
-/// pauses between its chunks while a job waits. Each job runs in a [`KvSlot`]
-/// taken from those finished jobs left (the one holding the longest prefix of
-/// its prompt), and leaves it for the next.
+/// The engine's worker: continuous batching. Sequences join the running
+/// batch as they come (while it holds fewer than `max_sequences` and their
+/// state fits in `max_state_bytes`) and leave it as they finish; every step
+/// runs one token of each decoding sequence and a piece of the prompts still
+/// being read (at most [`Model::PREFILL_CHUNK`] positions in all, the
+/// prefilling sequences taking turns to go first), every row through each
+/// weight matrix together ([`Model::forward_batch`]). A long prompt thus never
+/// stalls the others' next tokens for more than a piece, and a short one
+/// beside it starts answering after its own pieces, not the whole long one.
+///
+/// Each sequence runs in a [`KvSlot`] taken from those finished sequences
+/// left (the one holding the longest prefix of its prompt), and leaves it for
+/// the next.
 struct Worker {
     model: LocalModel,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
     queue: Arc<Queue>,
     kv_cache_bytes: Arc<AtomicUsize>,
-    /// Slots of finished jobs, least recently used first.
+    running: Arc<AtomicUsize>,
+    /// Slots of finished sequences, least recently used first.
     slots: Vec<KvSlot>,
     /// What `slots` may hold together (the most recent is kept whatever its size).
     state_cache_bytes: usize,
-    /// The prefill paused for the jobs waiting: at most one at a time, so at
-    /// most two KV caches are held.
-    paused: Option<Paused>,
+    max_sequences: usize,
+    max_state_bytes: usize,
+    /// The state memory of one sequence: this much per position, plus a
+    /// fixed part (recurrent states and their snapshot).
+    state_per_position: usize,
+    state_fixed: usize,
 }
 
-/// A job whose prefill paused between its chunks so that a waiting job got a
-/// turn. It goes on after that one job, and pauses again after its next chunk
-/// if jobs still wait: a long prompt and the short ones behind it take turns
-/// chunk by chunk, instead of the short ones waiting for the whole prefill.
-struct Paused {
+/// A sequence in the running batch.
+struct Running<'t> {
     job: Job,
-    /// Its KV cache, holding the first `prefilled` positions of its prompt.
     slot: KvSlot,
-    prefilled: usize,
-    /// Prefill time spent before the pause(s).
-    spent: Duration,
-    /// Whether a waiting job has had its turn since the pause.
-    others_served: bool,
+    generation: Generation<'t>,
+    /// The state memory counted for it at admission (its worst case).
+    reserved: usize,
 }
 
 impl Worker {
@@ -642,61 +644,206 @@ impl Worker {
         pool: rayon::ThreadPool,
         queue: Arc<Queue>,
         kv_cache_bytes: Arc<AtomicUsize>,
-        state_cache_bytes: usize,
+        running: Arc<AtomicUsize>,
+        options: &EngineOptions,
     ) -> Worker {
+        // What one position of state takes, measured on caches of one and two.
+        let one = model.model.new_cache(1, &model.device).bytes();
+        let two = model.model.new_cache(2, &model.device).bytes();
         Worker {
-            model,
-            pool,
+            pool: Arc::new(pool),
             queue,
             kv_cache_bytes,
+            running,
             slots: Vec::new(),
-            state_cache_bytes,
-            paused: None,
+            state_cache_bytes: options.state_cache_bytes,
+            max_sequences: options.max_sequences.max(1),
+            max_state_bytes: options.max_state_bytes,
+            state_per_position: two - one,
+            state_fixed: one - (two - one),
+            model,
         }
     }
 
     fn run(mut self) {
+        let tokenizer = self.model.tokenizer.clone();
+        let pool = self.pool.clone();
+        let mut batch: Vec<Running<'_>> = Vec::new();
+        let mut turn = 0;
+        // Joins what fits; with nothing running, waits for work.
+        while self.admit(&mut batch, &tokenizer) {
+            pool.install(|| self.step(&mut batch, &mut turn));
+            self.publish(&batch);
+        }
+    }
+
+    /// The state memory a request may take at most: its prompt and its
+    /// longest answer, in the slot's allocation steps, a recurrent state and
+    /// its snapshot.
+    fn reservation(&self, request: &GenerationRequest) -> usize {
+        let context = self.model.context_length;
+        let positions = request
+            .prompt_tokens
+            .len()
+            .saturating_add(request.max_tokens)
+            .min(context)
+            .next_multiple_of(KvSlot::STEP)
+            .min(context);
+        2 * self.state_fixed + positions * self.state_per_position
+    }
+
+    /// Takes the jobs that may join the batch now, while it has room for
+    /// them: continuations first, then waiting jobs in order (a job that does
+    /// not fit holds those behind it back, so a large one is not starved by
+    /// small ones). Embeddings run here, between steps. Waits
+    /// while the batch is empty; `false` once the engine is dropped and
+    /// nothing is left.
+    fn admit<'t>(&mut self, batch: &mut Vec<Running<'t>>, tokenizer: &'t Tokenizer) -> bool {
         loop {
-            if let Some(paused) = self.paused.take_if(|paused| paused.others_served) {
-                self.resume(paused);
-                continue;
-            }
-            // While a prefill is paused, a waiting job runs if there is one;
-            // else the paused one goes on.
-            let next = if self.paused.is_some() {
-                self.queue.try_next()
-            } else {
-                self.queue.next()
+            let reserved: usize = batch.iter().map(|running| running.reserved).sum();
+            let next = {
+                let mut state = self.queue.queue_lock();
+                loop {
+                    let fits = |request: &GenerationRequest| {
+                        batch.is_empty()
+                            || (batch.len() < self.max_sequences
+                                && reserved + self.reservation(request) <= self.max_state_bytes)
+                    };
+                    if state.continuations.front().is_some_and(|job| fits(&job.request)) {
+                        break state.continuations.pop_front().map(Queued::Generate);
+                    }
+                    let next_fits = state.continuations.is_empty()
+                        && match state.waiting.front() {
+                            Some(Queued::Embed(_)) => true,
+                            Some(Queued::Generate(job)) => fits(&job.request),
+                            None => false,
+                        };
+                    if next_fits {
+                        break state.waiting.pop_front();
+                    }
+                    if !batch.is_empty() {
+                        break None;
+                    }
+                    if state.closed {
+                        return false;
+                    }
+                    state = self.queue.ready.wait(state).expect("engine queue");
+                }
             };
-            match (next, self.paused.as_mut()) {
-                (Some(job), paused) => {
-                    if let Some(paused) = paused {
-                        paused.others_served = true;
-                    }
-                    match job {
-                        Queued::Generate(job) => self.start(job),
-                        Queued::Embed(job) => self.embed(job),
-                    }
-                }
-                (None, Some(_)) => {
-                    let paused = self.paused.take().expect("matched above");
-                    self.resume(paused);
-                }
-                (None, None) => return,
+            match next {
+                None => return true,
+                Some(Queued::Embed(job)) => self.embed(job),
+                Some(Queued::Generate(job)) => self.join(batch, job, tokenizer),
             }
         }
     }
 
-    /// Runs a job from the queue.
-    fn start(&mut self, mut job: Job) {
+    /// Starts `job` in the batch, on the slot that serves its prompt best.
+    fn join<'t>(&mut self, batch: &mut Vec<Running<'t>>, mut job: Job, tokenizer: &'t Tokenizer) {
         // Nobody waits for it any more (the client left, or stopped waiting
         // for a turn): its prefill would be wasted.
         if (job.sink)(JobEvent::Started).is_break() {
             return;
         }
         let mut slot = self.take_slot(&job.request.prompt_tokens);
-        self.serve(job, &mut slot, 0, Duration::ZERO);
-        self.give_back(slot);
+        let model = &self.model;
+        match Generation::start(
+            &model.model,
+            tokenizer,
+            &job.request,
+            model.context_length,
+            &model.device,
+            &mut slot,
+        ) {
+            Ok(generation) => {
+                let reserved = self.reservation(&job.request).max(slot.bytes());
+                batch.push(Running {
+                    job,
+                    slot,
+                    generation,
+                    reserved,
+                });
+            }
+            Err(err) => {
+                self.give_back(slot);
+                let _ = (job.sink)(JobEvent::Done(Err(err)));
+            }
+        }
+        self.publish(batch);
+    }
+
+    /// One step of the batch: runs its inputs, hands each sequence its
+    /// logits, and lets the finished ones go.
+    fn step(&mut self, batch: &mut Vec<Running<'_>>, turn: &mut usize) {
+        let mut inputs: Vec<Option<Input>> = batch
+            .iter()
+            .map(|running| running.generation.is_decoding().then(|| running.generation.input(1)))
+            .collect();
+        let prefilling: Vec<usize> = (0..batch.len()).filter(|&i| inputs[i].is_none()).collect();
+        if !prefilling.is_empty() {
+            let first = *turn % prefilling.len();
+            *turn = turn.wrapping_add(1);
+            let mut budget = Model::PREFILL_CHUNK;
+            for &i in prefilling[first..].iter().chain(&prefilling[..first]) {
+                if budget == 0 {
+                    break;
+                }
+                let input = batch[i].generation.input(budget);
+                if let Input::Prompt(range) = &input {
+                    budget -= range.len();
+                }
+                inputs[i] = Some(input);
+            }
+        }
+        let mut segments: Vec<Segment<'_>> = batch
+            .iter_mut()
+            .zip(&inputs)
+            .filter_map(|(running, input)| {
+                let input = input.as_ref()?;
+                let Running { slot, generation, .. } = running;
+                Some(Segment {
+                    tokens: generation.tokens_of(input),
+                    cache: slot.cache().expect("a running sequence holds a cache"),
+                    logits: generation.needs_logits(input),
+                })
+            })
+            .collect();
+        let mut logits = self.model.model.forward_batch(&mut segments).into_iter();
+        drop(segments);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (running, input) in batch.iter_mut().zip(&inputs) {
+            let Running {
+                job, slot, generation, ..
+            } = running;
+            let step = match input {
+                Some(input) => {
+                    let logits = logits.next().expect("one result per segment");
+                    generation.advance(slot, input, logits.as_deref(), |progress| {
+                        forward(&mut job.sink, progress)
+                    })
+                }
+                // A prompt waiting for its turn still keeps its deadline.
+                None if generation.past_deadline() => Step::Failed(generation.deadline_passed()),
+                None => Step::Continue,
+            };
+            outcomes.push(step);
+        }
+        for (i, step) in outcomes.into_iter().enumerate().rev() {
+            let result = match step {
+                Step::Continue => continue,
+                Step::Finished(reason) => Ok(reason),
+                Step::Failed(err) => Err(err),
+            };
+            let Running {
+                mut job,
+                slot,
+                generation,
+                ..
+            } = batch.remove(i);
+            let result = result.map(|reason| generation.finish(reason, |progress| forward(&mut job.sink, progress)));
+            self.give_back(slot);
+            let _ = (job.sink)(JobEvent::Done(result));
+        }
     }
 
     /// Computes a batch of embeddings, each input on a cache of its own
@@ -710,12 +857,6 @@ impl Worker {
                 .collect()
         });
         (job.reply)(embeddings);
-    }
-
-    /// Goes on with a paused prefill, on its own KV cache.
-    fn resume(&mut self, mut paused: Paused) {
-        self.serve(paused.job, &mut paused.slot, paused.prefilled, paused.spent);
-        self.give_back(paused.slot);
     }
 
     /// The slot for a job with this prompt: the one whose conversation it
@@ -738,74 +879,42 @@ impl Worker {
         }
     }
 
-    /// Keeps a finished job's slot, most recently used, dropping the least
-    /// recently used ones past the budget.
+    /// Keeps a finished sequence's slot, most recently used, dropping the
+    /// least recently used ones past the budget.
     fn give_back(&mut self, slot: KvSlot) {
-        // A paused prefill took its slot along and left an empty one.
         if slot.bytes() > 0 {
             self.slots.push(slot);
         }
         while self.slots.len() > 1 && self.held_bytes() > self.state_cache_bytes {
             self.slots.remove(0);
         }
-        self.publish_cache_bytes(0);
     }
 
     fn held_bytes(&self) -> usize {
         self.slots.iter().map(KvSlot::bytes).sum()
     }
 
-    /// Runs `job` on `slot` from `resume_at`, to its end or to a pause.
-    fn serve(&mut self, mut job: Job, slot: &mut KvSlot, resume_at: usize, spent: Duration) {
-        // Only one prefill pauses at a time.
-        let may_pause = self.paused.is_none();
-        let mut paused_at = None;
-        let queue = &self.queue;
-        let started = Instant::now();
-        let result = self.pool.install(|| {
-            self.model
-                .generate_in(slot, &job.request, resume_at, |progress| match progress {
-                    Progress::Prefilled {
-                        positions,
-                        prompt_tokens,
-                    } => {
-                        (job.sink)(JobEvent::Prefilled {
-                            positions,
-                            prompt_tokens,
-                        })?;
-                        if may_pause && queue.has_waiting() {
-                            paused_at = Some(positions);
-                            return ControlFlow::Break(());
-                        }
-                        ControlFlow::Continue(())
-                    }
-                    Progress::Token(event) => (job.sink)(JobEvent::Token(event)),
-                })
-        });
-        if let Some(prefilled) = paused_at {
-            self.paused = Some(Paused {
-                job,
-                slot: std::mem::replace(slot, KvSlot::growing()),
-                prefilled,
-                spent: spent + started.elapsed(),
-                others_served: false,
-            });
-            return;
-        }
-        let result = result.map(|mut output| {
-            output.prefill_time += spent;
-            output
-        });
-        self.publish_cache_bytes(slot.bytes());
-        let _ = (job.sink)(JobEvent::Done(result));
-    }
-
-    /// Publishes the KV cache memory held: the kept slots', a paused
-    /// prefill's, and `running` bytes of a job's slot not yet given back.
-    fn publish_cache_bytes(&self, running: usize) {
-        let paused = self.paused.as_ref().map_or(0, |paused| paused.slot.bytes());
+    /// Publishes the batch's size and the state memory held: the kept
+    /// slots' and the running sequences'.
+    fn publish(&self, batch: &[Running<'_>]) {
+        let running: usize = batch.iter().map(|running| running.slot.bytes()).sum();
         self.kv_cache_bytes
-            .store(self.held_bytes() + running + paused, Ordering::Relaxed);
+            .store(self.held_bytes() + running, Ordering::Relaxed);
+        self.running.store(batch.len(), Ordering::Relaxed);
+    }
+}
+
+/// Hands a generation's progress to its job's sink.
+fn forward(sink: &mut JobSink, progress: Progress<'_>) -> ControlFlow<()> {
+    match progress {
+        Progress::Prefilled {
+            positions,
+            prompt_tokens,
+        } => sink(JobEvent::Prefilled {
+            positions,
+            prompt_tokens,
+        }),
+        Progress::Token(event) => sink(JobEvent::Token(event)),
     }
 }
 
@@ -838,41 +947,7 @@ pub struct EmbedJob {
     pub reply: Box<dyn FnOnce(Vec<Vec<f32>>) + Send>,
 }
 
-impl QueueState {
-    fn pop(&mut self) -> Option<Queued> {
-        self.continuations
-            .pop_front()
-            .map(Queued::Generate)
-            .or_else(|| self.waiting.pop_front())
-    }
-}
-
 impl Queue {
-    /// The next job to run, if one waits now.
-    fn try_next(&self) -> Option<Queued> {
-        self.queue_lock().pop()
-    }
-
-    /// Whether a job waits.
-    fn has_waiting(&self) -> bool {
-        let state = self.queue_lock();
-        !state.continuations.is_empty() || !state.waiting.is_empty()
-    }
-
-    /// The next job to run; `None` once the engine is dropped and nothing is left.
-    fn next(&self) -> Option<Queued> {
-        let mut state = self.queue_lock();
-        loop {
-            if let Some(job) = state.pop() {
-                return Some(job);
-            }
-            if state.closed {
-                return None;
-            }
-            state = self.ready.wait(state).expect("engine queue");
-        }
-    }
-
     fn queue_lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
         self.state.lock().expect("engine queue")
     }

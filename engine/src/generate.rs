@@ -1,11 +1,13 @@
-//! The generation loop: prefill the prompt, then sample one token at a time
-//! until an end-of-turn token, a stop string, `max_tokens`, cancellation, or
-//! the request's deadline.
+//! Generation: prefill the prompt, then sample one token at a time until an
+//! end-of-turn token, a stop string, `max_tokens`, cancellation, or the
+//! request's deadline. [`Generation`] is one answer as a state machine, run a
+//! step at a time by its caller (the engine's batch, where it runs beside
+//! others); [`generate`] runs one alone.
 //!
 //! A generation is bounded in time by its request's deadline, checked before it
 //! starts (a request that waited past it in a queue costs nothing), between
-//! the prefill's chunks ([`Model::PREFILL_CHUNK`] positions each) and between
-//! decode steps: one chunk or one step is the most it overruns. Between chunks
+//! the prefill's chunks (at most [`Model::PREFILL_CHUNK`] positions each) and
+//! between decode steps: one chunk or one step is the most it overruns. Between chunks
 //! the caller is also asked whether to go on ([`Progress::Prefilled`]), so a
 //! caller that left stops a long prefill too, not only a decode.
 //!
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use burn::prelude::*;
 
 use crate::constraint::Constraint;
-use crate::model::{KvSlot, Model};
+use crate::model::{KvSlot, Model, Segment};
 use crate::sampling::{SampledToken, Sampler, SamplingParams};
 use crate::thinking::{Channel, Thinking, ThinkingTracker};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
@@ -207,218 +209,311 @@ impl std::fmt::Display for GenerateError {
 
 impl std::error::Error for GenerateError {}
 
-/// Generates an answer; `on_progress` sees the prefill's progress between its
-/// chunks and every token as it is sampled, and may stop generation by
-/// returning `Break`. The KV cache comes from `slot`.
-///
-/// The slot's cache is reused: the prompt's first tokens that the slot
-/// holds the state of (a conversation's earlier turns, see
-/// [`KvSlot::reusable`]) are not run again, and their count is reported
-/// ([`GenerationOutput::cached_tokens`]). A model with a recurrent state has
-/// it snapshotted at the prompt's last turn boundary (after its last
-/// end-of-turn token) on the way, for the next turn to start from.
-///
-/// With `resume_at` > 0, the prefill goes on from there: `slot` holds the
-/// first `resume_at` positions of this same prompt, from a run of this request
-/// stopped between its chunks.
-#[allow(clippy::too_many_arguments)]
-pub fn generate(
-    model: &Model,
-    tokenizer: &Tokenizer,
-    request: &GenerationRequest,
-    context_length: usize,
-    device: &Device,
-    slot: &mut KvSlot,
-    resume_at: usize,
-    mut on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
-) -> Result<GenerationOutput, GenerateError> {
-    let prompt = &request.prompt_tokens;
-    check_prompt(prompt, model, context_length, 1)?;
-    if request.top_logprobs > MAX_TOP_LOGPROBS {
-        return Err(GenerateError::InvalidRequest(format!(
-            "top_logprobs must be at most {MAX_TOP_LOGPROBS}"
-        )));
-    }
-    request.sampling.validate().map_err(GenerateError::InvalidRequest)?;
-    let deadline_passed = |prefilled: usize, generated: usize| GenerateError::DeadlinePassed {
-        prompt_tokens: prompt.len(),
-        prefilled,
-        generated,
-    };
-    let past_deadline = || request.deadline.is_some_and(|deadline| Instant::now() >= deadline);
-    // Before the cache is sized: a request that waited past its deadline costs nothing.
-    if past_deadline() {
-        return Err(deadline_passed(resume_at, 0));
-    }
-    let max_tokens = request.max_tokens.min(context_length - prompt.len());
-    let start = if resume_at > 0 {
-        assert!(resume_at < prompt.len(), "a prefill resumes within its prompt");
-        slot.resume(resume_at);
-        resume_at
-    } else {
-        let reuse = slot.reusable(prompt);
-        slot.prepare_reusing(model, prompt, reuse, prompt.len() + max_tokens, context_length, device)
-            .1
-    };
-    let cached_tokens = if resume_at > 0 { 0 } else { start };
-    // A recurrent state cannot be cut back to a shorter prefix: it is
-    // snapshotted where the next turn's prompt will part from this one.
-    let turn_ends = tokenizer.end_of_turn_ids();
-    let turn_end = prompt
-        .iter()
-        .rposition(|id| turn_ends.contains(id))
-        .map_or(0, |at| at + 1);
-    slot.set_turn_end(turn_end);
-    let boundary = Some(turn_end).filter(|&at| at > start && at < prompt.len() && slot.has_recurrent_state());
-    let parts: Vec<(usize, usize)> = match boundary {
-        Some(at) => vec![(start, at), (at, prompt.len())],
-        None => vec![(start, prompt.len())],
-    };
-    let mut sampler = Sampler::new(request.sampling.clone());
-    let mut stops: Vec<u32> = if request.ignore_eos {
-        Vec::new()
-    } else {
-        tokenizer.end_of_turn_ids()
-    };
-    stops.extend(&request.stop_tokens);
-    // A grammar decides where a constrained answer ends: a stop string could
-    // only cut it short of valid.
-    let stop_strings: &[String] = if request.constraint.is_some() {
-        &[]
-    } else {
-        &request.stop_strings
-    };
-    let mut text = StopStringFilter::new(stop_strings);
-    let mut decoder = StreamDecoder::new(tokenizer);
+/// What a generation needs the model to run next ([`Generation::input`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    /// These positions of the prompt; the logits of the last are needed when
+    /// it is the prompt's last.
+    Prompt(std::ops::Range<usize>),
+    /// The token just sampled: its logits give the next one.
+    Token(u32),
+}
 
-    let started = Instant::now();
-    let mut stopped_at = None;
-    let mut prefilled = None;
-    for (part, &(from, to)) in parts.iter().enumerate() {
-        if part > 0 {
-            slot.mark();
+/// Where a generation stands after a step ([`Generation::advance`]).
+#[derive(Debug, PartialEq)]
+pub enum Step {
+    /// It needs another input.
+    Continue,
+    /// The answer is over; [`Generation::finish`] gives it.
+    Finished(FinishReason),
+    /// It failed (its deadline passed); what it generated is dropped.
+    Failed(GenerateError),
+}
+
+/// One answer in the making, a step at a time: the caller runs what
+/// [`Generation::input`] asks for on the slot's cache (alone, or in a batch
+/// with other sequences: rows are computed independently, so the answer is
+/// the same either way) and hands the outcome to [`Generation::advance`],
+/// until it says the answer is over.
+///
+/// The prompt runs in pieces as large as the caller allows; between them the
+/// caller is asked whether to go on ([`Progress::Prefilled`]), and the
+/// request's deadline is checked. A model with a recurrent state has it
+/// snapshotted at the prompt's last turn boundary (after its last end-of-turn
+/// token) on the way, for the next turn to start from: a piece never spans it.
+pub struct Generation<'t> {
+    prompt: Vec<u32>,
+    top_logprobs: usize,
+    deadline: Option<Instant>,
+    max_tokens: usize,
+    /// Prompt positions whose state the cache holds.
+    prefilled: usize,
+    /// Where the recurrent state is snapshotted, when it is.
+    boundary: Option<usize>,
+    cached_tokens: usize,
+    sampler: Sampler,
+    stops: Vec<u32>,
+    text: StopStringFilter,
+    decoder: StreamDecoder<'t>,
+    thinking: Option<ThinkingTracker>,
+    /// After a thinking block closes, the answer's leading whitespace goes.
+    trim_answer_start: bool,
+    constraint: Option<Constraint>,
+    /// Whether the answer (outside thinking) has begun.
+    answering: bool,
+    tokens: Vec<SampledToken>,
+    first_step_top: Vec<(u32, f32)>,
+    started: Instant,
+    prefill_time: Duration,
+    decode_started: Option<Instant>,
+}
+
+impl<'t> Generation<'t> {
+    /// Checks `request` and readies `slot`'s cache for it: the prompt's first
+    /// tokens whose state the slot holds (a conversation's earlier turns, see
+    /// [`KvSlot::reusable`]) are not run again, and their count is reported
+    /// ([`GenerationOutput::cached_tokens`]).
+    pub fn start(
+        model: &Model,
+        tokenizer: &'t Tokenizer,
+        request: &GenerationRequest,
+        context_length: usize,
+        device: &Device,
+        slot: &mut KvSlot,
+    ) -> Result<Generation<'t>, GenerateError> {
+        let prompt = &request.prompt_tokens;
+        check_prompt(prompt, model, context_length, 1)?;
+        if request.top_logprobs > MAX_TOP_LOGPROBS {
+            return Err(GenerateError::InvalidRequest(format!(
+                "top_logprobs must be at most {MAX_TOP_LOGPROBS}"
+            )));
         }
-        let cache = slot.cache().expect("prepared above");
-        prefilled = model.forward_in_chunks(&prompt[from..to], cache, |positions| {
-            let positions = from + positions;
-            if past_deadline() {
-                stopped_at = Some(positions);
-                return ControlFlow::Break(());
-            }
-            on_progress(Progress::Prefilled {
-                positions,
+        request.sampling.validate().map_err(GenerateError::InvalidRequest)?;
+        // Before the cache is sized: a request that waited past its deadline costs nothing.
+        if request.deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(GenerateError::DeadlinePassed {
                 prompt_tokens: prompt.len(),
-            })
-        });
-        if prefilled.is_none() {
-            break;
-        }
-    }
-    let prefill_time = started.elapsed();
-    let mut logits = match (prefilled, stopped_at) {
-        (Some(logits), _) => logits,
-        (None, Some(positions)) => return Err(deadline_passed(positions, 0)),
-        (None, None) => {
-            return Ok(GenerationOutput {
-                prompt_tokens: prompt.len(),
-                tokens: Vec::new(),
-                text: String::new(),
-                reasoning: String::new(),
-                reasoning_tokens: 0,
-                cached_tokens,
-                finish_reason: FinishReason::Cancelled,
-                first_step_top: Vec::new(),
-                prefill_time,
-                decode_time: Duration::ZERO,
+                prefilled: 0,
+                generated: 0,
             });
         }
-    };
-    let log_z = crate::sampling::log_sum_exp(&logits);
-    let first_step_top = crate::sampling::top_k_indices(&logits, MAX_TOP_LOGPROBS)
-        .into_iter()
-        .map(|i| (i as u32, logits[i] - log_z))
-        .collect();
+        let max_tokens = request.max_tokens.min(context_length - prompt.len());
+        let reuse = slot.reusable(prompt);
+        let (_, start) = slot.prepare_reusing(model, prompt, reuse, prompt.len() + max_tokens, context_length, device);
+        // A recurrent state cannot be cut back to a shorter prefix: it is
+        // snapshotted where the next turn's prompt will part from this one.
+        let turn_ends = tokenizer.end_of_turn_ids();
+        let turn_end = prompt
+            .iter()
+            .rposition(|id| turn_ends.contains(id))
+            .map_or(0, |at| at + 1);
+        slot.set_turn_end(turn_end);
+        let boundary = Some(turn_end).filter(|&at| at > start && at < prompt.len() && slot.has_recurrent_state());
+        let mut stops: Vec<u32> = if request.ignore_eos { Vec::new() } else { turn_ends };
+        stops.extend(&request.stop_tokens);
+        // A grammar decides where a constrained answer ends: a stop string could
+        // only cut it short of valid.
+        let stop_strings: &[String] = if request.constraint.is_some() {
+            &[]
+        } else {
+            &request.stop_strings
+        };
+        Ok(Generation {
+            prompt: prompt.clone(),
+            top_logprobs: request.top_logprobs,
+            deadline: request.deadline,
+            max_tokens,
+            prefilled: start,
+            boundary,
+            cached_tokens: start,
+            sampler: Sampler::new(request.sampling.clone()),
+            stops,
+            text: StopStringFilter::new(stop_strings),
+            decoder: StreamDecoder::new(tokenizer),
+            thinking: request
+                .thinking
+                .clone()
+                .map(|thinking| ThinkingTracker::new(thinking, prompt)),
+            trim_answer_start: false,
+            constraint: request.constraint.as_ref().map(Constraint::fresh),
+            answering: false,
+            tokens: Vec::new(),
+            first_step_top: Vec::new(),
+            started: Instant::now(),
+            prefill_time: Duration::ZERO,
+            decode_started: None,
+        })
+    }
 
-    let decode_started = Instant::now();
-    let mut tokens = Vec::new();
-    let mut thinking = request
-        .thinking
-        .clone()
-        .map(|thinking| ThinkingTracker::new(thinking, prompt));
-    // After a thinking block closes, the answer's leading whitespace goes.
-    let mut trim_answer_start = false;
-    let mut constraint = request.constraint.as_ref().map(Constraint::fresh);
-    // Whether the answer (outside thinking) has begun.
-    let mut answering = false;
-    let finish_reason = loop {
-        let mut forced = thinking.as_mut().and_then(ThinkingTracker::forced_token);
+    /// What to run next: at most `max_positions` (at least 1) of the prompt
+    /// while it lasts, then the token last sampled.
+    pub fn input(&self, max_positions: usize) -> Input {
+        if self.prefilled < self.prompt.len() {
+            let end = match self.boundary {
+                Some(at) if self.prefilled < at => at,
+                _ => self.prompt.len(),
+            };
+            return Input::Prompt(self.prefilled..end.min(self.prefilled + max_positions.max(1)));
+        }
+        Input::Token(self.tokens.last().expect("a sampled token follows the prompt").id)
+    }
+
+    /// The tokens `input` names.
+    pub fn tokens_of<'a>(&'a self, input: &'a Input) -> &'a [u32] {
+        match input {
+            Input::Prompt(range) => &self.prompt[range.clone()],
+            Input::Token(id) => std::slice::from_ref(id),
+        }
+    }
+
+    /// Whether the logits of `input`'s last position are needed: it is a
+    /// token, or it ends the prompt.
+    pub fn needs_logits(&self, input: &Input) -> bool {
+        !matches!(input, Input::Prompt(range) if range.end < self.prompt.len())
+    }
+
+    /// Whether the prompt has run through.
+    pub fn is_decoding(&self) -> bool {
+        self.prefilled == self.prompt.len()
+    }
+
+    /// The positions its state may reach: the prompt and the longest answer.
+    pub fn positions(&self) -> usize {
+        self.prompt.len() + self.max_tokens
+    }
+
+    /// Goes on after `input` ran on `slot`'s cache; `logits` are the last
+    /// position's, when it was the prompt's last or a token. `on_progress`
+    /// sees the prefill's progress between its pieces and every token as it
+    /// is sampled, and may stop the generation by answering `Break`.
+    pub fn advance(
+        &mut self,
+        slot: &mut KvSlot,
+        input: &Input,
+        logits: Option<&[f32]>,
+        mut on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
+    ) -> Step {
+        match input {
+            Input::Prompt(range) => {
+                self.prefilled = range.end;
+                if Some(self.prefilled) == self.boundary {
+                    slot.mark();
+                }
+                if self.prefilled < self.prompt.len() {
+                    if self.past_deadline() {
+                        return Step::Failed(self.deadline_passed());
+                    }
+                    let progress = Progress::Prefilled {
+                        positions: self.prefilled,
+                        prompt_tokens: self.prompt.len(),
+                    };
+                    return match on_progress(progress) {
+                        ControlFlow::Continue(()) => Step::Continue,
+                        ControlFlow::Break(()) => Step::Finished(FinishReason::Cancelled),
+                    };
+                }
+                self.prefill_time = self.started.elapsed();
+                self.decode_started = Some(Instant::now());
+                let logits = logits.expect("the prompt's last position has logits");
+                let log_z = crate::sampling::log_sum_exp(logits);
+                self.first_step_top = crate::sampling::top_k_indices(logits, MAX_TOP_LOGPROBS)
+                    .into_iter()
+                    .map(|i| (i as u32, logits[i] - log_z))
+                    .collect();
+                self.sample(logits, on_progress)
+            }
+            Input::Token(id) => {
+                slot.record(*id);
+                self.sample(logits.expect("a token's logits"), on_progress)
+            }
+        }
+    }
+
+    /// Whether the request's deadline has passed.
+    pub fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// The error of a generation stopped by its deadline now.
+    pub fn deadline_passed(&self) -> GenerateError {
+        GenerateError::DeadlinePassed {
+            prompt_tokens: self.prompt.len(),
+            prefilled: self.prefilled,
+            generated: self.tokens.len(),
+        }
+    }
+
+    /// Samples the next token from `logits` and reports it.
+    fn sample(&mut self, logits: &[f32], mut on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>) -> Step {
+        let mut forced = self.thinking.as_mut().and_then(ThinkingTracker::forced_token);
         // Before its answer a thinking model may open a block, whatever the
         // grammar of the answer says (a call required from the first token
         // still lets Qwen3 think first).
         if forced.is_none()
-            && constraint.is_some()
-            && !answering
-            && let Some(open) = thinking
+            && self.constraint.is_some()
+            && !self.answering
+            && let Some(open) = self
+                .thinking
                 .as_ref()
                 .filter(|t| t.may_open())
                 .map(ThinkingTracker::open_marker)
-            && sampler.propose(&logits) == open
+            && self.sampler.propose(logits) == open
         {
             forced = Some(open);
         }
         // The grammar holds outside a thinking block (and not over the
         // whitespace forced after one).
-        let in_block = thinking.as_ref().is_some_and(ThinkingTracker::inside);
-        let grammar = constraint.as_mut().filter(|_| forced.is_none() && !in_block);
+        let in_block = self.thinking.as_ref().is_some_and(ThinkingTracker::inside);
+        let grammar = self.constraint.as_mut().filter(|_| forced.is_none() && !in_block);
         let constrained = grammar.is_some();
         let token = match (forced, grammar) {
-            (Some(id), _) => sampler.force(&logits, id, request.top_logprobs),
+            (Some(id), _) => self.sampler.force(logits, id, self.top_logprobs),
             (None, Some(grammar)) => {
                 if grammar.is_finished() {
-                    break FinishReason::Stop;
+                    return Step::Finished(FinishReason::Stop);
                 }
                 let id = match grammar.forced().first() {
                     Some(&id) => id,
                     None => {
                         // The sampler's own choice when the grammar allows it
                         // (a few µs to check), else the choice among what it allows.
-                        let choice = sampler.propose(&logits);
+                        let choice = self.sampler.propose(logits);
                         if grammar.allows(choice) {
                             choice
                         } else {
-                            let mut masked = logits.clone();
+                            let mut masked = logits.to_vec();
                             if !grammar.mask(&mut masked) {
-                                break FinishReason::Stop;
+                                return Step::Finished(FinishReason::Stop);
                             }
-                            sampler.propose(&masked)
+                            self.sampler.propose(&masked)
                         }
                     }
                 };
-                if stops.contains(&id) && grammar.may_end() {
-                    break FinishReason::Stop;
+                if self.stops.contains(&id) && grammar.may_end() {
+                    return Step::Finished(FinishReason::Stop);
                 }
                 if grammar.accept(id).is_err() {
-                    break FinishReason::Stop;
+                    return Step::Finished(FinishReason::Stop);
                 }
-                sampler.force(&logits, id, request.top_logprobs)
+                self.sampler.force(logits, id, self.top_logprobs)
             }
-            (None, None) => sampler.sample(&logits, request.top_logprobs),
+            (None, None) => self.sampler.sample(logits, self.top_logprobs),
         };
-        if !constrained && forced.is_none() && stops.contains(&token.id) {
-            break FinishReason::Stop;
+        if !constrained && forced.is_none() && self.stops.contains(&token.id) {
+            return Step::Finished(FinishReason::Stop);
         }
-        let channel = thinking.as_mut().map_or(Channel::Answer, |t| t.take(token.id));
-        answering |= channel == Channel::Answer;
-        let (final_text, hit_stop) = match (channel, thinking.as_mut()) {
+        let channel = self.thinking.as_mut().map_or(Channel::Answer, |t| t.take(token.id));
+        self.answering |= channel == Channel::Answer;
+        let (final_text, hit_stop) = match (channel, self.thinking.as_mut()) {
             (Channel::Marker, Some(thinking)) => {
                 // Bytes of a character cut off by the marker end the channel it ends.
-                let rest = decoder.finish();
+                let rest = self.decoder.finish();
                 let (tail, reasoning) = if thinking.inside() {
-                    (text.push(&rest).0, false)
+                    (self.text.push(&rest).0, false)
                 } else {
                     let tail = thinking.reasoning(&rest);
                     thinking.end_block();
-                    trim_answer_start = true;
+                    self.trim_answer_start = true;
                     (tail, true)
                 };
                 if !tail.is_empty() {
@@ -431,12 +526,16 @@ pub fn generate(
                 }
                 (String::new(), false)
             }
-            (Channel::Reasoning, Some(thinking)) => (thinking.reasoning(&decoder.push(token.id)), false),
+            (Channel::Reasoning, Some(thinking)) => (thinking.reasoning(&self.decoder.push(token.id)), false),
             _ => {
-                let piece = decoder.push(token.id);
-                let piece = if trim_answer_start { piece.trim_start() } else { &piece };
-                trim_answer_start &= piece.is_empty();
-                text.push(piece)
+                let piece = self.decoder.push(token.id);
+                let piece = if self.trim_answer_start {
+                    piece.trim_start()
+                } else {
+                    &piece
+                };
+                self.trim_answer_start &= piece.is_empty();
+                self.text.push(piece)
             }
         };
         let event = TokenEvent {
@@ -444,72 +543,122 @@ pub fn generate(
             text: final_text,
             reasoning: channel != Channel::Answer,
         };
-        tokens.push(token);
+        self.tokens.push(token);
         let control = on_progress(Progress::Token(&event));
         if hit_stop {
-            break FinishReason::Stop;
+            return Step::Finished(FinishReason::Stop);
         }
         if control.is_break() {
-            break FinishReason::Cancelled;
+            return Step::Finished(FinishReason::Cancelled);
         }
-        if tokens.len() >= max_tokens {
-            break FinishReason::Length;
+        if self.tokens.len() >= self.max_tokens {
+            return Step::Finished(FinishReason::Length);
         }
-        if past_deadline() {
-            return Err(deadline_passed(prompt.len(), tokens.len()));
+        if self.past_deadline() {
+            return Step::Failed(self.deadline_passed());
         }
-        let next = tokens.last().expect("just pushed").id;
-        logits = model.forward(&[next], slot.cache().expect("prepared above"));
-        slot.record(next);
-    };
-    let decode_time = decode_started.elapsed();
-    let rest = decoder.finish();
-    match thinking.as_mut() {
-        Some(thinking) if thinking.inside() => {
-            // It ended inside a block: the rest is reasoning.
-            let tail = thinking.reasoning(&rest);
-            thinking.end_block();
-            if !tail.is_empty() {
-                let event = TokenEvent {
-                    token: None,
-                    text: tail,
-                    reasoning: true,
-                };
-                let _ = on_progress(Progress::Token(&event));
-            }
-        }
-        _ if finish_reason != FinishReason::Stop || !text.stopped() => {
-            // Whatever the decoder and the stop filter still hold is final now.
-            let rest = if trim_answer_start { rest.trim_start() } else { &rest };
-            let (mut tail, _) = text.push(rest);
-            tail.push_str(&text.flush());
-            if !tail.is_empty() {
-                let event = TokenEvent {
-                    token: None,
-                    text: tail,
-                    reasoning: false,
-                };
-                let _ = on_progress(Progress::Token(&event));
-            }
-        }
-        _ => {}
+        Step::Continue
     }
-    let reasoning_tokens = thinking.as_ref().map_or(0, ThinkingTracker::spent);
-    if let Some(loops) = thinking.as_ref().map(ThinkingTracker::loops_closed).filter(|&n| n > 0) {
-        tracing::info!(loops, reasoning_tokens, "thinking went round in a loop and was closed");
+
+    /// The answer, ended for `finish_reason`: what the decoder and the stop
+    /// filter held back is released through `on_progress` first.
+    pub fn finish(
+        mut self,
+        finish_reason: FinishReason,
+        mut on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
+    ) -> GenerationOutput {
+        let decode_time = self.decode_started.map_or(Duration::ZERO, |at| at.elapsed());
+        if self.decode_started.is_none() {
+            self.prefill_time = self.started.elapsed();
+        }
+        let rest = self.decoder.finish();
+        match self.thinking.as_mut() {
+            Some(thinking) if thinking.inside() => {
+                // It ended inside a block: the rest is reasoning.
+                let tail = thinking.reasoning(&rest);
+                thinking.end_block();
+                if !tail.is_empty() {
+                    let event = TokenEvent {
+                        token: None,
+                        text: tail,
+                        reasoning: true,
+                    };
+                    let _ = on_progress(Progress::Token(&event));
+                }
+            }
+            _ if finish_reason != FinishReason::Stop || !self.text.stopped() => {
+                // Whatever the decoder and the stop filter still hold is final now.
+                let rest = if self.trim_answer_start {
+                    rest.trim_start()
+                } else {
+                    &rest
+                };
+                let (mut tail, _) = self.text.push(rest);
+                tail.push_str(&self.text.flush());
+                if !tail.is_empty() {
+                    let event = TokenEvent {
+                        token: None,
+                        text: tail,
+                        reasoning: false,
+                    };
+                    let _ = on_progress(Progress::Token(&event));
+                }
+            }
+            _ => {}
+        }
+        let reasoning_tokens = self.thinking.as_ref().map_or(0, ThinkingTracker::spent);
+        if let Some(loops) = self
+            .thinking
+            .as_ref()
+            .map(ThinkingTracker::loops_closed)
+            .filter(|&n| n > 0)
+        {
+            tracing::info!(loops, reasoning_tokens, "thinking went round in a loop and was closed");
+        }
+        GenerationOutput {
+            prompt_tokens: self.prompt.len(),
+            text: self.text.into_text(),
+            reasoning: self.thinking.map(ThinkingTracker::into_reasoning).unwrap_or_default(),
+            reasoning_tokens,
+            cached_tokens: self.cached_tokens,
+            tokens: self.tokens,
+            finish_reason,
+            first_step_top: self.first_step_top,
+            prefill_time: self.prefill_time,
+            decode_time,
+        }
     }
-    Ok(GenerationOutput {
-        prompt_tokens: prompt.len(),
-        text: text.into_text(),
-        reasoning: thinking.map(ThinkingTracker::into_reasoning).unwrap_or_default(),
-        reasoning_tokens,
-        cached_tokens,
-        tokens,
-        finish_reason,
-        first_step_top,
-        prefill_time,
-        decode_time,
-    })
+}
+
+/// Generates an answer on the calling thread, one sequence alone (see
+/// [`Generation`]); `on_progress` sees the prefill's progress between its
+/// chunks ([`Model::PREFILL_CHUNK`] positions each) and every token as it is
+/// sampled, and may stop generation by returning `Break`. The KV cache comes
+/// from `slot`, and is reused as [`Generation::start`] says.
+pub fn generate(
+    model: &Model,
+    tokenizer: &Tokenizer,
+    request: &GenerationRequest,
+    context_length: usize,
+    device: &Device,
+    slot: &mut KvSlot,
+    mut on_progress: impl FnMut(Progress<'_>) -> ControlFlow<()>,
+) -> Result<GenerationOutput, GenerateError> {
+    let mut generation = Generation::start(model, tokenizer, request, context_length, device, slot)?;
+    loop {
+        let input = generation.input(Model::PREFILL_CHUNK);
+        let mut segment = [Segment {
+            tokens: generation.tokens_of(&input),
+            cache: slot.cache().expect("prepared by Generation::start"),
+            logits: generation.needs_logits(&input),
+        }];
+        let logits = model.forward_batch(&mut segment).pop().flatten();
+        match generation.advance(slot, &input, logits.as_deref(), &mut on_progress) {
+            Step::Continue => {}
+            Step::Finished(reason) => return Ok(generation.finish(reason, &mut on_progress)),
+            Step::Failed(err) => return Err(err),
+        }
+    }
 }
 
 /// A prompt the model can run: not empty, every id in its vocabulary, and

@@ -41,12 +41,13 @@ pub trait EngineOps: Backend {
     fn q_embedding(table: IntTensor<Self>, format: u32, rows: usize, k: usize, ids: Vec<u32>) -> FloatTensor<Self>;
     /// RMSNorm over the last dimension of `x[m, d]`, scaled by `weight[d]`.
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f32) -> FloatTensor<Self>;
-    /// Rotates `x[s, heads × head_dim]` for positions `start..start + s`.
+    /// Rotates each row of `x[s, heads × head_dim]` for its position in `positions`
+    /// (`s` of them: a batch's rows belong to several sequences, each at its own).
     fn rope(
         x: FloatTensor<Self>,
         head_dim: usize,
         rotary_dim: usize,
-        start: usize,
+        positions: Vec<u32>,
         theta: f32,
         halves: bool,
     ) -> FloatTensor<Self>;
@@ -244,17 +245,25 @@ mod host {
         T::from_f32(out, x.shape())
     }
 
-    pub fn rope<T: HostTensor>(x: T, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, halves: bool) -> T {
+    pub fn rope<T: HostTensor>(
+        x: T,
+        head_dim: usize,
+        rotary_dim: usize,
+        positions: Vec<u32>,
+        theta: f32,
+        halves: bool,
+    ) -> T {
         let shape = x.shape();
         let mut out: Vec<f32> = x.with_f32(<[f32]>::to_vec);
         let width = shape[shape.num_dims() - 1];
+        assert_eq!(out.len(), positions.len() * width, "one position per row");
         let half = rotary_dim / 2;
         // Frequencies once per call: θ^(-2i/d) for each rotated pair.
         let inv_freq: Vec<f32> = (0..half)
             .map(|i| theta.powf(-2.0 * i as f32 / rotary_dim as f32))
             .collect();
-        for (s, row) in out.chunks_exact_mut(width).enumerate() {
-            let position = (start + s) as f32;
+        for (row, &position) in out.chunks_exact_mut(width).zip(&positions) {
+            let position = position as f32;
             let angles: Vec<(f32, f32)> = inv_freq.iter().map(|f| (position * f).sin_cos()).collect();
             for head in row.chunks_exact_mut(head_dim) {
                 for (i, &(sin, cos)) in angles.iter().enumerate() {
@@ -348,8 +357,15 @@ macro_rules! host_engine_ops {
                 host::rms_norm(x, weight, eps)
             }
 
-            fn rope(x: $tensor, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, halves: bool) -> $tensor {
-                host::rope(x, head_dim, rotary_dim, start, theta, halves)
+            fn rope(
+                x: $tensor,
+                head_dim: usize,
+                rotary_dim: usize,
+                positions: Vec<u32>,
+                theta: f32,
+                halves: bool,
+            ) -> $tensor {
+                host::rope(x, head_dim, rotary_dim, positions, theta, halves)
             }
 
             fn swiglu(gate: $tensor, up: $tensor) -> $tensor {
@@ -401,12 +417,20 @@ pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f32) -> Tensor<2> {
     ))
 }
 
-pub fn rope(x: Tensor<2>, head_dim: usize, rotary_dim: usize, start: usize, theta: f32, style: RopeStyle) -> Tensor<2> {
+/// See [`EngineOps::rope`].
+pub fn rope(
+    x: Tensor<2>,
+    head_dim: usize,
+    rotary_dim: usize,
+    positions: &[u32],
+    theta: f32,
+    style: RopeStyle,
+) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as EngineOps>::rope(
         x.into_dispatch(),
         head_dim,
         rotary_dim,
-        start,
+        positions.to_vec(),
         theta,
         style == RopeStyle::Halves,
     ))

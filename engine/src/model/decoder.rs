@@ -6,7 +6,8 @@
 //! - **Qwen3** (dense): an RMSNorm over each head of q and k, before RoPE; no
 //!   biases; `heads × head_dim` need not equal the hidden size.
 //!
-//! Per layer, for `s` new tokens at positions `p..p+s`:
+//! Per layer, for `s` new tokens at positions `p..p+s` (a batch stacks several
+//! sequences' rows; see [`super::batch`]):
 //!
 //! ```text
 //! h = RMSNorm(x)                                  [s, d]
@@ -30,6 +31,7 @@
 use burn::prelude::*;
 use serde_json::Value;
 
+use super::batch::{self, Batch, Segment};
 use super::source::{Checkpoint, WeightSource};
 use super::weights::{QLinear, Quantization, load_vector};
 use super::{KvCache, ModelError, ModelInfo};
@@ -407,25 +409,24 @@ impl Decoder {
         super::info_of(c.family.name(), &matrices, vectors)
     }
 
-    /// Runs `tokens` at positions `cache.len()..`; returns the last position's
-    /// hidden state `[1, d]` (see [`Decoder::logits`]).
+    /// Runs `tokens` at positions `cache.len()..` in one pass (no chunks);
+    /// returns the last position's hidden state `[1, d]` (see [`Decoder::logits`]).
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
         let s = tokens.len();
-        self.forward_every(tokens, cache)
+        batch::alone(tokens, cache, |segment, batch| self.forward_rows(segment, batch))
             .slice([s - 1..s, 0..self.config.embedding_length])
     }
 
-    /// Runs `tokens` at positions `cache.len()..`; returns every position's
-    /// hidden state `[s, d]`.
-    pub fn forward_every(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
+    /// Runs every segment's tokens at its cache's next positions, all rows
+    /// through each matrix together (see [`super::batch`]); returns every
+    /// row's hidden state `[rows, d]`.
+    pub(super) fn forward_rows(&self, segments: &mut [Segment<'_>], batch: &Batch) -> Tensor<2> {
         let c = &self.config;
-        let start = cache.len();
-        let s = tokens.len();
-        let mut x = self.embedding.rows(tokens); // [s, d]
+        let mut x = self.embedding.rows(batch.tokens()); // [R, d]
         for (i, layer) in self.layers.iter().enumerate() {
             let h = ops::rms_norm(x.clone(), &layer.attn_norm, c.rms_eps);
-            let mut q = layer.wq.forward(h.clone()); // [s, heads·hd]
-            let mut k = layer.wk.forward(h.clone()); // [s, kv_heads·hd]
+            let mut q = layer.wq.forward(h.clone()); // [R, heads·hd]
+            let mut k = layer.wk.forward(h.clone()); // [R, kv_heads·hd]
             let mut v = layer.wv.forward(h);
             if let Some([bq, bk, bv]) = &layer.biases {
                 q = q + bq.clone().unsqueeze_dim(0);
@@ -436,18 +437,17 @@ impl Decoder {
                 q = head_norm(q, q_norm, c.head_dim, c.rms_eps);
                 k = head_norm(k, k_norm, c.head_dim, c.rms_eps);
             }
-            let q = ops::rope(q, c.head_dim, c.rotary_dim, start, c.rope_theta, c.rope_style);
-            let k = ops::rope(k, c.head_dim, c.rotary_dim, start, c.rope_theta, c.rope_style);
-            cache.store(i, k, v);
-            let (k_cache, v_cache) = cache.layer(i);
-            let attended = ops::attention(q, k_cache, v_cache, start, c.heads); // [s, heads·hd]
+            let positions = batch.positions();
+            let q = ops::rope(q, c.head_dim, c.rotary_dim, positions, c.rope_theta, c.rope_style);
+            let k = ops::rope(k, c.head_dim, c.rotary_dim, positions, c.rope_theta, c.rope_style);
+            let attended = batch::attend(segments, batch, i, [q, k, v], c.heads); // [R, heads·hd]
             x = x + layer.wo.forward(attended);
 
             let h = ops::rms_norm(x.clone(), &layer.ffn_norm, c.rms_eps);
             let gated = ops::swiglu(layer.gate.forward(h.clone()), layer.up.forward(h));
             x = x + layer.down.forward(gated);
         }
-        cache.advance(s);
+        batch.advance(segments);
         x
     }
 

@@ -6,7 +6,11 @@
 //!
 //! - [`decoder`]: the dense decoder family: Llama, Qwen2/Qwen2.5, Qwen3.
 //! - [`qwen35`]: Qwen3.5, Gated DeltaNet layers with gated attention layers.
+//!
+//! Both run a batch of sequences at once ([`Model::forward_batch`], see
+//! [`batch`]); a single sequence is a batch of one.
 
+mod batch;
 pub mod decoder;
 pub mod qwen35;
 pub mod source;
@@ -18,6 +22,8 @@ use std::ops::ControlFlow;
 use burn::prelude::*;
 
 use crate::gguf::GgufError;
+use batch::Batch;
+pub use batch::Segment;
 use source::WeightSource;
 use weights::Quantization;
 
@@ -187,11 +193,18 @@ impl Model {
         }
     }
 
-    /// Every position's hidden state after `tokens` (run at the cache's next positions).
+    /// Every position's hidden state after `tokens` (run at the cache's next
+    /// positions): the batch of this one sequence.
     fn forward_every(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
+        batch::alone(tokens, cache, |segment, batch| self.forward_rows(segment, batch))
+    }
+
+    /// The hidden state of every row of `batch` (`[rows, d]`), each segment's
+    /// cache moved past its tokens.
+    fn forward_rows(&self, segments: &mut [Segment<'_>], batch: &Batch) -> Tensor<2> {
         match self {
-            Model::Decoder(m) => m.forward_every(tokens, cache),
-            Model::Qwen35(m) => m.forward_every(tokens, cache),
+            Model::Decoder(m) => m.forward_rows(segments, batch),
+            Model::Qwen35(m) => m.forward_rows(segments, batch),
         }
     }
 

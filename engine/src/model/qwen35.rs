@@ -3,7 +3,8 @@
 //! which is which (three DeltaNet layers to one attention layer in every
 //! published size).
 //!
-//! Per layer, for `s` new tokens at positions `p..p+s`:
+//! Per layer, for `s` new tokens at positions `p..p+s` (a batch stacks several
+//! sequences' rows; see [`super::batch`]):
 //!
 //! ```text
 //! x = x + Mixer(RMSNorm1p(x))          RMSNorm1p(x) = x̂·(1 + w)
@@ -40,15 +41,18 @@
 //! in and, where key heads serve several value heads, the value heads in
 //! tiled order (see `tests/fixtures/qwen/qwen35_gguf.md`).
 
+use std::ops::Range;
+
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use burn::tensor::activation::sigmoid;
 use rayon::prelude::*;
 use serde_json::Value;
 
+use super::batch::{self, Batch, Segment};
 use super::source::{Checkpoint, WeightSource};
 use super::weights::{QLinear, Quantization, load_floats, load_vector};
-use super::{KvCache, ModelError, ModelInfo};
+use super::{ModelError, ModelInfo};
 use crate::gguf::GgufFile;
 use crate::ops::{self, RopeStyle};
 
@@ -600,24 +604,23 @@ impl Qwen35 {
         super::info_of("qwen35", &matrices, self.vector_parameters)
     }
 
-    /// Runs `tokens` at positions `cache.len()..`; returns every position's
-    /// hidden state `[s, d]`.
-    pub fn forward_every(&self, tokens: &[u32], cache: &mut KvCache) -> Tensor<2> {
+    /// Runs every segment's tokens at its cache's next positions, all rows
+    /// through each matrix together (see [`super::batch`]); returns every
+    /// row's hidden state `[rows, d]`.
+    pub(super) fn forward_rows(&self, segments: &mut [Segment<'_>], batch: &Batch) -> Tensor<2> {
         let c = &self.config;
-        let start = cache.len();
-        let s = tokens.len();
-        let mut x = self.embedding.rows(tokens);
+        let mut x = self.embedding.rows(batch.tokens());
         let (mut attention_layer, mut linear_layer) = (0, 0);
         for layer in &self.layers {
             let h = ops::rms_norm(x.clone(), &layer.attn_norm, c.rms_eps);
             let mixed = match &layer.mixer {
                 Mixer::Full(attention) => {
-                    let out = self.gated_attention(attention, h, cache, attention_layer, start);
+                    let out = self.gated_attention(attention, h, segments, batch, attention_layer);
                     attention_layer += 1;
                     out
                 }
                 Mixer::Linear(delta) => {
-                    let out = self.delta_net(delta, h, &mut cache.recurrent[linear_layer]);
+                    let out = self.delta_net(delta, h, segments, batch, linear_layer);
                     linear_layer += 1;
                     out
                 }
@@ -627,7 +630,7 @@ impl Qwen35 {
             let gated = ops::swiglu(layer.gate.forward(h.clone()), layer.up.forward(h));
             x = x + layer.down.forward(gated);
         }
-        cache.advance(s);
+        batch.advance(segments);
         x
     }
 
@@ -635,9 +638,9 @@ impl Qwen35 {
         &self,
         m: &GatedAttention,
         h: Tensor<2>,
-        cache: &mut KvCache,
+        segments: &mut [Segment<'_>],
+        batch: &Batch,
         layer: usize,
-        start: usize,
     ) -> Tensor<2> {
         let c = &self.config;
         let [s, _] = h.dims();
@@ -648,17 +651,26 @@ impl Qwen35 {
         let q = super::decoder::head_norm(q, &m.q_norm, hd, c.rms_eps);
         let k = super::decoder::head_norm(m.k.forward(h.clone()), &m.k_norm, hd, c.rms_eps);
         let v = m.v.forward(h);
-        let q = ops::rope(q, hd, c.rotary_dim, start, c.rope_theta, RopeStyle::Halves);
-        let k = ops::rope(k, hd, c.rotary_dim, start, c.rope_theta, RopeStyle::Halves);
-        cache.store(layer, k, v);
-        let (k_cache, v_cache) = cache.layer(layer);
-        let attended = ops::attention(q, k_cache, v_cache, start, heads);
+        let positions = batch.positions();
+        let q = ops::rope(q, hd, c.rotary_dim, positions, c.rope_theta, RopeStyle::Halves);
+        let k = ops::rope(k, hd, c.rotary_dim, positions, c.rope_theta, RopeStyle::Halves);
+        let attended = batch::attend(segments, batch, layer, [q, k, v], heads);
         m.o.forward(attended * sigmoid(gate))
     }
 
-    fn delta_net(&self, m: &DeltaNet, h: Tensor<2>, state: &mut RecurrentState) -> Tensor<2> {
+    /// The DeltaNet layer `layer` (in linear-layer order) over every row of
+    /// `batch`: the projections over all rows at once, the causal conv and the
+    /// delta rule per segment, on that segment's recurrent state.
+    fn delta_net(
+        &self,
+        m: &DeltaNet,
+        h: Tensor<2>,
+        segments: &mut [Segment<'_>],
+        batch: &Batch,
+        layer: usize,
+    ) -> Tensor<2> {
         let c = &self.config;
-        let [s, _] = h.dims();
+        let rows = batch.rows();
         let device = h.device();
         let host = |t: Tensor<2>| t.into_data().try_into_vec::<f32>().expect("f32 activations");
         let qkv = host(m.in_qkv.forward(h.clone()));
@@ -674,45 +686,60 @@ impl Qwen35 {
         let conv_dim = c.conv_dim();
         let kernel = c.conv_kernel;
         let q_scale = 1.0 / (dk as f32).sqrt();
-        // The causal conv and the q/k normalisation, every position (cheap,
-        // and the conv state runs through the positions in order).
-        let mut mixed = vec![0f32; s * conv_dim];
-        for (t, mixed) in mixed.chunks_exact_mut(conv_dim).enumerate() {
-            let row = &qkv[t * conv_dim..(t + 1) * conv_dim];
-            // Causal depthwise conv over the last K rows, then SiLU.
-            for (ch, value) in mixed.iter_mut().enumerate() {
-                let taps = &m.conv[ch * kernel..(ch + 1) * kernel];
-                let mut sum = taps[kernel - 1] * row[ch];
-                for (j, tap) in taps[..kernel - 1].iter().enumerate() {
-                    sum += tap * state.conv[j * conv_dim + ch];
+        // The causal conv and the q/k normalisation, every row (cheap, and a
+        // conv state runs through its segment's positions in order).
+        let mut mixed = vec![0f32; rows * conv_dim];
+        for (i, segment) in segments.iter_mut().enumerate() {
+            let state = &mut segment.cache.recurrent[layer];
+            for t in batch.span(i) {
+                let row = &qkv[t * conv_dim..(t + 1) * conv_dim];
+                let mixed = &mut mixed[t * conv_dim..(t + 1) * conv_dim];
+                // Causal depthwise conv over the last K rows, then SiLU.
+                for (ch, value) in mixed.iter_mut().enumerate() {
+                    let taps = &m.conv[ch * kernel..(ch + 1) * kernel];
+                    let mut sum = taps[kernel - 1] * row[ch];
+                    for (j, tap) in taps[..kernel - 1].iter().enumerate() {
+                        sum += tap * state.conv[j * conv_dim + ch];
+                    }
+                    *value = silu(sum);
                 }
-                *value = silu(sum);
-            }
-            if kernel > 1 {
-                state.conv.copy_within(conv_dim.., 0);
-                let last = (kernel - 2) * conv_dim;
-                state.conv[last..].copy_from_slice(row);
-            }
-            let (q, rest) = mixed.split_at_mut(hk * dk);
-            for head in q.chunks_exact_mut(dk) {
-                l2_normalize(head, q_scale);
-            }
-            for head in rest[..hk * dk].chunks_exact_mut(dk) {
-                l2_normalize(head, 1.0);
+                if kernel > 1 {
+                    state.conv.copy_within(conv_dim.., 0);
+                    let last = (kernel - 2) * conv_dim;
+                    state.conv[last..].copy_from_slice(row);
+                }
+                let (q, rest) = mixed.split_at_mut(hk * dk);
+                for head in q.chunks_exact_mut(dk) {
+                    l2_normalize(head, q_scale);
+                }
+                for head in rest[..hk * dk].chunks_exact_mut(dk) {
+                    l2_normalize(head, 1.0);
+                }
             }
         }
-        // The delta rule, each value head over all positions on its own
-        // (heads are independent): one parallel split per layer rather than
-        // one per position; on one thread the heads' loops kept a core idle.
-        let head_outputs: Vec<Vec<f32>> = state
-            .state
-            .par_chunks_mut(dk * dv)
+        // The delta rule, each (segment, value head) over its segment's rows on
+        // its own (they are independent): one parallel split per layer for the
+        // whole batch, rather than one per segment or per position; on one
+        // thread a segment's heads alone kept a core idle.
+        let tasks: Vec<(Range<usize>, usize, &mut [f32])> = segments
+            .iter_mut()
             .enumerate()
-            .map(|(vh, s_h)| {
+            .flat_map(|(i, segment)| {
+                let span = batch.span(i);
+                segment.cache.recurrent[layer]
+                    .state
+                    .chunks_exact_mut(dk * dv)
+                    .enumerate()
+                    .map(move |(vh, s_h)| (span.clone(), vh, s_h))
+            })
+            .collect();
+        let head_outputs: Vec<(Range<usize>, usize, Vec<f32>)> = tasks
+            .into_par_iter()
+            .map(|(span, vh, s_h)| {
                 let kh = if c.tiled_value_heads { vh % hk } else { vh / (hv / hk) };
-                let mut head_out = vec![0f32; s * dv];
+                let mut head_out = vec![0f32; span.len() * dv];
                 let mut kv = vec![0f32; dv];
-                for (t, o) in head_out.chunks_exact_mut(dv).enumerate() {
+                for (t, o) in span.clone().zip(head_out.chunks_exact_mut(dv)) {
                     let mixed = &mixed[t * conv_dim..(t + 1) * conv_dim];
                     let (q, k, v) = (
                         &mixed[kh * dk..(kh + 1) * dk],
@@ -747,16 +774,16 @@ impl Qwen35 {
                         *oj = *oj * scale * w * silu(zj);
                     }
                 }
-                head_out
+                (span, vh, head_out)
             })
             .collect();
-        let mut out = vec![0f32; s * hv * dv];
-        for (vh, head_out) in head_outputs.iter().enumerate() {
-            for (t, o) in head_out.chunks_exact(dv).enumerate() {
+        let mut out = vec![0f32; rows * hv * dv];
+        for (span, vh, head_out) in &head_outputs {
+            for (t, o) in span.clone().zip(head_out.chunks_exact(dv)) {
                 out[(t * hv + vh) * dv..(t * hv + vh + 1) * dv].copy_from_slice(o);
             }
         }
-        let out = Tensor::<2>::from_data(TensorData::new(out, [s, hv * dv]), &device);
+        let out = Tensor::<2>::from_data(TensorData::new(out, [rows, hv * dv]), &device);
         m.out.forward(out)
     }
 

@@ -267,20 +267,53 @@ mod tests {
         check_against_reference_on(QuantFormat::Q4_1, 517, 1024, 17, 5, false);
     }
 
+    /// Every row of `x` (`m` rows) computed alone: what a batch must give each row.
+    fn each_row_alone(kernel: Kernel, on_worker: bool, x: &[f32], m: usize, w: &QuantMatrix) -> Vec<f32> {
+        let (n, k) = (w.rows, w.cols);
+        let mut out = vec![f32::NAN; m * n];
+        for (x, out) in x.chunks_exact(k).zip(out.chunks_exact_mut(n)) {
+            run_with(kernel, on_worker, x, 1, w, out);
+        }
+        out
+    }
+
     #[test]
     fn matmul_rows_are_independent_of_the_batch() {
-        // Prefill (4-row tiles) must give each row exactly what decode gives it.
-        let mut rng = random::rng(11);
-        let (n, k, m) = (200, 576, 5);
-        let data = random::weights(&mut rng, QuantFormat::Q4_1, n, k, Scales::Random);
-        let w = QuantMatrix::new(QuantFormat::Q4_1, n, k, &data).unwrap();
-        let x = random::activations(&mut rng, m * k);
-        let mut batch = vec![0f32; m * n];
-        rayon::scope(|_| matmul(&x, m, &w, &mut batch));
-        for i in 0..m {
-            let mut single = vec![0f32; n];
-            matmul(&x[i * k..(i + 1) * k], 1, &w, &mut single);
-            assert_eq!(&batch[i * n..(i + 1) * n], &single[..], "row {i}");
+        // A sequence's logits must not depend on what it is batched with: each row
+        // of an m-row matmul (4-row tiles, a tail of single rows) must equal, bit
+        // for bit, that row computed alone (the decode path's 8-row weight tiles),
+        // for every format, every m up to two tiles and a tail, every kernel. The
+        // shape takes the parallel paths from a rayon worker and from outside the
+        // pool even at m = 1 (1100·7680 is past both thresholds), with a short
+        // last task (1100 is no multiple of the 8-row task granularity).
+        let (n, k) = (1100, 7680);
+        for (f, format) in QuantFormat::ALL.into_iter().enumerate() {
+            let mut rng = random::rng(11 + f as u64);
+            let data = random::weights(&mut rng, format, n, k, Scales::Random);
+            let w = QuantMatrix::new(format, n, k, &data).unwrap();
+            let x = random::activations(&mut rng, 9 * k);
+            // The scalar reference is row by row by construction, and slow here.
+            for kernel in Kernel::ALL
+                .into_iter()
+                .filter(|k| *k != Kernel::Scalar && k.is_available())
+            {
+                for on_worker in [true, false] {
+                    let alone = each_row_alone(kernel, on_worker, &x, 9, &w);
+                    for m in 1..=9 {
+                        let mut batch = vec![f32::NAN; m * n];
+                        run_with(kernel, on_worker, &x[..m * k], m, &w, &mut batch);
+                        for i in 0..m {
+                            let (got, want) = (&batch[i * n..(i + 1) * n], &alone[i * n..(i + 1) * n]);
+                            let differs = got.iter().zip(want).position(|(a, b)| a.to_bits() != b.to_bits());
+                            assert!(
+                                differs.is_none(),
+                                "{format} on {kernel:?} (on a worker: {on_worker}), row {i} of {m}: \
+                                 output {differs:?} differs from the row computed alone"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -280,8 +280,8 @@ mod tests {
 
     /// Weight rows in the kernel tests: one decode tile of 8 and a tail of 3.
     const ROWS: usize = 11;
-    /// Activation rows in the kernel tests: one prefill tile of 4 and a tail of 1.
-    const ACTS: usize = 5;
+    /// Activation rows in the kernel tests: one tile of each height (4, 2, 1).
+    const ACTS: usize = 7;
 
     /// The kernel's results for every (activation row, weight row), computed as
     /// decode (one activation row per call) and as prefill (all rows in one call),

@@ -151,9 +151,7 @@ pub(super) unsafe fn affine_body<D: ByteDot, const FORMAT: u8, const RA: usize, 
             }
             for r in 0..RW {
                 let first = w.add(r * row_bytes + g0 * block_bytes);
-                if RA == 1 {
-                    prefetch_next_tile(first, STEP_GROUPS * block_bytes, RW * row_bytes);
-                }
+                prefetch_next_tile::<RA>(first, STEP_GROUPS * block_bytes, RW * row_bytes);
                 // Plain loops, not closures: a closure is not compiled with the
                 // caller's target features, and the intrinsics in it become calls.
                 let mut q = [[_mm256_setzero_si256(); 2]; STEP_GROUPS];

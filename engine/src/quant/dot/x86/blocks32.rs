@@ -296,9 +296,7 @@ pub(super) unsafe fn grouped_q8_body<D: ByteDot, const FORMAT: u8, const RA: usi
             }
             for r in 0..RW {
                 let row = w.add(r * row_bytes + b0 * block_bytes);
-                if RA == 1 {
-                    prefetch_next_tile(row, GROUP_BLOCKS * block_bytes, RW * row_bytes);
-                }
+                prefetch_next_tile::<RA>(row, GROUP_BLOCKS * block_bytes, RW * row_bytes);
                 // Weight side, shared by the RA activation rows: per block pair,
                 // elements 0..16 of both blocks, then 16..32 of both.
                 let mut w_lo = [_mm256_setzero_si256(); 4];

@@ -115,9 +115,7 @@ pub(super) unsafe fn q45_k_body<D: ByteDot, const FIVE_BITS: bool, const RA: usi
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * block_bytes);
-                if RA == 1 {
-                    prefetch_next_tile(block, block_bytes, RW * row_bytes);
-                }
+                prefetch_next_tile::<RA>(block, block_bytes, RW * row_bytes);
                 let (sc16, mins16) = k_scale_vectors(block.add(scales_at));
                 let dw = broadcast_f16(block.add(d_at));
                 let dminw = broadcast_f16(block.add(dmin_at));
@@ -231,9 +229,7 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
         for b in 0..blocks {
             for r in 0..RW {
                 let block = w.add(r * row_bytes + b * size_of::<BlockQ6K>());
-                if RA == 1 {
-                    prefetch_next_tile(block, size_of::<BlockQ6K>(), RW * row_bytes);
-                }
+                prefetch_next_tile::<RA>(block, size_of::<BlockQ6K>(), RW * row_bytes);
                 // The 16 scales as i16, s0..s7 in the low half and s8..s15 in the
                 // high half; each half of the block then takes its eight, repeated
                 // in both halves, for in-lane shuffles (`PAIR_I16`).
@@ -289,13 +285,18 @@ pub(super) unsafe fn q6_k_body<D: ByteDot, const RA: usize, const RW: usize>(
 /// address is never read (prefetches do not fault), and it is computed with
 /// wrapping arithmetic.
 ///
-/// Decode only (one activation row): prefill reads each panel of weight rows
-/// once per group of activation rows, from L2 after the first, where the
-/// prefetches are pure overhead (SmolLM2 prefill ran ~6% slower with them).
+/// Tiles of one or two activation rows only (`RA`), what a decode batch of
+/// fewer than four runs, reading every weight once from memory: prefill reads
+/// each panel of weight rows once per group of four activation rows, from L2
+/// after the first, where the prefetches are pure overhead (SmolLM2 prefill
+/// ran ~6% slower with them).
 ///
 /// Safety: none needed beyond a valid `block` pointer's provenance.
 #[inline(always)]
-pub(super) unsafe fn prefetch_next_tile(block: *const u8, block_bytes: usize, tile_bytes: usize) {
+pub(super) unsafe fn prefetch_next_tile<const RA: usize>(block: *const u8, block_bytes: usize, tile_bytes: usize) {
+    if RA > 2 {
+        return;
+    }
     let ahead = block.wrapping_add(tile_bytes);
     let mut line = 0;
     while line < block_bytes {

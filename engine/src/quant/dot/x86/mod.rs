@@ -3,7 +3,11 @@
 //! Every kernel body computes a *tile*: `RA` activation rows against `RW`
 //! consecutive weight rows. Decode (one activation row) runs tiles of 8 weight
 //! rows, so each activation load serves eight of them; prefill runs 4 activation
-//! rows against one weight row, so each weight block is unpacked once for four.
+//! rows against one weight row, so each weight block is unpacked once for four;
+//! a pair of rows (a batch of two or three decodes) runs against 4 weight rows,
+//! halving the weight reads of two single rows. Each output sees the same
+//! operations in the same order whatever the tile, so a row's result does not
+//! depend on the rows batched with it, bit for bit.
 //!
 //! The integer core is a u8×i8 dot product of 4-byte groups into i32 lanes
 //! ([`ByteDot`]): `vpdpbusd` where the CPU has VNNI (one instruction), else AVX2's
@@ -176,11 +180,16 @@ struct Rows {
 /// weight rows (8 measured ~10% faster than 4; more runs out of registers).
 const DECODE_TILE_ROWS: usize = 8;
 
+/// Weight rows per tile of two activation rows: as many accumulators as a
+/// decode tile (eight, Q4_1 sixteen).
+const PAIR_TILE_ROWS: usize = 4;
+
 /// For each body, one `#[target_feature]` function per instruction set and a
 /// dispatcher over them. Each computes `out[i·stride + r]` for `RA` activation rows
 /// and `rows` weight rows, tiling the weight rows by [`DECODE_TILE_ROWS`] when
-/// `RA` is 1 (decode) and one at a time otherwise (prefill: the `RA` activation
-/// rows already share each weight block). The features listed are exactly what
+/// `RA` is 1 (decode), by [`PAIR_TILE_ROWS`] when it is 2, and one at a time
+/// otherwise (prefill: the `RA` activation rows already share each weight block),
+/// the rows left over one at a time. The features listed are exactly what
 /// `Kernel::is_available` checks.
 macro_rules! entry_points {
     ($dispatch:ident, $ptrs:ty, $body:ident $(, $format:expr)?) => {
@@ -188,27 +197,28 @@ macro_rules! entry_points {
         /// cover `w.units` each; `kernel` is available on this CPU. `out` is
         /// indexed (checked) up to `(RA − 1)·stride + w.count`.
         unsafe fn $dispatch<const RA: usize>(kernel: Kernel, w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
+            /// Tiles of `RW` weight rows from row `r` on, as many as fit;
+            /// returns the first row left.
+            #[inline(always)]
+            unsafe fn tiles<D: ByteDot, const RA: usize, const RW: usize>(w: Rows, mut r: usize, acts: [$ptrs; RA], out: &mut [f32], stride: usize) -> usize {
+                while r + RW <= w.count {
+                    let first = unsafe { w.ptr.add(r * w.row_bytes) };
+                    let tile = unsafe { $body::<D, $({ $format },)? RA, RW>(first, w.row_bytes, w.units, acts) };
+                    for (i, tile) in tile.iter().enumerate() {
+                        out[i * stride + r..i * stride + r + RW].copy_from_slice(tile);
+                    }
+                    r += RW;
+                }
+                r
+            }
             #[inline(always)]
             unsafe fn run<D: ByteDot, const RA: usize>(w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
-                let mut r = 0;
-                if RA == 1 {
-                    while r + DECODE_TILE_ROWS <= w.count {
-                        let first = unsafe { w.ptr.add(r * w.row_bytes) };
-                        let tile = unsafe { $body::<D, $({ $format },)? RA, DECODE_TILE_ROWS>(first, w.row_bytes, w.units, acts) };
-                        for (i, tile) in tile.iter().enumerate() {
-                            out[i * stride + r..i * stride + r + DECODE_TILE_ROWS].copy_from_slice(tile);
-                        }
-                        r += DECODE_TILE_ROWS;
-                    }
-                }
-                while r < w.count {
-                    let first = unsafe { w.ptr.add(r * w.row_bytes) };
-                    let tile = unsafe { $body::<D, $({ $format },)? RA, 1>(first, w.row_bytes, w.units, acts) };
-                    for (i, tile) in tile.iter().enumerate() {
-                        out[i * stride + r] = tile[0];
-                    }
-                    r += 1;
-                }
+                let r = match RA {
+                    1 => unsafe { tiles::<D, RA, DECODE_TILE_ROWS>(w, 0, acts, out, stride) },
+                    2 => unsafe { tiles::<D, RA, PAIR_TILE_ROWS>(w, 0, acts, out, stride) },
+                    _ => 0,
+                };
+                unsafe { tiles::<D, RA, 1>(w, r, acts, out, stride) };
             }
             #[target_feature(enable = "avx2,fma,f16c")]
             unsafe fn avx2<const RA: usize>(w: Rows, acts: [$ptrs; RA], out: &mut [f32], stride: usize) {
@@ -258,22 +268,63 @@ pub(super) enum ActRows<'a> {
 /// An entry point for `RA` activation rows at a time.
 type RowsFn<P, const RA: usize> = unsafe fn(Kernel, Rows, [P; RA], &mut [f32], usize);
 
-/// Runs `run4` on each whole group of 4 activation rows and `run1` on the rest,
-/// each with the output from its first row on.
-fn in_groups_of_4<T, P>(
+/// A body's entry points for tiles of 4, 2 and 1 activation rows.
+struct Tiles<P> {
+    four: RowsFn<P, 4>,
+    two: RowsFn<P, 2>,
+    one: RowsFn<P, 1>,
+}
+
+/// The [`Tiles`] of an `entry_points!` dispatcher.
+macro_rules! tiles {
+    ($dispatch:ident) => {
+        Tiles {
+            four: $dispatch::<4>,
+            two: $dispatch::<2>,
+            one: $dispatch::<1>,
+        }
+    };
+}
+
+/// Runs `tiles` over `acts`: whole groups of 4 activation rows, then a pair,
+/// then a single row, each with the output from its first row on. (A batch of
+/// two or three decodes reads each weight block once per pair, not per row.)
+///
+/// Safety: as the entry points', for every row of `acts`.
+unsafe fn in_tiles<T, P>(
+    kernel: Kernel,
+    w: Rows,
     acts: &[T],
     ptrs: impl Fn(&T) -> P,
     out: &mut [f32],
     stride: usize,
-    mut run4: impl FnMut([P; 4], &mut [f32]),
-    mut run1: impl FnMut([P; 1], &mut [f32]),
+    tiles: Tiles<P>,
 ) {
-    let whole = acts.len() / 4 * 4;
-    for a in (0..whole).step_by(4) {
-        run4(std::array::from_fn(|i| ptrs(&acts[a + i])), &mut out[a * stride..]);
-    }
-    for (a, act) in acts.iter().enumerate().skip(whole) {
-        run1([ptrs(act)], &mut out[a * stride..]);
+    let mut a = 0;
+    unsafe {
+        while a + 4 <= acts.len() {
+            (tiles.four)(
+                kernel,
+                w,
+                std::array::from_fn(|i| ptrs(&acts[a + i])),
+                &mut out[a * stride..],
+                stride,
+            );
+            a += 4;
+        }
+        if a + 2 <= acts.len() {
+            (tiles.two)(
+                kernel,
+                w,
+                std::array::from_fn(|i| ptrs(&acts[a + i])),
+                &mut out[a * stride..],
+                stride,
+            );
+            a += 2;
+        }
+        if a < acts.len() {
+            (tiles.one)(kernel, w, [ptrs(&acts[a])], &mut out[a * stride..], stride);
+        }
     }
 }
 
@@ -319,62 +370,41 @@ pub(super) fn dot_rows(kernel: Kernel, w: &QuantMatrix, acts: ActRows, out: &mut
                 acts.iter().all(|a| a.is_consistent() && a.blocks() == q8_blocks),
                 "activations do not match the weights"
             );
-            let (run4, run1): (RowsFn<Q8Ptrs, 4>, RowsFn<Q8Ptrs, 1>) = match format {
-                QuantFormat::Q4_0 => (q4_0_rows::<4>, q4_0_rows::<1>),
-                QuantFormat::Q4_1 => (q4_1_rows::<4>, q4_1_rows::<1>),
-                QuantFormat::Q8_0 => (q8_0_rows::<4>, q8_0_rows::<1>),
-                QuantFormat::A6_64 => (a6_rows::<4>, a6_rows::<1>),
-                QuantFormat::A8_64 => (a8_rows::<4>, a8_rows::<1>),
+            let tiles = match format {
+                QuantFormat::Q4_0 => tiles!(q4_0_rows),
+                QuantFormat::Q4_1 => tiles!(q4_1_rows),
+                QuantFormat::Q8_0 => tiles!(q8_0_rows),
+                QuantFormat::A6_64 => tiles!(a6_rows),
+                QuantFormat::A8_64 => tiles!(a8_rows),
                 other => panic!("{other} does not pair with Q8_0/Q8_1 activations"),
             };
-            in_groups_of_4(
-                acts,
-                Q8Ptrs::of,
-                out,
-                stride,
-                |p, out| unsafe { run4(kernel, rows, p, out, stride) },
-                |p, out| unsafe { run1(kernel, rows, p, out, stride) },
-            );
+            unsafe { in_tiles(kernel, rows, acts, Q8Ptrs::of, out, stride, tiles) };
         }
         ActRows::Q8K(acts) => {
             assert!(
                 acts.iter().all(|a| a.is_consistent() && a.blocks() == units),
                 "activations do not match the weights"
             );
-            let (run4, run1): (RowsFn<Q8KPtrs, 4>, RowsFn<Q8KPtrs, 1>) = match format {
-                QuantFormat::Q4_K => (q4_k_rows::<4>, q4_k_rows::<1>),
-                QuantFormat::Q5_K => (q5_k_rows::<4>, q5_k_rows::<1>),
-                QuantFormat::Q6_K => (q6_k_rows::<4>, q6_k_rows::<1>),
+            let tiles = match format {
+                QuantFormat::Q4_K => tiles!(q4_k_rows),
+                QuantFormat::Q5_K => tiles!(q5_k_rows),
+                QuantFormat::Q6_K => tiles!(q6_k_rows),
                 other => panic!("{other} does not pair with Q8_K activations"),
             };
-            in_groups_of_4(
-                acts,
-                Q8KPtrs::of,
-                out,
-                stride,
-                |p, out| unsafe { run4(kernel, rows, p, out, stride) },
-                |p, out| unsafe { run1(kernel, rows, p, out, stride) },
-            );
+            unsafe { in_tiles(kernel, rows, acts, Q8KPtrs::of, out, stride, tiles) };
         }
         ActRows::F32(acts) => {
             assert!(
                 acts.iter().all(|a| a.len() == units),
                 "activations do not match the weights"
             );
-            let (run4, run1): (RowsFn<*const f32, 4>, RowsFn<*const f32, 1>) = match format {
-                QuantFormat::F32 => (f32_rows::<4>, f32_rows::<1>),
-                QuantFormat::F16 => (f16_rows::<4>, f16_rows::<1>),
-                QuantFormat::BF16 => (bf16_rows::<4>, bf16_rows::<1>),
+            let tiles = match format {
+                QuantFormat::F32 => tiles!(f32_rows),
+                QuantFormat::F16 => tiles!(f16_rows),
+                QuantFormat::BF16 => tiles!(bf16_rows),
                 other => panic!("{other} is not a float format"),
             };
-            in_groups_of_4(
-                acts,
-                |a| a.as_ptr(),
-                out,
-                stride,
-                |p, out| unsafe { run4(kernel, rows, p, out, stride) },
-                |p, out| unsafe { run1(kernel, rows, p, out, stride) },
-            );
+            unsafe { in_tiles(kernel, rows, acts, |a| a.as_ptr(), out, stride, tiles) };
         }
     }
 }
