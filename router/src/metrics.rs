@@ -30,6 +30,12 @@ const FAST_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 ];
 const PER_TOKEN_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
+/// One decode step of a local model, 1 ms (a small model, a fast CPU) to 2 s
+/// (a large one, or a long prompt read into the batch between two tokens);
+/// finest where steps usually fall, so that p50 and p99 interpolate well.
+const INTER_TOKEN_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.0,
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -61,6 +67,9 @@ pub struct Metrics {
     pub local_in_flight: IntGaugeVec,
     pub local_model_bytes: IntGaugeVec,
     pub local_kv_cache_bytes: IntGaugeVec,
+    pub local_batch_sequences: IntGaugeVec,
+    pub local_batch_max_sequences: IntGaugeVec,
+    pub local_inter_token_latency: HistogramVec,
     pub policy_reloads: IntCounterVec,
     pub heap_trims: IntCounter,
     pub build_info: IntGaugeVec,
@@ -245,6 +254,28 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid gauge"),
+            local_batch_sequences: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_local_batch_sequences",
+                    "Sequences in the local engine's running batch (prefilling or decoding), read at scrape time.",
+                ),
+                &["backend"],
+            )
+            .expect("valid gauge"),
+            local_batch_max_sequences: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_local_batch_max_sequences",
+                    "The most sequences the local engine decodes together (the policy's max_sequences).",
+                ),
+                &["backend"],
+            )
+            .expect("valid gauge"),
+            local_inter_token_latency: histogram(
+                "switchyard_local_inter_token_latency_seconds",
+                "Time between two consecutive tokens of one local generation, as the engine produced them (one observation per gap).",
+                &["backend"],
+                INTER_TOKEN_BUCKETS,
+            ),
             policy_reloads: counter(
                 "switchyard_policy_reloads_total",
                 "Policy reloads, by result (applied, rejected).",
@@ -296,6 +327,9 @@ impl Metrics {
         register(Box::new(m.local_in_flight.clone()));
         register(Box::new(m.local_model_bytes.clone()));
         register(Box::new(m.local_kv_cache_bytes.clone()));
+        register(Box::new(m.local_batch_sequences.clone()));
+        register(Box::new(m.local_batch_max_sequences.clone()));
+        register(Box::new(m.local_inter_token_latency.clone()));
         register(Box::new(m.policy_reloads.clone()));
         register(Box::new(m.heap_trims.clone()));
         register(Box::new(m.build_info.clone()));

@@ -196,9 +196,14 @@ pub fn chromium(dir: &std::path::Path, window: &str, extra: &[String], url: &str
 /// The value of a Prometheus series in exposition text, summed over its label
 /// sets (0 when absent).
 pub fn sample(text: &str, series: &str) -> f64 {
+    sample_with(text, series, "")
+}
+
+/// As [`sample`], over the label sets that hold `label` (`route="local"`).
+pub fn sample_with(text: &str, series: &str, label: &str) -> f64 {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']))
+        .filter(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', '{']) && l.contains(label))
         .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
         .sum()
 }

@@ -70,6 +70,32 @@ fn policy_check_prints_every_problem_with_line_and_column() {
 }
 
 #[test]
+fn policy_check_locates_an_empty_batch_and_a_zero_state_budget() {
+    let double = CloudDouble::start();
+    let bad =
+        switchyard_e2e::local_and_echo_policy(&double.base_url(), &["max_sequences: 0", "max_state_mb: 0"], &[], "");
+    let line_of = |key: &str| bad.lines().position(|l| l.trim_start().starts_with(key)).unwrap() + 1;
+    let (ok, text) = policy_check(&bad);
+    assert!(!ok);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    // The value's column: six spaces of indentation, then the key.
+    assert_eq!(
+        lines[0],
+        format!(
+            "FILE:{}:22: max_sequences must be from 1 to 256",
+            line_of("max_sequences:")
+        ),
+        "{text}"
+    );
+    assert_eq!(
+        lines[1],
+        format!("FILE:{}:21: max_state_mb must be positive", line_of("max_state_mb:")),
+        "{text}"
+    );
+}
+
+#[test]
 fn serve_refuses_an_invalid_policy_with_its_location() {
     let dir = daemon::scratch_dir("serve-invalid");
     let path = dir.join("policy.yaml");

@@ -6,7 +6,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, http_client, sample, tool};
+use switchyard_e2e::routed::send;
+use switchyard_e2e::{
+    CloudDouble, DOUBLE_API_KEY, Daemon, daemon, default_model, get_json, http_client, local_and_echo_policy, sample,
+    sample_with, tool,
+};
 
 const REMOTE_PRICE: (f64, f64) = (2.5, 10.0);
 
@@ -125,12 +129,7 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
         String::from_utf8_lossy(&output.stderr)
     );
 
-    let requests = |route: &str| -> f64 {
-        text.lines()
-            .filter(|l| l.starts_with("switchyard_requests_total{") && l.contains(&format!("route=\"{route}\"")))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
+    let requests = |route: &str| sample_with(&text, "switchyard_requests_total", &format!("route=\"{route}\""));
     assert_eq!(requests("remote"), sent.remote as f64, "{text}");
     assert_eq!(requests("local"), sent.local as f64, "{text}");
     let cost = sample(&text, "switchyard_cost_usd_total");
@@ -152,6 +151,9 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
         "switchyard_router_overhead_seconds_bucket",
         "switchyard_local_tokens_per_second",
         "switchyard_local_model_bytes",
+        "switchyard_local_batch_sequences",
+        "switchyard_local_batch_max_sequences",
+        "switchyard_local_inter_token_latency_seconds_bucket",
         "switchyard_breaker_state",
         "switchyard_build_info",
     ] {
@@ -165,6 +167,109 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     assert!(
         !text.contains(DOUBLE_API_KEY) && !text.contains("Say hello"),
         "no secret or prompt in metrics"
+    );
+}
+
+/// The policy of the batch tests: the embedded model, three sequences at once.
+fn batch_of_three(double: &CloudDouble) -> String {
+    local_and_echo_policy(
+        &double.base_url(),
+        &["context_length: 1024", "max_sequences: 3"],
+        &[],
+        "",
+    )
+}
+
+/// Scrapes until `until` holds for the metrics or `within` passes; the last scrape.
+async fn metrics_until(daemon: &Daemon, within: Duration, until: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let text = daemon.metrics().await;
+        if until(&text) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_local_batch_and_the_time_between_tokens_are_exported() {
+    let double = CloudDouble::start();
+    let daemon = Daemon::start(&batch_of_three(&double), &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    let running = |text: &str| sample(text, "switchyard_local_batch_sequences");
+    let waiting = |text: &str| sample(text, "switchyard_local_queue_depth");
+    let idle = daemon.metrics().await;
+    assert_eq!(sample(&idle, "switchyard_local_batch_max_sequences"), 3.0, "{idle}");
+    assert_eq!(running(&idle), 0.0, "{idle}");
+    assert_eq!(sample(&idle, "switchyard_local_inter_token_latency_seconds_count"), 0.0);
+
+    // Counting to 100 runs to `max_tokens` at temperature 0: four answers
+    // long enough (seconds) to be seen at work, one more than the batch holds.
+    let ask = json!({ "model": "smollm2", "max_tokens": 96, "temperature": 0,
+        "messages": [{ "role": "user", "content": "Count from 1 to 100, separated by commas." }] });
+    let answers = futures_util::future::join_all((0..4).map(|_| send(&daemon, &ask, &[])));
+    let watch = metrics_until(&daemon, Duration::from_secs(30), |text| {
+        assert!(running(text) <= 3.0, "more than max_sequences run:\n{text}");
+        (running(text), waiting(text)) == (3.0, 1.0)
+    });
+    let (answers, busy) = tokio::join!(answers, watch);
+    assert_eq!(
+        (running(&busy), waiting(&busy)),
+        (3.0, 1.0),
+        "three answers run together while the fourth waits for a place"
+    );
+    let completion_tokens: Vec<u64> = answers
+        .iter()
+        .map(|answer| {
+            assert_eq!(answer.status, 200, "{}", answer.text);
+            answer.body["usage"]["completion_tokens"].as_u64().unwrap()
+        })
+        .collect();
+
+    // The gauge drops once the step that ended the last answers is over.
+    let done = metrics_until(&daemon, Duration::from_secs(10), |text| running(text) == 0.0).await;
+    assert_eq!((running(&done), waiting(&done)), (0.0, 0.0), "{done}");
+    // One gap between each two tokens of an answer, each a decode step.
+    let gaps = sample(&done, "switchyard_local_inter_token_latency_seconds_count");
+    let expected: u64 = completion_tokens.iter().map(|n| n.saturating_sub(1)).sum();
+    assert_eq!(gaps, expected as f64, "{completion_tokens:?}\n{done}");
+    let mean = sample(&done, "switchyard_local_inter_token_latency_seconds_sum") / gaps;
+    assert!(mean > 0.0 && mean < 2.0, "mean gap {mean} s");
+    // Each local answer's time to its first token, once.
+    let first_tokens = sample_with(&done, "switchyard_time_to_first_token_seconds_count", "route=\"local\"");
+    assert_eq!(first_tokens, 4.0, "{done}");
+
+    let status = get_json(&daemon, "/status.json").await;
+    let local = &status["local"][0];
+    assert_eq!(
+        (&local["backend"], &local["running"], &local["max_sequences"]),
+        (&json!("smollm2"), &json!(0), &json!(3)),
+        "{status}"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_with_another_batch_size_restarts_the_local_engine_with_it() {
+    let double = CloudDouble::start();
+    let three = batch_of_three(&double);
+    let daemon = Daemon::start(&three, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
+    assert_eq!(
+        sample(&daemon.metrics().await, "switchyard_local_batch_max_sequences"),
+        3.0
+    );
+    std::fs::write(
+        daemon.policy_path(),
+        three.replace("max_sequences: 3\n", "max_sequences: 5\n"),
+    )
+    .unwrap();
+    daemon.until_logged("policy reloaded").await;
+    let text = daemon.metrics().await;
+    assert_eq!(sample(&text, "switchyard_local_batch_max_sequences"), 5.0, "{text}");
+    assert_eq!(
+        daemon.log().matches("local model loaded").count(),
+        2,
+        "the model was loaded again for the new engine:\n{}",
+        daemon.log()
     );
 }
 
@@ -353,6 +458,13 @@ async fn the_status_page_renders_live_numbers_in_chromium() {
     );
     let savings = format!("${:.6}", sent.baseline - sent.cost);
     assert!(html.contains(&savings), "savings {savings} shown: {html}");
+    // The local batch: its size over time against the policy's default most.
+    assert!(
+        html.contains("data-backend=\"smollm2\" data-max=\"8\"")
+            && html.contains("data-backend=\"smollm2\" data-running=\"0\"")
+            && html.contains("smollm2: 0 of 8 running, 0 waiting"),
+        "the batch drawn: {html}"
+    );
 
     let screenshot = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/status-page.png");
     let shot = chromium(&[format!("--screenshot={}", screenshot.display())]);

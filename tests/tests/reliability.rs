@@ -17,10 +17,11 @@ const ALL_LOCAL: &str = "{ local_below: 1.0, remote_above: 1.0, ambiguous: local
 
 /// One remote backend per upstream model name (the backend is named after it),
 /// `remote_backends` in the given order, the local model, and `extra` settings
-/// for every remote backend.
+/// for every remote backend. The local model answers one request at a time:
+/// one long answer fills it, and the others wait in its queue.
 fn policy(double: &CloudDouble, models: &[&str], order: &[&str], thresholds: &str, remote_extra: &str) -> String {
     let mut text = format!(
-        "server:\n  request_deadline_ms: 20000\n  shutdown_drain_ms: 20000\nbackends:\n  local:\n    - name: smollm2\n      model_path: {}\n      threads: 2\n      context_length: 1024\n      queue_capacity: 1\n      default_max_tokens: 8\n      reasoning_max_tokens: 16\n  remote:\n",
+        "server:\n  request_deadline_ms: 20000\n  shutdown_drain_ms: 20000\nbackends:\n  local:\n    - name: smollm2\n      model_path: {}\n      threads: 2\n      context_length: 1024\n      max_sequences: 1\n      queue_capacity: 1\n      default_max_tokens: 8\n      reasoning_max_tokens: 16\n  remote:\n",
         default_model().display()
     );
     text.push_str(&remote_backends_on(

@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_e2e::{CloudDouble, DOUBLE_API_KEY, Daemon, get_text, http_client, local_and_echo_policy, sample};
+use switchyard_e2e::{
+    CloudDouble, DOUBLE_API_KEY, Daemon, get_text, http_client, local_and_echo_policy, sample, sample_with,
+};
 
 fn start(double: &CloudDouble) -> Daemon {
     let policy = local_and_echo_policy(
@@ -110,11 +112,7 @@ async fn clients_get_the_remote_answer_byte_for_byte_and_the_comparisons_are_rec
     }
     let metrics = get_text(&daemon, "/metrics").await;
     assert_eq!(sample(&metrics, "switchyard_shadow_agreement_count"), 2.0, "{metrics}");
-    let compared: f64 = metrics
-        .lines()
-        .filter(|l| l.starts_with("switchyard_shadow_requests_total{") && l.contains("outcome=\"compared\""))
-        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum();
+    let compared = sample_with(&metrics, "switchyard_shadow_requests_total", "outcome=\"compared\"");
     assert_eq!(compared, 2.0, "{metrics}");
     assert_eq!(
         sample(&metrics, "switchyard_requests_total"),

@@ -36,15 +36,16 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
             }
             Backend::Local(local) => {
                 if let Some(figures) = local.load_figures() {
-                    let name = [local.name()];
-                    m.local_queue_depth.with_label_values(&name).set(figures.queued as i64);
-                    m.local_in_flight.with_label_values(&name).set(figures.in_flight);
-                    m.local_model_bytes
-                        .with_label_values(&name)
-                        .set(figures.model_bytes as i64);
-                    m.local_kv_cache_bytes
-                        .with_label_values(&name)
-                        .set(figures.kv_cache_bytes as i64);
+                    for (gauge, value) in [
+                        (&m.local_queue_depth, figures.queued as i64),
+                        (&m.local_in_flight, figures.in_flight),
+                        (&m.local_model_bytes, figures.model_bytes as i64),
+                        (&m.local_kv_cache_bytes, figures.kv_cache_bytes as i64),
+                        (&m.local_batch_sequences, figures.running as i64),
+                        (&m.local_batch_max_sequences, figures.max_sequences as i64),
+                    ] {
+                        gauge.with_label_values(&[local.name()]).set(value);
+                    }
                 }
             }
         }
@@ -102,12 +103,17 @@ pub async fn status_json(State(state): State<Arc<AppState>>) -> Json<Value> {
         .all()
         .iter()
         .filter_map(|b| match b.as_ref() {
-            Backend::Local(local) => Some(json!({
-                "backend": local.name(),
-                "decode_tokens_per_s": speed.with_label_values(&[local.name(), "decode"]).get(),
-                "prefill_tokens_per_s": speed.with_label_values(&[local.name(), "prefill"]).get(),
-                "queue_depth": local.load_figures().map_or(0, |f| f.queued),
-            })),
+            Backend::Local(local) => {
+                let figures = local.load_figures();
+                Some(json!({
+                    "backend": local.name(),
+                    "decode_tokens_per_s": speed.with_label_values(&[local.name(), "decode"]).get(),
+                    "prefill_tokens_per_s": speed.with_label_values(&[local.name(), "prefill"]).get(),
+                    "queue_depth": figures.map_or(0, |f| f.queued),
+                    "running": figures.map_or(0, |f| f.running),
+                    "max_sequences": figures.map_or(0, |f| f.max_sequences),
+                }))
+            }
             Backend::Remote(_) => None,
         })
         .collect();

@@ -27,7 +27,8 @@ use crate::outcome::{BackendError, Reason, RouteError, UpstreamError};
 /// When no backend can take a request, clients are told to come back after this
 /// many seconds: long enough for a breaker to close or a model to load.
 const NO_BACKEND_RETRY_AFTER_S: &str = "5";
-/// A full local queue drains in seconds (one generation at a time).
+/// A full local queue drains in seconds (a place in the batch frees whenever
+/// one of its answers ends).
 const LOCAL_BUSY_RETRY_AFTER_S: &str = "1";
 
 #[derive(Debug, Clone)]

@@ -38,9 +38,21 @@ pub struct LocalBackendConfig {
     pub(super) threads: Spanned<usize>,
     /// Caps the model's own context window (and with it the largest KV cache).
     pub(super) context_length: Option<Spanned<u64>>,
-    /// Requests that may wait while one generates; more get a 429.
+    /// Requests that may wait for a place in the batch; more get a 429.
     #[serde(default = "default_queue_capacity")]
     pub(super) queue_capacity: Spanned<usize>,
+    /// Requests decoded together (continuous batching): a decode step reads
+    /// the weights once for all of them, so on a CPU, where reading the
+    /// weights is what a step costs, more answers at once cost little more
+    /// time per token than one.
+    #[serde(default = "default_max_sequences")]
+    pub(super) max_sequences: Spanned<usize>,
+    /// Memory (MiB) the running requests' states (KV caches, recurrent
+    /// states) may take together, each counted at its largest (its prompt and
+    /// its whole `max_tokens`); a request that does not fit waits for a
+    /// running one to finish. One request always runs, whatever its size.
+    #[serde(default = "default_max_state_mb")]
+    pub(super) max_state_mb: Spanned<u64>,
     /// How long a request may wait for the engine to take it up; past that it
     /// is treated like a full queue (answered remotely when the policy allows,
     /// else a 429). Unset: as long as the request's deadline allows.
@@ -111,6 +123,14 @@ impl LocalBackendConfig {
 
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity.value
+    }
+
+    pub fn max_sequences(&self) -> usize {
+        self.max_sequences.value
+    }
+
+    pub fn max_state_bytes(&self) -> usize {
+        (self.max_state_mb.value as usize).saturating_mul(1 << 20)
     }
 
     pub fn max_queue_wait(&self) -> Option<Duration> {
@@ -225,6 +245,22 @@ fn default_state_cache_mb() -> Spanned<u64> {
 fn default_queue_capacity() -> Spanned<usize> {
     unspanned(8)
 }
+
+fn default_max_sequences() -> Spanned<usize> {
+    unspanned(8)
+}
+
+/// The embedded 135M model's f16 KV cache takes 22.5 KiB a position: 512 MiB
+/// hold eight sequences of 2 900 positions. A larger model fits fewer, or
+/// shorter, ones together; the rest wait their turn.
+fn default_max_state_mb() -> Spanned<u64> {
+    unspanned(512)
+}
+
+/// More sequences than this gain nothing on a CPU (a step becomes bound by
+/// its arithmetic, not by reading the weights, long before) and would only
+/// hold more memory.
+const MAX_SEQUENCES_LIMIT: usize = 256;
 
 /// A remote, OpenAI-compatible endpoint (OpenAI, Together, Groq, vLLM, ...).
 #[derive(Debug, Deserialize)]
@@ -587,6 +623,15 @@ impl BackendsConfig {
             }
             if backend.queue_capacity.value == 0 {
                 problems.push(Problem::at(&backend.queue_capacity, "queue_capacity must be positive"));
+            }
+            if !(1..=MAX_SEQUENCES_LIMIT).contains(&backend.max_sequences.value) {
+                problems.push(Problem::at(
+                    &backend.max_sequences,
+                    format!("max_sequences must be from 1 to {MAX_SEQUENCES_LIMIT}"),
+                ));
+            }
+            if backend.max_state_mb.value == 0 {
+                problems.push(Problem::at(&backend.max_state_mb, "max_state_mb must be positive"));
             }
             if let Some(wait) = &backend.max_queue_wait_ms
                 && wait.value == 0

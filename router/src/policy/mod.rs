@@ -408,6 +408,32 @@ routing:
     }
 
     #[test]
+    fn the_batch_takes_eight_sequences_in_512_mib_unless_the_policy_says() {
+        let policy = Policy::parse(&with_local("threads: 2")).unwrap();
+        let local = &policy.backends.local[0];
+        assert_eq!((local.max_sequences(), local.max_state_bytes()), (8, 512 << 20));
+        let policy = Policy::parse(&with_local("max_sequences: 1")).unwrap();
+        assert_eq!(policy.backends.local[0].max_sequences(), 1);
+        let policy = Policy::parse(&with_local("max_state_mb: 64")).unwrap();
+        assert_eq!(policy.backends.local[0].max_state_bytes(), 64 << 20);
+    }
+
+    #[test]
+    fn an_empty_or_oversized_batch_is_a_located_problem() {
+        for (setting, column, message) in [
+            ("max_sequences: 0", 22, "max_sequences must be from 1 to 256"),
+            ("max_sequences: 257", 22, "max_sequences must be from 1 to 256"),
+            ("max_state_mb: 0", 21, "max_state_mb must be positive"),
+        ] {
+            let found = problems(&with_local(setting));
+            assert_eq!(found.len(), 1, "{setting}: {found:?}");
+            assert_eq!((found[0].line, found[0].column), (5, column), "{setting}: {found:?}");
+            assert!(found[0].message.contains(message), "{setting}: {found:?}");
+        }
+        assert_eq!(problems(&with_local("max_sequences: 256")), Vec::new());
+    }
+
+    #[test]
     fn routing_privacy_and_budget_problems_are_located() {
         let text = MINIMAL.replace(
             "  thresholds: { local_below: 0.3, remote_above: 0.7, ambiguous: remote }\n",

@@ -4,9 +4,10 @@
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use prometheus::Histogram;
 use switchyard_engine::engine::{Engine, EngineBusy, Job, JobEvent};
 use switchyard_engine::generate::{GenerateError, GenerationOutput, GenerationRequest, TokenEvent};
 use switchyard_engine::sampling::SampledToken;
@@ -20,7 +21,14 @@ use crate::reply::{ChatReply, Event, Finished, LocalAnswer, LocalEvents, Usage};
 
 /// What the engine thread sends back to the request's task.
 pub(super) enum Update {
-    Token(TokenEvent),
+    Token {
+        event: TokenEvent,
+        /// Time since the job's previous token, for a token after its first
+        /// (not for an event that only releases held-back text). A reasoning
+        /// answer's two passes are two jobs: the answer pass reads a prompt
+        /// before its first token, which is no gap between decode steps.
+        gap: Option<Duration>,
+    },
     Done(Result<GenerationOutput, GenerateError>),
 }
 
@@ -32,6 +40,9 @@ pub(super) fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceive
     let (sender, updates) = mpsc::unbounded_channel();
     let (started_tx, started) = oneshot::channel();
     let mut started_tx = Some(started_tx);
+    // Tokens are timed here, on the engine's thread as each is made: the
+    // request's task may take them from the channel later, several at once.
+    let mut last_token: Option<Instant> = None;
     let job = Job {
         request: generation,
         sink: Box::new(move |event| {
@@ -49,7 +60,16 @@ pub(super) fn job(generation: GenerationRequest) -> (Job, mpsc::UnboundedReceive
                 // Between prefill chunks: a long prompt stops when its client leaves.
                 JobEvent::Prefilled { .. } if sender.is_closed() => return ControlFlow::Break(()),
                 JobEvent::Prefilled { .. } => return ControlFlow::Continue(()),
-                JobEvent::Token(token) => Update::Token(token.clone()),
+                JobEvent::Token(event) => {
+                    let gap = event.token.as_ref().and_then(|_| {
+                        let now = Instant::now();
+                        last_token.replace(now).map(|last| now - last)
+                    });
+                    Update::Token {
+                        event: event.clone(),
+                        gap,
+                    }
+                }
                 JobEvent::Done(result) => Update::Done(result),
             };
             match sender.send(update) {
@@ -129,6 +149,8 @@ pub(super) struct Driver {
     pub(super) plan: Plan,
     /// What was left of the request's deadline when the answer was asked for.
     pub(super) deadline_ms: u64,
+    /// The backend's `switchyard_local_inter_token_latency_seconds`.
+    pub(super) inter_token: Histogram,
 }
 
 /// Counts an answer as in flight while it lives.
@@ -241,7 +263,10 @@ impl Driver {
                 None => updates.recv().await,
             };
             match update {
-                Some(Update::Token(event)) => {
+                Some(Update::Token { event, gap }) => {
+                    if let Some(gap) = gap {
+                        self.inter_token.observe(gap.as_secs_f64());
+                    }
                     text.push_str(&event.text);
                     let events = match calls.as_deref_mut() {
                         _ if reasoning || event.reasoning => vec![Event::Reasoning {

@@ -89,7 +89,7 @@ pub enum GreedyEnd {
 /// What the local engine is doing and holding, read for `/metrics` and the status page.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadFigures {
-    /// Jobs waiting for the engine.
+    /// Jobs waiting for a place in the batch.
     pub queued: usize,
     /// Answers being produced (queued or running, including a reasoning answer's two passes).
     pub in_flight: i64,
@@ -97,6 +97,10 @@ pub struct LoadFigures {
     pub model_bytes: u64,
     /// Memory held by the engine's KV cache.
     pub kv_cache_bytes: u64,
+    /// Sequences in the running batch (prefilling or decoding).
+    pub running: usize,
+    /// The most sequences the batch holds (the policy's `max_sequences`).
+    pub max_sequences: usize,
 }
 
 pub struct LocalBackend {
@@ -158,8 +162,8 @@ impl LocalBackend {
                         threads: config.threads(),
                         queue_capacity: config.queue_capacity(),
                         state_cache_bytes: config.state_cache_bytes(),
-                        max_sequences: 1,
-                        ..EngineOptions::default()
+                        max_sequences: config.max_sequences(),
+                        max_state_bytes: config.max_state_bytes(),
                     },
                 )
                 .map(Arc::new)
@@ -188,6 +192,7 @@ impl LocalBackend {
                 weight_bytes = info.as_ref().map_or(0, |i| i.weight_bytes),
                 context_tokens = engine.context_length(),
                 threads = config.threads(),
+                max_sequences = engine.max_sequences(),
                 load_ms = started.elapsed().as_millis() as u64,
                 grammar_ms,
                 tool_format = engine.template().and_then(|t| t.tool_format()).map_or("none", |f| f.name()),
@@ -227,13 +232,15 @@ impl LocalBackend {
     /// See [`LocalBackend::identity`].
     pub fn identity_of(config: &LocalBackendConfig, policy_dir: &Path) -> String {
         format!(
-            "{}|{}|{}|{}|{:?}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}",
+            "{}|{}|{}|{}|{:?}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{}|{}|{}",
             config.name(),
             policy_dir.join(config.model_path()).display(),
             config.quant(),
             config.threads(),
             config.context_length(),
             config.queue_capacity(),
+            config.max_sequences(),
+            config.max_state_bytes(),
             config.max_queue_wait(),
             config.default_max_tokens(),
             config.sampling,
@@ -343,6 +350,8 @@ impl LocalBackend {
             in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             model_bytes: self.info.as_ref().map_or(0, |info| info.weight_bytes),
             kv_cache_bytes: engine.kv_cache_bytes() as u64,
+            running: engine.running(),
+            max_sequences: engine.max_sequences(),
         })
     }
 
@@ -565,6 +574,9 @@ impl LocalBackend {
             sender,
             plan,
             deadline_ms,
+            inter_token: crate::metrics::metrics()
+                .local_inter_token_latency
+                .with_label_values(&[self.name.as_str()]),
         };
         tokio::spawn(driver.run(head, first, reasoning));
         Ok(Generation {
@@ -574,5 +586,29 @@ impl LocalBackend {
             tokenizer: self.engine()?.tokenizer().clone(),
             stream: request.stream,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+
+    /// The identity of a policy's only backend, local, with `setting` (a line).
+    fn identity_with(setting: &str) -> String {
+        let text = format!(
+            "backends:\n  local:\n    - name: small\n      model_path: m.gguf\n      {setting}\nrouting:\n  local_backend: small\n"
+        );
+        let policy = Policy::parse(&text).unwrap();
+        LocalBackend::identity_of(&policy.backends.local[0], Path::new("/policies"))
+    }
+
+    #[test]
+    fn a_new_batch_size_or_state_budget_is_a_new_engine() {
+        let default = identity_with("reasoning: true");
+        assert_eq!(identity_with("max_sequences: 8"), default);
+        assert_eq!(identity_with("max_state_mb: 512"), default);
+        assert_ne!(identity_with("max_sequences: 4"), default);
+        assert_ne!(identity_with("max_state_mb: 256"), default);
     }
 }
