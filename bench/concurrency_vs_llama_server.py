@@ -33,7 +33,7 @@ PROMPTS = [
 
 
 async def one(client, url, model, prompt, max_tokens):
-    """One streamed answer: (time to first content, completion tokens, seconds)."""
+    """One streamed answer: (time to first content, completion tokens, seconds, prompt tokens)."""
     body = {
         "model": model,
         "messages": [{"role": "user", "content": prompt}],
@@ -41,10 +41,15 @@ async def one(client, url, model, prompt, max_tokens):
         "temperature": 0,
         "stream": True,
         "stream_options": {"include_usage": True},
+        # A model that thinks natively (Qwen3's template) answers without thinking on
+        # both servers: our daemon's default for the local tier, said to llama-server
+        # too, so both render the same prompt. Other templates ignore it.
+        "chat_template_kwargs": {"enable_thinking": False},
     }
     started = time.perf_counter()
     first = None
     tokens = 0
+    prompt_tokens = 0
     deltas = 0
     async with client.stream("POST", f"{url}/chat/completions", json=body, timeout=600) as response:
         response.raise_for_status()
@@ -62,7 +67,9 @@ async def one(client, url, model, prompt, max_tokens):
                     first = time.perf_counter() - started
             if chunk.get("usage"):
                 tokens = chunk["usage"].get("completion_tokens", 0)
-    return first if first is not None else time.perf_counter() - started, tokens or deltas, time.perf_counter() - started
+                prompt_tokens = chunk["usage"].get("prompt_tokens", 0)
+    elapsed = time.perf_counter() - started
+    return first if first is not None else elapsed, tokens or deltas, elapsed, prompt_tokens
 
 
 async def run(url, model, clients, rounds, max_tokens):
@@ -70,21 +77,25 @@ async def run(url, model, clients, rounds, max_tokens):
     async with httpx.AsyncClient(limits=limits) as client:
         # Warm-up: one request, not counted.
         await one(client, url, model, PROMPTS[0], 8)
-        ttfts, total_tokens = [], 0
+        ttfts, total_tokens, prompt_tokens = [], 0, []
 
         async def worker(i):
             nonlocal total_tokens
             for r in range(rounds):
-                ttft, tokens, _ = await one(client, url, model, PROMPTS[(i + r) % len(PROMPTS)], max_tokens)
+                ttft, tokens, _, prompt = await one(client, url, model, PROMPTS[(i + r) % len(PROMPTS)], max_tokens)
                 ttfts.append(ttft)
                 total_tokens += tokens
+                prompt_tokens.append(prompt)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(clients)))
         wall = time.perf_counter() - started
     ttfts.sort()
     pick = lambda q: ttfts[min(len(ttfts) - 1, round(q * (len(ttfts) - 1)))]
-    return {"tok_s": total_tokens / wall, "ttft_p50": pick(0.5), "ttft_p99": pick(0.99), "tokens": total_tokens}
+    # Prompt tokens (the template's and the prompt's, as the server counted them): both
+    # servers should see the same prompts, whatever the model's tokenizer makes of them.
+    return {"tok_s": total_tokens / wall, "ttft_p50": pick(0.5), "ttft_p99": pick(0.99), "tokens": total_tokens,
+            "requests": len(ttfts), "prompt_tokens_mean": sum(prompt_tokens) / max(1, len(prompt_tokens))}
 
 
 def main():

@@ -8,7 +8,10 @@
 #
 # Usage: bench/load_test.sh [CLIENTS] [SECONDS]   (defaults: 64, 60)
 # PROFILE=debug uses the test build instead of a release build; MAX_QUEUE_WAIT_MS
-# sets the local backend's max_queue_wait_ms (default 2000).
+# sets the local backend's max_queue_wait_ms (default 2000), MAX_SEQUENCES its
+# max_sequences (unset: the policy's default). Also prints the
+# share of answers the local model gave (the rest came from the remote: local-tier
+# requests that found the local queue full spill there), from /metrics.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-64}
@@ -36,6 +39,8 @@ trap cleanup EXIT
 
 "$bin/cloud-double" --listen "$UPSTREAM" 2>"$work/double.log" &
 pids+=($!)
+sequences=
+[ -n "${MAX_SEQUENCES:-}" ] && sequences="      max_sequences: $MAX_SEQUENCES"
 cat >"$work/policy.yaml" <<YAML
 server:
   request_deadline_ms: 60000
@@ -47,6 +52,7 @@ backends:
       queue_capacity: 8
       max_queue_wait_ms: ${MAX_QUEUE_WAIT_MS:-2000}
       default_max_tokens: 16
+$sequences
   remote:
     - name: flaky
       base_url: http://$UPSTREAM/v1
@@ -75,9 +81,12 @@ echo "$CLIENTS streaming clients for ${SECONDS_TOTAL}s (half local, half remote;
 "$bin/load" --url "http://$PROXY" --clients "$CLIENTS" --seconds "$SECONDS_TOTAL" --timeout-s 120 --tiers "${TIERS:-local,remote}" >"$work/report.json"
 alive=yes
 kill -0 "$proxy" 2>/dev/null || alive=no
+# Which tier answered (switchyard_requests_total's route label): the local
+# model's share of the answers.
+curl -s "http://$PROXY/metrics" >"$work/metrics.txt" || true
 
-python3 - "$work/report.json" "$work/rss.txt" "$work/proxy.log" "$WARMUP_S" "$alive" <<'PY'
-import json, sys
+python3 - "$work/report.json" "$work/rss.txt" "$work/proxy.log" "$WARMUP_S" "$alive" "$work/metrics.txt" <<'PY'
+import json, re, sys
 report = json.load(open(sys.argv[1]))
 samples = [tuple(map(int, l.split())) for l in open(sys.argv[2]) if len(l.split()) == 2]
 log = open(sys.argv[3], errors="replace").read()
@@ -86,6 +95,23 @@ after = [kib for t, kib in samples if t >= warmup]
 panics = log.count("panicked")
 print(f"requests {report['requests']}: complete {report['complete']}, clean errors {report['clean_errors']}, lost {report['lost']}")
 print(f"by status: {report['by_status']}")
+answered = {}  # (route, reason) -> chat requests answered 2xx
+for line in open(sys.argv[6], errors="replace"):
+    m = re.match(r"switchyard_requests_total\{(.*)\} (\S+)$", line.strip())
+    if not m:
+        continue
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+    if labels.get("endpoint") == "chat" and labels.get("outcome") == "2xx":
+        key = (labels.get("route", "?"), labels.get("reason", "?"))
+        answered[key] = answered.get(key, 0) + int(float(m.group(2)))
+total = sum(answered.values())
+if total:
+    local = sum(n for (route, _), n in answered.items() if route == "local")
+    print(f"answered (2xx): {total}; by the local model {local} ({100 * local / total:.1f}%), "
+          f"remotely {total - local} ({100 * (total - local) / total:.1f}%)")
+    print("answered by tier and reason:", ", ".join(f"{r}/{why} {n}" for (r, why), n in sorted(answered.items())))
+else:
+    print("answered (2xx): no switchyard_requests_total in /metrics")
 for tier, l in [("all", report["latency_ms"]), *report["latency_ms_by_tier"].items()]:
     print(f"latency ms ({tier}): p50 {l['p50']:.0f}, p99 {l['p99']:.0f}, p99.9 {l['p999']:.0f}, max {l['max']:.0f}; "
           f"{l['over_1s']} over 1 s")

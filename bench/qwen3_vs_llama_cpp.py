@@ -127,13 +127,33 @@ def write_safetensors(path, shapes, seed):
     tmp.rename(path)
 
 
+# Qwen3's added tokens, at Qwen's ids from 151643 on (its tokenizer_config.json's
+# added_tokens_decoder): (content, special).
+QWEN3_ADDED = [(t, True) for t in (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>",
+    "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+    "<|image_pad|>", "<|video_pad|>")] + [(t, False) for t in (
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>")]
+
+
 def tokenizer_json():
-    """A Qwen2/Qwen3-shaped byte-level BPE tokenizer whose vocabulary is exactly vocab_size.
+    """A Qwen2/Qwen3-shaped byte-level BPE tokenizer laid out as Qwen3's.
 
     Built from the fixture's (engine/tests/fixtures/qwen/make_qwen3_gguf.py): the 256 byte
     symbols and its 253 learned merges, then filler tokens `fillerNNNNNN` (plain text, so every
-    id decodes to something; no merge reaches them) up to 151643, then Qwen's special tokens
-    at Qwen's ids 151643.. (<|endoftext|>, <|im_start|>, <|im_end|>, ...) and fillers to the end.
+    id decodes to something; no merge reaches them) up to 151643, then Qwen3's 26 added tokens
+    at Qwen's ids 151643..151668 (<|endoftext|>, <|im_start|>, <|im_end|>, ..., <think>,
+    </think>); as in Qwen's, the embedding's last rows (to vocab_size 151936) are padding, no
+    token (the converter names them [PAD...]). The added tokens must follow the ordinary ones
+    with no gap: transformers' loader gives an added token missing from the model's
+    vocabulary the next free id, so tokens put after them would push them elsewhere (and the
+    converter would write no <|im_start|>).
+    tokenizer_config.json carries Qwen3's own chat template (the one Qwen3-0.6B and -1.7B ship,
+    as llama.cpp keeps it in models/templates; copied into the fixtures' chat_template_cases.json),
+    which the converter writes into the GGUF as tokenizer.chat_template: a server answers
+    /v1/chat/completions on this model with the prompt a real Qwen3 would get (in this
+    tokenizer's tokens: its 253 merges make English text about 1.6 characters a token).
     """
     sys.path.insert(0, str(REPO / "engine/tests/fixtures/qwen"))
     import make_qwen3_gguf as fx
@@ -146,22 +166,17 @@ def tokenizer_json():
     for a, b in merges:
         if a + b not in vocab:
             vocab[a + b] = len(vocab)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
-                "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
-                "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>"]
     first_special = 151643
     while len(vocab) < first_special:
         vocab[f"filler{len(vocab):06d}"] = len(vocab)
-    added = []
-    for i, tok in enumerate(specials):
-        added.append({"id": first_special + i, "content": tok, "single_word": False, "lstrip": False,
-                      "rstrip": False, "normalized": False, "special": True})
-    for i in range(first_special + len(specials), CONFIG["vocab_size"]):
-        vocab[f"filler{i:06d}"] = i
+    added = [{"id": first_special + i, "content": tok, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": special} for i, (tok, special) in enumerate(QWEN3_ADDED)]
     tokenizer, config = byte_level_bpe(vocab, merges, added, fx.QWEN2_PATTERN)
     config["model_max_length"] = 131072
+    cases = json.loads((REPO / "engine/tests/fixtures/qwen/chat_template_cases.json").read_text(encoding="utf-8"))
+    config["chat_template"] = cases["templates"]["qwen3"]["template"]
     n = len(vocab) + len(added)
-    assert n == CONFIG["vocab_size"], n
+    assert n == 151669 <= CONFIG["vocab_size"], n
     return tokenizer, config
 
 
@@ -196,17 +211,21 @@ def byte_level_bpe(vocab, merges, added, pattern):
 
 def cmd_checkpoint(args):
     out = Path(args.dir)
-    if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():
-        print(f"checkpoint: reusing {out}", file=sys.stderr)
-        return
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
+    # The small files are written every time (a checkpoint written by an older version of
+    # this script gets today's tokenizer and chat template); the weights, seeded, only when
+    # missing or written for another shape.
+    same_shape = (out / "config.json").is_file() and json.loads((out / "config.json").read_text()) == CONFIG
     (out / "config.json").write_text(json.dumps(CONFIG, indent=2) + "\n")
     (out / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 151643, "eos_token_id": [151645, 151643], "pad_token_id": 151643}) + "\n")
     tokenizer, tok_config = tokenizer_json()
     (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
     (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+    if same_shape and (out / "model.safetensors").is_file():
+        print(f"checkpoint: reusing {out}'s weights", file=sys.stderr)
+        return
     write_safetensors(out / "model.safetensors", tensor_shapes(), SEED)
     size = (out / "model.safetensors").stat().st_size
     print(f"checkpoint: wrote {out} ({size / 1e9:.2f} GB BF16) in {time.time() - start:.0f} s", file=sys.stderr)

@@ -5,7 +5,9 @@
 # (decode tok/s x bytes of weights read per token / bandwidth).
 #
 # 1. Writes a random Qwen3-1.7B Hugging Face directory (BF16 safetensors, 3.4 GB, with a
-#    151936-token byte-level BPE tokenizer.json) into WORK/hf (reused if present).
+#    byte-level BPE tokenizer.json laid out as Qwen3's: 151643 ordinary tokens, its 26 added
+#    ones, padding to the 151936 rows; and Qwen3's chat template) into WORK/hf (weights
+#    reused if present).
 # 2. Converts it with llama.cpp's own convert_hf_to_gguf.py (--outtype bf16) and quantizes
 #    that with llama.cpp's llama_model_quantize to Q6_K and Q4_K, "pure" (every matrix in
 #    that type, as ours; llama.cpp's default mixes would put token_embd in Q6_K and some
@@ -22,7 +24,9 @@
 # Env: WORK (default target/bench/qwen3), LLAMA_VENV (default bench/.venv-llama, built if
 #      missing, ~12 min), CONVERT_VENV (default bench/.venv-convert, made if missing),
 #      LLAMA_CPP_SRC (the sdist's vendor/llama.cpp; downloaded into WORK if unset),
-#      OURS_ON_GGUF=1 also runs ours on llama.cpp's quantized GGUFs.
+#      OURS_ON_GGUF=1 also runs ours on llama.cpp's quantized GGUFs, QUANTS (default
+#      "q6_k q4_k") the GGUFs made and measured, MODELS_ONLY=1 stops once they are made
+#      (bench/concurrency_vs_llama_server.sh makes its Qwen3 GGUF so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${1:-2}
@@ -35,7 +39,8 @@ mkdir -p "$WORK"
 
 "$CONVERT_VENV/bin/python" "$helper" checkpoint "$WORK/hf"
 bf16=$WORK/qwen3-1.7b-random-bf16.gguf
-for q in q6_k q4_k; do
+QUANTS=${QUANTS:-q6_k q4_k}
+for q in $QUANTS; do
   out=$WORK/qwen3-1.7b-random-$q.gguf
   [ -f "$out" ] && continue
   if [ ! -f "$bf16" ]; then
@@ -46,11 +51,12 @@ for q in q6_k q4_k; do
   "$LLAMA_VENV/bin/python" "$helper" quantize "$bf16" "$out" "$q" --threads "$THREADS" 2>"$WORK/quantize-$q.log"
 done
 rm -f "$bf16"
+[ "${MODELS_ONLY:-0}" = 1 ] && exit 0
 
 cargo build --release --quiet -p switchyard --bins
 "$LLAMA_VENV/bin/python" "$helper" bandwidth "$WORK" --threads "$THREADS"
 extra=()
 [ "${OURS_ON_GGUF:-0}" = 1 ] && extra=(--ours-on-gguf)
 exec "$LLAMA_VENV/bin/python" "$helper" bench --checkpoint "$WORK/hf" --workdir "$WORK" \
-  --switchyard target/release/switchyard --threads "$THREADS" --runs "$RUNS" --decode-tokens "$DECODE" \
+  --switchyard target/release/switchyard --quants $QUANTS --threads "$THREADS" --runs "$RUNS" --decode-tokens "$DECODE" \
   --json-out "$WORK/results.json" "${extra[@]}"
