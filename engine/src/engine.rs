@@ -682,14 +682,12 @@ impl Worker {
     /// its snapshot.
     fn reservation(&self, request: &GenerationRequest) -> usize {
         let context = self.model.context_length;
-        let positions = request
+        let needed = request
             .prompt_tokens
             .len()
             .saturating_add(request.max_tokens)
-            .min(context)
-            .next_multiple_of(KvSlot::STEP)
             .min(context);
-        2 * self.state_fixed + positions * self.state_per_position
+        2 * self.state_fixed + KvSlot::capacity_for(KvSlot::STEP, needed, context) * self.state_per_position
     }
 
     /// Takes the jobs that may join the batch now, while it has room for
@@ -819,7 +817,7 @@ impl Worker {
                 Some(input) => {
                     let logits = logits.next().expect("one result per segment");
                     generation.advance(slot, input, logits.as_deref(), |progress| {
-                        forward(&mut job.sink, progress)
+                        to_sink(&mut job.sink, progress)
                     })
                 }
                 // A prompt waiting for its turn still keeps its deadline.
@@ -840,7 +838,7 @@ impl Worker {
                 generation,
                 ..
             } = batch.remove(i);
-            let result = result.map(|reason| generation.finish(reason, |progress| forward(&mut job.sink, progress)));
+            let result = result.map(|reason| generation.finish(reason, |progress| to_sink(&mut job.sink, progress)));
             self.give_back(slot);
             let _ = (job.sink)(JobEvent::Done(result));
         }
@@ -905,7 +903,7 @@ impl Worker {
 }
 
 /// Hands a generation's progress to its job's sink.
-fn forward(sink: &mut JobSink, progress: Progress<'_>) -> ControlFlow<()> {
+fn to_sink(sink: &mut JobSink, progress: Progress<'_>) -> ControlFlow<()> {
     match progress {
         Progress::Prefilled {
             positions,

@@ -516,14 +516,7 @@ impl<'t> Generation<'t> {
                     self.trim_answer_start = true;
                     (tail, true)
                 };
-                if !tail.is_empty() {
-                    let event = TokenEvent {
-                        token: None,
-                        text: tail,
-                        reasoning,
-                    };
-                    let _ = on_progress(Progress::Token(&event));
-                }
+                release(&mut on_progress, tail, reasoning);
                 (String::new(), false)
             }
             (Channel::Reasoning, Some(thinking)) => (thinking.reasoning(&self.decoder.push(token.id)), false),
@@ -577,14 +570,7 @@ impl<'t> Generation<'t> {
                 // It ended inside a block: the rest is reasoning.
                 let tail = thinking.reasoning(&rest);
                 thinking.end_block();
-                if !tail.is_empty() {
-                    let event = TokenEvent {
-                        token: None,
-                        text: tail,
-                        reasoning: true,
-                    };
-                    let _ = on_progress(Progress::Token(&event));
-                }
+                release(&mut on_progress, tail, true);
             }
             _ if finish_reason != FinishReason::Stop || !self.text.stopped() => {
                 // Whatever the decoder and the stop filter still hold is final now.
@@ -595,14 +581,7 @@ impl<'t> Generation<'t> {
                 };
                 let (mut tail, _) = self.text.push(rest);
                 tail.push_str(&self.text.flush());
-                if !tail.is_empty() {
-                    let event = TokenEvent {
-                        token: None,
-                        text: tail,
-                        reasoning: false,
-                    };
-                    let _ = on_progress(Progress::Token(&event));
-                }
+                release(&mut on_progress, tail, false);
             }
             _ => {}
         }
@@ -658,6 +637,19 @@ pub fn generate(
             Step::Finished(reason) => return Ok(generation.finish(reason, &mut on_progress)),
             Step::Failed(err) => return Err(err),
         }
+    }
+}
+
+/// Reports `text` that became final without a token of its own (held back
+/// until a marker, or until the end), if there is any.
+fn release(on_progress: &mut impl FnMut(Progress<'_>) -> ControlFlow<()>, text: String, reasoning: bool) {
+    if !text.is_empty() {
+        let event = TokenEvent {
+            token: None,
+            text,
+            reasoning,
+        };
+        let _ = on_progress(Progress::Token(&event));
     }
 }
 

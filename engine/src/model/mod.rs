@@ -483,6 +483,13 @@ impl KvSlot {
         }
     }
 
+    /// The positions a slot growing in steps of `step` allocates for a
+    /// request needing `positions`: whole steps, within the context window
+    /// (unless the request itself needs more).
+    pub fn capacity_for(step: usize, positions: usize, context_length: usize) -> usize {
+        (positions.div_ceil(step) * step).min(context_length.max(positions))
+    }
+
     /// A cache with room for `positions`, holding the state of `prompt`'s
     /// first `reuse` tokens (as [`KvSlot::reusable`] said; 0: empty), reusing
     /// the slot's memory when it is large enough. A cache too small is
@@ -501,8 +508,7 @@ impl KvSlot {
         if !fits {
             // Free the old cache before allocating the larger one.
             self.cache = None;
-            let capacity = positions.div_ceil(self.step) * self.step;
-            let capacity = capacity.min(context_length.max(positions));
+            let capacity = Self::capacity_for(self.step, positions, context_length);
             self.cache = Some(model.new_cache(capacity, device));
         }
         let cache = self.cache.as_mut().expect("allocated above");
