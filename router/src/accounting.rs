@@ -30,7 +30,7 @@ use crate::metrics::{metrics, seconds};
 use crate::openai::error::ApiError;
 use crate::policy::Price;
 use crate::reply::{Usage, UsageCell};
-use crate::routing::budget::{Ledger, Reservation};
+use crate::routing::budget::{Reservation, SpendBook};
 
 /// What a request came to.
 pub struct RequestRecord {
@@ -51,7 +51,7 @@ pub struct RequestRecord {
     pub price: Price,
     pub baseline: Option<(String, Price)>,
     pub caller: Option<String>,
-    pub ledger: Option<Arc<Ledger>>,
+    pub ledger: Option<SpendBook>,
     /// What the remote call answering the request holds against the budgets;
     /// released when the record is finished, after its cost is recorded.
     pub reservation: Option<Reservation>,
@@ -141,7 +141,7 @@ impl RequestRecord {
         backend: &str,
         baseline: Option<(String, Price)>,
         caller: Option<String>,
-        ledger: Option<Arc<Ledger>>,
+        ledger: Option<SpendBook>,
         metrics: bool,
     ) -> RequestRecord {
         RequestRecord {

@@ -44,4 +44,5 @@ pub mod reply;
 pub mod routing;
 pub mod server;
 pub mod shadow;
+pub mod state;
 pub mod telemetry;

@@ -20,7 +20,9 @@ use crate::auth::ClientKeys;
 use crate::backends::Backends;
 use crate::policy::{LadderConfig, Policy, PolicyError, Price, Problem};
 use crate::routing::Routing;
-use crate::routing::budget::Ledger;
+use crate::routing::budget::{Ledger, SpendBook};
+use crate::state::ratelimit::RateLimiter;
+use crate::state::{SharedBudgets, Store};
 
 /// The local model (path and load-time quantization) and the local model
 /// the scoring artifact was trained for.
@@ -44,8 +46,14 @@ pub struct Live {
     pub max_body_bytes: usize,
     /// One request's deadline across upstream attempts and fallbacks.
     pub request_deadline: Duration,
-    /// Remote spend, when the policy sets budgets.
-    pub ledger: Option<Arc<Ledger>>,
+    /// Remote spend, when the policy sets budgets: in this process, or in
+    /// the shared store.
+    pub ledger: Option<SpendBook>,
+    /// The shared state store (`state.backend: redis`), set up once at
+    /// start: a reload that changes `state` is refused.
+    pub store: Option<Arc<Store>>,
+    /// `rate_limits`.
+    pub limiter: RateLimiter,
     pub ladder: LadderConfig,
     /// The all-cloud baseline's backend and prices.
     pub baseline: Option<(String, Price)>,
@@ -59,8 +67,8 @@ impl Live {
     /// What stops it is a problem of the policy, like those its check finds.
     /// The daemon's own: its ledger keeps the budget state file for itself
     /// (see [`Ledger::open_exclusive`]).
-    pub fn build(policy: &Policy, previous: Option<&Live>) -> Result<Live, PolicyError> {
-        let live = Live::build_with(policy, previous, Ledger::open_exclusive)?;
+    pub fn build(policy: &Policy, previous: Option<&Live>, store: Option<&Arc<Store>>) -> Result<Live, PolicyError> {
+        let live = Live::build_with(policy, previous, Ledger::open_exclusive, store)?;
         // Once per pair: a reload that changes neither hashes nothing again.
         if let Some(pair) = live.scoring_pair()
             && previous.is_none_or(|p| p.scoring_pair().as_ref() != Some(&pair))
@@ -85,7 +93,7 @@ impl Live {
     /// reading the budget state without keeping the file, so they run beside
     /// the daemon.
     pub fn build_offline(policy: &Policy) -> Result<Live, PolicyError> {
-        let mut live = Live::build_with(policy, None, Ledger::open)?;
+        let mut live = Live::build_with(policy, None, Ledger::open, None)?;
         live.routing.assume_remotes_ready();
         Ok(live)
     }
@@ -94,24 +102,52 @@ impl Live {
         policy: &Policy,
         previous: Option<&Live>,
         open_ledger: fn(&Path) -> Result<Ledger, String>,
+        store: Option<&Arc<Store>>,
     ) -> Result<Live, PolicyError> {
         let invalid = |problem| PolicyError::Invalid(vec![problem]);
         let keys = ClientKeys::from_config(&policy.auth).map_err(invalid)?;
-        let ledger = match &policy.budgets {
-            None => None,
-            Some(budgets) => {
-                let path = policy.base_dir.join(budgets.state_file());
-                match previous
-                    .and_then(|p| p.ledger.as_ref())
-                    .filter(|l| same_file(l.path(), &path))
-                {
-                    Some(ledger) => Some(ledger.clone()),
-                    None => Some(Arc::new(
-                        open_ledger(&path).map_err(|err| invalid(budgets.state_file_problem(err)))?,
-                    )),
+        if let Some(store) = store
+            && store.config() != &policy.state
+        {
+            return Err(invalid(policy.state.problem(
+                "the state section changed: the shared state store is set up at start, so this takes effect when the daemon restarts",
+            )));
+        }
+        let ledger = match (&policy.budgets, store) {
+            (None, _) => None,
+            // Spend in the shared store: the same books across reloads.
+            (Some(_), Some(store)) => Some(
+                previous
+                    .and_then(|p| p.ledger.clone())
+                    .filter(|l| matches!(l, SpendBook::Shared(_)))
+                    .unwrap_or_else(|| {
+                        SpendBook::Shared(SharedBudgets::new(
+                            store.clone(),
+                            policy.state.hold_ttl(),
+                            policy.state.failsafe.remote_allowance_usd(),
+                        ))
+                    }),
+            ),
+            // A command-line tool reading a policy whose spend is in the
+            // store: it has none to read.
+            (Some(budgets), None) => match budgets.state_file() {
+                None => None,
+                Some(file) => {
+                    let path = policy.base_dir.join(file);
+                    match previous
+                        .and_then(|p| p.ledger.as_ref())
+                        .and_then(SpendBook::file)
+                        .filter(|l| same_file(l.path(), &path))
+                    {
+                        Some(ledger) => Some(SpendBook::File(ledger.clone())),
+                        None => Some(SpendBook::File(Arc::new(
+                            open_ledger(&path).map_err(|err| invalid(budgets.state_file_problem(err)))?,
+                        ))),
+                    }
                 }
-            }
+            },
         };
+        let limiter = RateLimiter::new(&policy.rate_limits, store.cloned(), previous.map(|p| &p.limiter));
         let backends = Backends::from_policy(policy, previous.map(|p| &p.backends));
         let routing = Routing::new(policy, &backends).map_err(|err| invalid(Problem::whole(err)))?;
         Ok(Live {
@@ -121,6 +157,8 @@ impl Live {
             max_body_bytes: policy.server.max_body_bytes(),
             request_deadline: policy.server.request_deadline(),
             ledger,
+            store: store.cloned(),
+            limiter,
             ladder: policy.ladder.clone(),
             baseline: policy.baseline().map(|(name, price)| (name.to_string(), price)),
             metrics_enabled: policy.server.metrics,
@@ -225,11 +263,11 @@ impl LivePolicy {
         // A file that reads well but cannot be applied is rejected the same way.
         let applied = Policy::load(&self.path).and_then(|policy| {
             self.listen.admits(&policy)?;
-            Live::build(&policy, Some(&previous))
+            Live::build(&policy, Some(&previous), previous.store.as_ref())
         });
         match applied {
             Ok(live) => {
-                if let Some(old) = previous.ledger.as_ref()
+                if let Some(old) = previous.ledger.as_ref().and_then(SpendBook::file)
                     && let Err(err) = old.flush()
                 {
                     tracing::error!(path = %old.path().display(), "cannot write budget state: {err}");

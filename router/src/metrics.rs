@@ -29,6 +29,11 @@ const LATENCY_BUCKETS: &[f64] = &[
 const FAST_BUCKETS: &[f64] = &[
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
 ];
+/// One round trip to the shared state store: tens of microseconds on
+/// loopback, up to its timeout.
+const STORE_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+];
 const PER_TOKEN_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0];
 /// One decode step of a local model, 1 ms (a small model, a fast CPU) to 2 s
 /// (a large one, or a long prompt read into the batch between two tokens);
@@ -62,6 +67,12 @@ pub struct Metrics {
     pub budget_remaining: GaugeVec,
     pub pacing_level: Gauge,
     pub budget_reserved: Gauge,
+    pub state_store_up: IntGaugeVec,
+    pub state_store_errors: IntCounterVec,
+    pub state_store_seconds: HistogramVec,
+    pub failsafe_spent: Gauge,
+    pub failsafe_unreconciled: IntGauge,
+    pub rate_limited: IntCounterVec,
     pub local_tokens_per_second: GaugeVec,
     pub local_queue_depth: IntGaugeVec,
     pub local_in_flight: IntGaugeVec,
@@ -220,6 +231,40 @@ impl Metrics {
                 "What remote calls in flight may still cost, held against the global budgets.",
             )
             .expect("valid gauge"),
+            state_store_up: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_state_store_up",
+                    "Whether the shared state store answers (1) or not (0: budgets, sessions and rate limits run fail-safe on this replica). Absent with the in-process state.",
+                ),
+                &["backend"],
+            )
+            .expect("valid gauge"),
+            state_store_errors: counter(
+                "switchyard_state_store_errors_total",
+                "Shared state store operations that failed or timed out, by operation.",
+                &["op"],
+            ),
+            state_store_seconds: histogram(
+                "switchyard_state_store_seconds",
+                "Round trip of one shared state store operation, by operation.",
+                &["op"],
+                STORE_BUCKETS,
+            ),
+            failsafe_spent: Gauge::new(
+                "switchyard_failsafe_spent_usd",
+                "Remote spend this replica admitted from its fail-safe allowance during the current (or last) state store outage.",
+            )
+            .expect("valid gauge"),
+            failsafe_unreconciled: IntGauge::new(
+                "switchyard_failsafe_unreconciled_calls",
+                "Remote calls whose cost this replica has not yet written to the shared state store (admitted or settled while it was unreachable).",
+            )
+            .expect("valid gauge"),
+            rate_limited: counter(
+                "switchyard_rate_limited_total",
+                "Requests refused by a rate limit, by scope (key, global) and limit (requests, tokens).",
+                &["scope", "limit"],
+            ),
             local_tokens_per_second: GaugeVec::new(
                 Opts::new(
                     "switchyard_local_tokens_per_second",
@@ -317,6 +362,12 @@ impl Metrics {
         register(Box::new(m.retries.clone()));
         register(Box::new(m.fallbacks.clone()));
         register(Box::new(m.breaker_state.clone()));
+        register(Box::new(m.state_store_up.clone()));
+        register(Box::new(m.state_store_errors.clone()));
+        register(Box::new(m.state_store_seconds.clone()));
+        register(Box::new(m.failsafe_spent.clone()));
+        register(Box::new(m.failsafe_unreconciled.clone()));
+        register(Box::new(m.rate_limited.clone()));
         register(Box::new(m.budget_spent.clone()));
         register(Box::new(m.budget_limit.clone()));
         register(Box::new(m.budget_remaining.clone()));

@@ -82,10 +82,15 @@ pub enum Reason {
     /// Shadow mode: answered by the remote model as before Switchyard; the
     /// routing's own decision is only recorded (and sometimes tried locally).
     Shadow,
+    /// The shared state store is unreachable and the fail-safe allowance
+    /// for remote calls is used up.
+    StateStoreDown,
+    /// A rate limit (`rate_limits`) refused the request.
+    RateLimited,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 26] = [
         Reason::ModelPinned,
         Reason::ScoreLow,
         Reason::ScoreAmbiguous,
@@ -110,6 +115,8 @@ impl Reason {
         Reason::WeakConfidence,
         Reason::RemoteOnlyEndpoint,
         Reason::Shadow,
+        Reason::StateStoreDown,
+        Reason::RateLimited,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -138,6 +145,8 @@ impl Reason {
             Reason::WeakConfidence => "weak-confidence",
             Reason::RemoteOnlyEndpoint => "remote-only-endpoint",
             Reason::Shadow => "shadow",
+            Reason::StateStoreDown => "state-store-down",
+            Reason::RateLimited => "rate-limited",
         }
     }
 }
@@ -204,6 +213,14 @@ pub enum RouteError {
     NoBackend { why: Reason },
     /// Every remote backend failed and the local model cannot serve the request.
     RemoteFailed { last: &'static str },
+    /// The shared state store keeping the budgets is unreachable, this
+    /// replica's fail-safe allowance is used up, and the local model cannot
+    /// serve the request.
+    StateStoreDown {
+        allowance_usd: f64,
+        reason: String,
+        why: Reason,
+    },
 }
 
 impl RouteError {
@@ -214,8 +231,38 @@ impl RouteError {
             RouteError::BudgetExhausted { .. } => Reason::BudgetExhausted,
             RouteError::MaxCostExceeded { .. } => Reason::MaxCost,
             RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => Reason::RemoteUnavailable,
+            RouteError::StateStoreDown { .. } => Reason::StateStoreDown,
         }
     }
+}
+
+/// Which quantity a rate limit counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    Requests,
+    Tokens,
+}
+
+impl RateKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateKind::Requests => "requests",
+            RateKind::Tokens => "tokens",
+        }
+    }
+}
+
+/// A request a rate limit refused.
+#[derive(Debug, Clone)]
+pub struct RateRefusal {
+    /// `key` (the caller's own limit) or `global`.
+    pub scope: &'static str,
+    pub kind: RateKind,
+    pub per_minute: u64,
+    pub requested: u64,
+    /// When the request would be admitted; `None` when it never can (it
+    /// costs more than the whole limit).
+    pub retry_ms: Option<u64>,
 }
 
 /// Why a backend gave no answer. Backends return these; the ladder decides

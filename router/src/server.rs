@@ -19,7 +19,10 @@ use tokio_util::sync::CancellationToken;
 use crate::http::{self, AppState};
 use crate::live::{ListenAddress, Live, LivePolicy};
 use crate::policy::Policy;
-use crate::routing::sessions::Sessions;
+use crate::policy::{PolicyError, StateBackend};
+use crate::routing::budget::SpendBook;
+use crate::routing::sessions::SessionStore;
+use crate::state::Store;
 
 /// How often the budget ledger is written to disk when spend changed.
 const LEDGER_FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,9 +47,19 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
             origin: "server.listen",
         },
     };
+    let store = match policy.state.backend() {
+        StateBackend::Memory => None,
+        StateBackend::Redis => {
+            let invalid = |problem| PolicyError::Invalid(vec![problem]).in_file(policy_path);
+            let url = policy.state.url().map_err(invalid)?;
+            let store = Store::connect(&policy.state, &url).map_err(|err| invalid(policy.state.problem(err)))?;
+            store.first_probe().await;
+            Some(store)
+        }
+    };
     let live = listen
         .admits(&policy)
-        .and_then(|()| Live::build(&policy, None))
+        .and_then(|()| Live::build(&policy, None, store.as_ref()))
         .map_err(|err| err.in_file(policy_path))?;
     if !live.keys.is_enabled() && !listen.addr.ip().is_loopback() {
         tracing::warn!(
@@ -62,7 +75,7 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
     let sessions = &policy.routing.sessions;
     let state = Arc::new(AppState {
         policy: Arc::new(LivePolicy::new(policy_path, live, listen)),
-        sessions: Sessions::new(sessions.ttl(), sessions.max_entries()),
+        sessions: SessionStore::new(sessions.ttl(), sessions.max_entries(), store.clone()),
         past_drain: CancellationToken::new(),
     });
     tokio::spawn(state.policy.clone().watch(|outcome| {
@@ -117,7 +130,7 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
 }
 
 fn flush_ledger(state: &AppState) {
-    if let Some(ledger) = &state.policy.current().ledger
+    if let Some(ledger) = state.policy.current().ledger.as_ref().and_then(SpendBook::file)
         && let Err(err) = ledger.flush()
     {
         tracing::error!(path = %ledger.path().display(), "cannot write budget state: {err}");

@@ -69,7 +69,7 @@ impl Setup {
         std::fs::create_dir_all(&dir).unwrap();
         let policy = policy(tier_for_all, &dir.join("spend.json"));
         Setup {
-            live: Live::build(&policy, None).unwrap_or_else(|err| panic!("{err:?}")),
+            live: Live::build(&policy, None, None).unwrap_or_else(|err| panic!("{err:?}")),
             sessions: Sessions::new(Duration::from_secs(60), 100),
             dir,
         }
@@ -78,7 +78,7 @@ impl Setup {
     fn decide(&self, body: Value, hints: &Hints) -> Result<Decision, ApiError> {
         let request = ChatRequest::parse(body.to_string().as_bytes()).unwrap();
         let live = &self.live;
-        live.routing.decide(
+        live.routing.decide_remembering(
             &request,
             &Caller::Anonymous,
             hints,

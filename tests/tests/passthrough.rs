@@ -236,10 +236,11 @@ async fn priced_calls_are_charged_what_their_usage_says_and_the_budget_stops_the
         "{spent}: {metrics}"
     );
 
-    // Moderations at 0.20 a call: admitted while the budget lasts (each holds
-    // its price while it runs), then refused without going out.
+    // Moderations at 0.20 a call: admitted while the budget has room for
+    // one more (each holds its price while it runs), then refused without
+    // going out: the budget is never exceeded.
     let spent_before = embeddings_cost + audio_cost;
-    let affordable = ((1.0 - spent_before) / 0.2).ceil() as usize;
+    let affordable = ((1.0 - spent_before) / 0.2).floor() as usize;
     for _ in 0..affordable {
         let answered = post("/v1/moderations", json!({ "input": "a plain sentence" }))
             .await

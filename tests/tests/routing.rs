@@ -392,12 +392,12 @@ async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
         "{state}"
     );
 
-    // Restart with 99% of the day's budget spent: pacing raises the bar to go
+    // Restart with 90% of the day's budget spent: pacing raises the bar to go
     // remote above what this prompt scores.
     daemon.terminate(Duration::from_secs(10));
-    state["global"]["daily_usd"] = json!(0.00099);
+    state["global"]["daily_usd"] = json!(0.0009);
     // A day's spend is part of its month's (a file saying otherwise is refused).
-    state["global"]["monthly_usd"] = json!(0.00099);
+    state["global"]["monthly_usd"] = json!(0.0009);
     std::fs::write(&path, state.to_string()).unwrap();
     let mut daemon = Daemon::start_in(daemon.dir().to_path_buf(), &text, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
     let r = send(&daemon, &ask("hello"), &[]).await;
@@ -407,7 +407,7 @@ async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
         "{}",
         r.body
     );
-    // An override still goes remote while money is left, and spends the rest.
+    // An override still goes remote while its worst case fits in what is left.
     let r = send(
         &daemon,
         &ask("hello there, how are you?"),
@@ -416,6 +416,14 @@ async fn budgets_pace_remote_spend_then_stop_it_and_survive_a_restart() {
     .await;
     assert_eq!(r.route, "remote");
 
+    // Restart with the whole day's budget spent.
+    daemon.terminate(Duration::from_secs(10));
+    let (path, mut state) = spend_file(&daemon);
+    assert!(state["global"]["daily_usd"].as_f64().unwrap() > 0.0009, "{state}");
+    state["global"]["daily_usd"] = json!(0.001);
+    state["global"]["monthly_usd"] = json!(0.001);
+    std::fs::write(&path, state.to_string()).unwrap();
+    let mut daemon = Daemon::start_in(daemon.dir().to_path_buf(), &text, &[("DOUBLE_API_KEY", DOUBLE_API_KEY)]);
     // Spent: remote is off, and what only remote could serve is refused.
     let r = send(&daemon, &ask("hello"), &[("x-switchyard-tier", "remote")]).await;
     assert_eq!(

@@ -430,7 +430,7 @@ impl<'a> Replayer<'a> {
         let request = &logged.request;
         let text = text_for_scoring(request);
         let features = Features::extract(request, &text);
-        let decision = self.live.routing.decide(
+        let decision = self.live.routing.decide_remembering(
             request,
             &Caller::Anonymous,
             &Hints::default(),

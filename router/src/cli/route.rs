@@ -400,7 +400,7 @@ fn request_for(prompt: &str) -> Result<ChatRequest, String> {
 
 /// The daemon's decision for an anonymous request without routing headers.
 fn decide_unhinted(live: &Live, request: &ChatRequest, sessions: &Sessions) -> Result<Decision, ApiError> {
-    live.routing.decide(
+    live.routing.decide_remembering(
         request,
         &Caller::Anonymous,
         &Hints::default(),

@@ -28,7 +28,6 @@ use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::outcome::{Reason, Tier};
 use crate::policy::{Mode, Price};
-use crate::routing::sessions::Sessions;
 use crate::routing::{self, Decision, Hints};
 use crate::shadow::Shadowed;
 
@@ -123,20 +122,49 @@ async fn answer(
     } else {
         None
     };
-    let prepared = if bytes.len() <= INLINE_PREPARE_MAX_BYTES {
-        prepare(&state, &live, &caller, &headers, &bytes, parse)
+    let large = bytes.len() > INLINE_PREPARE_MAX_BYTES;
+    // A large body takes milliseconds of CPU to parse and score: off the
+    // async workers (which also answer `/healthz` and every stream), and a
+    // few at a time, so a burst of maximum-size bodies neither stalls the
+    // daemon nor holds that much work's memory at once.
+    let _turn = if large {
+        Some(LARGE_BODY_TURNS.acquire().await.expect("the semaphore is never closed"))
     } else {
-        // A large body takes milliseconds of CPU to parse and score: off the
-        // async workers (which also answer `/healthz` and every stream), and a
-        // few at a time, so a burst of maximum-size bodies neither stalls the
-        // daemon nor holds that much work's memory at once.
-        let _turn = LARGE_BODY_TURNS.acquire().await.expect("the semaphore is never closed");
-        let (state, live, caller, headers) = (state.clone(), live.clone(), caller.clone(), headers.clone());
-        let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(|| prepare(&state, &live, &caller, &headers, &bytes, parse)))
-            .await
-            .expect("preparing a request does not panic")
+        None
     };
+    let parsed = {
+        let headers = headers.clone();
+        off_workers(large, move || parse_request(&headers, &bytes, parse)).await
+    };
+    let (request, hints, tokens) = match parsed {
+        Ok(parsed) => parsed,
+        Err(err) => return refused(record, err),
+    };
+    // The conversation's tier so far and the rate limits, both from the
+    // shared store when there is one: asked together (one round trip), on
+    // the async side, between parsing and deciding.
+    let session = live.routing.session_keys(&request, &caller, &hints);
+    let floor = async {
+        match session {
+            Some(keys) => state.sessions.floor(keys).await,
+            None => None,
+        }
+    };
+    let (floor, verdict) = tokio::join!(floor, live.limiter.check(routing::caller_name(&caller), tokens));
+    if let Some(refusal) = verdict.refused.clone() {
+        record.reason = Reason::RateLimited.as_str();
+        let mut response = refused(record, ApiError::RateLimited(Box::new(refusal)));
+        rate_headers(&mut response, &verdict);
+        response
+            .headers_mut()
+            .insert(REASON, HeaderValue::from_static(Reason::RateLimited.as_str()));
+        return response;
+    }
+    let prepared = {
+        let (live, caller) = (live.clone(), caller.clone());
+        off_workers(large, move || prepare(&live, &caller, hints, request, floor)).await
+    };
+    drop(_turn);
     let Prepared {
         request,
         decision,
@@ -146,6 +174,12 @@ async fn answer(
         Ok(prepared) => prepared,
         Err(err) => return refused(record, err),
     };
+    if let Some(keys) = session {
+        // In shadow mode, the routing's own decision (kept aside) is the
+        // conversation's tier, not the remote that answers.
+        let tier = shadowed.as_ref().map_or(decision.tier, |would| would.tier);
+        state.sessions.remember(keys, tier);
+    }
     let shadowed = shadowed.map(|would| {
         let routing = &live.routing;
         Shadowed::new(
@@ -218,7 +252,29 @@ async fn answer(
     if let Some(from) = escalated_from {
         out.insert(ESCALATED_FROM, HeaderValue::from_static(from.as_str()));
     }
+    rate_headers(&mut response, &verdict);
     response
+}
+
+/// The `x-ratelimit-*` headers of a verdict.
+pub(super) fn rate_headers(response: &mut Response, verdict: &crate::state::ratelimit::Verdict) {
+    for (name, value) in verdict.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// Runs `work` where it belongs: here for a small body, on a blocking
+/// thread for a large one.
+async fn off_workers<T: Send + 'static>(large: bool, work: impl FnOnce() -> T + Send + 'static) -> T {
+    if !large {
+        return work();
+    }
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(work))
+        .await
+        .expect("preparing a request does not panic")
 }
 
 /// Bodies up to this size are parsed and scored where they arrive: that takes
@@ -244,18 +300,26 @@ impl Drop for ReleaseFreeMemory {
     }
 }
 
-/// Parses the body and decides where it goes; the decision's own time is
-/// returned for the record.
-fn prepare(
-    state: &AppState,
-    live: &Live,
-    caller: &Caller,
-    headers: &HeaderMap,
-    bytes: &[u8],
-    parse: Parse,
-) -> Result<Prepared, ApiError> {
+/// Parses the body and reads the routing hints of the headers; with the
+/// tokens the request may use, as rate limits count them (OpenAI's way: its
+/// prompt and what it may generate).
+fn parse_request(headers: &HeaderMap, bytes: &[u8], parse: Parse) -> Result<(ChatRequest, Hints, u64), ApiError> {
     let request = tracing::debug_span!("parse").in_scope(|| parse(bytes))?;
     let hints = headers::hints(headers)?;
+    let tokens =
+        routing::features::prompt_tokens_estimate(&request).saturating_add(routing::output_tokens_bound(&request));
+    Ok((request, hints, tokens))
+}
+
+/// Decides where a parsed request goes; the decision's own time is
+/// returned for the record.
+fn prepare(
+    live: &Live,
+    caller: &Caller,
+    hints: Hints,
+    request: ChatRequest,
+    session_floor: Option<Tier>,
+) -> Result<Prepared, ApiError> {
     let deciding = Instant::now();
     let mut decision = tracing::debug_span!("decide").in_scope(|| {
         live.routing.decide(
@@ -264,7 +328,7 @@ fn prepare(
             &hints,
             &live.backends,
             live.ledger.as_ref(),
-            &state.sessions,
+            session_floor,
         )
     })?;
     // Shadow mode: answered remotely as before, the decision kept aside. A
@@ -277,10 +341,9 @@ fn prepare(
             tier: Some(Tier::Remote),
             ..hints.clone()
         };
-        let aside = Sessions::new(std::time::Duration::from_secs(1), 1);
         if let Ok(mut primary) =
             live.routing
-                .decide(&request, caller, &remote, &live.backends, live.ledger.as_ref(), &aside)
+                .decide(&request, caller, &remote, &live.backends, live.ledger.as_ref(), None)
             && primary.tier == Tier::Remote
         {
             primary.reason = Reason::Shadow;

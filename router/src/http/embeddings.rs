@@ -79,6 +79,23 @@ pub async fn embeddings(
             .find(|b| b.as_local().is_some_and(|l| l.embeds()))
             .cloned()
     };
+    // Rate limits: an embedding's tokens are its input's (about one per
+    // four bytes of text, as the routing estimates prompts).
+    let verdict = live
+        .limiter
+        .check(
+            caller.as_ref().and_then(|Extension(c)| caller_name(c)),
+            (asked.text().len() as u64).div_ceil(4).max(1),
+        )
+        .await;
+    if let Some(refusal) = verdict.refused.clone() {
+        let mut response = refused(record(), ApiError::RateLimited(Box::new(refusal)));
+        super::chat::rate_headers(&mut response, &verdict);
+        response
+            .headers_mut()
+            .insert(REASON, HeaderValue::from_static(Reason::RateLimited.as_str()));
+        return response;
+    }
     let named = live.backends.all().iter().find(|b| b.name() == asked.model).cloned();
     let private = live.routing.privacy_match(&asked.text()).map(str::to_string);
     let (backend, reason) = match named {
@@ -112,7 +129,10 @@ pub async fn embeddings(
     let Some(backend) = backend else {
         // Not for a local model: to the remote as it came.
         let request = Request::from_parts(parts, Body::from(bytes));
-        return super::passthrough::forward(State(state.clone()), Extension(request_id.clone()), caller, request).await;
+        let mut response =
+            super::passthrough::forward(State(state.clone()), Extension(request_id.clone()), caller, request).await;
+        super::chat::rate_headers(&mut response, &verdict);
+        return response;
     };
     let mut record = record();
     record.route = Tier::Local.as_str();
@@ -132,6 +152,7 @@ pub async fn embeddings(
     }
     headers.insert(ROUTE, HeaderValue::from_static(Tier::Local.as_str()));
     headers.insert(REASON, HeaderValue::from_static(reason.as_str()));
+    super::chat::rate_headers(&mut response, &verdict);
     response
 }
 

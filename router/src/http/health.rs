@@ -38,8 +38,20 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(json!({ "status": if any_ready { "ready" } else { "unavailable" }, "backends": backends })),
-    )
+    let mut body = json!({ "status": if any_ready { "ready" } else { "unavailable" }, "backends": backends });
+    // The shared state store does not decide readiness: with it down a
+    // replica still serves, fail-safe (if every replica went unready,
+    // nothing would be left to serve); it says why.
+    if let Some(store) = &live.store {
+        let health = store.health();
+        let mut entry = json!({ "backend": "redis", "up": health.up });
+        if let Some(reason) = health.reason.filter(|_| !health.up) {
+            entry["reason"] = json!(format!(
+                "{reason}; fail-safe: routed requests stay local, remote calls within this replica's allowance of ${:.2}",
+                store.config().failsafe.remote_allowance_usd()
+            ));
+        }
+        body["state_store"] = entry;
+    }
+    (status, Json(body))
 }

@@ -28,7 +28,7 @@ use crate::accounting::RequestRecord;
 use crate::auth::Caller;
 use crate::live::LivePolicy;
 use crate::openai::error::ApiError;
-use crate::routing::sessions::Sessions;
+use crate::routing::sessions::SessionStore;
 
 /// The answer to a request refused or failed with `err`, its record finished
 /// with the error's status; a refusal the routing made before any backend was
@@ -58,8 +58,9 @@ pub const SELF_BACKEND: &str = "switchyard";
 pub struct AppState {
     /// The policy in force (swapped on reload).
     pub policy: Arc<LivePolicy>,
-    /// Sticky conversations, kept across reloads.
-    pub sessions: Sessions,
+    /// Sticky conversations, kept across reloads (in the shared store too,
+    /// when there is one).
+    pub sessions: SessionStore,
     /// Cancelled when the shutdown drain runs out: requests still running end
     /// then, each with an error its client can read (see `server::serve`).
     pub past_drain: CancellationToken,

@@ -146,7 +146,7 @@ pub(super) async fn forward(
         .flatten();
     if let Some(price) = priced {
         let bound = price.cost_usd(body_bytes.unwrap_or(0), 0);
-        match live.routing.admit_call(live.ledger.as_ref(), &caller, bound) {
+        match live.routing.admit_call(live.ledger.as_ref(), &caller, bound).await {
             Ok(reservation) => record.reservation = reservation,
             Err(err) => return refused(record, err),
         }

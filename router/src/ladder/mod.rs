@@ -400,9 +400,8 @@ async fn remote_chain(
     let mut last = None;
     for backend in candidates {
         // Admitted by the budget (counting calls in flight) before it is sent.
-        let reservation = match budget.map(|claim| claim.admit(backend)) {
-            Some(Err(spent)) => return Err(spent),
-            Some(Ok(reservation)) => reservation,
+        let reservation = match budget {
+            Some(claim) => claim.admit(backend).await?,
             None => None,
         };
         match backend

@@ -18,11 +18,11 @@
 //! that is a 502 ([`BackendError::UpstreamAuth`]), never the 401 the client would
 //! read as "your Switchyard key is wrong".
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::outcome::{BackendError, Reason, RouteError, UpstreamError};
+use crate::outcome::{BackendError, RateRefusal, Reason, RouteError, UpstreamError};
 
 /// When no backend can take a request, clients are told to come back after this
 /// many seconds: long enough for a breaker to close or a model to load.
@@ -54,6 +54,8 @@ pub enum ApiError {
     /// The daemon is stopping and its shutdown drain ran out before this
     /// request's answer ended.
     ShuttingDown,
+    /// A rate limit of the policy (`rate_limits`) refuses the request.
+    RateLimited(Box<RateRefusal>),
 }
 
 impl From<BackendError> for ApiError {
@@ -131,6 +133,7 @@ impl ApiError {
             ApiError::ModelNotFound(_) | ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BodyTooLarge { .. } | ApiError::BodyTooComplex { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Backend(e) => backend_status(e),
             ApiError::Route(e) => route_status(e),
         }
@@ -149,6 +152,7 @@ impl ApiError {
             ApiError::Backend(e) => e.code(),
             ApiError::Route(e) => route_code(e),
             ApiError::ShuttingDown => "server_shutting_down",
+            ApiError::RateLimited(_) => "rate_limit_exceeded",
         }
     }
 
@@ -166,6 +170,8 @@ impl ApiError {
             // OpenAI's type for failures on the server's side, which SDKs and
             // retry logic treat as retryable; the request was sound.
             ApiError::ShuttingDown => "server_error",
+            // As OpenAI's own: the limit's kind.
+            ApiError::RateLimited(refused) => refused.kind.as_str(),
         }
     }
 
@@ -191,6 +197,24 @@ impl ApiError {
             ApiError::Route(e) => route_message(e),
             ApiError::ShuttingDown => {
                 "The server is shutting down and this request did not finish in time. Retry it.".to_string()
+            }
+            ApiError::RateLimited(refused) => {
+                let scope = match refused.scope {
+                    "key" => "your client key",
+                    _ => "all callers together",
+                };
+                let when = match refused.retry_ms {
+                    Some(ms) => format!("Please try again in {:.1}s.", ms as f64 / 1000.0),
+                    None => {
+                        "This request alone is over the limit: it can never be admitted; make it smaller.".to_string()
+                    }
+                };
+                format!(
+                    "Rate limit reached for {scope} on {} per min: Limit {}, Requested {}. {when}",
+                    refused.kind.as_str(),
+                    refused.per_minute,
+                    refused.requested
+                )
             }
         }
     }
@@ -318,15 +342,21 @@ impl IntoResponse for ApiError {
         *response.status_mut() = self.status();
         let retry_after = match &self {
             ApiError::Backend(BackendError::Upstream(upstream)) => upstream.retry_after.clone(),
-            ApiError::Route(RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. }) => {
-                Some(HeaderValue::from_static(NO_BACKEND_RETRY_AFTER_S))
-            }
+            ApiError::Route(
+                RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } | RouteError::StateStoreDown { .. },
+            ) => Some(HeaderValue::from_static(NO_BACKEND_RETRY_AFTER_S)),
             ApiError::Backend(BackendError::LocalBusy { .. }) => {
                 Some(HeaderValue::from_static(LOCAL_BUSY_RETRY_AFTER_S))
             }
             ApiError::Backend(BackendError::BreakerOpen { retry_after_s, .. }) => {
                 Some(HeaderValue::from(*retry_after_s))
             }
+            ApiError::RateLimited(refused) => refused.retry_ms.map(|ms| {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static("retry-after-ms"), HeaderValue::from(ms));
+                HeaderValue::from(ms.div_ceil(1000))
+            }),
             _ => None,
         };
         if let Some(retry_after) = retry_after {
@@ -404,7 +434,9 @@ fn route_status(e: &RouteError) -> StatusCode {
     match e {
         RouteError::PrivacyUnservable { .. } => StatusCode::BAD_REQUEST,
         RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
-        RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } | RouteError::StateStoreDown { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 
@@ -414,6 +446,7 @@ fn route_code(e: &RouteError) -> &'static str {
         RouteError::BudgetExhausted { .. } => "budget_exhausted",
         RouteError::MaxCostExceeded { .. } => "max_cost_exceeded",
         RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "no_backend_available",
+        RouteError::StateStoreDown { .. } => "state_store_unavailable",
     }
 }
 
@@ -422,6 +455,7 @@ fn route_error_type(e: &RouteError) -> &'static str {
         RouteError::PrivacyUnservable { .. } => "invalid_request_error",
         RouteError::BudgetExhausted { .. } | RouteError::MaxCostExceeded { .. } => "insufficient_quota",
         RouteError::NoBackend { .. } | RouteError::RemoteFailed { .. } => "upstream_error",
+        RouteError::StateStoreDown { .. } => "server_error",
     }
 }
 
@@ -450,6 +484,14 @@ fn route_message(e: &RouteError) -> String {
         RouteError::NoBackend { why } => format!("No remote backend is available and {}.", local_cannot(why)),
         RouteError::RemoteFailed { last } => format!(
             "Every remote backend failed (last error: {last}) and the local model cannot serve this request. Retry shortly."
+        ),
+        RouteError::StateStoreDown {
+            allowance_usd,
+            reason,
+            why,
+        } => format!(
+            "The shared state store that keeps the budgets is {reason}; this replica's fail-safe allowance for remote calls (${allowance_usd:.2}) is used up, and {}. Retry shortly.",
+            local_cannot(why)
         ),
     }
 }

@@ -27,7 +27,7 @@
 //!
 //! Each section's schema sits beside its checks: `server.rs` (`server`,
 //! `auth`), `backends.rs`, `routing.rs` (`routing`, `ladder`, `privacy`,
-//! `budgets`); `problem.rs` holds the located problems and the parser's errors
+//! `budgets`), `state.rs` (`state`, `rate_limits`); `problem.rs` holds the located problems and the parser's errors
 //! made into them. Everything is re-exported here.
 
 mod backends;
@@ -35,6 +35,7 @@ pub mod edit;
 mod problem;
 mod routing;
 mod server;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -45,6 +46,7 @@ pub use backends::*;
 pub use problem::*;
 pub use routing::*;
 pub use server::*;
+pub use state::*;
 
 /// Default request body limit. OpenAI itself accepts bodies far larger than any
 /// sane chat request; 4 MiB holds ~1M tokens of text, well past any context window
@@ -68,6 +70,11 @@ pub struct Policy {
     pub budgets: Option<BudgetsConfig>,
     #[serde(default)]
     pub ladder: LadderConfig,
+    /// Where budgets, sticky sessions and rate limits are kept.
+    #[serde(default)]
+    pub state: StateConfig,
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
     /// The directory of the policy file: relative paths in it are resolved from here.
     #[serde(skip)]
     pub base_dir: std::path::PathBuf,
@@ -105,8 +112,9 @@ impl Policy {
         self.ladder.problems(&mut problems);
         self.privacy_problems(&mut problems);
         if let Some(budgets) = &self.budgets {
-            budget_problems(budgets, &mut problems);
+            budget_problems(budgets, self.state.backend(), &mut problems);
         }
+        self.state_problems(&mut problems);
         problems
     }
 }
@@ -449,6 +457,40 @@ routing:
         assert!(at[1].0 == 12 && at[1].1.contains("alias \"cloud\""), "{at:?}");
         assert!(at[2].0 == 17 && at[2].1.starts_with("invalid regex"), "{at:?}");
         assert!(at[3].0 == 20 && at[3].1.contains("pacing_from"), "{at:?}");
+    }
+
+    #[test]
+    fn state_and_rate_limit_problems_are_located() {
+        let text = format!(
+            "{MINIMAL}budgets:\n  state_file: s.json\n  global: {{ daily_usd: 5 }}\nstate:\n  backend: redis\n  url: redis://:hunter2@db:6379/0\n  url_env: REDIS_URL\n  key_prefix: 'a b'\n  timeout_ms: 5\nrate_limits:\n  per_key: {{ requests_per_minute: 0 }}\n"
+        );
+        let found = problems(&text);
+        let messages: Vec<&str> = found.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(found.len(), 6, "{messages:?}");
+        for expected in [
+            "remove budgets.state_file",
+            "url or url_env, not both",
+            "never holds secrets",
+            "key_prefix",
+            "timeout_ms",
+            "per-minute limit",
+        ] {
+            assert!(
+                messages.iter().any(|m| m.contains(expected)),
+                "{expected}: {messages:?}"
+            );
+        }
+        assert!(!messages.iter().any(|m| m.contains("hunter2")), "{messages:?}");
+        let memory_without_file = format!("{MINIMAL}budgets:\n  global: {{ daily_usd: 5 }}\n");
+        let found = problems(&memory_without_file);
+        assert!(found[0].message.contains("needs a state_file"), "{found:?}");
+        let redis_without_address = format!("{MINIMAL}state:\n  backend: redis\n");
+        let found = problems(&redis_without_address);
+        assert!(found[0].message.contains("url_env"), "{found:?}");
+        let good = format!(
+            "{MINIMAL}budgets:\n  global: {{ daily_usd: 5 }}\nstate:\n  backend: redis\n  url_env: REDIS_URL\nrate_limits:\n  global: {{ tokens_per_minute: 100000 }}\n"
+        );
+        assert!(problems(&good).is_empty(), "{:?}", problems(&good));
     }
 
     #[test]

@@ -316,8 +316,9 @@ impl PatternConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetsConfig {
-    /// Where spend is kept across restarts, relative to the policy file.
-    pub(super) state_file: Spanned<String>,
+    /// Where spend is kept across restarts, relative to the policy file
+    /// (with `state.backend: memory`; with a shared store, spend lives there).
+    pub(super) state_file: Option<Spanned<String>>,
     /// The fraction of a budget from which pacing starts.
     #[serde(default = "default_pacing_from")]
     pub(super) pacing_from: Spanned<f64>,
@@ -330,21 +331,30 @@ pub struct BudgetsConfig {
 }
 
 impl BudgetsConfig {
-    pub fn state_file(&self) -> &str {
-        &self.state_file.value
+    /// The state file; the policy check has made sure there is one when
+    /// spend is kept in the process.
+    pub fn state_file(&self) -> Option<&str> {
+        self.state_file.as_ref().map(|f| f.value.as_str())
     }
 
     /// A problem with the state file (it cannot be opened, say), located at
     /// `state_file` so that start-up points at the line to fix like any
     /// problem of the file.
     pub fn state_file_problem(&self, message: impl Into<String>) -> Problem {
-        Problem::at(&self.state_file, message)
+        match &self.state_file {
+            Some(file) => Problem::at(file, message),
+            None => Problem::whole(message),
+        }
     }
 
     pub fn pacing_from(&self) -> f64 {
         self.pacing_from.value
     }
 }
+
+/// The largest budget limit: spend is counted in nano-dollars, exact in
+/// integers and in the shared store's scripts up to about $9M.
+pub const MAX_BUDGET_USD: f64 = 1_000_000.0;
 
 fn default_pacing_from() -> Spanned<f64> {
     unspanned(0.5)
@@ -479,9 +489,19 @@ pub(super) fn check_thresholds(t: &Spanned<Thresholds>, problems: &mut Vec<Probl
     }
 }
 
-pub(super) fn budget_problems(budgets: &BudgetsConfig, problems: &mut Vec<Problem>) {
-    if budgets.state_file.value.trim().is_empty() {
-        problems.push(Problem::at(&budgets.state_file, "state_file must not be empty"));
+pub(super) fn budget_problems(budgets: &BudgetsConfig, backend: StateBackend, problems: &mut Vec<Problem>) {
+    match (&budgets.state_file, backend) {
+        (Some(file), StateBackend::Memory) if file.value.trim().is_empty() => {
+            problems.push(Problem::at(file, "state_file must not be empty"));
+        }
+        (Some(file), StateBackend::Redis) => problems.push(Problem::at(
+            file,
+            "with state.backend redis, spend is kept in the shared store: remove budgets.state_file",
+        )),
+        (None, StateBackend::Memory) => problems.push(Problem::whole(
+            "budgets needs a state_file (where spend is kept across restarts), or state.backend: redis to keep it in a store shared by replicas",
+        )),
+        _ => {}
     }
     if !(0.0..1.0).contains(&budgets.pacing_from.value) {
         problems.push(Problem::at(
@@ -491,11 +511,10 @@ pub(super) fn budget_problems(budgets: &BudgetsConfig, problems: &mut Vec<Proble
     }
     for (scope, limits) in [("global", budgets.global), ("per_key", budgets.per_key)] {
         for limit in [limits.daily_usd, limits.monthly_usd].into_iter().flatten() {
-            if !(limit.is_finite() && limit > 0.0) {
-                problems.push(Problem::at(
-                    &budgets.state_file,
-                    format!("budgets.{scope}: limits must be positive numbers of USD"),
-                ));
+            if !(limit.is_finite() && limit > 0.0 && limit <= MAX_BUDGET_USD) {
+                problems.push(budgets.state_file_problem(format!(
+                    "budgets.{scope}: limits must be positive numbers of USD, at most {MAX_BUDGET_USD}"
+                )));
             }
         }
     }

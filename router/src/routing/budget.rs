@@ -21,11 +21,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{BudgetsConfig, Limits};
+#[cfg(test)]
+use crate::state::budgets::civil_from_days;
+pub(crate) use crate::state::budgets::today;
+use crate::state::budgets::{self as shared, ScopeLimits, SharedBudgets};
 
 /// The limits of a policy's `budgets` section, as the ledger applies them.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -193,12 +196,29 @@ pub struct BudgetStatus {
 /// billed (the upstream refused it). Dropped otherwise (the client went away
 /// mid-call, or the answer had no usage), the worst case is charged: the
 /// upstream bills what it generated, and the budget must not be the one to guess low.
-#[derive(Debug)]
 pub struct Reservation {
-    ledger: Arc<Ledger>,
+    backing: Backing,
     key: Option<String>,
     usd: f64,
     open: bool,
+}
+
+/// Where a reservation is held.
+enum Backing {
+    File(Arc<Ledger>),
+    /// In the shared store, or from this replica's fail-safe allowance
+    /// (`None` once closed).
+    Shared(Arc<SharedBudgets>, Option<shared::Hold>),
+}
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reservation")
+            .field("key", &self.key)
+            .field("usd", &self.usd)
+            .field("open", &self.open)
+            .finish()
+    }
 }
 
 impl Reservation {
@@ -221,18 +241,26 @@ impl Reservation {
         if !std::mem::replace(&mut self.open, false) {
             return;
         }
-        let mut books = self.ledger.state.lock().expect("ledger lock");
-        books.held.global.remove(self.usd);
-        if let Some(key) = &self.key
-            && let Some(hold) = books.held.keys.get_mut(key)
-        {
-            hold.remove(self.usd);
-            if hold.calls == 0 {
-                books.held.keys.remove(key);
+        match &mut self.backing {
+            Backing::File(ledger) => {
+                let mut books = ledger.state.lock().expect("ledger lock");
+                books.held.global.remove(self.usd);
+                if let Some(key) = &self.key
+                    && let Some(hold) = books.held.keys.get_mut(key)
+                {
+                    hold.remove(self.usd);
+                    if hold.calls == 0 {
+                        books.held.keys.remove(key);
+                    }
+                }
+                ledger.charge(&mut books, &today(), self.key.as_deref(), charge_usd);
+            }
+            Backing::Shared(budgets, hold) => {
+                if let Some(hold) = hold.take() {
+                    budgets.settle(&today(), hold, self.usd, charge_usd.max(0.0));
+                }
             }
         }
-        self.ledger
-            .charge(&mut books, &today(), self.key.as_deref(), charge_usd);
     }
 }
 
@@ -244,6 +272,155 @@ impl Drop for Reservation {
                 "a remote call ended without a known cost; its worst case is charged to the budget"
             );
             self.close(self.usd);
+        }
+    }
+}
+
+/// Why a remote call was not admitted.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// A budget (counting calls in flight) would be exceeded.
+    Exhausted,
+    /// The shared store is unreachable and this replica's fail-safe
+    /// allowance is used up.
+    StoreDown { allowance_usd: f64, reason: String },
+}
+
+/// The spend books a policy's budgets are kept in: this process's ledger
+/// (and its state file), or the store shared by replicas.
+#[derive(Clone)]
+pub enum SpendBook {
+    File(Arc<Ledger>),
+    Shared(Arc<SharedBudgets>),
+}
+
+impl SpendBook {
+    /// Admits a remote call that may cost up to `usd`, holding it against
+    /// the caller's budgets until the reservation ends; refused when the
+    /// hold would take a budget past its limit.
+    pub async fn reserve(&self, limits: &BudgetLimits, key: Option<&str>, usd: f64) -> Result<Reservation, Refusal> {
+        let usd = if usd.is_finite() { usd.max(0.0) } else { 0.0 };
+        let backing = match self {
+            SpendBook::File(ledger) => {
+                let reservation = ledger.try_reserve(limits, key, usd).ok_or(Refusal::Exhausted)?;
+                return Ok(reservation);
+            }
+            SpendBook::Shared(budgets) => {
+                let mut scopes = vec![ScopeLimits {
+                    scope: shared::scope(None),
+                    daily_usd: limits.global.daily_usd,
+                    monthly_usd: limits.global.monthly_usd,
+                }];
+                if let Some(key) = key {
+                    scopes.push(ScopeLimits {
+                        scope: shared::scope(Some(key)),
+                        daily_usd: limits.per_key.daily_usd,
+                        monthly_usd: limits.per_key.monthly_usd,
+                    });
+                }
+                let hold = budgets
+                    .hold(&today(), &scopes, usd)
+                    .await
+                    .map_err(|refusal| match refusal {
+                        shared::Refusal::Exhausted => Refusal::Exhausted,
+                        shared::Refusal::StoreDown { allowance_usd, reason } => {
+                            Refusal::StoreDown { allowance_usd, reason }
+                        }
+                    })?;
+                Backing::Shared(budgets.clone(), Some(hold))
+            }
+        };
+        Ok(Reservation {
+            backing,
+            key: key.map(str::to_string),
+            usd,
+            open: true,
+        })
+    }
+
+    /// The pacing level for a caller, counting calls in flight as spent.
+    /// With the shared store unreachable, remote is off for routed
+    /// requests (level 1): only the fail-safe allowance admits calls.
+    pub fn pacing(&self, limits: &BudgetLimits, key: Option<&str>) -> Pacing {
+        match self {
+            SpendBook::File(ledger) => ledger.pacing(limits, key),
+            SpendBook::Shared(budgets) => {
+                if !budgets.store().is_up() {
+                    return Pacing { level: 1.0 };
+                }
+                let snapshot = budgets.snapshot();
+                let spend = |scope: &str| {
+                    let (daily_usd, monthly_usd) = if snapshot.on == today() {
+                        snapshot.used(scope)
+                    } else {
+                        (0.0, snapshot.used(scope).1)
+                    };
+                    Spend { daily_usd, monthly_usd }
+                };
+                let mut fraction = fullest(spend(&shared::scope(None)), limits.global);
+                if let Some(key) = key {
+                    fraction = fraction.max(fullest(spend(&shared::scope(Some(key))), limits.per_key));
+                }
+                Pacing {
+                    level: level_from(fraction, limits.pacing_from),
+                }
+            }
+        }
+    }
+
+    /// Whether the books cannot be read now (the shared store is down):
+    /// admission then decides alone, from the fail-safe allowance.
+    pub fn degraded(&self) -> bool {
+        match self {
+            SpendBook::File(_) => false,
+            SpendBook::Shared(budgets) => !budgets.store().is_up(),
+        }
+    }
+
+    /// What calls in flight hold against the global budgets.
+    pub fn reserved_usd(&self) -> f64 {
+        match self {
+            SpendBook::File(ledger) => ledger.reserved_usd(),
+            SpendBook::Shared(budgets) => budgets.snapshot().held_usd(&shared::scope(None)),
+        }
+    }
+
+    /// The global budgets' state.
+    pub fn status(&self, limits: &BudgetLimits) -> Vec<BudgetStatus> {
+        match self {
+            SpendBook::File(ledger) => ledger.status(limits),
+            SpendBook::Shared(budgets) => {
+                let snapshot = budgets.snapshot();
+                let (day, month) = snapshot.spent(&shared::scope(None));
+                let day = if snapshot.on == today() { day } else { 0.0 };
+                statuses(
+                    limits,
+                    Spend {
+                        daily_usd: day,
+                        monthly_usd: month,
+                    },
+                )
+            }
+        }
+    }
+
+    /// Adds the cost of a finished remote call that held nothing.
+    pub fn record(&self, key: Option<&str>, cost_usd: f64) {
+        match self {
+            SpendBook::File(ledger) => ledger.record(key, cost_usd),
+            SpendBook::Shared(budgets) => {
+                let mut scopes = vec![shared::scope(None)];
+                scopes.extend(key.map(|k| shared::scope(Some(k))));
+                budgets.record(&today(), scopes, cost_usd);
+            }
+        }
+    }
+
+    /// The file ledger, when the spend is kept in the process.
+    pub fn file(&self) -> Option<&Arc<Ledger>> {
+        match self {
+            SpendBook::File(ledger) => Some(ledger),
+            SpendBook::Shared(_) => None,
         }
     }
 }
@@ -287,7 +464,7 @@ impl Ledger {
             let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
             let holder = holder.trim();
             return Err(format!(
-                "budget state file {} is kept by another running Switchyard{}: two daemons with one state file each keep their own ledger and overwrite the other's spend, spending the budget twice. Give each daemon its own state_file (each then has its own budget); budgets shared by replicas need a shared state store, which Switchyard does not have yet",
+                "budget state file {} is kept by another running Switchyard{}: two daemons with one state file each keep their own ledger and overwrite the other's spend, spending the budget twice. Give each daemon its own state_file (each then has its own budget); replicas that share budgets keep them in a shared store: set state.backend: redis in the policy",
                 path.display(),
                 if holder.is_empty() {
                     String::new()
@@ -363,7 +540,8 @@ impl Ledger {
     }
 
     /// Admits a remote call that may cost up to `usd`: refused (`None`) when
-    /// the caller's budgets, counting what calls in flight hold, are spent;
+    /// the caller's budgets, counting what calls in flight hold, would be
+    /// exceeded by it;
     /// else the amount is held against them until the reservation ends. The
     /// check and the hold are one step, so calls admitted together cannot all
     /// see the same money left.
@@ -380,7 +558,7 @@ impl Ledger {
     ) -> Option<Reservation> {
         let usd = if usd.is_finite() { usd.max(0.0) } else { 0.0 };
         let mut books = self.state.lock().expect("ledger lock");
-        if level_of(&mut books, day, limits, key) >= 1.0 {
+        if !fits(&mut books, day, limits, key, usd) {
             return None;
         }
         books.held.global.add(usd);
@@ -388,7 +566,7 @@ impl Ledger {
             books.held.keys.entry(key.to_string()).or_default().add(usd);
         }
         Some(Reservation {
-            ledger: self.clone(),
+            backing: Backing::File(self.clone()),
             key: key.map(str::to_string),
             usd,
             open: true,
@@ -420,24 +598,7 @@ impl Ledger {
             books.spent.roll_to(&today());
             books.spent.global
         };
-        let mut out = Vec::new();
-        if let Some(limit) = config.global.daily_usd {
-            out.push(BudgetStatus {
-                scope: "global",
-                period: "day",
-                limit_usd: limit,
-                spent_usd: global.daily_usd,
-            });
-        }
-        if let Some(limit) = config.global.monthly_usd {
-            out.push(BudgetStatus {
-                scope: "global",
-                period: "month",
-                limit_usd: limit,
-                spent_usd: global.monthly_usd,
-            });
-        }
-        out
+        statuses(config, global)
     }
 
     /// Writes the spend file if anything changed since the last write: to a
@@ -474,6 +635,59 @@ impl Drop for Ledger {
     }
 }
 
+/// The global budgets that are set, with their spend.
+fn statuses(config: &BudgetLimits, global: Spend) -> Vec<BudgetStatus> {
+    let mut out = Vec::new();
+    if let Some(limit) = config.global.daily_usd {
+        out.push(BudgetStatus {
+            scope: "global",
+            period: "day",
+            limit_usd: limit,
+            spent_usd: global.daily_usd,
+        });
+    }
+    if let Some(limit) = config.global.monthly_usd {
+        out.push(BudgetStatus {
+            scope: "global",
+            period: "month",
+            limit_usd: limit,
+            spent_usd: global.monthly_usd,
+        });
+    }
+    out
+}
+
+/// Whether a hold of `usd` keeps every budget of the caller within its
+/// limit, counting spend and what calls in flight hold. A budget is never
+/// exceeded by calls admitted together: each fits in what the others left.
+fn fits(books: &mut Books, day: &str, config: &BudgetLimits, key: Option<&str>, usd: f64) -> bool {
+    books.spent.roll_to(day);
+    let within = |spend: Spend, held: f64, limits: Limits| {
+        [
+            (spend.daily_usd, limits.daily_usd),
+            (spend.monthly_usd, limits.monthly_usd),
+        ]
+        .into_iter()
+        .all(|(spent, limit)| {
+            // A spent budget refuses even a call whose cost is not
+            // bounded in advance (held at zero).
+            limit.is_none_or(|limit| spent + held < limit && spent + held + usd <= limit * (1.0 + 1e-12))
+        })
+    };
+    let mut ok = within(books.spent.global, books.held.global.usd, config.global);
+    if let Some(key) = key {
+        let spent = books.spent.keys.get(key).copied().unwrap_or_default();
+        let held = books.held.keys.get(key).map_or(0.0, |h| h.usd);
+        ok &= within(spent, held, config.per_key);
+    }
+    ok
+}
+
+/// The pacing level of a spent fraction: `pacing_from..1` mapped to `0..1`.
+fn level_from(fraction: f64, from: f64) -> f64 {
+    ((fraction - from) / (1.0 - from)).clamp(0.0, 1.0)
+}
+
 /// The pacing level of `key` (or the global one): spend plus holds, as the
 /// largest fraction of any limit, mapped from `pacing_from..1` to `0..1`.
 fn level_of(books: &mut Books, day: &str, config: &BudgetLimits, key: Option<&str>) -> f64 {
@@ -488,8 +702,7 @@ fn level_of(books: &mut Books, day: &str, config: &BudgetLimits, key: Option<&st
         let held = books.held.keys.get(key).map_or(0.0, |h| h.usd);
         fraction = fraction.max(fullest(with_held(spent, held), config.per_key));
     }
-    let from = config.pacing_from;
-    ((fraction - from) / (1.0 - from)).clamp(0.0, 1.0)
+    level_from(fraction, config.pacing_from)
 }
 
 /// The largest spent fraction of the limits that are set.
@@ -501,27 +714,6 @@ fn fullest(spend: Spend, limits: Limits) -> f64 {
     .into_iter()
     .filter_map(|(spent, limit)| limit.map(|l| spent / l))
     .fold(0.0, f64::max)
-}
-
-/// Today's UTC date as `YYYY-MM-DD`.
-fn today() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    format!("{y:04}-{m:02}-{d:02}")
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 #[cfg(test)]

@@ -101,10 +101,30 @@ pub(crate) fn content_texts(content: &Value) -> impl Iterator<Item = &str> {
         .chain(parts.iter().filter_map(|part| part.get("text").and_then(Value::as_str)))
 }
 
+/// A request's prompt in tokens, estimated without a tokenizer: every
+/// message's text and a few tokens a message for the chat template, and the
+/// tools it offers (rendered into the prompt as JSON, about 3 bytes a
+/// token); with the tools' size in bytes.
+fn prompt_estimate(request: &ChatRequest) -> (u64, u64) {
+    let messages = request.messages().as_array().map_or(&[][..], Vec::as_slice);
+    let all_text = TokenEstimate::joined(messages.iter().flat_map(|m| content_texts(&m["content"])));
+    let mut tokens = all_text.tokens() + 4 * messages.len() as u64;
+    let mut tools_bytes = 0;
+    if request.tools.as_ref().is_some_and(|t| t.choice != ToolChoice::None) {
+        tools_bytes = request.body["tools"].to_string().len() as u64;
+        tokens += tools_bytes.div_ceil(3);
+    }
+    (tokens, tools_bytes)
+}
+
+/// A request's prompt in tokens, as the routing estimates it.
+pub fn prompt_tokens_estimate(request: &ChatRequest) -> u64 {
+    prompt_estimate(request).0
+}
+
 impl Features {
     /// The features of a chat request (its scored text plus what it asks of the backend).
     pub fn extract(request: &ChatRequest, scored_text: &str) -> Features {
-        let body = &request.body;
         let messages = request.messages().as_array().map_or(&[][..], Vec::as_slice);
         let mut features = Features::from_text(scored_text);
         // The size of the user's text is that of all of it, also past what is
@@ -114,15 +134,12 @@ impl Features {
         let user_text = TokenEstimate::joined(user_messages(request).flat_map(|m| content_texts(&m["content"])));
         features.text_tokens_estimate = user_text.tokens();
         features.chars = user_text.chars;
-        let all_text = TokenEstimate::joined(messages.iter().flat_map(|m| content_texts(&m["content"])));
-        features.prompt_tokens_estimate = all_text.tokens() + 4 * messages.len() as u64;
+        let (prompt_tokens, tools_bytes) = prompt_estimate(request);
+        features.prompt_tokens_estimate = prompt_tokens;
         if let Some(tools) = request.tools.as_ref().filter(|t| t.choice != ToolChoice::None) {
             features.tools = tools.functions.len() as u32;
             features.tool_call_required = matches!(tools.choice, ToolChoice::Required | ToolChoice::Named(_));
-            let bytes = body["tools"].to_string().len() as u64;
-            features.schema_bytes += bytes;
-            // The tools are rendered into the prompt: JSON, about 3 bytes a token.
-            features.prompt_tokens_estimate += bytes.div_ceil(3);
+            features.schema_bytes += tools_bytes;
         }
         if let OutputFormat::JsonSchema { schema, .. } = &request.format {
             features.schema_bytes += schema.to_string().len() as u64;

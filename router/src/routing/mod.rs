@@ -35,10 +35,10 @@ use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::outcome::{Ineligible, Reason, RouteError, Tier};
 use crate::policy::{AUTO_MODEL, Mode, Policy, Price, ShadowConfig, Thresholds};
-use budget::{BudgetLimits, Ledger, Pacing, Reservation};
+use budget::{BudgetLimits, Pacing, Refusal, Reservation, SpendBook};
 use decide::{Situation, Verdict};
 use privacy::PrivacyRules;
-use sessions::{SessionKeys, Sessions};
+use sessions::SessionKeys;
 
 /// Output tokens assumed when pricing a remote call for a request that sets no
 /// `max_tokens` (for `x-switchyard-max-cost-usd`).
@@ -74,7 +74,7 @@ pub struct Decision {
 /// (see [`worst_case_usd`]) until the call's cost is known.
 #[derive(Clone)]
 pub struct BudgetClaim {
-    ledger: Arc<Ledger>,
+    ledger: SpendBook,
     limits: BudgetLimits,
     caller: Option<String>,
     prompt_tokens: u64,
@@ -87,27 +87,32 @@ pub struct BudgetClaim {
 impl BudgetClaim {
     /// Admits a call to `backend`: `Ok(None)` for a free one, `Err` when the
     /// budget (counting calls in flight) is spent.
-    pub fn admit(&self, backend: &Backend) -> Result<Option<Reservation>, ApiError> {
+    pub async fn admit(&self, backend: &Backend) -> Result<Option<Reservation>, ApiError> {
         let usd = price_of(backend).cost_usd(self.prompt_tokens, self.output_tokens);
-        reserve(&self.ledger, &self.limits, self.caller.as_deref(), usd, self.why)
+        if usd <= 0.0 {
+            return Ok(None);
+        }
+        reserve(&self.ledger, &self.limits, self.caller.as_deref(), usd, self.why).await
     }
 }
 
-/// Holds `usd` against the budgets; nothing for a free call.
-fn reserve(
-    ledger: &Arc<Ledger>,
+/// Holds `usd` against the budgets.
+async fn reserve(
+    ledger: &SpendBook,
     limits: &BudgetLimits,
     caller: Option<&str>,
     usd: f64,
     why: Reason,
 ) -> Result<Option<Reservation>, ApiError> {
-    if usd <= 0.0 {
-        return Ok(None);
+    match ledger.reserve(limits, caller, usd).await {
+        Ok(reservation) => Ok(Some(reservation)),
+        Err(Refusal::Exhausted) => Err(ApiError::Route(RouteError::BudgetExhausted { why })),
+        Err(Refusal::StoreDown { allowance_usd, reason }) => Err(ApiError::Route(RouteError::StateStoreDown {
+            allowance_usd,
+            reason,
+            why,
+        })),
     }
-    ledger
-        .try_reserve(limits, caller, usd)
-        .map(Some)
-        .ok_or(ApiError::Route(RouteError::BudgetExhausted { why }))
 }
 
 /// Output tokens a request may be billed for: `max_tokens` (or
@@ -270,9 +275,9 @@ impl Routing {
     /// embeddings call) that may cost `usd`: `Ok(None)` when it is free or the
     /// policy sets no budgets, `Err` when the caller's budgets (counting calls
     /// in flight) are spent. No local model can stand in for these.
-    pub fn admit_call(
+    pub async fn admit_call(
         &self,
-        ledger: Option<&Arc<Ledger>>,
+        ledger: Option<&SpendBook>,
         caller: &Caller,
         usd: f64,
     ) -> Result<Option<Reservation>, ApiError> {
@@ -280,28 +285,49 @@ impl Routing {
         // advance (a per-minute price, a body of unknown length): a spent
         // budget refuses it, and its hold of zero is settled with its cost.
         match (ledger, &self.budgets) {
-            (Some(ledger), Some(limits)) => ledger
-                .try_reserve(limits, caller_name(caller), usd.max(0.0))
-                .map(Some)
-                .ok_or(ApiError::Route(RouteError::BudgetExhausted {
-                    why: Reason::RemoteOnlyEndpoint,
-                })),
+            (Some(ledger), Some(limits)) => {
+                reserve(
+                    ledger,
+                    limits,
+                    caller_name(caller),
+                    usd.max(0.0),
+                    Reason::RemoteOnlyEndpoint,
+                )
+                .await
+            }
             _ => Ok(None),
         }
+    }
+
+    /// Where a request's conversation is looked up and remembered, when
+    /// sessions are sticky and the request is routed (a pinned request has
+    /// no tier to keep).
+    pub fn session_keys(&self, request: &ChatRequest, caller: &Caller, hints: &Hints) -> Option<SessionKeys> {
+        if !self.sticky || !self.is_profile(&request.model) {
+            return None;
+        }
+        let caller = caller_name(caller).unwrap_or("");
+        Some(match &hints.session {
+            Some(session) => SessionKeys::named(caller, session),
+            None => SessionKeys::from_messages(caller, request.messages().as_array().map_or(&[][..], Vec::as_slice)),
+        })
     }
 
     /// The one entry point: where a validated request goes and why. A
     /// routing profile (`auto` and its aliases) is scored and decided by the
     /// rules; a backend the client named (or its upstream model) is checked
     /// against the cost limit, the privacy rules and the budgets, and pinned.
+    /// `session_floor` is the tier the request's conversation has reached
+    /// (looked up with [`Routing::session_keys`]); the caller remembers the
+    /// decided tier under the same keys.
     pub fn decide(
         &self,
         request: &ChatRequest,
         caller: &Caller,
         hints: &Hints,
         backends: &Backends,
-        ledger: Option<&Arc<Ledger>>,
-        sessions: &Sessions,
+        ledger: Option<&SpendBook>,
+        session_floor: Option<Tier>,
     ) -> Result<Decision, ApiError> {
         let text = features::text_for_scoring(request);
         let features = features::Features::extract(request, &text);
@@ -312,7 +338,7 @@ impl Routing {
                 score: self.difficulty_model().score(&features, &text),
                 prompt_tokens_estimate: features.prompt_tokens_estimate,
             };
-            return self.route(request, &facts, ledger, sessions);
+            return self.route(request, &facts, ledger, session_floor);
         }
         let backend = backends
             .resolve(&request.model)
@@ -338,6 +364,33 @@ impl Routing {
         })
     }
 
+    /// [`Routing::decide`] with sessions kept in this process's table: the
+    /// conversation's floor looked up, and the decided tier remembered (the
+    /// command-line tools, which have no shared store).
+    pub fn decide_remembering(
+        &self,
+        request: &ChatRequest,
+        caller: &Caller,
+        hints: &Hints,
+        backends: &Backends,
+        ledger: Option<&SpendBook>,
+        sessions: &sessions::Sessions,
+    ) -> Result<Decision, ApiError> {
+        let keys = self.session_keys(request, caller, hints);
+        let decision = self.decide(
+            request,
+            caller,
+            hints,
+            backends,
+            ledger,
+            keys.and_then(|k| sessions.floor(k)),
+        )?;
+        if let Some(keys) = keys {
+            sessions.remember(keys, decision.tier);
+        }
+        Ok(decision)
+    }
+
     /// The remote backends that can take a call now, in order of preference.
     fn ready_remotes(&self) -> impl Iterator<Item = &Arc<Backend>> {
         self.remotes.iter().filter(|b| match b.as_ref() {
@@ -355,7 +408,7 @@ impl Routing {
         request: &ChatRequest,
         backend: &Backend,
         facts: &RequestFacts<'_>,
-        ledger: Option<&Arc<Ledger>>,
+        ledger: Option<&SpendBook>,
     ) -> Result<(), ApiError> {
         if let Backend::Local(_) = backend {
             return Ok(());
@@ -376,7 +429,10 @@ impl Routing {
                 why: Reason::ModelPinned,
             }));
         }
+        // With the shared store unreachable, admission alone decides (from
+        // the fail-safe allowance) when the call goes out.
         if let (Some(ledger), Some(limits)) = (ledger, &self.budgets)
+            && !ledger.degraded()
             && ledger.pacing(limits, caller_name(facts.caller)).exhausted()
         {
             return Err(ApiError::Route(RouteError::BudgetExhausted {
@@ -391,8 +447,8 @@ impl Routing {
         &self,
         request: &ChatRequest,
         facts: &RequestFacts<'_>,
-        ledger: Option<&Arc<Ledger>>,
-        sessions: &Sessions,
+        ledger: Option<&SpendBook>,
+        session_floor: Option<Tier>,
     ) -> Result<Decision, ApiError> {
         let thresholds = *self
             .profiles
@@ -415,13 +471,6 @@ impl Routing {
         let remote_cost_estimate_usd = remote.map_or(0.0, |backend| {
             worst_case_usd(backend, request, facts.prompt_tokens_estimate)
         });
-        let session_keys = self.sticky.then(|| match &facts.hints.session {
-            Some(session) => SessionKeys::named(caller_name.unwrap_or(""), session),
-            None => SessionKeys::from_messages(
-                caller_name.unwrap_or(""),
-                request.messages().as_array().map_or(&[][..], Vec::as_slice),
-            ),
-        });
         let situation = Situation {
             score: facts.score,
             thresholds,
@@ -436,7 +485,7 @@ impl Routing {
                     .map(str::to_string)
             },
             tier_override: facts.hints.tier,
-            session_floor: session_keys.and_then(|keys| sessions.floor(keys)),
+            session_floor,
             pacing: pacing.level,
             remote_cost_estimate_usd,
             max_cost_usd: facts.hints.max_cost_usd,
@@ -444,17 +493,25 @@ impl Routing {
         if let Some(rule) = &situation.privacy_rule {
             tracing::info!(privacy_rule = %rule, "a privacy rule keeps this request on the machine");
         }
-        let Verdict { tier, reason } = decide::decide(&situation).map_err(ApiError::Route)?;
-        if let Some(keys) = session_keys {
-            sessions.remember(keys, tier);
+        let degraded = ledger.is_some_and(SpendBook::degraded);
+        let Verdict { tier, reason } = match decide::decide(&situation) {
+            // The shared store is down: routed requests stay local, but one
+            // the local model cannot serve may still go out, if the
+            // fail-safe allowance admits it.
+            Err(RouteError::BudgetExhausted { .. }) if degraded => decide::decide(&Situation {
+                pacing: 0.0,
+                ..situation.clone()
+            }),
+            decided => decided,
         }
+        .map_err(ApiError::Route)?;
         let backend = match tier {
             Tier::Remote => remote.cloned(),
             Tier::Local | Tier::LocalReasoning => self.local.clone(),
         }
         .expect("decide only picks a tier whose backend is available");
         let remote_permitted = situation.privacy_rule.is_none()
-            && pacing.level < 1.0
+            && (pacing.level < 1.0 || (degraded && tier == Tier::Remote))
             && facts
                 .hints
                 .max_cost_usd
@@ -484,7 +541,7 @@ impl Routing {
         &self,
         request: &ChatRequest,
         facts: &RequestFacts<'_>,
-        ledger: Option<&Arc<Ledger>>,
+        ledger: Option<&SpendBook>,
         pinned: bool,
     ) -> Option<BudgetClaim> {
         Some(BudgetClaim {

@@ -8,18 +8,24 @@
 //! turns just before it), which is exactly what the previous request sent.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use redis::Script;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::outcome::Tier;
+use crate::state::Store;
+
+/// A conversation's name: SHA-256 of what identifies it, the same in
+/// every replica and every build (a shared store keys sessions by it).
+pub type SessionKey = [u8; 32];
 
 pub struct Sessions {
     ttl: Duration,
     max_entries: usize,
-    entries: Mutex<HashMap<u64, Entry>>,
+    entries: Mutex<HashMap<SessionKey, Entry>>,
 }
 
 #[derive(Clone, Copy)]
@@ -31,17 +37,19 @@ struct Entry {
 /// Where a request's conversation is looked up and remembered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionKeys {
-    pub lookup: Option<u64>,
-    pub store: u64,
+    pub lookup: Option<SessionKey>,
+    pub store: SessionKey,
 }
 
 impl SessionKeys {
     /// Keys for a client-named session, scoped to the caller so that two
     /// clients choosing the same name do not share a conversation.
     pub fn named(caller: &str, session: &str) -> SessionKeys {
-        let mut hasher = std::hash::DefaultHasher::new();
-        ("session", caller, session).hash(&mut hasher);
-        let key = hasher.finish();
+        let mut hasher = Sha256::new();
+        feed_str(&mut hasher, "session");
+        feed_str(&mut hasher, caller);
+        feed_str(&mut hasher, session);
+        let key = hasher.finalize().into();
         SessionKeys {
             lookup: Some(key),
             store: key,
@@ -50,15 +58,22 @@ impl SessionKeys {
 
     /// Keys recognising a conversation by its messages.
     pub fn from_messages(caller: &str, messages: &[Value]) -> SessionKeys {
-        let hash_of = |messages: &[Value]| {
-            let mut hasher = std::hash::DefaultHasher::new();
-            ("conversation", caller).hash(&mut hasher);
+        let hash_of = |messages: &[Value]| -> SessionKey {
+            let mut hasher = Sha256::new();
+            feed_str(&mut hasher, "conversation");
+            feed_str(&mut hasher, caller);
             for message in messages {
-                message.get("role").and_then(Value::as_str).hash(&mut hasher);
+                match message.get("role").and_then(Value::as_str) {
+                    Some(role) => {
+                        hasher.update([1]);
+                        feed_str(&mut hasher, role);
+                    }
+                    None => hasher.update([0]),
+                }
                 // Content is a string or an array of parts: hash it whole.
-                hash_value(message.get("content").unwrap_or(&Value::Null), &mut hasher);
+                feed_value(message.get("content").unwrap_or(&Value::Null), &mut hasher);
             }
-            hasher.finish()
+            hasher.finalize().into()
         };
         fn role(m: &Value) -> &str {
             m.get("role").and_then(Value::as_str).unwrap_or("")
@@ -78,26 +93,131 @@ impl SessionKeys {
     }
 }
 
-/// Feeds a JSON value to `hasher` as its structure: distinct values hash
-/// distinctly (each kind and length is hashed before its contents), and no
-/// text is built, however large the value.
-fn hash_value(value: &Value, hasher: &mut impl Hasher) {
+/// A string, its length first, so that no two sequences of strings feed
+/// the same bytes.
+fn feed_str(hasher: &mut Sha256, text: &str) {
+    hasher.update((text.len() as u64).to_le_bytes());
+    hasher.update(text.as_bytes());
+}
+
+/// Feeds a JSON value as its structure: distinct values hash distinctly
+/// (each kind and length is fed before its contents), and no text is built,
+/// however large the value.
+fn feed_value(value: &Value, hasher: &mut Sha256) {
     match value {
-        Value::Null => 0u8.hash(hasher),
-        Value::Bool(b) => (1u8, b).hash(hasher),
-        Value::Number(n) => (2u8, n.as_f64().map(f64::to_bits), n.as_i64(), n.as_u64()).hash(hasher),
-        Value::String(s) => (3u8, s).hash(hasher),
+        Value::Null => hasher.update([0]),
+        Value::Bool(b) => hasher.update([1, u8::from(*b)]),
+        Value::Number(n) => {
+            hasher.update([2]);
+            // The number as written: 1 and 1.0 are told apart.
+            feed_str(hasher, &n.to_string());
+        }
+        Value::String(s) => {
+            hasher.update([3]);
+            feed_str(hasher, s);
+        }
         Value::Array(items) => {
-            (4u8, items.len()).hash(hasher);
-            items.iter().for_each(|item| hash_value(item, hasher));
+            hasher.update([4]);
+            hasher.update((items.len() as u64).to_le_bytes());
+            items.iter().for_each(|item| feed_value(item, hasher));
         }
         Value::Object(fields) => {
-            (5u8, fields.len()).hash(hasher);
+            hasher.update([5]);
+            hasher.update((fields.len() as u64).to_le_bytes());
             for (key, field) in fields {
-                key.hash(hasher);
-                hash_value(field, hasher);
+                feed_str(hasher, key);
+                feed_value(field, hasher);
             }
         }
+    }
+}
+
+/// Sticky sessions as the daemon keeps them: in the process, or in the
+/// shared store so that a conversation's next turn keeps its tier on any
+/// replica. The process's table is kept either way: it answers while the
+/// store is unreachable.
+pub struct SessionStore {
+    memory: Sessions,
+    shared: Option<Arc<Store>>,
+}
+
+fn raise_script() -> &'static Script {
+    static SCRIPT: std::sync::OnceLock<Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| Script::new(include_str!("../state/scripts/raise.lua")))
+}
+
+fn tier_number(tier: Tier) -> i64 {
+    match tier {
+        Tier::Local => 0,
+        Tier::LocalReasoning => 1,
+        Tier::Remote => 2,
+    }
+}
+
+fn tier_of(number: i64) -> Option<Tier> {
+    match number {
+        0 => Some(Tier::Local),
+        1 => Some(Tier::LocalReasoning),
+        2 => Some(Tier::Remote),
+        _ => None,
+    }
+}
+
+impl SessionStore {
+    pub fn new(ttl: Duration, max_entries: usize, shared: Option<Arc<Store>>) -> SessionStore {
+        SessionStore {
+            memory: Sessions::new(ttl, max_entries),
+            shared,
+        }
+    }
+
+    fn key(store: &Store, key: &SessionKey) -> String {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        store.key(&format!("session:{hex}"))
+    }
+
+    /// The highest tier the conversation has reached, if it is known.
+    pub async fn floor(&self, keys: SessionKeys) -> Option<Tier> {
+        let local = self.memory.floor(keys);
+        let (Some(store), Some(lookup)) = (&self.shared, keys.lookup) else {
+            return local;
+        };
+        let key = SessionStore::key(store, &lookup);
+        let shared = store
+            .run("session", |mut con| async move {
+                redis::cmd("GET").arg(&key).query_async::<Option<i64>>(&mut con).await
+            })
+            .await;
+        match shared {
+            Ok(number) => number.and_then(tier_of).max(local),
+            Err(_) => local,
+        }
+    }
+
+    /// Remembers the tier this request was answered at (in the store in the
+    /// background).
+    pub fn remember(&self, keys: SessionKeys, tier: Tier) {
+        self.memory.remember(keys, tier);
+        let Some(store) = self.shared.clone() else { return };
+        if !store.is_up() {
+            return;
+        }
+        let lookup = SessionStore::key(&store, &keys.lookup.unwrap_or(keys.store));
+        let into = SessionStore::key(&store, &keys.store);
+        let ttl_ms = self.memory.ttl.as_millis() as u64;
+        tokio::spawn(async move {
+            let _ = store
+                .run("session", |mut con| async move {
+                    raise_script()
+                        .key(&lookup)
+                        .key(&into)
+                        .arg(tier_number(tier))
+                        .arg(ttl_ms.max(1))
+                        .invoke_async::<i64>(&mut con)
+                        .await
+                })
+                .await;
+        });
     }
 }
 
@@ -136,7 +256,7 @@ impl Sessions {
 
     /// Drops expired conversations, then the least recently seen tenth, so that
     /// eviction runs once per many inserts rather than on every one.
-    fn evict(&self, entries: &mut HashMap<u64, Entry>, now: Instant) {
+    fn evict(&self, entries: &mut HashMap<SessionKey, Entry>, now: Instant) {
         entries.retain(|_, e| now.duration_since(e.last_seen) < self.ttl);
         if entries.len() > self.max_entries {
             let mut seen: Vec<Instant> = entries.values().map(|e| e.last_seen).collect();
@@ -180,7 +300,7 @@ mod tests {
             json!(1),
             json!(1.0),
         ];
-        let keys: Vec<u64> = contents.iter().cloned().map(key).collect();
+        let keys: Vec<SessionKey> = contents.iter().cloned().map(key).collect();
         for (i, a) in keys.iter().enumerate() {
             for (j, b) in keys.iter().enumerate().skip(i + 1) {
                 assert_ne!(a, b, "{} and {}", contents[i], contents[j]);

@@ -1,0 +1,487 @@
+//! Budgets kept in the shared store: every replica's remote calls are held
+//! and settled by one script each, so calls admitted together on different
+//! replicas can never together spend more than a budget.
+//!
+//! - **Hold** (admission): a call's worst case is held against each of its
+//!   scopes (`global`, `key:<name>`) only if, for each, spend of the UTC day
+//!   and month plus what calls in flight hold plus this amount stays within
+//!   the limit; nothing is written otherwise. Amounts are integer
+//!   nano-dollars: holds return to exactly zero and limits compare exactly.
+//! - **Settle**: the real cost replaces the hold. Idempotent by the call's
+//!   id, so a settlement retried after a timeout (the first may have run)
+//!   counts once.
+//! - **Renew**: a replica extends the holds of its calls still running; a
+//!   hold whose replica died expires after `hold_ttl_s` and is charged its
+//!   worst case (a call that ended without a known cost is charged so
+//!   in the process too); a late settlement corrects that charge.
+//! - **Snapshot**: what is spent and held, read every quarter second, for
+//!   pacing (the routing's soft brake) and the metrics; the hold is the hard
+//!   gate.
+//!
+//! While the store is down, remote calls are admitted from a small
+//! allowance of this replica's (per outage), their settlements journalled
+//! and written, by the same idempotent script, before the store counts as
+//! up again.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use redis::Script;
+
+use super::{Settlement, Store, StoreError};
+use crate::metrics::metrics;
+
+const NANO: f64 = 1e9;
+/// How long a day's and a month's spend keys outlive their period.
+const DAY_TTL_S: u64 = 40 * 86_400;
+const MONTH_TTL_S: u64 = 400 * 86_400;
+/// How often the snapshot is read.
+const SNAPSHOT_INTERVAL: Duration = Duration::from_millis(250);
+
+macro_rules! budget_script {
+    ($file:literal) => {
+        concat!(include_str!("scripts/budget_common.lua"), include_str!($file))
+    };
+}
+
+struct Scripts {
+    hold: Script,
+    settle: Script,
+    renew: Script,
+    snapshot: Script,
+}
+
+fn scripts() -> &'static Scripts {
+    static SCRIPTS: std::sync::OnceLock<Scripts> = std::sync::OnceLock::new();
+    SCRIPTS.get_or_init(|| Scripts {
+        hold: Script::new(budget_script!("scripts/hold.lua")),
+        settle: Script::new(budget_script!("scripts/settle.lua")),
+        renew: Script::new(budget_script!("scripts/renew.lua")),
+        snapshot: Script::new(budget_script!("scripts/snapshot.lua")),
+    })
+}
+
+/// Nano-dollars of an amount in USD (negative and non-finite amounts are 0).
+pub fn nano(usd: f64) -> i64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * NANO).round() as i64
+    } else {
+        0
+    }
+}
+
+fn usd(nano: i64) -> f64 {
+    nano as f64 / NANO
+}
+
+/// The budget scope of a client key, or the global one.
+pub fn scope(key: Option<&str>) -> String {
+    match key {
+        None => "global".to_string(),
+        // Tabs separate scopes in a hold; other bytes are kept as they are.
+        Some(key) => format!("key:{}", key.replace(['\t', '%'], "%")),
+    }
+}
+
+/// One scope's limits for a hold, in USD.
+#[derive(Debug, Clone)]
+pub struct ScopeLimits {
+    pub scope: String,
+    pub daily_usd: Option<f64>,
+    pub monthly_usd: Option<f64>,
+}
+
+/// How a hold was granted.
+#[derive(Debug)]
+pub enum Hold {
+    /// Held in the store.
+    Stored { id: String, scopes: Vec<String> },
+    /// From this replica's allowance while the store was down.
+    Allowance { id: String, scopes: Vec<String> },
+}
+
+/// Why a call was not admitted.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// A budget would be exceeded.
+    Exhausted,
+    /// The store is unreachable and this replica's allowance is used up.
+    StoreDown { allowance_usd: f64, reason: String },
+}
+
+/// What the store held and had spent at the last snapshot.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub held: HashMap<String, i64>,
+    pub day: HashMap<String, i64>,
+    pub month: HashMap<String, i64>,
+    /// The UTC day it was read for.
+    pub on: String,
+}
+
+impl Snapshot {
+    /// Spend of the day and month, holds included, of one scope, in USD.
+    pub fn used(&self, scope: &str) -> (f64, f64) {
+        let get = |map: &HashMap<String, i64>| usd(map.get(scope).copied().unwrap_or(0));
+        let held = get(&self.held);
+        (get(&self.day) + held, get(&self.month) + held)
+    }
+
+    /// What calls in flight hold against one scope, in USD.
+    pub fn held_usd(&self, scope: &str) -> f64 {
+        usd(self.held.get(scope).copied().unwrap_or(0))
+    }
+
+    pub fn spent(&self, scope: &str) -> (f64, f64) {
+        let get = |map: &HashMap<String, i64>| usd(map.get(scope).copied().unwrap_or(0));
+        (get(&self.day), get(&self.month))
+    }
+}
+
+/// Spend admitted from the allowance during one outage.
+#[derive(Debug, Default)]
+struct Allowance {
+    outage: u64,
+    used_nusd: i64,
+}
+
+pub struct SharedBudgets {
+    store: Arc<Store>,
+    hold_ttl: Duration,
+    allowance_nusd: i64,
+    snapshot: Mutex<Snapshot>,
+    /// Ids of this replica's calls in flight held in the store: renewed.
+    open: Mutex<HashSet<String>>,
+    allowance: Mutex<Allowance>,
+    next_id: AtomicU64,
+    replica: String,
+}
+
+impl SharedBudgets {
+    /// Budgets in `store`; starts the snapshot and renewal tasks (a Tokio
+    /// runtime is needed).
+    pub fn new(store: Arc<Store>, hold_ttl: Duration, allowance_usd: f64) -> Arc<SharedBudgets> {
+        let budgets = Arc::new(SharedBudgets {
+            store,
+            hold_ttl,
+            allowance_nusd: nano(allowance_usd),
+            snapshot: Mutex::new(Snapshot::default()),
+            open: Mutex::new(HashSet::new()),
+            allowance: Mutex::new(Allowance::default()),
+            next_id: AtomicU64::new(0),
+            replica: uuid::Uuid::new_v4().simple().to_string(),
+        });
+        tokio::spawn(refresh(Arc::downgrade(&budgets)));
+        tokio::spawn(renew(Arc::downgrade(&budgets)));
+        budgets
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    fn keys(&self, day: &str) -> [String; 7] {
+        let key = |name: &str| self.store.key(name);
+        [
+            key("held"),
+            key("holds"),
+            key("deadlines"),
+            key("done"),
+            key("expired"),
+            key(&format!("spent:d:{day}")),
+            key(&format!("spent:m:{}", &day[..7])),
+        ]
+    }
+
+    fn new_id(&self) -> String {
+        format!("{}-{}", self.replica, self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Admits a call that may cost `usd`, against each scope's limits.
+    pub async fn hold(&self, day: &str, scopes: &[ScopeLimits], usd: f64) -> Result<Hold, Refusal> {
+        let id = self.new_id();
+        let names: Vec<String> = scopes.iter().map(|s| s.scope.clone()).collect();
+        let amount = nano(usd);
+        let limit = |l: Option<f64>| l.map_or(-1, nano);
+        let keys = self.keys(day);
+        let ttl_ms = self.hold_ttl.as_millis() as u64;
+        let answer = self
+            .store
+            .run("hold", |mut con| {
+                let mut call = scripts().hold.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(DAY_TTL_S).arg(MONTH_TTL_S).arg(&id).arg(amount).arg(ttl_ms);
+                for s in scopes {
+                    call.arg(&s.scope).arg(limit(s.daily_usd)).arg(limit(s.monthly_usd));
+                }
+                async move { call.invoke_async::<Vec<redis::Value>>(&mut con).await }
+            })
+            .await;
+        match answer {
+            Ok(values) => {
+                if matches!(values.first(), Some(redis::Value::Int(1))) {
+                    self.open.lock().expect("open holds lock").insert(id.clone());
+                    self.note_held(&names, amount);
+                    Ok(Hold::Stored { id, scopes: names })
+                } else {
+                    Err(Refusal::Exhausted)
+                }
+            }
+            Err(err) => self.hold_from_allowance(id, names, amount, &err),
+        }
+    }
+
+    /// The store could not be asked: the allowance decides.
+    fn hold_from_allowance(
+        &self,
+        id: String,
+        scopes: Vec<String>,
+        amount: i64,
+        err: &StoreError,
+    ) -> Result<Hold, Refusal> {
+        let mut allowance = self.allowance.lock().expect("allowance lock");
+        let outage = self.store.outages();
+        if allowance.outage != outage {
+            *allowance = Allowance { outage, used_nusd: 0 };
+        }
+        if allowance.used_nusd + amount > self.allowance_nusd {
+            let reason = match err {
+                StoreError::Down => self.store.health().reason.unwrap_or_else(|| "unreachable".to_string()),
+                other => other.to_string(),
+            };
+            return Err(Refusal::StoreDown {
+                allowance_usd: usd(self.allowance_nusd),
+                reason,
+            });
+        }
+        allowance.used_nusd += amount;
+        metrics().failsafe_spent.set(usd(allowance.used_nusd));
+        Ok(Hold::Allowance { id, scopes })
+    }
+
+    /// Counts a hold in the snapshot at once, so that pacing sees it before
+    /// the next read.
+    fn note_held(&self, scopes: &[String], amount: i64) {
+        let mut snapshot = self.snapshot.lock().expect("snapshot lock");
+        for scope in scopes {
+            *snapshot.held.entry(scope.clone()).or_default() += amount;
+        }
+    }
+
+    /// Ends a hold of `held_usd` with the call's real cost (its worst case
+    /// when unknown); the store is written in the background.
+    pub fn settle(self: &Arc<Self>, day: &str, hold: Hold, held_usd: f64, cost_usd: f64) {
+        let cost = nano(cost_usd);
+        let (id, scopes, held) = match hold {
+            Hold::Stored { id, scopes } => {
+                self.open.lock().expect("open holds lock").remove(&id);
+                (id, scopes, true)
+            }
+            Hold::Allowance { id, scopes } => {
+                let mut allowance = self.allowance.lock().expect("allowance lock");
+                if allowance.outage == self.store.outages() {
+                    allowance.used_nusd += cost - nano(held_usd);
+                    metrics().failsafe_spent.set(usd(allowance.used_nusd));
+                }
+                (id, scopes, false)
+            }
+        };
+        self.write_later(Settlement {
+            id,
+            cost_nusd: cost,
+            scopes,
+            day: day.to_string(),
+            held,
+        });
+    }
+
+    /// Spend of a call that had no hold (recorded after the fact).
+    pub fn record(self: &Arc<Self>, day: &str, scopes: Vec<String>, cost_usd: f64) {
+        if nano(cost_usd) == 0 {
+            return;
+        }
+        self.write_later(Settlement {
+            id: self.new_id(),
+            cost_nusd: nano(cost_usd),
+            scopes,
+            day: day.to_string(),
+            held: false,
+        });
+    }
+
+    /// Writes a settlement in the background; journalled while the store
+    /// cannot take it.
+    fn write_later(self: &Arc<Self>, settlement: Settlement) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(err) = settle_in(&store, &settlement, false).await {
+                tracing::debug!("a settlement waits for the state store: {err}");
+                store.journal.push(settlement);
+            }
+        });
+    }
+
+    /// The last snapshot, for pacing and the status; empty while the store
+    /// has not been read.
+    pub fn snapshot(&self) -> Snapshot {
+        self.snapshot.lock().expect("snapshot lock").clone()
+    }
+
+    async fn read_snapshot(&self, day: &str) -> Result<Snapshot, StoreError> {
+        let keys = self.keys(day);
+        let (held, spent_day, spent_month): (HashMap<String, i64>, HashMap<String, i64>, HashMap<String, i64>) = self
+            .store
+            .run("snapshot", |mut con| {
+                let mut call = scripts().snapshot.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(DAY_TTL_S).arg(MONTH_TTL_S);
+                async move { call.invoke_async(&mut con).await }
+            })
+            .await?;
+        Ok(Snapshot {
+            held,
+            day: spent_day,
+            month: spent_month,
+            on: day.to_string(),
+        })
+    }
+
+    async fn renew_open(&self) -> Result<(), StoreError> {
+        let ids: Vec<String> = self.open.lock().expect("open holds lock").iter().cloned().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let keys = self.keys(&today());
+        let ttl_ms = self.hold_ttl.as_millis() as u64;
+        self.store
+            .run("renew", |mut con| {
+                let mut call = scripts().renew.prepare_invoke();
+                for key in &keys {
+                    call.key(key);
+                }
+                call.arg(DAY_TTL_S).arg(MONTH_TTL_S).arg(ttl_ms);
+                for id in &ids {
+                    call.arg(id);
+                }
+                async move { call.invoke_async::<i64>(&mut con).await }
+            })
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Today's UTC date as `YYYY-MM-DD`.
+pub fn today() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Runs the settle script for one settlement; `always`: even while the
+/// store is marked down (the journal's writes, before it is up again).
+async fn settle_in(store: &Store, settlement: &Settlement, always: bool) -> Result<(), StoreError> {
+    let key = |name: &str| store.key(name);
+    let keys = [
+        key("held"),
+        key("holds"),
+        key("deadlines"),
+        key("done"),
+        key("expired"),
+        key(&format!("spent:d:{}", settlement.day)),
+        key(&format!("spent:m:{}", &settlement.day[..7])),
+    ];
+    let work = |mut con: redis::aio::ConnectionManager| {
+        let mut call = scripts().settle.prepare_invoke();
+        for key in &keys {
+            call.key(key);
+        }
+        call.arg(DAY_TTL_S)
+            .arg(MONTH_TTL_S)
+            .arg(&settlement.id)
+            .arg(settlement.cost_nusd)
+            .arg(if settlement.held { "held" } else { "unheld" });
+        for scope in &settlement.scopes {
+            call.arg(scope);
+        }
+        async move { call.invoke_async::<i64>(&mut con).await }
+    };
+    if always {
+        store.attempt("settle", work).await.map(|_| ())
+    } else {
+        store.run("settle", work).await.map(|_| ())
+    }
+}
+
+/// Writes the journal's settlements, oldest first; what fails is kept.
+pub(super) async fn write_journal(store: &Store) -> Result<(), StoreError> {
+    let pending = store.journal.take();
+    let mut rest = pending.into_iter();
+    while let Some(settlement) = rest.next() {
+        if let Err(err) = settle_in(store, &settlement, true).await {
+            let mut unwritten = vec![settlement];
+            unwritten.extend(rest);
+            store.journal.restore(unwritten);
+            return Err(err);
+        }
+    }
+    metrics().failsafe_unreconciled.set(store.journal.len() as i64);
+    Ok(())
+}
+
+async fn refresh(budgets: Weak<SharedBudgets>) {
+    let mut ticks = tokio::time::interval(SNAPSHOT_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(budgets) = budgets.upgrade() else { return };
+        if !budgets.store.is_up() {
+            continue;
+        }
+        let day = today();
+        if let Ok(snapshot) = budgets.read_snapshot(&day).await {
+            *budgets.snapshot.lock().expect("snapshot lock") = snapshot;
+        }
+    }
+}
+
+async fn renew(budgets: Weak<SharedBudgets>) {
+    let every = match budgets.upgrade() {
+        Some(b) => (b.hold_ttl / 3).max(Duration::from_millis(500)),
+        None => return,
+    };
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(budgets) = budgets.upgrade() else { return };
+        let started = Instant::now();
+        if let Err(err) = budgets.renew_open().await {
+            tracing::debug!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "holds not renewed: {err}"
+            );
+        }
+    }
+}
