@@ -6,17 +6,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The observability tests drive a real Prometheus (and promtool) and headless
-# Chromium: Debian packages, installed when missing (with sudo unless root).
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null; then
+# Chromium; the shared-state tests a real Redis (redis-server, with redis-cli):
+# Debian packages, installed when missing (with sudo unless root). The
+# package's own service may not start (policy-rc.d in containers): the tests
+# start their own servers.
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v chromium >/dev/null \
+  || ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
   if ! command -v apt-get >/dev/null; then
-    echo "tests/run.sh: the observability tests need prometheus (with promtool) and chromium on PATH; install them and run again" >&2
+    echo "tests/run.sh: the observability tests need prometheus (with promtool) and chromium, the shared-state tests redis-server (with redis-cli), on PATH; install them and run again" >&2
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
   sudo_or_not=$([ "$(id -u)" = 0 ] && echo "" || echo sudo)
-  echo "tests/run.sh: installing prometheus and chromium (Debian packages) for the observability tests" >&2
+  echo "tests/run.sh: installing prometheus, chromium and redis-server (Debian packages) for the observability and shared-state tests" >&2
   $sudo_or_not apt-get update -qq
-  $sudo_or_not apt-get install -y -qq prometheus chromium >/dev/null
+  $sudo_or_not apt-get install -y -qq prometheus chromium redis-server >/dev/null
 fi
 
 # The official openai SDK, for the client tests, in a venv of the workspace.

@@ -3,10 +3,12 @@
 
 pub mod cloud_double;
 pub mod daemon;
+pub mod redis;
 pub mod routed;
 
 pub use cloud_double::CloudDouble;
 pub use daemon::Daemon;
+pub use redis::RedisServer;
 
 /// `policy` with its local backend's `reasoning` turned off (the backend must
 /// set `reasoning_max_tokens: 16`, as the tests' policies do).
