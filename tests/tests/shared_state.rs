@@ -380,6 +380,11 @@ async fn until_store(daemon: &Daemon, up: bool, within: Duration) -> Value {
                 "switchyard_state_store_up is {gauge} (up: {up}) while /readyz says {ready}"
             ));
         }
+        // The status page reads the same.
+        let status = daemon.get_json("/status.json").await;
+        if status["state_store"]["up"] != up || status["state_store"]["reason"].is_null() != up {
+            return Err(format!("/status.json says {}", status["state_store"]));
+        }
         Ok(ready)
     })
     .await
