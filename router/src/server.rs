@@ -126,8 +126,15 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
         }
     };
     flush_ledger(&state);
+    if let Some(store) = &store {
+        store.drain(STORE_DRAIN).await;
+    }
     result
 }
+
+/// How long a stopping replica waits to write its last settlements to the
+/// shared state store.
+const STORE_DRAIN: Duration = Duration::from_secs(2);
 
 fn flush_ledger(state: &AppState) {
     if let Some(ledger) = state.policy.current().ledger.as_ref().and_then(SpendBook::file)

@@ -172,7 +172,11 @@ async fn answer(
         shadowed,
     } = match prepared {
         Ok(prepared) => prepared,
-        Err(err) => return refused(record, err),
+        Err(err) => {
+            let mut response = refused(record, err);
+            rate_headers(&mut response, &verdict);
+            return response;
+        }
     };
     if let Some(keys) = session {
         // In shadow mode, the routing's own decision (kept aside) is the

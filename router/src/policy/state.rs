@@ -253,8 +253,16 @@ impl Policy {
     }
 }
 
-/// Whether a store address carries a password (`redis://user:pw@host`, `redis://:pw@host`).
+/// Whether a store address carries a password (`redis://user:pw@host`,
+/// `redis://:pw@host`, or a socket's `?pass=`).
 fn url_has_password(url: &str) -> bool {
+    let query = url.split_once('?').map_or("", |(_, query)| query);
+    if query
+        .split('&')
+        .any(|pair| pair.starts_with("pass=") || pair.starts_with("password="))
+    {
+        return true;
+    }
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     let authority = rest.split(['/', '?']).next().unwrap_or("");
     authority
@@ -273,5 +281,6 @@ mod tests {
         assert!(!url_has_password("redis://user@host"));
         assert!(!url_has_password("redis://127.0.0.1:6379/0"));
         assert!(!url_has_password("unix:///run/redis.sock"));
+        assert!(url_has_password("unix:///run/redis.sock?db=1&pass=secret"));
     }
 }

@@ -200,9 +200,23 @@ impl SharedBudgets {
     }
 
     /// Admits a call that may cost `usd`, against each scope's limits.
-    pub async fn hold(&self, day: &str, scopes: &[ScopeLimits], usd: f64) -> Result<Hold, Refusal> {
+    pub async fn hold(self: &Arc<Self>, day: &str, scopes: &[ScopeLimits], usd: f64) -> Result<Hold, Refusal> {
         let id = self.new_id();
         let names: Vec<String> = scopes.iter().map(|s| s.scope.clone()).collect();
+        // A hold sent but not answered (the request went away meanwhile, or
+        // the store did not answer in time, and no allowance took the call)
+        // may still be made: released, by a settlement of nothing, unless
+        // disarmed.
+        let mut unanswered = Unanswered {
+            budgets: Some(self.clone()),
+            settlement: Some(Settlement {
+                id: id.clone(),
+                cost_nusd: 0,
+                scopes: names.clone(),
+                day: day.to_string(),
+                held: false,
+            }),
+        };
         let amount = nano(usd);
         let limit = |l: Option<f64>| l.map_or(-1, nano);
         let keys = self.keys(day);
@@ -223,6 +237,7 @@ impl SharedBudgets {
             .await;
         match answer {
             Ok(values) => {
+                unanswered.disarm();
                 if matches!(values.first(), Some(redis::Value::Int(1))) {
                     self.open.lock().expect("open holds lock").insert(id.clone());
                     self.note_held(&names, amount);
@@ -231,13 +246,30 @@ impl SharedBudgets {
                     Err(Refusal::Exhausted)
                 }
             }
-            Err(err) => self.hold_from_allowance(id, names, amount, &err),
+            Err(err) => {
+                if matches!(err, StoreError::Down) {
+                    // Not sent: nothing to release.
+                    unanswered.disarm();
+                }
+                let admitted = self.hold_from_allowance(day, scopes, id, names, amount, &err);
+                if admitted.is_ok() {
+                    // Its own settlement (unheld, same id) releases whatever
+                    // hold the store may have made.
+                    unanswered.disarm();
+                }
+                admitted
+            }
         }
     }
 
-    /// The store could not be asked: the allowance decides.
+    /// The store could not be asked: the allowance decides, by the same rule
+    /// as a hold (a used-up allowance refuses even a call held at zero), and
+    /// never past a budget the last snapshot of the day already shows spent
+    /// (counting what the allowance has admitted since).
     fn hold_from_allowance(
         &self,
+        day: &str,
+        limits: &[ScopeLimits],
         id: String,
         scopes: Vec<String>,
         amount: i64,
@@ -248,7 +280,17 @@ impl SharedBudgets {
         if allowance.outage != outage {
             *allowance = Allowance { outage, used_nusd: 0 };
         }
-        if allowance.used_nusd + amount > self.allowance_nusd {
+        let used = allowance.used_nusd;
+        let over_allowance = used >= self.allowance_nusd || used + amount > self.allowance_nusd;
+        let snapshot = self.snapshot();
+        let over_budget = limits.iter().any(|scope| {
+            let (day_used, month_used) = snapshot.used(&scope.scope);
+            let day_used = if snapshot.on == day { day_used } else { 0.0 };
+            [(day_used, scope.daily_usd), (month_used, scope.monthly_usd)]
+                .into_iter()
+                .any(|(spent, limit)| limit.is_some_and(|limit| nano(spent) + used + amount > nano(limit)))
+        });
+        if over_allowance || over_budget {
             let reason = match err {
                 StoreError::Down => self.store.health().reason.unwrap_or_else(|| "unreachable".to_string()),
                 other => other.to_string(),
@@ -317,11 +359,13 @@ impl SharedBudgets {
     /// cannot take it.
     fn write_later(self: &Arc<Self>, settlement: Settlement) {
         let store = self.store.clone();
+        store.writing.fetch_add(1, Ordering::AcqRel);
         tokio::spawn(async move {
             if let Err(err) = settle_in(&store, &settlement, false).await {
                 tracing::debug!("a settlement waits for the state store: {err}");
                 store.journal.push(settlement);
             }
+            store.writing.fetch_sub(1, Ordering::AcqRel);
         });
     }
 
@@ -397,6 +441,27 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The settlement of a hold that may have been made without an answer,
+/// written when dropped armed.
+struct Unanswered {
+    budgets: Option<Arc<SharedBudgets>>,
+    settlement: Option<Settlement>,
+}
+
+impl Unanswered {
+    fn disarm(&mut self) {
+        self.budgets = None;
+    }
+}
+
+impl Drop for Unanswered {
+    fn drop(&mut self) {
+        if let (Some(budgets), Some(settlement)) = (self.budgets.take(), self.settlement.take()) {
+            budgets.write_later(settlement);
+        }
+    }
 }
 
 /// Runs the settle script for one settlement; `always`: even while the

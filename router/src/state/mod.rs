@@ -79,7 +79,19 @@ pub struct Store {
     warned: AtomicBool,
     /// Outages seen (each replica's fail-safe allowance is per outage).
     outages: AtomicU64,
+    /// Operations that found the store unreachable.
+    failures: AtomicU64,
+    /// Settlements being written in the background.
+    pub(crate) writing: std::sync::atomic::AtomicUsize,
+    /// Since when the store has been up: a store down again within
+    /// [`OUTAGE_SETTLE`] continues the same outage (a stall is not a fresh
+    /// allowance).
+    up_since: Mutex<Option<Instant>>,
 }
+
+/// How long the store must stay up for its next failure to count as a new
+/// outage.
+const OUTAGE_SETTLE: Duration = Duration::from_secs(300);
 
 impl Store {
     /// Connects to `url` (the address `config` gives) lazily: a store that
@@ -118,8 +130,11 @@ impl Store {
             up: AtomicBool::new(false),
             down: Mutex::new(Some((SystemTime::now(), "not reached yet".to_string()))),
             journal: Journal::default(),
-            warned: AtomicBool::new(true),
+            warned: AtomicBool::new(false),
             outages: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            writing: std::sync::atomic::AtomicUsize::new(0),
+            up_since: Mutex::new(None),
         });
         metrics().state_store_up.with_label_values(&["redis"]).set(0);
         tokio::spawn(probe(Arc::downgrade(&store)));
@@ -203,10 +218,18 @@ impl Store {
     }
 
     fn mark_down(&self, op: &str, why: &str) {
+        self.failures.fetch_add(1, Ordering::AcqRel);
         let mut down = self.down.lock().expect("store health lock");
         if down.is_none() {
             *down = Some((SystemTime::now(), why.to_string()));
-            self.outages.fetch_add(1, Ordering::AcqRel);
+            let settled = self
+                .up_since
+                .lock()
+                .expect("store health lock")
+                .is_some_and(|since| since.elapsed() >= OUTAGE_SETTLE);
+            if settled {
+                self.outages.fetch_add(1, Ordering::AcqRel);
+            }
         }
         self.up.store(false, Ordering::Release);
         metrics().state_store_up.with_label_values(&["redis"]).set(0);
@@ -219,6 +242,7 @@ impl Store {
     }
 
     fn mark_up(&self) {
+        *self.up_since.lock().expect("store health lock") = Some(Instant::now());
         *self.down.lock().expect("store health lock") = None;
         self.up.store(true, Ordering::Release);
         self.warned.store(false, Ordering::Release);
@@ -229,6 +253,8 @@ impl Store {
     /// keep budgets), then the journal's settlements; up only when both went
     /// through, so that budgets read from the store count them.
     async fn probe_once(&self) {
+        // A failure seen while this probe runs keeps the store down.
+        let failures = self.failures.load(Ordering::Acquire);
         let key = self.key("probe");
         let ping = self
             .attempt("ping", |mut con| async move {
@@ -254,13 +280,37 @@ impl Store {
             );
             return;
         }
-        if !self.is_up() {
-            if self.outages() == 0 {
+        if !self.is_up() && self.failures.load(Ordering::Acquire) == failures {
+            if self.outages() == 0 && self.up_since.lock().expect("store health lock").is_none() {
                 tracing::info!("the state store answers; budgets, sessions and rate limits are shared through it");
             } else {
                 tracing::info!("the state store is back; this replica uses it again");
             }
             self.mark_up();
+        }
+    }
+
+    /// At shutdown: waits (within `within`) for the settlements being
+    /// written and writes the journal, so that a replica that stops does not
+    /// leave its calls' holds to expire (charged their worst case) nor lose
+    /// the spend it admitted while the store was down. What cannot be
+    /// written is logged with its amount.
+    pub async fn drain(&self, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.writing.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if !self.journal.is_empty() {
+            let _ = tokio::time::timeout_at(deadline, budgets::write_journal(self)).await;
+        }
+        let left = self.journal.take();
+        if !left.is_empty() {
+            let nusd: i64 = left.iter().map(|s| s.cost_nusd).sum();
+            tracing::error!(
+                calls = left.len(),
+                usd = nusd as f64 / 1e9,
+                "stopping with remote spend not written to the state store: calls it held are charged their worst case when their holds expire; calls admitted while it was down are not counted"
+            );
         }
     }
 

@@ -215,7 +215,7 @@ impl RateLimiter {
                 };
                 Standing {
                     limit: limit.per_minute,
-                    remaining: ((period - (until - now)) / interval).floor().max(0.0) as u64,
+                    remaining: ((period - (until - now)) / interval + 1e-9).floor().max(0.0) as u64,
                     reset_ms: (until - now).ceil().max(0.0) as u64,
                 }
             })
