@@ -207,3 +207,41 @@ async fn with_the_store_down_calls_are_admitted_from_the_allowance_and_written_w
         "the state store is down"
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_from_another_day_leaves_the_worst_case_where_it_was_charged() {
+    let redis = RedisServer::start(&scratch_dir("budgets-days"));
+    let policy = policy(&redis.url(), "days", 2);
+    let scopes = vec![switchyard::state::budgets::ScopeLimits {
+        scope: "global".to_string(),
+        daily_usd: Some(10.0),
+        monthly_usd: None,
+    }];
+    let (store, dead) = replica(&policy).await;
+    let Hold::Stored { id, scopes: held } = dead.hold(&today(), &scopes, 0.40).await.unwrap() else {
+        panic!("held in the store")
+    };
+    drop((dead, store));
+    let (_store, alive) = replica(&policy).await;
+    until("the hold expires, charged today", || {
+        books(&redis, "days", "global") == (nano(0.40), 0)
+    })
+    .await;
+    // Its settlement, replayed from a journal, says another day: today's
+    // charge is not moved there, nor corrected (over-counting is the safe side).
+    let expired = |id: &str| redis.command(&["HEXISTS", "days:{days}:expired", id]).trim() == "1";
+    assert!(expired(&id), "the expired hold is kept for a correction");
+    alive.settle(
+        "2020-01-01",
+        Hold::Stored {
+            id: id.clone(),
+            scopes: held,
+        },
+        0.40,
+        0.15,
+    );
+    until("the settlement is written", || !expired(&id)).await;
+    assert_eq!(books(&redis, "days", "global"), (nano(0.40), 0));
+    let old_day = redis.command(&["HGET", "days:{days}:spent:d:2020-01-01", "global"]);
+    assert!(old_day.trim().is_empty() || old_day.trim() == "0", "{old_day}");
+}

@@ -215,6 +215,7 @@ impl SharedBudgets {
                 scopes: names.clone(),
                 day: day.to_string(),
                 held: false,
+                refusals: 0,
             }),
         };
         let amount = nano(usd);
@@ -338,6 +339,7 @@ impl SharedBudgets {
             scopes,
             day: day.to_string(),
             held,
+            refusals: 0,
         });
     }
 
@@ -352,6 +354,7 @@ impl SharedBudgets {
             scopes,
             day: day.to_string(),
             held: false,
+            refusals: 0,
         });
     }
 
@@ -486,7 +489,12 @@ async fn settle_in(store: &Store, settlement: &Settlement, always: bool) -> Resu
             .arg(MONTH_TTL_S)
             .arg(&settlement.id)
             .arg(settlement.cost_nusd)
-            .arg(if settlement.held { "held" } else { "unheld" });
+            .arg(match (settlement.held, settlement.day == today()) {
+                (true, true) => "held",
+                (false, true) => "unheld",
+                (true, false) => "held:past",
+                (false, false) => "unheld:past",
+            });
         for scope in &settlement.scopes {
             call.arg(scope);
         }
@@ -500,20 +508,43 @@ async fn settle_in(store: &Store, settlement: &Settlement, always: bool) -> Resu
 }
 
 /// Writes the journal's settlements, oldest first; what fails is kept.
+/// Writes the journal's settlements, oldest first. An unreachable store
+/// stops it, keeping the rest; a settlement the store refuses (a fault of
+/// the script or of the data) is tried again at the next probe, and set
+/// aside with an error after [`MAX_REFUSALS`], so that one bad entry
+/// neither keeps the store down nor blocks the others.
 pub(super) async fn write_journal(store: &Store) -> Result<(), StoreError> {
     let pending = store.journal.take();
+    let mut refused = Vec::new();
     let mut rest = pending.into_iter();
-    while let Some(settlement) = rest.next() {
-        if let Err(err) = settle_in(store, &settlement, true).await {
-            let mut unwritten = vec![settlement];
-            unwritten.extend(rest);
-            store.journal.restore(unwritten);
-            return Err(err);
+    while let Some(mut settlement) = rest.next() {
+        match settle_in(store, &settlement, true).await {
+            Ok(()) => {}
+            Err(StoreError::Refused(why)) => {
+                settlement.refusals += 1;
+                if settlement.refusals >= MAX_REFUSALS {
+                    tracing::error!(
+                        usd = settlement.cost_nusd as f64 / NANO,
+                        "the state store refuses a settlement ({why}); it is set aside, its spend not counted"
+                    );
+                } else {
+                    refused.push(settlement);
+                }
+            }
+            Err(err) => {
+                refused.push(settlement);
+                refused.extend(rest);
+                store.journal.restore(refused);
+                return Err(err);
+            }
         }
     }
-    metrics().failsafe_unreconciled.set(store.journal.len() as i64);
+    store.journal.restore(refused);
     Ok(())
 }
+
+/// Times the store may refuse a journalled settlement before it is set aside.
+const MAX_REFUSALS: u32 = 5;
 
 async fn refresh(budgets: Weak<SharedBudgets>) {
     let mut ticks = tokio::time::interval(SNAPSHOT_INTERVAL);

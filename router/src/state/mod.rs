@@ -371,6 +371,8 @@ pub struct Settlement {
     /// Whether the store granted its hold (else it was admitted from the
     /// allowance, or had no hold).
     pub held: bool,
+    /// Times the store refused it (a fault, not an outage).
+    pub refusals: u32,
 }
 
 /// Settlements waiting for the store, oldest first.

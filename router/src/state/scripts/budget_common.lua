@@ -24,12 +24,13 @@ local function parse_hold(text)
   return amount, scopes
 end
 
--- Adds `amount` (possibly negative) to each scope's day and month spend,
--- never below zero.
-local function charge(scopes, amount)
+-- Adds `amount` (possibly negative) to each scope's spend in `keys` (by
+-- default the day's and the month's), never below zero.
+local function charge(scopes, amount, keys)
   if amount == 0 then return end
+  keys = keys or {KEYS[6], KEYS[7]}
   for _, scope in ipairs(scopes) do
-    for _, key in ipairs({KEYS[6], KEYS[7]}) do
+    for _, key in ipairs(keys) do
       if redis.call('HINCRBY', key, scope, int(amount)) < 0 then
         redis.call('HSET', key, scope, '0')
       end
@@ -60,7 +61,8 @@ local function purge(now)
       local amount, scopes = parse_hold(hold)
       release(scopes, amount)
       charge(scopes, amount)
-      redis.call('HSET', KEYS[5], id, hold)
+      -- With the day and month it was charged to, for a later correction.
+      redis.call('HSET', KEYS[5], id, hold .. '\n' .. KEYS[6] .. '\n' .. KEYS[7])
       redis.call('ZADD', KEYS[4], now, id)
       redis.call('HDEL', KEYS[2], id)
     end
