@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{BudgetsConfig, Limits};
+pub use crate::state::budgets::Refusal;
 #[cfg(test)]
 use crate::state::budgets::civil_from_days;
 pub(crate) use crate::state::budgets::today;
@@ -276,16 +277,6 @@ impl Drop for Reservation {
     }
 }
 
-/// Why a remote call was not admitted.
-#[derive(Debug, Clone)]
-pub enum Refusal {
-    /// A budget (counting calls in flight) would be exceeded.
-    Exhausted,
-    /// The shared store is unreachable and this replica's fail-safe
-    /// allowance is used up.
-    StoreDown { allowance_usd: f64, reason: String },
-}
-
 /// The spend books a policy's budgets are kept in: this process's ledger
 /// (and its state file), or the store shared by replicas.
 #[derive(Clone)]
@@ -318,15 +309,7 @@ impl SpendBook {
                         monthly_usd: limits.per_key.monthly_usd,
                     });
                 }
-                let hold = budgets
-                    .hold(&today(), &scopes, usd)
-                    .await
-                    .map_err(|refusal| match refusal {
-                        shared::Refusal::Exhausted => Refusal::Exhausted,
-                        shared::Refusal::StoreDown { allowance_usd, reason } => {
-                            Refusal::StoreDown { allowance_usd, reason }
-                        }
-                    })?;
+                let hold = budgets.hold(&today(), &scopes, usd).await?;
                 Backing::Shared(budgets.clone(), Some(hold))
             }
         };
@@ -349,12 +332,9 @@ impl SpendBook {
                     return Pacing { level: 1.0 };
                 }
                 let snapshot = budgets.snapshot();
+                let today = today();
                 let spend = |scope: &str| {
-                    let (daily_usd, monthly_usd) = if snapshot.on == today() {
-                        snapshot.used(scope)
-                    } else {
-                        (0.0, snapshot.used(scope).1)
-                    };
+                    let (daily_usd, monthly_usd) = snapshot.spend_on(scope, &today, true);
                     Spend { daily_usd, monthly_usd }
                 };
                 let mut fraction = fullest(spend(&shared::scope(None)), limits.global);
@@ -391,8 +371,7 @@ impl SpendBook {
             SpendBook::File(ledger) => ledger.status(limits),
             SpendBook::Shared(budgets) => {
                 let snapshot = budgets.snapshot();
-                let (day, month) = snapshot.spent(&shared::scope(None));
-                let day = if snapshot.on == today() { day } else { 0.0 };
+                let (day, month) = snapshot.spend_on(&shared::scope(None), &today(), false);
                 statuses(
                     limits,
                     Spend {

@@ -63,6 +63,32 @@ fn scripts() -> &'static Scripts {
     })
 }
 
+/// The keys every budget script takes (see `scripts/budget_common.lua`),
+/// with the spend of `day` and of its month.
+fn budget_keys(store: &Store, day: &str) -> [String; 7] {
+    let key = |name: &str| store.key(name);
+    [
+        key("held"),
+        key("holds"),
+        key("deadlines"),
+        key("done"),
+        key("expired"),
+        key(&format!("spent:d:{day}")),
+        key(&format!("spent:m:{}", &day[..7])),
+    ]
+}
+
+/// A call of a budget script on `keys`, with the arguments all of them
+/// take first (the time to live of the day's and the month's spend).
+fn budget_call<'a>(script: &'a Script, keys: &[String; 7]) -> redis::ScriptInvocation<'a> {
+    let mut call = script.prepare_invoke();
+    for key in keys {
+        call.key(key);
+    }
+    call.arg(DAY_TTL_S).arg(MONTH_TTL_S);
+    call
+}
+
 /// Nano-dollars of an amount in USD (negative and non-finite amounts are 0).
 pub fn nano(usd: f64) -> i64 {
     if usd.is_finite() && usd > 0.0 {
@@ -102,12 +128,14 @@ pub enum Hold {
     Allowance { id: String, scopes: Vec<String> },
 }
 
-/// Why a call was not admitted.
+/// Why a remote call was not admitted (by the shared store, or by the
+/// process's own ledger, which refuses only for the first reason).
 #[derive(Debug, Clone)]
 pub enum Refusal {
-    /// A budget would be exceeded.
+    /// A budget (counting calls in flight) would be exceeded.
     Exhausted,
-    /// The store is unreachable and this replica's allowance is used up.
+    /// The shared store is unreachable and this replica's fail-safe
+    /// allowance is used up.
     StoreDown { allowance_usd: f64, reason: String },
 }
 
@@ -122,21 +150,24 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Spend of the day and month, holds included, of one scope, in USD.
-    pub fn used(&self, scope: &str) -> (f64, f64) {
-        let get = |map: &HashMap<String, i64>| usd(map.get(scope).copied().unwrap_or(0));
-        let held = get(&self.held);
-        (get(&self.day) + held, get(&self.month) + held)
+    fn amount(map: &HashMap<String, i64>, scope: &str) -> f64 {
+        usd(map.get(scope).copied().unwrap_or(0))
+    }
+
+    /// One scope's spend of `day` and of its month, in USD, with what calls
+    /// in flight hold when `with_held`. A snapshot read for another day
+    /// counts nothing for that day, and one of another month nothing for
+    /// the month.
+    pub fn spend_on(&self, scope: &str, day: &str, with_held: bool) -> (f64, f64) {
+        let held = if with_held { self.held_usd(scope) } else { 0.0 };
+        let of = |map, same: bool| if same { Snapshot::amount(map, scope) } else { 0.0 };
+        let same_month = self.on.get(..7).is_some_and(|month| day.starts_with(month));
+        (of(&self.day, self.on == day) + held, of(&self.month, same_month) + held)
     }
 
     /// What calls in flight hold against one scope, in USD.
     pub fn held_usd(&self, scope: &str) -> f64 {
-        usd(self.held.get(scope).copied().unwrap_or(0))
-    }
-
-    pub fn spent(&self, scope: &str) -> (f64, f64) {
-        let get = |map: &HashMap<String, i64>| usd(map.get(scope).copied().unwrap_or(0));
-        (get(&self.day), get(&self.month))
+        Snapshot::amount(&self.held, scope)
     }
 }
 
@@ -182,19 +213,6 @@ impl SharedBudgets {
         &self.store
     }
 
-    fn keys(&self, day: &str) -> [String; 7] {
-        let key = |name: &str| self.store.key(name);
-        [
-            key("held"),
-            key("holds"),
-            key("deadlines"),
-            key("done"),
-            key("expired"),
-            key(&format!("spent:d:{day}")),
-            key(&format!("spent:m:{}", &day[..7])),
-        ]
-    }
-
     fn new_id(&self) -> String {
         format!("{}-{}", self.replica, self.next_id.fetch_add(1, Ordering::Relaxed))
     }
@@ -207,29 +225,26 @@ impl SharedBudgets {
         // the store did not answer in time, and no allowance took the call)
         // may still be made: released, by a settlement of nothing, unless
         // disarmed.
-        let mut unanswered = Unanswered {
-            budgets: Some(self.clone()),
-            settlement: Some(Settlement {
+        let mut unanswered = Unanswered(Some((
+            self.clone(),
+            Settlement {
                 id: id.clone(),
                 cost_nusd: 0,
                 scopes: names.clone(),
                 day: day.to_string(),
                 held: false,
                 refusals: 0,
-            }),
-        };
+            },
+        )));
         let amount = nano(usd);
         let limit = |l: Option<f64>| l.map_or(-1, nano);
-        let keys = self.keys(day);
+        let keys = budget_keys(&self.store, day);
         let ttl_ms = self.hold_ttl.as_millis() as u64;
         let answer = self
             .store
             .run("hold", |mut con| {
-                let mut call = scripts().hold.prepare_invoke();
-                for key in &keys {
-                    call.key(key);
-                }
-                call.arg(DAY_TTL_S).arg(MONTH_TTL_S).arg(&id).arg(amount).arg(ttl_ms);
+                let mut call = budget_call(&scripts().hold, &keys);
+                call.arg(&id).arg(amount).arg(ttl_ms);
                 for s in scopes {
                     call.arg(&s.scope).arg(limit(s.daily_usd)).arg(limit(s.monthly_usd));
                 }
@@ -285,8 +300,7 @@ impl SharedBudgets {
         let over_allowance = used >= self.allowance_nusd || used + amount > self.allowance_nusd;
         let snapshot = self.snapshot();
         let over_budget = limits.iter().any(|scope| {
-            let (day_used, month_used) = snapshot.used(&scope.scope);
-            let day_used = if snapshot.on == day { day_used } else { 0.0 };
+            let (day_used, month_used) = snapshot.spend_on(&scope.scope, day, true);
             [(day_used, scope.daily_usd), (month_used, scope.monthly_usd)]
                 .into_iter()
                 .any(|(spent, limit)| limit.is_some_and(|limit| nano(spent) + used + amount > nano(limit)))
@@ -379,15 +393,11 @@ impl SharedBudgets {
     }
 
     async fn read_snapshot(&self, day: &str) -> Result<Snapshot, StoreError> {
-        let keys = self.keys(day);
+        let keys = budget_keys(&self.store, day);
         let (held, spent_day, spent_month): (HashMap<String, i64>, HashMap<String, i64>, HashMap<String, i64>) = self
             .store
             .run("snapshot", |mut con| {
-                let mut call = scripts().snapshot.prepare_invoke();
-                for key in &keys {
-                    call.key(key);
-                }
-                call.arg(DAY_TTL_S).arg(MONTH_TTL_S);
+                let call = budget_call(&scripts().snapshot, &keys);
                 async move { call.invoke_async(&mut con).await }
             })
             .await?;
@@ -404,15 +414,12 @@ impl SharedBudgets {
         if ids.is_empty() {
             return Ok(());
         }
-        let keys = self.keys(&today());
+        let keys = budget_keys(&self.store, &today());
         let ttl_ms = self.hold_ttl.as_millis() as u64;
         self.store
             .run("renew", |mut con| {
-                let mut call = scripts().renew.prepare_invoke();
-                for key in &keys {
-                    call.key(key);
-                }
-                call.arg(DAY_TTL_S).arg(MONTH_TTL_S).arg(ttl_ms);
+                let mut call = budget_call(&scripts().renew, &keys);
+                call.arg(ttl_ms);
                 for id in &ids {
                     call.arg(id);
                 }
@@ -447,21 +454,18 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 }
 
 /// The settlement of a hold that may have been made without an answer,
-/// written when dropped armed.
-struct Unanswered {
-    budgets: Option<Arc<SharedBudgets>>,
-    settlement: Option<Settlement>,
-}
+/// written when dropped armed (`Some`).
+struct Unanswered(Option<(Arc<SharedBudgets>, Settlement)>);
 
 impl Unanswered {
     fn disarm(&mut self) {
-        self.budgets = None;
+        self.0 = None;
     }
 }
 
 impl Drop for Unanswered {
     fn drop(&mut self) {
-        if let (Some(budgets), Some(settlement)) = (self.budgets.take(), self.settlement.take()) {
+        if let Some((budgets, settlement)) = self.0.take() {
             budgets.write_later(settlement);
         }
     }
@@ -470,24 +474,10 @@ impl Drop for Unanswered {
 /// Runs the settle script for one settlement; `always`: even while the
 /// store is marked down (the journal's writes, before it is up again).
 async fn settle_in(store: &Store, settlement: &Settlement, always: bool) -> Result<(), StoreError> {
-    let key = |name: &str| store.key(name);
-    let keys = [
-        key("held"),
-        key("holds"),
-        key("deadlines"),
-        key("done"),
-        key("expired"),
-        key(&format!("spent:d:{}", settlement.day)),
-        key(&format!("spent:m:{}", &settlement.day[..7])),
-    ];
+    let keys = budget_keys(store, &settlement.day);
     let work = |mut con: redis::aio::ConnectionManager| {
-        let mut call = scripts().settle.prepare_invoke();
-        for key in &keys {
-            call.key(key);
-        }
-        call.arg(DAY_TTL_S)
-            .arg(MONTH_TTL_S)
-            .arg(&settlement.id)
+        let mut call = budget_call(&scripts().settle, &keys);
+        call.arg(&settlement.id)
             .arg(settlement.cost_nusd)
             .arg(match (settlement.held, settlement.day == today()) {
                 (true, true) => "held",
