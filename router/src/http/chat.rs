@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::headers::{self, COST, DEGRADED, ESCALATED_FROM, REASON, ROUTE, SCORE};
-use super::{AppState, BACKEND, RequestId, SELF_BACKEND, refused};
+use super::{AppState, BACKEND, RequestId, SELF_BACKEND, rate_headers, rate_limited, refused};
 use crate::accounting::{Recorded, RequestRecord};
 use crate::auth::Caller;
 use crate::ladder::{self, Outcome};
@@ -134,7 +134,8 @@ async fn answer(
     };
     let parsed = {
         let headers = headers.clone();
-        off_workers(large, move || parse_request(&headers, &bytes, parse)).await
+        let count_tokens = !live.limiter.is_empty();
+        off_workers(large, move || parse_request(&headers, &bytes, parse, count_tokens)).await
     };
     let (request, hints, tokens) = match parsed {
         Ok(parsed) => parsed,
@@ -152,13 +153,7 @@ async fn answer(
     };
     let (floor, verdict) = tokio::join!(floor, live.limiter.check(routing::caller_name(&caller), tokens));
     if let Some(refusal) = verdict.refused.clone() {
-        record.reason = Reason::RateLimited.as_str();
-        let mut response = refused(record, ApiError::RateLimited(Box::new(refusal)));
-        rate_headers(&mut response, &verdict);
-        response
-            .headers_mut()
-            .insert(REASON, HeaderValue::from_static(Reason::RateLimited.as_str()));
-        return response;
+        return rate_limited(record, &verdict, refusal);
     }
     let prepared = {
         let (live, caller) = (live.clone(), caller.clone());
@@ -260,15 +255,6 @@ async fn answer(
     response
 }
 
-/// The `x-ratelimit-*` headers of a verdict.
-pub(super) fn rate_headers(response: &mut Response, verdict: &crate::state::ratelimit::Verdict) {
-    for (name, value) in verdict.headers() {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            response.headers_mut().insert(name, value);
-        }
-    }
-}
-
 /// Runs `work` where it belongs: here for a small body, on a blocking
 /// thread for a large one.
 async fn off_workers<T: Send + 'static>(large: bool, work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -304,14 +290,22 @@ impl Drop for ReleaseFreeMemory {
     }
 }
 
-/// Parses the body and reads the routing hints of the headers; with the
-/// tokens the request may use, as rate limits count them (OpenAI's way: its
-/// prompt and what it may generate).
-fn parse_request(headers: &HeaderMap, bytes: &[u8], parse: Parse) -> Result<(ChatRequest, Hints, u64), ApiError> {
+/// Parses the body and reads the routing hints of the headers; with, when
+/// `count_tokens` (rate limits are set), the tokens the request may use as
+/// they count them (OpenAI's way: its prompt and what it may generate).
+fn parse_request(
+    headers: &HeaderMap,
+    bytes: &[u8],
+    parse: Parse,
+    count_tokens: bool,
+) -> Result<(ChatRequest, Hints, u64), ApiError> {
     let request = tracing::debug_span!("parse").in_scope(|| parse(bytes))?;
     let hints = headers::hints(headers)?;
-    let tokens =
-        routing::features::prompt_tokens_estimate(&request).saturating_add(routing::output_tokens_bound(&request));
+    let tokens = if count_tokens {
+        routing::features::prompt_tokens_estimate(&request).saturating_add(routing::output_tokens_bound(&request))
+    } else {
+        0
+    };
     Ok((request, hints, tokens))
 }
 

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use serde_json::{Map, Value, json};
 
 use super::headers::{REASON, ROUTE};
-use super::{AppState, BACKEND, RequestId, SELF_BACKEND, refused};
+use super::{AppState, BACKEND, RequestId, SELF_BACKEND, rate_headers, rate_limited, refused};
 use crate::accounting::RequestRecord;
 use crate::auth::Caller;
 use crate::backends::Backend;
@@ -89,12 +89,7 @@ pub async fn embeddings(
         )
         .await;
     if let Some(refusal) = verdict.refused.clone() {
-        let mut response = refused(record(), ApiError::RateLimited(Box::new(refusal)));
-        super::chat::rate_headers(&mut response, &verdict);
-        response
-            .headers_mut()
-            .insert(REASON, HeaderValue::from_static(Reason::RateLimited.as_str()));
-        return response;
+        return rate_limited(record(), &verdict, refusal);
     }
     let named = live.backends.all().iter().find(|b| b.name() == asked.model).cloned();
     let private = live.routing.privacy_match(&asked.text()).map(str::to_string);
@@ -131,7 +126,7 @@ pub async fn embeddings(
         let request = Request::from_parts(parts, Body::from(bytes));
         let mut response =
             super::passthrough::forward(State(state.clone()), Extension(request_id.clone()), caller, request).await;
-        super::chat::rate_headers(&mut response, &verdict);
+        rate_headers(&mut response, &verdict);
         return response;
     };
     let mut record = record();
@@ -152,7 +147,7 @@ pub async fn embeddings(
     }
     headers.insert(ROUTE, HeaderValue::from_static(Tier::Local.as_str()));
     headers.insert(REASON, HeaderValue::from_static(reason.as_str()));
-    super::chat::rate_headers(&mut response, &verdict);
+    rate_headers(&mut response, &verdict);
     response
 }
 

@@ -7,6 +7,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
+use crate::state::Store;
+
 use super::AppState;
 
 /// Alive: the process answers HTTP.
@@ -43,15 +45,20 @@ pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Val
     // replica still serves, fail-safe (if every replica went unready,
     // nothing would be left to serve); it says why.
     if let Some(store) = &live.store {
-        let health = store.health();
-        let mut entry = json!({ "backend": "redis", "up": health.up });
-        if let Some(reason) = health.reason.filter(|_| !health.up) {
-            entry["reason"] = json!(format!(
-                "{reason}; fail-safe: routed requests stay local, remote calls within this replica's allowance of ${:.2}",
-                store.config().failsafe.remote_allowance_usd()
-            ));
-        }
-        body["state_store"] = entry;
+        body["state_store"] = state_store_json(store);
     }
     (status, Json(body))
+}
+
+/// The shared state store's health, as `/readyz` and `/status.json` give it:
+/// up, or down with why and what the replica does meanwhile.
+pub(super) fn state_store_json(store: &Store) -> Value {
+    let health = store.health();
+    let reason = health.reason.filter(|_| !health.up).map(|reason| {
+        format!(
+            "{reason}; fail-safe: routed requests stay local, remote calls within this replica's allowance of ${:.2}",
+            store.config().failsafe.remote_allowance_usd()
+        )
+    });
+    json!({ "backend": "redis", "up": health.up, "reason": reason })
 }

@@ -28,7 +28,9 @@ use crate::accounting::RequestRecord;
 use crate::auth::Caller;
 use crate::live::LivePolicy;
 use crate::openai::error::ApiError;
+use crate::outcome::RateRefusal;
 use crate::routing::sessions::SessionStore;
+use crate::state::ratelimit::Verdict;
 
 /// The answer to a request refused or failed with `err`, its record finished
 /// with the error's status; a refusal the routing made before any backend was
@@ -36,6 +38,7 @@ use crate::routing::sessions::SessionStore;
 fn refused(mut record: RequestRecord, err: ApiError) -> Response {
     let reason = match &err {
         ApiError::Route(route) if record.backend_started.is_none() => Some(route.reason()),
+        ApiError::RateLimited(_) => Some(crate::outcome::Reason::RateLimited),
         _ => None,
     };
     let mut response = err.into_response();
@@ -48,6 +51,23 @@ fn refused(mut record: RequestRecord, err: ApiError) -> Response {
     record.status = response.status().as_u16();
     record.finish(None, None);
     response
+}
+
+/// The answer to a request a rate limit refused: the refusal, with the
+/// limits' `x-ratelimit-*` headers.
+fn rate_limited(record: RequestRecord, verdict: &Verdict, refusal: RateRefusal) -> Response {
+    let mut response = refused(record, ApiError::RateLimited(Box::new(refusal)));
+    rate_headers(&mut response, verdict);
+    response
+}
+
+/// Adds a verdict's `x-ratelimit-*` headers to a response.
+fn rate_headers(response: &mut Response, verdict: &Verdict) {
+    for (name, value) in verdict.headers() {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().insert(name, value);
+        }
+    }
 }
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

@@ -127,9 +127,6 @@ pub async fn status_json(State(state): State<Arc<AppState>>) -> Json<Value> {
         "latency_ms": latency,
         "local": local,
         "recent": board.recent.iter().rev().collect::<Vec<_>>(),
-        "state_store": live.store.as_ref().map(|store| {
-            let health = store.health();
-            json!({ "backend": "redis", "up": health.up, "reason": health.reason.filter(|_| !health.up) })
-        }),
+        "state_store": live.store.as_deref().map(super::health::state_store_json),
     }))
 }
