@@ -9,11 +9,11 @@
 # LLAMA_CPP_SRC: the sdist's vendor/llama.cpp; downloaded into $WORK/src if unset.
 LLAMA_VENV=${LLAMA_VENV:-bench/.venv-llama}
 CONVERT_VENV=${CONVERT_VENV:-bench/.venv-convert}
-if ! "$LLAMA_VENV/bin/python" -c 'import llama_cpp, numpy, jinja2' 2>/dev/null; then
+if ! "$LLAMA_VENV/bin/python" -c 'import llama_cpp, numpy, jinja2, gguf' 2>/dev/null; then
   echo "building llama-cpp-python from source for this CPU (one time, ~12 min)" >&2
   python3 -m venv "$LLAMA_VENV"
   CMAKE_ARGS="-DGGML_NATIVE=ON" "$LLAMA_VENV/bin/pip" install --quiet --no-binary llama-cpp-python \
-    'llama-cpp-python==0.3.36' numpy jinja2 >&2
+    'llama-cpp-python==0.3.36' numpy jinja2 gguf >&2
 fi
 if ! "$CONVERT_VENV/bin/python" -c 'import torch, transformers, safetensors, numpy, regex' 2>/dev/null; then
   echo "making the converter's venv (torch, transformers)" >&2

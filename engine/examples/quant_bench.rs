@@ -17,6 +17,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use switchyard_engine::quant::interleave::for_selected_kernel;
 use switchyard_engine::quant::{Kernel, QuantFormat, QuantMatrix, kernel_name, matmul_with_kernel, quantize};
 
 mod common;
@@ -141,7 +142,13 @@ fn main() {
     println!("\nGEMV at Qwen3-1.7B's MLP shapes, {copies} copies of each, on a rayon worker: GB/s of weights");
     for format in [QuantFormat::Q8_0, QuantFormat::Q6_K, QuantFormat::Q4_K] {
         for (k, n) in [(2048, 6144), (6144, 2048)] {
-            let mats: Vec<Vec<u8>> = (0..copies).map(|_| random_weights(&mut rng, format, n, k)).collect();
+            // As a model loads them: K-quants interleaved for the SIMD kernels.
+            let mut mats: Vec<Vec<u8>> = (0..copies).map(|_| random_weights(&mut rng, format, n, k)).collect();
+            let loaded = mats
+                .iter_mut()
+                .map(|data| for_selected_kernel(format, data))
+                .last()
+                .unwrap_or(format);
             let bytes = mats.iter().map(Vec::len).sum::<usize>() as f64;
             let x: Vec<f32> = (0..k).map(|_| rng.unit()).collect();
             let mut out = vec![0f32; n];
@@ -149,7 +156,7 @@ fn main() {
                 let (median, min) = rayon::scope(|_| {
                     time_runs(budget, || {
                         for data in &mats {
-                            let w = QuantMatrix::new(format, n, k, data).unwrap();
+                            let w = QuantMatrix::new(loaded, n, k, data).unwrap();
                             matmul_with_kernel(kernel, black_box(&x), 1, &w, &mut out);
                         }
                     })

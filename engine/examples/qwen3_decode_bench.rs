@@ -8,10 +8,15 @@
 //! than any cache, so the figure is what the kernels get out of DRAM. Runs on a
 //! rayon pool of THREADS (default 2) as the engine does, and prints ms per step,
 //! tokens/s and GB/s of weights read (median and best of STEPS, default 10).
+//!
+//! The blocks are interleaved as a model's are at load (`quant::interleave`);
+//! `--natural` keeps ggml's order, for the kernels that read it. `--in-cache
+//! --m=M` times M activation rows against a matrix that stays in L2 instead.
 
 use std::hint::black_box;
 use std::time::Instant;
 
+use switchyard_engine::quant::interleave::for_selected_kernel;
 use switchyard_engine::quant::{QuantFormat, QuantMatrix, kernel_name, matmul};
 
 mod common;
@@ -27,23 +32,38 @@ fn main() {
     };
     let threads: usize = args.get(1).map_or(2, |t| t.parse().expect("threads"));
     let steps: usize = args.get(2).map_or(10, |t| t.parse().expect("steps"));
+    // As a model loads them (interleaved for the SIMD kernels), unless --natural
+    // keeps ggml's order.
+    let natural = args.iter().any(|a| a == "--natural");
+    let weights = |rng: &mut XorShift, n: usize, k: usize| {
+        let mut data = random_weights(rng, format, n, k);
+        let format = if natural {
+            format
+        } else {
+            for_selected_kernel(format, &mut data)
+        };
+        (format, data)
+    };
     if args.iter().any(|a| a == "--in-cache") {
         let m = args
             .iter()
             .find_map(|a| a.strip_prefix("--m="))
             .map_or(1, |m| m.parse().expect("m"));
-        return in_cache(format, threads, m);
+        return in_cache(weights, threads, m);
     }
     let (d, ffn, kv, vocab, layers) = (2048, 6144, 1024, 151936, 28);
     // (inputs, outputs) of each matmul of a layer, in order.
     let layer_shapes = [(d, d), (d, kv), (d, kv), (d, d), (d, ffn), (d, ffn), (ffn, d)];
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
-    let weights: Vec<(usize, usize, Vec<u8>)> = (0..layers)
+    let matrices: Vec<(usize, usize, QuantFormat, Vec<u8>)> = (0..layers)
         .flat_map(|_| layer_shapes)
         .chain([(d, vocab)])
-        .map(|(k, n)| (k, n, random_weights(&mut rng, format, n, k)))
+        .map(|(k, n)| {
+            let (format, data) = weights(&mut rng, n, k);
+            (k, n, format, data)
+        })
         .collect();
-    let gb = weights.iter().map(|(_, _, w)| w.len()).sum::<usize>() as f64 / 1e9;
+    let gb = matrices.iter().map(|(_, _, _, w)| w.len()).sum::<usize>() as f64 / 1e9;
     let x: Vec<f32> = (0..ffn).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let mut out = vec![0f32; vocab];
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -51,8 +71,8 @@ fn main() {
     pool.install(|| {
         for step in 0..=steps {
             let start = Instant::now();
-            for (k, n, data) in &weights {
-                let w = QuantMatrix::new(format, *n, *k, data).unwrap();
+            for (k, n, format, data) in &matrices {
+                let w = QuantMatrix::new(*format, *n, *k, data).unwrap();
                 matmul(black_box(&x[..*k]), 1, &w, &mut out[..*n]);
             }
             // The first step pages the weights in.
@@ -76,10 +96,10 @@ fn main() {
 
 /// The kernels' compute rate without DRAM in the way: 256 rows of 2048 (430 KB in
 /// Q6_K) that stay in L2, multiplied by `m` activation rows over and over.
-fn in_cache(format: QuantFormat, threads: usize, m: usize) {
+fn in_cache(weights: impl Fn(&mut XorShift, usize, usize) -> (QuantFormat, Vec<u8>), threads: usize, m: usize) {
     let (n, k) = (256, 2048);
     let mut rng = XorShift(7);
-    let data = random_weights(&mut rng, format, n, k);
+    let (format, data) = weights(&mut rng, n, k);
     let w = QuantMatrix::new(format, n, k, &data).unwrap();
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let mut out = vec![0f32; m * n];

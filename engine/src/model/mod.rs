@@ -92,9 +92,11 @@ pub(crate) fn output_logits(hidden: Tensor<2>, norm: &Tensor<1>, eps: f32, outpu
 pub(crate) fn info_of(architecture: &'static str, matrices: &[&weights::QLinear], vectors: usize) -> ModelInfo {
     let mut bytes_by_format: Vec<(crate::quant::QuantFormat, usize)> = Vec::new();
     for matrix in matrices {
-        match bytes_by_format.iter_mut().find(|(f, _)| *f == matrix.format) {
+        // Interleaved blocks are reported as the format they hold.
+        let format = matrix.format.natural();
+        match bytes_by_format.iter_mut().find(|(f, _)| *f == format) {
             Some((_, bytes)) => *bytes += matrix.byte_len(),
-            None => bytes_by_format.push((matrix.format, matrix.byte_len())),
+            None => bytes_by_format.push((format, matrix.byte_len())),
         }
     }
     let quant = bytes_by_format

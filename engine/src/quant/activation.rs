@@ -248,6 +248,9 @@ pub struct Q8KRow {
     pub d: Vec<f32>,
     /// Per 16 elements: Σq. Used for the K-quants' mins and Q6_K's −32 offset.
     pub bsums: Vec<i16>,
+    /// Whether each block's `qs` are in the interleaved order of the `_I` weight
+    /// formats ([`super::interleave`]); `bsums` are in ggml's order either way.
+    pub interleaved: bool,
 }
 
 impl Q8KRow {
@@ -258,8 +261,26 @@ impl Q8KRow {
         row
     }
 
+    /// Quantizes `x` into this row, reusing its buffers, with the quants in the
+    /// interleaved order ([`super::interleave`]).
+    pub fn quantize_interleaved_from(&mut self, x: &[f32]) {
+        self.quantize_from(x);
+        self.interleave();
+    }
+
+    /// Puts the quants of a row in ggml's order in the interleaved order.
+    ///
+    /// # Panics
+    /// If they already are.
+    pub fn interleave(&mut self) {
+        assert!(!self.interleaved, "the row is interleaved already");
+        super::interleave::interleave_activations(&mut self.qs);
+        self.interleaved = true;
+    }
+
     /// Quantizes `x` into this row, reusing its buffers.
     pub fn quantize_from(&mut self, x: &[f32]) {
+        self.interleaved = false;
         assert!(
             x.len().is_multiple_of(Q8K_BLOCK),
             "a Q8_K row needs whole blocks of {Q8K_BLOCK}, got {}",

@@ -62,11 +62,16 @@ pub enum QuantFormat {
     Q6_K,
     A6_64,
     A8_64,
+    /// [`QuantFormat::Q4_K`]'s blocks with their quants in the kernels' order
+    /// ([`super::interleave`]); made at load from Q4_K, never stored in files.
+    Q4_K_I,
+    /// [`QuantFormat::Q6_K`]'s blocks, interleaved as `Q4_K_I`.
+    Q6_K_I,
 }
 
 impl QuantFormat {
     /// Every format, for tests and tools that iterate over them.
-    pub const ALL: [QuantFormat; 11] = [
+    pub const ALL: [QuantFormat; 13] = [
         QuantFormat::F32,
         QuantFormat::F16,
         QuantFormat::BF16,
@@ -78,6 +83,8 @@ impl QuantFormat {
         QuantFormat::Q6_K,
         QuantFormat::A6_64,
         QuantFormat::A8_64,
+        QuantFormat::Q4_K_I,
+        QuantFormat::Q6_K_I,
     ];
 
     /// The format of a GGUF tensor's `ggml_type` id, if we can compute with it.
@@ -99,7 +106,7 @@ impl QuantFormat {
             QuantFormat::Q5_K => 13,
             QuantFormat::Q6_K => 14,
             QuantFormat::BF16 => 30,
-            QuantFormat::A6_64 | QuantFormat::A8_64 => return None,
+            QuantFormat::A6_64 | QuantFormat::A8_64 | QuantFormat::Q4_K_I | QuantFormat::Q6_K_I => return None,
         })
     }
 
@@ -124,9 +131,9 @@ impl QuantFormat {
             QuantFormat::Q4_0 => BlockQ4_0::ELEMS,
             QuantFormat::Q4_1 => BlockQ4_1::ELEMS,
             QuantFormat::Q8_0 => BlockQ8_0::ELEMS,
-            QuantFormat::Q4_K => BlockQ4K::ELEMS,
+            QuantFormat::Q4_K | QuantFormat::Q4_K_I => BlockQ4K::ELEMS,
             QuantFormat::Q5_K => BlockQ5K::ELEMS,
-            QuantFormat::Q6_K => BlockQ6K::ELEMS,
+            QuantFormat::Q6_K | QuantFormat::Q6_K_I => BlockQ6K::ELEMS,
             QuantFormat::A6_64 => BlockA6_64::ELEMS,
             QuantFormat::A8_64 => BlockA8_64::ELEMS,
         }
@@ -140,9 +147,9 @@ impl QuantFormat {
             QuantFormat::Q4_0 => BlockQ4_0::BYTES,
             QuantFormat::Q4_1 => BlockQ4_1::BYTES,
             QuantFormat::Q8_0 => BlockQ8_0::BYTES,
-            QuantFormat::Q4_K => BlockQ4K::BYTES,
+            QuantFormat::Q4_K | QuantFormat::Q4_K_I => BlockQ4K::BYTES,
             QuantFormat::Q5_K => BlockQ5K::BYTES,
-            QuantFormat::Q6_K => BlockQ6K::BYTES,
+            QuantFormat::Q6_K | QuantFormat::Q6_K_I => BlockQ6K::BYTES,
             QuantFormat::A6_64 => BlockA6_64::BYTES,
             QuantFormat::A8_64 => BlockA8_64::BYTES,
         }
@@ -171,6 +178,18 @@ impl QuantFormat {
             QuantFormat::Q6_K => "Q6_K",
             QuantFormat::A6_64 => "A6_64",
             QuantFormat::A8_64 => "A8_64",
+            QuantFormat::Q4_K_I => "Q4_K_I",
+            QuantFormat::Q6_K_I => "Q6_K_I",
+        }
+    }
+
+    /// The format whose blocks this one holds: Q4_K for Q4_K_I, Q6_K for Q6_K_I,
+    /// else itself. What a model's weights are reported as.
+    pub fn natural(self) -> QuantFormat {
+        match self {
+            QuantFormat::Q4_K_I => QuantFormat::Q4_K,
+            QuantFormat::Q6_K_I => QuantFormat::Q6_K,
+            other => other,
         }
     }
 
@@ -189,6 +208,7 @@ impl QuantFormat {
             // Two Q8 blocks per group; the bias term uses their exact sums.
             QuantFormat::A6_64 | QuantFormat::A8_64 => ActivationFormat::Q8_1,
             QuantFormat::Q4_K | QuantFormat::Q5_K | QuantFormat::Q6_K => ActivationFormat::Q8_K,
+            QuantFormat::Q4_K_I | QuantFormat::Q6_K_I => ActivationFormat::Q8_K_I,
         }
     }
 }
@@ -212,6 +232,9 @@ pub enum ActivationFormat {
     Q8_1,
     /// Blocks of 256 int8 with an f32 scale and the sums of each 16.
     Q8_K,
+    /// As Q8_K with each block's quants interleaved as the `_I` weight formats'
+    /// ([`super::interleave`]); the sums stay those of 16 consecutive elements.
+    Q8_K_I,
 }
 
 impl ActivationFormat {
@@ -221,7 +244,7 @@ impl ActivationFormat {
             ActivationFormat::F32 => 0,
             ActivationFormat::Q8_0 => 8,
             ActivationFormat::Q8_1 => 9,
-            ActivationFormat::Q8_K => 15,
+            ActivationFormat::Q8_K | ActivationFormat::Q8_K_I => 15,
         }
     }
 
@@ -231,7 +254,7 @@ impl ActivationFormat {
             ActivationFormat::F32 => 1,
             ActivationFormat::Q8_0 => BlockQ8_0::ELEMS,
             ActivationFormat::Q8_1 => BlockQ8_1::ELEMS,
-            ActivationFormat::Q8_K => BlockQ8K::ELEMS,
+            ActivationFormat::Q8_K | ActivationFormat::Q8_K_I => BlockQ8K::ELEMS,
         }
     }
 
@@ -241,7 +264,7 @@ impl ActivationFormat {
             ActivationFormat::F32 => 4,
             ActivationFormat::Q8_0 => BlockQ8_0::BYTES,
             ActivationFormat::Q8_1 => BlockQ8_1::BYTES,
-            ActivationFormat::Q8_K => BlockQ8K::BYTES,
+            ActivationFormat::Q8_K | ActivationFormat::Q8_K_I => BlockQ8K::BYTES,
         }
     }
 }

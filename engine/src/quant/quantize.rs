@@ -141,7 +141,12 @@ fn encode_row(format: QuantFormat, r: usize, x: &[f32], out: &mut [u8]) -> Resul
         QuantFormat::Q6_K => each_block(x, out, quantize_q6_k),
         QuantFormat::Q4_K => each_block(x, out, quantize_q4_k),
         QuantFormat::Q4_0 => quantize_q4_0_row(x, out),
-        QuantFormat::Q4_1 | QuantFormat::Q5_K | QuantFormat::A6_64 | QuantFormat::A8_64 => {
+        QuantFormat::Q4_1
+        | QuantFormat::Q5_K
+        | QuantFormat::A6_64
+        | QuantFormat::A8_64
+        | QuantFormat::Q4_K_I
+        | QuantFormat::Q6_K_I => {
             unreachable!("{format} is not a target; checked by the caller")
         }
     }

@@ -67,7 +67,7 @@ pub fn weights(rng: &mut StdRng, format: QuantFormat, rows: usize, k: usize, sca
             ]
             .concat(),
             QuantFormat::Q8_0 => [&scale(rng, scales, 0.01)[..], &random_bytes(rng, 32)].concat(),
-            QuantFormat::Q4_K => [
+            QuantFormat::Q4_K | QuantFormat::Q4_K_I => [
                 &scale(rng, scales, 0.005)[..],
                 &scale(rng, scales, 0.01),
                 &random_bytes(rng, 12 + 128),
@@ -79,7 +79,9 @@ pub fn weights(rng: &mut StdRng, format: QuantFormat, rows: usize, k: usize, sca
                 &random_bytes(rng, 12 + 32 + 128),
             ]
             .concat(),
-            QuantFormat::Q6_K => [&random_bytes(rng, 128 + 64 + 16)[..], &scale(rng, scales, 0.002)].concat(),
+            QuantFormat::Q6_K | QuantFormat::Q6_K_I => {
+                [&random_bytes(rng, 128 + 64 + 16)[..], &scale(rng, scales, 0.002)].concat()
+            }
             QuantFormat::A6_64 => [
                 &scale(rng, scales, 0.003)[..],
                 &scale(rng, scales, 0.1),
@@ -132,5 +134,6 @@ pub fn unit_q8k_row(rng: &mut StdRng, len: usize) -> Q8KRow {
         d: vec![1.0; len / Q8K_BLOCK],
         bsums,
         qs,
+        interleaved: false,
     }
 }

@@ -6,12 +6,14 @@
 //! (plus the offset terms) up to summation order. They follow the arithmetic of
 //! ggml's `ggml_vec_dot_*_generic` functions.
 
+use crate::quant::QuantFormat;
 use crate::quant::activation::{Q8KRow, Q8Row};
 use crate::quant::dequant::q6_k_quant;
 use crate::quant::formats::{
     BlockA6_64, BlockA8_64, BlockQ4_0, BlockQ4_1, BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8_0, bf16_to_f32, blocks,
     f16_to_f32, k_scales_mins,
 };
+use crate::quant::interleave;
 
 /// Σ w·x for an F32 weight row.
 pub fn dot_f32(w: &[u8], x: &[f32]) -> f32 {
@@ -140,6 +142,7 @@ pub fn dot_q8_0(w: &[u8], a: &Q8Row) -> f32 {
 
 fn check_q8k(w: &[u8], block_bytes: usize, a: &Q8KRow) {
     assert!(a.is_consistent());
+    assert!(!a.interleaved, "interleaved activations against ggml-ordered weights");
     assert_eq!(
         w.len(),
         a.blocks() * block_bytes,
@@ -222,4 +225,26 @@ pub fn dot_q6_k(w: &[u8], a: &Q8KRow) -> f32 {
         sum += (f16_to_f32(block.d) * a.d[b]) * isum as f32;
     }
     sum
+}
+
+/// A row of Q4_K_I or Q6_K_I against an interleaved activation row: both put back
+/// in ggml's order, then as [`dot_q4_k`] / [`dot_q6_k`].
+pub fn dot_k_interleaved(format: QuantFormat, w: &[u8], a: &Q8KRow) -> f32 {
+    assert!(a.interleaved, "{format} weights need interleaved activations");
+    let block_bytes = format.block_bytes();
+    let mut natural = vec![0u8; w.len()];
+    for (block, out) in w.chunks_exact(block_bytes).zip(natural.chunks_exact_mut(block_bytes)) {
+        interleave::natural_block(format, block, out);
+    }
+    let a = Q8KRow {
+        qs: interleave::natural_activations(&a.qs),
+        d: a.d.clone(),
+        bsums: a.bsums.clone(),
+        interleaved: false,
+    };
+    match format {
+        QuantFormat::Q4_K_I => dot_q4_k(&natural, &a),
+        QuantFormat::Q6_K_I => dot_q6_k(&natural, &a),
+        other => panic!("{other} is not an interleaved K-quant"),
+    }
 }

@@ -304,3 +304,130 @@ pub(super) unsafe fn prefetch_next_tile<const RA: usize>(block: *const u8, block
         line += 64;
     }
 }
+
+// ---- interleaved K-quants (`Q4_K_I`, `Q6_K_I`) against interleaved Q8_K rows ----------
+
+/// The eight 6-bit scales and mins of a Q4_K super-block, each repeated in two
+/// adjacent i16 lanes: lanes `2g`, `2g + 1` hold sub-block `g`'s, as an
+/// interleaved register's `vpmaddubsw` products and Q8_K's 16 `bsums` line up.
+#[inline(always)]
+unsafe fn k_scale_pairs(scales: *const u8) -> (__m256i, __m256i) {
+    let packed = unsafe { scales.cast::<[u8; 12]>().read_unaligned() };
+    let (sc, mins) = crate::quant::formats::k_scales_mins(&packed);
+    unsafe {
+        let pairs = |v: [u8; 8]| {
+            let v8 = _mm_loadl_epi64(v.as_ptr().cast());
+            _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(v8, v8))
+        };
+        (pairs(sc), pairs(mins))
+    }
+}
+
+/// Q4_K_I × interleaved Q8_K ([`crate::quant::interleave`]): the eight registers'
+/// `vpmaddubsw` products are added in i16 (lane `l` is sub-block `l/2` in every
+/// register; eight sums of ≤ 2·15·127 stay below 2¹⁵), then one `vpmaddwd` by the
+/// scales per block; the mins through Q8_K's sums as in [`q45_k_body`].
+///
+/// Safety: as [`q45_k_body`], with interleaved weights and activations.
+#[inline(always)]
+pub(super) unsafe fn q4_k_i_body<D: ByteDot, const RA: usize, const RW: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    blocks: usize,
+    acts: [Q8KPtrs; RA],
+) -> [[f32; RW]; RA] {
+    const D_AT: usize = offset_of!(BlockQ4K, d);
+    const DMIN_AT: usize = offset_of!(BlockQ4K, dmin);
+    const SCALES_AT: usize = offset_of!(BlockQ4K, scales);
+    const QS_AT: usize = offset_of!(BlockQ4K, qs);
+    unsafe {
+        let low4 = _mm256_set1_epi8(0x0F);
+        let mut acc = [[_mm256_setzero_ps(); RW]; RA];
+        for b in 0..blocks {
+            // Row by row: a decode tile's eight rows would not fit the registers
+            // together; the activation loads a row repeats come from L1.
+            for r in 0..RW {
+                let block = w.add(r * row_bytes + b * size_of::<BlockQ4K>());
+                prefetch_next_tile::<RA>(block, size_of::<BlockQ4K>(), RW * row_bytes);
+                let mut isum = [_mm256_setzero_si256(); RA];
+                for c in 0..4 {
+                    let raw = _mm256_loadu_si256(block.add(QS_AT + 32 * c).cast());
+                    let lo = _mm256_and_si256(raw, low4);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(raw), low4);
+                    for i in 0..RA {
+                        let a_lo = load_256(acts[i].qs.add(256 * b + 64 * c));
+                        let a_hi = load_256(acts[i].qs.add(256 * b + 64 * c + 32));
+                        let both = _mm256_add_epi16(_mm256_maddubs_epi16(lo, a_lo), _mm256_maddubs_epi16(hi, a_hi));
+                        isum[i] = _mm256_add_epi16(isum[i], both);
+                    }
+                }
+                let (sc16, mins16) = k_scale_pairs(block.add(SCALES_AT));
+                let dw = broadcast_f16(block.add(D_AT));
+                let dminw = broadcast_f16(block.add(DMIN_AT));
+                for i in 0..RA {
+                    let bsums = _mm256_loadu_si256(acts[i].bsums.add(16 * b).cast());
+                    let isum = _mm256_madd_epi16(isum[i], sc16);
+                    let imin = _mm256_madd_epi16(bsums, mins16);
+                    let dx = _mm256_set1_ps(*acts[i].d.add(b));
+                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, dx), acc[i][r]);
+                    acc[i][r] = _mm256_fnmadd_ps(_mm256_cvtepi32_ps(imin), _mm256_mul_ps(dminw, dx), acc[i][r]);
+                }
+            }
+        }
+        finish(&acc)
+    }
+}
+
+/// Q6_K_I × interleaved Q8_K: registers taken in pairs, whose `vpmaddubsw`
+/// products are added in i16 (two sums of ≤ 2·63·127 stay below 2¹⁵; lane `l` is
+/// sub-block `l` in every register) before one `vpmaddwd` by the 16 scales; the
+/// −32 offset through Q8_K's sums as in [`q6_k_body`].
+///
+/// Safety: as [`q6_k_body`], with interleaved weights and activations.
+#[inline(always)]
+pub(super) unsafe fn q6_k_i_body<D: ByteDot, const RA: usize, const RW: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    blocks: usize,
+    acts: [Q8KPtrs; RA],
+) -> [[f32; RW]; RA] {
+    const SCALES_AT: usize = offset_of!(BlockQ6K, scales);
+    const D_AT: usize = offset_of!(BlockQ6K, d);
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); RW]; RA];
+        for b in 0..blocks {
+            // Row by row, as in `q4_k_i_body`.
+            for r in 0..RW {
+                let block = w.add(r * row_bytes + b * size_of::<BlockQ6K>());
+                prefetch_next_tile::<RA>(block, size_of::<BlockQ6K>(), RW * row_bytes);
+                let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(block.add(SCALES_AT).cast()));
+                // −32·sc_j per sub-block, against the activation's 16 sums.
+                let offset16 = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(sc16));
+                let mut isum = [_mm256_setzero_si256(); RA];
+                for i in 0..RA {
+                    let bsums = _mm256_loadu_si256(acts[i].bsums.add(16 * b).cast());
+                    isum[i] = _mm256_madd_epi16(bsums, offset16);
+                }
+                for h in 0..2 {
+                    let q = q6_k_quants(block, h);
+                    for p in 0..2 {
+                        for i in 0..RA {
+                            let a = acts[i].qs.add(256 * b + 128 * h + 64 * p);
+                            let both = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(q[2 * p], load_256(a)),
+                                _mm256_maddubs_epi16(q[2 * p + 1], load_256(a.add(32))),
+                            );
+                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(both, sc16));
+                        }
+                    }
+                }
+                let dw = broadcast_f16(block.add(D_AT));
+                for i in 0..RA {
+                    let dx = _mm256_set1_ps(*acts[i].d.add(b));
+                    acc[i][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[i]), _mm256_mul_ps(dw, dx), acc[i][r]);
+                }
+            }
+        }
+        finish(&acc)
+    }
+}
