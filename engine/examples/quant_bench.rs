@@ -146,7 +146,7 @@ fn main() {
             let mut mats: Vec<Vec<u8>> = (0..copies).map(|_| random_weights(&mut rng, format, n, k)).collect();
             let loaded = mats
                 .iter_mut()
-                .map(|data| for_selected_kernel(format, data))
+                .map(|data| for_selected_kernel(format, k, data))
                 .last()
                 .unwrap_or(format);
             let bytes = mats.iter().map(Vec::len).sum::<usize>() as f64;

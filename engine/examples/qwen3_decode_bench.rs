@@ -40,7 +40,7 @@ fn main() {
         let format = if natural {
             format
         } else {
-            for_selected_kernel(format, &mut data)
+            for_selected_kernel(format, k, &mut data)
         };
         (format, data)
     };

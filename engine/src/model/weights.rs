@@ -134,7 +134,7 @@ impl QLinear {
             encoded
         };
         let mut data = data;
-        let format = crate::quant::interleave::for_selected_kernel(format, &mut data);
+        let format = crate::quant::interleave::for_selected_kernel(format, in_features, &mut data);
         let len = data.len();
         let bytes = Tensor::<1, Int>::from_data(
             TensorData::new(data, [len]),

@@ -97,6 +97,10 @@ pub struct Q8Row {
     pub sum: Vec<i32>,
     /// The first `blocks / 8 · 8` blocks again, arranged for the SIMD kernels.
     pub groups: Q8Groups,
+    /// Whether `qs` are in the interleaved order of [`super::interleave`], each 256
+    /// elements (eight blocks) at a time; the per-block arrays and `groups` stay
+    /// in order either way.
+    pub interleaved: bool,
 }
 
 impl Q8Row {
@@ -108,6 +112,7 @@ impl Q8Row {
             s,
             sum,
             groups: Q8Groups::default(),
+            interleaved: false,
         };
         assert!(row.is_consistent_ungrouped(), "inconsistent Q8 row parts");
         row.regroup();
@@ -147,8 +152,26 @@ impl Q8Row {
         row
     }
 
+    /// Quantizes `x` (whole blocks of 256) into this row, reusing its buffers,
+    /// with the quants in the interleaved order ([`super::interleave`]).
+    pub fn quantize_interleaved_from(&mut self, x: &[f32]) {
+        self.quantize_from(x);
+        self.interleave();
+    }
+
+    /// Puts the quants of a row in order in the interleaved order.
+    ///
+    /// # Panics
+    /// If they already are, or the row is no whole number of 256s.
+    pub fn interleave(&mut self) {
+        assert!(!self.interleaved, "the row is interleaved already");
+        super::interleave::interleave_activations(&mut self.qs);
+        self.interleaved = true;
+    }
+
     /// Quantizes `x` into this row, reusing its buffers.
     pub fn quantize_from(&mut self, x: &[f32]) {
+        self.interleaved = false;
         assert!(
             x.len().is_multiple_of(Q8_BLOCK),
             "a Q8 row needs whole blocks of {Q8_BLOCK}, got {}",

@@ -46,7 +46,7 @@ pub fn dequantize_row(format: QuantFormat, row: &[u8], out: &mut [f32]) {
         QuantFormat::Q5_K => each_block(row, out, dequantize_q5_k),
         QuantFormat::Q6_K => each_block(row, out, dequantize_q6_k),
         QuantFormat::A6_64 => each_block(row, out, dequantize_a6),
-        QuantFormat::Q4_K_I | QuantFormat::Q6_K_I => {
+        QuantFormat::Q4_K_I | QuantFormat::Q6_K_I | QuantFormat::A6_64_I => {
             let mut natural = vec![0u8; format.block_bytes()];
             for (block, out) in row
                 .chunks_exact(format.block_bytes())

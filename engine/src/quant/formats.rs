@@ -67,11 +67,14 @@ pub enum QuantFormat {
     Q4_K_I,
     /// [`QuantFormat::Q6_K`]'s blocks, interleaved as `Q4_K_I`.
     Q6_K_I,
+    /// Four [`QuantFormat::A6_64`] groups (256 elements) in one block with their
+    /// quants interleaved as `Q4_K_I` ([`BlockA6I`]); made at load from A6_64.
+    A6_64_I,
 }
 
 impl QuantFormat {
     /// Every format, for tests and tools that iterate over them.
-    pub const ALL: [QuantFormat; 13] = [
+    pub const ALL: [QuantFormat; 14] = [
         QuantFormat::F32,
         QuantFormat::F16,
         QuantFormat::BF16,
@@ -85,6 +88,7 @@ impl QuantFormat {
         QuantFormat::A8_64,
         QuantFormat::Q4_K_I,
         QuantFormat::Q6_K_I,
+        QuantFormat::A6_64_I,
     ];
 
     /// The format of a GGUF tensor's `ggml_type` id, if we can compute with it.
@@ -106,7 +110,11 @@ impl QuantFormat {
             QuantFormat::Q5_K => 13,
             QuantFormat::Q6_K => 14,
             QuantFormat::BF16 => 30,
-            QuantFormat::A6_64 | QuantFormat::A8_64 | QuantFormat::Q4_K_I | QuantFormat::Q6_K_I => return None,
+            QuantFormat::A6_64
+            | QuantFormat::A8_64
+            | QuantFormat::Q4_K_I
+            | QuantFormat::Q6_K_I
+            | QuantFormat::A6_64_I => return None,
         })
     }
 
@@ -135,6 +143,7 @@ impl QuantFormat {
             QuantFormat::Q5_K => BlockQ5K::ELEMS,
             QuantFormat::Q6_K | QuantFormat::Q6_K_I => BlockQ6K::ELEMS,
             QuantFormat::A6_64 => BlockA6_64::ELEMS,
+            QuantFormat::A6_64_I => BlockA6I::ELEMS,
             QuantFormat::A8_64 => BlockA8_64::ELEMS,
         }
     }
@@ -151,6 +160,7 @@ impl QuantFormat {
             QuantFormat::Q5_K => BlockQ5K::BYTES,
             QuantFormat::Q6_K | QuantFormat::Q6_K_I => BlockQ6K::BYTES,
             QuantFormat::A6_64 => BlockA6_64::BYTES,
+            QuantFormat::A6_64_I => BlockA6I::BYTES,
             QuantFormat::A8_64 => BlockA8_64::BYTES,
         }
     }
@@ -180,15 +190,18 @@ impl QuantFormat {
             QuantFormat::A8_64 => "A8_64",
             QuantFormat::Q4_K_I => "Q4_K_I",
             QuantFormat::Q6_K_I => "Q6_K_I",
+            QuantFormat::A6_64_I => "A6_64_I",
         }
     }
 
     /// The format whose blocks this one holds: Q4_K for Q4_K_I, Q6_K for Q6_K_I,
-    /// else itself. What a model's weights are reported as.
+    /// A6_64 for A6_64_I (whose block holds four), else itself. What a model's
+    /// weights are reported as. A row takes the same bytes in both.
     pub fn natural(self) -> QuantFormat {
         match self {
             QuantFormat::Q4_K_I => QuantFormat::Q4_K,
             QuantFormat::Q6_K_I => QuantFormat::Q6_K,
+            QuantFormat::A6_64_I => QuantFormat::A6_64,
             other => other,
         }
     }
@@ -209,6 +222,7 @@ impl QuantFormat {
             QuantFormat::A6_64 | QuantFormat::A8_64 => ActivationFormat::Q8_1,
             QuantFormat::Q4_K | QuantFormat::Q5_K | QuantFormat::Q6_K => ActivationFormat::Q8_K,
             QuantFormat::Q4_K_I | QuantFormat::Q6_K_I => ActivationFormat::Q8_K_I,
+            QuantFormat::A6_64_I => ActivationFormat::Q8_1_I,
         }
     }
 }
@@ -232,6 +246,10 @@ pub enum ActivationFormat {
     Q8_1,
     /// Blocks of 256 int8 with an f32 scale and the sums of each 16.
     Q8_K,
+    /// As Q8_1 with the quants of each 256 elements (eight blocks) interleaved as
+    /// the `_I` weight formats' ([`super::interleave`]); scales and sums per block
+    /// of 32 stay in order.
+    Q8_1_I,
     /// As Q8_K with each block's quants interleaved as the `_I` weight formats'
     /// ([`super::interleave`]); the sums stay those of 16 consecutive elements.
     Q8_K_I,
@@ -243,7 +261,7 @@ impl ActivationFormat {
         match self {
             ActivationFormat::F32 => 0,
             ActivationFormat::Q8_0 => 8,
-            ActivationFormat::Q8_1 => 9,
+            ActivationFormat::Q8_1 | ActivationFormat::Q8_1_I => 9,
             ActivationFormat::Q8_K | ActivationFormat::Q8_K_I => 15,
         }
     }
@@ -253,7 +271,7 @@ impl ActivationFormat {
         match self {
             ActivationFormat::F32 => 1,
             ActivationFormat::Q8_0 => BlockQ8_0::ELEMS,
-            ActivationFormat::Q8_1 => BlockQ8_1::ELEMS,
+            ActivationFormat::Q8_1 | ActivationFormat::Q8_1_I => BlockQ8_1::ELEMS,
             ActivationFormat::Q8_K | ActivationFormat::Q8_K_I => BlockQ8K::ELEMS,
         }
     }
@@ -263,7 +281,7 @@ impl ActivationFormat {
         match self {
             ActivationFormat::F32 => 4,
             ActivationFormat::Q8_0 => BlockQ8_0::BYTES,
-            ActivationFormat::Q8_1 => BlockQ8_1::BYTES,
+            ActivationFormat::Q8_1 | ActivationFormat::Q8_1_I => BlockQ8_1::BYTES,
             ActivationFormat::Q8_K | ActivationFormat::Q8_K_I => BlockQ8K::BYTES,
         }
     }
@@ -446,6 +464,15 @@ ggml_block! {
     /// and 32..64 in order, each lining up with a Q8 activation block.
     BlockA6_64, elems = 64, bytes = 52,
     { s: F16Bytes, b: F16Bytes, ql: [u8; 32], qh: [u8; 16] }
+}
+
+ggml_block! {
+    /// Ours: four [`BlockA6_64`] groups, 256 weights `s_g·q + b_g` (g = e / 64), with
+    /// the quants in the interleaved order of [`super::interleave`] and encoded as
+    /// [`BlockQ6K`]'s `ql` and `qh`; `s` and `b` are the groups' four f16 scales and
+    /// biases.
+    BlockA6I, elems = 256, bytes = 208,
+    { ql: [u8; 128], qh: [u8; 64], s: [u8; 8], b: [u8; 8] }
 }
 
 ggml_block! {

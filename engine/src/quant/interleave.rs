@@ -20,15 +20,22 @@
 //! order once per matmul ([`interleave_activations`]). The sums of 16 consecutive
 //! elements that the mins and Q6_K's offset use stay in ggml's order.
 //!
-//! Weights are interleaved at load (a GGUF file's blocks, or our quantizer's) when a
-//! SIMD kernel will read them; the scalar reference reads either order.
+//! MLX's 6-bit groups of 64 ([`QuantFormat::A6_64`]) take the same order four
+//! groups at a time ([`QuantFormat::A6_64_I`]): their activation blocks of 32 are
+//! sub-blocks `2k, 2k + 1`, so after the pairs of registers are summed in i16 and
+//! widened, i32 lane `k` is activation block `k`'s whole dot, ready for its scale,
+//! where before each register's dot was reduced on its own.
+//!
+//! Weights are interleaved at load (a GGUF file's blocks, our quantizer's, an MLX
+//! checkpoint's repacked groups) when a SIMD kernel will read them; the scalar
+//! reference reads either order.
 
 use std::mem::offset_of;
 
 use rayon::prelude::*;
 
 use super::Kernel;
-use super::formats::{BlockQ4K, BlockQ6K, QuantFormat};
+use super::formats::{BlockA6_64, BlockA6I, BlockQ4K, BlockQ6K, GgmlBlock, QuantFormat};
 
 /// Elements per super-block.
 pub const BLOCK: usize = 256;
@@ -46,98 +53,138 @@ pub const NATURAL: [u8; BLOCK] = {
     order
 };
 
-/// The interleaved format of `format`'s blocks, if it has one.
-pub fn interleaved(format: QuantFormat) -> Option<QuantFormat> {
+/// The interleaved format of `format`'s blocks for rows of `cols` elements, if it
+/// has one (A6_64's takes four groups a block: rows of whole 256s).
+pub fn interleaved(format: QuantFormat, cols: usize) -> Option<QuantFormat> {
     match format {
         QuantFormat::Q4_K => Some(QuantFormat::Q4_K_I),
         QuantFormat::Q6_K => Some(QuantFormat::Q6_K_I),
+        QuantFormat::A6_64 if cols.is_multiple_of(BLOCK) => Some(QuantFormat::A6_64_I),
         _ => None,
     }
 }
 
-/// The format to keep `rows` of `format` in for the kernel this process runs
-/// ([`Kernel::selected`]): interleaved, in place, when a SIMD kernel will read
-/// them and the format has an interleaved form; else `format`, untouched.
-pub fn for_selected_kernel(format: QuantFormat, rows: &mut [u8]) -> QuantFormat {
-    match interleaved(format) {
-        Some(_) if Kernel::selected() != Kernel::Scalar => interleave_rows(format, rows),
+/// The format to keep `rows` (of `cols` elements) of `format` in for the kernel
+/// this process runs ([`Kernel::selected`]): interleaved, in place, when a SIMD
+/// kernel will read them and the format has an interleaved form; else `format`,
+/// untouched.
+pub fn for_selected_kernel(format: QuantFormat, cols: usize, rows: &mut [u8]) -> QuantFormat {
+    match interleaved(format, cols) {
+        Some(_) if Kernel::selected() != Kernel::Scalar => interleave_rows(format, cols, rows),
         _ => format,
     }
 }
 
-/// Puts the quants of every block of `rows` (rows of `format`, which must have an
-/// interleaved form) in the interleaved order; returns that format.
+/// Puts the quants of every block of `rows` (rows of `cols` elements of `format`,
+/// which must have an interleaved form) in the interleaved order; returns that
+/// format. A row keeps its size.
 ///
 /// # Panics
-/// If `format` has no interleaved form or `rows` is not whole blocks.
-pub fn interleave_rows(format: QuantFormat, rows: &mut [u8]) -> QuantFormat {
-    let target = interleaved(format).unwrap_or_else(|| panic!("{format} has no interleaved form"));
-    reorder_blocks(format, rows, |natural, out| {
-        for (v, q) in out.iter_mut().enumerate() {
-            *q = natural[NATURAL[v] as usize];
+/// If `format` has no interleaved form for `cols` or `rows` is not whole rows.
+pub fn interleave_rows(format: QuantFormat, cols: usize, rows: &mut [u8]) -> QuantFormat {
+    let target =
+        interleaved(format, cols).unwrap_or_else(|| panic!("{format} has no interleaved form for rows of {cols}"));
+    let block_bytes = target.block_bytes();
+    assert!(
+        format.row_bytes(cols).is_some_and(|row| rows.len().is_multiple_of(row)),
+        "{} bytes are no whole number of rows of {cols} {format}",
+        rows.len()
+    );
+    // Blocks are independent; a model's weights are a few gigabytes of them.
+    rows.par_chunks_mut(block_bytes * BLOCKS_PER_TASK).for_each(|blocks| {
+        let mut quants = [0u8; BLOCK];
+        for block in blocks.chunks_exact_mut(block_bytes) {
+            interleave_block(format, block, &mut quants);
         }
     });
     target
 }
 
-/// A block of `format` (Q4_K_I or Q6_K_I) back in ggml's order, in `out`.
+/// Blocks reordered per parallel task.
+const BLOCKS_PER_TASK: usize = 1024;
+
+/// 256 elements of `format` (one Q4_K or Q6_K block, four A6_64 blocks), in
+/// place, into one block of its interleaved format.
+fn interleave_block(format: QuantFormat, block: &mut [u8], quants: &mut [u8; BLOCK]) {
+    let natural = natural_quants(format, block);
+    for (v, q) in quants.iter_mut().enumerate() {
+        *q = natural[NATURAL[v] as usize];
+    }
+    match format {
+        QuantFormat::Q4_K => q4_encode(quants, &mut block[offset_of!(BlockQ4K, qs)..][..BLOCK / 2]),
+        QuantFormat::Q6_K => q6_encode(quants, &mut block[..offset_of!(BlockQ6K, scales)]),
+        QuantFormat::A6_64 => {
+            let mut out = BlockA6I {
+                ql: [0; 128],
+                qh: [0; 64],
+                s: [0; 8],
+                b: [0; 8],
+            };
+            for (g, group) in block.chunks_exact(BlockA6_64::BYTES).enumerate() {
+                let group = BlockA6_64::read(group);
+                out.s[2 * g..2 * g + 2].copy_from_slice(&group.s);
+                out.b[2 * g..2 * g + 2].copy_from_slice(&group.b);
+            }
+            let mut bytes = [0u8; 192];
+            q6_encode(quants, &mut bytes);
+            out.ql.copy_from_slice(&bytes[..128]);
+            out.qh.copy_from_slice(&bytes[128..]);
+            out.write(block);
+        }
+        other => panic!("{other} has no interleaved form"),
+    }
+}
+
+/// The 256 quants of `block` (one block of a natural format with an interleaved
+/// form, as [`interleave_block`] takes it) in their order.
+fn natural_quants(format: QuantFormat, block: &[u8]) -> [u8; BLOCK] {
+    let mut quants = [0u8; BLOCK];
+    match format {
+        QuantFormat::Q4_K => q4_quants(&block[offset_of!(BlockQ4K, qs)..][..BLOCK / 2], &mut quants),
+        QuantFormat::Q6_K => q6_quants(&block[..offset_of!(BlockQ6K, scales)], &mut quants),
+        QuantFormat::A6_64 => {
+            for (g, group) in block.chunks_exact(BlockA6_64::BYTES).enumerate() {
+                let group = BlockA6_64::read(group);
+                for e in 0..BlockA6_64::ELEMS {
+                    quants[BlockA6_64::ELEMS * g + e] = group.quant(e);
+                }
+            }
+        }
+        other => panic!("{other} has no interleaved form"),
+    }
+    quants
+}
+
+/// A block of an interleaved format back in its natural format's encoding, in
+/// `out` (the same number of bytes: one Q4_K or Q6_K block, four A6_64 blocks).
 ///
 /// # Panics
 /// If `format` is not interleaved or the lengths are not one block.
 pub fn natural_block(format: QuantFormat, block: &[u8], out: &mut [u8]) {
-    let natural = format.natural();
-    assert!(natural != format, "{format} is not an interleaved format");
-    out.copy_from_slice(block);
-    reorder_blocks(natural, out, |interleaved, out| {
-        for (v, &q) in interleaved.iter().enumerate() {
-            out[NATURAL[v] as usize] = q;
-        }
-    });
-}
-
-/// Rewrites each block's quants of `rows` (Q4_K or Q6_K encoding) by `reorder`,
-/// which maps the 256 quants as read to the 256 to write.
-fn reorder_blocks(format: QuantFormat, rows: &mut [u8], reorder: impl Fn(&[u8; BLOCK], &mut [u8; BLOCK]) + Sync) {
-    let block_bytes = format.block_bytes();
-    assert!(
-        rows.len().is_multiple_of(block_bytes),
-        "{} bytes are no whole number of {format} blocks",
-        rows.len()
-    );
-    // Blocks are independent; a model's weights are a few gigabytes of them.
-    rows.par_chunks_mut(block_bytes * BLOCKS_PER_TASK).for_each(|blocks| {
-        let mut read = [0u8; BLOCK];
-        let mut write = [0u8; BLOCK];
-        for block in blocks.chunks_exact_mut(block_bytes) {
-            reorder_block(format, block, &reorder, &mut read, &mut write);
-        }
-    });
-}
-
-/// Blocks reordered per parallel task.
-const BLOCKS_PER_TASK: usize = 1024;
-
-fn reorder_block(
-    format: QuantFormat,
-    block: &mut [u8],
-    reorder: &impl Fn(&[u8; BLOCK], &mut [u8; BLOCK]),
-    read: &mut [u8; BLOCK],
-    write: &mut [u8; BLOCK],
-) {
+    assert!(format.natural() != format, "{format} is not an interleaved format");
+    assert_eq!(block.len(), format.block_bytes(), "one {format} block");
+    let mut interleaved = [0u8; BLOCK];
     match format {
-        QuantFormat::Q4_K => {
-            let qs = &mut block[offset_of!(BlockQ4K, qs)..][..BLOCK / 2];
-            q4_quants(qs, read);
-            reorder(read, write);
-            q4_encode(write, qs);
+        QuantFormat::Q4_K_I => q4_quants(&block[offset_of!(BlockQ4K, qs)..][..BLOCK / 2], &mut interleaved),
+        _ => q6_quants(&block[..192], &mut interleaved),
+    }
+    let mut quants = [0u8; BLOCK];
+    for (v, &q) in interleaved.iter().enumerate() {
+        quants[NATURAL[v] as usize] = q;
+    }
+    out.copy_from_slice(block);
+    match format {
+        QuantFormat::Q4_K_I => q4_encode(&quants, &mut out[offset_of!(BlockQ4K, qs)..][..BLOCK / 2]),
+        QuantFormat::Q6_K_I => q6_encode(&quants, &mut out[..offset_of!(BlockQ6K, scales)]),
+        _ => {
+            let a6 = BlockA6I::read(block);
+            for (g, group) in out.chunks_exact_mut(BlockA6_64::BYTES).enumerate() {
+                let q: &[u8; 64] = quants[64 * g..64 * g + 64].try_into().expect("64 quants");
+                let s = [a6.s[2 * g], a6.s[2 * g + 1]];
+                let b = [a6.b[2 * g], a6.b[2 * g + 1]];
+                BlockA6_64::pack(s, b, q).write(group);
+            }
         }
-        QuantFormat::Q6_K => {
-            let quants = &mut block[..offset_of!(BlockQ6K, scales)];
-            q6_quants(quants, read);
-            reorder(read, write);
-            q6_encode(write, quants);
-        }
-        other => panic!("{other} has no interleaved form"),
     }
 }
 
@@ -244,11 +291,11 @@ mod tests {
     #[test]
     fn interleaved_blocks_dequantize_to_the_same_values_and_convert_back() {
         let mut rng = random::rng(5);
-        for format in [QuantFormat::Q4_K, QuantFormat::Q6_K] {
+        for format in [QuantFormat::Q4_K, QuantFormat::Q6_K, QuantFormat::A6_64] {
             let (rows, k) = (3, 512);
             let natural = random::weights(&mut rng, format, rows, k, Scales::Random);
             let mut data = natural.clone();
-            let target = interleave_rows(format, &mut data);
+            let target = interleave_rows(format, k, &mut data);
             assert_eq!(target.natural(), format);
             assert_ne!(data, natural, "{format}: the quants moved");
             let (mut want, mut got) = (vec![0f32; rows * k], vec![0f32; rows * k]);
@@ -257,13 +304,54 @@ mod tests {
             assert_eq!(got, want, "{format}");
             let mut back = vec![0u8; data.len()];
             for (block, out) in data
-                .chunks_exact(format.block_bytes())
-                .zip(back.chunks_exact_mut(format.block_bytes()))
+                .chunks_exact(target.block_bytes())
+                .zip(back.chunks_exact_mut(target.block_bytes()))
             {
                 natural_block(target, block, out);
             }
             assert_eq!(back, natural, "{format}");
         }
+    }
+
+    #[test]
+    fn interleaved_matrices_multiply_as_the_natural_ones() {
+        // The whole path: activations quantized and interleaved for the format,
+        // the dispatch, the kernels (SIMD where the CPU has them, the reference
+        // otherwise), on 8 + 4 + 2 + 1 activation rows.
+        let mut rng = random::rng(9);
+        for format in [QuantFormat::Q4_K, QuantFormat::Q6_K, QuantFormat::A6_64] {
+            let (n, k, m) = (37, 768, 15);
+            let natural = random::weights(&mut rng, format, n, k, Scales::Random);
+            let mut data = natural.clone();
+            let target = interleave_rows(format, k, &mut data);
+            let x = random::activations(&mut rng, m * k);
+            let (mut want, mut got) = (vec![0f32; m * n], vec![0f32; m * n]);
+            crate::quant::matmul(
+                &x,
+                m,
+                &crate::quant::QuantMatrix::new(format, n, k, &natural).unwrap(),
+                &mut want,
+            );
+            crate::quant::matmul(
+                &x,
+                m,
+                &crate::quant::QuantMatrix::new(target, n, k, &data).unwrap(),
+                &mut got,
+            );
+            for (o, (got, want)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{target} output {o}: {got}, {format} gives {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a6_rows_interleave_only_in_whole_256s() {
+        assert_eq!(interleaved(QuantFormat::A6_64, 512), Some(QuantFormat::A6_64_I));
+        assert_eq!(interleaved(QuantFormat::A6_64, 448), None);
+        assert_eq!(interleaved(QuantFormat::Q8_0, 512), None);
     }
 
     #[test]

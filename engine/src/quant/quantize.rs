@@ -146,7 +146,8 @@ fn encode_row(format: QuantFormat, r: usize, x: &[f32], out: &mut [u8]) -> Resul
         | QuantFormat::A6_64
         | QuantFormat::A8_64
         | QuantFormat::Q4_K_I
-        | QuantFormat::Q6_K_I => {
+        | QuantFormat::Q6_K_I
+        | QuantFormat::A6_64_I => {
             unreachable!("{format} is not a target; checked by the caller")
         }
     }

@@ -88,6 +88,24 @@ pub fn weights(rng: &mut StdRng, format: QuantFormat, rows: usize, k: usize, sca
                 &random_bytes(rng, 48),
             ]
             .concat(),
+            QuantFormat::A6_64_I => [
+                &random_bytes(rng, 192)[..],
+                &[
+                    scale(rng, scales, 0.003),
+                    scale(rng, scales, 0.003),
+                    scale(rng, scales, 0.003),
+                    scale(rng, scales, 0.003),
+                ]
+                .concat(),
+                &[
+                    scale(rng, scales, 0.1),
+                    scale(rng, scales, 0.1),
+                    scale(rng, scales, 0.1),
+                    scale(rng, scales, 0.1),
+                ]
+                .concat(),
+            ]
+            .concat(),
             QuantFormat::A8_64 => [
                 &scale(rng, scales, 0.0008)[..],
                 &scale(rng, scales, 0.1),

@@ -149,6 +149,7 @@ impl<'x> Activations<'x> {
             ActivationFormat::Q8_0 | ActivationFormat::Q8_1 => {
                 Activations::Q8(refill(spare.q8, rows, m, Q8Row::quantize_from))
             }
+            ActivationFormat::Q8_1_I => Activations::Q8(refill(spare.q8, rows, m, Q8Row::quantize_interleaved_from)),
             ActivationFormat::Q8_K => Activations::Q8K(refill(spare.q8k, rows, m, Q8KRow::quantize_from)),
             ActivationFormat::Q8_K_I => Activations::Q8K(refill(spare.q8k, rows, m, Q8KRow::quantize_interleaved_from)),
         }
@@ -191,6 +192,7 @@ pub fn dot_reference(format: QuantFormat, w: &[u8], acts: &Activations, i: usize
         (QuantFormat::Q4_K_I | QuantFormat::Q6_K_I, Activations::Q8K(a)) => scalar::dot_k_interleaved(format, w, &a[i]),
         (QuantFormat::A6_64, Activations::Q8(a)) => scalar::dot_a6(w, &a[i]),
         (QuantFormat::A8_64, Activations::Q8(a)) => scalar::dot_a8(w, &a[i]),
+        (QuantFormat::A6_64_I, Activations::Q8(a)) => scalar::dot_a6_interleaved(w, &a[i]),
         (format, _) => panic!("activations were not quantized for {format}"),
     }
 }
@@ -336,6 +338,15 @@ mod tests {
                 ActivationFormat::Q8_K => {
                     Activations::Q8K((0..ACTS).map(|_| random::unit_q8k_row(&mut rng, k)).collect())
                 }
+                ActivationFormat::Q8_1_I => Activations::Q8(
+                    (0..ACTS)
+                        .map(|_| {
+                            let mut row = random::unit_q8_row(&mut rng, k);
+                            row.interleave();
+                            row
+                        })
+                        .collect(),
+                ),
                 ActivationFormat::Q8_K_I => Activations::Q8K(
                     (0..ACTS)
                         .map(|_| {

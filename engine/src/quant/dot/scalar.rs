@@ -44,6 +44,7 @@ pub fn dot_bf16(w: &[u8], x: &[f32]) -> f32 {
 
 fn check_q8(w: &[u8], block_bytes: usize, a: &Q8Row) {
     assert!(a.is_consistent());
+    assert!(!a.interleaved, "interleaved activations against weights in order");
     assert_eq!(
         w.len(),
         a.blocks() * block_bytes,
@@ -61,6 +62,7 @@ fn dot_affine<B: crate::quant::formats::GgmlBlock>(
     quant: impl Fn(&B, usize) -> u8,
 ) -> f32 {
     assert!(a.is_consistent());
+    assert!(!a.interleaved, "interleaved activations against weights in order");
     assert_eq!(
         w.len() * 2,
         a.blocks() * B::BYTES,
@@ -247,4 +249,22 @@ pub fn dot_k_interleaved(format: QuantFormat, w: &[u8], a: &Q8KRow) -> f32 {
         QuantFormat::Q6_K_I => dot_q6_k(&natural, &a),
         other => panic!("{other} is not an interleaved K-quant"),
     }
+}
+
+/// A row of A6_64_I against an interleaved Q8 row: both put back in order, then
+/// as [`dot_a6`].
+pub fn dot_a6_interleaved(w: &[u8], a: &Q8Row) -> f32 {
+    assert!(a.interleaved, "A6_64_I weights need interleaved activations");
+    let block_bytes = QuantFormat::A6_64_I.block_bytes();
+    let mut natural = vec![0u8; w.len()];
+    for (block, out) in w.chunks_exact(block_bytes).zip(natural.chunks_exact_mut(block_bytes)) {
+        interleave::natural_block(QuantFormat::A6_64_I, block, out);
+    }
+    let a = Q8Row::from_parts(
+        interleave::natural_activations(&a.qs),
+        a.d.clone(),
+        a.s.clone(),
+        a.sum.clone(),
+    );
+    dot_a6(&natural, &a)
 }

@@ -17,9 +17,9 @@ use std::arch::x86_64::*;
 use std::mem::offset_of;
 
 use super::blocks32::{Q8Ptrs, f16_pairs};
-use super::k_quants::prefetch_next_tile;
+use super::k_quants::{prefetch_next_tile, q6_k_quants};
 use super::{ByteDot, broadcast_f16, finish, load_256};
-use crate::quant::formats::{BlockA6_64, BlockA8_64};
+use crate::quant::formats::{BlockA6_64, BlockA6I, BlockA8_64};
 
 /// Which affine format a body decodes.
 pub(super) const A6: u8 = 0;
@@ -238,6 +238,70 @@ unsafe fn affine_groups<D: ByteDot, const FORMAT: u8, const RA: usize, const RW:
                         t = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), dx[i][h], t);
                     }
                     acc[i][r] = _mm256_fmadd_ps(t, sw, acc[i][r]);
+                    acc[i][r] = _mm256_fmadd_ps(bw, offset[i], acc[i][r]);
+                }
+            }
+        }
+        finish(&acc)
+    }
+}
+
+/// A6_64_I (four groups a block, quants interleaved as Q6_K_I's) against
+/// interleaved Q8 rows ([`crate::quant::interleave`]): registers taken in pairs
+/// whose `vpmaddubsw` products are added in i16 (≤ 2·63·127 each, two below
+/// 2¹⁵) and widened by one `vpmaddwd`, after which i32 lane `k` is activation
+/// block `k`'s share, so the eight blocks need no reduction: then as
+/// [`affine_body`], lane by lane (the same floats in the same order).
+///
+/// Safety: `w` has `RW` rows of `row_bytes` = `blocks` × 208 bytes; each
+/// activation row has `8·blocks` Q8 blocks, interleaved; the CPU supports AVX2.
+#[inline(always)]
+pub(super) unsafe fn a6_i_body<D: ByteDot, const RA: usize, const RW: usize>(
+    w: *const u8,
+    row_bytes: usize,
+    blocks: usize,
+    acts: [Q8Ptrs; RA],
+) -> [[f32; RW]; RA] {
+    const S_AT: usize = offset_of!(BlockA6I, s);
+    const B_AT: usize = offset_of!(BlockA6I, b);
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        // Each of four f16 twice, widened: lanes 2g, 2g + 1 hold group g's.
+        let pairs = |at: *const u8| {
+            let four = _mm_loadl_epi64(at.cast());
+            _mm256_cvtph_ps(_mm_unpacklo_epi16(four, four))
+        };
+        let mut acc = [[_mm256_setzero_ps(); RW]; RA];
+        for sb in 0..blocks {
+            let b0 = 8 * sb;
+            let mut dx = [_mm256_setzero_ps(); RA];
+            let mut offset = [_mm256_setzero_ps(); RA];
+            for i in 0..RA {
+                dx[i] = _mm256_loadu_ps(acts[i].d.add(b0));
+                let sums = _mm256_loadu_si256(acts[i].sum.add(b0).cast());
+                offset[i] = _mm256_mul_ps(dx[i], _mm256_cvtepi32_ps(sums));
+            }
+            for r in 0..RW {
+                let block = w.add(r * row_bytes + sb * size_of::<BlockA6I>());
+                prefetch_next_tile::<RA>(block, size_of::<BlockA6I>(), RW * row_bytes);
+                let mut isum = [_mm256_setzero_si256(); RA];
+                for h in 0..2 {
+                    let q = q6_k_quants(block, h);
+                    for p in 0..2 {
+                        for i in 0..RA {
+                            let a = acts[i].qs.add(256 * sb + 128 * h + 64 * p);
+                            let both = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(q[2 * p], load_256(a)),
+                                _mm256_maddubs_epi16(q[2 * p + 1], load_256(a.add(32))),
+                            );
+                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(both, ones));
+                        }
+                    }
+                }
+                let (sw, bw) = (pairs(block.add(S_AT)), pairs(block.add(B_AT)));
+                for i in 0..RA {
+                    let dot = _mm256_mul_ps(_mm256_cvtepi32_ps(isum[i]), dx[i]);
+                    acc[i][r] = _mm256_fmadd_ps(dot, sw, acc[i][r]);
                     acc[i][r] = _mm256_fmadd_ps(bw, offset[i], acc[i][r]);
                 }
             }

@@ -171,7 +171,7 @@ unsafe fn pair_scales(half: __m256i, g: usize) -> __m256i {
 /// The four registers of Q6_K quants (0..64, unsigned) of half `h` of the
 /// block at `block`: groups of 32 elements `128h + 32g ..`, g = 0..4.
 #[inline(always)]
-unsafe fn q6_k_quants(block: *const u8, h: usize) -> [__m256i; 4] {
+pub(super) unsafe fn q6_k_quants(block: *const u8, h: usize) -> [__m256i; 4] {
     const QL_AT: usize = offset_of!(BlockQ6K, ql);
     const QH_AT: usize = offset_of!(BlockQ6K, qh);
     unsafe {

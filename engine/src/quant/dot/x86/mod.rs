@@ -37,7 +37,7 @@ mod k_quants;
 
 use std::arch::x86_64::*;
 
-use self::affine::{A6, A8, affine_body};
+use self::affine::{A6, A8, a6_i_body, affine_body};
 use self::blocks32::{Q4_0, Q4_1, Q8_0, Q8Ptrs, grouped_q8_body};
 use self::floats::{FLOAT_BF16, FLOAT_F16, FLOAT_F32, float_body};
 use self::k_quants::{Q8KPtrs, q4_k_i_body, q6_k_body, q6_k_i_body, q45_k_body};
@@ -254,6 +254,7 @@ entry_points!(q4_k_i_rows, Q8KPtrs, q4_k_i_body);
 entry_points!(q6_k_i_rows, Q8KPtrs, q6_k_i_body);
 entry_points!(a6_rows, Q8Ptrs, affine_body, A6);
 entry_points!(a8_rows, Q8Ptrs, affine_body, A8);
+entry_points!(a6_i_rows, Q8Ptrs, a6_i_body);
 entry_points!(f32_rows, *const f32, float_body, FLOAT_F32);
 entry_points!(f16_rows, *const f32, float_body, FLOAT_F16);
 entry_points!(bf16_rows, *const f32, float_body, FLOAT_BF16);
@@ -395,8 +396,10 @@ pub(super) fn dot_rows(kernel: Kernel, w: &QuantMatrix, acts: ActRows, out: &mut
         ActRows::Q8(acts) => {
             // One Q8 block of 32 per weight block, two per affine group of 64.
             let q8_blocks = w.cols / crate::quant::activation::Q8_BLOCK;
+            let interleaved = format.natural() != format;
             assert!(
-                acts.iter().all(|a| a.is_consistent() && a.blocks() == q8_blocks),
+                acts.iter()
+                    .all(|a| a.is_consistent() && a.blocks() == q8_blocks && a.interleaved == interleaved),
                 "activations do not match the weights"
             );
             let tiles = match format {
@@ -405,6 +408,7 @@ pub(super) fn dot_rows(kernel: Kernel, w: &QuantMatrix, acts: ActRows, out: &mut
                 QuantFormat::Q8_0 => tiles!(q8_0_rows),
                 QuantFormat::A6_64 => tiles!(a6_rows),
                 QuantFormat::A8_64 => tiles!(a8_rows),
+                QuantFormat::A6_64_I => tiles!(a6_i_rows, eight),
                 other => panic!("{other} does not pair with Q8_0/Q8_1 activations"),
             };
             unsafe { in_tiles(kernel, rows, acts, Q8Ptrs::of, out, stride, tiles) };
