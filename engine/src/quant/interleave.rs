@@ -1,5 +1,6 @@
-//! Q4_K and Q6_K blocks with their quants interleaved across sub-blocks, the
-//! order the SIMD kernels read fastest ([`QuantFormat::Q4_K_I`], [`QuantFormat::Q6_K_I`]).
+//! Q4_K, Q6_K and MLX 6-bit blocks with their quants interleaved across
+//! sub-blocks, the order the SIMD kernels read fastest ([`QuantFormat::Q4_K_I`],
+//! [`QuantFormat::Q6_K_I`], [`QuantFormat::A6_64_I`]).
 //!
 //! A K-quant super-block of 256 elements has one scale per sub-block: 16 elements
 //! for Q6_K, 32 for Q4_K. In ggml's order a 32-byte register of quants holds one or

@@ -34,7 +34,7 @@
 //! # Where things are
 //!
 //! - [`formats`]: the block layouts (`#[repr(C)]`, size-checked) and [`QuantFormat`].
-//! - [`interleave`]: Q4_K and Q6_K blocks reordered at load for the SIMD kernels.
+//! - [`interleave`]: Q4_K, Q6_K and A6_64 blocks reordered at load for the SIMD kernels.
 //! - [`dequant`]: the reference decoding of each format to f32 (embedding lookups).
 //! - [`activation`]: quantizing input rows.
 //! - [`quantize`](mod@quantize): quantizing f32 weights at load, for checkpoints

@@ -252,9 +252,12 @@ unsafe fn affine_groups<D: ByteDot, const FORMAT: u8, const RA: usize, const RW:
 /// 2¹⁵) and widened by one `vpmaddwd`, after which i32 lane `k` is activation
 /// block `k`'s share, so the eight blocks need no reduction: then as
 /// [`affine_body`], lane by lane (the same floats in the same order).
+/// `vpmaddubsw` serves every instruction set (VNNI's `vpdpbusd` would sum the
+/// four bytes of two sub-blocks together); the widening is `vpdpwssd` where
+/// the CPU has it.
 ///
 /// Safety: `w` has `RW` rows of `row_bytes` = `blocks` × 208 bytes; each
-/// activation row has `8·blocks` Q8 blocks, interleaved; the CPU supports AVX2.
+/// activation row has `8·blocks` Q8 blocks, interleaved; the CPU supports `D`.
 #[inline(always)]
 pub(super) unsafe fn a6_i_body<D: ByteDot, const RA: usize, const RW: usize>(
     w: *const u8,
@@ -294,7 +297,7 @@ pub(super) unsafe fn a6_i_body<D: ByteDot, const RA: usize, const RW: usize>(
                                 _mm256_maddubs_epi16(q[2 * p], load_256(a)),
                                 _mm256_maddubs_epi16(q[2 * p + 1], load_256(a.add(32))),
                             );
-                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(both, ones));
+                            isum[i] = D::dpwssd(isum[i], both, ones);
                         }
                     }
                 }

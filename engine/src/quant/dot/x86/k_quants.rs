@@ -417,7 +417,7 @@ pub(super) unsafe fn q6_k_i_body<D: ByteDot, const RA: usize, const RW: usize>(
                                 _mm256_maddubs_epi16(q[2 * p], load_256(a)),
                                 _mm256_maddubs_epi16(q[2 * p + 1], load_256(a.add(32))),
                             );
-                            isum[i] = _mm256_add_epi32(isum[i], _mm256_madd_epi16(both, sc16));
+                            isum[i] = D::dpwssd(isum[i], both, sc16);
                         }
                     }
                 }

@@ -2,8 +2,9 @@
 //!
 //! Every kernel body computes a *tile*: `RA` activation rows against `RW`
 //! consecutive weight rows. Decode (one activation row) runs tiles of 8 weight
-//! rows, so each activation load serves eight of them; prefill runs 4 activation
-//! rows against one weight row, so each weight block is unpacked once for four;
+//! rows, so each activation load serves eight of them; prefill runs 4 (for some
+//! bodies 8) activation rows against one weight row, so each weight block is
+//! unpacked once for four (eight);
 //! a pair of rows (a batch of two or three decodes) runs against 4 weight rows,
 //! halving the weight reads of two single rows. Each output sees the same
 //! operations in the same order whatever the tile, so a row's result does not
@@ -20,7 +21,11 @@
 //!   conversion per eight blocks; the per-block bodies handle the last `blocks % 8`.
 //! - Q4_K, Q5_K, Q6_K: one 256-element super-block per step, scales applied to
 //!   i16 pair sums (`vpmaddwd`/`vpdpwssd`), mins and offsets through Q8_K's sums.
-//! - A6_64, A8_64 (MLX's affine groups): [`affine_body`], one group of 64 per step.
+//! - Q4_K_I, Q6_K_I (the K-quants interleaved at load, `quant::interleave`):
+//!   [`q4_k_i_body`], [`q6_k_i_body`], the products of several registers summed
+//!   in i16 before one multiply by the scales.
+//! - A6_64, A8_64 (MLX's affine groups): [`affine_body`], one group of 64 per step;
+//!   A6_64_I (four A6 groups interleaved): [`a6_i_body`].
 //! - F32, F16, BF16: FMA over f32, 8 elements per step.
 //!
 //! Nothing here is safe to call without its preconditions; [`dot_rows`] at the
