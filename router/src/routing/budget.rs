@@ -26,9 +26,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{BudgetsConfig, Limits};
 pub use crate::state::budgets::Refusal;
-#[cfg(test)]
-use crate::state::budgets::civil_from_days;
 pub(crate) use crate::state::budgets::today;
+#[cfg(test)]
+use crate::state::budgets::utc_date;
 use crate::state::budgets::{self as shared, ScopeLimits, SharedBudgets};
 
 /// The limits of a policy's `budgets` section, as the ledger applies them.
@@ -732,10 +732,11 @@ mod tests {
 
     #[test]
     fn dates_are_utc_calendar_days() {
-        assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
-        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
-        assert_eq!(civil_from_days(20_781), (2026, 11, 24));
+        let day = |days: i64| utc_date(time::OffsetDateTime::from_unix_timestamp(days * 86_400).unwrap());
+        assert_eq!(day(0), "1970-01-01");
+        assert_eq!(day(19_723), "2024-01-01");
+        assert_eq!(day(19_782), "2024-02-29");
+        assert_eq!(day(20_781), "2026-11-24");
     }
 
     #[test]
