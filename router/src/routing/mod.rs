@@ -331,24 +331,24 @@ impl Routing {
     ) -> Result<Decision, ApiError> {
         let text = features::text_for_scoring(request);
         let features = features::Features::extract(request, &text);
-        if self.is_profile(&request.model) {
-            let facts = RequestFacts {
-                caller,
-                hints,
-                score: self.difficulty_model().score(&features, &text),
-                prompt_tokens_estimate: features.prompt_tokens_estimate,
-            };
+        let profile = self.is_profile(&request.model);
+        let facts = RequestFacts {
+            caller,
+            hints,
+            // Only a routing profile is scored.
+            score: if profile {
+                self.difficulty_model().score(&features, &text)
+            } else {
+                f32::NAN
+            },
+            prompt_tokens_estimate: features.prompt_tokens_estimate,
+        };
+        if profile {
             return self.route(request, &facts, ledger, session_floor);
         }
         let backend = backends
             .resolve(&request.model)
             .ok_or_else(|| ApiError::ModelNotFound(request.model.clone()))?;
-        let facts = RequestFacts {
-            caller,
-            hints,
-            score: f32::NAN,
-            prompt_tokens_estimate: features.prompt_tokens_estimate,
-        };
         self.check_pinned(request, backend, &facts, ledger)?;
         Ok(Decision {
             tier: match backend.as_ref() {
