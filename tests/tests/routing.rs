@@ -501,9 +501,11 @@ fn a_second_daemon_on_the_same_budget_file_is_refused_until_the_first_is_gone() 
             "budget state file {} is kept by another running Switchyard (pid {})",
             shared.display(),
             first.pid()
-        )) && output.contains("spending the budget twice"),
+        )) && output.contains("spending the budget twice")
+            && output.contains("state.backend: redis"),
         "{output}"
     );
+    assert!(!output.contains("does not have yet"), "{output}");
     // The lock goes with its process, however it ends.
     first.kill();
     let _third = Daemon::start_in(daemon::scratch_dir("third"), &policy, &env);
