@@ -84,6 +84,14 @@ impl Q8Groups {
     }
 }
 
+/// The interleaving of [`Q8Row::interleave`] and [`Q8KRow::interleave`]: `qs`
+/// reordered ([`super::interleave::interleave_activations`]) and the row's flag set.
+fn interleave_quants(qs: &mut [i8], interleaved: &mut bool) {
+    assert!(!*interleaved, "the row is interleaved already");
+    super::interleave::interleave_activations(qs);
+    *interleaved = true;
+}
+
 /// An input row as Q8_0/Q8_1 blocks of 32.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Q8Row {
@@ -164,9 +172,7 @@ impl Q8Row {
     /// # Panics
     /// If they already are, or the row is no whole number of 256s.
     pub fn interleave(&mut self) {
-        assert!(!self.interleaved, "the row is interleaved already");
-        super::interleave::interleave_activations(&mut self.qs);
-        self.interleaved = true;
+        interleave_quants(&mut self.qs, &mut self.interleaved);
     }
 
     /// Quantizes `x` into this row, reusing its buffers.
@@ -296,9 +302,7 @@ impl Q8KRow {
     /// # Panics
     /// If they already are.
     pub fn interleave(&mut self) {
-        assert!(!self.interleaved, "the row is interleaved already");
-        super::interleave::interleave_activations(&mut self.qs);
-        self.interleaved = true;
+        interleave_quants(&mut self.qs, &mut self.interleaved);
     }
 
     /// Quantizes `x` into this row, reusing its buffers.
