@@ -272,3 +272,56 @@ fn what_the_local_model_cannot_serve_goes_remote_whatever_its_score() {
         }
     ));
 }
+
+#[tokio::test]
+async fn a_call_admitted_ahead_is_the_ladders_to_take_or_is_let_go_charging_nothing() {
+    let setup = Setup::new(Tier::Remote);
+    let none = Hints::default();
+    let ledger = setup.live.ledger.clone().expect("the policy sets budgets");
+    let mut pinned = ask("cloud", "Hello");
+    pinned["max_tokens"] = json!(2000);
+
+    // Taken by the first admission of its backend: held once, not twice.
+    let decision = setup.decide(pinned.clone(), &none).unwrap();
+    let claim = decision.budget.as_ref().expect("the policy sets budgets");
+    claim.admit_ahead(&decision.backend).await;
+    let held = ledger.reserved_usd();
+    assert!(held > 0.0, "a priced call is held ahead");
+    let reservation = claim
+        .admit(&decision.backend)
+        .await
+        .expect("admitted ahead")
+        .expect("priced");
+    assert_eq!(ledger.reserved_usd(), held, "the ladder took the hold made ahead");
+    // Taken once: a second call (a retry) is held on its own.
+    let again = claim.admit(&decision.backend).await.unwrap().unwrap();
+    assert!((ledger.reserved_usd() - 2.0 * held).abs() < 1e-12);
+    again.release();
+    reservation.settle(0.25);
+    assert_eq!(ledger.reserved_usd(), 0.0);
+    assert_eq!(ledger.status(setup.live.routing.budgets().unwrap())[0].spent_usd, 0.25);
+
+    // Never taken (the request was rate limited, or went away): let go when
+    // the decision goes, charging nothing.
+    let decision = setup.decide(pinned.clone(), &none).unwrap();
+    decision.budget.as_ref().unwrap().admit_ahead(&decision.backend).await;
+    assert_eq!(ledger.reserved_usd(), held);
+    drop(decision);
+    assert_eq!(ledger.reserved_usd(), 0.0);
+    assert_eq!(ledger.status(setup.live.routing.budgets().unwrap())[0].spent_usd, 0.25);
+
+    // A refusal ahead is the ladder's too. 0.99 of the day's 1.00 is spent:
+    // deciding still sends the call out, but its worst case does not fit.
+    ledger.record(None, 0.74);
+    let decision = setup.decide(pinned, &none).unwrap();
+    assert_eq!(route(&decision), (Tier::Remote, Reason::ModelPinned, "cloud"));
+    let claim = decision.budget.as_ref().unwrap();
+    claim.admit_ahead(&decision.backend).await;
+    assert_eq!(ledger.reserved_usd(), 0.0);
+    assert!(matches!(
+        claim.admit(&decision.backend).await,
+        Err(ApiError::Route(RouteError::BudgetExhausted {
+            why: Reason::ModelPinned
+        }))
+    ));
+}

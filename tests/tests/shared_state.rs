@@ -626,7 +626,12 @@ rate_limits:
 ";
     let cluster = Cluster::start(
         "ratelimit",
-        |double, prefix| remote_only_policy(double, &(limits.to_string() + &state_section(prefix, 0.0))),
+        |double, prefix| {
+            remote_only_policy(
+                double,
+                &(limits.to_string() + &budget_section(100.0) + &state_section(prefix, 0.0)),
+            )
+        },
         &[("TEAM_A_KEY", "sk-team-a"), ("TEAM_B_KEY", "sk-team-b")],
     )
     .await;
@@ -703,6 +708,21 @@ rate_limits:
         admitted.len(),
         "limited calls never went out"
     );
+    // A call's budget hold is asked for in the same round trip as its rate
+    // limits: a limited call's hold is let go, charging nothing.
+    let replicas: Vec<&Daemon> = cluster.replicas.iter().collect();
+    until_spent_everywhere(&replicas, admitted.len() as f64 * CALL_USD, Duration::from_secs(10)).await;
+    for daemon in &cluster.replicas {
+        eventually(Duration::from_secs(10), || async move {
+            let reserved = sample(&daemon.metrics().await, "switchyard_budget_reserved_usd");
+            if reserved == 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{reserved} USD still held"))
+            }
+        })
+        .await;
+    }
     let mut counted = 0.0;
     for daemon in &cluster.replicas {
         counted += sample_with(
@@ -1027,6 +1047,20 @@ fn slow_call(daemon: &Daemon) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// `n` slow calls on the first replica, once the double has them all.
+async fn slow_calls(cluster: &Cluster, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let slow = (0..n).map(|_| slow_call(&cluster.replicas[0])).collect();
+    let double = &cluster.double;
+    eventually(Duration::from_secs(10), || async move {
+        match double.calls("slow-stream") {
+            calls if calls == n => Ok(()),
+            calls => Err(format!("{calls} of {n} slow calls reached the double")),
+        }
+    })
+    .await;
+    slow
+}
+
 #[tokio::test]
 async fn the_holds_of_a_replica_killed_mid_call_expire_and_are_charged_their_worst_case() {
     // Three slow calls held and one quick call fit; a fifth does not.
@@ -1037,15 +1071,7 @@ async fn the_holds_of_a_replica_killed_mid_call_expire_and_are_charged_their_wor
         &[],
     )
     .await;
-    let slow: Vec<_> = (0..3).map(|_| slow_call(&cluster.replicas[0])).collect();
-    let double = &cluster.double;
-    eventually(Duration::from_secs(10), || async move {
-        match double.calls("slow-stream") {
-            3 => Ok(()),
-            n => Err(format!("{n} slow calls reached the double")),
-        }
-    })
-    .await;
+    let slow = slow_calls(&cluster, 3).await;
     let (one, two) = (&cluster.replicas[1], &cluster.replicas[2]);
     // The other replicas count what the first holds.
     let r = chat(one, &ask("echo", "hello"), &[]).await;
@@ -1099,6 +1125,47 @@ async fn the_holds_of_a_replica_killed_mid_call_expire_and_are_charged_their_wor
     // Four of 4.5 calls' worth are spent: nothing more fits.
     let r = chat(one, &ask("echo", "hello"), &[]).await;
     assert_eq!((r.status, r.code()), (402, Some("budget_exhausted")), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_replica_stopped_mid_call_settles_its_calls_in_the_store_before_it_exits() {
+    let mut cluster = Cluster::start(
+        "replica-stop",
+        |double, prefix| {
+            remote_only_policy(
+                double,
+                &("server:\n  shutdown_drain_ms: 300\n".to_string()
+                    + &budget_section(1.0)
+                    + &state_section(prefix, 0.0)),
+            )
+        },
+        &[],
+    )
+    .await;
+    let slow = slow_calls(&cluster, 3).await;
+    let (spent, held) = cluster.redis_books();
+    assert!(
+        spent == 0.0 && same_usd(held, 3.0 * CALL_USD),
+        "the three calls are held: ({spent}, {held})"
+    );
+    // SIGTERM: the calls are cut at the drain's end, and the replica writes
+    // their settlements (each its worst case: the upstream bills a call cut
+    // mid-way) before it exits. Nothing is left held to expire.
+    let status = cluster.replicas[0].terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    for task in slow {
+        let _ = task.await;
+    }
+    let (spent, held) = cluster.redis_books();
+    assert!(
+        same_usd(spent, 3.0 * CALL_USD) && held == 0.0,
+        "at exit Redis has (spent, held) ({spent}, {held}), not ({}, 0)",
+        3.0 * CALL_USD
+    );
+    let expired = cluster
+        .redis
+        .command(&["HLEN", &format!("{0}:{{{0}}}:expired", cluster.prefix)]);
+    assert_eq!(expired, "0", "no hold of the stopped replica expired");
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ use crate::openai::error::ApiError;
 use crate::openai::request::ChatRequest;
 use crate::outcome::{Reason, Tier};
 use crate::policy::{Mode, Price};
+use crate::routing::sessions::SessionKeys;
 use crate::routing::{self, Decision, Hints};
 use crate::shadow::Shadowed;
 
@@ -127,11 +128,7 @@ async fn answer(
     // async workers (which also answer `/healthz` and every stream), and a
     // few at a time, so a burst of maximum-size bodies neither stalls the
     // daemon nor holds that much work's memory at once.
-    let _turn = if large {
-        Some(LARGE_BODY_TURNS.acquire().await.expect("the semaphore is never closed"))
-    } else {
-        None
-    };
+    let turn = large_body_turn(large).await;
     let parsed = {
         let headers = headers.clone();
         let count_tokens = !live.limiter.is_empty();
@@ -141,32 +138,65 @@ async fn answer(
         Ok(parsed) => parsed,
         Err(err) => return refused(record, err),
     };
-    // The conversation's tier so far and the rate limits, both from the
-    // shared store when there is one: asked together (one round trip), on
-    // the async side, between parsing and deciding.
-    let session = live.routing.session_keys(&request, &caller, &hints);
+    // Decided first, then the shared store (when there is one) asked all it
+    // must be asked in one round trip: the rate limits; the budget hold of
+    // a remote call, whose backend no session floor can change; and the
+    // conversation's tier so far, only when it could raise the decision.
+    let Prepared {
+        request,
+        hints,
+        session,
+        decided,
+    } = {
+        let (live, caller) = (live.clone(), caller.clone());
+        off_workers(large, move || prepare(&live, &caller, hints, request)).await
+    };
+    // No large body's turn is held while the store is asked.
+    drop(turn);
+    let own_tier = decided.as_ref().ok().map(Decided::own_tier);
+    let lookup = session.filter(|_| own_tier.is_some_and(|tier| tier < Tier::Remote));
     let floor = async {
-        match session {
+        match lookup {
             Some(keys) => state.sessions.floor(keys).await,
             None => None,
         }
     };
-    let (floor, verdict) = tokio::join!(floor, live.limiter.check(routing::caller_name(&caller), tokens));
+    let ahead = async {
+        if let Ok(Decided { decision, .. }) = &decided
+            && decision.tier == Tier::Remote
+            && let Some(claim) = &decision.budget
+        {
+            claim.admit_ahead(&decision.backend).await;
+        }
+    };
+    let (floor, verdict, ()) = tokio::join!(floor, live.limiter.check(routing::caller_name(&caller), tokens), ahead);
     if let Some(refusal) = verdict.refused.clone() {
+        // A hold taken ahead is released as the decision goes.
         return rate_limited(record, &verdict, refusal);
     }
-    let prepared = {
-        let (live, caller) = (live.clone(), caller.clone());
-        off_workers(large, move || prepare(&live, &caller, hints, request, floor)).await
+    let decided = match (decided, floor) {
+        (Ok(decided), Some(floor)) if Some(floor) > own_tier => {
+            // The conversation has been higher: decided again from its floor.
+            let _turn = large_body_turn(large).await;
+            let (live, caller) = (live.clone(), caller.clone());
+            let (request, redecided) = off_workers(large, move || {
+                let redecided = redecide(&live, &caller, &hints, &request, decided, floor);
+                (request, redecided)
+            })
+            .await;
+            redecided.map(|decided| (request, decided))
+        }
+        (decided, _) => decided.map(|decided| (request, decided)),
     };
-    drop(_turn);
-    let Prepared {
+    let (
         request,
-        decision,
-        decision_seconds,
-        shadowed,
-    } = match prepared {
-        Ok(prepared) => prepared,
+        Decided {
+            decision,
+            decision_seconds,
+            shadowed,
+        },
+    ) = match decided {
+        Ok(decided) => decided,
         Err(err) => {
             let mut response = refused(record, err);
             rate_headers(&mut response, &verdict);
@@ -309,21 +339,45 @@ fn parse_request(
     Ok((request, hints, tokens))
 }
 
+/// One of the few turns to parse and decide a large body (see
+/// [`LARGE_BODY_TURNS`]); none for a small one.
+async fn large_body_turn(large: bool) -> Option<tokio::sync::SemaphorePermit<'static>> {
+    if large {
+        Some(LARGE_BODY_TURNS.acquire().await.expect("the semaphore is never closed"))
+    } else {
+        None
+    }
+}
+
+/// Where a parsed request's conversation is kept (a digest of its turns,
+/// hashed here: a large body's takes a while), and where the request goes
+/// before its conversation's floor is known.
+fn prepare(live: &Live, caller: &Caller, hints: Hints, request: ChatRequest) -> Prepared {
+    let session = live.routing.session_keys(&request, caller, &hints);
+    let decided = decide(live, caller, &hints, &request, None);
+    Prepared {
+        request,
+        hints,
+        session,
+        decided,
+    }
+}
+
 /// Decides where a parsed request goes; the decision's own time is
 /// returned for the record.
-fn prepare(
+fn decide(
     live: &Live,
     caller: &Caller,
-    hints: Hints,
-    request: ChatRequest,
+    hints: &Hints,
+    request: &ChatRequest,
     session_floor: Option<Tier>,
-) -> Result<Prepared, ApiError> {
+) -> Result<Decided, ApiError> {
     let deciding = Instant::now();
     let mut decision = tracing::debug_span!("decide").in_scope(|| {
         live.routing.decide(
-            &request,
+            request,
             caller,
-            &hints,
+            hints,
             &live.backends,
             live.ledger.as_ref(),
             session_floor,
@@ -341,7 +395,7 @@ fn prepare(
         };
         if let Ok(mut primary) =
             live.routing
-                .decide(&request, caller, &remote, &live.backends, live.ledger.as_ref(), None)
+                .decide(request, caller, &remote, &live.backends, live.ledger.as_ref(), None)
             && primary.tier == Tier::Remote
         {
             primary.reason = Reason::Shadow;
@@ -349,21 +403,61 @@ fn prepare(
             shadowed = Some(std::mem::replace(&mut decision, primary));
         }
     }
-    Ok(Prepared {
-        request,
+    Ok(Decided {
         decision,
         decision_seconds: deciding.elapsed().as_secs_f64(),
         shadowed,
     })
 }
 
-/// A parsed request and where it goes; in shadow mode, where the routing
-/// would have sent it.
+/// The routing's own decision made again with the conversation's floor. In
+/// shadow mode only the decision kept aside changes: the remote that
+/// answers was decided without a floor, and keeps what it was admitted.
+fn redecide(
+    live: &Live,
+    caller: &Caller,
+    hints: &Hints,
+    request: &ChatRequest,
+    first: Decided,
+    floor: Tier,
+) -> Result<Decided, ApiError> {
+    let again = decide(live, caller, hints, request, Some(floor))?;
+    let decision_seconds = first.decision_seconds + again.decision_seconds;
+    Ok(match first.shadowed {
+        Some(_) => Decided {
+            decision: first.decision,
+            decision_seconds,
+            shadowed: Some(again.shadowed.unwrap_or(again.decision)),
+        },
+        None => Decided {
+            decision_seconds,
+            ..again
+        },
+    })
+}
+
+/// A parsed request, its conversation, and where it goes.
 struct Prepared {
     request: ChatRequest,
+    hints: Hints,
+    session: Option<SessionKeys>,
+    decided: Result<Decided, ApiError>,
+}
+
+/// Where a request goes; in shadow mode, where the routing would have sent
+/// it.
+struct Decided {
     decision: Decision,
     decision_seconds: f64,
     shadowed: Option<Decision>,
+}
+
+impl Decided {
+    /// The tier the routing chose (in shadow mode, the one kept aside): the
+    /// conversation's.
+    fn own_tier(&self) -> Tier {
+        self.shadowed.as_ref().map_or(self.decision.tier, |would| would.tier)
+    }
 }
 
 /// The HTTP response for a written reply, with its cost when known; the

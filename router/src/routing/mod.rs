@@ -25,7 +25,7 @@ pub mod privacy;
 pub mod sessions;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -82,12 +82,55 @@ pub struct BudgetClaim {
     /// Why the local model cannot stand in when a call is refused: the
     /// request names a remote model, or routing found it needs the remote.
     why: Reason,
+    /// A call admitted ahead (see [`BudgetClaim::admit_ahead`]), shared by
+    /// the claim's clones.
+    ahead: Arc<Mutex<Option<Ahead>>>,
+}
+
+/// The admission of a call made before the ladder asked for it.
+struct Ahead {
+    backend: Arc<Backend>,
+    /// `None` once taken.
+    admitted: Option<Result<Option<Reservation>, ApiError>>,
+}
+
+impl Drop for Ahead {
+    /// A hold nobody took (the request was refused or went away first) is
+    /// let go, charging nothing: no call was made under it.
+    fn drop(&mut self) {
+        if let Some(Ok(Some(reservation))) = self.admitted.take() {
+            reservation.release();
+        }
+    }
 }
 
 impl BudgetClaim {
+    /// Admits a call to `backend` now, before the ladder asks: with a
+    /// shared store, the hold then travels in the same round trip as the
+    /// request's rate limits instead of one after them. The first
+    /// [`BudgetClaim::admit`] of the same backend takes the outcome, a
+    /// refusal included; a hold never taken is released when the claim goes.
+    pub async fn admit_ahead(&self, backend: &Arc<Backend>) {
+        let admitted = self.admit(backend).await;
+        *self.ahead.lock().expect("ahead lock") = Some(Ahead {
+            backend: backend.clone(),
+            admitted: Some(admitted),
+        });
+    }
+
     /// Admits a call to `backend`: `Ok(None)` for a free one, `Err` when the
     /// budget (counting calls in flight) is spent.
     pub async fn admit(&self, backend: &Backend) -> Result<Option<Reservation>, ApiError> {
+        let taken = {
+            let mut ahead = self.ahead.lock().expect("ahead lock");
+            match ahead.as_mut() {
+                Some(ahead) if std::ptr::eq(ahead.backend.as_ref(), backend) => ahead.admitted.take(),
+                _ => None,
+            }
+        };
+        if let Some(admitted) = taken {
+            return admitted;
+        }
         let usd = price_of(backend).cost_usd(self.prompt_tokens, self.output_tokens);
         if usd <= 0.0 {
             return Ok(None);
@@ -555,6 +598,7 @@ impl Routing {
             } else {
                 Reason::BudgetExhausted
             },
+            ahead: Arc::default(),
         })
     }
 }
