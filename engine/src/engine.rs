@@ -547,6 +547,7 @@ impl Engine {
         self.kv_cache_bytes.load(Ordering::Relaxed)
     }
 
+    /// The most jobs that may wait; more are refused at once.
     pub fn queue_capacity(&self) -> usize {
         self.queue_capacity
     }

@@ -75,6 +75,7 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub local_tokens_per_second: GaugeVec,
     pub local_queue_depth: IntGaugeVec,
+    pub local_queue_capacity: IntGaugeVec,
     pub local_in_flight: IntGaugeVec,
     pub local_model_bytes: IntGaugeVec,
     pub local_kv_cache_bytes: IntGaugeVec,
@@ -278,6 +279,14 @@ impl Metrics {
                 &["backend"],
             )
             .expect("valid gauge"),
+            local_queue_capacity: IntGaugeVec::new(
+                Opts::new(
+                    "switchyard_local_queue_capacity",
+                    "The most requests that may wait for the local engine (the policy's queue_capacity); more go remote or get 429.",
+                ),
+                &["backend"],
+            )
+            .expect("valid gauge"),
             local_in_flight: IntGaugeVec::new(
                 Opts::new("switchyard_local_in_flight", "Local generations running or queued."),
                 &["backend"],
@@ -375,6 +384,7 @@ impl Metrics {
         register(Box::new(m.budget_reserved.clone()));
         register(Box::new(m.local_tokens_per_second.clone()));
         register(Box::new(m.local_queue_depth.clone()));
+        register(Box::new(m.local_queue_capacity.clone()));
         register(Box::new(m.local_in_flight.clone()));
         register(Box::new(m.local_model_bytes.clone()));
         register(Box::new(m.local_kv_cache_bytes.clone()));

@@ -170,11 +170,12 @@ async fn metrics_pass_promtool_and_count_what_was_sent() {
     );
 }
 
-/// The policy of the batch tests: the embedded model, three sequences at once.
+/// The policy of the batch tests: the embedded model, three sequences at
+/// once, five more may wait.
 fn batch_of_three(double: &CloudDouble) -> String {
     local_and_echo_policy(
         &double.base_url(),
-        &["context_length: 1024", "max_sequences: 3"],
+        &["context_length: 1024", "max_sequences: 3", "queue_capacity: 5"],
         &[],
         "",
     )
@@ -200,6 +201,7 @@ async fn the_local_batch_and_the_time_between_tokens_are_exported() {
     let waiting = |text: &str| sample(text, "switchyard_local_queue_depth");
     let idle = daemon.metrics().await;
     assert_eq!(sample(&idle, "switchyard_local_batch_max_sequences"), 3.0, "{idle}");
+    assert_eq!(sample(&idle, "switchyard_local_queue_capacity"), 5.0, "{idle}");
     assert_eq!(running(&idle), 0.0, "{idle}");
     assert_eq!(sample(&idle, "switchyard_local_inter_token_latency_seconds_count"), 0.0);
 

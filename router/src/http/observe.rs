@@ -38,6 +38,7 @@ pub async fn prometheus(State(state): State<Arc<AppState>>) -> Response {
                 if let Some(figures) = local.load_figures() {
                     for (gauge, value) in [
                         (&m.local_queue_depth, figures.queued as i64),
+                        (&m.local_queue_capacity, figures.queue_capacity as i64),
                         (&m.local_in_flight, figures.in_flight),
                         (&m.local_model_bytes, figures.model_bytes as i64),
                         (&m.local_kv_cache_bytes, figures.kv_cache_bytes as i64),

@@ -91,6 +91,8 @@ pub enum GreedyEnd {
 pub struct LoadFigures {
     /// Jobs waiting for a place in the batch.
     pub queued: usize,
+    /// The most jobs that may wait (the policy's `queue_capacity`).
+    pub queue_capacity: usize,
     /// Answers being produced (queued or running, including a reasoning answer's two passes).
     pub in_flight: i64,
     /// Memory the model's weights take, as loaded.
@@ -347,6 +349,7 @@ impl LocalBackend {
         let engine = self.engine.as_ref().ok()?;
         Some(LoadFigures {
             queued: engine.queue_depth(),
+            queue_capacity: engine.queue_capacity(),
             in_flight: self.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             model_bytes: self.info.as_ref().map_or(0, |info| info.weight_bytes),
             kv_cache_bytes: engine.kv_cache_bytes() as u64,
