@@ -58,6 +58,18 @@ enum Command {
         #[command(subcommand)]
         command: LadderCommand,
     },
+    /// Budgets kept in the shared state store.
+    Budgets {
+        #[command(subcommand)]
+        command: BudgetsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetsCommand {
+    /// Add the spend a single daemon kept in its budgets.state_file to the
+    /// shared store's books (once per file), when its budgets move there.
+    Import(cli::budgets::ImportArgs),
 }
 
 #[derive(Subcommand)]
@@ -93,6 +105,9 @@ fn main() -> ExitCode {
         Command::Route { command } => cli::route::run(&command),
         Command::Audit(args) => cli::audit::run(&args),
         Command::Calibrate(args) => cli::calibrate::run(&args),
+        Command::Budgets {
+            command: BudgetsCommand::Import(args),
+        } => cli::budgets::import(&args),
     }
 }
 

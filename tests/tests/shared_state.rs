@@ -1169,6 +1169,94 @@ async fn a_replica_stopped_mid_call_settles_its_calls_in_the_store_before_it_exi
 }
 
 #[tokio::test]
+async fn a_single_daemons_spend_is_imported_into_the_shared_budgets_once() {
+    // The day's budget leaves room for two and a half calls past what the
+    // single daemon spent before the move.
+    let day = switchyard::state::budgets::today();
+    let month = &day[..7];
+    let cluster = Cluster::start(
+        "import",
+        |double, prefix| {
+            remote_only_policy(
+                double,
+                &(budget_section(0.25 + 2.5 * CALL_USD) + &state_section(prefix, 0.0)),
+            )
+        },
+        &[],
+    )
+    .await;
+    let dir = scratch_dir("import");
+    let state_file = dir.join("spend.json");
+    std::fs::write(
+        &state_file,
+        json!({ "day": day, "month": month,
+                "global": { "daily_usd": 0.25, "monthly_usd": 0.75 },
+                "keys": { "team-a": { "daily_usd": 0.1, "monthly_usd": 0.2 } } })
+        .to_string(),
+    )
+    .unwrap();
+    let policy = dir.join("replicas.yaml");
+    std::fs::write(&policy, &cluster.policy).unwrap();
+    let import = |file: &std::path::Path| {
+        let output = std::process::Command::new(switchyard_e2e::daemon::binary())
+            .args(["budgets", "import", "--policy"])
+            .arg(&policy)
+            .arg(file)
+            .envs(cluster.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+        (output.status.success(), text)
+    };
+
+    let (ok, text) = import(&state_file);
+    assert!(ok, "{text}");
+    assert!(text.contains("global") && text.contains("key:team-a"), "{text}");
+    let replicas: Vec<&Daemon> = cluster.replicas.iter().collect();
+    until_spent_everywhere(&replicas, 0.25, Duration::from_secs(10)).await;
+    // In nano-dollars, by scope, as the scripts keep them.
+    let month_key = format!("{0}:{{{0}}}:spent:m:{month}", cluster.prefix);
+    for (scope, nano) in [("global", "750000000"), ("key:team-a", "200000000")] {
+        assert_eq!(cluster.redis.command(&["HGET", &month_key, scope]), nano, "{scope}");
+    }
+    let day_key = format!("{0}:{{{0}}}:spent:d:{day}", cluster.prefix);
+    assert_eq!(cluster.redis.command(&["HGET", &day_key, "key:team-a"]), "100000000");
+    // The same file again adds nothing.
+    let (ok, text) = import(&state_file);
+    assert!(ok && text.contains("already imported"), "{text}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_spent_everywhere(&replicas, 0.25, Duration::from_secs(10)).await;
+    // The imported spend counts: two more calls fit, the third does not.
+    let mut statuses = Vec::new();
+    for i in 0..4 {
+        statuses.push(chat(&cluster.replicas[i % 3], &ask("echo", "hello"), &[]).await.status);
+    }
+    assert_eq!(statuses, [200, 200, 402, 402], "{}", cluster.logs());
+
+    // A daemon still keeping the file: refused, nothing imported.
+    let other = dir.join("other.json");
+    std::fs::copy(&state_file, &other).unwrap();
+    let keeper = Daemon::start(
+        &remote_only_policy(
+            &cluster.double,
+            &format!(
+                "budgets:\n  state_file: {}\n  global: {{ daily_usd: 1.0 }}\n",
+                other.display()
+            ),
+        ),
+        &[("DOUBLE_API_KEY", DOUBLE_API_KEY)],
+    );
+    let (ok, text) = import(&other);
+    assert!(
+        !ok && text.contains("stop the daemon that keeps the file first"),
+        "{text}"
+    );
+    drop(keeper);
+    let (spent, _) = cluster.redis_books();
+    assert!(same_usd(spent, 0.25 + 2.0 * CALL_USD), "{spent}");
+}
+
+#[tokio::test]
 async fn spend_survives_the_death_of_every_replica_and_of_redis() {
     let budget = 6.5 * CALL_USD;
     let mut cluster = Cluster::start(

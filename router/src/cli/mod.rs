@@ -8,8 +8,10 @@
 //! - [`ladder`]: `switchyard ladder eval`, what confidence-based escalation buys on labelled data.
 //! - [`audit`]: `switchyard audit`, logged traffic replayed through a policy.
 //! - [`calibrate`]: `switchyard calibrate`, thresholds from evidence, written into the policy.
+//! - [`budgets`]: `switchyard budgets import`, a single daemon's spend moved into the shared store.
 
 pub mod audit;
+pub mod budgets;
 pub mod calibrate;
 pub mod label;
 pub mod ladder;

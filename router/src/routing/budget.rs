@@ -165,6 +165,17 @@ impl SpendState {
     }
 }
 
+/// A ledger's spend as recorded (see [`Ledger::recorded`]).
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// `YYYY-MM-DD` the daily amounts are of (empty when nothing was spent).
+    pub day: String,
+    /// `YYYY-MM` the monthly amounts are of.
+    pub month: String,
+    pub global: Spend,
+    pub keys: Vec<(String, Spend)>,
+}
+
 /// How close to its budgets a request's caller is.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pacing {
@@ -490,6 +501,21 @@ impl Ledger {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// What the file records as spent: the day and month it is of, and each
+    /// scope's spend then (keys sorted by name).
+    pub fn recorded(&self) -> Recorded {
+        let books = self.state.lock().expect("ledger lock");
+        let spent = &books.spent;
+        let mut keys: Vec<(String, Spend)> = spent.keys.iter().map(|(k, s)| (k.clone(), *s)).collect();
+        keys.sort_by(|a, b| a.0.cmp(&b.0));
+        Recorded {
+            day: spent.day.clone(),
+            month: spent.month.clone(),
+            global: spent.global,
+            keys,
+        }
     }
 
     /// Adds the cost of a finished remote call.

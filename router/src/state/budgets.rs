@@ -51,6 +51,7 @@ struct Scripts {
     settle: Script,
     renew: Script,
     snapshot: Script,
+    import: Script,
 }
 
 fn scripts() -> &'static Scripts {
@@ -60,6 +61,7 @@ fn scripts() -> &'static Scripts {
         settle: Script::new(budget_script!("scripts/settle.lua")),
         renew: Script::new(budget_script!("scripts/renew.lua")),
         snapshot: Script::new(budget_script!("scripts/snapshot.lua")),
+        import: Script::new(budget_script!("scripts/import.lua")),
     })
 }
 
@@ -109,6 +111,43 @@ pub fn scope(key: Option<&str>) -> String {
         // Tabs separate scopes in a hold; other bytes are kept as they are.
         Some(key) => format!("key:{}", key.replace(['\t', '%'], "%")),
     }
+}
+
+/// One scope's spend brought into the store from elsewhere, in USD.
+#[derive(Debug, Clone)]
+pub struct Imported {
+    pub scope: String,
+    /// Of the day imported into.
+    pub day_usd: f64,
+    /// Of its month, the day's included.
+    pub month_usd: f64,
+}
+
+/// Adds spend kept outside the store (a single daemon's state file, before
+/// its budgets moved to the store) to the books of `day` and its month, once
+/// per `id`: `Ok(None)` when added, `Ok(Some(when))` when an import with
+/// this id was already made (at `when`, as `at` said then).
+pub async fn import(
+    store: &Store,
+    day: &str,
+    id: &str,
+    at: &str,
+    scopes: &[Imported],
+) -> Result<Option<String>, StoreError> {
+    let keys = budget_keys(store, day);
+    let imports = store.key("imports");
+    let done: String = store
+        .run("import", |mut con| {
+            let mut call = budget_call(&scripts().import, &keys);
+            call.key(&imports).arg(id).arg(at);
+            for s in scopes {
+                let day = nano(s.day_usd);
+                call.arg(&s.scope).arg(day).arg(nano(s.month_usd).max(day));
+            }
+            async move { call.invoke_async(&mut con).await }
+        })
+        .await?;
+    Ok(Some(done).filter(|when| !when.is_empty()))
 }
 
 /// One scope's limits for a hold, in USD.
