@@ -310,6 +310,20 @@ async fn a_call_admitted_ahead_is_the_ladders_to_take_or_is_let_go_charging_noth
     assert_eq!(ledger.reserved_usd(), 0.0);
     assert_eq!(ledger.status(setup.live.routing.budgets().unwrap())[0].spent_usd, 0.25);
 
+    // Without max_tokens, the hold is what the backend's model may write at
+    // most (its max_output_tokens, 4096 here): 4096 tokens at 10 USD a
+    // million, and the prompt's few.
+    let decision = setup.decide(ask("cloud", "Hello"), &none).unwrap();
+    let claim = decision.budget.as_ref().unwrap();
+    let unbounded = claim.admit(&decision.backend).await.unwrap().unwrap();
+    let output_usd = 4096.0 * 10.0 / 1e6;
+    assert!(
+        unbounded.usd() > output_usd && unbounded.usd() < output_usd + 0.001,
+        "{}",
+        unbounded.usd()
+    );
+    unbounded.release();
+
     // A refusal ahead is the ladder's too. 0.99 of the day's 1.00 is spent:
     // deciding still sends the call out, but its worst case does not fit.
     ledger.record(None, 0.74);

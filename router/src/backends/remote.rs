@@ -130,6 +130,12 @@ impl RemoteBackend {
         }
     }
 
+    /// The largest `max_tokens` the upstream model accepts, when the
+    /// policy says.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        self.max_output_tokens
+    }
+
     pub fn price(&self) -> Price {
         self.price
     }

@@ -40,8 +40,9 @@ use decide::{Situation, Verdict};
 use privacy::PrivacyRules;
 use sessions::SessionKeys;
 
-/// Output tokens assumed when pricing a remote call for a request that sets no
-/// `max_tokens` (for `x-switchyard-max-cost-usd`).
+/// Output tokens assumed when pricing a remote call (its budget hold, and
+/// `x-switchyard-max-cost-usd`) for a request that sets no `max_tokens`, to
+/// a backend that sets no `max_output_tokens`.
 pub const DEFAULT_OUTPUT_TOKENS_ESTIMATE: u64 = 1_000;
 
 /// What a client asked of the routing through headers.
@@ -78,7 +79,9 @@ pub struct BudgetClaim {
     limits: BudgetLimits,
     caller: Option<String>,
     prompt_tokens: u64,
-    output_tokens: u64,
+    /// The request's `max_tokens`, when it sets one, and its `n`.
+    max_tokens: Option<u64>,
+    choices: u64,
     /// Why the local model cannot stand in when a call is refused: the
     /// request names a remote model, or routing found it needs the remote.
     why: Reason,
@@ -131,7 +134,8 @@ impl BudgetClaim {
         if let Some(admitted) = taken {
             return admitted;
         }
-        let usd = price_of(backend).cost_usd(self.prompt_tokens, self.output_tokens);
+        let output_tokens = billable_output_tokens(backend, self.max_tokens, self.choices);
+        let usd = price_of(backend).cost_usd(self.prompt_tokens, output_tokens);
         if usd <= 0.0 {
             return Ok(None);
         }
@@ -158,8 +162,8 @@ async fn reserve(
     }
 }
 
-/// Output tokens a request may be billed for: `max_tokens` (or
-/// [`DEFAULT_OUTPUT_TOKENS_ESTIMATE`]) for each of its `n` choices.
+/// Output tokens a request may use as rate limits count them: `max_tokens`
+/// (or [`DEFAULT_OUTPUT_TOKENS_ESTIMATE`]) for each of its `n` choices.
 pub fn output_tokens_bound(request: &ChatRequest) -> u64 {
     let n = u64::from(request.sampling.n.unwrap_or(1).max(1));
     request
@@ -168,9 +172,26 @@ pub fn output_tokens_bound(request: &ChatRequest) -> u64 {
         .saturating_mul(n)
 }
 
+/// Output tokens a call to `backend` may be billed for: `max_tokens`, else
+/// the most its model may write (`max_output_tokens`), else
+/// [`DEFAULT_OUTPUT_TOKENS_ESTIMATE`], for each of `choices`. Only the first
+/// two bound a call; without either, a call can cost more than its hold.
+pub fn billable_output_tokens(backend: &Backend, max_tokens: Option<u64>, choices: u64) -> u64 {
+    let limit = match backend {
+        Backend::Remote(remote) => remote.max_output_tokens(),
+        Backend::Local(_) => None,
+    };
+    max_tokens
+        .or(limit)
+        .unwrap_or(DEFAULT_OUTPUT_TOKENS_ESTIMATE)
+        .saturating_mul(choices.max(1))
+}
+
 /// The most a call of `request` to `backend` may cost.
 pub fn worst_case_usd(backend: &Backend, request: &ChatRequest, prompt_tokens_estimate: u64) -> f64 {
-    price_of(backend).cost_usd(prompt_tokens_estimate, output_tokens_bound(request))
+    let choices = u64::from(request.sampling.n.unwrap_or(1));
+    let output_tokens = billable_output_tokens(backend, request.max_tokens, choices);
+    price_of(backend).cost_usd(prompt_tokens_estimate, output_tokens)
 }
 
 /// The other backends a routed request may be answered by: the local model
@@ -592,7 +613,8 @@ impl Routing {
             limits: self.budgets?,
             caller: caller_name(facts.caller).map(str::to_string),
             prompt_tokens: facts.prompt_tokens_estimate,
-            output_tokens: output_tokens_bound(request),
+            max_tokens: request.max_tokens,
+            choices: u64::from(request.sampling.n.unwrap_or(1)),
             why: if pinned {
                 Reason::ModelPinned
             } else {
