@@ -126,7 +126,7 @@ impl Grammars {
     }
 
     /// As [`Grammars::constraint`], compiled once per grammar and kept (see
-    /// [`COMPILED_KEPT`]); errors are not kept. What it returns shares the
+    /// `COMPILED_KEPT`); errors are not kept. What it returns shares the
     /// kept grammar's state: an answer takes a [`Constraint::fresh`] copy
     /// before it advances it (the generate loop does), so checking a grammar
     /// or carrying it in a request costs no copy of that state.

@@ -3,7 +3,7 @@
 //! A generation is CPU-bound for seconds, so it must never run on an async
 //! runtime's threads. [`Engine::start_with`] moves the model onto a worker
 //! thread that decodes up to `max_sequences` requests together (continuous
-//! batching, see [`Worker`]) on a dedicated rayon pool of `threads` threads
+//! batching, see `Worker`) on a dedicated rayon pool of `threads` threads
 //! (the kernels split rows across it). Decoding on a CPU is bound by reading
 //! the weights, so several sequences decoded together cost little more than
 //! one. [`Engine::submit`] never blocks: when the queue of jobs waiting for a

@@ -7,7 +7,7 @@
 //! fusions of what would otherwise be five to ten small Burn ops each, on the
 //! per-token hot path (RMSNorm, RoPE, SwiGLU, embedding lookup, attention).
 //!
-//! Every op is written once, in [`host`], over plain slices of host memory.
+//! Every op is written once, in `host`, over plain slices of host memory.
 //! A CPU backend takes part by saying how its tensor primitive lends those
 //! slices and is built from a result ([`HostTensor`]): Flex (the default) and,
 //! with the `ndarray` feature, NdArray, which is kept for comparison only
@@ -26,10 +26,10 @@ use crate::quant::{QuantFormat, QuantMatrix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeStyle {
-    /// Adjacent pairs (x[2i], x[2i+1]): GGUF Llama files, whose q/k weights the
+    /// Adjacent pairs (x\[2i\], x\[2i+1\]): GGUF Llama files, whose q/k weights the
     /// converter permuted for it.
     Interleaved,
-    /// Halves (x[i], x[i + d/2]): Qwen and GPT-NeoX.
+    /// Halves (x\[i\], x\[i + d/2\]): Qwen and GPT-NeoX.
     Halves,
 }
 
@@ -74,7 +74,7 @@ fn format_of(id: u32) -> QuantFormat {
     QuantFormat::from_id(id).expect("weights are checked when the model loads")
 }
 
-/// A CPU backend's tensor primitive seen as host memory: what [`host`] reads
+/// A CPU backend's tensor primitive seen as host memory: what `host` reads
 /// and what it builds its results into.
 pub trait HostTensor: TensorMetadata + Sized {
     /// Calls `f` with the f32 values in row-major order (borrowed when the

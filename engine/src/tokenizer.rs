@@ -570,7 +570,7 @@ impl Tokenizer {
     /// `token_limit` tokens long by [`Tokenizer::fewest_tokens`], nothing is encoded
     /// and the answer is [`ChatEncodeError::TooLong`]. The prompt is then split into
     /// added tokens and text, and the text encoded, a chunk at a time (see
-    /// [`Tokenizer::chunks`]), and encoding stops as soon as the ids reach
+    /// `Tokenizer::chunks`), and encoding stops as soon as the ids reach
     /// `token_limit`: a prompt too long for the context costs the work and memory of
     /// about one context's worth of text, not of all of it.
     pub fn encode_chat(&self, rendered: &str, token_limit: usize) -> Result<Vec<u32>, ChatEncodeError> {

@@ -5,7 +5,7 @@
 //! still running is ended by us rather than by a closed socket: a stream gets
 //! a `server_shutting_down` error event, then its end; a request still
 //! waiting for its answer gets a 503 with the same error. They then get
-//! [`CUT_DELIVERY_TIMEOUT`] to reach their clients, and every one of them is
+//! `CUT_DELIVERY_TIMEOUT` to reach their clients, and every one of them is
 //! recorded (log line, metrics, budget) like any other request.
 
 use std::net::SocketAddr;

@@ -8,7 +8,7 @@
 //!
 //! | model             | behaviour                                                      |
 //! |-------------------|----------------------------------------------------------------|
-//! | `echo` (any other)| answers "Echo: <last user text>", streamed word by word        |
+//! | `echo` (any other)| answers "Echo: \<last user text\>", streamed word by word      |
 //! | `rate-limited`    | 429, `Retry-After: 7`, OpenAI error body                       |
 //! | `server-error`    | 500, OpenAI error body                                         |
 //! | `html-error`      | 502 with an HTML body, as a load balancer sends                |

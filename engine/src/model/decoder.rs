@@ -7,7 +7,7 @@
 //!   biases; `heads × head_dim` need not equal the hidden size.
 //!
 //! Per layer, for `s` new tokens at positions `p..p+s` (a batch stacks several
-//! sequences' rows; see [`super::batch`]):
+//! sequences' rows; see `super::batch`):
 //!
 //! ```text
 //! h = RMSNorm(x)                                  [s, d]
@@ -19,7 +19,7 @@
 //! x = x + (SiLU(RMSNorm(x)·Wgateᵀ) ⊙ RMSNorm(x)·Wupᵀ)·Wdownᵀ
 //! ```
 //!
-//! then logits = RMSNorm(x[last])·Woutᵀ, with Wout tied to the embedding table
+//! then logits = RMSNorm(x\[last\])·Woutᵀ, with Wout tied to the embedding table
 //! when the model has no output matrix of its own.
 //!
 //! Both sources are read here, each with its names and its fix-ups: GGUF's

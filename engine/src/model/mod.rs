@@ -8,7 +8,7 @@
 //! - [`qwen35`]: Qwen3.5, Gated DeltaNet layers with gated attention layers.
 //!
 //! Both run a batch of sequences at once ([`Model::forward_batch`], see
-//! [`batch`]); a single sequence is a batch of one.
+//! `batch`); a single sequence is a batch of one.
 
 mod batch;
 pub mod decoder;

@@ -4,7 +4,7 @@
 //! published size).
 //!
 //! Per layer, for `s` new tokens at positions `p..p+s` (a batch stacks several
-//! sequences' rows; see [`super::batch`]):
+//! sequences' rows; see `super::batch`):
 //!
 //! ```text
 //! x = x + Mixer(RMSNorm1p(x))          RMSNorm1p(x) = x̂·(1 + w)
@@ -32,7 +32,7 @@
 //! state ([`RecurrentState`]), carried from one forward pass to the next
 //! beside the attention layers' KV cache.
 //!
-//! Sources, each with its names and fix-ups (see [`Names`]): Hugging Face
+//! Sources, each with its names and fix-ups (see `Names`): Hugging Face
 //! directories (`Qwen3_5ForCausalLM`, and the text part of
 //! `Qwen3_5ForConditionalGeneration`, under `model.language_model.` with its
 //! config in `text_config`), whose RMSNorm1p weights are stored as `w` (the

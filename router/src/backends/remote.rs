@@ -20,12 +20,12 @@
 //! Streams are relayed event by event as they arrive, each event's data as the
 //! upstream wrote it (the first one too, after it was held for the check). If
 //! the client goes away, hyper drops the response body, which drops
-//! [`RelayState`] and with it the upstream response: the upstream connection
+//! `RelayState` and with it the upstream response: the upstream connection
 //! is closed and generation stops.
 //!
 //! Nothing the upstream says about a failure reaches the client or the log
 //! unfiltered: see [`crate::openai::error`] for what is kept of error bodies,
-//! and [`describe`] for connection errors (their text names the URL).
+//! and `describe` for connection errors (their text names the URL).
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

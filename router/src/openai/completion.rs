@@ -1,4 +1,4 @@
-//! Replies written for the client, in one place: [`write`] turns what a
+//! Replies written for the client, in one place: [`write()`] turns what a
 //! backend gave (`reply`) into the HTTP body the request asked for. The local
 //! model's events become OpenAI's chat completion objects (the whole
 //! `chat.completion` of a non-streamed answer, or the `chat.completion.chunk`

@@ -374,7 +374,7 @@ const REDACTED: &str = "[redacted]";
 
 /// `text` with every word that may be a credential replaced by `[redacted]`:
 /// one holding `secret` (our key for the upstream) or a fragment of it of
-/// [`MIN_SECRET_FRAGMENT_CHARS`] or more (masked forms such as `sk-...3a9c`),
+/// `MIN_SECRET_FRAGMENT_CHARS` or more (masked forms such as `sk-...3a9c`),
 /// the word after `Bearer`, and `sk-` tokens (any provider's key shape).
 /// Words are split at whitespace, quotes and brackets, so a key quoted in a
 /// JSON string or a header dump is one word. Over-redacting an innocent word

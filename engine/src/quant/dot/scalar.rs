@@ -84,12 +84,12 @@ fn dot_affine<B: crate::quant::formats::GgmlBlock>(
     sum
 }
 
-/// [`QuantFormat::A6_64`](crate::quant::QuantFormat::A6_64) against Q8 blocks.
+/// [`QuantFormat::A6_64`] against Q8 blocks.
 pub fn dot_a6(w: &[u8], a: &Q8Row) -> f32 {
     dot_affine::<BlockA6_64>(w, a, |b| (f16_to_f32(b.s), f16_to_f32(b.b)), |b, e| b.quant(e))
 }
 
-/// [`QuantFormat::A8_64`](crate::quant::QuantFormat::A8_64) against Q8 blocks.
+/// [`QuantFormat::A8_64`] against Q8 blocks.
 pub fn dot_a8(w: &[u8], a: &Q8Row) -> f32 {
     dot_affine::<BlockA8_64>(w, a, |b| (f16_to_f32(b.s), f16_to_f32(b.b)), |b, e| b.qs[e])
 }

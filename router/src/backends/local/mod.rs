@@ -8,7 +8,7 @@
 //! generation at its next token.
 //!
 //! Rendering and tokenizing a prompt is CPU work proportional to its text, so
-//! it runs on tokio's blocking threads, [`PROMPTS_ENCODED_AT_ONCE`] at a time,
+//! it runs on tokio's blocking threads, `PROMPTS_ENCODED_AT_ONCE` at a time,
 //! never on the async workers that answer every other connection. Before any of
 //! it, a prompt whose text cannot fit the context window, whatever it says, is
 //! refused from its byte count alone (see [`Tokenizer::fewest_tokens`]): a
@@ -20,8 +20,8 @@
 //! [`Tokenizer::escape_control_text`]).
 //!
 //! Here: the backend (loading, readiness, eligibility, answering within a
-//! deadline and a queue wait). [`prepare`]: the request in the engine's terms
-//! (checks, prompt, sampling, the passes of a reasoning answer). [`driver`]:
+//! deadline and a queue wait). `prepare`: the request in the engine's terms
+//! (checks, prompt, sampling, the passes of a reasoning answer). `driver`:
 //! the answer on the engine and its events. Writing them for the client is
 //! `openai::completion`'s.
 //!
@@ -447,7 +447,7 @@ impl LocalBackend {
     ///
     /// A model that thinks natively thinks when the request's
     /// `chat_template_kwargs.enable_thinking` says so, or, when it says
-    /// nothing, with `request.reasoning` (see [`LocalBackend::thinks`]); its
+    /// nothing, with `request.reasoning` (see `LocalBackend::thinks`); its
     /// thinking stops at `reasoning_max_tokens`. Another model, with
     /// `request.reasoning`, first reasons (prompted step by step, within
     /// `reasoning_max_tokens`), then answers with its reasoning in view. Either
