@@ -324,13 +324,16 @@ async fn a_call_admitted_ahead_is_the_ladders_to_take_or_is_let_go_charging_noth
     );
     unbounded.release();
 
-    // A refusal ahead is the ladder's too. 0.99 of the day's 1.00 is spent:
-    // deciding still sends the call out, but its worst case does not fit.
-    ledger.record(None, 0.74);
+    // A refusal ahead is the ladder's too: refused while another call held
+    // 0.74 of the 0.75 left, it stays refused after that call let go (a
+    // fresh admission would now pass).
     let decision = setup.decide(pinned, &none).unwrap();
     assert_eq!(route(&decision), (Tier::Remote, Reason::ModelPinned, "cloud"));
+    let limits = setup.live.routing.budgets().unwrap();
+    let other = ledger.reserve(limits, None, 0.74).await.expect("fits");
     let claim = decision.budget.as_ref().unwrap();
     claim.admit_ahead(&decision.backend).await;
+    other.release();
     assert_eq!(ledger.reserved_usd(), 0.0);
     assert!(matches!(
         claim.admit(&decision.backend).await,
@@ -338,4 +341,9 @@ async fn a_call_admitted_ahead_is_the_ladders_to_take_or_is_let_go_charging_noth
             why: Reason::ModelPinned
         }))
     ));
+    let fresh = claim
+        .admit(&decision.backend)
+        .await
+        .expect("the refusal was taken once");
+    fresh.expect("priced").release();
 }

@@ -6,11 +6,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use sha2::{Digest, Sha256};
 use switchyard::policy::{Policy, StateBackend};
 use switchyard::routing::budget::{Ledger, Recorded};
-use switchyard::state::Store;
 use switchyard::state::budgets::{self, Imported, scope, today};
+use switchyard::state::{Store, StoreError};
 
 #[derive(clap::Args)]
 pub struct ImportArgs {
@@ -18,7 +17,8 @@ pub struct ImportArgs {
     #[arg(long)]
     policy: PathBuf,
     /// The `budgets.state_file` the single daemon kept. That daemon must be
-    /// stopped: it would go on spending into the file.
+    /// stopped (it would go on spending into the file); importing the file
+    /// again adds only what it gained since.
     state_file: PathBuf,
 }
 
@@ -41,14 +41,13 @@ fn import_file(args: &ImportArgs) -> Result<(), String> {
         ));
     }
     let url = policy.state.url().map_err(|problem| problem.to_string())?;
-    let bytes =
-        std::fs::read(&args.state_file).map_err(|err| format!("cannot read {}: {err}", args.state_file.display()))?;
-    // Held for the import: a daemon still keeping the file refuses it.
-    let ledger = Ledger::open_exclusive(&args.state_file)
-        .map_err(|err| format!("stop the daemon that keeps the file first: {err}"))?;
-    let recorded = ledger.recorded();
+    if !args.state_file.is_file() {
+        return Err(format!("{} is not a file", args.state_file.display()));
+    }
+    // Held for the import: no daemon keeps the file meanwhile.
+    let ledger = Ledger::open_unkept(&args.state_file)?;
     let day = today();
-    let scopes = to_import(&recorded, &day);
+    let scopes = to_import(&ledger.recorded(), &day);
     if scopes.is_empty() {
         println!(
             "{} records no spend of this month ({}): nothing to import",
@@ -57,37 +56,34 @@ fn import_file(args: &ImportArgs) -> Result<(), String> {
         );
         return Ok(());
     }
-    // The same file imported twice counts once.
-    let digest: String = Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
-    let id = format!("state-file:{digest}");
-    let at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|err| format!("cannot start the runtime: {err}"))?;
-    let done = runtime.block_on(async {
+    let added = runtime.block_on(async {
         let store = Store::connect(&policy.state, &url).map_err(|err| policy.state.problem(err).to_string())?;
         store.first_probe().await;
         if !store.is_up() {
             let why = store.health().reason.unwrap_or_default();
             return Err(format!("cannot reach the state store: {why}"));
         }
-        budgets::import(&store, &day, &id, &at, &scopes)
-            .await
-            .map_err(|err| format!("the state store did not take the import: {err}"))
+        budgets::import(&store, &day, &scopes).await.map_err(|err| match err {
+            StoreError::Refused(why) => format!("the state store refused the import: {why}"),
+            other => format!(
+                "no answer from the state store ({other}): the import may have been made; run it again, it adds only what is missing"
+            ),
+        })
     })?;
-    if let Some(when) = done {
+    if added.iter().all(|s| s.day_usd == 0.0 && s.month_usd == 0.0) {
         println!(
-            "{} was already imported (at {when}): nothing added",
+            "{}: its spend is already in the shared budgets (imported before): nothing added",
             args.state_file.display()
         );
         return Ok(());
     }
     println!("added to the shared budgets (USD):");
     println!("{:<32} {:>14} {:>14}", "scope", &day, &day[..7]);
-    for s in &scopes {
+    for s in &added {
         println!("{:<32} {:>14.6} {:>14.6}", s.scope, s.day_usd, s.month_usd);
     }
     Ok(())

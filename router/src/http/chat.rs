@@ -138,6 +138,18 @@ async fn answer(
         Ok(parsed) => parsed,
         Err(err) => return refused(record, err),
     };
+    // A caller over its rate limits a moment ago is asked about first: then
+    // a flood past a limit costs no routing decision and no budget hold.
+    let caller_name = routing::caller_name(&caller);
+    let checked = if live.limiter.likely_refused(caller_name, tokens) {
+        let verdict = live.limiter.check(caller_name, tokens).await;
+        if let Some(refusal) = verdict.refused.clone() {
+            return rate_limited(record, &verdict, refusal);
+        }
+        Some(verdict)
+    } else {
+        None
+    };
     // Decided first, then the shared store (when there is one) asked all it
     // must be asked in one round trip: the rate limits; the budget hold of
     // a remote call, whose backend no session floor can change; and the
@@ -169,11 +181,22 @@ async fn answer(
             claim.admit_ahead(&decision.backend).await;
         }
     };
-    let (floor, verdict, ()) = tokio::join!(floor, live.limiter.check(routing::caller_name(&caller), tokens), ahead);
+    let verdict = async {
+        match checked {
+            Some(verdict) => verdict,
+            None => live.limiter.check(caller_name, tokens).await,
+        }
+    };
+    let (floor, verdict, ()) = tokio::join!(floor, verdict, ahead);
     if let Some(refusal) = verdict.refused.clone() {
-        // A hold taken ahead is released as the decision goes.
+        // A hold taken ahead is released as the decision goes (a first
+        // refusal: the next ones are checked before deciding, above).
         return rate_limited(record, &verdict, refusal);
     }
+    // As the routing applies it: a floor of a reasoning tier the local
+    // model no longer serves (a reload) is plain local.
+    let local_reasons = live.routing.local_backend().is_some_and(|b| routing::local_reasons(b));
+    let floor = floor.map(|floor| floor.served(local_reasons));
     let decided = match (decided, floor) {
         (Ok(decided), Some(floor)) if Some(floor) > own_tier => {
             // The conversation has been higher: decided again from its floor.

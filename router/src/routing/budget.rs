@@ -165,6 +165,13 @@ impl SpendState {
     }
 }
 
+/// `STATE_FILE.lock`, whose advisory lock a daemon keeping the file holds.
+fn lock_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
 /// A ledger's spend as recorded (see [`Ledger::recorded`]).
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -435,9 +442,7 @@ impl Ledger {
     pub fn open_exclusive(path: &Path) -> Result<Ledger, String> {
         use std::io::{Seek, Write};
         use std::os::fd::AsRawFd;
-        let mut lock_name = path.as_os_str().to_owned();
-        lock_name.push(".lock");
-        let lock_path = PathBuf::from(lock_name);
+        let lock_path = lock_path(path);
         // The state file's folder may not exist yet (the first flush makes it).
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|err| format!("cannot create {}: {err}", dir.display()))?;
@@ -470,6 +475,33 @@ impl Ledger {
             .and_then(|()| lock.write_all(pid.as_bytes()));
         if let Err(err) = written {
             tracing::warn!(file = %lock_path.display(), "cannot write the pid into the lock file: {err}");
+        }
+        Ledger::read(path, Some(lock))
+    }
+
+    /// As [`Ledger::open`], for a file no daemon keeps now: refused while
+    /// one holds its lock (see [`Ledger::open_exclusive`]); until the ledger
+    /// goes, no daemon can start on the file. Creates nothing (a daemon that
+    /// never ran on the file left no lock).
+    pub fn open_unkept(path: &Path) -> Result<Ledger, String> {
+        use std::os::fd::AsRawFd;
+        let lock_path = lock_path(path);
+        let lock = match std::fs::File::open(&lock_path) {
+            Ok(lock) => lock,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ledger::read(path, None),
+            Err(err) => return Err(format!("cannot open {}: {err}", lock_path.display())),
+        };
+        // SAFETY: flock on a descriptor this function owns, open until the ledger drops it.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            return Err(format!(
+                "budget state file {} is kept by a running Switchyard{}: stop it first",
+                path.display(),
+                match holder.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                }
+            ));
         }
         Ledger::read(path, Some(lock))
     }

@@ -124,22 +124,20 @@ pub struct Imported {
 }
 
 /// Adds spend kept outside the store (a single daemon's state file, before
-/// its budgets moved to the store) to the books of `day` and its month, once
-/// per `id`: `Ok(None)` when added, `Ok(Some(when))` when an import with
-/// this id was already made (at `when`, as `at` said then).
-pub async fn import(
-    store: &Store,
-    day: &str,
-    id: &str,
-    at: &str,
-    scopes: &[Imported],
-) -> Result<Option<String>, StoreError> {
+/// its budgets moved to the store) to the books of `day` and its month:
+/// per scope, only what exceeds what earlier imports brought in for that
+/// day and month, so importing the same spend twice adds nothing. Returns
+/// what was added.
+pub async fn import(store: &Store, day: &str, scopes: &[Imported]) -> Result<Vec<Imported>, StoreError> {
     let keys = budget_keys(store, day);
-    let imports = store.key("imports");
-    let done: String = store
+    let imported = [
+        store.key(&format!("imported:d:{day}")),
+        store.key(&format!("imported:m:{}", &day[..7])),
+    ];
+    let added: Vec<i64> = store
         .run("import", |mut con| {
             let mut call = budget_call(&scripts().import, &keys);
-            call.key(&imports).arg(id).arg(at);
+            call.key(&imported[0]).key(&imported[1]);
             for s in scopes {
                 let day = nano(s.day_usd);
                 call.arg(&s.scope).arg(day).arg(nano(s.month_usd).max(day));
@@ -147,7 +145,15 @@ pub async fn import(
             async move { call.invoke_async(&mut con).await }
         })
         .await?;
-    Ok(Some(done).filter(|when| !when.is_empty()))
+    Ok(scopes
+        .iter()
+        .zip(added.chunks(2))
+        .map(|(s, added)| Imported {
+            scope: s.scope.clone(),
+            day_usd: usd(added[0]),
+            month_usd: usd(added.get(1).copied().unwrap_or(0)),
+        })
+        .collect())
 }
 
 /// One scope's limits for a hold, in USD.
@@ -368,6 +374,25 @@ impl SharedBudgets {
         }
     }
 
+    /// Replaces a hold by its call's cost in the snapshot at once (the next
+    /// read has both from the store), so that a hold let go, by a call
+    /// refused or cheaper than its worst case, does not brake pacing until then.
+    fn note_settled(&self, day: &str, scopes: &[String], held: i64, cost: i64) {
+        let mut snapshot = self.snapshot.lock().expect("snapshot lock");
+        let (same_day, same_month) = (snapshot.on == day, snapshot.on.get(..7) == day.get(..7));
+        for scope in scopes {
+            if let Some(amount) = snapshot.held.get_mut(scope) {
+                *amount = (*amount - held).max(0);
+            }
+            if same_day {
+                *snapshot.day.entry(scope.clone()).or_default() += cost;
+            }
+            if same_month {
+                *snapshot.month.entry(scope.clone()).or_default() += cost;
+            }
+        }
+    }
+
     /// Ends a hold of `held_usd` with the call's real cost (its worst case
     /// when unknown); the store is written in the background.
     pub fn settle(self: &Arc<Self>, day: &str, hold: Hold, held_usd: f64, cost_usd: f64) {
@@ -375,6 +400,7 @@ impl SharedBudgets {
         let (id, scopes, held) = match hold {
             Hold::Stored { id, scopes } => {
                 self.open.lock().expect("open holds lock").remove(&id);
+                self.note_settled(day, &scopes, nano(held_usd), cost);
                 (id, scopes, true)
             }
             Hold::Allowance { id, scopes } => {

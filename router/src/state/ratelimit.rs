@@ -26,6 +26,8 @@ pub use crate::outcome::{RateKind as Kind, RateRefusal as Refused};
 use crate::policy::RateLimitsConfig;
 
 const PERIOD_MS: u64 = 60_000;
+/// The key name of callers without one.
+const ANONYMOUS: &str = "anonymous";
 
 /// One limit that applies to a request.
 #[derive(Debug, Clone)]
@@ -67,6 +69,18 @@ pub struct RateLimiter {
     local: Arc<Mutex<HashMap<String, f64>>>,
     epoch: Instant,
     prefix: String,
+    /// Until when the last refusals said requests would be refused, as this
+    /// process last heard: see [`RateLimiter::likely_refused`].
+    refused_until: Mutex<Refusals>,
+}
+
+/// Until when refusals last said requests would be refused.
+#[derive(Default)]
+struct Refusals {
+    /// By a caller's own limits.
+    callers: HashMap<String, Instant>,
+    /// By the global limits, for every caller.
+    global: Option<Instant>,
 }
 
 fn script() -> &'static Script {
@@ -86,6 +100,7 @@ impl RateLimiter {
             store,
             local: previous.map_or_else(Default::default, |p| p.local.clone()),
             epoch: previous.map_or_else(Instant::now, |p| p.epoch),
+            refused_until: Mutex::default(),
         }
     }
 
@@ -94,7 +109,7 @@ impl RateLimiter {
     }
 
     fn limits(&self, caller: Option<&str>, tokens: u64) -> Vec<Limit> {
-        let caller = caller.unwrap_or("anonymous");
+        let caller = caller.unwrap_or(ANONYMOUS);
         let mut limits = Vec::new();
         for (scope, config, name) in [
             ("key", &self.per_key, format!("key:{caller}")),
@@ -113,6 +128,29 @@ impl RateLimiter {
             }
         }
         limits
+    }
+
+    /// Whether a request of `tokens` tokens from `caller` is likely to be
+    /// refused: it exceeds a limit outright, or the caller (or every caller)
+    /// was refused a moment ago until a time not yet come. Such a request is
+    /// checked before anything else is done for it, so that a flood past a
+    /// limit costs neither routing decisions nor budget holds.
+    pub fn likely_refused(&self, caller: Option<&str>, tokens: u64) -> bool {
+        let limits = self.limits(caller, tokens);
+        if limits.iter().any(|l| l.cost > l.per_minute) {
+            return true;
+        }
+        if limits.is_empty() {
+            return false;
+        }
+        let now = Instant::now();
+        let refusals = self.refused_until.lock().expect("refusals lock");
+        refusals
+            .callers
+            .get(caller.unwrap_or(ANONYMOUS))
+            .into_iter()
+            .chain(&refusals.global)
+            .any(|until| *until > now)
     }
 
     /// Admits a request of `tokens` tokens from `caller` under every limit,
@@ -141,7 +179,21 @@ impl RateLimiter {
             None => None,
         };
         let (allowed, retry_ms, standings) = answer.unwrap_or_else(|| self.in_process(&limits));
-        self.counted(verdict_of(&limits, allowed, retry_ms, &standings))
+        let verdict = verdict_of(&limits, allowed, retry_ms, &standings);
+        if let Some(refused) = &verdict.refused {
+            let now = Instant::now();
+            let until = now + std::time::Duration::from_millis(retry_ms);
+            let mut refusals = self.refused_until.lock().expect("refusals lock");
+            if refused.scope == "global" {
+                refusals.global = Some(until);
+            } else {
+                if refusals.callers.len() > 10_000 {
+                    refusals.callers.retain(|_, until| *until > now);
+                }
+                refusals.callers.insert(caller.unwrap_or(ANONYMOUS).to_string(), until);
+            }
+        }
+        self.counted(verdict)
     }
 
     fn counted(&self, verdict: Verdict) -> Verdict {
@@ -346,6 +398,24 @@ mod tests {
             limiter.check(Some("b"), 10).await.refused.is_none(),
             "each key has its own"
         );
+    }
+
+    #[tokio::test]
+    async fn a_refused_caller_is_known_likely_refused_until_its_retry_time() {
+        let limiter = limiter("per_key: { requests_per_minute: 2 }\nglobal: { tokens_per_minute: 1000 }\n");
+        assert!(!limiter.likely_refused(Some("a"), 10), "nothing heard yet");
+        assert!(limiter.likely_refused(Some("a"), 1001), "over the whole limit: always");
+        for _ in 0..2 {
+            assert!(limiter.check(Some("a"), 10).await.refused.is_none());
+        }
+        assert!(!limiter.likely_refused(Some("a"), 10), "admitted, so far");
+        assert!(limiter.check(Some("a"), 10).await.refused.is_some());
+        assert!(limiter.likely_refused(Some("a"), 10), "refused for its 30 s interval");
+        assert!(!limiter.likely_refused(Some("b"), 10), "another key is not");
+        // The global limits refuse everyone.
+        assert!(limiter.check(Some("b"), 900).await.refused.is_none());
+        assert!(limiter.check(Some("c"), 200).await.refused.is_some());
+        assert!(limiter.likely_refused(Some("d"), 10));
     }
 
     #[tokio::test]
