@@ -1376,6 +1376,42 @@ async fn a_frozen_redis_is_a_store_down_no_request_waits_on_it() {
     assert_eq!(r.status, 200, "back to the shared budget: {r:?}");
 }
 
+#[tokio::test]
+async fn a_hold_sent_to_a_frozen_redis_and_refused_meanwhile_is_released_when_it_thaws() {
+    // No allowance: a call whose hold gets no answer is refused.
+    let mut cluster = Cluster::start(
+        "unanswered",
+        |double, prefix| remote_only_policy(double, &(budget_section(10.0) + &state_section(prefix, 0.0))),
+        &[],
+    )
+    .await;
+    // One call first: the store then knows the hold script, and runs a
+    // hold sent while it is frozen once it thaws.
+    let r = chat(&cluster.replicas[0], &ask("echo", "hello"), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    cluster.until_redis_spent(CALL_USD).await;
+    cluster.redis.stop_process();
+    let r = chat(&cluster.replicas[0], &ask("echo", "hello"), &[]).await;
+    assert!(is_store_unavailable(&r), "{r:?}");
+    assert_eq!(cluster.double.calls("echo"), 1, "refused before it went out");
+    // The thawed server runs the late hold; the replica's settlement of
+    // nothing, sent after it, lets it go. Without that settlement the hold
+    // would expire after hold_ttl_s and be charged its worst case.
+    cluster.redis.cont_process();
+    until_store(&cluster.replicas[0], true, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(HOLD_TTL_S + 1)).await;
+    let (spent, held) = cluster.redis_books();
+    assert!(
+        same_usd(spent, CALL_USD) && held == 0.0,
+        "({spent}, {held})\n{}",
+        cluster.logs()
+    );
+    let expired = cluster
+        .redis
+        .command(&["HLEN", &format!("{0}:{{{0}}}:expired", cluster.prefix)]);
+    assert_eq!(expired, "0", "the late hold did not expire");
+}
+
 #[test]
 fn policy_check_accepts_the_state_and_rate_limits_sections() {
     let double = CloudDouble::start();
