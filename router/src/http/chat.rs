@@ -195,8 +195,7 @@ async fn answer(
     }
     // As the routing applies it: a floor of a reasoning tier the local
     // model no longer serves (a reload) is plain local.
-    let local_reasons = live.routing.local_backend().is_some_and(|b| routing::local_reasons(b));
-    let floor = floor.map(|floor| floor.served(local_reasons));
+    let floor = floor.map(|floor| live.routing.served(floor));
     let decided = match (decided, floor) {
         (Ok(decided), Some(floor)) if Some(floor) > own_tier => {
             // The conversation has been higher: decided again from its floor.
@@ -211,14 +210,7 @@ async fn answer(
         }
         (decided, _) => decided.map(|decided| (request, decided)),
     };
-    let (
-        request,
-        Decided {
-            decision,
-            decision_seconds,
-            shadowed,
-        },
-    ) = match decided {
+    let (request, decided) = match decided {
         Ok(decided) => decided,
         Err(err) => {
             let mut response = refused(record, err);
@@ -227,11 +219,13 @@ async fn answer(
         }
     };
     if let Some(keys) = session {
-        // In shadow mode, the routing's own decision (kept aside) is the
-        // conversation's tier, not the remote that answers.
-        let tier = shadowed.as_ref().map_or(decision.tier, |would| would.tier);
-        state.sessions.remember(keys, tier);
+        state.sessions.remember(keys, decided.own_tier());
     }
+    let Decided {
+        decision,
+        decision_seconds,
+        shadowed,
+    } = decided;
     let shadowed = shadowed.map(|would| {
         let routing = &live.routing;
         Shadowed::new(
@@ -396,16 +390,7 @@ fn decide(
     session_floor: Option<Tier>,
 ) -> Result<Decided, ApiError> {
     let deciding = Instant::now();
-    let mut decision = tracing::debug_span!("decide").in_scope(|| {
-        live.routing.decide(
-            request,
-            caller,
-            hints,
-            &live.backends,
-            live.ledger.as_ref(),
-            session_floor,
-        )
-    })?;
+    let mut decision = own_decision(live, caller, hints, request, session_floor)?;
     // Shadow mode: answered remotely as before, the decision kept aside. A
     // rule that keeps the request off the remote (privacy) still holds: it
     // is then routed as decided. The remote decision does not touch the
@@ -433,9 +418,30 @@ fn decide(
     })
 }
 
+/// The routing's own decision, from the conversation's floor when known.
+fn own_decision(
+    live: &Live,
+    caller: &Caller,
+    hints: &Hints,
+    request: &ChatRequest,
+    session_floor: Option<Tier>,
+) -> Result<Decision, ApiError> {
+    tracing::debug_span!("decide").in_scope(|| {
+        live.routing.decide(
+            request,
+            caller,
+            hints,
+            &live.backends,
+            live.ledger.as_ref(),
+            session_floor,
+        )
+    })
+}
+
 /// The routing's own decision made again with the conversation's floor. In
 /// shadow mode only the decision kept aside changes: the remote that
-/// answers was decided without a floor, and keeps what it was admitted.
+/// answers was decided without a floor (as the shadow's remote always is),
+/// and keeps what it was admitted.
 fn redecide(
     live: &Live,
     caller: &Caller,
@@ -444,17 +450,19 @@ fn redecide(
     first: Decided,
     floor: Tier,
 ) -> Result<Decided, ApiError> {
-    let again = decide(live, caller, hints, request, Some(floor))?;
-    let decision_seconds = first.decision_seconds + again.decision_seconds;
+    let deciding = Instant::now();
+    let own = own_decision(live, caller, hints, request, Some(floor))?;
+    let decision_seconds = first.decision_seconds + deciding.elapsed().as_secs_f64();
     Ok(match first.shadowed {
         Some(_) => Decided {
             decision: first.decision,
             decision_seconds,
-            shadowed: Some(again.shadowed.unwrap_or(again.decision)),
+            shadowed: Some(own),
         },
         None => Decided {
+            decision: own,
             decision_seconds,
-            ..again
+            shadowed: None,
         },
     })
 }

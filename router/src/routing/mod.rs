@@ -455,6 +455,17 @@ impl Routing {
         Ok(decision)
     }
 
+    /// Whether the local backend serves the `local-reasoning` tier.
+    fn local_reasons(&self) -> bool {
+        self.local.as_deref().is_some_and(local_reasons)
+    }
+
+    /// The tier a request of `tier` is answered at: `local-reasoning` is
+    /// plain `local` on a local model that does not reason.
+    pub fn served(&self, tier: Tier) -> Tier {
+        tier.served(self.local_reasons())
+    }
+
     /// The remote backends that can take a call now, in order of preference.
     fn ready_remotes(&self) -> impl Iterator<Item = &Arc<Backend>> {
         self.remotes.iter().filter(|b| match b.as_ref() {
@@ -530,7 +541,7 @@ impl Routing {
             },
             None => Err(Ineligible::Unavailable),
         };
-        let local_reasons = self.local.as_deref().is_some_and(local_reasons);
+        let local_reasons = self.local_reasons();
         let remote = self.ready_remotes().next();
         let remote_cost_estimate_usd = remote.map_or(0.0, |backend| {
             worst_case_usd(backend, request, facts.prompt_tokens_estimate)
