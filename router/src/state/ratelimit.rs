@@ -136,11 +136,14 @@ impl RateLimiter {
     /// checked before anything else is done for it, so that a flood past a
     /// limit costs neither routing decisions nor budget holds.
     pub fn likely_refused(&self, caller: Option<&str>, tokens: u64) -> bool {
-        let limits = self.limits(caller, tokens);
-        if limits.iter().any(|l| l.cost > l.per_minute) {
+        // As `limits` would cost the request, without building their keys.
+        let over = |[requests, tokens_per_minute]: [Option<u64>; 2]| {
+            requests.is_some_and(|limit| 1 > limit) || tokens_per_minute.is_some_and(|limit| tokens > limit)
+        };
+        if over(self.per_key) || over(self.global) {
             return true;
         }
-        if limits.is_empty() {
+        if self.is_empty() {
             return false;
         }
         let now = Instant::now();
