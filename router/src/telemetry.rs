@@ -13,6 +13,8 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`. Spans are batched and sent from a thread of
 //! their own; [`Telemetry`] flushes them when dropped.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
@@ -48,7 +50,12 @@ fn otlp_requested() -> bool {
 /// reported on stderr and the process goes on with logs only.
 pub fn init(json: bool) -> Telemetry {
     let filter = EnvFilter::try_from_env("SWITCHYARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only for a person at a terminal: a log collected from a pipe or
+    // a file (a container's, a service manager's) gets plain text.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))] // the exporter's layer joins with `otel`
     let mut layers: Vec<BoxedLayer> = vec![if json { fmt.json().boxed() } else { fmt.boxed() }];
     #[cfg_attr(not(feature = "otel"), allow(unused_mut))] // set only with `otel`

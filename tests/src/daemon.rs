@@ -154,8 +154,7 @@ impl Daemon {
 
     /// Everything the daemon has logged so far (ANSI colour codes removed).
     pub fn log(&self) -> String {
-        let raw = std::fs::read_to_string(&self.log_path).unwrap_or_default();
-        strip_ansi(&raw)
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
     /// Waits until the log contains `needle`; panics with the log after 10 s.
@@ -235,7 +234,7 @@ pub fn refused_start(dir: PathBuf, listen: &str, policy: &str, env: &[(&str, &st
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let exited = child.try_wait().unwrap();
-        let log = strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
         if let Some(status) = exited {
             return (status.code(), log);
         }
@@ -271,21 +270,4 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn strip_ansi(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }

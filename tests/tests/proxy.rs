@@ -605,6 +605,10 @@ async fn no_secret_appears_in_logs_or_responses() {
     let log = daemon.log();
     assert!(log.contains("request finished"), "the log is being written: {log}");
     assert!(!log.contains(DOUBLE_API_KEY), "upstream key leaked into the log");
+    assert!(
+        !log.contains('\u{1b}'),
+        "a log written to a file, not a terminal, carries no colour codes: {log}"
+    );
 }
 
 #[tokio::test]
