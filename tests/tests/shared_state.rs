@@ -1412,6 +1412,47 @@ async fn a_hold_sent_to_a_frozen_redis_and_refused_meanwhile_is_released_when_it
     assert_eq!(expired, "0", "the late hold did not expire");
 }
 
+#[tokio::test]
+async fn a_redis_that_refuses_the_replica_is_a_store_down_with_its_reason_and_is_used_once_it_lets_it_in() {
+    let redis = RedisServer::start(&scratch_dir("redis-auth-redis"));
+    let double = CloudDouble::start();
+    redis.query(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    let policy = remote_only_policy(
+        &double,
+        &(budget_section(10.0) + &state_section(&prefix("redis-auth"), 0.0)),
+    );
+    // The replica is given the address without the password.
+    let daemon = Daemon::start_in(
+        scratch_dir("replica"),
+        &policy,
+        &[
+            ("DOUBLE_API_KEY", DOUBLE_API_KEY),
+            ("SWITCHYARD_REDIS_URL", &redis.url()),
+        ],
+    );
+    let ready = until_store(&daemon, false, Duration::from_secs(10)).await;
+    let reason = ready["state_store"]["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("Authentication required"), "{reason}");
+    // Fail-safe with no allowance: a pinned remote call is refused, naming the store.
+    let r = chat(&daemon, &ask("echo", "hello"), &[]).await;
+    assert!(is_store_unavailable(&r), "{r:?}");
+    // Probed every second, said once.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let log = daemon.log();
+    assert_eq!(log.matches("the state store is unreachable").count(), 1, "{log}");
+    assert!(!log.contains("refused an operation"), "{log}");
+
+    let lifted = std::process::Command::new("redis-cli")
+        .args(["-p", &redis.port().to_string(), "--no-auth-warning", "-a", "s3cret"])
+        .args(["CONFIG", "SET", "requirepass", ""])
+        .output()
+        .expect("redis-cli runs");
+    assert_eq!(String::from_utf8_lossy(&lifted.stdout).trim(), "OK", "{lifted:?}");
+    until_store(&daemon, true, Duration::from_secs(10)).await;
+    let r = chat(&daemon, &ask("echo", "hello"), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 #[test]
 fn policy_check_accepts_the_state_and_rate_limits_sections() {
     let double = CloudDouble::start();

@@ -173,7 +173,7 @@ impl Store {
                 let since = time::OffsetDateTime::from(*since)
                     .format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default();
-                format!("unreachable since {since}: {why}")
+                format!("down since {since}: {why}")
             }),
         }
     }
@@ -220,7 +220,11 @@ impl Store {
     fn mark_down(&self, op: &str, why: &str) {
         self.failures.fetch_add(1, Ordering::AcqRel);
         let mut down = self.down.lock().expect("store health lock");
-        if down.is_none() {
+        if let Some((_, reason)) = down.as_mut() {
+            // The same outage (or the start-up's "not reached yet"): since
+            // when is kept, the reason is the latest one.
+            why.clone_into(reason);
+        } else {
             *down = Some((SystemTime::now(), why.to_string()));
             let settled = self
                 .up_since
@@ -335,7 +339,10 @@ async fn probe(store: Weak<Store>) {
 /// or reached but refusing writes (full under `noeviction`, a read-only
 /// replica after a failover, loading its data, busy with a script).
 fn is_unreachable(err: &redis::RedisError) -> bool {
-    let refuses_writes = [
+    // A store that refuses writes cannot keep budgets; one that refuses
+    // this replica (no password, a wrong one, an ACL without the commands
+    // it needs) cannot be used at all: both count as down, with the reason.
+    let unusable = [
         "OOM",
         "READONLY",
         "MASTERDOWN",
@@ -343,6 +350,9 @@ fn is_unreachable(err: &redis::RedisError) -> bool {
         "BUSY",
         "NOREPLICAS",
         "MISCONF",
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
     ]
     .iter()
     .any(|code| err.code() == Some(code));
@@ -351,7 +361,7 @@ fn is_unreachable(err: &redis::RedisError) -> bool {
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_unrecoverable_error()
-        || refuses_writes
+        || unusable
 }
 
 /// An error's text without the store's address (it may hold a password).
