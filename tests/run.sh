@@ -23,8 +23,9 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! c
   $sudo_or_not apt-get install -y -qq prometheus chromium redis-server >/dev/null
 fi
 
-# The official openai SDK, for the client tests, in a venv of the workspace.
-if ! .venv/bin/python -c 'import openai' 2>/dev/null; then
+# The official openai SDK, for the client tests, and kubernetes-validate, for
+# the manifests in deploy/k8s, in a venv of the workspace.
+if ! .venv/bin/python -c 'import openai, kubernetes_validate' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 fi

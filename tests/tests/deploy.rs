@@ -1,11 +1,33 @@
-//! The deployment files: the replicas' policy is one the daemon accepts, and
-//! the Kubernetes ConfigMap carries it word for word.
+//! The deployment files: the replicas' policy is one the daemon accepts, the
+//! Kubernetes ConfigMap carries it word for word, and the manifests are valid
+//! Kubernetes objects.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
 
 fn repo_file(path: &str) -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::fs::read_to_string(root.join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
+    std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+/// `kubernetes-validate --strict` (the Kubernetes API's own JSON schemas,
+/// unknown fields refused) on `files`: whether all passed, and its output.
+fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
+    let validator = switchyard_e2e::python().with_file_name("kubernetes-validate");
+    let output = Command::new(&validator)
+        .arg("--strict")
+        .args(files)
+        .output()
+        .unwrap_or_else(|err| panic!("{}: {err} (tests/run.sh installs it)", validator.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
 }
 
 #[test]
@@ -33,4 +55,36 @@ fn the_configmap_holds_the_replicas_policy_word_for_word() {
         policy.trim_end(),
         "deploy/k8s/configmap.yaml must carry deploy/policy.yaml as it is"
     );
+}
+
+#[test]
+fn the_kubernetes_manifests_are_valid_objects_of_the_api() {
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(repo_root().join("deploy/k8s"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml"))
+        .collect();
+    manifests.sort();
+    assert!(manifests.len() >= 5, "{manifests:?}");
+    let (ok, text) = kubernetes_validate(&manifests);
+    assert!(ok, "{text}");
+    for path in &manifests {
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert!(
+            text.contains(&format!("{name} passed")),
+            "{name} was not checked:\n{text}"
+        );
+    }
+
+    // The validator refuses what a cluster would: a misspelt field.
+    let misspelt = switchyard_e2e::daemon::scratch_dir("k8s").join("deployment.yaml");
+    let deployment = repo_file("deploy/k8s/deployment.yaml");
+    assert!(deployment.contains("readOnlyRootFilesystem"));
+    std::fs::write(
+        &misspelt,
+        deployment.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem"),
+    )
+    .unwrap();
+    let (ok, text) = kubernetes_validate(&[misspelt]);
+    assert!(!ok && text.contains("readOnlyRootFileSystem"), "{text}");
 }
