@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The observability tests drive a real Prometheus (and promtool) and headless
-# Chromium; the shared-state tests a real Redis (redis-server, with redis-cli):
+# Chromium; the shared-state tests a real Redis (redis-server, with redis-cli)
+# and replicas each in a network namespace of its own where they can be made
+# (root, iproute2's `ip`; SWITCHYARD_TEST_NETNS=off keeps them on loopback):
 # Debian packages, installed when missing (with sudo unless root). The
 # package's own service may not start (policy-rc.d in containers): the tests
 # start their own servers.

@@ -842,8 +842,13 @@ pub struct CloudDouble {
 
 impl CloudDouble {
     pub fn start() -> CloudDouble {
+        CloudDouble::start_on("127.0.0.1")
+    }
+
+    /// Listening on `ip` (an address of this machine) instead of loopback.
+    pub fn start_on(ip: &str) -> CloudDouble {
         let state = Arc::new(DoubleState::default());
-        let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let std_listener = std::net::TcpListener::bind((ip, 0)).unwrap_or_else(|err| panic!("bind {ip}: {err}"));
         std_listener.set_nonblocking(true).unwrap();
         let addr = std_listener.local_addr().unwrap();
         let served = state.clone();

@@ -1,4 +1,5 @@
-//! Starts the real `switchyard` binary on a policy, on a free loopback port, with
+//! Starts the real `switchyard` binary on a policy, on a free port (loopback, or
+//! a network namespace's address: [`crate::netns`]), with
 //! its log captured to a file; stops it on drop.
 
 use std::path::PathBuf;
@@ -6,11 +7,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::netns::Host;
+
 pub struct Daemon {
     child: Child,
     pub addr: String,
     pub dir: PathBuf,
     log_path: PathBuf,
+    /// The network namespace it runs in, if not the machine's own; deleted
+    /// after the daemon has stopped.
+    _host: Option<Host>,
 }
 
 /// The binary under test: `SWITCHYARD_BIN`, else the workspace's debug build
@@ -97,12 +103,24 @@ impl Daemon {
 
     /// Starts the daemon with `--listen listen` (a port of 0 picks a free one).
     pub fn start_listening(dir: PathBuf, listen: &str, policy: &str, env: &[(&str, &str)]) -> Daemon {
-        let (child, log_path) = spawn_serve(&dir, listen, policy, env);
+        Daemon::spawn(dir, None, listen, policy, env)
+    }
+
+    /// Starts the daemon inside `host`'s network namespace, listening on its
+    /// address; the namespace is deleted when the daemon is dropped.
+    pub fn start_on(host: Host, dir: PathBuf, policy: &str, env: &[(&str, &str)]) -> Daemon {
+        let listen = format!("{}:0", host.ip);
+        Daemon::spawn(dir, Some(host), &listen, policy, env)
+    }
+
+    fn spawn(dir: PathBuf, host: Option<Host>, listen: &str, policy: &str, env: &[(&str, &str)]) -> Daemon {
+        let (child, log_path) = spawn_serve(&dir, host.as_ref(), listen, policy, env);
         let mut daemon = Daemon {
             child,
             addr: String::new(),
             dir,
             log_path,
+            _host: host,
         };
         daemon.addr = daemon.wait_for_listen_address();
         daemon
@@ -207,12 +225,22 @@ impl Daemon {
 
 /// `switchyard serve --policy DIR/policy.yaml --listen LISTEN`, logging to
 /// `DIR/switchyard.log`.
-fn spawn_serve(dir: &std::path::Path, listen: &str, policy: &str, env: &[(&str, &str)]) -> (Child, PathBuf) {
+fn spawn_serve(
+    dir: &std::path::Path,
+    host: Option<&Host>,
+    listen: &str,
+    policy: &str,
+    env: &[(&str, &str)],
+) -> (Child, PathBuf) {
     let policy_path = dir.join("policy.yaml");
     std::fs::write(&policy_path, policy).unwrap();
     let log_path = dir.join("switchyard.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let child = Command::new(binary())
+    let mut command = match host {
+        Some(host) => host.command(&binary()),
+        None => Command::new(binary()),
+    };
+    let child = command
         .args(["serve", "--policy"])
         .arg(&policy_path)
         .args(["--listen", listen])
@@ -230,7 +258,7 @@ fn spawn_serve(dir: &std::path::Path, listen: &str, policy: &str, env: &[(&str, 
 /// that must be refused: its exit code and everything it printed. Panics if
 /// it starts serving instead, or neither exits nor serves within 20 s.
 pub fn refused_start(dir: PathBuf, listen: &str, policy: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
-    let (mut child, log_path) = spawn_serve(&dir, listen, policy, env);
+    let (mut child, log_path) = spawn_serve(&dir, None, listen, policy, env);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let exited = child.try_wait().unwrap();

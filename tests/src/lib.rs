@@ -3,6 +3,7 @@
 
 pub mod cloud_double;
 pub mod daemon;
+pub mod netns;
 pub mod redis;
 pub mod routed;
 

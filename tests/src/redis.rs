@@ -16,6 +16,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// An address it listens on besides loopback (a network bridge's).
+    also_on: Option<String>,
     /// Whether the process was sent SIGSTOP and not SIGCONT since.
     stopped: bool,
 }
@@ -89,6 +91,12 @@ impl RedisServer {
     /// Starts `redis-server` with its data and log in `dir`, on a free port,
     /// and waits until it answers PING.
     pub fn start(dir: &Path) -> RedisServer {
+        RedisServer::start_also_on(dir, None)
+    }
+
+    /// [`RedisServer::start`], listening on `also_on` (an address of this
+    /// machine, e.g. a network bridge's) besides loopback.
+    pub fn start_also_on(dir: &Path, also_on: Option<&str>) -> RedisServer {
         std::fs::create_dir_all(dir).unwrap();
         // Another process may take the port between our probe and the
         // server's bind: then try another.
@@ -98,6 +106,7 @@ impl RedisServer {
                 child: None,
                 port: free_port(),
                 dir: dir.to_path_buf(),
+                also_on: also_on.map(str::to_string),
                 stopped: false,
             };
             match server.spawn_and_wait() {
@@ -111,6 +120,13 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT/0`, for the daemons' `SWITCHYARD_REDIS_URL`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Its address for daemons on other hosts: on the address it was
+    /// started [also on](RedisServer::start_also_on), else on loopback.
+    pub fn shared_url(&self) -> String {
+        let ip = self.also_on.as_deref().unwrap_or("127.0.0.1");
+        format!("redis://{ip}:{}/0", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -138,7 +154,11 @@ impl RedisServer {
             .unwrap();
         let child = Command::new(redis_server_binary())
             .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
+            .arg("--bind")
+            .args(std::iter::once("127.0.0.1").chain(self.also_on.as_deref()))
+            // Reached from other hosts without a password: only the test's
+            // own bridge leads there.
+            .args(["--protected-mode", "no"])
             .args(["--save", ""])
             .args(["--appendonly", "yes"])
             .args(["--appendfsync", "always"])

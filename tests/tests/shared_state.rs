@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_e2e::daemon::scratch_dir;
+use switchyard_e2e::netns::Network;
 use switchyard_e2e::{
     CloudDouble, DOUBLE_API_KEY, Daemon, RedisServer, default_model, http_client, python_says_ok, sample, sample_with,
     without_reasoning,
@@ -99,7 +100,10 @@ fn local_and_remote_policy(double: &CloudDouble, thresholds: &str, routing: &str
     )
 }
 
-/// One Redis, one cloud double, and three replicas on one policy.
+/// One Redis, one cloud double, and three replicas on one policy. Each
+/// replica is a host of its own (a network namespace on a bridge, where the
+/// Redis and the double listen), or where namespaces cannot be made, a
+/// loopback port of this machine.
 struct Cluster {
     redis: RedisServer,
     double: CloudDouble,
@@ -107,6 +111,37 @@ struct Cluster {
     prefix: String,
     policy: String,
     env: Vec<(String, String)>,
+    /// Last, so that it is taken down after the replicas on it.
+    network: Option<Network>,
+}
+
+/// `policy` with `server.allow_unauthenticated: true`: replicas listening on
+/// their hosts' addresses are refused without client keys unless the network
+/// is the boundary, as the test's own bridge is.
+fn network_is_the_boundary(policy: &str) -> String {
+    const SETTING: &str = "  allow_unauthenticated: true\n";
+    match policy.find("\nserver:\n") {
+        Some(at) => {
+            let end = at + "\nserver:\n".len();
+            format!("{}{SETTING}{}", &policy[..end], &policy[end..])
+        }
+        None => format!("{policy}server:\n{SETTING}"),
+    }
+}
+
+/// A network for a cluster's replicas, unless namespaces cannot be made here
+/// (or `SWITCHYARD_TEST_NETNS=off`): then the replicas share loopback.
+fn replicas_network() -> Option<Network> {
+    if std::env::var("SWITCHYARD_TEST_NETNS").is_ok_and(|v| v == "off") {
+        return None;
+    }
+    match Network::create() {
+        Ok(network) => Some(network),
+        Err(why) => {
+            eprintln!("the replicas share this machine's loopback: no network namespaces ({why})");
+            None
+        }
+    }
 }
 
 impl Cluster {
@@ -114,13 +149,18 @@ impl Cluster {
     /// (each may load a model), with `env` besides the double's key and the
     /// Redis URL; returns once each has reached the store.
     async fn start(test: &str, policy: impl Fn(&CloudDouble, &str) -> String, env: &[(&str, &str)]) -> Cluster {
-        let redis = RedisServer::start(&scratch_dir(&format!("{test}-redis")));
-        let double = CloudDouble::start();
+        let network = replicas_network();
+        let gateway = network.as_ref().map(Network::gateway);
+        let redis = RedisServer::start_also_on(&scratch_dir(&format!("{test}-redis")), gateway.as_deref());
+        let double = CloudDouble::start_on(gateway.as_deref().unwrap_or("127.0.0.1"));
         let prefix = prefix(test);
-        let policy = policy(&double, &prefix);
+        let mut policy = policy(&double, &prefix);
+        if network.is_some() {
+            policy = network_is_the_boundary(&policy);
+        }
         let mut env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         env.push(("DOUBLE_API_KEY".into(), DOUBLE_API_KEY.into()));
-        env.push(("SWITCHYARD_REDIS_URL".into(), redis.url()));
+        env.push(("SWITCHYARD_REDIS_URL".into(), redis.shared_url()));
         let mut cluster = Cluster {
             redis,
             double,
@@ -128,6 +168,7 @@ impl Cluster {
             prefix,
             policy,
             env,
+            network,
         };
         cluster.replicas = std::thread::scope(|scope| {
             let starting: Vec<_> = (0..3).map(|_| scope.spawn(|| cluster.spawn_replica())).collect();
@@ -151,7 +192,10 @@ impl Cluster {
 
     fn spawn_replica(&self) -> Daemon {
         let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        Daemon::start_in(scratch_dir("replica"), &self.policy, &env)
+        match &self.network {
+            Some(network) => Daemon::start_on(network.host(), scratch_dir("replica"), &self.policy, &env),
+            None => Daemon::start_in(scratch_dir("replica"), &self.policy, &env),
+        }
     }
 
     /// Every key in the server: all must be the cluster's, in its hash tag.
