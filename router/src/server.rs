@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +92,15 @@ pub async fn serve(policy: Policy, policy_path: &Path, listen_override: Option<S
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", listen.addr))?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
+    // A streamed answer is many small writes, one event a token. Without
+    // TCP_NODELAY, Nagle's algorithm holds each back until the client has
+    // acknowledged the one before, which a client may delay by up to 40 ms:
+    // the first token, and every token after, would reach it late.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(err) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY on a connection: {err}");
+        }
+    });
     tracing::info!(listen = %bound, "switchyard is serving");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
