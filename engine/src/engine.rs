@@ -609,9 +609,10 @@ impl Drop for Engine {
 /// stalls the others' next tokens for more than a piece, and a short one
 /// beside it starts answering after its own pieces, not the whole long one.
 ///
-/// Each sequence runs in a [`KvSlot`] taken from those finished sequences
-/// left (the one holding the longest prefix of its prompt), and leaves it for
-/// the next.
+/// Each sequence runs in a [`KvSlot`]: the one a finished sequence of its
+/// conversation left, or a new one starting from a copy of the longest
+/// prefix a kept slot shares with its prompt (see `Worker::take_slot`); it
+/// leaves the slot for the next.
 struct Worker {
     model: LocalModel,
     pool: Arc<rayon::ThreadPool>,
@@ -744,7 +745,7 @@ impl Worker {
         if (job.sink)(JobEvent::Started).is_break() {
             return;
         }
-        let mut slot = self.take_slot(&job.request.prompt_tokens);
+        let mut slot = self.take_slot(&job.request);
         let model = &self.model;
         match Generation::start(
             &model.model,
@@ -858,19 +859,33 @@ impl Worker {
         (job.reply)(embeddings);
     }
 
-    /// The slot for a job with this prompt: the one whose conversation it
-    /// continues; else a new one while the kept slots leave room in the
-    /// budget (their conversations may come back; a prefix this prompt merely
-    /// shares with one, a system prompt, is run again); else the one sharing
+    /// The slot for a job: the one whose conversation its prompt continues;
+    /// else a new one while the kept slots leave room in the budget (their
+    /// conversations may come back), holding a copy of the longest prefix the
+    /// prompt shares with one of them (a system prompt); else the one sharing
     /// the longest prefix with it, or the least recently used one.
-    fn take_slot(&mut self, prompt: &[u32]) -> KvSlot {
+    fn take_slot(&mut self, request: &GenerationRequest) -> KvSlot {
+        let prompt = &request.prompt_tokens;
         let reuse: Vec<usize> = self.slots.iter().map(|slot| slot.reusable(prompt)).collect();
         let best = (0..self.slots.len()).max_by_key(|&i| (reuse[i], i));
         if let Some(i) = best.filter(|&i| self.slots[i].continued_by(prompt)) {
             return self.slots.remove(i);
         }
         if self.held_bytes() < self.state_cache_bytes || self.slots.is_empty() {
-            return KvSlot::growing();
+            let mut slot = KvSlot::growing();
+            // A new conversation that shares a prefix with a kept one (most
+            // often the system prompt) starts from a copy of it, and the kept
+            // one, now used again, moves last in line to be dropped.
+            if let Some(i) = best.filter(|&i| reuse[i] > 0) {
+                let context = self.model.context_length;
+                let positions = prompt.len() + request.max_tokens.min(context.saturating_sub(prompt.len()));
+                let model = &self.model;
+                if slot.seed_from(&self.slots[i], prompt, positions, context, &model.model, &model.device) > 0 {
+                    let source = self.slots.remove(i);
+                    self.slots.push(source);
+                }
+            }
+            return slot;
         }
         match best.filter(|&i| reuse[i] > 0) {
             Some(i) => self.slots.remove(i),

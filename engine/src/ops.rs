@@ -57,6 +57,10 @@ pub trait EngineOps: Backend {
     /// `[kv_heads, capacity, head_dim]`) at positions `start..start + s`, in place when
     /// the cache is not shared.
     fn kv_store(cache: IntTensor<Self>, rows: FloatTensor<Self>, start: usize) -> IntTensor<Self>;
+    /// Copies positions `0..positions` of every head of `from` into `cache`
+    /// (both `U16` caches `[kv_heads, capacity, head_dim]`, of any
+    /// capacities), in place when `cache` is not shared.
+    fn kv_copy(cache: IntTensor<Self>, from: IntTensor<Self>, positions: usize) -> IntTensor<Self>;
     /// Causal grouped-query attention of `q[s, heads × head_dim]` (rows at positions
     /// `start..start + s`) over the first `start + s` entries of the f16 caches
     /// `[kv_heads, capacity, head_dim]` (see [`EngineOps::kv_store`]). Query head h
@@ -310,6 +314,25 @@ mod host {
         })
     }
 
+    pub fn kv_copy<T: HostTensor>(cache: T, from: T, positions: usize) -> T {
+        let (to, source) = (cache.shape(), from.shape());
+        let (kv_heads, capacity, head_dim) = (to[0], to[1], to[2]);
+        let source_capacity = source[1];
+        assert!(
+            source[0] == kv_heads && source[2] == head_dim && positions <= capacity.min(source_capacity),
+            "copying {positions} positions of a {source:?} cache into a {to:?} one"
+        );
+        let run = positions * head_dim;
+        from.with_u16(|src| {
+            cache.update_u16(|dst| {
+                for head in 0..kv_heads {
+                    let (at, from_at) = (head * capacity * head_dim, head * source_capacity * head_dim);
+                    dst[at..at + run].copy_from_slice(&src[from_at..from_at + run]);
+                }
+            })
+        })
+    }
+
     pub fn attention<T: HostTensor>(q: T, k_cache: T, v_cache: T, start: usize, heads: usize) -> T {
         use rayon::prelude::*;
         let cache_shape = k_cache.shape();
@@ -374,6 +397,10 @@ macro_rules! host_engine_ops {
 
             fn kv_store(cache: $tensor, rows: $tensor, start: usize) -> $tensor {
                 host::kv_store(cache, rows, start)
+            }
+
+            fn kv_copy(cache: $tensor, from: $tensor, positions: usize) -> $tensor {
+                host::kv_copy(cache, from, positions)
             }
 
             fn attention(q: $tensor, k_cache: $tensor, v_cache: $tensor, start: usize, heads: usize) -> $tensor {
@@ -447,6 +474,17 @@ pub fn kv_store(cache: &mut Tensor<3, Int>, rows: Tensor<2>, start: usize) {
     });
 }
 
+/// See [`EngineOps::kv_copy`].
+pub fn kv_copy(cache: &mut Tensor<3, Int>, from: &Tensor<3, Int>, positions: usize) {
+    cache.inplace(|c| {
+        Tensor::from_dispatch(<Dispatch as EngineOps>::kv_copy(
+            c.into_dispatch(),
+            from.clone().into_dispatch(),
+            positions,
+        ))
+    });
+}
+
 pub fn attention(
     q: Tensor<2>,
     k_cache: &Tensor<3, Int>,
@@ -468,4 +506,51 @@ pub fn swiglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
         gate.into_dispatch(),
         up.into_dispatch(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[heads, capacity, dim]` f16-bits cache whose value at each place
+    /// names it: `base + (head, position, d)` packed in decimal digits.
+    fn cache(heads: usize, capacity: usize, dim: usize, base: u16) -> Tensor<3, Int> {
+        let values: Vec<u16> = (0..heads)
+            .flat_map(|h| (0..capacity).flat_map(move |p| (0..dim).map(move |d| base + (h * 100 + p * 10 + d) as u16)))
+            .collect();
+        let options = burn::tensor::TensorCreationOptions::new(Device::flex()).with_dtype(burn::tensor::DType::U16);
+        Tensor::from_data(TensorData::new(values, [heads, capacity, dim]), options)
+    }
+
+    fn values(tensor: &Tensor<3, Int>) -> Vec<u16> {
+        tensor.clone().into_data().convert::<u16>().into_vec::<u16>().unwrap()
+    }
+
+    #[test]
+    fn kv_copy_copies_each_heads_first_positions_between_capacities() {
+        let (heads, dim) = (2, 3);
+        for (capacity, source_capacity) in [(8, 5), (4, 6), (5, 5)] {
+            let from = cache(heads, source_capacity, dim, 0);
+            let mut to = cache(heads, capacity, dim, 5000);
+            let before = values(&to);
+            kv_copy(&mut to, &from, 3);
+            let after = values(&to);
+            for h in 0..heads {
+                for p in 0..capacity {
+                    for d in 0..dim {
+                        let at = (h * capacity + p) * dim + d;
+                        let expected = if p < 3 {
+                            (h * 100 + p * 10 + d) as u16
+                        } else {
+                            before[at]
+                        };
+                        assert_eq!(
+                            after[at], expected,
+                            "head {h} position {p} dim {d}, capacities {capacity}/{source_capacity}"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

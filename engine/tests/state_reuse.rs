@@ -188,3 +188,58 @@ fn interleaved_conversations_each_keep_their_state_within_the_budget() {
     assert!(shared_only < kept && shared_only > 0, "{shared_only} vs {kept}");
     assert!(one_slot_bytes < kept_bytes, "{one_slot_bytes} vs {kept_bytes}");
 }
+
+fn qwen3() -> LocalModel {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/qwen3_thinking");
+    let options = LoadOptions {
+        quant: Quantization::Keep,
+        ..LoadOptions::default()
+    };
+    LocalModel::load_with(&path, &options).unwrap()
+}
+
+#[test]
+fn a_new_conversation_starts_from_a_copy_of_the_system_prompt_a_kept_one_shares() {
+    let system = "You are the help desk of a bicycle shop. Answer in two sentences, politely, \
+                  and never recommend a competitor.";
+    let conversation = |question: &str| {
+        json!([
+            { "role": "system", "content": system },
+            { "role": "user", "content": question },
+        ])
+    };
+    for (name, load) in [("smollm2", smollm2 as fn() -> LocalModel), ("qwen3", qwen3)] {
+        let model = load();
+        let engine = Engine::start(load(), 2, 4).unwrap();
+        let a_prompt = prompt(&model, &conversation("How do I fix a flat tyre?"));
+        let b_prompt = prompt(&model, &conversation("What does a tune-up cost?"));
+        let shared = a_prompt.iter().zip(&b_prompt).take_while(|(a, b)| a == b).count();
+        assert!(shared > 20, "{name}: the system prompt is {shared} tokens");
+
+        let a = run(&engine, request(a_prompt.clone()));
+        let b = run(&engine, request(b_prompt.clone()));
+        // B ran only what follows the shared prefix, and answers as a cold run.
+        assert_eq!(b.cached_tokens, shared, "{name}");
+        let cold = model
+            .generate(&request(b_prompt), |_| ControlFlow::Continue(()))
+            .unwrap();
+        assert_eq!(ids(&b), ids(&cold), "{name}: the copied state answers as a cold run");
+
+        // A's own state was copied from, not taken: its next turn reuses it all.
+        let follow_up = json!([
+            { "role": "system", "content": system },
+            { "role": "user", "content": "How do I fix a flat tyre?" },
+            { "role": "assistant", "content": a.text },
+            { "role": "user", "content": "And a slow puncture?" },
+        ]);
+        let a2_prompt = prompt(&model, &follow_up);
+        let parted = a_prompt.iter().zip(&a2_prompt).take_while(|(a, b)| a == b).count();
+        assert!(parted > shared, "{name}");
+        let a2 = run(&engine, request(a2_prompt));
+        assert!(
+            a2.cached_tokens >= parted,
+            "{name}: {} reused, {parted} shared with turn one's prompt",
+            a2.cached_tokens
+        );
+    }
+}

@@ -390,6 +390,18 @@ impl KvCache {
         self.recurrent.iter_mut().for_each(qwen35::RecurrentState::clear);
     }
 
+    /// Holds the keys and values of `from`'s first `positions` positions,
+    /// copied (a cache with keys and values only: a recurrent state is not
+    /// copied).
+    fn copy_prefix(&mut self, from: &KvCache, positions: usize) {
+        debug_assert!(self.recurrent.is_empty() && from.recurrent.is_empty());
+        for ((k, v), (from_k, from_v)) in self.layers.iter_mut().zip(&from.layers) {
+            crate::ops::kv_copy(k, from_k, positions);
+            crate::ops::kv_copy(v, from_v, positions);
+        }
+        self.len = positions;
+    }
+
     /// Writes `k` and `v` (`[s, kv_heads × head_dim]`) at positions `len..len + s` of `layer`.
     fn store(&mut self, layer: usize, k: Tensor<2>, v: Tensor<2>) {
         // `kv_store` checks that the rows fit.
@@ -535,6 +547,39 @@ impl KvSlot {
     /// it is large enough.
     pub fn prepare(&mut self, model: &Model, positions: usize, context_length: usize, device: &Device) -> &mut KvCache {
         self.prepare_reusing(model, &[], 0, positions, context_length, device).0
+    }
+
+    /// Starts this slot, empty, from a copy of the state `source` holds for
+    /// the prefix it shares with `prompt` (a system prompt, or the earlier
+    /// turns of the conversation `prompt` forks from), sized for `positions`;
+    /// `source` keeps its state for its own conversation. Only for keys and
+    /// values: a recurrent state is shared only at `source`'s own turn
+    /// boundary or whole history, which `source`'s conversation takes itself
+    /// ([`KvSlot::continued_by`]). The positions copied.
+    pub fn seed_from(
+        &mut self,
+        source: &KvSlot,
+        prompt: &[u32],
+        positions: usize,
+        context_length: usize,
+        model: &Model,
+        device: &Device,
+    ) -> usize {
+        let Some(from) = source.cache.as_ref().filter(|from| from.recurrent.is_empty()) else {
+            return 0;
+        };
+        let shared = source.reusable(prompt);
+        if shared == 0 || self.cache.is_some() {
+            return 0;
+        }
+        let mut cache = model.new_cache(
+            Self::capacity_for(self.step, positions.max(shared), context_length),
+            device,
+        );
+        cache.copy_prefix(from, shared);
+        self.cache = Some(cache);
+        self.tokens = prompt[..shared].to_vec();
+        shared
     }
 
     /// Whether `prompt` continues the conversation this slot last served:
