@@ -21,13 +21,24 @@ fn smollm2() -> LocalModel {
     LocalModel::load(&common::smollm2_path(), Some(2048)).unwrap()
 }
 
-fn qwen35() -> LocalModel {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/qwen35_thinking");
+/// A tiny random checkpoint of `tests/fixtures/qwen`, its weights as they are.
+fn tiny(name: &str) -> LocalModel {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen")
+        .join(name);
     let options = LoadOptions {
         quant: Quantization::Keep,
         ..LoadOptions::default()
     };
     LocalModel::load_with(&path, &options).unwrap()
+}
+
+fn qwen35() -> LocalModel {
+    tiny("qwen35_thinking")
+}
+
+fn qwen3() -> LocalModel {
+    tiny("qwen3_thinking")
 }
 
 fn prompt(model: &LocalModel, messages: &Value) -> Vec<u32> {
@@ -187,15 +198,6 @@ fn interleaved_conversations_each_keep_their_state_within_the_budget() {
     let (shared_only, one_slot_bytes) = cached_after_interleaving(0);
     assert!(shared_only < kept && shared_only > 0, "{shared_only} vs {kept}");
     assert!(one_slot_bytes < kept_bytes, "{one_slot_bytes} vs {kept_bytes}");
-}
-
-fn qwen3() -> LocalModel {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qwen/qwen3_thinking");
-    let options = LoadOptions {
-        quant: Quantization::Keep,
-        ..LoadOptions::default()
-    };
-    LocalModel::load_with(&path, &options).unwrap()
 }
 
 #[test]
