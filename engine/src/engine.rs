@@ -641,6 +641,11 @@ struct Running<'t> {
 }
 
 impl Worker {
+    /// The shortest shared prefix worth copying into a new conversation's
+    /// state: a few template tokens are run faster than the copy is made,
+    /// and would keep an unrelated state from being dropped.
+    const MIN_COPIED: usize = 16;
+
     fn new(
         model: LocalModel,
         pool: rayon::ThreadPool,
@@ -745,7 +750,7 @@ impl Worker {
         if (job.sink)(JobEvent::Started).is_break() {
             return;
         }
-        let mut slot = self.take_slot(&job.request);
+        let (mut slot, copied) = self.take_slot(&job.request);
         let model = &self.model;
         match Generation::start(
             &model.model,
@@ -765,8 +770,16 @@ impl Worker {
                 });
             }
             Err(err) => {
-                self.give_back(slot);
+                // A kept state goes back as it was; a copy made for this job
+                // serves no conversation.
+                if !copied {
+                    self.give_back(slot);
+                }
+                // Published before the job hears of it: what the engine holds
+                // once a job is done is already what it says.
+                self.publish(batch);
                 let _ = (job.sink)(JobEvent::Done(Err(err)));
+                return;
             }
         }
         self.publish(batch);
@@ -862,35 +875,40 @@ impl Worker {
     /// The slot for a job: the one whose conversation its prompt continues;
     /// else a new one while the kept slots leave room in the budget (their
     /// conversations may come back), holding a copy of the longest prefix the
-    /// prompt shares with one of them (a system prompt); else the one sharing
-    /// the longest prefix with it, or the least recently used one.
-    fn take_slot(&mut self, request: &GenerationRequest) -> KvSlot {
+    /// prompt shares with one of them (a system prompt) if it is at least
+    /// [`Worker::MIN_COPIED`] tokens long; else the one sharing the longest
+    /// prefix with it, or the least recently used one. Whether the slot is
+    /// such a copy.
+    fn take_slot(&mut self, request: &GenerationRequest) -> (KvSlot, bool) {
         let prompt = &request.prompt_tokens;
         let reuse: Vec<usize> = self.slots.iter().map(|slot| slot.reusable(prompt)).collect();
         let best = (0..self.slots.len()).max_by_key(|&i| (reuse[i], i));
         if let Some(i) = best.filter(|&i| self.slots[i].continued_by(prompt)) {
-            return self.slots.remove(i);
+            return (self.slots.remove(i), false);
         }
         if self.held_bytes() < self.state_cache_bytes || self.slots.is_empty() {
             let mut slot = KvSlot::growing();
             // A new conversation that shares a prefix with a kept one (most
             // often the system prompt) starts from a copy of it, and the kept
-            // one, now used again, moves last in line to be dropped.
-            if let Some(i) = best.filter(|&i| reuse[i] > 0) {
-                let context = self.model.context_length;
-                let positions = prompt.len() + request.max_tokens.min(context.saturating_sub(prompt.len()));
+            // one, now used again, moves last in line to be dropped. (A prompt
+            // longer than the context is refused by `Generation::start`.)
+            let context = self.model.context_length;
+            if let Some(i) = best.filter(|&i| reuse[i] >= Self::MIN_COPIED && prompt.len() < context) {
+                let positions = prompt.len() + request.max_tokens.min(context - prompt.len());
                 let model = &self.model;
                 if slot.seed_from(&self.slots[i], prompt, positions, context, &model.model, &model.device) > 0 {
                     let source = self.slots.remove(i);
                     self.slots.push(source);
+                    return (slot, true);
                 }
             }
-            return slot;
+            return (slot, false);
         }
-        match best.filter(|&i| reuse[i] > 0) {
+        let slot = match best.filter(|&i| reuse[i] > 0) {
             Some(i) => self.slots.remove(i),
             None => self.slots.remove(0),
-        }
+        };
+        (slot, false)
     }
 
     /// Keeps a finished sequence's slot, most recently used, dropping the

@@ -219,6 +219,25 @@ fn a_new_conversation_starts_from_a_copy_of_the_system_prompt_a_kept_one_shares(
         assert!(shared > 20, "{name}: the system prompt is {shared} tokens");
 
         let a = run(&engine, request(a_prompt.clone()));
+        // A request refused at its start (its deadline passed while it
+        // waited) keeps no copy: what the engine holds is unchanged.
+        let held = engine.kv_cache_bytes();
+        let mut expired = request(b_prompt.clone());
+        expired.deadline = Some(std::time::Instant::now());
+        let (done, refused) = mpsc::channel();
+        engine
+            .submit(Job {
+                request: expired,
+                sink: Box::new(move |event| {
+                    if let JobEvent::Done(result) = event {
+                        let _ = done.send(result.is_err());
+                    }
+                    ControlFlow::Continue(())
+                }),
+            })
+            .unwrap();
+        assert!(refused.recv().unwrap(), "{name}: the expired request is refused");
+        assert_eq!(engine.kv_cache_bytes(), held, "{name}: nothing kept for it");
         let b = run(&engine, request(b_prompt.clone()));
         // B ran only what follows the shared prefix, and answers as a cold run.
         assert_eq!(b.cached_tokens, shared, "{name}");

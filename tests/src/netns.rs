@@ -50,18 +50,42 @@ fn ip(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// A `10.S.N` /24 that no address or route of this machine is in, starting
+/// from one derived from the process and the network's number.
+fn free_subnet(pid: u32, n: usize) -> Result<String, String> {
+    let output = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+            .map_err(|err| format!("ip: {err}"))
+    };
+    let taken = output(&["-4", "-o", "addr", "show"])? + &output(&["-4", "route", "show", "table", "all"])?;
+    (0..156)
+        .map(|step| format!("10.{}.{n}", 100 + (pid as usize + step) % 156))
+        .find(|subnet| !taken.contains(&format!("{subnet}.")) && !taken.contains(&format!("{subnet}/")))
+        .ok_or_else(|| format!("every 10.100-255.{n}.0/24 is in use here"))
+}
+
 impl Network {
     /// A new bridge, or why none could be made (then the caller uses
     /// loopback).
     pub fn create() -> Result<Network, String> {
         static NETWORKS: AtomicUsize = AtomicUsize::new(0);
-        let n = NETWORKS.fetch_add(1, Ordering::SeqCst);
+        let n = NETWORKS.fetch_add(1, Ordering::SeqCst) % 100;
         let pid = std::process::id();
         // Interface names have at most 15 bytes: `sy`, 5 digits of the pid,
         // `-`, the network's number (< 100), then `b` for the bridge, or `h`,
         // the host's number (< 200) and `a`/`b` for its link's two ends.
-        let tag = format!("sy{}-{}", pid % 100_000, n % 100);
-        let subnet = format!("10.{}.{}", 100 + pid % 100, n % 250);
+        let tag = format!("sy{}-{n}", pid % 100_000);
+        // Namespaces, not only links, must be possible here (CAP_SYS_ADMIN,
+        // and `ip netns exec` remounting /sys).
+        let probe = format!("{tag}p");
+        ip(&["netns", "add", &probe])?;
+        let usable = ip(&["netns", "exec", &probe, "true"]);
+        let _ = ip(&["netns", "del", &probe]);
+        usable?;
+        let subnet = free_subnet(pid, n)?;
         let bridge = format!("{tag}b");
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         let network = Network {

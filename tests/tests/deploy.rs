@@ -16,12 +16,12 @@ fn repo_file(path: &str) -> String {
 /// `kubernetes-validate --strict` (the Kubernetes API's own JSON schemas,
 /// unknown fields refused) on `files`: whether all passed, and its output.
 fn kubernetes_validate(files: &[PathBuf]) -> (bool, String) {
-    let validator = switchyard_e2e::python().with_file_name("kubernetes-validate");
-    let output = Command::new(&validator)
-        .arg("--strict")
+    let python = switchyard_e2e::python();
+    let output = Command::new(&python)
+        .args(["-m", "kubernetes_validate", "--strict"])
         .args(files)
         .output()
-        .unwrap_or_else(|err| panic!("{}: {err} (tests/run.sh installs it)", validator.display()));
+        .unwrap_or_else(|err| panic!("{}: {err}", python.display()));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&output.stdout),

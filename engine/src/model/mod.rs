@@ -572,10 +572,7 @@ impl KvSlot {
         if shared == 0 || self.cache.is_some() {
             return 0;
         }
-        let mut cache = model.new_cache(
-            Self::capacity_for(self.step, positions.max(shared), context_length),
-            device,
-        );
+        let mut cache = model.new_cache(Self::capacity_for(self.step, positions, context_length), device);
         cache.copy_prefix(from, shared);
         self.cache = Some(cache);
         self.tokens = prompt[..shared].to_vec();

@@ -337,11 +337,13 @@ async fn probe(store: Weak<Store>) {
 
 /// Whether an error means the store cannot keep state now: not reached,
 /// or reached but refusing writes (full under `noeviction`, a read-only
-/// replica after a failover, loading its data, busy with a script).
+/// replica after a failover, loading its data, busy with a script) or
+/// refusing this replica (its password).
 fn is_unreachable(err: &redis::RedisError) -> bool {
     // A store that refuses writes cannot keep budgets; one that refuses
-    // this replica (no password, a wrong one, an ACL without the commands
-    // it needs) cannot be used at all: both count as down, with the reason.
+    // this replica (no password, a wrong one) cannot be used at all: both
+    // count as down, with the reason. (An ACL refusing one command, NOPERM,
+    // is that operation's refusal: the probe's write may still pass.)
     let unusable = [
         "OOM",
         "READONLY",
@@ -352,7 +354,6 @@ fn is_unreachable(err: &redis::RedisError) -> bool {
         "MISCONF",
         "NOAUTH",
         "WRONGPASS",
-        "NOPERM",
     ]
     .iter()
     .any(|code| err.code() == Some(code));
