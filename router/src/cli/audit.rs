@@ -66,13 +66,7 @@ pub struct AuditArgs {
 }
 
 pub fn run(args: &AuditArgs) -> ExitCode {
-    match audit(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    super::exit_code("audit", audit(args))
 }
 
 /// The lines already replayed in `rows.jsonl` (and the unreadable ones in

@@ -23,13 +23,7 @@ pub struct ImportArgs {
 }
 
 pub fn import(args: &ImportArgs) -> ExitCode {
-    match import_file(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("switchyard budgets import: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    super::exit_code("budgets import", import_file(args))
 }
 
 fn import_file(args: &ImportArgs) -> Result<(), String> {

@@ -35,13 +35,7 @@ pub struct CalibrateArgs {
 }
 
 pub fn run(args: &CalibrateArgs) -> ExitCode {
-    match calibrate_policy(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("error: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    super::exit_code("calibrate", calibrate_policy(args))
 }
 
 /// A row's evidence: labelled qualities, or a local answer's agreement with

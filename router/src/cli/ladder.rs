@@ -47,13 +47,7 @@ fn read_jsonl(path: &Path) -> Result<Vec<Value>, String> {
 }
 
 pub fn eval(args: &EvalArgs) -> ExitCode {
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("switchyard ladder eval: {err}");
-            ExitCode::FAILURE
-        }
-    }
+    super::exit_code("ladder eval", run(args))
 }
 
 fn run(args: &EvalArgs) -> Result<(), String> {

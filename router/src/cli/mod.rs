@@ -10,6 +10,8 @@
 //! - [`calibrate`]: `switchyard calibrate`, thresholds from evidence, written into the policy.
 //! - [`budgets`]: `switchyard budgets import`, a single daemon's spend moved into the shared store.
 
+use std::process::ExitCode;
+
 pub mod audit;
 pub mod budgets;
 pub mod calibrate;
@@ -17,3 +19,17 @@ pub mod label;
 pub mod ladder;
 pub mod local;
 pub mod route;
+
+/// A subcommand's exit: success, or its error on stderr, each line prefixed
+/// with `switchyard COMMAND:` so that a script's log says which command failed.
+pub fn exit_code(command: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            for line in err.lines() {
+                eprintln!("switchyard {command}: {line}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

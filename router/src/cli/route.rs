@@ -116,15 +116,7 @@ pub fn run(command: &RouteCommand) -> ExitCode {
         RouteCommand::Explain { policy, prompt } => explain(policy, prompt),
         RouteCommand::Bench { policy, iterations } => bench(policy, *iterations),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            for line in err.lines() {
-                eprintln!("switchyard route: {line}");
-            }
-            ExitCode::FAILURE
-        }
-    }
+    super::exit_code("route", result)
 }
 
 fn model_or_shipped(path: Option<&Path>) -> Result<&'static DifficultyModel, String> {
