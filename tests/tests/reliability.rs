@@ -698,7 +698,10 @@ async fn a_weak_local_answer_is_served_when_the_remote_rung_fails_streamed_and_n
     let r = send(&daemon, &streamed, &[]).await;
     assert_eq!(
         (r.status, r.route.as_str(), r.degraded.as_deref()),
-        (200, "local-reasoning", Some("remote-unavailable"))
+        (200, "local-reasoning", Some("remote-unavailable")),
+        "{}\ndaemon log:\n{}",
+        r.text,
+        daemon.log()
     );
     let text = r.text;
     assert!(
@@ -730,8 +733,11 @@ async fn the_ladder_stops_below_remote_when_the_request_may_not_leave() {
         r.body
     );
     assert_eq!(
-        r.body["choices"][0]["finish_reason"], "length",
-        "the last rung's answer, cut as it is"
+        r.body["choices"][0]["finish_reason"],
+        "length",
+        "the last rung's answer, cut as it is: {}\ndaemon log:\n{}",
+        r.body,
+        daemon.log()
     );
     assert_eq!(double.calls("echo"), 0);
 }
