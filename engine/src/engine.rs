@@ -689,12 +689,19 @@ impl Worker {
     /// its snapshot.
     fn reservation(&self, request: &GenerationRequest) -> usize {
         let context = self.model.context_length;
-        let needed = request
+        2 * self.state_fixed
+            + KvSlot::capacity_for(KvSlot::STEP, self.positions(request), context) * self.state_per_position
+    }
+
+    /// The positions a request runs at most: its prompt and its longest
+    /// answer, within the context window (as [`Generation::start`] sizes its
+    /// cache).
+    fn positions(&self, request: &GenerationRequest) -> usize {
+        request
             .prompt_tokens
             .len()
             .saturating_add(request.max_tokens)
-            .min(context);
-        2 * self.state_fixed + KvSlot::capacity_for(KvSlot::STEP, needed, context) * self.state_per_position
+            .min(self.model.context_length)
     }
 
     /// Takes the jobs that may join the batch now, while it has room for
@@ -894,7 +901,7 @@ impl Worker {
             // longer than the context is refused by `Generation::start`.)
             let context = self.model.context_length;
             if let Some(i) = best.filter(|&i| reuse[i] >= Self::MIN_COPIED && prompt.len() < context) {
-                let positions = prompt.len() + request.max_tokens.min(context - prompt.len());
+                let positions = self.positions(request);
                 let model = &self.model;
                 if slot.seed_from(&self.slots[i], prompt, positions, context, &model.model, &model.device) > 0 {
                     let source = self.slots.remove(i);

@@ -170,7 +170,7 @@ impl Daemon {
         response.text().await.unwrap()
     }
 
-    /// Everything the daemon has logged so far (ANSI colour codes removed).
+    /// Everything the daemon has logged so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -32,15 +32,15 @@ pub struct Host {
     link: String,
 }
 
-/// Runs `ip args`; its error output when it fails.
-fn ip(args: &[&str]) -> Result<(), String> {
+/// Runs `ip args`: what it printed, or its error output when it fails.
+fn ip(args: &[&str]) -> Result<String, String> {
     let output = Command::new("ip")
         .args(args)
         .stdin(Stdio::null())
         .output()
         .map_err(|err| format!("ip: {err}"))?;
     if output.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
             "ip {}: {}",
@@ -53,14 +53,7 @@ fn ip(args: &[&str]) -> Result<(), String> {
 /// A `10.S.N` /24 that no address or route of this machine is in, starting
 /// from one derived from the process and the network's number.
 fn free_subnet(pid: u32, n: usize) -> Result<String, String> {
-    let output = |args: &[&str]| {
-        Command::new("ip")
-            .args(args)
-            .output()
-            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
-            .map_err(|err| format!("ip: {err}"))
-    };
-    let taken = output(&["-4", "-o", "addr", "show"])? + &output(&["-4", "route", "show", "table", "all"])?;
+    let taken = ip(&["-4", "-o", "addr", "show"])? + &ip(&["-4", "route", "show", "table", "all"])?;
     (0..156)
         .map(|step| format!("10.{}.{n}", 100 + (pid as usize + step) % 156))
         .find(|subnet| !taken.contains(&format!("{subnet}.")) && !taken.contains(&format!("{subnet}/")))
@@ -123,10 +116,10 @@ impl Network {
         };
         let inside = format!("{}b", host.name);
         let made = ip(&["netns", "add", &host.name])
-            .and_then(|()| ip(&["link", "add", &host.link, "type", "veth", "peer", "name", &inside]))
-            .and_then(|()| ip(&["link", "set", &inside, "netns", &host.name]))
-            .and_then(|()| ip(&["link", "set", &host.link, "master", &self.bridge, "up"]))
-            .and_then(|()| {
+            .and_then(|_| ip(&["link", "add", &host.link, "type", "veth", "peer", "name", &inside]))
+            .and_then(|_| ip(&["link", "set", &inside, "netns", &host.name]))
+            .and_then(|_| ip(&["link", "set", &host.link, "master", &self.bridge, "up"]))
+            .and_then(|_| {
                 ip(&[
                     "-n",
                     &host.name,
@@ -137,8 +130,8 @@ impl Network {
                     &inside,
                 ])
             })
-            .and_then(|()| ip(&["-n", &host.name, "link", "set", &inside, "up"]))
-            .and_then(|()| ip(&["-n", &host.name, "link", "set", "lo", "up"]));
+            .and_then(|_| ip(&["-n", &host.name, "link", "set", &inside, "up"]))
+            .and_then(|_| ip(&["-n", &host.name, "link", "set", "lo", "up"]));
         if let Err(err) = made {
             panic!("host {} on {}: {err}", host.name, self.bridge);
         }

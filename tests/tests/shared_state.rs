@@ -201,10 +201,20 @@ impl Cluster {
     /// Every key in the server: all must be the cluster's, in its hash tag.
     fn keys(&self) -> Vec<String> {
         let keys = self.redis.keys("*");
-        let tagged = format!("{0}:{{{0}}}:", self.prefix);
+        let tagged = self.key("");
         let stray: Vec<&String> = keys.iter().filter(|k| !k.starts_with(&tagged)).collect();
         assert!(stray.is_empty(), "keys outside {tagged}*: {stray:?}");
         keys
+    }
+
+    /// The cluster's Redis key `name`: `<prefix>:{<prefix>}:name`.
+    fn key(&self, name: &str) -> String {
+        format!("{0}:{{{0}}}:{name}", self.prefix)
+    }
+
+    /// How many holds expired in Redis, charged their worst case.
+    fn expired_holds(&self) -> String {
+        self.redis.command(&["HLEN", &self.key("expired")])
     }
 
     /// Today's global spend and what calls in flight hold globally, in USD,
@@ -223,10 +233,7 @@ impl Cluster {
             .filter(|k| k.contains(":spent:d:"))
             .map(|k| nano(self.redis.command(&["HGET", k, "global"])))
             .sum();
-        let held = nano(
-            self.redis
-                .command(&["HGET", &format!("{0}:{{{0}}}:held", self.prefix), "global"]),
-        );
+        let held = nano(self.redis.command(&["HGET", &self.key("held"), "global"]));
         (spent, held)
     }
 
@@ -1206,10 +1213,7 @@ async fn a_replica_stopped_mid_call_settles_its_calls_in_the_store_before_it_exi
         "at exit Redis has (spent, held) ({spent}, {held}), not ({}, 0)",
         3.0 * CALL_USD
     );
-    let expired = cluster
-        .redis
-        .command(&["HLEN", &format!("{0}:{{{0}}}:expired", cluster.prefix)]);
-    assert_eq!(expired, "0", "no hold of the stopped replica expired");
+    assert_eq!(cluster.expired_holds(), "0", "no hold of the stopped replica expired");
 }
 
 #[tokio::test]
@@ -1262,11 +1266,11 @@ async fn a_single_daemons_spend_is_imported_into_the_shared_budgets_and_again_on
     let replicas: Vec<&Daemon> = cluster.replicas.iter().collect();
     until_spent_everywhere(&replicas, 0.25, Duration::from_secs(10)).await;
     // In nano-dollars, by scope, as the scripts keep them.
-    let month_key = format!("{0}:{{{0}}}:spent:m:{month}", cluster.prefix);
+    let month_key = cluster.key(&format!("spent:m:{month}"));
     for (scope, nano) in [("global", "750000000"), ("key:team-a", "200000000")] {
         assert_eq!(cluster.redis.command(&["HGET", &month_key, scope]), nano, "{scope}");
     }
-    let day_key = format!("{0}:{{{0}}}:spent:d:{day}", cluster.prefix);
+    let day_key = cluster.key(&format!("spent:d:{day}"));
     assert_eq!(cluster.redis.command(&["HGET", &day_key, "key:team-a"]), "100000000");
     // The same file again adds nothing; grown since, it adds the difference.
     let (ok, text) = import(&state_file);
@@ -1450,10 +1454,7 @@ async fn a_hold_sent_to_a_frozen_redis_and_refused_meanwhile_is_released_when_it
         "({spent}, {held})\n{}",
         cluster.logs()
     );
-    let expired = cluster
-        .redis
-        .command(&["HLEN", &format!("{0}:{{{0}}}:expired", cluster.prefix)]);
-    assert_eq!(expired, "0", "the late hold did not expire");
+    assert_eq!(cluster.expired_holds(), "0", "the late hold did not expire");
 }
 
 #[tokio::test]
